@@ -1,0 +1,58 @@
+"""The one command-line entry point, `htr`.
+
+Each sub-command lives in the module that owns its work; that module exposes
+`configure(parser)` (add its arguments) and `main(args) -> int` (the exit code).
+Modules are imported lazily so `htr --help` stays fast and a missing optional
+dependency only breaks the command that needs it.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from batch.errors import EXIT_BAD_ARGS
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "run": ("batch.worker", "run the pipeline over a folder or s3:// prefix, write Parquet + JSON"),
+    "synth": ("transforms.synth", "generate synthetic handwritten pages + manifest"),
+    "visualise": ("jobs.visualise", "draw polygons and text of a manifest or output over pages"),
+    "train": ("jobs.train", "train the segmenter or the recogniser"),
+    "eval": ("jobs.evaluate", "evaluate the pipeline on a labelled manifest"),
+    "serve": ("batch.serve", "SageMaker inference container: /ping, /invocations"),
+    "package-model": ("batch.packaging", "build a SageMaker model.tar.gz"),
+    "athena-ddl": ("batch.athena", "print CREATE EXTERNAL TABLE statements for an output"),
+    "query": ("batch.query", "run SQL over an output with DuckDB"),
+    "sagemaker": ("jobs.sagemaker_launch", "launch SageMaker training / transform jobs, collect outputs"),
+    "bench": ("jobs.bench", "benchmark against Tesseract and RapidOCR"),
+}
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="htr", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    wanted = argv[0] if argv and argv[0] in COMMANDS else None
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == wanted:  # only import the module that will run
+            importlib.import_module(module).configure(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse exits 2 on bad arguments; keep our code
+        return 0 if e.code == 0 else EXIT_BAD_ARGS
+    if not args.command:
+        parser.print_help()
+        return EXIT_BAD_ARGS
+    module = importlib.import_module(COMMANDS[args.command][0])
+    return int(module.main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""The predictor: pages in, pages with lines and words out.
+
+pre-processing (resize/pad pages) -> segmenter -> DB post-processing -> word crops ->
+recogniser -> CTC decoding -> line grouping. Pages from many documents are segmented
+together, and all their word crops are recognised together, so batches stay full.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from batch.schema import DocumentRecord, Page, Point, Word, doc_id_for, now_ms
+from batch.lines import group_lines
+from models import checkpoints
+from models.charset import Codec
+from models.recogniser.crnn import greedy_decode
+from models.segmenter.postprocess import PostConfig, boxes_from_prob
+from transforms import crops as crops_mod
+from transforms.rasterise import DEFAULT_LIMITS, Limits, iter_pages, sniff
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda asked for, but no CUDA device is available")
+    return torch.device(device)
+
+
+@dataclass
+class PipelineConfig:
+    seg_batch: int = 4            # pages per segmenter forward
+    rec_batch: int = 256          # word crops per recogniser forward
+    long_side: int | None = None  # segmenter input size; None = the checkpoint's
+    post: PostConfig = field(default_factory=PostConfig)
+
+
+def _resize_for_segmenter(page: np.ndarray, long_side: int) -> tuple[np.ndarray, float]:
+    h, w = page.shape[:2]
+    scale = long_side / max(h, w)
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return cv2.resize(page, size, interpolation=interp), scale
+
+
+class Pipeline:
+    def __init__(self, segmenter: torch.nn.Module, seg_meta: dict, recogniser: torch.nn.Module,
+                 rec_meta: dict, device: torch.device, config: PipelineConfig | None = None):
+        self.device = device
+        self.config = config or PipelineConfig()
+        self.segmenter = segmenter.to(device).eval()
+        self.recogniser = recogniser.to(device).eval()
+        if device.type == "cpu":
+            self.segmenter = self.segmenter.to(memory_format=torch.channels_last)
+        self.seg_meta, self.rec_meta = seg_meta, rec_meta
+        self.codec = Codec(rec_meta.get("charset") or Codec().charset)
+        self.long_side = self.config.long_side or seg_meta["config"]["input_long_side"]
+        self.crop_height = rec_meta["config"].get("height", crops_mod.CROP_HEIGHT)
+        self.max_width = rec_meta["config"].get("max_width", 512)
+        self.model_version = f"seg-{seg_meta['version']}+rec-{rec_meta['version']}"
+
+    @classmethod
+    def load(cls, models_dir: str | Path | None = None, device: str = "auto",
+             config: PipelineConfig | None = None) -> "Pipeline":
+        models_dir = Path(models_dir) if models_dir else checkpoints.DEFAULT_DIR
+        seg, seg_meta = checkpoints.load(models_dir, "segmenter")
+        rec, rec_meta = checkpoints.load(models_dir, "recogniser")
+        return cls(seg, seg_meta, rec, rec_meta, pick_device(device), config)
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.autocast("cuda", dtype=dtype)
+        return contextlib.nullcontext()
+
+    # ---- segmentation ------------------------------------------------------------------------
+
+    def segment(self, pages: list[np.ndarray]) -> list[list[tuple[np.ndarray, float]]]:
+        """Word quads (page pixels) with detection scores, for each page."""
+        out = []
+        bs = self.config.seg_batch
+        for i in range(0, len(pages), bs):
+            out.extend(self._segment_batch(pages[i:i + bs]))
+        return out
+
+    def _segment_batch(self, pages: list[np.ndarray]) -> list[list[tuple[np.ndarray, float]]]:
+        resized = [_resize_for_segmenter(p, self.long_side) for p in pages]
+        hmax = max(r.shape[0] for r, _ in resized)
+        wmax = max(r.shape[1] for r, _ in resized)
+        hpad, wpad = -(-hmax // 32) * 32, -(-wmax // 32) * 32
+        batch = np.full((len(pages), hpad, wpad, 3), 255, np.uint8)  # pad with white paper
+        for k, (r, _) in enumerate(resized):
+            batch[k, :r.shape[0], :r.shape[1]] = r
+        x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float().div_(255)
+        if self.device.type == "cpu":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), self._autocast():
+            prob = self.segmenter(x, with_threshold=False)["prob"][:, 0].float().cpu().numpy()
+        results = []
+        for k, (r, scale) in enumerate(resized):
+            boxes = boxes_from_prob(prob[k, :r.shape[0], :r.shape[1]], self.config.post)
+            results.append([(quad / scale, score) for quad, score in boxes])
+        return results
+
+    # ---- recognition -------------------------------------------------------------------------
+
+    def recognise(self, crops: list[np.ndarray]) -> list[tuple[str, float]]:
+        """Text and confidence for each word crop (uint8 gray, fixed height)."""
+        results: list[tuple[str, float]] = [("", 0.0)] * len(crops)
+        plan = crops_mod.plan_batches([c.shape[1] for c in crops], self.config.rec_batch)
+        for idx in plan:
+            batch, widths = crops_mod.pack([crops[i] for i in idx])
+            x = torch.from_numpy(batch).to(self.device)
+            with torch.inference_mode(), self._autocast():
+                log_probs = self.recogniser(x).float()
+            frames = torch.from_numpy(-(-widths // 4)).clamp(max=log_probs.shape[1])
+            seqs, confs = greedy_decode(log_probs.cpu(), frames)
+            for i, seq, conf in zip(idx, seqs, confs):
+                results[i] = (self.codec.decode_greedy(seq), conf)
+        return results
+
+    # ---- pages -------------------------------------------------------------------------------
+
+    def process_pages(self, images: list[np.ndarray]) -> list[Page]:
+        """HxWx3 uint8 RGB pages (any documents) -> Pages numbered 1..n in the given order."""
+        if not images:
+            return []
+        detections = self.segment(images)
+        crops, owners = [], []
+        for k, (img, dets) in enumerate(zip(images, detections)):
+            gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+            for quad, _ in dets:
+                crops.append(crops_mod.rectify(gray, quad, self.crop_height, self.max_width))
+                owners.append(k)
+        readings = self.recognise(crops) if crops else []
+        words: list[list[Word]] = [[] for _ in images]
+        n = 0
+        for k, dets in enumerate(detections):
+            for quad, score in dets:
+                text, conf = readings[n]
+                n += 1
+                if not text:
+                    continue  # a detection the recogniser reads as nothing is noise
+                words[k].append(Word(text=text, confidence=conf, det_score=score,
+                                     polygon=[Point(float(x), float(y)) for x, y in quad]))
+        return [Page(page=k + 1, width=img.shape[1], height=img.shape[0], lines=group_lines(ws))
+                for k, (img, ws) in enumerate(zip(images, words))]
+
+    def make_record(self, pages: list[Page], data: bytes, source_uri: str, run_id: str,
+                    content_type: str = "", source_etag: str = "") -> DocumentRecord:
+        for i, p in enumerate(pages, 1):
+            p.page = i
+        return DocumentRecord(doc_id=doc_id_for(data), source_uri=source_uri, pages=pages,
+                              model_version=self.model_version, run_id=run_id,
+                              processed_at=now_ms(), content_type=content_type,
+                              source_etag=source_etag)
+
+    def process_document(self, data: bytes, source_uri: str, run_id: str, dpi: int = 200,
+                         limits: Limits = DEFAULT_LIMITS) -> DocumentRecord:
+        """One whole document, pages processed a batch at a time. Raises InputError subclasses."""
+        content_type = sniff(data)
+        pages: list[Page] = []
+        chunk: list[np.ndarray] = []
+        for img in iter_pages(data, dpi, limits, content_type):
+            chunk.append(img)
+            if len(chunk) >= self.config.seg_batch:
+                pages.extend(self.process_pages(chunk))
+                chunk = []
+        pages.extend(self.process_pages(chunk))
+        return self.make_record(pages, data, source_uri, run_id, content_type)

@@ -1,0 +1,235 @@
+"""The record schema: one place for what htr-batch writes.
+
+Document JSON (OUT/documents/<doc_id>.json) nests pages -> lines -> words.
+Parquet tables flatten it: `words` (one row per word), `pages` (one per page),
+`errors` (one per failed document). Column names are lowercase and timestamps
+are UTC milliseconds so Athena reads them as-is.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterable
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+PARTITION_COLUMN = "run_date"  # Hive partition: OUT/<table>/run_date=YYYY-MM-DD/
+
+
+def doc_id_for(content: bytes) -> str:
+    """Stable id for the same source content: reruns and re-uploads compare equal."""
+    return hashlib.sha256(content).hexdigest()[:24]
+
+
+def now_ms() -> int:
+    return int(dt.datetime.now(dt.timezone.utc).timestamp() * 1000)
+
+
+def iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class Point:
+    x: float
+    y: float
+
+
+@dataclass
+class Word:
+    text: str
+    confidence: float        # recogniser: mean per-character max probability, 0..1
+    det_score: float         # segmenter: mean text probability inside the polygon, 0..1
+    polygon: list[Point]     # 4 points, page pixels, clockwise from top-left
+    word_idx: int = 0        # reading order within the page
+    line_idx: int = 0
+
+    @property
+    def bbox(self) -> tuple[float, float, float, float]:
+        xs = [p.x for p in self.polygon]
+        ys = [p.y for p in self.polygon]
+        return min(xs), min(ys), max(xs), max(ys)
+
+
+@dataclass
+class Line:
+    line_idx: int
+    words: list[Word]
+
+    @property
+    def text(self) -> str:
+        return " ".join(w.text for w in self.words)
+
+
+@dataclass
+class Page:
+    page: int                # 1-based
+    width: int
+    height: int
+    lines: list[Line] = field(default_factory=list)
+
+    @property
+    def words(self) -> list[Word]:
+        return [w for line in self.lines for w in line.words]
+
+    @property
+    def text(self) -> str:
+        return "\n".join(line.text for line in self.lines)
+
+
+@dataclass
+class DocumentRecord:
+    doc_id: str
+    source_uri: str
+    pages: list[Page]
+    model_version: str
+    run_id: str
+    processed_at: int        # UTC ms
+    content_type: str = ""
+    source_etag: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "doc_id": self.doc_id,
+            "source_uri": self.source_uri,
+            "source_etag": self.source_etag,
+            "content_type": self.content_type,
+            "model_version": self.model_version,
+            "run_id": self.run_id,
+            "processed_at": iso(self.processed_at),
+            "page_count": len(self.pages),
+            "pages": [_page_json(p) for p in self.pages],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "DocumentRecord":
+        pages = []
+        for p in d["pages"]:
+            lines = []
+            for ln in p["lines"]:
+                words = [
+                    Word(text=w["text"], confidence=w["confidence"], det_score=w["det_score"],
+                         polygon=[Point(**pt) for pt in w["polygon"]], word_idx=w["word_idx"],
+                         line_idx=ln["line_idx"])
+                    for w in ln["words"]
+                ]
+                lines.append(Line(ln["line_idx"], words))
+            pages.append(Page(p["page"], p["width"], p["height"], lines))
+        processed = int(dt.datetime.fromisoformat(d["processed_at"]).timestamp() * 1000)
+        return cls(d["doc_id"], d["source_uri"], pages, d["model_version"], d["run_id"], processed,
+                   d.get("content_type", ""), d.get("source_etag", ""))
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), ensure_ascii=False, indent=1)
+
+
+def _page_json(p: Page) -> dict[str, Any]:
+    return {
+        "page": p.page, "width": p.width, "height": p.height, "text": p.text,
+        "lines": [
+            {"line_idx": ln.line_idx, "text": ln.text,
+             "words": [
+                 {"word_idx": w.word_idx, "text": w.text,
+                  "confidence": round(w.confidence, 4), "det_score": round(w.det_score, 4),
+                  "polygon": [{"x": round(pt.x, 1), "y": round(pt.y, 1)} for pt in w.polygon],
+                  "bbox": [round(v, 1) for v in w.bbox]}
+                 for w in ln.words]}
+            for ln in p.lines],
+    }
+
+
+@dataclass
+class ErrorRecord:
+    doc_id: str              # content hash when the bytes could be read, else hash of the uri
+    source_uri: str
+    stage: str               # fetch | decode | segment | recognise | write | ...
+    error_type: str          # exception class name, e.g. EncryptedDocument
+    message: str
+    run_id: str
+    processed_at: int
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["processed_at"] = iso(self.processed_at)
+        return d
+
+
+# ---- Parquet (Arrow) schemas -------------------------------------------------------------------
+
+POLYGON_TYPE = pa.list_(pa.struct([("x", pa.float64()), ("y", pa.float64())]))
+TS = pa.timestamp("ms", tz="UTC")
+
+WORDS_SCHEMA = pa.schema([
+    ("doc_id", pa.string()), ("source_uri", pa.string()), ("page", pa.int32()),
+    ("line_idx", pa.int32()), ("word_idx", pa.int32()), ("text", pa.string()),
+    ("confidence", pa.float32()), ("det_score", pa.float32()), ("polygon", POLYGON_TYPE),
+    ("x0", pa.float32()), ("y0", pa.float32()), ("x1", pa.float32()), ("y1", pa.float32()),
+    ("page_width", pa.int32()), ("page_height", pa.int32()),
+    ("model_version", pa.string()), ("run_id", pa.string()), ("processed_at", TS),
+])
+
+PAGES_SCHEMA = pa.schema([
+    ("doc_id", pa.string()), ("source_uri", pa.string()), ("page", pa.int32()),
+    ("page_count", pa.int32()), ("text", pa.string()), ("line_count", pa.int32()),
+    ("word_count", pa.int32()), ("mean_confidence", pa.float32()),
+    ("page_width", pa.int32()), ("page_height", pa.int32()),
+    ("model_version", pa.string()), ("run_id", pa.string()), ("processed_at", TS),
+])
+
+ERRORS_SCHEMA = pa.schema([
+    ("doc_id", pa.string()), ("source_uri", pa.string()), ("stage", pa.string()),
+    ("error_type", pa.string()), ("message", pa.string()),
+    ("run_id", pa.string()), ("processed_at", TS),
+])
+
+TABLES: dict[str, pa.Schema] = {"words": WORDS_SCHEMA, "pages": PAGES_SCHEMA, "errors": ERRORS_SCHEMA}
+
+
+def word_rows(doc: DocumentRecord) -> list[dict[str, Any]]:
+    rows = []
+    for p in doc.pages:
+        for w in p.words:
+            x0, y0, x1, y1 = w.bbox
+            rows.append({
+                "doc_id": doc.doc_id, "source_uri": doc.source_uri, "page": p.page,
+                "line_idx": w.line_idx, "word_idx": w.word_idx, "text": w.text,
+                "confidence": w.confidence, "det_score": w.det_score,
+                "polygon": [{"x": pt.x, "y": pt.y} for pt in w.polygon],
+                "x0": x0, "y0": y0, "x1": x1, "y1": y1,
+                "page_width": p.width, "page_height": p.height,
+                "model_version": doc.model_version, "run_id": doc.run_id,
+                "processed_at": doc.processed_at,
+            })
+    return rows
+
+
+def page_rows(doc: DocumentRecord) -> list[dict[str, Any]]:
+    rows = []
+    for p in doc.pages:
+        words = p.words
+        conf = sum(w.confidence for w in words) / len(words) if words else None
+        rows.append({
+            "doc_id": doc.doc_id, "source_uri": doc.source_uri, "page": p.page,
+            "page_count": len(doc.pages), "text": p.text, "line_count": len(p.lines),
+            "word_count": len(words), "mean_confidence": conf,
+            "page_width": p.width, "page_height": p.height,
+            "model_version": doc.model_version, "run_id": doc.run_id,
+            "processed_at": doc.processed_at,
+        })
+    return rows
+
+
+def error_rows(err: ErrorRecord) -> list[dict[str, Any]]:
+    return [asdict(err)]
+
+
+def to_table(name: str, rows: Iterable[dict[str, Any]]) -> pa.Table:
+    return pa.Table.from_pylist(list(rows), schema=TABLES[name])
+
+
+def run_date(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).strftime("%Y-%m-%d")

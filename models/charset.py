@@ -1,0 +1,48 @@
+"""The recogniser's alphabet: printable ASCII (GNHK's 95 + space) plus £ € °.
+
+Index 0 is the CTC blank; character i of CHARSET has class i + 1.
+"""
+from __future__ import annotations
+
+import unicodedata
+
+CHARSET = "".join(chr(c) for c in range(32, 127)) + "£€°"
+
+# Look-alikes seen in real transcriptions, folded to what the recogniser can emit.
+_FOLD = {"‘": "'", "’": "'", "“": '"', "”": '"', "–": "-", "—": "-", "…": "...", "ſ": "s",
+         "\u00a0": " ", "´": "'", "`": "'"}
+
+
+def normalise(text: str, charset: str = CHARSET) -> str:
+    """Fold a transcription into the charset: NFKD, look-alikes, drop what is left over."""
+    out = []
+    for ch in text:
+        ch = _FOLD.get(ch, ch)
+        if all(c in charset for c in ch):
+            out.append(ch)
+            continue
+        base = "".join(c for c in unicodedata.normalize("NFKD", ch) if not unicodedata.combining(c))
+        out.append("".join(c for c in base if c in charset))
+    return "".join(out)
+
+
+class Codec:
+    def __init__(self, charset: str = CHARSET):
+        self.charset = charset
+        self.index = {c: i + 1 for i, c in enumerate(charset)}
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.charset) + 1
+
+    def encode(self, text: str) -> list[int]:
+        return [self.index[c] for c in normalise(text, self.charset)]
+
+    def decode_greedy(self, best: list[int]) -> str:
+        """Collapse repeats, drop blanks: the CTC best-path reading."""
+        out, prev = [], 0
+        for k in best:
+            if k != prev and k != 0:
+                out.append(self.charset[k - 1])
+            prev = k
+        return "".join(out)

@@ -1,0 +1,22 @@
+"""Word recogniser: CNN + BiLSTM + CTC, one config per variant."""
+from __future__ import annotations
+
+from typing import Any
+
+from models.charset import CHARSET
+from models.recogniser.crnn import CRNN
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "crnn_small": dict(height=32, channels=[32, 64, 128, 192], lstm_hidden=128, lstm_layers=2,
+                       max_width=512),
+    "crnn_base": dict(height=32, channels=[64, 128, 192, 256], lstm_hidden=192, lstm_layers=2,
+                      max_width=512),
+    "crnn_tiny": dict(height=32, channels=[8, 16, 16, 32], lstm_hidden=16, lstm_layers=1,
+                      max_width=256),
+}
+
+
+def build(arch: str, config: dict[str, Any] | None = None, charset: str = CHARSET) -> CRNN:
+    cfg = dict(CONFIGS[arch]) if config is None else dict(config)
+    cfg.pop("max_width", None)
+    return CRNN(num_classes=len(charset) + 1, **cfg)

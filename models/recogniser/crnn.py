@@ -1,0 +1,57 @@
+"""CRNN: a small VGG-style CNN turns a word image into a sequence of column features,
+a BiLSTM reads it, a linear layer scores characters per column; CTC aligns them to text.
+
+Input: Bx1x32xW, ink bright (1) on dark paper (0), so zero padding reads as blank paper.
+Output: B x T x C log-probabilities with T = W / 4.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _conv(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+
+class CRNN(nn.Module):
+    def __init__(self, num_classes: int, height: int = 32, channels: list[int] = (32, 64, 128, 192),
+                 lstm_hidden: int = 128, lstm_layers: int = 2):
+        super().__init__()
+        c0, c1, c2, c3 = channels
+        self.height = height
+        self.cnn = nn.Sequential(
+            *_conv(1, c0), nn.MaxPool2d(2),                     # H/2, W/2
+            *_conv(c0, c1), nn.MaxPool2d(2),                    # H/4, W/4
+            *_conv(c1, c2), *_conv(c2, c2), nn.MaxPool2d((2, 1)),  # H/8: keep width for CTC
+            *_conv(c2, c3), *_conv(c3, c3), nn.MaxPool2d((2, 1)),  # H/16
+        )
+        feat_h = height // 16
+        self.proj = nn.Linear(c3 * feat_h, lstm_hidden)
+        self.rnn = nn.LSTM(lstm_hidden, lstm_hidden, num_layers=lstm_layers, bidirectional=True,
+                           batch_first=True, dropout=0.1 if lstm_layers > 1 else 0.0)
+        self.classifier = nn.Linear(2 * lstm_hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.cnn(x)                                  # B x C x h x T
+        b, c, h, t = f.shape
+        f = f.permute(0, 3, 1, 2).reshape(b, t, c * h)   # B x T x (C*h)
+        f, _ = self.rnn(torch.relu(self.proj(f)))
+        return self.classifier(f).log_softmax(-1)
+
+
+def greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor | None = None
+                  ) -> tuple[list[list[int]], list[float]]:
+    """Best path per sample, and a confidence: the geometric mean of the per-frame
+    maximum probabilities over the frames that emit a character (all frames if none)."""
+    best_lp, best = log_probs.max(-1)                    # B x T
+    out, confs = [], []
+    for i in range(best.shape[0]):
+        n = int(lengths[i]) if lengths is not None else best.shape[1]
+        seq, lp = best[i, :n].tolist(), best_lp[i, :n]
+        keep = torch.tensor([k != 0 and (j == 0 or k != seq[j - 1]) for j, k in enumerate(seq)],
+                            dtype=torch.bool)
+        sel = lp[keep] if bool(keep.any()) else lp
+        confs.append(float(sel.float().mean().exp()) if sel.numel() else 0.0)
+        out.append(seq)
+    return out, confs

@@ -1,0 +1,30 @@
+"""Word segmenter: DB-style (differentiable binarisation) network, one config per variant.
+
+Pick a variant by name; the config is stored with the checkpoint so it rebuilds exactly.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from models.segmenter.db import DBNet
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    # CPU default: small backbone, page resized to 1024 px on its long side.
+    "db_mobilenet_v3_small": dict(backbone="mobilenet_v3_small", width_mult=1.0, fpn_channels=64,
+                                  head_channels=32, input_long_side=1024),
+    # Larger, for GPUs or when accuracy matters more than speed.
+    "db_mobilenet_v3_large": dict(backbone="mobilenet_v3_large", width_mult=1.0, fpn_channels=96,
+                                  head_channels=48, input_long_side=1280),
+    "db_resnet18": dict(backbone="resnet18", width_mult=1.0, fpn_channels=128, head_channels=64,
+                        input_long_side=1536),
+    "db_resnet34": dict(backbone="resnet34", width_mult=1.0, fpn_channels=128, head_channels=64,
+                        input_long_side=1536),
+    # Randomly initialised in tests: same code path, a fraction of the cost.
+    "db_tiny": dict(backbone="mobilenet_v3_small", width_mult=0.25, fpn_channels=16,
+                    head_channels=8, input_long_side=320),
+}
+
+
+def build(arch: str, config: dict[str, Any] | None = None) -> DBNet:
+    cfg = dict(CONFIGS[arch]) if config is None else dict(config)
+    return DBNet(**{k: v for k, v in cfg.items() if k != "input_long_side"})
