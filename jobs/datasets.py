@@ -1,0 +1,194 @@
+"""Training data for both models, from synthetic generators or labelled manifests.
+
+Each dataset yields ready-to-batch samples; the training loops in jobs/train.py stay plain.
+Synthetic data is generated on the fly and is deterministic per (seed, worker).
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from models.charset import Codec
+from models.segmenter.targets import make_targets
+from transforms.crops import CROP_HEIGHT, normalise_ink, rectify
+
+
+def _worker_seed(seed: int) -> int:
+    info = get_worker_info()
+    return seed * 1000 + (info.id if info else 0)
+
+
+# ---- labelled pages (manifest) -----------------------------------------------------------------
+
+def load_manifest_pages(manifest: str | Path) -> list[tuple[np.ndarray, list[dict]]]:
+    """All pages of a manifest in memory: (RGB image, [{"text", "polygon": 4x2, "type"}])."""
+    from jobs.manifests import read_manifest, resolve_source
+    from transforms.rasterise import iter_pages
+    from batch import storage
+
+    pages = []
+    for sample in read_manifest(manifest):
+        data = storage.read_bytes(resolve_source(sample, manifest))
+        image = next(iter_pages(data))
+        anns = [{"text": a.text, "type": getattr(a, "type", "H"),
+                 "polygon": np.array([[p["x"], p["y"]] if isinstance(p, dict) else [p.x, p.y]
+                                      for p in a.polygon], np.float32)}
+                for a in sample.annotations]
+        pages.append((image, anns))
+    return pages
+
+
+def _manifest_or_dir(path: str | Path) -> Path:
+    p = Path(path)
+    return p / "manifest.jsonl" if p.is_dir() else p
+
+
+# ---- segmenter ---------------------------------------------------------------------------------
+
+def segmenter_sample(image: np.ndarray, anns: list[dict], size: int, long_side: int,
+                     rng: np.random.Generator, train: bool = True) -> dict[str, torch.Tensor]:
+    """Scale the page as the pipeline would (long side ~ long_side, jittered in training), take a
+    size x size crop around text, and build DB targets for it."""
+    h, w = image.shape[:2]
+    scale = long_side / max(h, w) * (rng.uniform(0.75, 1.25) if train else 1.0)
+    img = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
+                     interpolation=cv2.INTER_AREA)
+    polys = [a["polygon"] * scale for a in anns]
+    ih, iw = img.shape[:2]
+    if train:
+        x0 = int(rng.integers(0, max(1, iw - size + 1)))
+        y0 = int(rng.integers(0, max(1, ih - size + 1)))
+    else:
+        x0 = y0 = 0
+    canvas = np.full((size, size, 3), 255, np.uint8)
+    part = img[y0:y0 + size, x0:x0 + size]
+    canvas[:part.shape[0], :part.shape[1]] = part
+    polys = [p - [x0, y0] for p in polys]
+    ignore = [a["text"] in ("%NA%",) for a in anns]
+    t = make_targets(size, size, polys, ignore)
+    x = torch.from_numpy(canvas).permute(2, 0, 1).float().div_(255)
+    return {"image": x, **{k: torch.from_numpy(v) for k, v in t.items()}}
+
+
+class SyntheticPages(IterableDataset):
+    def __init__(self, seed: int, size: int, long_side: int):
+        self.seed, self.size, self.long_side = seed, size, long_side
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        from transforms.synth import render_page
+
+        rng = np.random.default_rng(_worker_seed(self.seed))
+        while True:
+            page, anns = render_page(rng)
+            anns = [{"text": a["text"], "type": a.get("type", "H"),
+                     "polygon": np.array([[p["x"], p["y"]] for p in a["polygon"]], np.float32)}
+                    for a in anns]
+            for _ in range(2):  # two crops per rendered page: rendering is the slow part
+                yield segmenter_sample(np.asarray(page), anns, self.size, self.long_side, rng)
+
+
+class ManifestPages(IterableDataset):
+    """Labelled pages (a user's data), augmented with the synthetic engine's page distortions."""
+
+    def __init__(self, manifest: str | Path, seed: int, size: int, long_side: int, augment: bool = True):
+        self.pages = load_manifest_pages(_manifest_or_dir(manifest))
+        self.seed, self.size, self.long_side, self.augment = seed, size, long_side, augment
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        rng = np.random.default_rng(_worker_seed(self.seed))
+        while True:
+            image, anns = self.pages[int(rng.integers(len(self.pages)))]
+            if self.augment:
+                image, anns = _augment_page(image, anns, rng)
+            yield segmenter_sample(image, anns, self.size, self.long_side, rng)
+
+
+def _augment_page(image: np.ndarray, anns: list[dict], rng: np.random.Generator):
+    try:
+        from transforms.augment import augment_page
+    except ImportError:
+        return image, anns
+    polys = [a["polygon"] for a in anns]
+    image, polys = augment_page(image, polys, rng)
+    return image, [{**a, "polygon": np.asarray(p, np.float32)} for a, p in zip(anns, polys)]
+
+
+def collate_pages(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+
+
+# ---- recogniser --------------------------------------------------------------------------------
+
+def crop_tensor(crop: np.ndarray, max_width: int) -> torch.Tensor:
+    """uint8 gray crop of any size -> 1 x 32 x W ink map, as the pipeline feeds the model."""
+    h, w = crop.shape[:2]
+    new_w = int(np.clip(round(w * CROP_HEIGHT / max(h, 1)), 8, max_width))
+    crop = cv2.resize(crop, (new_w, CROP_HEIGHT), interpolation=cv2.INTER_AREA if h > CROP_HEIGHT
+                      else cv2.INTER_LINEAR)
+    return torch.from_numpy(normalise_ink(crop))[None]
+
+
+class SyntheticCrops(IterableDataset):
+    def __init__(self, seed: int, max_width: int, codec: Codec):
+        self.seed, self.max_width, self.codec = seed, max_width, codec
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, list[int], str]]:
+        from transforms.synth import WordCropSampler
+
+        sampler = WordCropSampler(_worker_seed(self.seed))
+        while True:
+            crop, text = sampler.sample()
+            target = self.codec.encode(text)
+            if target:
+                yield crop_tensor(crop, self.max_width), target, text
+
+
+class ManifestCrops(Dataset):
+    """Word crops cut from labelled pages the way the pipeline cuts them (rectified quads),
+    with the quad jittered in training so the recogniser tolerates imperfect detections."""
+
+    def __init__(self, manifest: str | Path, max_width: int, codec: Codec, jitter: bool = True,
+                 seed: int = 0):
+        from jobs.manifests import is_recognition_target
+
+        self.items = []
+        for image, anns in load_manifest_pages(_manifest_or_dir(manifest)):
+            gray = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+            for a in anns:
+                if is_recognition_target(a["text"]) and codec.encode(a["text"]):
+                    self.items.append((gray, a["polygon"], a["text"]))
+        self.max_width, self.codec, self.jitter = max_width, codec, jitter
+        self.rng = random.Random(seed)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, list[int], str]:
+        gray, quad, text = self.items[i]
+        quad = np.asarray(quad, np.float32)
+        if self.jitter:
+            h = np.linalg.norm(quad[3] - quad[0])
+            quad = quad + np.array([[self.rng.uniform(-0.15, 0.15) * h for _ in range(2)]
+                                    for _ in range(4)], np.float32)
+        crop = rectify(gray, quad, CROP_HEIGHT, self.max_width)
+        return torch.from_numpy(normalise_ink(crop))[None], self.codec.encode(text), text
+
+
+def collate_crops(samples: list[tuple[torch.Tensor, list[int], str]]):
+    """Pad to the widest crop in the batch (ink 0 = paper); CTC targets concatenated."""
+    width = max(s[0].shape[-1] for s in samples)
+    width = -(-width // 4) * 4
+    x = torch.zeros(len(samples), 1, CROP_HEIGHT, width)
+    for i, (t, _, _) in enumerate(samples):
+        x[i, :, :, :t.shape[-1]] = t
+    widths = torch.tensor([s[0].shape[-1] for s in samples])
+    targets = torch.tensor([k for s in samples for k in s[1]], dtype=torch.long)
+    target_lengths = torch.tensor([len(s[1]) for s in samples], dtype=torch.long)
+    texts = [s[2] for s in samples]
+    return x, widths, targets, target_lengths, texts

@@ -1,0 +1,355 @@
+"""Training jobs for the segmenter and the recogniser.
+
+Follows the SageMaker training contract, so the same script runs locally and as a
+SageMaker training job:
+  data     SM_CHANNEL_TRAIN / SM_CHANNEL_TEST (a manifest.jsonl + images), or --synthetic
+  model    SM_MODEL_DIR      (<kind>.safetensors + <kind>.json: the best model so far)
+  extras   SM_OUTPUT_DATA_DIR (metrics.json)
+  resume   /opt/ml/checkpoints or --checkpoint-dir (state.pt, loaded with weights_only=True)
+Log lines are `key=value` pairs (`step=120 train_loss=0.53`, `step=500 test_cer=0.071`) so
+SageMaker metric regexes can read them (see jobs.sagemaker_launch).
+
+  htr train segmenter --synthetic --steps 5000 --model-dir runs/seg
+  python jobs/train.py --model recogniser --train data/train --test data/test
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a plain script (SageMaker entry point)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from jobs import datasets as ds
+from jobs.metrics import DetectionScore, ErrorRate, match
+from models import checkpoints, recogniser, segmenter
+from models.charset import Codec
+from models.recogniser.crnn import greedy_decode
+from models.segmenter.postprocess import boxes_from_prob
+
+DEFAULT_ARCH = {"segmenter": "db_mobilenet_v3_small", "recogniser": "crnn_small"}
+
+
+def configure(p: argparse.ArgumentParser, with_model_positional: bool = True) -> None:
+    if with_model_positional:
+        p.add_argument("model", choices=["segmenter", "recogniser"])
+    p.add_argument("--arch", help="config name from models/<kind>/__init__.py CONFIGS")
+    p.add_argument("--train", default=os.environ.get("SM_CHANNEL_TRAIN"),
+                   help="manifest.jsonl or a folder holding one (default: $SM_CHANNEL_TRAIN)")
+    p.add_argument("--test", default=os.environ.get("SM_CHANNEL_TEST"))
+    p.add_argument("--synthetic", action="store_true",
+                   help="train on synthetic data generated on the fly (also used when no --train)")
+    p.add_argument("--steps", type=int, default=5000)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--crop-size", type=int, default=512, help="segmenter training crop")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model-dir", default=os.environ.get("SM_MODEL_DIR", "runs/model"))
+    p.add_argument("--checkpoint-dir", default=None,
+                   help="resume/save state here (default /opt/ml/checkpoints when present)")
+    p.add_argument("--output-data-dir", default=os.environ.get("SM_OUTPUT_DATA_DIR"))
+    p.add_argument("--init", help="start from this model dir's weights (fine-tuning)")
+    p.add_argument("--eval-every", type=int, default=500)
+    p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--eval-size", type=int, default=None, help="synthetic test pages / crops")
+    p.add_argument("--workers", type=int, default=1, help="data loader processes")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--device", default="auto")
+
+
+# ---- shared plumbing ---------------------------------------------------------------------------
+
+def _log(**kv) -> None:
+    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in kv.items()),
+          flush=True)
+
+
+def _checkpoint_dir(args) -> Path:
+    if args.checkpoint_dir:
+        return Path(args.checkpoint_dir)
+    if Path("/opt/ml/checkpoints").is_dir():
+        return Path("/opt/ml/checkpoints")
+    return Path(args.model_dir) / "checkpoints"
+
+
+def _save_state(path: Path, model, opt, sched, step: int, best: float) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = path / "state.pt.tmp"
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                "step": step, "best": best}, tmp)
+    os.replace(tmp, path / "state.pt")  # atomic: a kill mid-save keeps the previous state
+
+
+def _load_state(path: Path, model, opt, sched) -> tuple[int, float]:
+    f = path / "state.pt"
+    if not f.is_file():
+        return 0, math.inf
+    state = torch.load(f, map_location="cpu", weights_only=True)
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    sched.load_state_dict(state["sched"])
+    print(f"resumed from {f} at step {state['step']}", flush=True)
+    return int(state["step"]), float(state["best"])
+
+
+def _schedule(opt, steps: int, warmup: int = 200):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, steps - warmup))))
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world) under torchrun; (0, 1) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return int(os.environ.get("RANK", "0")), world
+
+
+def _infinite(loader):
+    while True:
+        yield from loader
+
+
+def _export(model, kind: str, arch: str, cfg: dict, args, metrics: dict) -> None:
+    net = model.module if hasattr(model, "module") else model
+    checkpoints.save(net, kind, arch, cfg, args.model_dir,
+                     {"train": {"steps": metrics.get("step"), "seed": args.seed,
+                                "data": args.train or "synthetic", "metrics": metrics}})
+    if args.output_data_dir:
+        Path(args.output_data_dir).mkdir(parents=True, exist_ok=True)
+        Path(args.output_data_dir, f"{kind}_metrics.json").write_text(json.dumps(metrics, indent=1))
+
+
+# ---- segmenter ---------------------------------------------------------------------------------
+
+def db_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """DB loss: balanced BCE (hard negatives 3:1) on P + dice on the binary map + 10 x L1 on T."""
+    gt, mask = batch["gt"], batch["mask"]
+    logits = out["prob_logits"][:, 0]
+    bce = F.binary_cross_entropy_with_logits(logits, gt, reduction="none")
+    pos = (gt * mask).bool()
+    neg = ((1 - gt) * mask).bool()
+    n_pos = int(pos.sum())
+    n_neg = min(int(neg.sum()), max(3 * n_pos, 1000))
+    neg_loss = bce[neg].topk(n_neg).values if n_neg else bce.new_zeros(1)
+    l_prob = (bce[pos].sum() + neg_loss.sum()) / (n_pos + n_neg + 1e-6)
+    binary = out["binary"][:, 0]
+    inter = (binary * gt * mask).sum()
+    l_bin = 1 - 2 * inter / ((binary * mask).sum() + (gt * mask).sum() + 1e-6)
+    tm = batch["thresh_mask"]
+    l_thr = (torch.abs(out["thresh"][:, 0] - batch["thresh"]) * tm).sum() / (tm.sum() + 1e-6)
+    return l_prob + l_bin + 10 * l_thr
+
+
+def _segmenter_test_pages(args, long_side: int) -> list[tuple[np.ndarray, list[dict]]]:
+    if args.test:
+        return ds.load_manifest_pages(ds._manifest_or_dir(args.test))
+    from transforms.synth import render_page
+
+    rng = np.random.default_rng(args.seed + 10_000)  # never a training seed
+    pages = []
+    for _ in range(args.eval_size or 12):
+        page, anns = render_page(rng)
+        pages.append((np.asarray(page), [{"text": a["text"], "polygon": np.array(
+            [[p["x"], p["y"]] for p in a["polygon"]], np.float32)} for a in anns]))
+    return pages
+
+
+@torch.no_grad()
+def evaluate_segmenter(model, pages, long_side: int, device) -> DetectionScore:
+    from batch.pipeline import _resize_for_segmenter
+
+    model.eval()
+    score = DetectionScore()
+    for image, anns in pages:
+        small, scale = _resize_for_segmenter(image, long_side)
+        h, w = small.shape[:2]
+        canvas = np.full((-(-h // 32) * 32, -(-w // 32) * 32, 3), 255, np.uint8)
+        canvas[:h, :w] = small
+        x = torch.from_numpy(canvas).permute(2, 0, 1)[None].float().div(255).to(device)
+        prob = model(x, with_threshold=False)["prob"][0, 0, :h, :w].float().cpu().numpy()
+        preds = [q / scale for q, _ in boxes_from_prob(prob)]
+        gts = [a["polygon"] for a in anns]
+        score.add(len(match(preds, gts, 0.5)), len(preds), len(gts))
+    model.train()
+    return score
+
+
+def train_segmenter(args) -> dict:
+    arch = args.arch or DEFAULT_ARCH["segmenter"]
+    cfg = dict(segmenter.CONFIGS[arch])
+    device, (rank, world) = _device(args.device), _distributed()
+    torch.manual_seed(args.seed + rank)
+    model = segmenter.build(arch, cfg)
+    if args.init:
+        model.load_state_dict(checkpoints.load(args.init, "segmenter")[0].state_dict())
+    model.to(device).train()
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    bs = args.batch_size or 8
+    if args.train and not args.synthetic:
+        data = ds.ManifestPages(args.train, args.seed + rank, args.crop_size, cfg["input_long_side"])
+    else:
+        data = ds.SyntheticPages(args.seed + rank, args.crop_size, cfg["input_long_side"])
+    loader = DataLoader(data, batch_size=bs, num_workers=args.workers, collate_fn=ds.collate_pages,
+                        persistent_workers=args.workers > 0)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr or 2e-3, weight_decay=1e-4)
+    sched = _schedule(opt, args.steps)
+    ckpt_dir = _checkpoint_dir(args)
+    step, best = _load_state(ckpt_dir, model, opt, sched)
+    test_pages = _segmenter_test_pages(args, cfg["input_long_side"]) if rank == 0 else []
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler(enabled=use_amp)
+    metrics: dict = {"step": step}
+    t0, running = time.time(), 0.0
+    for batch in _infinite(loader):
+        if step >= args.steps:
+            break
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        with torch.autocast(device.type, enabled=use_amp):
+            out = model(batch["image"], with_threshold=True)
+        loss = db_loss({k: v.float() for k, v in out.items()}, batch)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        step += 1
+        running += float(loss)
+        if rank == 0 and step % args.log_every == 0:
+            _log(step=step, train_loss=running / args.log_every, lr=sched.get_last_lr()[0],
+                 sec_per_step=(time.time() - t0) / args.log_every)
+            running, t0 = 0.0, time.time()
+        if rank == 0 and (step % args.eval_every == 0 or step == args.steps):
+            net = model.module if world > 1 else model
+            s = evaluate_segmenter(net, test_pages, cfg["input_long_side"], device)
+            metrics = {"step": step, "test_precision": s.precision, "test_recall": s.recall,
+                       "test_f1": s.f1}
+            _log(**metrics)
+            if 1 - s.f1 <= best:
+                best = 1 - s.f1
+                _export(net, "segmenter", arch, cfg, args, metrics)
+            _save_state(ckpt_dir, net, opt, sched, step, best)
+    return metrics
+
+
+# ---- recogniser --------------------------------------------------------------------------------
+
+@torch.no_grad()
+def evaluate_recogniser(model, samples, codec: Codec, device, bs: int = 128) -> tuple[float, float]:
+    """(CER, WER) on (tensor, target, text) samples; WER here = word error rate = 1 - accuracy."""
+    model.eval()
+    cer, wer = ErrorRate(), ErrorRate()
+    for i in range(0, len(samples), bs):
+        x, widths, _, _, texts = ds.collate_crops(samples[i:i + bs])
+        lp = model(x.to(device)).float().cpu()
+        seqs, _ = greedy_decode(lp, (widths + 3) // 4)
+        for seq, text in zip(seqs, texts):
+            pred = codec.decode_greedy(seq)
+            cer.add(pred, text)
+            wer.add([pred], [text])
+    model.train()
+    return cer.rate, wer.rate
+
+
+def _recogniser_test_samples(args, codec: Codec, max_width: int) -> list:
+    if args.test:
+        d = ds.ManifestCrops(args.test, max_width, codec, jitter=False)
+        return [d[i] for i in range(len(d))]
+    it = iter(ds.SyntheticCrops(args.seed + 10_000, max_width, codec))
+    return [next(it) for _ in range(args.eval_size or 1000)]
+
+
+def train_recogniser(args) -> dict:
+    arch = args.arch or DEFAULT_ARCH["recogniser"]
+    cfg = dict(recogniser.CONFIGS[arch])
+    codec = Codec()
+    device, (rank, world) = _device(args.device), _distributed()
+    torch.manual_seed(args.seed + rank)
+    model = recogniser.build(arch, cfg, codec.charset)
+    if args.init:
+        model.load_state_dict(checkpoints.load(args.init, "recogniser")[0].state_dict())
+    model.to(device).train()
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    bs = args.batch_size or 64
+    if args.train and not args.synthetic:
+        data = ds.ManifestCrops(args.train, cfg["max_width"], codec, seed=args.seed + rank)
+        loader = DataLoader(data, batch_size=bs, shuffle=True, num_workers=args.workers,
+                            collate_fn=ds.collate_crops, drop_last=len(data) > bs)
+    else:
+        data = ds.SyntheticCrops(args.seed + rank, cfg["max_width"], codec)
+        loader = DataLoader(data, batch_size=bs, num_workers=args.workers,
+                            collate_fn=ds.collate_crops, persistent_workers=args.workers > 0)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr or 1e-3, weight_decay=1e-4)
+    sched = _schedule(opt, args.steps)
+    ckpt_dir = _checkpoint_dir(args)
+    step, best = _load_state(ckpt_dir, model, opt, sched)
+    test = _recogniser_test_samples(args, codec, cfg["max_width"]) if rank == 0 else []
+    ctc = torch.nn.CTCLoss(blank=0, zero_infinity=True)
+    metrics: dict = {"step": step}
+    t0, running = time.time(), 0.0
+    for x, widths, targets, target_lengths, _ in _infinite(loader):
+        if step >= args.steps:
+            break
+        lp = model(x.to(device))                                    # B x T x C
+        input_lengths = ((widths + 3) // 4).clamp(max=lp.shape[1])
+        loss = ctc(lp.float().permute(1, 0, 2), targets, input_lengths, target_lengths)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        sched.step()
+        step += 1
+        running += float(loss)
+        if rank == 0 and step % args.log_every == 0:
+            _log(step=step, train_loss=running / args.log_every, lr=sched.get_last_lr()[0],
+                 sec_per_step=(time.time() - t0) / args.log_every)
+            running, t0 = 0.0, time.time()
+        if rank == 0 and (step % args.eval_every == 0 or step == args.steps):
+            net = model.module if world > 1 else model
+            cer, wer = evaluate_recogniser(net, test, codec, device)
+            metrics = {"step": step, "test_cer": cer, "test_wer": wer}
+            _log(**metrics)
+            if cer <= best:
+                best = cer
+                _export(net, "recogniser", arch, cfg, args, metrics)
+            _save_state(ckpt_dir, net, opt, sched, step, best)
+    return metrics
+
+
+def main(args) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run = train_segmenter if args.model == "segmenter" else train_recogniser
+    metrics = run(args)
+    print(f"done: {args.model} {json.dumps(metrics)} -> {args.model_dir}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":  # SageMaker: `python train.py --model segmenter --steps ...`
+    parser = argparse.ArgumentParser(description="htr-batch training job")
+    parser.add_argument("--model", choices=["segmenter", "recogniser"], required=True)
+    configure(parser, with_model_positional=False)
+    sys.exit(main(parser.parse_args()))
