@@ -1,0 +1,45 @@
+# htr-batch: `make run` and `make test` set up everything they need on a fresh machine.
+SHELL := /bin/bash
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+HTR   := $(VENV)/bin/htr
+SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+OUT   ?= out
+
+.PHONY: setup apt venv run test test-fast train-default samples bench bench-gpu clean
+
+setup: apt venv
+
+# Debian packages (poppler for PDFs, handwriting fonts for the synthetic engine), only if missing.
+apt:
+	@missing=$$(for p in $$(grep -v '^\s*#' apt-packages.txt); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "apt: installing $$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# The virtualenv, rebuilt when requirements change. torch/torchvision come from the local wheel store.
+venv: $(VENV)/.installed
+$(VENV)/.installed: requirements.txt requirements-fonts.txt pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+# The main job on the bundled samples with the shipped models: local folder in, local folder out.
+run: setup
+	$(HTR) run samples/ $(OUT)/
+
+test: setup
+	$(PY) -m pytest -q
+
+# Reproduce the shipped models from scratch (synthetic data, fixed seeds); CPU, a few hours.
+train-default: setup
+	bash jobs/train_default.sh
+
+# Regenerate the bundled sample documents (deterministic).
+samples: setup
+	$(PY) -m jobs.make_samples samples/
+
+clean:
+	rm -rf $(OUT) .pytest_cache
