@@ -1,0 +1,785 @@
+"""Synthetic handwritten pages and word crops: the only training data the models get.
+
+A page is laid out like real paperwork (letters with letterheads, notes, lists, forms, diary pages),
+written by 1-3 "hands" (a font plus personal slant, size, spacing, stroke, wobble and ink), then
+aged and captured as a scan or a phone photo. Every word comes with a tight polygon around its ink.
+
+    render_page(rng)            -> (PIL RGB page, [{"text", "polygon", "line_idx", "type"}])
+    WordCropSampler(seed)       -> .sample() -> (uint8 grayscale word crop, text), fast
+    write_pages / write_crops   -> JPEGs + manifest.jsonl (see jobs.manifests)
+    htr synth --pages N --out DIR --seed S [--crops N]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image, ImageDraw
+
+from transforms import augment as A
+from transforms import text_source as T
+from transforms.fonts import Font, FontLibrary, library, truetype
+
+CROSSED_OUT = "%SC%"  # GNHK's token for struck-out words: detected, never recognised
+
+
+# ---- hands -----------------------------------------------------------------------------------------
+
+@dataclass
+class Hand:
+    """One writer: a font and the personal habits layered on top of it."""
+    font: Font
+    x_height: float          # px; lowercase body height on the page
+    slant: float             # tan(angle) added to the font's own slant, > 0 leans right
+    stroke: int              # px added to (or taken from) the strokes
+    ink: np.ndarray          # RGB float32
+    letter_space: float      # extra gap between glyphs, fraction of x-height (unjoined fonts)
+    word_space: float        # gap between words, in x-heights
+    line_gap: float          # baseline-to-baseline distance, in x-heights
+    size_jitter: float       # per-word relative size change
+    drift: float             # baseline wander amplitude, in x-heights
+    wobble: float            # elastic distortion amplitude, in x-heights
+    pressure_low: float      # lowest ink opacity left by pressure variation
+    skew: float              # degrees; lines tend to climb or fall
+    kind: str = "H"
+
+    @property
+    def pencil(self) -> bool:
+        return bool(np.all(np.abs(self.ink - self.ink.mean()) < 12) and self.ink.mean() > 70)
+
+
+def make_hand(rng: np.random.Generator, lib: FontLibrary, x_height: float, kind: str = "H",
+              cursive: bool | None = None) -> Hand:
+    if kind == "P":
+        font = lib.pick(rng, "P")
+        ink = np.array([(20, 20, 25), (30, 40, 110), (90, 30, 30), (40, 40, 40)][int(rng.integers(4))],
+                       np.float32)
+        return Hand(font, x_height, 0.0, 0, ink, 0.0, rng.uniform(0.45, 0.7), rng.uniform(2.2, 3.0),
+                    0.0, 0.0, 0.0, 0.9, 0.0, kind="P")
+    font = lib.pick(rng, "H", cursive)
+    thin_max = 0 if font.thin else 1
+    return Hand(
+        font=font, x_height=x_height,
+        slant=float(rng.normal(0.12, 0.15)),
+        stroke=int(rng.choice([-1, 0, 0, 1, 2], p=[0.2 * thin_max, 0.45, 0.2, 0.1, 0.05 + 0.2 * (1 - thin_max)])),
+        ink=A.pick_ink(rng),
+        letter_space=float(rng.uniform(-0.05, 0.25)),
+        word_space=float(rng.uniform(0.5, 1.6)),
+        line_gap=float(rng.uniform(2.3, 4.8)),
+        size_jitter=float(rng.uniform(0.0, 0.12)),
+        drift=float(rng.uniform(0.0, 0.12)),
+        wobble=float(rng.uniform(0.0, 0.08)),
+        pressure_low=float(rng.uniform(0.45, 0.95)),
+        skew=float(rng.normal(0, 0.8)),
+    )
+
+
+# ---- words -----------------------------------------------------------------------------------------
+
+@dataclass
+class InkWord:
+    """A rendered word: ink opacity, where its baseline is and the tight box around the ink."""
+    alpha: np.ndarray                     # float32 HxW, 0..1
+    baseline: float                       # y of the baseline inside alpha
+    box: tuple[int, int, int, int]        # ink x0, y0, x1, y1 (exclusive) inside alpha
+    text: str
+    kind: str = "H"
+
+
+_metrics: dict[str, float] = {}
+
+
+def x_ratio(font: Font) -> float:
+    """x-height / font size (cap height for caps-only fonts), measured once per font."""
+    if font.path not in _metrics:
+        f = truetype(font.path, 100)
+        ch = "X" if font.caps_only else "x"
+        left, top, right, bottom = f.getbbox(ch, anchor="ls")
+        _metrics[font.path] = max(0.2, (bottom - top) / 100.0)
+    return _metrics[font.path]
+
+
+def _glyph_positions(text: str, font: Font, size: int, spacing: float) -> list[tuple[str, float]]:
+    """(chunk, x) pairs. Joined scripts stay one chunk so their connections survive; other fonts
+    are placed glyph by glyph at their kerned advance plus the hand's letter spacing."""
+    f = truetype(font.path, size)
+    if font.cursive or font.kind == "P":
+        return [(text, 0.0)]
+    out, x_prev = [], 0.0
+    for i, ch in enumerate(text):
+        x = f.getlength(text[:i]) + i * spacing
+        out.append((ch, x))
+        x_prev = x
+    return out if out else [(text, x_prev)]
+
+
+def render_word(text: str, hand: Hand, rng: np.random.Generator, lib: FontLibrary,
+                scale: float = 1.0) -> InkWord:
+    """Draw `text` in `hand` (glyph fallback where the font lacks a character) and distort it."""
+    xh = hand.x_height * scale * (1 + rng.normal(0, hand.size_jitter) if hand.size_jitter else 1)
+    xh = max(4.0, xh)
+    runs = lib.runs(text, hand.font)
+    pad = int(xh * 1.2) + 4
+    sizes = [max(6, int(round(xh / x_ratio(f)))) for _, f in runs]
+    asc = max(truetype(f.path, s).getmetrics()[0] for (_, f), s in zip(runs, sizes))
+    desc = max(truetype(f.path, s).getmetrics()[1] for (_, f), s in zip(runs, sizes))
+    widths = [truetype(f.path, s).getlength(t) * 1.0 for (t, f), s in zip(runs, sizes)]
+    spacing = hand.letter_space * xh
+    width = int(sum(widths) + spacing * len(text) + 2 * pad + xh)
+    height = int(asc + desc + 2 * pad)
+    img = Image.new("L", (max(8, width), max(8, height)), 0)
+    draw = ImageDraw.Draw(img)
+    base = pad + asc
+    x = float(pad)
+    jitter = 0.04 * xh * (hand.kind == "H")
+    for (run, f), size in zip(runs, sizes):
+        font = truetype(f.path, size)
+        for chunk, dx in _glyph_positions(run, f, size, spacing):
+            dy = rng.normal(0, jitter) if jitter else 0.0
+            draw.text((x + dx, base + dy), chunk, font=font, fill=255, anchor="ls")
+        x += font.getlength(run) + spacing * len(run) * (not (f.cursive or f.kind == "P"))
+    alpha = np.asarray(img, dtype=np.float32) * (1 / 255.0)
+    if hand.kind == "H":
+        alpha = _distort(alpha, base, hand, xh, rng)
+    return _tighten(alpha, base, text, hand.kind)
+
+
+def _distort(alpha: np.ndarray, base: float, hand: Hand, xh: float, rng: np.random.Generator) -> np.ndarray:
+    stroke = hand.stroke + (1 if xh > 40 and hand.stroke > 0 else 0)
+    alpha = A.stroke_width(alpha, stroke)
+    alpha, _ = A.shear(alpha, hand.slant + rng.normal(0, 0.03), baseline=base)
+    if hand.drift:
+        alpha = A.baseline_drift(alpha, rng, hand.drift * xh)
+    if hand.wobble:
+        alpha = A.elastic(alpha, rng, hand.wobble * xh, cell=max(4.0, xh * rng.uniform(0.6, 1.4)))
+    alpha = A.pressure(alpha, rng, hand.pressure_low)
+    if hand.pencil:  # graphite: grainy, never fully dark
+        alpha *= np.clip(0.8 + 0.25 * rng.standard_normal(alpha.shape).astype(np.float32), 0.3, 1.0)
+    return alpha
+
+
+def _tighten(alpha: np.ndarray, base: float, text: str, kind: str, thr: float = 0.2) -> InkWord:
+    """Crop to the ink plus a 2 px margin; remember the ink box inside."""
+    rows = np.flatnonzero((alpha > thr).any(axis=1))
+    cols = np.flatnonzero((alpha > thr).any(axis=0))
+    if len(rows) == 0:  # nothing drawn (e.g. a lone space): keep a 1 px speck so callers stay simple
+        return InkWord(np.zeros((3, 3), np.float32), 1.0, (1, 1, 2, 2), text, kind)
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    m = 2
+    Y0, X0 = max(0, y0 - m), max(0, x0 - m)
+    Y1, X1 = min(alpha.shape[0], y1 + m), min(alpha.shape[1], x1 + m)
+    return InkWord(alpha[Y0:Y1, X0:X1].copy(), base - Y0, (x0 - X0, y0 - Y0, x1 - X0, y1 - Y0), text, kind)
+
+
+def cross_out(word: InkWord, rng: np.random.Generator) -> InkWord:
+    """Strike a word through (or scribble over it); the label becomes GNHK's %SC%."""
+    a = word.alpha.copy()
+    x0, y0, x1, y1 = word.box
+    th = max(1, int((y1 - y0) / 12))
+    n = int(rng.integers(1, 4)) if rng.random() < 0.6 else int(rng.integers(4, 9))
+    for i in range(n):
+        ya = int(rng.uniform(y0 + (y1 - y0) * 0.3, y1 - (y1 - y0) * 0.3))
+        yb = int(np.clip(ya + rng.normal(0, (y1 - y0) * 0.15), y0, y1 - 1))
+        cv2.line(a, (x0, ya), (x1 - 1, yb), 1.0, th, cv2.LINE_AA)
+    return InkWord(a, word.baseline, word.box, CROSSED_OUT, word.kind)
+
+
+# ---- lines -----------------------------------------------------------------------------------------
+
+@dataclass
+class PlacedWord:
+    text: str
+    polygon: np.ndarray      # (4, 2) page pixels, clockwise from top-left
+    line_idx: int
+    kind: str
+
+
+@dataclass
+class Page:
+    """A page being written: float RGB paper, the words so far, the next free line index."""
+    img: np.ndarray
+    words: list[PlacedWord] = field(default_factory=list)
+    next_line: int = 0
+
+    @property
+    def h(self) -> int:
+        return self.img.shape[0]
+
+    @property
+    def w(self) -> int:
+        return self.img.shape[1]
+
+
+def write_line(page: Page, words: list[InkWord], hand: Hand, x: float, baseline: float, max_w: float,
+               rng: np.random.Generator, angle: float | None = None, label: bool = True) -> int:
+    """Lay words left to right from (x, baseline) until `max_w` is used; returns how many fit.
+
+    The line is drawn on its own strip, rotated by the line's skew and composited onto the page;
+    word polygons go through the same rotation so they stay tight around the ink.
+    """
+    if not words:
+        return 0
+    xh = hand.x_height
+    strip_h = int(max(w.alpha.shape[0] for w in words) * 2 + xh)
+    base_y = strip_h / 2
+    pad = int(2 * xh) + 4  # room for swashes and slant left of the first word's ink
+    strip = np.zeros((strip_h, int(max_w + 4 * xh) + 2 * pad), np.float32)
+    cx, boxes, n = float(pad), [], 0
+    for i, w in enumerate(words):
+        bw = w.box[2] - w.box[0]
+        if i and cx - pad + bw > max_w:
+            break
+        y = base_y - w.baseline + rng.normal(0, 0.06 * xh) * (hand.kind == "H")
+        ox, oy = int(round(cx - w.box[0])), int(round(y))
+        _stamp(strip, w.alpha, ox, oy)
+        boxes.append((ox + w.box[0], oy + w.box[1], ox + w.box[2], oy + w.box[3]))
+        gap = hand.word_space * xh * (rng.uniform(0.7, 1.4) if hand.kind == "H" else 1.0)
+        cx += bw + gap
+        n += 1
+    angle = hand.skew + rng.normal(0, 0.4) if angle is None else angle
+    if hand.kind == "P":
+        angle = 0.0
+    m = cv2.getRotationMatrix2D((float(pad), base_y), angle, 1.0)
+    m[:, 2] += (x - pad, baseline - base_y)
+    _composite_warped(page.img, strip, m, hand.ink)
+    if label:
+        idx = page.next_line
+        page.next_line += 1
+        for w, (bx0, by0, bx1, by1) in zip(words[:n], boxes):
+            quad = np.float32([[bx0, by0], [bx1, by0], [bx1, by1], [bx0, by1]])
+            page.words.append(PlacedWord(w.text, A.warp_polys(quad[None], m)[0], idx, w.kind))
+    return n
+
+
+def _composite_warped(img: np.ndarray, alpha: np.ndarray, m: np.ndarray, colour: np.ndarray) -> None:
+    """Warp `alpha` by affine `m` into its page bounding box only (cheap), then lay it as ink."""
+    h, w = alpha.shape
+    corners = A.warp_polys(np.float32([[[0, 0], [w, 0], [w, h], [0, h]]]), m)[0]
+    x0, y0 = np.floor(corners.min(0)).astype(int)
+    x1, y1 = np.ceil(corners.max(0)).astype(int)
+    if x1 <= 0 or y1 <= 0 or x0 >= img.shape[1] or y0 >= img.shape[0]:
+        return
+    mm = m.copy()
+    mm[:, 2] -= (x0, y0)
+    warped = cv2.warpAffine(alpha, mm, (int(x1 - x0), int(y1 - y0)), flags=cv2.INTER_LINEAR)
+    A.composite(img, warped, colour, int(x0), int(y0))
+
+
+# ---- page layouts ----------------------------------------------------------------------------------
+
+@dataclass
+class Frame:
+    """Writing area and vertical cursor."""
+    left: float
+    right: float
+    top: float
+    bottom: float
+    y: float
+
+
+def _words(tokens: list[str], hand: Hand, rng: np.random.Generator, lib: FontLibrary,
+           cross_rate: float = 0.015) -> list[InkWord]:
+    out = []
+    for t in tokens:
+        if hand.font.caps_only and any(c.islower() for c in t):
+            t = t.upper()
+        w = render_word(t, hand, rng, lib)
+        if hand.kind == "H" and rng.random() < cross_rate:
+            w = cross_out(w, rng)
+        out.append(w)
+    return out
+
+
+def paragraph(page: Page, fr: Frame, tokens: list[str], hand: Hand, rng: np.random.Generator,
+              lib: FontLibrary, indent: float = 0.0, rules: np.ndarray | None = None) -> None:
+    """Wrap tokens into lines inside the frame (ragged right), moving the cursor down."""
+    words = _words(tokens, hand, rng, lib)
+    first = True
+    while words and fr.y < fr.bottom:
+        fr.y = _snap(fr.y, rules)
+        ind = indent if first else rng.normal(0, 0.2) * hand.x_height
+        left = fr.left + ind + rng.normal(0, 0.15 * hand.x_height)
+        n = write_line(page, words, hand, left, fr.y, fr.right - left, rng)
+        words = words[max(1, n):]
+        fr.y += hand.line_gap * hand.x_height * rng.uniform(0.95, 1.05)
+        first = False
+
+
+def _snap(y: float, rules: np.ndarray | None) -> float:
+    """On ruled paper the baseline sits on the next rule (a little above it, as people write)."""
+    if rules is None or len(rules) == 0:
+        return y
+    nxt = rules[rules >= y - 2]
+    return float(nxt[0] - 2) if len(nxt) else y
+
+
+def single_line(page: Page, fr: Frame, tokens: list[str], hand: Hand, rng: np.random.Generator,
+                lib: FontLibrary, align: str = "left", gap: float | None = None,
+                rules: np.ndarray | None = None) -> None:
+    """One line aligned left / right / centre (dates, salutations, signatures, headings)."""
+    if fr.y >= fr.bottom:
+        return
+    words = _words(tokens, hand, rng, lib)
+    fr.y = _snap(fr.y, rules)
+    width = sum(w.box[2] - w.box[0] for w in words) + hand.word_space * hand.x_height * (len(words) - 1)
+    span = fr.right - fr.left
+    if align == "right":
+        x = fr.left + max(0.0, span - width) - rng.uniform(0, 0.15) * span
+    elif align == "centre":
+        x = fr.left + max(0.0, (span - width) / 2) + rng.normal(0, 0.02) * span
+    elif align == "anywhere":
+        x = fr.left + rng.uniform(0, max(1.0, span - width))
+    else:
+        x = fr.left + rng.normal(0, 0.2) * hand.x_height
+    x = max(fr.left * 0.5, x)
+    write_line(page, words, hand, x, fr.y, fr.right - x + hand.x_height * 2, rng)
+    fr.y += (hand.line_gap if gap is None else gap) * hand.x_height
+
+
+def letterhead(page: Page, fr: Frame, rng: np.random.Generator, lib: FontLibrary) -> None:
+    """Printed header: organisation name, address, perhaps officers in two columns."""
+    xh = page.w * rng.uniform(1 / 160, 1 / 90)
+    name = [t.upper() if rng.random() < 0.5 else t.capitalize()
+            for t in T.english_words(rng, int(rng.integers(2, 6)), flatten=0.5)]
+    big = make_hand(rng, lib, xh * rng.uniform(1.4, 2.2), "P")
+    fr.y = fr.top + big.x_height * 2
+    single_line(page, fr, name, big, rng, lib, align=str(rng.choice(["centre", "left"])), gap=2.4)
+    small = make_hand(rng, lib, xh, "P")
+    small.ink = big.ink
+    for line in T.address(rng)[: int(rng.integers(1, 3))]:
+        single_line(page, fr, line, small, rng, lib, align="centre", gap=2.4)
+    if rng.random() < 0.4:  # officers' columns, left and right
+        col = Frame(fr.left, fr.left + (fr.right - fr.left) * 0.3, fr.top, fr.bottom, fr.top + xh * 2)
+        col2 = Frame(fr.right - (fr.right - fr.left) * 0.3, fr.right, fr.top, fr.bottom, fr.top + xh * 2)
+        for c in (col, col2):
+            for _ in range(int(rng.integers(2, 5))):
+                single_line(page, c, [rng.choice(["President:", "Secretary:", "Treasurer:", "Office:"])],
+                            small, rng, lib, gap=2.0)
+                single_line(page, c, T.person(rng), small, rng, lib, gap=2.6)
+        fr.y = max(fr.y, col.y, col2.y)
+    fr.y += xh * rng.uniform(2, 6)
+
+
+def layout_letter(page: Page, fr: Frame, hands: list[Hand], rng: np.random.Generator, lib: FontLibrary,
+                  rules: np.ndarray | None) -> None:
+    h = hands[0]
+    if rules is None and rng.random() < 0.5:
+        letterhead(page, fr, rng, lib)
+    fr.y += h.x_height * 2
+    single_line(page, fr, T.date(rng), h, rng, lib, align="right", rules=rules)
+    if rng.random() < 0.4:
+        for line in [T.person(rng)] + T.address(rng):
+            single_line(page, fr, line, h, rng, lib, gap=h.line_gap * 0.9, rules=rules)
+    single_line(page, fr, T.salutation(rng), h, rng, lib, rules=rules)
+    for _ in range(int(rng.integers(1, 5))):
+        paragraph(page, fr, T.prose(rng, int(rng.integers(8, 70))), h, rng, lib,
+                  indent=h.x_height * rng.uniform(0, 6), rules=rules)
+    single_line(page, fr, T.closing(rng), h, rng, lib, align="right", rules=rules)
+    single_line(page, fr, T.person(rng)[-2:], h, rng, lib, align="right", rules=rules)
+    if len(hands) > 1:
+        annotate(page, fr, hands[1], rng, lib)
+
+
+def layout_note(page: Page, fr: Frame, hands: list[Hand], rng: np.random.Generator, lib: FontLibrary,
+                rules: np.ndarray | None) -> None:
+    h = hands[0]
+    if rng.random() < 0.6:
+        single_line(page, fr, T.date(rng) if rng.random() < 0.5 else T.prose(rng, int(rng.integers(1, 4))),
+                    h, rng, lib, align=str(rng.choice(["left", "right", "centre"])), rules=rules)
+    while fr.y < fr.bottom - h.x_height * 4:
+        paragraph(page, fr, T.prose(rng, int(rng.integers(5, 60))), h, rng, lib,
+                  indent=h.x_height * rng.uniform(0, 3) * (rng.random() < 0.5), rules=rules)
+        fr.y += h.x_height * rng.uniform(0, 2)
+        if rng.random() < 0.25:
+            break
+    for other in hands[1:]:
+        annotate(page, fr, other, rng, lib)
+
+
+def layout_list(page: Page, fr: Frame, hands: list[Hand], rng: np.random.Generator, lib: FontLibrary,
+                rules: np.ndarray | None) -> None:
+    h = hands[0]
+    single_line(page, fr, [t.capitalize() for t in T.english_words(rng, int(rng.integers(1, 4)))] + [":"] * (
+        rng.random() < 0.3), h, rng, lib, align=str(rng.choice(["left", "centre"])), rules=rules)
+    bullet = str(rng.choice(["-", "*", "num", "num)", "none", "o"]))
+    priced = rng.random() < 0.4
+    i = 1
+    while fr.y < fr.bottom and i < 40:
+        item = T.prose(rng, int(rng.integers(1, 6)))
+        item[-1] = item[-1].rstrip(".") if rng.random() < 0.7 else item[-1]
+        if bullet == "num":
+            item.insert(0, f"{i}.")
+        elif bullet == "num)":
+            item.insert(0, f"{i})")
+        elif bullet != "none":
+            item.insert(0, bullet)
+        if priced:
+            item.append(T.money(rng))
+        single_line(page, fr, item, h, rng, lib, rules=rules)
+        i += 1
+    for other in hands[1:]:
+        annotate(page, fr, other, rng, lib)
+
+
+FORM_LABELS = ["Name:", "Surname:", "First name:", "Address:", "Date:", "Date of birth:", "Tel:", "Phone:",
+               "Email:", "Signature:", "Amount:", "Ref.", "No.", "Account:", "Occupation:", "Town:",
+               "Postcode:", "Received from:", "The sum of:", "For:", "Remarks:", "Order No.", "Qty", "Item"]
+
+
+def layout_form(page: Page, fr: Frame, hands: list[Hand], rng: np.random.Generator, lib: FontLibrary,
+                rules: np.ndarray | None) -> None:
+    """Printed title and labels with handwritten answers on underlines."""
+    h = hands[0]
+    label = make_hand(rng, lib, h.x_height * rng.uniform(0.6, 0.9), "P")
+    title = make_hand(rng, lib, label.x_height * rng.uniform(1.5, 2.2), "P")
+    title.ink = label.ink
+    single_line(page, fr, [t.upper() for t in T.english_words(rng, int(rng.integers(1, 5)), flatten=0.5)],
+                title, rng, lib, align="centre", gap=3.5)
+    fr.y += h.x_height * 2
+    while fr.y < fr.bottom - h.x_height * 2:
+        lab = str(rng.choice(FORM_LABELS))
+        row = Frame(fr.left, fr.right, fr.top, fr.bottom, fr.y)
+        _words_at(page, [lab], label, row.left, row.y, rng, lib)
+        lab_w = len(lab) * label.x_height * 0.6 + h.x_height * rng.uniform(0.8, 2)
+        line_col = tuple(float(c) for c in label.ink)
+        cv2.line(page.img, (int(row.left + lab_w), int(row.y + h.x_height * 0.4)),
+                 (int(row.right), int(row.y + h.x_height * 0.4)), line_col, max(1, int(h.x_height / 15)))
+        answer = _form_answer(lab, rng)
+        write_line(page, _words(answer, h, rng, lib), h, row.left + lab_w + rng.uniform(0, 2) * h.x_height,
+                   row.y + rng.normal(0, 0.1) * h.x_height, row.right - row.left - lab_w, rng)
+        fr.y += h.x_height * h.line_gap * rng.uniform(1.0, 1.4)
+    for other in hands[1:]:
+        annotate(page, fr, other, rng, lib)
+
+
+def _words_at(page: Page, tokens: list[str], hand: Hand, x: float, y: float, rng: np.random.Generator,
+              lib: FontLibrary) -> None:
+    write_line(page, _words(tokens, hand, rng, lib), hand, x, y, page.w - x, rng, angle=0.0)
+
+
+def _form_answer(label: str, rng: np.random.Generator) -> list[str]:
+    lab = label.lower()
+    if "date" in lab:
+        return T.date(rng)
+    if "name" in lab or "from" in lab or "signature" in lab:
+        return T.person(rng)
+    if "address" in lab:
+        return T.address(rng)[-1]
+    if "tel" in lab or "phone" in lab:
+        return [T.phone(rng)]
+    if "email" in lab:
+        return [f"{T.english_word(rng)}{int(rng.integers(0, 99))}@{T.english_word(rng)}.com"]
+    if "amount" in lab or "sum" in lab:
+        return [T.money(rng)]
+    if "no" in lab or "ref" in lab or "qty" in lab or "account" in lab:
+        return [T.number(rng) if rng.random() < 0.5 else T.rare_token(rng)]
+    return T.prose(rng, int(rng.integers(1, 6)))
+
+
+def annotate(page: Page, fr: Frame, hand: Hand, rng: np.random.Generator, lib: FontLibrary) -> None:
+    """A second hand: margin note at an angle, a P.S. below, or a remark squeezed in at the top."""
+    where = rng.random()
+    tokens = T.prose(rng, int(rng.integers(1, 7)))
+    words = _words(tokens, hand, rng, lib)
+    if where < 0.4 and fr.y < page.h - hand.x_height * 4:
+        y = min(fr.y + hand.x_height * 2, page.h - hand.x_height * 3)
+        write_line(page, _words(["P.S."], hand, rng, lib) + words, hand, fr.left, y, fr.right - fr.left, rng)
+        return
+    angle = float(rng.uniform(-35, 35))
+    x = rng.uniform(0.02, 0.7) * page.w
+    y = rng.uniform(0.05, 0.95) * page.h
+    rest = words
+    for _ in range(3):
+        if not rest:
+            break
+        n = write_line(page, rest, hand, x, y, page.w * rng.uniform(0.2, 0.4), rng, angle=angle)
+        rest = rest[max(1, n):]
+        y += hand.line_gap * hand.x_height * math.cos(math.radians(angle))
+        x -= hand.line_gap * hand.x_height * math.sin(math.radians(angle))
+
+
+def marks(page: Page, hands: list[Hand], rng: np.random.Generator) -> None:
+    """Unlabelled pen marks real pages have: ticks, underlines, margin strokes."""
+    h = hands[0]
+    colour = tuple(float(c) for c in h.ink)
+    th = max(1, int(h.x_height / 10))
+    for _ in range(int(rng.integers(0, 4))):
+        x, y = rng.uniform(0.05, 0.95) * page.w, rng.uniform(0.02, 0.98) * page.h
+        s = h.x_height * rng.uniform(0.8, 2.5)
+        kind = rng.random()
+        if kind < 0.4:  # tick
+            pts = np.int32([[x, y], [x + s * 0.3, y + s * 0.4], [x + s, y - s * 0.6]])
+        elif kind < 0.7 and page.words:  # underline a word
+            pw = page.words[int(rng.integers(len(page.words)))]
+            p = pw.polygon
+            pts = np.int32([p[3] + (0, th * 2), p[2] + (0, th * 2 + rng.normal(0, th))])
+        else:  # vertical margin stroke
+            pts = np.int32([[x, y], [x + rng.normal(0, s * 0.2), y + s * rng.uniform(2, 6)]])
+        cv2.polylines(page.img, [pts], False, colour, th, cv2.LINE_AA)
+
+
+LAYOUTS = {"letter": (layout_letter, 0.4), "note": (layout_note, 0.25), "list": (layout_list, 0.15),
+           "form": (layout_form, 0.2)}
+
+
+# ---- whole pages -----------------------------------------------------------------------------------
+
+PAPER_SIZES_IN = {"a4": (8.27, 11.69), "letter": (8.5, 11.0), "half": (5.5, 8.5), "card": (6.0, 4.0),
+                  "notebook": (7.0, 9.75), "legal_pad": (8.5, 14.0)}
+
+
+def _page_size(rng: np.random.Generator) -> tuple[int, int]:
+    name = str(rng.choice(list(PAPER_SIZES_IN), p=[0.35, 0.2, 0.15, 0.08, 0.17, 0.05]))
+    w_in, h_in = PAPER_SIZES_IN[name]
+    dpi = rng.uniform(110, 240)
+    w, h = int(w_in * dpi), int(h_in * dpi)
+    if max(w, h) > 2800:
+        f = 2800 / max(w, h)
+        w, h = int(w * f), int(h * f)
+    return w, h
+
+
+def render_page(rng: np.random.Generator) -> tuple[Image.Image, list[dict]]:
+    """One synthetic page and its words: (RGB image, [{"text", "polygon", "line_idx", "type"}])."""
+    lib = library()
+    w, h = _page_size(rng)
+    page = Page(A.paper(h, w, rng))
+    xh = w * rng.uniform(1 / 120, 1 / 45)
+    hands = [make_hand(rng, lib, xh, cursive=rng.random() < 0.55 or None)]
+    for _ in range(int(rng.choice([0, 1, 2], p=[0.6, 0.3, 0.1]))):
+        hands.append(make_hand(rng, lib, xh * rng.uniform(0.7, 1.3)))
+    fr = Frame(w * rng.uniform(0.04, 0.16), w * (1 - rng.uniform(0.03, 0.12)), h * rng.uniform(0.03, 0.12),
+               h * (1 - rng.uniform(0.03, 0.1)), 0.0)
+    fr.y = fr.top + xh * 2
+    rules = _paper_rules(page, fr, hands[0], rng)
+    names = list(LAYOUTS)
+    layout = LAYOUTS[names[int(rng.choice(len(names), p=[v[1] for v in LAYOUTS.values()]))]][0]
+    layout(page, fr, hands, rng, lib, rules)
+    marks(page, hands, rng)
+    img, polys = _age_and_capture(page, rng)
+    return Image.fromarray(img, "RGB"), _records(page.words, polys, img.shape[1], img.shape[0])
+
+
+def _paper_rules(page: Page, fr: Frame, hand: Hand, rng: np.random.Generator) -> np.ndarray | None:
+    """A third of pages are ruled or squared: rules are spaced for the main hand's line gap."""
+    if rng.random() > 0.33:
+        return None
+    spacing = hand.line_gap * hand.x_height
+    grid = rng.random() < 0.25
+    margin = fr.left - hand.x_height * rng.uniform(0.5, 2) if rng.random() < 0.5 else None
+    return A.ruled_lines(page.img, rng, spacing, fr.top + spacing * rng.uniform(0.5, 1.5), margin, grid)
+
+
+def _age_and_capture(page: Page, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    img = np.clip(page.img, 0, 255).astype(np.uint8)
+    polys = np.stack([w.polygon for w in page.words]) if page.words else np.zeros((0, 4, 2), np.float32)
+    if rng.random() < 0.3:
+        img = A.show_through(img, rng)
+    if rng.random() < 0.25:
+        img = A.stains(img, rng)
+    if rng.random() < 0.35:
+        img = A.fold_lines(img, rng)
+    if rng.random() < 0.15:
+        img = A.punch_holes(img, rng)
+    if rng.random() < 0.3:  # phone photo: tilted page on a desk, uneven light
+        img, polys = A.perspective(img, polys, rng, rng.uniform(0.01, 0.06), A.desk(*img.shape[:2], rng),
+                                   margin=rng.uniform(0.02, 0.08))
+        img = A.lighting(img, rng)
+        if rng.random() < 0.5:
+            img = A.resample(img, rng, 0.6)
+    else:  # scan: slight rotation, flat light
+        if rng.random() < 0.6:
+            img, polys = A.rotate(img, polys, float(rng.normal(0, 0.8)), fill=A._edge_fill(img))
+        if rng.random() < 0.2:
+            img = A.lighting(img, rng)
+    if rng.random() < 0.4:
+        img = A.blur(img, rng, 1.1)
+    img = A.scanner_noise(img, rng, rng.uniform(0.5, 4))
+    if rng.random() < 0.3:
+        img = A.jpeg(img, rng, 40, 90)
+    return img, polys
+
+
+def _records(words: list[PlacedWord], polys: np.ndarray, w: int, h: int) -> list[dict]:
+    """Clip polygons to the image; drop words that ended up mostly outside it."""
+    out = []
+    for word, poly in zip(words, polys):
+        clipped = np.clip(poly, [0, 0], [w - 1, h - 1])
+        area = _area(poly)
+        if area <= 1 or _area(clipped) < 0.6 * area:
+            continue
+        out.append({"text": word.text,
+                    "polygon": [{"x": round(float(x), 1), "y": round(float(y), 1)} for x, y in clipped],
+                    "line_idx": word.line_idx, "type": word.kind})
+    return out
+
+
+def _area(poly: np.ndarray) -> float:
+    x, y = poly[:, 0], poly[:, 1]
+    return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
+
+
+# ---- word crops for the recogniser ---------------------------------------------------------------------
+
+class WordCropSampler:
+    """Word crops cut the way the detector will cut them, fast enough to feed training on the fly.
+
+    Each sample: a fresh hand, a token from text_source, the word on a paper patch with maybe bits
+    of the neighbouring lines, cut with jittered margins and a slight rotation, then light noise.
+    """
+
+    def __init__(self, seed: int, bank: int = 12, patch: int = 384):
+        self.rng = np.random.default_rng(seed)
+        self.lib = library()
+        bank_rng = np.random.default_rng([seed, 1])
+        # A bank of grayscale paper patches, made once: paper synthesis per crop would be too slow.
+        self.papers = [cv2.cvtColor(A.paper(patch, patch, bank_rng).astype(np.uint8), cv2.COLOR_RGB2GRAY)
+                       .astype(np.float32) for _ in range(bank)]
+        self.hands = [make_hand(bank_rng, self.lib, 1.0) for _ in range(0)]
+
+    def sample(self) -> tuple[np.ndarray, str]:
+        rng = self.rng
+        xh = float(rng.uniform(9, 26))
+        hand = make_hand(rng, self.lib, xh, "P" if rng.random() < 0.05 else "H")
+        text = T.token(rng)
+        if hand.font.caps_only and any(c.islower() for c in text):
+            text = text.upper()
+        word = render_word(text, hand, rng, self.lib)
+        canvas, box = self._scene(word, hand, rng)
+        crop = self._cut(canvas, box, xh, rng)
+        return self._finish(crop, rng), text
+
+    def _scene(self, word: InkWord, hand: Hand, rng: np.random.Generator) -> tuple[np.ndarray, tuple]:
+        """Ink alpha canvas with the word in the middle and maybe neighbours' ink around it."""
+        xh = hand.x_height
+        wh, ww = word.alpha.shape
+        mh, mw = int(xh * 2.5), int(xh * 2)
+        canvas = np.zeros((wh + 2 * mh, ww + 2 * mw), np.float32)
+        canvas[mh:mh + wh, mw:mw + ww] = word.alpha
+        box = (word.box[0] + mw, word.box[1] + mh, word.box[2] + mw, word.box[3] + mh)
+        if rng.random() < 0.35:
+            self._neighbour(canvas, word, hand, rng, above=True, base_y=mh + word.baseline)
+        if rng.random() < 0.35:
+            self._neighbour(canvas, word, hand, rng, above=False, base_y=mh + word.baseline)
+        if rng.random() < 0.15:  # a word of the same line just beyond the gap
+            other = render_word(T.english_word(rng), hand, rng, self.lib)
+            gap = int(hand.word_space * xh * rng.uniform(0.5, 1.2))
+            side = box[2] + gap if rng.random() < 0.5 else box[0] - gap - other.box[2]
+            _stamp(canvas, other.alpha, side, int(mh + word.baseline - other.baseline))
+        return canvas, box
+
+    def _neighbour(self, canvas: np.ndarray, word: InkWord, hand: Hand, rng: np.random.Generator,
+                   above: bool, base_y: float) -> None:
+        other = render_word(T.english_word(rng), hand, rng, self.lib)
+        gap = hand.line_gap * hand.x_height * rng.uniform(0.6, 1.0)
+        y = base_y - other.baseline + (-gap if above else gap)
+        x = rng.uniform(-other.alpha.shape[1], canvas.shape[1])
+        _stamp(canvas, other.alpha, int(x), int(y))
+
+    def _cut(self, canvas: np.ndarray, box: tuple, xh: float, rng: np.random.Generator) -> np.ndarray:
+        x0, y0, x1, y1 = box
+        ml, mr = rng.uniform(-0.05, 0.5, 2) * xh
+        mt, mb = rng.uniform(-0.05, 0.4, 2) * xh
+        angle = rng.normal(0, 1.2)
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        if abs(angle) > 0.2:
+            m = cv2.getRotationMatrix2D((cx, cy), angle, 1.0)
+            canvas = cv2.warpAffine(canvas, m, (canvas.shape[1], canvas.shape[0]), flags=cv2.INTER_LINEAR)
+        X0, Y0 = int(max(0, x0 - ml)), int(max(0, y0 - mt))
+        X1, Y1 = int(min(canvas.shape[1], x1 + mr)), int(min(canvas.shape[0], y1 + mb))
+        return canvas[Y0:max(Y0 + 4, Y1), X0:max(X0 + 4, X1)]
+
+    def _finish(self, alpha: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        h, w = alpha.shape
+        paper = self.papers[int(rng.integers(len(self.papers)))]
+        ph, pw = paper.shape
+        if h > ph or w > pw:
+            paper = cv2.resize(paper, (max(pw, w), max(ph, h)))
+            ph, pw = paper.shape
+        oy, ox = int(rng.integers(0, ph - h + 1)), int(rng.integers(0, pw - w + 1))
+        bg = paper[oy:oy + h, ox:ox + w] * rng.uniform(0.75, 1.05)
+        ink = rng.uniform(10, 120) if rng.random() < 0.85 else rng.uniform(120, 170)
+        img = bg - alpha * (bg - ink)
+        if rng.random() < 0.15:  # a ruled line passing through
+            y = int(rng.uniform(h * 0.55, h))
+            img[min(h - 1, y)] *= rng.uniform(0.75, 0.92)
+        if rng.random() < 0.3:
+            img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 1.0))
+        img += rng.standard_normal(img.shape).astype(np.float32) * rng.uniform(0, 6)
+        out = np.clip(img, 0, 255).astype(np.uint8)
+        if rng.random() < 0.2:
+            out = A.jpeg(out, rng, 40, 95)
+        return out
+
+
+def _stamp(canvas: np.ndarray, alpha: np.ndarray, x: int, y: int) -> None:
+    """Max-blend alpha into canvas at (x, y), clipped at the edges."""
+    H, W = canvas.shape
+    h, w = alpha.shape
+    X0, Y0, X1, Y1 = max(0, x), max(0, y), min(W, x + w), min(H, y + h)
+    if X0 < X1 and Y0 < Y1:
+        np.maximum(canvas[Y0:Y1, X0:X1], alpha[Y0 - y:Y1 - y, X0 - x:X1 - x], out=canvas[Y0:Y1, X0:X1])
+
+
+# ---- files + command ---------------------------------------------------------------------------------
+
+def write_pages(n: int, out_dir: str | Path, seed: int) -> Path:
+    """Render n pages as JPEGs under out_dir/pages and write out_dir/manifest.jsonl (same seed, same bytes)."""
+    from tqdm import tqdm
+
+    from jobs.manifests import Annotation, Sample, write_manifest
+    out = Path(out_dir)
+    (out / "pages").mkdir(parents=True, exist_ok=True)
+    samples, t0, n_words = [], time.time(), 0
+    for i in tqdm(range(n), desc="pages", unit="page"):
+        img, words = render_page(np.random.default_rng([seed, i]))
+        name = f"pages/page_{i:06d}.jpg"
+        img.save(out / name, quality=int(np.random.default_rng([seed, i, 7]).integers(70, 96)))
+        samples.append(Sample(name, [Annotation(w["text"], w["polygon"], w["line_idx"], w["type"])
+                                     for w in words]))
+        n_words += len(words)
+    path = write_manifest(samples, out / "manifest.jsonl")
+    print(f"synth: {n} pages, {n_words} words in {time.time() - t0:.1f}s -> {path}")
+    return path
+
+
+def write_crops(n: int, out_dir: str | Path, seed: int) -> Path:
+    """n word crops as PNGs under out_dir/crops plus out_dir/crops.jsonl ({"source-ref", "text"})."""
+    from tqdm import tqdm
+    out = Path(out_dir)
+    (out / "crops").mkdir(parents=True, exist_ok=True)
+    sampler, t0 = WordCropSampler(seed), time.time()
+    path = out / "crops.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        for i in tqdm(range(n), desc="crops", unit="crop"):
+            img, text = sampler.sample()
+            name = f"crops/crop_{i:07d}.png"
+            cv2.imwrite(str(out / name), img)
+            f.write(json.dumps({"source-ref": name, "text": text}, ensure_ascii=False) + "\n")
+    print(f"synth: {n} word crops in {time.time() - t0:.1f}s -> {path}")
+    return path
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pages", type=int, default=0, help="number of pages to render")
+    parser.add_argument("--crops", type=int, default=0, help="number of word crops to render (recogniser data)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--seed", type=int, default=0, help="random seed: same seed, same files")
+
+
+def main(args: argparse.Namespace) -> int:
+    from batch.errors import EXIT_BAD_ARGS
+    if args.pages < 0 or args.crops < 0 or (args.pages == 0 and args.crops == 0):
+        print("synth: give --pages N and/or --crops N (N > 0)")
+        return EXIT_BAD_ARGS
+    if args.pages:
+        write_pages(args.pages, args.out, args.seed)
+    if args.crops:
+        write_crops(args.crops, args.out, args.seed)
+    return 0
