@@ -146,6 +146,12 @@ class FaultProxy:
         self._server.shutdown()
         self._server.server_close()
 
+    def set_random(self, rate: float, seed: int = 0, kinds: tuple[str, ...] | None = None) -> None:
+        """Fail a seeded random `rate` of the requests from now on."""
+        with self._lock:
+            self.rate, self.seed, self.kinds = rate, seed, kinds or self.kinds
+            self._rng = random.Random(seed)
+
     def fail_next(self, *kinds: str) -> None:
         """The next len(kinds) requests fail with these faults, in order."""
         unknown = set(kinds) - set(FAULTS)

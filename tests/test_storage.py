@@ -234,8 +234,7 @@ def test_s3_writes_with_sse_kms_single_and_multipart(s3_endpoint: str, s3_bucket
 
 
 def test_s3_retries_succeed_through_random_transient_faults(s3_bucket: str, proxied: FaultProxy):
-    proxied.rate, proxied.seed = 0.35, 7
-    proxied._rng.seed(7)
+    proxied.set_random(rate=0.35, seed=7)
     base = f"s3://{s3_bucket}/flaky/"
     payloads = {f"doc{i}.json": os.urandom(2000 + i) for i in range(4)}
     for name, data in payloads.items():
