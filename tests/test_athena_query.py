@@ -19,8 +19,6 @@ from batch.errors import EXIT_BAD_ARGS
 from batch.schema import (TABLES, DocumentRecord, ErrorRecord, Line, Page, Point, Word, error_rows,
                           page_rows, to_table, word_rows)
 
-pytest_plugins = ["tests.s3_server"]
-
 REPO = Path(__file__).resolve().parents[1]
 DAY1, DAY2 = 1714557600000, 1714644000000  # 2024-05-01 10:00 UTC, 2024-05-02 10:00 UTC
 

@@ -8,14 +8,10 @@ from urllib.parse import parse_qs, urlparse
 import boto3
 import pytest
 
-pytest.register_assert_rewrite("tests.s3_server")  # imported below, before pytest loads it as a plugin
-
 from batch import storage
 from batch.errors import StorageError
 from batch.storage import NotFound, StorageConfig
 from tests.s3_server import REGION, FaultProxy, s3_client, upload_folder
-
-pytest_plugins = ["tests.s3_server"]
 
 TREE = {  # chosen so folder-vs-file ordering matters: 'a.txt' < 'a/x.pdf' < 'a0.pdf'
     "a.txt": b"text",
