@@ -1,0 +1,428 @@
+"""Labelled-data formats: our manifest, GNHK's native layout and SageMaker Ground Truth.
+
+Our manifest is JSON lines, one page per line:
+    {"source-ref": "pages/p1.jpg",
+     "annotations": {"texts": [{"text": "Dear", "polygon": [{"x": 10, "y": 20}, ... 4 points],
+                                "line_idx": 0, "type": "H"}]}}
+`source-ref` is relative to the manifest's folder, absolute, or s3:// (kept as a string here;
+batch.storage reads it). Polygons run clockwise from top-left in page pixels; "type" is "H"
+(handwritten) or "P" (printed).
+
+Converters bring other formats to it: GNHK (one JSON per image) and Ground Truth output manifests
+(bounding-box and polygon tasks). `labeling_job_request` builds a CreateLabelingJob request for
+new images in S3 without calling AWS.
+"""
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+
+from batch.errors import InputError
+
+# GNHK special tokens: the region is text-like (keep it for detection) but has no transcription.
+SPECIAL_TOKENS = ("%math%", "%SC%", "%NA%")
+TYPES = ("H", "P")
+
+
+class ManifestError(InputError):
+    """A manifest or annotation file that cannot be understood."""
+
+    stage = "manifest"
+
+
+@dataclass
+class Annotation:
+    text: str
+    polygon: list[dict[str, float]]   # [{"x", "y"}, ...], page pixels, clockwise from top-left
+    line_idx: int = 0
+    type: str = "H"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"text": self.text, "polygon": [{"x": p["x"], "y": p["y"]} for p in self.polygon],
+                "line_idx": self.line_idx, "type": self.type}
+
+
+@dataclass
+class Sample:
+    source_ref: str
+    annotations: list[Annotation] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source-ref": self.source_ref,
+                "annotations": {"texts": [a.to_json() for a in self.annotations]}}
+
+
+def is_recognition_target(text: str) -> bool:
+    """False for GNHK's special tokens (and empty text): detect these regions, never read them."""
+    return bool(text) and text not in SPECIAL_TOKENS
+
+
+# ---- our manifest --------------------------------------------------------------------------------
+
+def _point(p: Any, where: str) -> dict[str, float]:
+    try:
+        if isinstance(p, dict):
+            return {"x": float(p["x"]), "y": float(p["y"])}
+        x, y = p
+        return {"x": float(x), "y": float(y)}
+    except (KeyError, TypeError, ValueError) as e:
+        raise ManifestError(f"{where}: bad polygon point {p!r}") from e
+
+
+def parse_annotation(d: Any, where: str) -> Annotation:
+    if not isinstance(d, dict) or "text" not in d or "polygon" not in d:
+        raise ManifestError(f"{where}: annotation needs 'text' and 'polygon', got {str(d)[:120]}")
+    poly = d["polygon"]
+    if not isinstance(poly, list) or len(poly) < 3:
+        raise ManifestError(f"{where}: polygon needs at least 3 points")
+    kind = d.get("type", "H") or "H"
+    if kind not in TYPES:
+        raise ManifestError(f"{where}: type must be 'H' or 'P', got {kind!r}")
+    try:
+        line_idx = int(d.get("line_idx", 0))
+    except (TypeError, ValueError) as e:
+        raise ManifestError(f"{where}: line_idx must be an integer") from e
+    return Annotation(str(d["text"]), [_point(p, where) for p in poly], line_idx, kind)
+
+
+def parse_sample(obj: Any, where: str) -> Sample:
+    if not isinstance(obj, dict) or not isinstance(obj.get("source-ref"), str):
+        raise ManifestError(f"{where}: each line needs a string 'source-ref'")
+    anns = obj.get("annotations", {"texts": []})
+    texts = anns.get("texts") if isinstance(anns, dict) else None
+    if not isinstance(texts, list):
+        raise ManifestError(f"{where}: 'annotations' must be {{\"texts\": [...]}}")
+    return Sample(obj["source-ref"], [parse_annotation(t, f"{where} text {i}") for i, t in enumerate(texts)])
+
+
+def _read_text(path: str | Path) -> str:
+    p = str(path)
+    if p.startswith("s3://"):
+        from batch import storage
+        return storage.read_bytes(p).decode("utf-8")
+    try:
+        return Path(p.removeprefix("file://")).read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise ManifestError(f"manifest not found: {p}") from e
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"manifest is not UTF-8 text: {p}") from e
+
+
+def read_manifest(path: str | Path) -> list[Sample]:
+    """All samples of a manifest (local path, file:// or s3://). Blank lines are skipped."""
+    samples = []
+    for n, line in enumerate(_read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ManifestError(f"{path}:{n}: not JSON ({e.msg})") from e
+        samples.append(parse_sample(obj, f"{path}:{n}"))
+    return samples
+
+
+def dumps_manifest(samples: Iterable[Sample]) -> str:
+    return "".join(json.dumps(s.to_json(), ensure_ascii=False) + "\n" for s in samples)
+
+
+def write_manifest(samples: Iterable[Sample], path: str | Path) -> Path | str:
+    """Write JSON lines to a local path (parents created) or an s3:// URI; returns the path."""
+    text = dumps_manifest(samples)
+    if str(path).startswith("s3://"):
+        from batch import storage
+        storage.write_bytes(str(path), text.encode("utf-8"), "application/jsonlines")
+        return str(path)
+    p = Path(str(path).removeprefix("file://"))
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def resolve_source(sample: Sample, manifest_path: str | Path) -> str:
+    """Where the image is: s3:// and absolute refs as they are, relative ones next to the manifest."""
+    ref = sample.source_ref
+    if ref.startswith("s3://") or os.path.isabs(ref.removeprefix("file://")):
+        return ref
+    base = str(manifest_path)
+    if base.startswith("s3://"):
+        return posixpath.join(posixpath.dirname(base), ref)
+    return os.path.join(os.path.dirname(base.removeprefix("file://")), ref)
+
+
+def split_manifest(samples: list[Sample], test_fraction: float = 0.2, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
+    """Deterministic (train, test) split by seed; at least one test sample when there are two or more."""
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError("test_fraction must be in [0, 1)")
+    order = np.random.default_rng(seed).permutation(len(samples))
+    n_test = int(round(len(samples) * test_fraction))
+    if test_fraction > 0 and len(samples) >= 2:
+        n_test = max(1, n_test)
+    test_idx = set(order[:n_test].tolist())
+    train = [s for i, s in enumerate(samples) if i not in test_idx]
+    test = [s for i, s in enumerate(samples) if i in test_idx]
+    return train, test
+
+
+# ---- GNHK ----------------------------------------------------------------------------------------
+
+GNHK_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+
+
+def gnhk_annotations(items: Any, where: str) -> list[Annotation]:
+    """GNHK's per-image list of {"text", "polygon": {"x0","y0",...,"x3","y3"}, "line_idx", "type"}."""
+    if not isinstance(items, list):
+        raise ManifestError(f"{where}: GNHK file must hold a list of words")
+    out = []
+    for i, it in enumerate(items):
+        try:
+            poly = it["polygon"]
+            pts = [{"x": float(poly[f"x{k}"]), "y": float(poly[f"y{k}"])} for k in range(4)]
+            kind = it.get("type", "H")
+            out.append(Annotation(str(it["text"]), pts, int(it.get("line_idx", 0)), kind if kind in TYPES else "H"))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ManifestError(f"{where} word {i}: not a GNHK word ({e})") from e
+    return out
+
+
+def gnhk_to_samples(folder: str | Path) -> list[Sample]:
+    """A GNHK folder (image + same-stem .json pairs) as samples, source-ref relative to the folder."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise ManifestError(f"GNHK folder not found: {root}")
+    samples = []
+    for js in sorted(root.rglob("*.json")):
+        image = next((js.with_suffix(e) for e in GNHK_IMAGE_EXTS if js.with_suffix(e).exists()), None)
+        if image is None:
+            continue  # not an annotation file (or its image is missing)
+        try:
+            items = json.loads(js.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ManifestError(f"{js}: not JSON") from e
+        samples.append(Sample(image.relative_to(root).as_posix(), gnhk_annotations(items, str(js))))
+    if not samples:
+        raise ManifestError(f"no GNHK image/JSON pairs under {root}")
+    return samples
+
+
+def convert_gnhk(folder: str | Path, manifest_path: str | Path | None = None) -> Path | str:
+    """Write `folder`/manifest.jsonl (or manifest_path, source-refs made relative to it)."""
+    root = Path(folder)
+    out = Path(manifest_path) if manifest_path else root / "manifest.jsonl"
+    samples = gnhk_to_samples(root)
+    rel = os.path.relpath(root.resolve(), out.parent.resolve())
+    if rel != ".":
+        samples = [Sample(Path(rel, s.source_ref).as_posix(), s.annotations) for s in samples]
+    return write_manifest(samples, out)
+
+
+def samples_to_gnhk(sample: Sample) -> list[dict[str, Any]]:
+    """The inverse for one page (useful to hand data to GNHK tools): quads only."""
+    out = []
+    for a in sample.annotations:
+        pts = a.polygon[:4]
+        poly = {f"{c}{k}": pts[k][c] for k in range(len(pts)) for c in ("x", "y")}
+        out.append({"text": a.text, "polygon": poly, "line_idx": a.line_idx, "type": a.type})
+    return out
+
+
+# ---- SageMaker Ground Truth ----------------------------------------------------------------------
+
+def _box_polygon(left: float, top: float, width: float, height: float) -> list[dict[str, float]]:
+    return [{"x": left, "y": top}, {"x": left + width, "y": top},
+            {"x": left + width, "y": top + height}, {"x": left, "y": top + height}]
+
+
+def _label_attribute(obj: dict[str, Any], label_attribute: str | None) -> str:
+    if label_attribute:
+        if label_attribute not in obj:
+            raise ManifestError(f"label attribute {label_attribute!r} not in line")
+        return label_attribute
+    names = [k for k in obj if k != "source-ref" and f"{k}-metadata" in obj and isinstance(obj[k], dict)]
+    if not names:
+        raise ManifestError("no Ground Truth label attribute (a key with a matching '-metadata') found")
+    return names[0]
+
+
+def _gt_text(ann: dict[str, Any], class_map: dict[str, str], text_attribute: str) -> str:
+    """Transcription from a per-object attribute if the job collected one, else the class name."""
+    attrs = ann.get("label-category-attributes") or ann.get("attributes") or {}
+    for source in (attrs, ann):
+        if isinstance(source, dict) and source.get(text_attribute) not in (None, ""):
+            return str(source[text_attribute])
+    if "label" in ann:
+        return str(ann["label"])
+    return str(class_map.get(str(ann.get("class_id")), "%NA%"))
+
+
+def _gt_vertices(ann: dict[str, Any], where: str) -> list[dict[str, float]]:
+    if all(k in ann for k in ("left", "top", "width", "height")):
+        return _box_polygon(float(ann["left"]), float(ann["top"]), float(ann["width"]), float(ann["height"]))
+    pts = ann.get("vertices") or ann.get("points") or ann.get("polygon")
+    if isinstance(pts, list) and len(pts) >= 3:
+        return [_point(p, where) for p in pts]
+    raise ManifestError(f"{where}: annotation has neither a box nor >= 3 vertices")
+
+
+def ground_truth_sample(obj: dict[str, Any], label_attribute: str | None = None,
+                        text_attribute: str = "transcription", where: str = "line") -> Sample:
+    """One Ground Truth output line (bounding-box, polygon or crowd-polygon result) as a Sample.
+
+    Boxes become 4-point polygons; polygon vertices are kept as drawn. Without a transcription
+    attribute the class name is the text (e.g. a single "word" class gives detection-only data).
+    """
+    if not isinstance(obj, dict) or not isinstance(obj.get("source-ref"), str):
+        raise ManifestError(f"{where}: needs a string 'source-ref'")
+    name = _label_attribute(obj, label_attribute)
+    value, meta = obj[name], obj.get(f"{name}-metadata", {}) or {}
+    class_map = {str(k): str(v) for k, v in (meta.get("class-map") or {}).items()}
+    if "annotatedResult" in value:  # crowd-polygon worker output shape
+        value = value["annotatedResult"]
+    anns = value.get("annotations", value.get("polygons"))
+    if not isinstance(anns, list):
+        raise ManifestError(f"{where}: '{name}' holds no 'annotations' (or 'polygons') list")
+    out = []
+    for i, a in enumerate(anns):
+        if not isinstance(a, dict):
+            raise ManifestError(f"{where}: annotation {i} is not an object")
+        out.append(Annotation(_gt_text(a, class_map, text_attribute), _gt_vertices(a, f"{where} annotation {i}"),
+                              int(a.get("line_idx", 0)), str(a.get("type", "H")) if a.get("type") in TYPES else "H"))
+    return Sample(obj["source-ref"], out)
+
+
+def convert_ground_truth(path: str | Path, out_path: str | Path | None = None, label_attribute: str | None = None,
+                         text_attribute: str = "transcription") -> list[Sample]:
+    """Read a Ground Truth output.manifest; optionally write it as our manifest."""
+    samples = []
+    for n, line in enumerate(_read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ManifestError(f"{path}:{n}: not JSON ({e.msg})") from e
+        samples.append(ground_truth_sample(obj, label_attribute, text_attribute, f"{path}:{n}"))
+    if out_path is not None:
+        write_manifest(samples, out_path)
+    return samples
+
+
+def to_ground_truth_line(sample: Sample, label_attribute: str = "words", job_name: str = "htr-words",
+                         image_size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """A sample as a Ground Truth bounding-box output line (classes = distinct texts): for tests,
+    or to pre-fill an adjustment job from our synthetic or predicted labels."""
+    classes = sorted({a.text for a in sample.annotations})
+    ids = {t: i for i, t in enumerate(classes)}
+    anns = []
+    for a in sample.annotations:
+        xs, ys = [p["x"] for p in a.polygon], [p["y"] for p in a.polygon]
+        anns.append({"class_id": ids[a.text], "left": round(min(xs)), "top": round(min(ys)),
+                     "width": round(max(xs) - min(xs)), "height": round(max(ys) - min(ys))})
+    value: dict[str, Any] = {"annotations": anns}
+    if image_size:
+        value["image_size"] = [{"width": image_size[0], "height": image_size[1], "depth": 3}]
+    return {"source-ref": sample.source_ref, label_attribute: value,
+            f"{label_attribute}-metadata": {
+                "objects": [{"confidence": 0.0} for _ in anns],
+                "class-map": {str(i): t for t, i in ids.items()},
+                "type": "groundtruth/object-detection", "human-annotated": "yes",
+                "creation-date": "1970-01-01T00:00:00", "job-name": f"labeling-job/{job_name}"}}
+
+
+# Accounts that host Ground Truth's built-in pre-annotation / consolidation Lambdas, per region
+# (SageMaker API reference, HumanTaskConfig.PreHumanTaskLambdaArn).
+GT_LAMBDA_ACCOUNTS = {
+    "us-east-1": "432418664414", "us-east-2": "266458841044", "us-west-2": "081040173940",
+    "ca-central-1": "918755190332", "eu-west-1": "568282634449", "eu-west-2": "487402164563",
+    "eu-central-1": "203001061592", "ap-northeast-1": "477331159723", "ap-northeast-2": "845288260483",
+    "ap-south-1": "565803892007", "ap-southeast-1": "377565633583", "ap-southeast-2": "454466003867",
+}
+GT_TASKS = {"BoundingBox": "BoundingBox", "SemanticSegmentation": "SemanticSegmentation"}
+
+
+def input_manifest(image_uris: Iterable[str]) -> str:
+    """Ground Truth input manifest text: one {"source-ref": uri} line per image in S3."""
+    lines = []
+    for uri in image_uris:
+        if not str(uri).startswith("s3://"):
+            raise ManifestError(f"Ground Truth reads images from S3 only: {uri}")
+        lines.append(json.dumps({"source-ref": str(uri)}))
+    return "\n".join(lines) + "\n"
+
+
+def label_category_config(labels: Iterable[str] = ("word", "printed-word", "illegible"),
+                          text_attribute: str | None = "transcription") -> dict[str, Any]:
+    """The label category file (uploaded to S3) with, optionally, a free-text transcription attribute."""
+    cfg: dict[str, Any] = {"document-version": "2018-11-28", "labels": [{"label": lab} for lab in labels]}
+    if text_attribute:
+        cfg["categoryGlobalAttributes"] = [{"name": text_attribute, "type": "string",
+                                            "description": "exactly what is written, no spaces"}]
+    return cfg
+
+
+def labeling_job_request(job_name: str, manifest_s3_uri: str, output_s3_uri: str, role_arn: str,
+                         workteam_arn: str, label_categories_s3_uri: str, ui_template_s3_uri: str,
+                         region: str, task: str = "BoundingBox", label_attribute: str = "words",
+                         workers_per_object: int = 1, task_time_limit_s: int = 600,
+                         title: str = "Draw a box around every handwritten or printed word",
+                         description: str = "Box each word tightly; type what it says") -> dict[str, Any]:
+    """kwargs for boto3 sagemaker.create_labeling_job(**request): pure, nothing is sent."""
+    if task not in GT_TASKS:
+        raise ValueError(f"task must be one of {sorted(GT_TASKS)}, got {task!r}")
+    account = GT_LAMBDA_ACCOUNTS.get(region)
+    if account is None:
+        raise ValueError(f"Ground Truth built-in Lambdas are not listed for region {region!r}")
+    for name, uri in (("manifest", manifest_s3_uri), ("output", output_s3_uri),
+                      ("label categories", label_categories_s3_uri), ("UI template", ui_template_s3_uri)):
+        if not uri.startswith("s3://"):
+            raise ValueError(f"{name} must be an s3:// URI, got {uri!r}")
+    if task == "SemanticSegmentation" and not label_attribute.endswith("-ref"):
+        label_attribute += "-ref"  # Ground Truth requires it for segmentation jobs
+    fn = GT_TASKS[task]
+    return {
+        "LabelingJobName": job_name,
+        "LabelAttributeName": label_attribute,
+        "InputConfig": {
+            "DataSource": {"S3DataSource": {"ManifestS3Uri": manifest_s3_uri}},
+            "DataAttributes": {"ContentClassifiers": ["FreeOfAdultContent"]},
+        },
+        "OutputConfig": {"S3OutputPath": output_s3_uri},
+        "RoleArn": role_arn,
+        "LabelCategoryConfigS3Uri": label_categories_s3_uri,
+        "HumanTaskConfig": {
+            "WorkteamArn": workteam_arn,
+            "UiConfig": {"UiTemplateS3Uri": ui_template_s3_uri},
+            "PreHumanTaskLambdaArn": f"arn:aws:lambda:{region}:{account}:function:PRE-{fn}",
+            "TaskKeywords": ["handwriting", "transcription", "bounding box"],
+            "TaskTitle": title,
+            "TaskDescription": description,
+            "NumberOfHumanWorkersPerDataObject": workers_per_object,
+            "TaskTimeLimitInSeconds": task_time_limit_s,
+            "TaskAvailabilityLifetimeInSeconds": 10 * 24 * 3600,
+            "MaxConcurrentTaskCount": 1000,
+            "AnnotationConsolidationConfig": {
+                "AnnotationConsolidationLambdaArn": f"arn:aws:lambda:{region}:{account}:function:ACS-{fn}"},
+        },
+        "Tags": [{"Key": "project", "Value": "htr-batch"}],
+    }
+
+
+BOUNDING_BOX_TEMPLATE = """<script src="https://assets.crowd.aws/crowd-html-elements.js"></script>
+<crowd-form>
+  <crowd-bounding-box name="boundingBox" src="{{ task.input.taskObject | grant_read_access }}"
+      header="Draw a tight box around each word" labels="{{ task.input.labels | to_json | escape }}">
+    <full-instructions header="Word boxes">
+      <p>One box per word, tight around the ink, including punctuation attached to the word.</p>
+      <p>Type exactly what is written in the transcription field. Crossed-out words: %SC%.
+         Unreadable words: %NA%.</p>
+    </full-instructions>
+    <short-instructions>Box every word; transcribe it exactly.</short-instructions>
+  </crowd-bounding-box>
+</crowd-form>
+"""
