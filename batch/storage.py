@@ -140,16 +140,16 @@ def endpoint_url() -> str | None:
 
 def session() -> boto3.session.Session:
     """This thread's boto3 session (credentials and region from boto3's usual chain)."""
-    _client_and_session()
+    _thread_client()
     return _local.session
 
 
 def client():
     """This thread's S3 client, with the retry, timeout and endpoint settings in force."""
-    return _client_and_session()
+    return _thread_client()
 
 
-def _client_and_session():
+def _thread_client():
     cfg, endpoint = get_config(), endpoint_url()
     key = (_generation, endpoint, cfg.region)
     if getattr(_local, "key", None) != key:
@@ -482,19 +482,31 @@ class _S3Reader(io.RawIOBase):
                 _backoff(failures, cfg)
 
     def readall(self) -> bytes:
-        chunks = bytearray()
-        buf = bytearray(4 * MiB)
-        while n := self.readinto(buf):
-            chunks += memoryview(buf)[:n]
-        return bytes(chunks)
+        out = bytearray()
+        while not self._at_end():
+            chunk = bytearray(min(4 * MiB, self._remaining()))  # small objects, small buffers
+            n = self.readinto(chunk)
+            if n == 0:
+                break
+            out += memoryview(chunk)[:n]
+        return bytes(out)
 
     def close(self) -> None:
         self._close_body()
         super().close()
 
+    def _limit(self) -> int | None:
+        """Where reading stops: the range end, the object size, whichever is known and smaller."""
+        known = [v for v in (self.end, self.size) if v is not None]
+        return min(known) if known else None
+
     def _at_end(self) -> bool:
-        limit = self.end if self.size is None else min(self.size, self.end or self.size)
+        limit = self._limit()
         return limit is not None and self.pos >= limit
+
+    def _remaining(self) -> int:
+        limit = self._limit()
+        return 4 * MiB if limit is None else max(1, limit - self.pos)
 
     def _size(self) -> int:
         if self.size is None:

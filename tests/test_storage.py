@@ -263,3 +263,15 @@ def test_s3_gives_up_after_max_attempts_with_a_clear_error(s3_bucket: str, proxi
     with pytest.raises(StorageError, match=uri):
         storage.write_bytes(uri, b"x")
     assert proxied.faults == ["503", "503", "reset", "reset"]
+
+
+def test_s3_resumed_read_never_splices_two_versions(s3_bucket: str):
+    uri = f"s3://{s3_bucket}/doc.pdf"
+    size = 3 * 1024 * 1024  # over open_read's 1 MiB buffer
+    storage.write_bytes(uri, b"A" * size)
+    with storage.open_read(uri) as f:
+        assert f.read(10) == b"A" * 10
+        storage.write_bytes(uri, b"B" * size)  # replaced while we read
+        f.seek(size - 100)  # past the buffer: a new ranged GET, pinned to the first ETag
+        with pytest.raises(StorageError, match="changed while being read"):
+            f.read(10)
