@@ -3,20 +3,25 @@
 The type is decided by magic bytes, never by the file name, so a mislabelled file is
 still read correctly (or refused with a reason). PDFs are rendered a few pages at a
 time through poppler so memory does not grow with page count.
+
+Every way a document can be unreadable ends in a typed error from batch.errors
+(EmptyDocument, CorruptDocument, EncryptedDocument, TooLarge, UnsupportedType), never
+in whatever the decoder happened to raise.
 """
 from __future__ import annotations
 
 import io
 import os
 import re
+import shutil
+import struct
 import subprocess
 import tempfile
-import warnings
 from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
-from PIL import Image, ImageOps, ImageSequence
+from PIL import Image, ImageOps
 
 from batch.errors import (CorruptDocument, EmptyDocument, EncryptedDocument, TooLarge,
                           UnsupportedType)
@@ -24,6 +29,8 @@ from batch.errors import (CorruptDocument, EmptyDocument, EncryptedDocument, Too
 PDF = "application/pdf"
 IMAGE_TYPES = {"image/jpeg", "image/png", "image/tiff", "image/bmp", "image/webp"}
 SUPPORTED = {PDF} | IMAGE_TYPES
+_NAMES = {PDF: "PDF", "image/jpeg": "JPEG", "image/png": "PNG", "image/tiff": "TIFF",
+          "image/bmp": "BMP", "image/webp": "WebP"}
 
 
 @dataclass(frozen=True)
@@ -42,8 +49,10 @@ def sniff(data: bytes) -> str:
     if not data:
         raise EmptyDocument("zero-byte document")
     head = data[:16]
-    if head.startswith(b"%PDF-") or b"%PDF-" in data[:1024]:
+    if head.startswith(b"%PDF-"):
         return PDF
+    # image signatures before the looser PDF test below: an image whose metadata happens
+    # to contain "%PDF-" in its first KiB is still an image
     if head.startswith(b"\xff\xd8\xff"):
         return "image/jpeg"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -54,28 +63,35 @@ def sniff(data: bytes) -> str:
         return "image/bmp"
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "image/webp"
-    raise UnsupportedType(f"unknown document type (first bytes {head[:8]!r})")
+    if b"%PDF-" in data[:1024]:  # the PDF header may follow some junk (readers allow 1 KiB)
+        return PDF
+    if not data.strip(b"\x00"):
+        raise EmptyDocument(f"document is {len(data)} zero bytes")
+    raise UnsupportedType(f"unknown document type (first bytes {head[:8]!r}); "
+                          "expected PDF, JPEG, PNG, TIFF, BMP or WebP")
 
 
 def count_pages(data: bytes, content_type: str | None = None) -> int:
     content_type = content_type or sniff(data)
     if content_type == PDF:
         with _pdf_file(data) as path:
-            return len(_pdf_page_sizes(path))
-    with _open_image(data) as im:
-        return getattr(im, "n_frames", 1)
+            return _pdf_page_count(path)
+    with _open_image(data, content_type) as im:
+        return _frame_count(im, content_type)
 
 
 def iter_pages(data: bytes, dpi: int = 200, limits: Limits = DEFAULT_LIMITS,
                content_type: str | None = None) -> Iterator[np.ndarray]:
-    """Yield each page as an HxWx3 uint8 RGB array, in page order."""
+    """Yield each page as an HxWx3 uint8 RGB array, in page order, one at a time."""
     if len(data) > limits.max_bytes:
         raise TooLarge(f"document is {len(data)} bytes, over the {limits.max_bytes} byte limit")
     content_type = content_type or sniff(data)
     if content_type == PDF:
         yield from _pdf_pages(data, dpi, limits)
+    elif content_type in IMAGE_TYPES:
+        yield from _image_pages(data, limits, content_type)
     else:
-        yield from _image_pages(data, limits)
+        raise UnsupportedType(f"unsupported document type {content_type!r}")
 
 
 # ---- PDF ---------------------------------------------------------------------------------------
@@ -97,33 +113,44 @@ class _pdf_file:
 
 
 _SIZE_RE = re.compile(r"^Page\s+(\d+)\s+size:\s+([\d.]+)\s+x\s+([\d.]+)", re.M)
+_PAGES_RE = re.compile(r"^Pages:\s+(\d+)", re.M)
+
+
+def _pdf_page_count(path: str) -> int:
+    m = _PAGES_RE.search(_poppler(["pdfinfo", path]))
+    if not m:
+        raise CorruptDocument("PDF page count could not be read")
+    return int(m.group(1))
 
 
 def _pdf_page_sizes(path: str) -> list[tuple[float, float]]:
-    """Page sizes in points, from pdfinfo. Typed errors for encrypted / corrupt files."""
-    info = _pdfinfo(path, ["-f", "1", "-l", "-1"])
-    sizes = [(float(w), float(h)) for _, w, h in _SIZE_RE.findall(info)]
-    if not sizes:
-        m = re.search(r"^Pages:\s+(\d+)", info, re.M)
-        if m and int(m.group(1)) == 0:
-            raise EmptyDocument("PDF has no pages")
-        raise CorruptDocument("PDF page sizes could not be read")
-    return sizes
+    """Page sizes in points (the crop box, as rendered), from pdfinfo."""
+    n = _pdf_page_count(path)
+    if n == 0:
+        raise EmptyDocument("PDF has no pages")
+    info = _poppler(["pdfinfo", "-f", "1", "-l", str(n), path])
+    sizes = {int(p): (float(w), float(h)) for p, w, h in _SIZE_RE.findall(info)}
+    if sorted(sizes) != list(range(1, n + 1)):
+        raise CorruptDocument(f"PDF says it has {n} pages, but sizes were read for {len(sizes)}")
+    return [sizes[i] for i in range(1, n + 1)]
 
 
-def _pdfinfo(path: str, extra: list[str]) -> str:
+def _poppler(argv: list[str], timeout: float = 600) -> str:
+    """Run a poppler tool; its failures as typed errors (encrypted / corrupt / timed out)."""
     try:
-        proc = subprocess.run(["pdfinfo", *extra, path], capture_output=True, text=True,
-                              timeout=120, errors="replace")
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              errors="replace")
     except FileNotFoundError as e:  # environment problem, not the document's fault
-        raise RuntimeError("pdfinfo not found: install poppler-utils") from e
+        raise RuntimeError(f"{argv[0]} not found: install poppler-utils") from e
     except subprocess.TimeoutExpired:
-        raise CorruptDocument("pdfinfo timed out on this PDF")
+        raise CorruptDocument(f"{argv[0]} took over {timeout:.0f} s on this PDF")
     err = proc.stderr.strip()
     if proc.returncode != 0:
         if "Incorrect password" in err or "encrypted" in err.lower():
-            raise EncryptedDocument("PDF is encrypted and needs a password")
-        raise CorruptDocument(f"PDF could not be read: {_last_line(err)}")
+            raise EncryptedDocument("PDF is encrypted and needs a password to open")
+        if "Invalid page count 0" in err or "the last page (0)" in err:
+            raise EmptyDocument("PDF has no pages")
+        raise CorruptDocument(f"PDF could not be read ({argv[0]}): {_last_line(err)}")
     return proc.stdout
 
 
@@ -132,9 +159,32 @@ def _last_line(text: str) -> str:
     return lines[-1][:300] if lines else "no detail"
 
 
-def _pdf_pages(data: bytes, dpi: int, limits: Limits) -> Iterator[np.ndarray]:
-    from pdf2image import convert_from_path  # poppler's pdftoppm under the hood
+def _render_range(path: str, first: int, last: int, dpi: int) -> list[Image.Image]:
+    """Pages first..last (1-based) rendered by pdftoppm at `dpi`, loaded in memory."""
+    out_dir = tempfile.mkdtemp(prefix="htr-pages-")
+    try:
+        # -cropbox: render what pdfinfo measured (and what a viewer shows), so the pixel
+        # limit checked beforehand is the size actually rendered
+        _poppler(["pdftoppm", "-r", str(dpi), "-cropbox", "-f", str(first), "-l", str(last),
+                  path, os.path.join(out_dir, "p")])
+        files = {}
+        for name in os.listdir(out_dir):
+            m = re.fullmatch(r"p-0*(\d+)\.ppm", name)
+            if m:
+                files[int(m.group(1))] = os.path.join(out_dir, name)
+        if sorted(files) != list(range(first, last + 1)):
+            raise CorruptDocument(f"poppler rendered {len(files)} of pages {first}-{last}")
+        images = []
+        for i in range(first, last + 1):
+            with Image.open(files[i]) as im:
+                im.load()
+                images.append(im)
+        return images
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
 
+
+def _pdf_pages(data: bytes, dpi: int, limits: Limits) -> Iterator[np.ndarray]:
     with _pdf_file(data) as path:
         sizes = _pdf_page_sizes(path)
         if len(sizes) > limits.max_pages:
@@ -142,79 +192,153 @@ def _pdf_pages(data: bytes, dpi: int, limits: Limits) -> Iterator[np.ndarray]:
         for i, (w, h) in enumerate(sizes, 1):
             px_w, px_h = w * dpi / 72, h * dpi / 72
             if px_w < 1 or px_h < 1:
-                raise EmptyDocument(f"page {i} has zero size")
+                raise EmptyDocument(f"page {i} has zero size ({w} x {h} pt)")
             if px_w * px_h > limits.max_pixels:
                 raise TooLarge(f"page {i} would be {px_w:.0f}x{px_h:.0f} px at {dpi} dpi, "
                                f"over the {limits.max_pixels} pixel limit")
-        for first in range(1, len(sizes) + 1, limits.pdf_chunk):
-            last = min(first + limits.pdf_chunk - 1, len(sizes))
-            try:
-                images = convert_from_path(path, dpi=dpi, first_page=first, last_page=last,
-                                           thread_count=1, timeout=600)
-            except Exception as e:  # pdf2image wraps poppler failures in several types
-                raise CorruptDocument(f"poppler failed on pages {first}-{last}: {e}") from e
-            if len(images) != last - first + 1:
-                raise CorruptDocument(f"poppler rendered {len(images)} of pages {first}-{last}")
-            for im in images:
+        for first in range(1, len(sizes) + 1, max(1, limits.pdf_chunk)):
+            last = min(first + max(1, limits.pdf_chunk) - 1, len(sizes))
+            for im in _render_range(path, first, last, dpi):
                 yield to_rgb_array(im)
 
 
 # ---- Images ------------------------------------------------------------------------------------
 
+def _declared_size(data: bytes, content_type: str) -> tuple[int, int] | None:
+    """(width, height) from the header of formats where Pillow refuses zero sizes silently."""
+    try:
+        if content_type == "image/png" and data[12:16] == b"IHDR":
+            return struct.unpack(">II", data[16:24])
+        if content_type == "image/bmp" and len(data) >= 26:
+            w, h = struct.unpack("<ii", data[18:26])
+            return abs(w), abs(h)
+    except struct.error:
+        return None
+    return None
+
+
 class _open_image:
-    def __init__(self, data: bytes, max_pixels: int = DEFAULT_LIMITS.max_pixels):
-        self.data, self.max_pixels = data, max_pixels
+    """Image.open with typed errors and the pixel limit checked before any pixel is decoded."""
+
+    def __init__(self, data: bytes, content_type: str, max_pixels: int = DEFAULT_LIMITS.max_pixels):
+        self.data, self.content_type, self.max_pixels = data, content_type, max_pixels
+        self.im: Image.Image | None = None
 
     def __enter__(self) -> Image.Image:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            Image.MAX_IMAGE_PIXELS = self.max_pixels  # Pillow's own bomb guard (2x raises)
-            try:
-                self.im = Image.open(io.BytesIO(self.data))
-            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-                raise TooLarge(f"image over the {self.max_pixels} pixel limit: {e}") from e
-            except Exception as e:
-                raise CorruptDocument(f"image could not be opened: {e}") from e
+        name = _NAMES.get(self.content_type, self.content_type)
+        size = _declared_size(self.data, self.content_type)
+        if size is not None and 0 in size:
+            raise EmptyDocument(f"{name} image has zero size ({size[0]}x{size[1]} px)")
+        # Pillow's own bomb guard: warns over MAX_IMAGE_PIXELS, raises over twice that. The
+        # explicit check below is the real limit; this only makes Pillow stop earlier.
+        if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < self.max_pixels:
+            Image.MAX_IMAGE_PIXELS = self.max_pixels
+        try:
+            self.im = Image.open(io.BytesIO(self.data))  # lazy: reads the header only
+        except Image.DecompressionBombError as e:
+            raise TooLarge(f"{name} image over the {self.max_pixels} pixel limit: {e}") from e
+        except Exception as e:
+            raise CorruptDocument(f"{name} image could not be opened: {_reason(e)}") from e
+        w, h = self.im.size
+        if w == 0 or h == 0:
+            raise EmptyDocument(f"{name} image has zero size ({w}x{h} px)")
+        if w * h > self.max_pixels:
+            raise TooLarge(f"{name} image is {w}x{h} px, over the {self.max_pixels} pixel limit")
         return self.im
 
     def __exit__(self, *exc) -> None:
-        self.im.close()
+        if self.im is not None:
+            self.im.close()
 
 
-def _image_pages(data: bytes, limits: Limits) -> Iterator[np.ndarray]:
-    with _open_image(data, limits.max_pixels) as im:
-        n = getattr(im, "n_frames", 1)
+def _reason(e: BaseException) -> str:
+    """An exception as a short message without object reprs (Pillow names its BytesIO)."""
+    if isinstance(e, Image.UnidentifiedImageError):
+        return "not a valid image of its type, or its header is truncated"
+    text = re.sub(r" <[^>]* at 0x[0-9a-f]+>", "", str(e)).strip()
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+def _frame_count(im: Image.Image, content_type: str) -> int:
+    """Pages in an image file. Only TIFF is a multi-page format: the extra frames of a JPEG
+    (MPO: a camera's preview or depth image), an APNG or an animated WebP are not pages."""
+    if content_type != "image/tiff":
+        return 1
+    try:
+        return int(getattr(im, "n_frames", 1))
+    except Exception as e:  # a broken IFD chain surfaces here, as any exception type
+        raise CorruptDocument(f"TIFF page list could not be read: {_reason(e)}") from e
+
+
+def _image_pages(data: bytes, limits: Limits, content_type: str) -> Iterator[np.ndarray]:
+    with _open_image(data, content_type, limits.max_pixels) as im:
+        n = _frame_count(im, content_type)
         if n > limits.max_pages:
-            raise TooLarge(f"image has {n} frames, over the {limits.max_pages} page limit")
-        for i, frame in enumerate(ImageSequence.Iterator(im), 1):
-            w, h = frame.size
+            raise TooLarge(f"TIFF has {n} pages, over the {limits.max_pages} page limit")
+        for i in range(1, n + 1):
+            try:
+                if i > 1:
+                    im.seek(i - 1)
+            except Exception as e:
+                raise CorruptDocument(f"page {i} of {n} could not be read: {_reason(e)}") from e
+            w, h = im.size
             if w == 0 or h == 0:
-                raise EmptyDocument(f"page {i} has zero size")
+                raise EmptyDocument(f"page {i} has zero size ({w}x{h} px)")
             if w * h > limits.max_pixels:
                 raise TooLarge(f"page {i} is {w}x{h} px, over the {limits.max_pixels} pixel limit")
             try:
-                frame.load()
-                # EXIF orientation first, so polygons refer to the page as a person sees it
-                page = ImageOps.exif_transpose(frame) if i == 1 else frame.copy()
-            except Exception as e:  # truncated data surfaces here, at decode time
-                raise CorruptDocument(f"page {i} could not be decoded: {e}") from e
-            yield to_rgb_array(page)
+                im.load()  # truncated or corrupt data surfaces here, at decode time
+            except Exception as e:
+                raise CorruptDocument(f"page {i} could not be decoded: {_reason(e)}") from e
+            yield to_rgb_array(_upright(im))
+
+
+def _upright(frame: Image.Image) -> Image.Image:
+    """The frame as a person sees it: EXIF / TIFF orientation applied (each TIFF page has its
+    own). Polygons then refer to the upright page. A broken orientation tag is ignored."""
+    try:
+        return ImageOps.exif_transpose(frame)
+    except Exception:
+        return frame.copy()
 
 
 def to_rgb_array(im: Image.Image) -> np.ndarray:
-    """Normalise any Pillow mode (1, L, P, RGBA, LA, CMYK, I;16, I, F) to HxWx3 uint8 RGB."""
-    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(im, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
-        gray = arr.astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
-    if im.mode == "P":
-        im = im.convert("RGBA")
-    if im.mode in ("RGBA", "LA", "PA"):
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(white, rgba)  # transparent scans read as white paper
-    if im.mode != "RGB":
-        im = im.convert("RGB")
-    return np.asarray(im, dtype=np.uint8).copy()
+    """Normalise any Pillow mode (1, L, P, RGBA, LA, CMYK, I;16, I, F, ...) to HxWx3 uint8 RGB."""
+    try:
+        if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+            gray = _to_uint8(np.asarray(im), im.mode)
+            return np.repeat(gray[:, :, None], 3, axis=2)
+        if im.mode == "P":
+            im = im.convert("RGBA")
+        if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+            rgba = im.convert("RGBA")
+            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+            im = Image.alpha_composite(white, rgba)  # transparent scans read as white paper
+        if im.mode != "RGB":
+            im = im.convert("RGB")
+        return np.asarray(im, dtype=np.uint8).copy()
+    except (ValueError, OSError) as e:  # e.g. LAB or multi-channel float TIFFs
+        raise UnsupportedType(f"image mode {im.mode} cannot be converted to RGB: {_reason(e)}") from e
+
+
+def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
+    """High-bit-depth gray to 8 bits. 16-bit data keeps its meaning (65535 is white), so a
+    blank page stays white and faint ink stays faint; 32-bit int / float data is read as
+    8-bit, 16-bit or [0, 1] data when its values fit, else stretched to its own range."""
+    arr = arr.astype(np.float64)
+    finite = arr[np.isfinite(arr)]
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+    arr = np.nan_to_num(arr, nan=hi, posinf=hi, neginf=lo)
+    if mode.startswith("I;16"):
+        scale, offset = 1 / 257.0, 0.0
+    elif mode == "F" and lo >= 0 and hi <= 1:
+        scale, offset = 255.0, 0.0
+    elif lo >= 0 and hi <= 255:
+        scale, offset = 1.0, 0.0
+    elif lo >= 0 and hi <= 65535:
+        scale, offset = 1 / 257.0, 0.0
+    elif hi > lo:
+        scale, offset = 255.0 / (hi - lo), lo
+    else:
+        return np.full(arr.shape, 255, np.uint8)
+    return np.round((arr - offset) * scale).clip(0, 255).astype(np.uint8)
