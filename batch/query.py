@@ -213,7 +213,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--database", default=DEFAULT_DATABASE,
                         help="schema the views also live in, as in Athena (default: %(default)s)")
     parser.add_argument("--table-prefix", default="", help="prefix of the view names, as in athena-ddl")
-    storage.add_arguments(parser)
+    storage.add_arguments(parser, writes=False)
 
 
 def main(args: argparse.Namespace) -> int:

@@ -117,12 +117,13 @@ def get_config() -> StorageConfig:
     return _config
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The S3 flags shared by every command that touches storage."""
+def add_arguments(parser: argparse.ArgumentParser, writes: bool = True) -> None:
+    """The S3 flags shared by every command that touches storage (SSE only if it writes)."""
     g = parser.add_argument_group("S3")
     g.add_argument("--s3-endpoint-url", help="S3-compatible endpoint (default: AWS_ENDPOINT_URL or AWS)")
-    g.add_argument("--sse", choices=SSE_MODES, help="server-side encryption for every object written")
-    g.add_argument("--sse-kms-key-id", help="KMS key id/ARN for --sse aws:kms")
+    if writes:
+        g.add_argument("--sse", choices=SSE_MODES, help="server-side encryption for every object written")
+        g.add_argument("--sse-kms-key-id", help="KMS key id/ARN for --sse aws:kms")
 
 
 def configure_from_args(args: argparse.Namespace) -> None:
