@@ -77,20 +77,34 @@ def segmenter_sample(image: np.ndarray, anns: list[dict], size: int, long_side: 
 
 
 class SyntheticPages(IterableDataset):
-    def __init__(self, seed: int, size: int, long_side: int):
-        self.seed, self.size, self.long_side = seed, size, long_side
+    """Rendering a page costs seconds, a crop milliseconds: keep a pool of rendered pages,
+    render one new page per `crops_per_render` crops, and take random crops from the pool."""
 
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+    def __init__(self, seed: int, size: int, long_side: int, pool: int = 32, crops_per_render: int = 4):
+        self.seed, self.size, self.long_side = seed, size, long_side
+        self.pool_size, self.crops_per_render = pool, crops_per_render
+
+    def _render(self, rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
         from transforms.synth import render_page
 
+        page, anns = render_page(rng)
+        return np.asarray(page), [
+            {"text": a["text"], "type": a.get("type", "H"),
+             "polygon": np.array([[p["x"], p["y"]] for p in a["polygon"]], np.float32)} for a in anns]
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         rng = np.random.default_rng(_worker_seed(self.seed))
+        pool: list = []
         while True:
-            page, anns = render_page(rng)
-            anns = [{"text": a["text"], "type": a.get("type", "H"),
-                     "polygon": np.array([[p["x"], p["y"]] for p in a["polygon"]], np.float32)}
-                    for a in anns]
-            for _ in range(2):  # two crops per rendered page: rendering is the slow part
-                yield segmenter_sample(np.asarray(page), anns, self.size, self.long_side, rng)
+            page = self._render(rng)
+            if len(pool) < self.pool_size:
+                pool.append(page)
+            else:
+                pool[int(rng.integers(len(pool)))] = page
+            yield segmenter_sample(*page, self.size, self.long_side, rng)  # the newest page once
+            for _ in range(self.crops_per_render - 1):
+                image, anns = pool[int(rng.integers(len(pool)))]
+                yield segmenter_sample(image, anns, self.size, self.long_side, rng)
 
 
 class ManifestPages(IterableDataset):

@@ -236,7 +236,7 @@ def train_segmenter(args) -> dict:
         scaler.update()
         sched.step()
         step += 1
-        running += float(loss)
+        running += loss.item()
         if rank == 0 and step % args.log_every == 0:
             _log(step=step, train_loss=running / args.log_every, lr=sched.get_last_lr()[0],
                  sec_per_step=(time.time() - t0) / args.log_every)
@@ -322,7 +322,7 @@ def train_recogniser(args) -> dict:
         opt.step()
         sched.step()
         step += 1
-        running += float(loss)
+        running += loss.item()
         if rank == 0 and step % args.log_every == 0:
             _log(step=step, train_loss=running / args.log_every, lr=sched.get_last_lr()[0],
                  sec_per_step=(time.time() - t0) / args.log_every)
