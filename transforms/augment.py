@@ -57,7 +57,7 @@ def stroke_width(mask: np.ndarray, delta: int) -> np.ndarray:
 def _smooth_field(rng: np.random.Generator, h: int, w: int, cell: float) -> np.ndarray:
     """Random field in [-1, 1]-ish, smooth at the scale of `cell` pixels."""
     gh, gw = max(2, int(h / cell) + 2), max(2, int(w / cell) + 2)
-    coarse = rng.standard_normal((gh, gw)).astype(np.float32)
+    coarse = rng.standard_normal((gh, gw), dtype=np.float32)
     return cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
 
 
@@ -83,6 +83,33 @@ def baseline_drift(mask: np.ndarray, rng: np.random.Generator, amplitude: float)
     dy = (amplitude * np.sin(2 * np.pi * xs / period + phase)).astype(np.float32)
     gx, gy = np.meshgrid(xs, np.arange(h, dtype=np.float32))
     return cv2.remap(mask, gx, gy + dy[None, :], cv2.INTER_LINEAR, borderValue=0)
+
+
+def warp_ink(alpha: np.ndarray, rng: np.random.Generator, slant: float, baseline: float,
+             drift: float = 0.0, wobble: float = 0.0, cell: float = 16.0,
+             pressure_low: float = 1.0) -> np.ndarray:
+    """Slant, baseline drift, elastic wobble and pen pressure in one remap (the fast path for
+    synthetic words; `shear`, `baseline_drift`, `elastic` and `pressure` do each alone)."""
+    h, w = alpha.shape[:2]
+    offs = (slant * baseline, slant * (baseline - (h - 1)))
+    shift = -min(0.0, *offs)
+    out_w = int(np.ceil(w + abs(offs[0] - offs[1]))) + 1
+    gh, gw = max(2, int(h / cell) + 2), max(2, int(out_w / cell) + 2)
+    fields = cv2.resize(rng.standard_normal((gh, gw, 3), dtype=np.float32), (out_w, h),
+                        interpolation=cv2.INTER_LINEAR)
+    gy, gx = np.indices((h, out_w), dtype=np.float32)
+    map_x = gx - slant * (baseline - gy) - shift
+    map_y = gy
+    if wobble > 0:
+        map_x += fields[..., 0] * wobble
+        map_y = map_y + fields[..., 1] * wobble
+    if drift > 0:
+        period, phase = rng.uniform(1.5, 4.0) * h, rng.uniform(0, 2 * np.pi)
+        map_y = map_y + (drift * np.sin(2 * np.pi * gx[0] / period + phase)).astype(np.float32)[None, :]
+    out = cv2.remap(alpha, map_x, map_y, cv2.INTER_LINEAR, borderValue=0)
+    if pressure_low < 1.0:
+        out *= pressure_low + (1 - pressure_low) * np.clip(0.5 + 0.35 * fields[..., 2], 0, 1)
+    return out
 
 
 def pressure(mask: np.ndarray, rng: np.random.Generator, low: float = 0.55) -> np.ndarray:
@@ -122,22 +149,21 @@ def composite(img: np.ndarray, alpha: np.ndarray, colour: np.ndarray, x: int, y:
 # ---- pages ---------------------------------------------------------------------------------------
 
 def paper(h: int, w: int, rng: np.random.Generator, colour: tuple[int, int, int] | None = None) -> np.ndarray:
-    """A float32 RGB paper: base colour, blotchy large-scale tone, fibres/grain, aged edges."""
+    """A float32 RGB paper: base colour, blotchy large-scale tone, grain or emboss, aged edges."""
     if colour is None:
         colour = PAPERS[int(rng.choice(len(PAPERS), p=np.array(PAPER_ODDS) / sum(PAPER_ODDS)))]
-    base = np.array(colour, np.float32) + rng.normal(0, 4, 3)
-    img = np.empty((h, w, 3), np.float32)
-    img[:] = base
-    tone = _smooth_field(rng, h // 8 + 1, w // 8 + 1, cell=rng.uniform(4, 20))
-    tone = cv2.resize(tone, (w, h), interpolation=cv2.INTER_LINEAR) * rng.uniform(2, 8)
-    img += tone[..., None]
-    grain = rng.standard_normal((h, w)).astype(np.float32)
+    base = (np.array(colour, np.float32) + rng.normal(0, 4, 3)).astype(np.float32)
+    sh, sw = h // 8 + 1, w // 8 + 1  # tone and vignette are smooth: build them small
+    tone = _smooth_field(rng, sh, sw, cell=rng.uniform(10, 40)) * rng.uniform(1, 5)
+    if rng.random() < 0.5:
+        tone += (vignette(sh, sw, rng, strength=rng.uniform(0.03, 0.15)) - 1) * float(base.mean())
+    shade = cv2.resize(tone, (w, h), interpolation=cv2.INTER_LINEAR)
+    grain = rng.standard_normal((h, w), dtype=np.float32)
     if rng.random() < 0.5:  # embossed / laid paper: grain visible at a few px
         grain = cv2.GaussianBlur(grain, (0, 0), rng.uniform(0.8, 2.0)) * 2.5
-    img += grain[..., None] * rng.uniform(1.5, 6.0)
-    if rng.random() < 0.5:
-        img *= vignette(h, w, rng, strength=rng.uniform(0.03, 0.15))[..., None]
-    return np.clip(img, 0, 255)
+    shade += grain * rng.uniform(1.5, 6.0)
+    img = shade[..., None] + base[None, None, :]
+    return np.clip(img, 0, 255, out=img)
 
 
 def vignette(h: int, w: int, rng: np.random.Generator, strength: float) -> np.ndarray:
@@ -219,7 +245,7 @@ def show_through(img: np.ndarray, rng: np.random.Generator, ghost: np.ndarray | 
         shift = int(rng.integers(-h // 10, h // 10 + 1))
         ghost = np.roll(ghost, shift, axis=0)
     ghost = cv2.GaussianBlur(ghost[:, ::-1].astype(np.float32), (0, 0), rng.uniform(1.5, 4.0))
-    opacity = rng.uniform(0.05, 0.2) if opacity is None else opacity
+    opacity = rng.uniform(0.03, 0.12) if opacity is None else opacity
     out = img.astype(np.float32)
     mult = 1 - opacity * ghost
     out *= mult[..., None] if out.ndim == 3 else mult
@@ -247,7 +273,7 @@ def scanner_noise(img: np.ndarray, rng: np.random.Generator, sigma: float | None
     h, w = img.shape[:2]
     sigma = rng.uniform(1.0, 7.0) if sigma is None else sigma
     out = img.astype(np.float32)
-    noise = rng.standard_normal((h, w)).astype(np.float32) * sigma
+    noise = rng.standard_normal((h, w), dtype=np.float32) * sigma
     out += noise[..., None] if out.ndim == 3 else noise
     for _ in range(int(rng.integers(0, 40))):
         v = float(rng.choice([rng.uniform(0, 80), rng.uniform(230, 255)]))

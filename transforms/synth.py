@@ -12,6 +12,7 @@ aged and captured as a scan or a phone photo. Every word comes with a tight poly
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import time
@@ -48,6 +49,7 @@ class Hand:
     pressure_low: float      # lowest ink opacity left by pressure variation
     skew: float              # degrees; lines tend to climb or fall
     kind: str = "H"
+    skew_jitter: float = 0.4  # degrees of line-to-line variation around `skew`
 
     @property
     def pencil(self) -> bool:
@@ -60,7 +62,8 @@ def make_hand(rng: np.random.Generator, lib: FontLibrary, x_height: float, kind:
         font = lib.pick(rng, "P")
         ink = np.array([(20, 20, 25), (30, 40, 110), (90, 30, 30), (40, 40, 40)][int(rng.integers(4))],
                        np.float32)
-        return Hand(font, x_height, 0.0, 0, ink, 0.0, rng.uniform(0.45, 0.7), rng.uniform(2.2, 3.0),
+        space = _advance(font.path, 100, " ") / (100 * x_ratio(font))  # the font's own space, in x-heights
+        return Hand(font, x_height, 0.0, 0, ink, 0.0, space * rng.uniform(0.9, 1.3), rng.uniform(2.2, 3.0),
                     0.0, 0.0, 0.0, 0.9, 0.0, kind="P")
     font = lib.pick(rng, "H", cursive)
     thin_max = 0 if font.thin else 1
@@ -72,7 +75,7 @@ def make_hand(rng: np.random.Generator, lib: FontLibrary, x_height: float, kind:
         letter_space=float(rng.uniform(-0.05, 0.25)),
         word_space=float(rng.uniform(0.5, 1.6)),
         line_gap=float(rng.uniform(2.3, 4.8)),
-        size_jitter=float(rng.uniform(0.0, 0.12)),
+        size_jitter=float(rng.uniform(0.0, 0.05)),
         drift=float(rng.uniform(0.0, 0.12)),
         wobble=float(rng.uniform(0.0, 0.08)),
         pressure_low=float(rng.uniform(0.45, 0.95)),
@@ -105,18 +108,27 @@ def x_ratio(font: Font) -> float:
     return _metrics[font.path]
 
 
+@functools.lru_cache(maxsize=65536)
+def _advance(path: str, size: int, ch: str) -> float:
+    return truetype(path, size).getlength(ch)
+
+
+def _font_size(xh: float, font: Font) -> int:
+    """Point size giving x-height `xh`; even sizes above 24 px keep the font cache small."""
+    s = max(6, int(round(xh / x_ratio(font))))
+    return s - s % 2 if s > 24 else s
+
+
 def _glyph_positions(text: str, font: Font, size: int, spacing: float) -> list[tuple[str, float]]:
     """(chunk, x) pairs. Joined scripts stay one chunk so their connections survive; other fonts
-    are placed glyph by glyph at their kerned advance plus the hand's letter spacing."""
-    f = truetype(font.path, size)
+    are placed glyph by glyph at their advance plus the hand's letter spacing."""
     if font.cursive or font.kind == "P":
         return [(text, 0.0)]
-    out, x_prev = [], 0.0
-    for i, ch in enumerate(text):
-        x = f.getlength(text[:i]) + i * spacing
+    out, x = [], 0.0
+    for ch in text:
         out.append((ch, x))
-        x_prev = x
-    return out if out else [(text, x_prev)]
+        x += _advance(font.path, size, ch) + spacing
+    return out
 
 
 def render_word(text: str, hand: Hand, rng: np.random.Generator, lib: FontLibrary,
@@ -125,8 +137,8 @@ def render_word(text: str, hand: Hand, rng: np.random.Generator, lib: FontLibrar
     xh = hand.x_height * scale * (1 + rng.normal(0, hand.size_jitter) if hand.size_jitter else 1)
     xh = max(4.0, xh)
     runs = lib.runs(text, hand.font)
-    pad = int(xh * 1.2) + 4
-    sizes = [max(6, int(round(xh / x_ratio(f)))) for _, f in runs]
+    pad = int(xh * 0.8) + 4
+    sizes = [_font_size(xh, f) for _, f in runs]
     asc = max(truetype(f.path, s).getmetrics()[0] for (_, f), s in zip(runs, sizes))
     desc = max(truetype(f.path, s).getmetrics()[1] for (_, f), s in zip(runs, sizes))
     widths = [truetype(f.path, s).getlength(t) * 1.0 for (t, f), s in zip(runs, sizes)]
@@ -153,14 +165,11 @@ def render_word(text: str, hand: Hand, rng: np.random.Generator, lib: FontLibrar
 def _distort(alpha: np.ndarray, base: float, hand: Hand, xh: float, rng: np.random.Generator) -> np.ndarray:
     stroke = hand.stroke + (1 if xh > 40 and hand.stroke > 0 else 0)
     alpha = A.stroke_width(alpha, stroke)
-    alpha, _ = A.shear(alpha, hand.slant + rng.normal(0, 0.03), baseline=base)
-    if hand.drift:
-        alpha = A.baseline_drift(alpha, rng, hand.drift * xh)
-    if hand.wobble:
-        alpha = A.elastic(alpha, rng, hand.wobble * xh, cell=max(4.0, xh * rng.uniform(0.6, 1.4)))
-    alpha = A.pressure(alpha, rng, hand.pressure_low)
+    alpha = A.warp_ink(alpha, rng, hand.slant + rng.normal(0, 0.03), base, drift=hand.drift * xh,
+                       wobble=hand.wobble * xh, cell=max(4.0, xh * rng.uniform(0.6, 1.4)),
+                       pressure_low=hand.pressure_low)
     if hand.pencil:  # graphite: grainy, never fully dark
-        alpha *= np.clip(0.8 + 0.25 * rng.standard_normal(alpha.shape).astype(np.float32), 0.3, 1.0)
+        alpha *= np.clip(0.8 + 0.25 * rng.standard_normal(alpha.shape, dtype=np.float32), 0.3, 1.0)
     return alpha
 
 
@@ -242,7 +251,7 @@ def write_line(page: Page, words: list[InkWord], hand: Hand, x: float, baseline:
         gap = hand.word_space * xh * (rng.uniform(0.7, 1.4) if hand.kind == "H" else 1.0)
         cx += bw + gap
         n += 1
-    angle = hand.skew + rng.normal(0, 0.4) if angle is None else angle
+    angle = hand.skew + rng.normal(0, hand.skew_jitter) if angle is None else angle
     if hand.kind == "P":
         angle = 0.0
     m = cv2.getRotationMatrix2D((float(pad), base_y), angle, 1.0)
@@ -445,8 +454,7 @@ def layout_form(page: Page, fr: Frame, hands: list[Hand], rng: np.random.Generat
     while fr.y < fr.bottom - h.x_height * 2:
         lab = str(rng.choice(FORM_LABELS))
         row = Frame(fr.left, fr.right, fr.top, fr.bottom, fr.y)
-        _words_at(page, [lab], label, row.left, row.y, rng, lib)
-        lab_w = len(lab) * label.x_height * 0.6 + h.x_height * rng.uniform(0.8, 2)
+        lab_w = _words_at(page, [lab], label, row.left, row.y, rng, lib) - row.left + h.x_height * rng.uniform(0.5, 1.5)
         line_col = tuple(float(c) for c in label.ink)
         cv2.line(page.img, (int(row.left + lab_w), int(row.y + h.x_height * 0.4)),
                  (int(row.right), int(row.y + h.x_height * 0.4)), line_col, max(1, int(h.x_height / 15)))
@@ -459,8 +467,11 @@ def layout_form(page: Page, fr: Frame, hands: list[Hand], rng: np.random.Generat
 
 
 def _words_at(page: Page, tokens: list[str], hand: Hand, x: float, y: float, rng: np.random.Generator,
-              lib: FontLibrary) -> None:
+              lib: FontLibrary) -> float:
+    """Write tokens on one unskewed line at (x, y); returns the x where their ink ends."""
+    n0 = len(page.words)
     write_line(page, _words(tokens, hand, rng, lib), hand, x, y, page.w - x, rng, angle=0.0)
+    return max([float(w.polygon[:, 0].max()) for w in page.words[n0:]], default=x)
 
 
 def _form_answer(label: str, rng: np.random.Generator) -> list[str]:
@@ -550,7 +561,7 @@ def render_page(rng: np.random.Generator) -> tuple[Image.Image, list[dict]]:
     lib = library()
     w, h = _page_size(rng)
     page = Page(A.paper(h, w, rng))
-    xh = w * rng.uniform(1 / 120, 1 / 45)
+    xh = w / rng.uniform(35, 100)
     hands = [make_hand(rng, lib, xh, cursive=rng.random() < 0.55 or None)]
     for _ in range(int(rng.choice([0, 1, 2], p=[0.6, 0.3, 0.1]))):
         hands.append(make_hand(rng, lib, xh * rng.uniform(0.7, 1.3)))
@@ -558,6 +569,8 @@ def render_page(rng: np.random.Generator) -> tuple[Image.Image, list[dict]]:
                h * (1 - rng.uniform(0.03, 0.1)), 0.0)
     fr.y = fr.top + xh * 2
     rules = _paper_rules(page, fr, hands[0], rng)
+    if rules is not None:  # on ruled paper people follow the rules
+        hands[0].skew, hands[0].skew_jitter = float(rng.normal(0, 0.1)), 0.08
     names = list(LAYOUTS)
     layout = LAYOUTS[names[int(rng.choice(len(names), p=[v[1] for v in LAYOUTS.values()]))]][0]
     layout(page, fr, hands, rng, lib, rules)
@@ -641,9 +654,16 @@ class WordCropSampler:
         # A bank of grayscale paper patches, made once: paper synthesis per crop would be too slow.
         self.papers = [cv2.cvtColor(A.paper(patch, patch, bank_rng).astype(np.uint8), cv2.COLOR_RGB2GRAY)
                        .astype(np.float32) for _ in range(bank)]
-        self.hands = [make_hand(bank_rng, self.lib, 1.0) for _ in range(0)]
+        # Recent words, reused (rescaled) as neighbours: rendering extra words per crop is the
+        # expensive part, and a neighbour only shows as a fragment.
+        self.recent: list[InkWord] = []
 
     def sample(self) -> tuple[np.ndarray, str]:
+        crop, text, _ = self.sample_with_box()
+        return crop, text
+
+    def sample_with_box(self) -> tuple[np.ndarray, str, tuple[int, int, int, int]]:
+        """Like sample(), plus the word's ink box (x0, y0, x1, y1) inside the crop."""
         rng = self.rng
         xh = float(rng.uniform(9, 26))
         hand = make_hand(rng, self.lib, xh, "P" if rng.random() < 0.05 else "H")
@@ -652,8 +672,9 @@ class WordCropSampler:
             text = text.upper()
         word = render_word(text, hand, rng, self.lib)
         canvas, box = self._scene(word, hand, rng)
-        crop = self._cut(canvas, box, xh, rng)
-        return self._finish(crop, rng), text
+        self.recent = (self.recent + [word])[-32:]
+        crop, box = self._cut(canvas, box, xh, rng)
+        return self._finish(crop, rng), text, box
 
     def _scene(self, word: InkWord, hand: Hand, rng: np.random.Generator) -> tuple[np.ndarray, tuple]:
         """Ink alpha canvas with the word in the middle and maybe neighbours' ink around it."""
@@ -663,37 +684,44 @@ class WordCropSampler:
         canvas = np.zeros((wh + 2 * mh, ww + 2 * mw), np.float32)
         canvas[mh:mh + wh, mw:mw + ww] = word.alpha
         box = (word.box[0] + mw, word.box[1] + mh, word.box[2] + mw, word.box[3] + mh)
-        if rng.random() < 0.35:
-            self._neighbour(canvas, word, hand, rng, above=True, base_y=mh + word.baseline)
-        if rng.random() < 0.35:
-            self._neighbour(canvas, word, hand, rng, above=False, base_y=mh + word.baseline)
-        if rng.random() < 0.15:  # a word of the same line just beyond the gap
-            other = render_word(T.english_word(rng), hand, rng, self.lib)
-            gap = int(hand.word_space * xh * rng.uniform(0.5, 1.2))
-            side = box[2] + gap if rng.random() < 0.5 else box[0] - gap - other.box[2]
-            _stamp(canvas, other.alpha, side, int(mh + word.baseline - other.baseline))
+        base_y = mh + word.baseline
+        gap = hand.line_gap * xh
+        for above in (True, False):  # descenders of the line above, ascenders of the line below
+            if self.recent and rng.random() < 0.35:
+                other = self._neighbour(word, rng)
+                y = base_y - other.baseline + gap * rng.uniform(0.6, 1.0) * (-1 if above else 1)
+                _stamp(canvas, other.alpha, int(rng.uniform(-other.alpha.shape[1], canvas.shape[1])), int(y))
+        if self.recent and rng.random() < 0.15:  # a word of the same line just beyond the gap
+            other = self._neighbour(word, rng)
+            space = int(hand.word_space * xh * rng.uniform(0.5, 1.2))
+            x = box[2] + space if rng.random() < 0.5 else box[0] - space - other.box[2]
+            _stamp(canvas, other.alpha, x, int(base_y - other.baseline))
         return canvas, box
 
-    def _neighbour(self, canvas: np.ndarray, word: InkWord, hand: Hand, rng: np.random.Generator,
-                   above: bool, base_y: float) -> None:
-        other = render_word(T.english_word(rng), hand, rng, self.lib)
-        gap = hand.line_gap * hand.x_height * rng.uniform(0.6, 1.0)
-        y = base_y - other.baseline + (-gap if above else gap)
-        x = rng.uniform(-other.alpha.shape[1], canvas.shape[1])
-        _stamp(canvas, other.alpha, int(x), int(y))
+    def _neighbour(self, word: InkWord, rng: np.random.Generator) -> InkWord:
+        """A recent word rescaled to this word's ink height (neighbours share the hand's size)."""
+        other = self.recent[int(rng.integers(len(self.recent)))]
+        f = (word.box[3] - word.box[1]) / max(1, other.box[3] - other.box[1]) * rng.uniform(0.8, 1.2)
+        f = float(np.clip(f, 0.3, 3.0))
+        h, w = other.alpha.shape
+        alpha = cv2.resize(other.alpha, (max(1, int(w * f)), max(1, int(h * f))), interpolation=cv2.INTER_LINEAR)
+        box = tuple(int(v * f) for v in other.box)
+        return InkWord(alpha, other.baseline * f, box, other.text, other.kind)
 
-    def _cut(self, canvas: np.ndarray, box: tuple, xh: float, rng: np.random.Generator) -> np.ndarray:
+    def _cut(self, canvas: np.ndarray, box: tuple, xh: float, rng: np.random.Generator) -> tuple[np.ndarray, tuple]:
+        """Cut like a detector: loose jittered margins (rarely biting into the ink), slight rotation."""
         x0, y0, x1, y1 = box
         ml, mr = rng.uniform(-0.05, 0.5, 2) * xh
         mt, mb = rng.uniform(-0.05, 0.4, 2) * xh
         angle = rng.normal(0, 1.2)
-        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
         if abs(angle) > 0.2:
-            m = cv2.getRotationMatrix2D((cx, cy), angle, 1.0)
+            m = cv2.getRotationMatrix2D(((x0 + x1) / 2, (y0 + y1) / 2), angle, 1.0)
             canvas = cv2.warpAffine(canvas, m, (canvas.shape[1], canvas.shape[0]), flags=cv2.INTER_LINEAR)
         X0, Y0 = int(max(0, x0 - ml)), int(max(0, y0 - mt))
         X1, Y1 = int(min(canvas.shape[1], x1 + mr)), int(min(canvas.shape[0], y1 + mb))
-        return canvas[Y0:max(Y0 + 4, Y1), X0:max(X0 + 4, X1)]
+        X1, Y1 = max(X0 + 4, X1), max(Y0 + 4, Y1)
+        inner = (max(0, x0 - X0), max(0, y0 - Y0), min(X1, x1) - X0, min(Y1, y1) - Y0)
+        return canvas[Y0:Y1, X0:X1], inner
 
     def _finish(self, alpha: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         h, w = alpha.shape
@@ -711,7 +739,7 @@ class WordCropSampler:
             img[min(h - 1, y)] *= rng.uniform(0.75, 0.92)
         if rng.random() < 0.3:
             img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.3, 1.0))
-        img += rng.standard_normal(img.shape).astype(np.float32) * rng.uniform(0, 6)
+        img += rng.standard_normal(img.shape, dtype=np.float32) * rng.uniform(0, 6)
         out = np.clip(img, 0, 255).astype(np.uint8)
         if rng.random() < 0.2:
             out = A.jpeg(out, rng, 40, 95)
@@ -750,18 +778,21 @@ def write_pages(n: int, out_dir: str | Path, seed: int) -> Path:
 
 
 def write_crops(n: int, out_dir: str | Path, seed: int) -> Path:
-    """n word crops as PNGs under out_dir/crops plus out_dir/crops.jsonl ({"source-ref", "text"})."""
+    """n word crops as PNGs under out_dir/crops plus out_dir/crops.jsonl, a manifest with one
+    annotation per crop (its text, and the word's ink box inside the crop)."""
     from tqdm import tqdm
+
+    from jobs.manifests import Annotation, Sample, write_manifest
     out = Path(out_dir)
     (out / "crops").mkdir(parents=True, exist_ok=True)
-    sampler, t0 = WordCropSampler(seed), time.time()
-    path = out / "crops.jsonl"
-    with open(path, "w", encoding="utf-8") as f:
-        for i in tqdm(range(n), desc="crops", unit="crop"):
-            img, text = sampler.sample()
-            name = f"crops/crop_{i:07d}.png"
-            cv2.imwrite(str(out / name), img)
-            f.write(json.dumps({"source-ref": name, "text": text}, ensure_ascii=False) + "\n")
+    sampler, t0, samples = WordCropSampler(seed), time.time(), []
+    for i in tqdm(range(n), desc="crops", unit="crop"):
+        img, text, (x0, y0, x1, y1) = sampler.sample_with_box()
+        name = f"crops/crop_{i:07d}.png"
+        cv2.imwrite(str(out / name), img)
+        box = [{"x": float(x), "y": float(y)} for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))]
+        samples.append(Sample(name, [Annotation(text, box, 0, "H")]))
+    path = write_manifest(samples, out / "crops.jsonl")
     print(f"synth: {n} word crops in {time.time() - t0:.1f}s -> {path}")
     return path
 
