@@ -149,10 +149,15 @@ def crop_tensor(crop: np.ndarray, max_width: int) -> torch.Tensor:
 
 
 class SyntheticCrops(IterableDataset):
-    def __init__(self, seed: int, max_width: int, codec: Codec):
-        self.seed, self.max_width, self.codec = seed, max_width, codec
+    """Yields single samples, or with `batch_size` whole batches of similar widths: padding a
+    short word to the longest in a random batch would waste most of the compute."""
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, list[int], str]]:
+    def __init__(self, seed: int, max_width: int, codec: Codec, batch_size: int | None = None,
+                 pool_batches: int = 8):
+        self.seed, self.max_width, self.codec = seed, max_width, codec
+        self.batch_size, self.pool_batches = batch_size, pool_batches
+
+    def _samples(self) -> Iterator[tuple[torch.Tensor, list[int], str]]:
         from transforms.synth import WordCropSampler
 
         sampler = WordCropSampler(_worker_seed(self.seed))
@@ -161,6 +166,20 @@ class SyntheticCrops(IterableDataset):
             target = self.codec.encode(text)
             if target:
                 yield crop_tensor(crop, self.max_width), target, text
+
+    def __iter__(self):
+        samples = self._samples()
+        if not self.batch_size:
+            yield from samples
+            return
+        rng = random.Random(_worker_seed(self.seed))
+        while True:
+            pool = sorted((next(samples) for _ in range(self.batch_size * self.pool_batches)),
+                          key=lambda s: s[0].shape[-1])
+            batches = [pool[i:i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
+            rng.shuffle(batches)
+            for b in batches:
+                yield collate_crops(b)
 
 
 class ManifestCrops(Dataset):

@@ -299,9 +299,9 @@ def train_recogniser(args) -> dict:
         loader = DataLoader(data, batch_size=bs, shuffle=True, num_workers=args.workers,
                             collate_fn=ds.collate_crops, drop_last=len(data) > bs)
     else:
-        data = ds.SyntheticCrops(args.seed + rank, cfg["max_width"], codec)
-        loader = DataLoader(data, batch_size=bs, num_workers=args.workers,
-                            collate_fn=ds.collate_crops, persistent_workers=args.workers > 0)
+        data = ds.SyntheticCrops(args.seed + rank, cfg["max_width"], codec, batch_size=bs)
+        loader = DataLoader(data, batch_size=None, num_workers=args.workers,
+                            persistent_workers=args.workers > 0)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr or 1e-3, weight_decay=1e-4)
     sched = _schedule(opt, args.steps)
     ckpt_dir = _checkpoint_dir(args)
