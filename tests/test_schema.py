@@ -1,0 +1,179 @@
+"""batch.schema: document JSON round trip, Parquet tables, ids and partition dates."""
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from batch.outputs import parquet_bytes
+from batch.schema import (ERRORS_SCHEMA, PAGES_SCHEMA, POLYGON_TYPE, TABLES, WORDS_SCHEMA,
+                          DocumentRecord, ErrorRecord, Line, Page, Point, Word, doc_id_for,
+                          error_rows, iso, page_rows, run_date, to_table, word_rows)
+
+PROCESSED = int(dt.datetime(2026, 3, 1, 23, 59, 58, 125000, tzinfo=dt.timezone.utc).timestamp() * 1000)
+
+
+def w(text, x0, y0, x1, y1, conf=0.8125, det=0.5, line_idx=0, word_idx=0) -> Word:
+    return Word(text, conf, det, [Point(x0, y0), Point(x1, y0), Point(x1, y1), Point(x0, y1)],
+                word_idx, line_idx)
+
+
+def sample_doc() -> DocumentRecord:
+    # values already at the JSON's precision (4 decimals, polygons 0.1 px) so equality is exact
+    p1 = Page(1, 1654, 2339, [
+        Line(0, [w("Dear", 100.5, 200, 180, 240, 0.9, 0.75, 0, 0),
+                 w("café,", 190, 201.5, 300.2, 241, 0.4375, 0.6, 0, 1)]),
+        Line(1, [w("£5 — ok", 100, 260, 260, 300, 1.0, 0.99, 1, 2)]),
+    ])
+    p2 = Page(2, 800, 600, [])
+    return DocumentRecord(doc_id=doc_id_for(b"document bytes"), source_uri="s3://in/a b/ü.pdf",
+                          pages=[p1, p2], model_version="seg-abc+rec-def", run_id="run-1",
+                          processed_at=PROCESSED, content_type="application/pdf",
+                          source_etag="etag-1")
+
+
+# ---- JSON -----------------------------------------------------------------------------------------
+
+def test_document_json_round_trip():
+    doc = sample_doc()
+    text = doc.dumps()
+    back = DocumentRecord.from_json(json.loads(text))
+    assert back == doc
+    assert "café" in text and "£5 — ok" in text           # UTF-8 as is, not \\u escapes
+
+
+def test_document_json_layout():
+    d = sample_doc().to_json()
+    assert d["schema_version"] == 1 and d["page_count"] == 2
+    assert d["processed_at"] == "2026-03-01T23:59:58.125+00:00"
+    p1, p2 = d["pages"]
+    assert (p1["page"], p1["width"], p1["height"]) == (1, 1654, 2339)
+    assert p1["text"] == "Dear café,\n£5 — ok"
+    assert [ln["text"] for ln in p1["lines"]] == ["Dear café,", "£5 — ok"]
+    first = p1["lines"][0]["words"][0]
+    assert first["polygon"] == [{"x": 100.5, "y": 200}, {"x": 180, "y": 200},
+                                {"x": 180, "y": 240}, {"x": 100.5, "y": 240}]
+    assert first["bbox"] == [100.5, 200, 180, 240]
+    assert p2 == {"page": 2, "width": 800, "height": 600, "text": "", "lines": []}
+
+
+def test_json_rounds_floats():
+    doc = sample_doc()
+    doc.pages[0].lines[0].words[0].confidence = 0.123456789
+    doc.pages[0].lines[0].words[0].polygon[0] = Point(1.23456, 9.87654)
+    word = doc.to_json()["pages"][0]["lines"][0]["words"][0]
+    assert word["confidence"] == 0.1235 and word["polygon"][0] == {"x": 1.2, "y": 9.9}
+
+
+@pytest.mark.xfail(strict=True, reason="DocumentRecord.from_json truncates float seconds * 1000: "
+                   "about 1 timestamp in 160 comes back 1 ms early (batch/schema.py)")
+def test_processed_at_survives_the_json_round_trip_to_the_millisecond():
+    doc = sample_doc()
+    for ms in (274087259715, 68662875446, 2169240323857, PROCESSED):
+        doc.processed_at = ms
+        assert DocumentRecord.from_json(json.loads(doc.dumps())).processed_at == ms
+
+
+def test_iso_is_utc_milliseconds():
+    assert iso(0) == "1970-01-01T00:00:00.000+00:00"
+    assert dt.datetime.fromisoformat(iso(PROCESSED)).timestamp() * 1000 == PROCESSED
+
+
+# ---- Parquet ---------------------------------------------------------------------------------------
+
+def _read_back(name: str, rows: list[dict]) -> tuple[pa.Table, pq.ParquetFile]:
+    data = parquet_bytes(to_table(name, rows))
+    return pq.read_table(io.BytesIO(data)), pq.ParquetFile(io.BytesIO(data))
+
+
+def test_word_rows_to_parquet_and_back():
+    doc = sample_doc()
+    rows = word_rows(doc)
+    assert len(rows) == 3
+    table, pf = _read_back("words", rows)
+    assert table.schema.equals(WORDS_SCHEMA)
+    assert table.schema.field("polygon").type == POLYGON_TYPE
+    assert table.schema.field("processed_at").type == pa.timestamp("ms", tz="UTC")
+    back = table.to_pylist()
+    for r, row in zip(back, rows):
+        assert r["processed_at"] == dt.datetime(2026, 3, 1, 23, 59, 58, 125000, tzinfo=dt.timezone.utc)
+        assert r["polygon"] == row["polygon"]
+        for key in ("doc_id", "source_uri", "page", "line_idx", "word_idx", "text", "page_width",
+                    "page_height", "model_version", "run_id"):
+            assert r[key] == row[key], key
+        for key in ("confidence", "det_score", "x0", "y0", "x1", "y1"):   # float32 columns
+            assert r[key] == pytest.approx(row[key], abs=1e-4), key
+    assert [(r["text"], r["line_idx"], r["word_idx"]) for r in back] == \
+        [("Dear", 0, 0), ("café,", 0, 1), ("£5 — ok", 1, 2)]
+    assert (back[1]["x0"], back[1]["y0"], back[1]["x1"]) == (190, 201.5, pytest.approx(300.2))
+    # what Athena sees: INT64 timestamps in ms, adjusted to UTC; a LIST of x/y structs
+    ts = pf.schema_arrow.field("processed_at")
+    assert ts.type.unit == "ms" and ts.type.tz == "UTC"
+    col = pf.metadata.schema.column(pf.metadata.schema.names.index("processed_at"))
+    assert col.physical_type == "INT64" and "milliseconds" in str(col.logical_type).lower()
+    assert "isAdjustedToUTC=true" in str(col.logical_type)
+
+
+def test_page_rows_to_parquet_and_back():
+    doc = sample_doc()
+    rows = page_rows(doc)
+    table, _ = _read_back("pages", rows)
+    assert table.schema.equals(PAGES_SCHEMA)
+    p1, p2 = table.to_pylist()
+    assert (p1["page"], p1["page_count"], p1["line_count"], p1["word_count"]) == (1, 2, 2, 3)
+    assert p1["text"] == "Dear café,\n£5 — ok"
+    assert p1["mean_confidence"] == pytest.approx((0.9 + 0.4375 + 1.0) / 3, abs=1e-6)
+    assert (p1["page_width"], p1["page_height"]) == (1654, 2339)
+    assert (p2["page"], p2["word_count"], p2["line_count"], p2["text"]) == (2, 0, 0, "")
+    assert p2["mean_confidence"] is None                  # no words: null, not 0
+
+
+def test_error_rows_to_parquet_and_back():
+    err = ErrorRecord(doc_id="d" * 24, source_uri="/in/bad.pdf", stage="decode",
+                      error_type="EncryptedDocument", message="PDF is encrypted", run_id="r",
+                      processed_at=PROCESSED)
+    table, _ = _read_back("errors", error_rows(err))
+    assert table.schema.equals(ERRORS_SCHEMA)
+    (row,) = table.to_pylist()
+    assert row["stage"] == "decode" and row["error_type"] == "EncryptedDocument"
+    assert row["processed_at"].isoformat() == "2026-03-01T23:59:58.125000+00:00"
+    assert err.to_json()["processed_at"] == "2026-03-01T23:59:58.125+00:00"
+
+
+def test_all_column_names_are_lowercase():
+    for schema in TABLES.values():
+        for name in schema.names:
+            assert name == name.lower() and name.isidentifier(), name
+
+
+def test_empty_tables_keep_the_schema():
+    for name, schema in TABLES.items():
+        table, _ = _read_back(name, [])
+        assert table.num_rows == 0 and table.schema.equals(schema)
+
+
+def test_to_table_rejects_rows_of_the_wrong_type():
+    rows = word_rows(sample_doc())
+    rows[0]["page"] = "one"
+    with pytest.raises((pa.ArrowInvalid, pa.ArrowTypeError)):
+        to_table("words", rows)
+
+
+# ---- ids and dates ----------------------------------------------------------------------------------
+
+def test_doc_id_is_stable_for_the_same_content():
+    a = doc_id_for(b"%PDF-1.4 same bytes")
+    assert a == doc_id_for(b"%PDF-1.4 same bytes")
+    assert a != doc_id_for(b"%PDF-1.4 same bytes ")
+    assert a != doc_id_for(b"%PDF-1.4 Same bytes")
+    assert len(a) == 24 and all(ch in "0123456789abcdef" for ch in a)
+
+
+def test_run_date_is_the_utc_day():
+    assert run_date(PROCESSED) == "2026-03-01"
+    assert run_date(PROCESSED + 2000) == "2026-03-02"       # 2 s later, past midnight UTC
+    assert run_date(0) == "1970-01-01"
