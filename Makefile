@@ -41,5 +41,13 @@ train-default: setup
 samples: setup
 	$(PY) -m jobs.make_samples samples/
 
+# Us vs Tesseract and RapidOCR on the same pages (installs the peers; writes BENCHMARKS.md).
+bench: setup
+	bash jobs/bench.sh
+
+# On a CUDA machine: pages/s, GPU busy fraction and stage times at several batch sizes (< 8 min).
+bench-gpu: setup
+	bash jobs/bench_gpu.sh
+
 clean:
 	rm -rf $(OUT) .pytest_cache

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/default}
 SEG_STEPS=${SEG_STEPS:-1000}
-REC_STEPS=${REC_STEPS:-14000}
+REC_STEPS=${REC_STEPS:-11000}
 mkdir -p "$OUT"
 $PY -m batch.cli train segmenter --synthetic --arch db_mobilenet_v3_small --steps "$SEG_STEPS" \
     --batch-size 8 --crop-size 384 --lr 2e-3 --seed 1 --eval-every 250 --eval-size 12 \
