@@ -1,0 +1,85 @@
+"""Handlers for the SageMaker PyTorch framework container: code/inference.py in model.tar.gz.
+
+The container's model server calls `model_fn` once per worker, then `input_fn` ->
+`predict_fn` -> `output_fn` for each request. They delegate to batch.serve.Service, the
+code `htr serve` runs, so both containers give the same answers: the document's record
+JSON, or `{"error": {...}}`. Statuses follow `htr serve`: 415 for a content type we do not
+take, 400 for a bad document, 500 for a model failure; under Batch Transform
+(SAGEMAKER_BATCH=true) document failures come back 200 with the error body, so one bad
+document does not fail the whole job.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+
+# The project's packages (batch, models, transforms, jobs) ship beside this file in code/.
+_CODE_DIR = os.path.dirname(os.path.abspath(__file__))
+if _CODE_DIR not in sys.path:
+    sys.path.insert(0, _CODE_DIR)
+
+from batch.schema import doc_id_for  # noqa: E402
+from batch.serve import Service, ServeSettings, error_body, resolve_content_type, status_for  # noqa: E402
+
+log = logging.getLogger("htr.inference")
+JSON = "application/json"
+
+
+class InvocationError(Exception):
+    """An HTTP error answer, when the sagemaker-inference toolkit is not there to take one."""
+
+    def __init__(self, status_code: int, body: dict):
+        super().__init__(json.dumps(body))
+        self.status_code, self.body = status_code, body
+
+
+def _http_error(status: int, body: dict) -> Exception:
+    """The toolkit's own error type where available: it sets the response status from it."""
+    try:
+        from sagemaker_inference.errors import GenericInferenceToolkitError
+    except ImportError:
+        return InvocationError(status, body)
+    return GenericInferenceToolkitError(status, json.dumps(body))
+
+
+@dataclass
+class Document:
+    data: bytes
+    content_type: str
+
+
+def model_fn(model_dir: str) -> Service:
+    if not shutil.which("pdftoppm"):
+        log.warning("poppler-utils not installed: PDFs will fail; images still work")
+    service = Service(ServeSettings.from_env())
+    service.load(model_dir, os.environ.get("HTR_DEVICE", "auto"))
+    return service
+
+
+def input_fn(body: bytes | bytearray, content_type: str) -> Document:
+    data = bytes(body)
+    try:
+        resolve_content_type(content_type, b"%PDF-")  # checks the header only; bytes come later
+    except Exception as e:  # noqa: BLE001 - an unsupported Content-Type
+        raise _http_error(415, error_body(e, doc_id_for(data) if data else "")) from e
+    return Document(data, content_type)
+
+
+def predict_fn(document: Document, service: Service) -> dict:
+    try:
+        return service.process(document.data, document.content_type).to_json()
+    except Exception as e:  # noqa: BLE001 - answered, never a dead worker
+        body = error_body(e, doc_id_for(document.data) if document.data else "")
+        status = status_for(e, service.settings.batch)
+        if status == 200:
+            return body
+        raise _http_error(status, body) from e
+
+
+def output_fn(prediction: dict, accept: str | None) -> str:
+    """JSON whatever the Accept header says: it is the only representation there is."""
+    return json.dumps(prediction, ensure_ascii=False)

@@ -1,0 +1,372 @@
+"""`htr serve` as a real subprocess on a loopback port, spoken to over real HTTP.
+
+Two servers start once for the module, with tiny random models: a real-time one (payload
+limit 1 MB) and a Batch Transform one (SAGEMAKER_BATCH=true). The batch server's answers,
+written as Batch Transform writes `.out` files, go through `htr sagemaker collect`, whose
+tables must match what the local worker (`htr run`) writes for the same documents.
+"""
+from __future__ import annotations
+
+import http.client
+import io
+import json
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from PIL import Image, ImageDraw
+
+from batch.cli import main as htr
+from batch.errors import EXIT_OK, EXIT_PARTIAL
+from batch.outputs import read_documents, read_table
+from batch.schema import TABLES, DocumentRecord, doc_id_for
+from batch.storage import NotFound
+
+STARTUP_LIMIT_S = 180  # a bound for a hung server, not a performance expectation
+
+
+# ---- documents -----------------------------------------------------------------------------------
+
+def _page(text: str, size: tuple[int, int] = (240, 160)) -> Image.Image:
+    im = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(im)
+    for i, line in enumerate(text.split("\n")):
+        draw.text((12, 12 + 22 * i), line, fill="black")
+    return im
+
+
+def _save(images: list[Image.Image], fmt: str) -> bytes:
+    buf = io.BytesIO()
+    images[0].save(buf, fmt, save_all=len(images) > 1, append_images=images[1:])
+    return buf.getvalue()
+
+
+def _encrypted_pdf() -> bytes:
+    """A PDF whose standard security handler rejects the empty password."""
+    pdf = _save([_page("secret")], "PDF")
+    enc = (b"/Encrypt << /Filter /Standard /V 1 /R 2 /O <" + b"ab" * 32 + b"> /U <" + b"cd" * 32
+           + b"> /P -4 >> /ID [<00112233445566778899aabbccddeeff> "
+           b"<00112233445566778899aabbccddeeff>] ")
+    at = pdf.index(b"<<", pdf.rindex(b"trailer")) + 2
+    return pdf[:at] + enc + pdf[at:]
+
+
+@pytest.fixture(scope="module")
+def docs() -> dict[str, bytes]:
+    letter = [_page("Dear Sir,\nthank you"), _page("yours,\nA. Writer")]
+    return {
+        "page.png": _save([_page("a note\non paper")], "PNG"),
+        "photo.jpg": _save([_page("a photo", (320, 200))], "JPEG"),
+        "scan.tiff": _save([_page("scan one"), _page("scan two")], "TIFF"),
+        "letter.pdf": _save(letter, "PDF"),
+    }
+
+
+# ---- server processes ----------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class ServerProcess:
+    proc: subprocess.Popen
+    port: int
+    log: Path
+
+    def connection(self) -> http.client.HTTPConnection:
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        conn = self.connection()
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    def invoke(self, data: bytes, content_type: str) -> tuple[int, dict]:
+        status, body = self.request("POST", "/invocations", data, {"Content-Type": content_type})
+        return status, json.loads(body)
+
+    def ping(self) -> int:
+        try:
+            return self.request("GET", "/ping")[0]
+        except OSError:
+            return 0
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + STARTUP_LIMIT_S
+        while self.ping() != 200:
+            assert self.proc.poll() is None, f"server exited:\n{self.log.read_text()}"
+            assert time.monotonic() < deadline, f"server never ready:\n{self.log.read_text()}"
+            time.sleep(0.2)
+
+
+def _start(htr_cmd, models: Path, env: dict, log: Path, extra_env: dict) -> ServerProcess:
+    port = _free_port()
+    cmd = [*htr_cmd, "serve", "--host", "127.0.0.1", "--port", str(port), "--models", str(models),
+           "--device", "cpu"]
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(cmd, env={**env, **extra_env}, stdout=f, stderr=subprocess.STDOUT)
+    return ServerProcess(proc, port, log)
+
+
+@pytest.fixture(scope="module")
+def servers(htr_cmd, tiny_models, subprocess_env, tmp_path_factory) -> Iterator[dict]:
+    logs = tmp_path_factory.mktemp("serve-logs")
+    started = {
+        "realtime": _start(htr_cmd, tiny_models, subprocess_env, logs / "realtime.log",
+                           {"SAGEMAKER_MAX_PAYLOAD_IN_MB": "1"}),
+        "batch": _start(htr_cmd, tiny_models, subprocess_env, logs / "batch.log",
+                        {"SAGEMAKER_BATCH": "TRUE", "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "3"}),
+    }
+    try:
+        for server in started.values():  # both load their models at the same time
+            server.wait_ready()
+        yield started
+    finally:
+        for server in started.values():
+            server.proc.send_signal(signal.SIGTERM)
+        codes = {name: s.proc.wait(timeout=60) for name, s in started.items()}
+    assert codes == {"realtime": 0, "batch": 0}, "SIGTERM should stop the servers cleanly"
+    for server in started.values():
+        assert "stopped" in server.log.read_text()
+
+
+@pytest.fixture(scope="module")
+def server(servers) -> ServerProcess:
+    return servers["realtime"]
+
+
+def _without_time(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in ("processed_at",)}
+
+
+# ---- the contract --------------------------------------------------------------------------------
+
+def test_ping_and_execution_parameters(server: ServerProcess, servers) -> None:
+    assert server.ping() == 200
+    status, body = server.request("GET", "/execution-parameters")
+    assert status == 200
+    assert json.loads(body) == {"MaxConcurrentTransforms": json.loads(body)["MaxConcurrentTransforms"],
+                                "BatchStrategy": "SINGLE_RECORD", "MaxPayloadInMB": 1}
+    status, body = servers["batch"].request("GET", "/execution-parameters")
+    assert json.loads(body) == {"MaxConcurrentTransforms": 3, "BatchStrategy": "SINGLE_RECORD",
+                                "MaxPayloadInMB": 100}
+
+
+@pytest.mark.parametrize("name,content_type,sniffed,pages", [
+    ("page.png", "image/png", "image/png", 1),
+    ("photo.jpg", "image/jpeg", "image/jpeg", 1),
+    ("scan.tiff", "image/tiff", "image/tiff", 2),
+    ("letter.pdf", "application/pdf", "application/pdf", 2),
+    ("letter.pdf", "application/x-image", "application/pdf", 2),
+    ("scan.tiff", "application/x-image", "image/tiff", 2),
+    ("page.png", "image/jpeg", "image/png", 1),   # mislabelled: the bytes decide
+])
+def test_each_content_type(server: ServerProcess, docs, name, content_type, sniffed, pages) -> None:
+    status, record = server.invoke(docs[name], content_type)
+    assert status == 200, record
+    assert record["content_type"] == sniffed
+    assert record["doc_id"] == doc_id_for(docs[name])
+    assert record["page_count"] == pages == len(record["pages"])
+    assert [p["page"] for p in record["pages"]] == list(range(1, pages + 1))
+    assert record["model_version"].startswith("seg-")
+    assert DocumentRecord.from_json(record).to_json() == record  # the documents/*.json schema
+
+
+def test_pdf_pages_are_rendered_at_200_dpi(server: ServerProcess, docs) -> None:
+    _, record = server.invoke(docs["letter.pdf"], "application/pdf")
+    width_pt = 240  # Pillow writes 1 pixel = 1 point
+    assert abs(record["pages"][0]["width"] - width_pt * 200 / 72) <= 1
+
+
+def test_oversize_payload_is_413(server: ServerProcess) -> None:
+    body = b"\x89PNG\r\n\x1a\n" + bytes(1_500_000)
+    status, error = server.invoke(body, "image/png")
+    assert status == 413 and error["error"]["type"] == "PayloadTooLarge"
+    assert server.ping() == 200
+
+
+def test_oversize_is_refused_from_the_header_alone(server: ServerProcess) -> None:
+    """Only headers are sent: the answer comes without the server waiting for 10 GB."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/pdf\r\n"
+                     b"Content-Length: 10000000000\r\n\r\n")
+        reply = b""
+        while chunk := sock.recv(65536):
+            reply += chunk
+    assert reply.startswith(b"HTTP/1.1 413")
+    assert b"PayloadTooLarge" in reply
+
+
+def test_unsupported_content_type_is_415(server: ServerProcess, docs) -> None:
+    status, error = server.invoke(docs["page.png"], "text/csv")
+    assert status == 415
+    assert error["error"]["type"] == "UnsupportedMediaType"
+
+
+@pytest.mark.parametrize("kind", ["corrupt", "encrypted", "empty", "garbage"])
+def test_bad_documents_are_400_with_a_json_error(server: ServerProcess, docs, kind) -> None:
+    data, content_type, error_type = {
+        "corrupt": (docs["letter.pdf"][:300], "application/pdf", "CorruptDocument"),
+        "encrypted": (_encrypted_pdf(), "application/pdf", "EncryptedDocument"),
+        "empty": (b"", "application/pdf", "EmptyDocument"),
+        "garbage": (b"this is not a document" * 20, "application/x-image", "UnsupportedType"),
+    }[kind]
+    status, body = server.invoke(data, content_type)
+    assert status == 400
+    assert body["error"]["type"] == error_type
+    assert body["error"]["stage"] == "decode" and body["error"]["message"]
+    assert server.ping() == 200
+
+
+def test_keep_alive_connection_serves_several_requests(server: ServerProcess, docs) -> None:
+    conn = server.connection()
+    try:
+        for name in ("page.png", "letter.pdf", "photo.jpg"):
+            conn.request("POST", "/invocations", body=docs[name],
+                         headers={"Content-Type": "application/x-image"})
+            resp = conn.getresponse()
+            assert resp.status == 200 and json.loads(resp.read())["doc_id"] == doc_id_for(docs[name])
+        conn.request("GET", "/ping")
+        assert conn.getresponse().status == 200
+    finally:
+        conn.close()
+
+
+def test_concurrent_requests_match_single_requests(server: ServerProcess, docs) -> None:
+    single = {name: server.invoke(data, "application/x-image") for name, data in docs.items()}
+    names = list(docs) * 3
+    with ThreadPoolExecutor(max_workers=len(names)) as pool:
+        together = list(pool.map(lambda n: server.invoke(docs[n], "application/x-image"), names))
+    for name, (status, record) in zip(names, together):
+        assert status == 200
+        assert _without_time(record) == _without_time(single[name][1])
+
+
+def test_batch_mode_answers_document_errors_with_200(servers, docs) -> None:
+    status, body = servers["batch"].invoke(docs["letter.pdf"][:300], "application/x-image")
+    assert status == 200
+    assert body["error"]["type"] == "CorruptDocument"
+    assert body["doc_id"] == doc_id_for(docs["letter.pdf"][:300])
+    status, _ = servers["batch"].invoke(docs["page.png"], "text/csv")
+    assert status == 415  # a wrong job setting, not a document problem
+
+
+def test_server_is_still_healthy(server: ServerProcess, docs) -> None:
+    assert server.ping() == 200
+    status, _ = server.invoke(docs["page.png"], "image/png")
+    assert status == 200
+    assert server.proc.poll() is None
+    assert "Traceback" not in server.log.read_text()
+
+
+# ---- collect: transform output == local worker output --------------------------------------------
+
+def _write_docs(folder: Path, docs: dict[str, bytes]) -> None:
+    files = {"letter.pdf": docs["letter.pdf"], "page.png": docs["page.png"],
+             "sub/scan.tiff": docs["scan.tiff"], "broken.pdf": docs["letter.pdf"][:300],
+             "empty.pdf": b""}
+    for rel, data in files.items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(data)
+
+
+def _transform(server: ServerProcess, inputs: Path, out: Path) -> None:
+    """What Batch Transform does with --content-type auto: one request per object, <key>.out."""
+    for path in sorted(p for p in inputs.rglob("*") if p.is_file()):
+        status, body = server.request("POST", "/invocations", path.read_bytes(),
+                                      {"Content-Type": "application/x-image"})
+        assert status == 200
+        target = out / (path.relative_to(inputs).as_posix() + ".out")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(body)
+
+
+def _table(out: Path, table: str):
+    try:
+        return read_table(str(out), table)
+    except NotFound:  # no rows at all, so no part was written (tiny random models read no words)
+        return TABLES[table].empty_table()
+
+
+def _rows(out: Path, table: str) -> list[dict]:
+    rows = _table(out, table).drop_columns(["run_id", "processed_at"]).to_pylist()
+    return sorted((_rounded(r) for r in rows), key=lambda r: json.dumps(r, sort_keys=True))
+
+
+def _rounded(value):
+    """JSON carries 4-decimal scores and 0.1 px coordinates; Parquet from memory has more."""
+    if isinstance(value, float):
+        return round(value, 3)
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
+def test_collect_matches_the_local_worker(servers, docs, htr_cmd, tiny_models, subprocess_env,
+                                          tmp_path: Path, capsys) -> None:
+    inputs, tout = tmp_path / "docs", tmp_path / "transform-out"
+    _write_docs(inputs, docs)
+    worker = subprocess.run([*htr_cmd, "run", str(inputs), str(tmp_path / "run"), "--models",
+                             str(tiny_models), "--device", "cpu", "--no-progress"],
+                            env=subprocess_env, capture_output=True, text=True, timeout=600)
+    assert worker.returncode == EXIT_PARTIAL, worker.stderr
+
+    _transform(servers["batch"], inputs, tout)
+    code = htr(["sagemaker", "collect", str(tout), str(tmp_path / "collected"),
+                "--input", str(inputs)])
+    assert code == EXIT_PARTIAL, capsys.readouterr().err
+
+    for table in ("words", "pages", "errors"):
+        assert _rows(tmp_path / "collected", table) == _rows(tmp_path / "run", table), table
+    assert len(_rows(tmp_path / "run", "pages")) == 5 and len(_rows(tmp_path / "run", "errors")) == 2
+
+    def documents(out: Path) -> dict[str, dict]:
+        return {d["doc_id"]: {k: v for k, v in d.items() if k not in ("run_id", "processed_at")}
+                for d in read_documents(str(out))}
+    assert documents(tmp_path / "collected") == documents(tmp_path / "run")
+
+
+def test_collect_reports_inputs_without_output(servers, docs, tmp_path: Path, capsys) -> None:
+    inputs, tout = tmp_path / "docs", tmp_path / "transform-out"
+    _write_docs(inputs, docs)
+    _transform(servers["batch"], inputs, tout)
+    (tout / "page.png.out").unlink()
+    (tout / "junk.txt").write_text("not an .out file: ignored")
+    shutil.copy(tout / "letter.pdf.out", tout / "orphan.pdf.out")  # no input: keeps its own uri
+    assert htr(["sagemaker", "collect", str(tout), str(tmp_path / "c"), "--input", str(inputs),
+                "--run-id", "r1"]) == EXIT_PARTIAL
+    errors = _table(tmp_path / "c", "errors").to_pylist()
+    missing = [e for e in errors if e["error_type"] == "MissingTransformOutput"]
+    assert [e["source_uri"] for e in missing] == [str(inputs / "page.png")]
+    assert {e["run_id"] for e in errors} == {"r1"}
+    pages = _table(tmp_path / "c", "pages").to_pylist()
+    assert "orphan.pdf" in {p["source_uri"] for p in pages}
+    assert "collected 3 documents, 2 error records, 1 inputs without output" in capsys.readouterr().out
+
+
+def test_collect_exit_code_without_errors(servers, docs, tmp_path: Path) -> None:
+    tout = tmp_path / "t"
+    tout.mkdir()
+    _, body = servers["batch"].request("POST", "/invocations", docs["page.png"],
+                                       {"Content-Type": "image/png"})
+    (tout / "page.png.out").write_bytes(body)
+    assert htr(["sagemaker", "collect", str(tout), str(tmp_path / "c")]) == EXIT_OK
+    [doc] = read_documents(str(tmp_path / "c"))
+    assert doc["source_uri"] == "page.png" and doc["doc_id"] == doc_id_for(docs["page.png"])
