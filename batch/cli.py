@@ -1,4 +1,4 @@
-"""The one command-line entry point, `htr`.
+"""htr-batch: handwritten PDFs and images -> words, lines, Parquet + JSON. The one entry point, `htr`.
 
 Each sub-command lives in the module that owns its work; that module exposes
 `configure(parser)` (add its arguments) and `main(args) -> int` (the exit code).
