@@ -20,7 +20,7 @@ Polys = np.ndarray  # (N, 4, 2) float32, page pixels
 INKS = {
     "black": (25, 25, 30), "blue_black": (30, 35, 70), "iron_gall": (55, 40, 30),
     "faded_brown": (105, 80, 60), "blue": (30, 50, 150), "royal_blue": (40, 60, 190),
-    "pencil": (90, 90, 95), "red": (170, 30, 35), "green": (30, 110, 60), "violet": (80, 40, 120),
+    "pencil": (75, 75, 82), "red": (170, 30, 35), "green": (30, 110, 60), "violet": (80, 40, 120),
 }
 INK_ODDS = {"black": 0.24, "blue_black": 0.16, "iron_gall": 0.16, "faded_brown": 0.08, "blue": 0.14,
             "royal_blue": 0.06, "pencil": 0.09, "red": 0.03, "green": 0.02, "violet": 0.02}
@@ -87,18 +87,20 @@ def baseline_drift(mask: np.ndarray, rng: np.random.Generator, amplitude: float)
 
 def warp_ink(alpha: np.ndarray, rng: np.random.Generator, slant: float, baseline: float,
              drift: float = 0.0, wobble: float = 0.0, cell: float = 16.0,
-             pressure_low: float = 1.0) -> np.ndarray:
-    """Slant, baseline drift, elastic wobble and pen pressure in one remap (the fast path for
-    synthetic words; `shear`, `baseline_drift`, `elastic` and `pressure` do each alone)."""
+             pressure_low: float = 1.0, stretch: float = 1.0) -> np.ndarray:
+    """Slant, horizontal stretch, baseline drift, elastic wobble and pen pressure in one remap
+    (the fast path for synthetic words; `shear`, `baseline_drift`, `elastic` and `pressure`
+    do each alone)."""
     h, w = alpha.shape[:2]
     offs = (slant * baseline, slant * (baseline - (h - 1)))
     shift = -min(0.0, *offs)
-    out_w = int(np.ceil(w + abs(offs[0] - offs[1]))) + 1
+    out_w = int(np.ceil((w + abs(offs[0] - offs[1])) * stretch)) + 1
     gh, gw = max(2, int(h / cell) + 2), max(2, int(out_w / cell) + 2)
     fields = cv2.resize(rng.standard_normal((gh, gw, 3), dtype=np.float32), (out_w, h),
                         interpolation=cv2.INTER_LINEAR)
     gy, gx = np.indices((h, out_w), dtype=np.float32)
-    map_x = gx - slant * (baseline - gy) - shift
+    # forward: X = (x + slant * (baseline - y) + shift) * stretch; this is its inverse
+    map_x = gx * (1.0 / stretch) - slant * (baseline - gy) - shift
     map_y = gy
     if wobble > 0:
         map_x += fields[..., 0] * wobble
@@ -110,6 +112,17 @@ def warp_ink(alpha: np.ndarray, rng: np.random.Generator, slant: float, baseline
     if pressure_low < 1.0:
         out *= pressure_low + (1 - pressure_low) * np.clip(0.5 + 0.35 * fields[..., 2], 0, 1)
     return out
+
+
+def pen_nib(mask: np.ndarray, length: float, angle: float) -> np.ndarray:
+    """Broad-nib pen: strokes across the nib get thick, strokes along it stay thin (dip pens of
+    old letters). `length` px, `angle` degrees from horizontal."""
+    k = max(2, int(round(length)))
+    kernel = np.zeros((k + 2, k + 2), np.uint8)
+    c = (k + 1) / 2
+    dx, dy = np.cos(np.radians(angle)) * k / 2, -np.sin(np.radians(angle)) * k / 2
+    cv2.line(kernel, (int(round(c - dx)), int(round(c - dy))), (int(round(c + dx)), int(round(c + dy))), 1, 1)
+    return cv2.dilate(mask, kernel)
 
 
 def pressure(mask: np.ndarray, rng: np.random.Generator, low: float = 0.55) -> np.ndarray:

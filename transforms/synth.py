@@ -38,7 +38,7 @@ class Hand:
     font: Font
     x_height: float          # px; lowercase body height on the page
     slant: float             # tan(angle) added to the font's own slant, > 0 leans right
-    stroke: int              # px added to (or taken from) the strokes
+    stroke: float            # stroke weight change, px per 20 px of x-height (< 0 thinner)
     ink: np.ndarray          # RGB float32
     letter_space: float      # extra gap between glyphs, fraction of x-height (unjoined fonts)
     word_space: float        # gap between words, in x-heights
@@ -50,10 +50,13 @@ class Hand:
     skew: float              # degrees; lines tend to climb or fall
     kind: str = "H"
     skew_jitter: float = 0.4  # degrees of line-to-line variation around `skew`
+    stretch: float = 1.0     # horizontal scale: many cursive hands write wide
+    nib: float = 0.0         # broad-nib pen width in x-heights (0: round pen / pencil / biro)
+    nib_angle: float = 40.0  # nib angle, degrees
 
     @property
     def pencil(self) -> bool:
-        return bool(np.all(np.abs(self.ink - self.ink.mean()) < 12) and self.ink.mean() > 70)
+        return bool(np.all(np.abs(self.ink - self.ink.mean()) < 12) and self.ink.mean() > 55)
 
 
 def make_hand(rng: np.random.Generator, lib: FontLibrary, x_height: float, kind: str = "H",
@@ -66,11 +69,11 @@ def make_hand(rng: np.random.Generator, lib: FontLibrary, x_height: float, kind:
         return Hand(font, x_height, 0.0, 0, ink, 0.0, space * rng.uniform(0.9, 1.3), rng.uniform(2.2, 3.0),
                     0.0, 0.0, 0.0, 0.9, 0.0, kind="P")
     font = lib.pick(rng, "H", cursive)
-    thin_max = 0 if font.thin else 1
-    return Hand(
+    hand = Hand(
         font=font, x_height=x_height,
         slant=float(rng.normal(0.12, 0.15)),
-        stroke=int(rng.choice([-1, 0, 0, 1, 2], p=[0.2 * thin_max, 0.45, 0.2, 0.1, 0.05 + 0.2 * (1 - thin_max)])),
+        stroke=float(rng.choice([-1.0, 0.0, 0.0, 0.5, 1.0, 2.0], p=[0.15 * (not font.thin), 0.4,
+                                                                 0.15, 0.1, 0.1 + 0.15 * font.thin, 0.1])),
         ink=A.pick_ink(rng),
         letter_space=float(rng.uniform(-0.05, 0.25)),
         word_space=float(rng.uniform(0.5, 1.6)),
@@ -80,7 +83,13 @@ def make_hand(rng: np.random.Generator, lib: FontLibrary, x_height: float, kind:
         wobble=float(rng.uniform(0.0, 0.08)),
         pressure_low=float(rng.uniform(0.45, 0.95)),
         skew=float(rng.normal(0, 0.8)),
+        stretch=float(np.exp(rng.normal(0.1 if font.cursive else 0.0, 0.15))),
+        nib=float(rng.uniform(0.08, 0.22)) if font.cursive and not font.thin and rng.random() < 0.35 else 0.0,
+        nib_angle=float(rng.uniform(25, 60)),
     )
+    if hand.pencil:  # graphite is already light: keep pressure from fading it out
+        hand.pressure_low = max(hand.pressure_low, 0.75)
+    return hand
 
 
 # ---- words -----------------------------------------------------------------------------------------
@@ -163,13 +172,15 @@ def render_word(text: str, hand: Hand, rng: np.random.Generator, lib: FontLibrar
 
 
 def _distort(alpha: np.ndarray, base: float, hand: Hand, xh: float, rng: np.random.Generator) -> np.ndarray:
-    stroke = hand.stroke + (1 if xh > 40 and hand.stroke > 0 else 0)
-    alpha = A.stroke_width(alpha, stroke)
+    if hand.nib > 0:  # thin the font's own strokes, then let the nib make thick and thin
+        alpha = A.pen_nib(A.stroke_width(alpha, -max(1, int(xh / 20))), hand.nib * xh, hand.nib_angle)
+    else:
+        alpha = A.stroke_width(alpha, int(round(hand.stroke * xh / 20)))
     alpha = A.warp_ink(alpha, rng, hand.slant + rng.normal(0, 0.03), base, drift=hand.drift * xh,
                        wobble=hand.wobble * xh, cell=max(4.0, xh * rng.uniform(0.6, 1.4)),
-                       pressure_low=hand.pressure_low)
-    if hand.pencil:  # graphite: grainy, never fully dark
-        alpha *= np.clip(0.8 + 0.25 * rng.standard_normal(alpha.shape, dtype=np.float32), 0.3, 1.0)
+                       pressure_low=hand.pressure_low, stretch=hand.stretch * rng.uniform(0.97, 1.03))
+    if hand.pencil:  # graphite: grainy, never fully dark (the grey ink colour does the rest)
+        alpha *= np.clip(0.9 + 0.2 * rng.standard_normal(alpha.shape, dtype=np.float32), 0.55, 1.0)
     return alpha
 
 
@@ -225,21 +236,35 @@ class Page:
         return self.img.shape[1]
 
 
-def write_line(page: Page, words: list[InkWord], hand: Hand, x: float, baseline: float, max_w: float,
-               rng: np.random.Generator, angle: float | None = None, label: bool = True) -> int:
-    """Lay words left to right from (x, baseline) until `max_w` is used; returns how many fit.
+@dataclass
+class LineDraft:
+    """A line laid out but not yet on the page: its ink strip, where it goes, its word boxes."""
+    strip: np.ndarray        # float32 ink alpha
+    m: np.ndarray            # 2x3 affine, strip -> page
+    words: list[InkWord]     # the words that fit
+    quads: np.ndarray        # (n, 4, 2) word polygons in page pixels
+    ink: np.ndarray
 
-    The line is drawn on its own strip, rotated by the line's skew and composited onto the page;
-    word polygons go through the same rotation so they stay tight around the ink.
+    def bbox(self, grow: float = 0.0) -> tuple[float, float, float, float]:
+        pts = self.quads.reshape(-1, 2)
+        x0, y0 = pts.min(0)
+        x1, y1 = pts.max(0)
+        return x0 - grow, y0 - grow, x1 + grow, y1 + grow
+
+
+def draft_line(words: list[InkWord], hand: Hand, x: float, baseline: float, max_w: float,
+               rng: np.random.Generator, angle: float | None = None) -> LineDraft:
+    """Lay words left to right from (x, baseline) on a strip until `max_w` is used (at least one).
+
+    The strip is later rotated by the line's skew onto the page; the word polygons go through the
+    same rotation, so they stay tight around the ink.
     """
-    if not words:
-        return 0
     xh = hand.x_height
     strip_h = int(max(w.alpha.shape[0] for w in words) * 2 + xh)
     base_y = strip_h / 2
     pad = int(2 * xh) + 4  # room for swashes and slant left of the first word's ink
     strip = np.zeros((strip_h, int(max_w + 4 * xh) + 2 * pad), np.float32)
-    cx, boxes, n = float(pad), [], 0
+    cx, boxes, placed = float(pad), [], []
     for i, w in enumerate(words):
         bw = w.box[2] - w.box[0]
         if i and cx - pad + bw > max_w:
@@ -247,23 +272,44 @@ def write_line(page: Page, words: list[InkWord], hand: Hand, x: float, baseline:
         y = base_y - w.baseline + rng.normal(0, 0.06 * xh) * (hand.kind == "H")
         ox, oy = int(round(cx - w.box[0])), int(round(y))
         _stamp(strip, w.alpha, ox, oy)
-        boxes.append((ox + w.box[0], oy + w.box[1], ox + w.box[2], oy + w.box[3]))
-        gap = hand.word_space * xh * (rng.uniform(0.7, 1.4) if hand.kind == "H" else 1.0)
-        cx += bw + gap
-        n += 1
+        boxes.append([[ox + w.box[0], oy + w.box[1]], [ox + w.box[2], oy + w.box[1]],
+                      [ox + w.box[2], oy + w.box[3]], [ox + w.box[0], oy + w.box[3]]])
+        placed.append(w)
+        cx += bw + hand.word_space * xh * (rng.uniform(0.7, 1.4) if hand.kind == "H" else 1.0)
     angle = hand.skew + rng.normal(0, hand.skew_jitter) if angle is None else angle
-    if hand.kind == "P":
-        angle = 0.0
-    m = cv2.getRotationMatrix2D((float(pad), base_y), angle, 1.0)
+    m = cv2.getRotationMatrix2D((float(pad), base_y), 0.0 if hand.kind == "P" else angle, 1.0)
     m[:, 2] += (x - pad, baseline - base_y)
-    _composite_warped(page.img, strip, m, hand.ink)
+    return LineDraft(strip, m, placed, A.warp_polys(np.float32(boxes), m), hand.ink)
+
+
+def commit_line(page: Page, draft: LineDraft, label: bool = True) -> int:
+    """Put a drafted line on the page; its words get the next line index. Returns the word count."""
+    _composite_warped(page.img, draft.strip, draft.m, draft.ink)
     if label:
         idx = page.next_line
         page.next_line += 1
-        for w, (bx0, by0, bx1, by1) in zip(words[:n], boxes):
-            quad = np.float32([[bx0, by0], [bx1, by0], [bx1, by1], [bx0, by1]])
-            page.words.append(PlacedWord(w.text, A.warp_polys(quad[None], m)[0], idx, w.kind))
-    return n
+        page.words.extend(PlacedWord(w.text, q, idx, w.kind) for w, q in zip(draft.words, draft.quads))
+    return len(draft.words)
+
+
+def write_line(page: Page, words: list[InkWord], hand: Hand, x: float, baseline: float, max_w: float,
+               rng: np.random.Generator, angle: float | None = None, label: bool = True) -> int:
+    """Draft and commit one line; returns how many of `words` fit."""
+    if not words:
+        return 0
+    return commit_line(page, draft_line(words, hand, x, baseline, max_w, rng, angle), label)
+
+
+def _overlaps(page: Page, box: tuple[float, float, float, float]) -> bool:
+    """Whether an axis-aligned box meets any word already on the page (or leaves the page)."""
+    x0, y0, x1, y1 = box
+    if x0 < 0 or y0 < 0 or x1 > page.w or y1 > page.h:
+        return True
+    for w in page.words:
+        (a0, b0), (a1, b1) = w.polygon.min(0), w.polygon.max(0)
+        if a0 < x1 and x0 < a1 and b0 < y1 and y0 < b1:
+            return True
+    return False
 
 
 def _composite_warped(img: np.ndarray, alpha: np.ndarray, m: np.ndarray, colour: np.ndarray) -> None:
@@ -353,7 +399,7 @@ def single_line(page: Page, fr: Frame, tokens: list[str], hand: Hand, rng: np.ra
 
 def letterhead(page: Page, fr: Frame, rng: np.random.Generator, lib: FontLibrary) -> None:
     """Printed header: organisation name, address, perhaps officers in two columns."""
-    xh = page.w * rng.uniform(1 / 160, 1 / 90)
+    xh = max(7.0, page.w * rng.uniform(1 / 160, 1 / 90))  # small print, but legible at this scan size
     name = [t.upper() if rng.random() < 0.5 else t.capitalize()
             for t in T.english_words(rng, int(rng.integers(2, 6)), flatten=0.5)]
     big = make_hand(rng, lib, xh * rng.uniform(1.4, 2.2), "P")
@@ -390,7 +436,7 @@ def layout_letter(page: Page, fr: Frame, hands: list[Hand], rng: np.random.Gener
         paragraph(page, fr, T.prose(rng, int(rng.integers(8, 70))), h, rng, lib,
                   indent=h.x_height * rng.uniform(0, 6), rules=rules)
     single_line(page, fr, T.closing(rng), h, rng, lib, align="right", rules=rules)
-    single_line(page, fr, T.person(rng)[-2:], h, rng, lib, align="right", rules=rules)
+    signature(page, fr, h, rng, lib, rules)
     if len(hands) > 1:
         annotate(page, fr, hands[1], rng, lib)
 
@@ -454,7 +500,7 @@ def layout_form(page: Page, fr: Frame, hands: list[Hand], rng: np.random.Generat
     while fr.y < fr.bottom - h.x_height * 2:
         lab = str(rng.choice(FORM_LABELS))
         row = Frame(fr.left, fr.right, fr.top, fr.bottom, fr.y)
-        lab_w = _words_at(page, [lab], label, row.left, row.y, rng, lib) - row.left + h.x_height * rng.uniform(0.5, 1.5)
+        lab_w = _words_at(page, lab.split(), label, row.left, row.y, rng, lib) - row.left + h.x_height * rng.uniform(0.5, 1.5)
         line_col = tuple(float(c) for c in label.ink)
         cv2.line(page.img, (int(row.left + lab_w), int(row.y + h.x_height * 0.4)),
                  (int(row.right), int(row.y + h.x_height * 0.4)), line_col, max(1, int(h.x_height / 15)))
@@ -494,45 +540,88 @@ def _form_answer(label: str, rng: np.random.Generator) -> list[str]:
 
 
 def annotate(page: Page, fr: Frame, hand: Hand, rng: np.random.Generator, lib: FontLibrary) -> None:
-    """A second hand: margin note at an angle, a P.S. below, or a remark squeezed in at the top."""
-    where = rng.random()
-    tokens = T.prose(rng, int(rng.integers(1, 7)))
-    words = _words(tokens, hand, rng, lib)
-    if where < 0.4 and fr.y < page.h - hand.x_height * 4:
+    """A second hand: a P.S. below the text, or a note at an angle in free space (margins, top),
+    never over other words: overlapping labels would teach the detector nonsense."""
+    words = _words(T.prose(rng, int(rng.integers(1, 7))), hand, rng, lib)
+    if rng.random() < 0.35 and fr.y < page.h - hand.x_height * 4:
         y = min(fr.y + hand.x_height * 2, page.h - hand.x_height * 3)
-        write_line(page, _words(["P.S."], hand, rng, lib) + words, hand, fr.left, y, fr.right - fr.left, rng)
+        line = draft_line(_words(["P.S."], hand, rng, lib) + words, hand, fr.left, y, fr.right - fr.left, rng)
+        if not _overlaps(page, line.bbox(hand.x_height * 0.3)):
+            commit_line(page, line)
         return
-    angle = float(rng.uniform(-35, 35))
-    x = rng.uniform(0.02, 0.7) * page.w
-    y = rng.uniform(0.05, 0.95) * page.h
-    rest = words
-    for _ in range(3):
-        if not rest:
-            break
-        n = write_line(page, rest, hand, x, y, page.w * rng.uniform(0.2, 0.4), rng, angle=angle)
-        rest = rest[max(1, n):]
-        y += hand.line_gap * hand.x_height * math.cos(math.radians(angle))
-        x -= hand.line_gap * hand.x_height * math.sin(math.radians(angle))
+    angle = float(rng.choice([rng.uniform(-40, 40), rng.normal(0, 3)]))
+    width = page.w * rng.uniform(0.15, 0.35)
+    for _ in range(12):  # find a free spot for the whole note, line by line
+        x, y = rng.uniform(0.01, 0.8) * page.w, rng.uniform(0.03, 0.97) * page.h
+        lines, rest = [], words
+        while rest and len(lines) < 3:
+            line = draft_line(rest, hand, x, y, width, rng, angle=angle)
+            lines.append(line)
+            rest = rest[len(line.words):]
+            y += hand.line_gap * hand.x_height * math.cos(math.radians(angle))
+            x -= hand.line_gap * hand.x_height * math.sin(math.radians(angle))
+        if not any(_overlaps(page, ln.bbox(hand.x_height * 0.5)) for ln in lines):
+            for ln in lines:
+                commit_line(page, ln)
+            return
 
 
-def marks(page: Page, hands: list[Hand], rng: np.random.Generator) -> None:
-    """Unlabelled pen marks real pages have: ticks, underlines, margin strokes."""
+def signature(page: Page, fr: Frame, hand: Hand, rng: np.random.Generator, lib: FontLibrary,
+              rules: np.ndarray | None) -> None:
+    """The writer's name, bigger and more slanted than the text, often with a flourish under it."""
+    sig = Hand(**{**hand.__dict__})
+    sig.x_height = hand.x_height * rng.uniform(1.0, 1.7)
+    sig.slant = hand.slant + rng.uniform(0.0, 0.25)
+    sig.stretch = hand.stretch * rng.uniform(1.0, 1.4)
+    n0 = len(page.words)
+    single_line(page, fr, T.person(rng)[-int(rng.integers(1, 3)):], sig, rng, lib, align="right", rules=rules)
+    if len(page.words) > n0 and rng.random() < 0.5:  # unlabelled flourish under the name
+        poly = np.concatenate([w.polygon for w in page.words[n0:]])
+        (x0, _), (x1, y1) = poly.min(0), poly.max(0)
+        t = np.linspace(0, 1, 24)
+        xs = x0 + (x1 - x0) * (t * rng.uniform(1.0, 1.2) - rng.uniform(0, 0.1))
+        ys = y1 + sig.x_height * (0.3 + rng.uniform(0.1, 0.5) * np.sin(np.pi * t * rng.uniform(1, 3)))
+        cv2.polylines(page.img, [np.int32(np.stack([xs, ys], 1))], False, tuple(float(c) for c in hand.ink),
+                      max(1, int(sig.x_height / 12)), cv2.LINE_AA)
+
+
+def marks(page: Page, hands: list[Hand], fr: Frame, rng: np.random.Generator) -> None:
+    """Unlabelled pen marks real pages have: ticks, underlines, margin strokes, a stamp."""
     h = hands[0]
     colour = tuple(float(c) for c in h.ink)
     th = max(1, int(h.x_height / 10))
     for _ in range(int(rng.integers(0, 4))):
-        x, y = rng.uniform(0.05, 0.95) * page.w, rng.uniform(0.02, 0.98) * page.h
         s = h.x_height * rng.uniform(0.8, 2.5)
         kind = rng.random()
-        if kind < 0.4:  # tick
+        if kind < 0.35:  # tick in the margin
+            x, y = rng.uniform(0.01, max(0.02, fr.left / page.w - 0.02)) * page.w, rng.uniform(0.05, 0.95) * page.h
             pts = np.int32([[x, y], [x + s * 0.3, y + s * 0.4], [x + s, y - s * 0.6]])
-        elif kind < 0.7 and page.words:  # underline a word
-            pw = page.words[int(rng.integers(len(page.words)))]
-            p = pw.polygon
+        elif kind < 0.75 and page.words:  # underline a word
+            p = page.words[int(rng.integers(len(page.words)))].polygon
             pts = np.int32([p[3] + (0, th * 2), p[2] + (0, th * 2 + rng.normal(0, th))])
-        else:  # vertical margin stroke
-            pts = np.int32([[x, y], [x + rng.normal(0, s * 0.2), y + s * rng.uniform(2, 6)]])
+        else:  # vertical stroke in the left margin
+            x, y = fr.left - rng.uniform(0.3, 1.5) * h.x_height, rng.uniform(0.1, 0.8) * page.h
+            pts = np.int32([[x, y], [x + rng.normal(0, s * 0.1), y + s * rng.uniform(2, 6)]])
         cv2.polylines(page.img, [pts], False, colour, th, cv2.LINE_AA)
+    if rng.random() < 0.08:
+        stamp(page, rng, h.x_height)
+
+
+def stamp(page: Page, rng: np.random.Generator, xh: float) -> None:
+    """A round rubber stamp (unlabelled, as archives leave them): two rings and a date bar."""
+    r = int(xh * rng.uniform(2.5, 4.5))
+    cx, cy = int(rng.uniform(0.5, 0.9) * page.w), int(rng.uniform(0.03, 0.2) * page.h + r)
+    colour = [(120, 60, 160), (170, 40, 50), (40, 60, 150)][int(rng.integers(3))]
+    layer = np.zeros((2 * r + 8, 2 * r + 8), np.float32)
+    c = (r + 4, r + 4)
+    cv2.circle(layer, c, r, 1.0, max(2, r // 14), cv2.LINE_AA)
+    cv2.circle(layer, c, int(r * 0.72), 1.0, max(1, r // 20), cv2.LINE_AA)
+    cv2.rectangle(layer, (c[0] - int(r * 0.6), c[1] - r // 6), (c[0] + int(r * 0.6), c[1] + r // 6), 1.0,
+                  max(1, r // 20))
+    layer *= np.clip(0.55 + 0.5 * rng.random(layer.shape, dtype=np.float32), 0, 1)  # uneven inking
+    m = cv2.getRotationMatrix2D(c, rng.uniform(-30, 30), 1.0)
+    layer = cv2.warpAffine(layer, m, layer.shape[::-1])
+    A.composite(page.img, layer * rng.uniform(0.5, 0.9), np.array(colour, np.float32), cx - r - 4, cy - r - 4)
 
 
 LAYOUTS = {"letter": (layout_letter, 0.4), "note": (layout_note, 0.25), "list": (layout_list, 0.15),
@@ -574,7 +663,7 @@ def render_page(rng: np.random.Generator) -> tuple[Image.Image, list[dict]]:
     names = list(LAYOUTS)
     layout = LAYOUTS[names[int(rng.choice(len(names), p=[v[1] for v in LAYOUTS.values()]))]][0]
     layout(page, fr, hands, rng, lib, rules)
-    marks(page, hands, rng)
+    marks(page, hands, fr, rng)
     img, polys = _age_and_capture(page, rng)
     return Image.fromarray(img, "RGB"), _records(page.words, polys, img.shape[1], img.shape[0])
 

@@ -62,6 +62,19 @@ RARE_TEMPLATES = ["#{n}", "No.{n}", "{w}&{w}", "&", "*", "{w}*", "{n}+{n}", "+{n
                   "{w}'s", "{w}s'", "{w}.", "{w},", "a.m.", "p.m.", "e.g.", "i.e.", "etc.", "&c."]
 
 
+# Web-frequency lists carry profanity and slurs; synthetic letters should not (people look at them).
+BLOCKED_PREFIXES = ("fuck", "shit", "cunt", "bitch", "nigg", "fag", "whore", "slut", "porn", "horny",
+                    "dick", "pussy", "rape", "rapist", "retard", "wank", "twat", "bastard", "asshole",
+                    "boob", "nude", "naked", "sexy", "sexual", "piss", "dildo", "hooker", "tranny", "douche",
+                    "jizz", "orgasm", "penis", "vagina", "milf", "xxx", "nazi", "hitler", "kill", "murder",
+                    "suicid", "terroris", "cocaine", "heroin")
+BLOCKED_WORDS = {"sex", "cum", "cums", "anal", "tits", "spic", "cock", "cocks", "kike", "chink", "dyke", "weed"}
+
+
+def _clean(word: str) -> bool:
+    return word not in BLOCKED_WORDS and not word.startswith(BLOCKED_PREFIXES)
+
+
 @functools.lru_cache(maxsize=4)
 def vocabulary(flatten: float = 0.5, n: int = 40000) -> tuple[list[str], np.ndarray]:
     """Top-n English words (ASCII letters and apostrophes) and the cumulative sampling distribution.
@@ -70,7 +83,7 @@ def vocabulary(flatten: float = 0.5, n: int = 40000) -> tuple[list[str], np.ndar
     more often (what a recogniser needs to see).
     """
     from wordfreq import top_n_list, word_frequency
-    words = [w for w in top_n_list("en", n) if w.replace("'", "").isalpha() and w.isascii()]
+    words = [w for w in top_n_list("en", n) if w.replace("'", "").isalpha() and w.isascii() and _clean(w)]
     p = np.array([word_frequency(w, "en") for w in words], float) ** flatten
     cdf = np.cumsum(p)
     return words, cdf / cdf[-1]
