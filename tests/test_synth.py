@@ -95,7 +95,8 @@ def test_page_geometry_moves_polygons_with_the_image():
     img = np.full((200, 300, 3), 255, np.uint8)
     img[80:100, 120:180] = 0
     poly = np.float32([[[120, 80], [180, 80], [180, 100], [120, 100]]])
-    for out, moved in (A.rotate(img, poly, 10.0), A.perspective(img, poly, rng, 0.05)):
+    for out, moved in (A.rotate(img, poly, 10.0), A.perspective(img, poly, rng, 0.05),
+                       A.curl(img, poly, rng, 0.03)):
         centre = moved[0].mean(0).round().astype(int)
         assert out[centre[1], centre[0]].mean() < 80  # the polygon still covers the dark block
 

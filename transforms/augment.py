@@ -399,14 +399,43 @@ def perspective(img: np.ndarray, polys: Polys, rng: np.random.Generator, strengt
     return out, warp_polys(polys, m)
 
 
+def curl(img: np.ndarray, polys: Polys, rng: np.random.Generator, strength: float = 0.015) -> tuple[np.ndarray, Polys]:
+    """A page that does not lie flat (curled edge, bent sheet, book spine): a smooth displacement
+    of up to ~`strength` x page size. Polygons move with it (first-order inverse of the field)."""
+    h, w = img.shape[:2]
+    amp = strength * max(h, w)
+    coarse = rng.standard_normal((3, 3, 2), dtype=np.float32) * amp * 0.15
+    bend = np.linspace(-1, 1, 3, dtype=np.float32) ** 2 * amp * rng.uniform(-1, 1)  # bow along x or y
+    if rng.random() < 0.5:
+        coarse[:, :, 1] += bend[None, :]
+    else:
+        coarse[:, :, 0] += bend[:, None]
+    field = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
+    gy, gx = np.indices((h, w), dtype=np.float32)
+    out = cv2.remap(img, gx + field[..., 0], gy + field[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    if len(polys):
+        pts = polys.reshape(-1, 2)
+        xi = np.clip(pts[:, 0].round().astype(int), 0, w - 1)
+        yi = np.clip(pts[:, 1].round().astype(int), 0, h - 1)
+        polys = (pts - field[yi, xi]).reshape(-1, 4, 2).astype(np.float32)
+    return out, polys
+
+
 def desk(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
-    """A background for phone photos: wood-ish, dark table or fabric tone with texture."""
-    base = np.array([(120, 85, 55), (60, 60, 65), (180, 170, 150), (40, 45, 55), (150, 110, 75)][
-        int(rng.integers(5))], np.float32)
+    """A background for phone photos: wood grain, a plain or fabric table, or more paper."""
+    kind = rng.random()
+    base = np.array([(120, 85, 55), (60, 60, 65), (180, 170, 150), (40, 45, 55), (150, 110, 75),
+                     (200, 200, 195), (90, 100, 120)][int(rng.integers(7))], np.float32) + rng.normal(0, 10, 3)
     img = np.empty((h, w, 3), np.float32)
     img[:] = base
-    streaks = cv2.resize(rng.standard_normal((max(2, h // 40), 4)).astype(np.float32), (w, h))
-    img += (streaks * 12 + _smooth_field(rng, h, w, max(h, w) / 4) * 10)[..., None]
+    shade = _smooth_field(rng, h, w, max(h, w) / 3) * rng.uniform(5, 20)
+    if kind < 0.4:  # wood: streaks along a random direction
+        streaks = cv2.resize(rng.standard_normal((max(2, h // 30), 3), dtype=np.float32), (w, h))
+        m = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(0, 180), 1.5)
+        shade += cv2.warpAffine(streaks, m, (w, h), borderMode=cv2.BORDER_REFLECT) * rng.uniform(6, 15)
+    elif kind < 0.7:  # fabric / carpet: fine texture
+        shade += cv2.GaussianBlur(rng.standard_normal((h, w), dtype=np.float32), (0, 0), 1.0) * rng.uniform(4, 12)
+    img += shade[..., None]
     return np.clip(img, 0, 255).astype(np.uint8)
 
 

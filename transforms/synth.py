@@ -16,7 +16,7 @@ import functools
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -76,7 +76,7 @@ def make_hand(rng: np.random.Generator, lib: FontLibrary, x_height: float, kind:
                                                                  0.15, 0.1, 0.1 + 0.15 * font.thin, 0.1])),
         ink=A.pick_ink(rng),
         letter_space=float(rng.uniform(-0.05, 0.25)),
-        word_space=float(rng.uniform(0.5, 1.6)),
+        word_space=float(rng.uniform(0.6, 1.6)),
         line_gap=float(rng.uniform(2.3, 4.8)),
         size_jitter=float(rng.uniform(0.0, 0.05)),
         drift=float(rng.uniform(0.0, 0.12)),
@@ -275,7 +275,7 @@ def draft_line(words: list[InkWord], hand: Hand, x: float, baseline: float, max_
         boxes.append([[ox + w.box[0], oy + w.box[1]], [ox + w.box[2], oy + w.box[1]],
                       [ox + w.box[2], oy + w.box[3]], [ox + w.box[0], oy + w.box[3]]])
         placed.append(w)
-        cx += bw + hand.word_space * xh * (rng.uniform(0.7, 1.4) if hand.kind == "H" else 1.0)
+        cx += bw + hand.word_space * xh * (rng.uniform(0.75, 1.3) if hand.kind == "H" else 1.0)
     angle = hand.skew + rng.normal(0, hand.skew_jitter) if angle is None else angle
     m = cv2.getRotationMatrix2D((float(pad), base_y), 0.0 if hand.kind == "P" else angle, 1.0)
     m[:, 2] += (x - pad, baseline - base_y)
@@ -353,10 +353,12 @@ def _words(tokens: list[str], hand: Hand, rng: np.random.Generator, lib: FontLib
 
 def paragraph(page: Page, fr: Frame, tokens: list[str], hand: Hand, rng: np.random.Generator,
               lib: FontLibrary, indent: float = 0.0, rules: np.ndarray | None = None) -> None:
-    """Wrap tokens into lines inside the frame (ragged right), moving the cursor down."""
-    words = _words(tokens, hand, rng, lib)
-    first = True
-    while words and fr.y < fr.bottom:
+    """Wrap tokens into lines inside the frame (ragged right), moving the cursor down. Words are
+    rendered a line's worth at a time, so text that will not fit is never drawn."""
+    pending, words, first = list(tokens), [], True
+    while (pending or words) and fr.y < fr.bottom:
+        while pending and len(words) < 16:
+            words += _words([pending.pop(0)], hand, rng, lib)
         fr.y = _snap(fr.y, rules)
         ind = indent if first else rng.normal(0, 0.2) * hand.x_height
         left = fr.left + ind + rng.normal(0, 0.15 * hand.x_height)
@@ -432,9 +434,11 @@ def layout_letter(page: Page, fr: Frame, hands: list[Hand], rng: np.random.Gener
         for line in [T.person(rng)] + T.address(rng):
             single_line(page, fr, line, h, rng, lib, gap=h.line_gap * 0.9, rules=rules)
     single_line(page, fr, T.salutation(rng), h, rng, lib, rules=rules)
-    for _ in range(int(rng.integers(1, 5))):
-        paragraph(page, fr, T.prose(rng, int(rng.integers(8, 70))), h, rng, lib,
+    body = replace(fr, bottom=fr.bottom - 3 * h.line_gap * h.x_height)  # room for closing + signature
+    for _ in range(int(rng.integers(2, 7))):  # letters fill the sheet; the frame stops them at the bottom
+        paragraph(page, body, T.prose(rng, int(rng.integers(12, 90))), h, rng, lib,
                   indent=h.x_height * rng.uniform(0, 6), rules=rules)
+    fr.y = body.y
     single_line(page, fr, T.closing(rng), h, rng, lib, align="right", rules=rules)
     signature(page, fr, h, rng, lib, rules)
     if len(hands) > 1:
@@ -603,7 +607,7 @@ def marks(page: Page, hands: list[Hand], fr: Frame, rng: np.random.Generator) ->
             x, y = fr.left - rng.uniform(0.3, 1.5) * h.x_height, rng.uniform(0.1, 0.8) * page.h
             pts = np.int32([[x, y], [x + rng.normal(0, s * 0.1), y + s * rng.uniform(2, 6)]])
         cv2.polylines(page.img, [pts], False, colour, th, cv2.LINE_AA)
-    if rng.random() < 0.08:
+    if rng.random() < 0.05:
         stamp(page, rng, h.x_height)
 
 
@@ -650,7 +654,7 @@ def render_page(rng: np.random.Generator) -> tuple[Image.Image, list[dict]]:
     lib = library()
     w, h = _page_size(rng)
     page = Page(A.paper(h, w, rng))
-    xh = w / rng.uniform(35, 100)
+    xh = max(12.0, w / rng.uniform(35, 90))
     hands = [make_hand(rng, lib, xh, cursive=rng.random() < 0.55 or None)]
     for _ in range(int(rng.choice([0, 1, 2], p=[0.6, 0.3, 0.1]))):
         hands.append(make_hand(rng, lib, xh * rng.uniform(0.7, 1.3)))
@@ -672,6 +676,7 @@ def _paper_rules(page: Page, fr: Frame, hand: Hand, rng: np.random.Generator) ->
     """A third of pages are ruled or squared: rules are spaced for the main hand's line gap."""
     if rng.random() > 0.33:
         return None
+    hand.line_gap = float(rng.uniform(2.5, 3.6))  # people size their writing to the rules
     spacing = hand.line_gap * hand.x_height
     grid = rng.random() < 0.25
     margin = fr.left - hand.x_height * rng.uniform(0.5, 2) if rng.random() < 0.5 else None
@@ -689,17 +694,22 @@ def _age_and_capture(page: Page, rng: np.random.Generator) -> tuple[np.ndarray, 
         img = A.fold_lines(img, rng)
     if rng.random() < 0.15:
         img = A.punch_holes(img, rng)
-    if rng.random() < 0.3:  # phone photo: tilted page on a desk, uneven light
+    if rng.random() < 0.3:  # phone photo: tilted, maybe curled page on a desk, uneven light
+        if rng.random() < 0.5:
+            img, polys = A.curl(img, polys, rng, rng.uniform(0.003, 0.012))
         img, polys = A.perspective(img, polys, rng, rng.uniform(0.01, 0.06), A.desk(*img.shape[:2], rng),
-                                   margin=rng.uniform(0.02, 0.08))
+                                   margin=rng.uniform(0.0, 0.08))
         img = A.lighting(img, rng)
         if rng.random() < 0.5:
             img = A.resample(img, rng, 0.6)
-    else:  # scan: slight rotation, flat light
+    elif rng.random() < 0.25:  # scan with the sheet's edges showing on the scanner lid
+        lid = np.full_like(img, int(rng.choice([rng.uniform(20, 70), rng.uniform(200, 240)])))
+        img, polys = A.perspective(img, polys, rng, rng.uniform(0.0, 0.012), lid, margin=rng.uniform(0.01, 0.04))
+    else:  # flat scan: slight rotation
         if rng.random() < 0.6:
             img, polys = A.rotate(img, polys, float(rng.normal(0, 0.8)), fill=A._edge_fill(img))
-        if rng.random() < 0.2:
-            img = A.lighting(img, rng)
+    if rng.random() < 0.15:
+        img = A.lighting(img, rng)
     if rng.random() < 0.4:
         img = A.blur(img, rng, 1.1)
     img = A.scanner_noise(img, rng, rng.uniform(0.5, 4))
