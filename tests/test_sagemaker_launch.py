@@ -19,7 +19,6 @@ from batch.cli import main as htr
 from batch.errors import EXIT_BAD_ARGS, EXIT_OK
 from jobs import sagemaker_launch as sl
 
-pytest_plugins = ["tests.s3_server"]
 
 ROLE = "arn:aws:iam::123456789012:role/htr-sagemaker"
 TRAIN_LOG = [  # lines as jobs/train.py prints them

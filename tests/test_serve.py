@@ -249,7 +249,7 @@ def test_keep_alive_connection_serves_several_requests(server: ServerProcess, do
 
 def test_concurrent_requests_match_single_requests(server: ServerProcess, docs) -> None:
     single = {name: server.invoke(data, "application/x-image") for name, data in docs.items()}
-    names = list(docs) * 3
+    names = list(docs) * 2
     with ThreadPoolExecutor(max_workers=len(names)) as pool:
         together = list(pool.map(lambda n: server.invoke(docs[n], "application/x-image"), names))
     for name, (status, record) in zip(names, together):
@@ -319,14 +319,12 @@ def _rounded(value):
     return value
 
 
-def test_collect_matches_the_local_worker(servers, docs, htr_cmd, tiny_models, subprocess_env,
-                                          tmp_path: Path, capsys) -> None:
+def test_collect_matches_the_local_worker(servers, docs, tiny_models, tmp_path: Path,
+                                          capsys) -> None:
     inputs, tout = tmp_path / "docs", tmp_path / "transform-out"
     _write_docs(inputs, docs)
-    worker = subprocess.run([*htr_cmd, "run", str(inputs), str(tmp_path / "run"), "--models",
-                             str(tiny_models), "--device", "cpu", "--no-progress"],
-                            env=subprocess_env, capture_output=True, text=True, timeout=600)
-    assert worker.returncode == EXIT_PARTIAL, worker.stderr
+    assert htr(["run", str(inputs), str(tmp_path / "run"), "--models", str(tiny_models),
+                "--device", "cpu", "--no-progress"]) == EXIT_PARTIAL
 
     _transform(servers["batch"], inputs, tout)
     code = htr(["sagemaker", "collect", str(tout), str(tmp_path / "collected"),
@@ -370,3 +368,54 @@ def test_collect_exit_code_without_errors(servers, docs, tmp_path: Path) -> None
     assert htr(["sagemaker", "collect", str(tout), str(tmp_path / "c")]) == EXIT_OK
     [doc] = read_documents(str(tmp_path / "c"))
     assert doc["source_uri"] == "page.png" and doc["doc_id"] == doc_id_for(docs["page.png"])
+
+
+# ---- dynamic batching, in-process --------------------------------------------------------------
+
+def test_pages_of_waiting_requests_share_one_model_call(tiny_models: Path) -> None:
+    """While the model thread is busy, requests queue; the next call takes all their pages,
+    each request gets back exactly its own pages, and a failing page fails only its request."""
+    import threading
+
+    import numpy as np
+
+    from batch.pipeline import Pipeline
+    from batch.serve import PageBatcher
+
+    pipe = Pipeline.load(tiny_models, "cpu")
+    busy, release, calls = threading.Event(), threading.Event(), []
+
+    def process_pages(images: list) -> list:
+        calls.append(len(images))
+        if len(calls) == 1:
+            busy.set()
+            release.wait(60)
+        if any(im.shape[0] == 13 for im in images):  # a page the "model" cannot take
+            raise RuntimeError("bad page")
+        return pipe.process_pages(images)
+
+    def doc(n: int, height: int = 64) -> list:
+        return [np.full((height, 96 + 8 * i, 3), 255, np.uint8) for i in range(n)]
+
+    docs = {"a": doc(1), "b": doc(2), "c": doc(3), "bad": doc(1, height=13)}
+    batcher = PageBatcher(process_pages, max_pages=16, wait_s=0.005)
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            first = pool.submit(batcher.submit, docs["a"])
+            assert busy.wait(60)
+            rest = {k: pool.submit(batcher.submit, docs[k]) for k in ("b", "c", "bad")}
+            deadline = time.monotonic() + 60
+            while batcher._queue.qsize() < 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            release.set()
+            results = {"a": first.result(60), **{k: f.exception(60) or f.result()
+                                                 for k, f in rest.items()}}
+    finally:
+        batcher.close()
+    assert calls[:2] == [1, 6]        # a alone; then b + c + bad together (which fails) ...
+    assert sorted(calls[2:]) == [1, 2, 3]   # ... so each is retried alone
+    assert isinstance(results["bad"], RuntimeError)
+    for key in ("a", "b", "c"):
+        alone = pipe.process_pages(docs[key])
+        assert [(p.width, p.height, p.words) for p in results[key]] == \
+            [(p.width, p.height, p.words) for p in alone]
