@@ -171,10 +171,10 @@ def paper(h: int, w: int, rng: np.random.Generator, colour: tuple[int, int, int]
     if rng.random() < 0.5:
         tone += (vignette(sh, sw, rng, strength=rng.uniform(0.03, 0.15)) - 1) * float(base.mean())
     shade = cv2.resize(tone, (w, h), interpolation=cv2.INTER_LINEAR)
-    grain = rng.standard_normal((h, w), dtype=np.float32)
+    grain = rng.standard_normal((h // 2 + 1, w // 2 + 1), dtype=np.float32)  # fibres ~2 px
     if rng.random() < 0.5:  # embossed / laid paper: grain visible at a few px
-        grain = cv2.GaussianBlur(grain, (0, 0), rng.uniform(0.8, 2.0)) * 2.5
-    shade += grain * rng.uniform(1.5, 6.0)
+        grain = cv2.GaussianBlur(grain, (0, 0), rng.uniform(0.5, 1.0)) * 2.5
+    shade += cv2.resize(grain, (w, h), interpolation=cv2.INTER_LINEAR) * rng.uniform(1.5, 6.0)
     img = shade[..., None] + base[None, None, :]
     return np.clip(img, 0, 255, out=img)
 
@@ -205,8 +205,33 @@ def ruled_lines(img: np.ndarray, rng: np.random.Generator, spacing: float, top: 
     return ys
 
 
+# Photometric page ops accept uint8 (returned as a new uint8 array) or float32 (changed in place
+# and returned): the synthetic engine keeps its page in float32 and converts once at the end.
+
+def _work(img: np.ndarray) -> np.ndarray:
+    return img if img.dtype == np.float32 else img.astype(np.float32)
+
+
+def _done(out: np.ndarray, like: np.ndarray) -> np.ndarray:
+    if like.dtype == np.float32:
+        return out
+    return np.clip(out, 0, 255, out=out).astype(like.dtype)
+
+
+def _scale(out: np.ndarray, mult: np.ndarray, tint: np.ndarray | None = None) -> None:
+    """out *= mult per pixel (HxW), optionally deeper per channel: 1 - (1 - mult) * tint[c]."""
+    if out.ndim == 2:
+        out *= mult
+    elif tint is None:
+        out *= mult[..., None]
+    else:
+        loss = 1 - mult
+        for c in range(out.shape[2]):
+            out[..., c] *= 1 - loss * float(tint[c])
+
+
 def stains(img: np.ndarray, rng: np.random.Generator, n: int | None = None) -> np.ndarray:
-    """Coffee rings, water marks and foxing spots (multiplicative, soft edged)."""
+    """Coffee rings, water marks and foxing spots (multiplicative, soft edged, brownish)."""
     h, w = img.shape[:2]
     n = int(rng.integers(1, 4)) if n is None else n
     small = np.ones((h // 4 + 1, w // 4 + 1), np.float32)
@@ -224,16 +249,15 @@ def stains(img: np.ndarray, rng: np.random.Generator, n: int | None = None) -> n
         cv2.circle(small, (int(rng.uniform(0, small.shape[1])), int(rng.uniform(0, small.shape[0]))),
                    int(rng.integers(1, 3)), 1 - rng.uniform(0.05, 0.2), -1)
     small = cv2.GaussianBlur(small, (0, 0), 1.5)
-    mult = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
-    tint = np.array([1.0, 0.93, 0.8], np.float32)  # stains are brownish: blue drops most
-    out = img.astype(np.float32) * (1 - (1 - mult[..., None]) * (2 - tint)[None, None, :])
-    return np.clip(out, 0, 255).astype(img.dtype)
+    out = _work(img)
+    _scale(out, cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR), np.array([1.0, 1.07, 1.2]))
+    return _done(out, img)
 
 
 def fold_lines(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One or two creases: a thin dark/bright line with shading on one side."""
     h, w = img.shape[:2]
-    out = img.astype(np.float32)
+    out = _work(img)
     for _ in range(int(rng.integers(1, 3))):
         horizontal = rng.random() < 0.7
         size = h if horizontal else w
@@ -243,41 +267,44 @@ def fold_lines(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         shade = 1 - rng.uniform(0.03, 0.1) * np.exp(-(coords / width) ** 2)
         shade += rng.uniform(0.0, 0.04) * np.exp(-((coords - width * 1.5) / (width * 3)) ** 2)
         shade = shade.astype(np.float32)
-        out *= shade[:, None, None] if horizontal else shade[None, :, None]
-    return np.clip(out, 0, 255).astype(img.dtype)
+        shape = (-1, 1) if horizontal else (1, -1)
+        out *= shade.reshape(shape + (1,) * (out.ndim - 2))
+    return _done(out, img)
 
 
 def show_through(img: np.ndarray, rng: np.random.Generator, ghost: np.ndarray | None = None,
                  opacity: float | None = None) -> np.ndarray:
     """Writing from the back of the sheet, mirrored and blurred. `ghost` is an ink alpha (HxW,
-    0..1) of the other side; without it the page's own darkness is mirrored (works on real pages)."""
+    0..1) of the other side; without it the page's own darkness is mirrored (works on real pages).
+    Worked out at quarter resolution: a ghost is blurry anyway."""
     h, w = img.shape[:2]
+    sw, sh = max(1, w // 4), max(1, h // 4)
     if ghost is None:
-        gray = img.mean(axis=2) if img.ndim == 3 else img.astype(np.float32)
+        small = cv2.resize(img, (sw, sh), interpolation=cv2.INTER_AREA).astype(np.float32)
+        gray = small.mean(axis=2) if small.ndim == 3 else small
         ghost = np.clip((np.median(gray) - gray) / 120.0, 0, 1)
-        shift = int(rng.integers(-h // 10, h // 10 + 1))
-        ghost = np.roll(ghost, shift, axis=0)
-    ghost = cv2.GaussianBlur(ghost[:, ::-1].astype(np.float32), (0, 0), rng.uniform(1.5, 4.0))
-    opacity = rng.uniform(0.03, 0.12) if opacity is None else opacity
-    out = img.astype(np.float32)
-    mult = 1 - opacity * ghost
-    out *= mult[..., None] if out.ndim == 3 else mult
-    return np.clip(out, 0, 255).astype(img.dtype)
+        ghost = np.roll(ghost, int(rng.integers(-sh // 10, sh // 10 + 1)), axis=0)
+    else:
+        ghost = cv2.resize(ghost.astype(np.float32), (sw, sh), interpolation=cv2.INTER_AREA)
+    ghost = cv2.GaussianBlur(np.ascontiguousarray(ghost[:, ::-1]), (0, 0), rng.uniform(0.5, 1.5))
+    opacity = rng.uniform(0.02, 0.09) if opacity is None else opacity
+    out = _work(img)
+    _scale(out, 1 - opacity * cv2.resize(ghost, (w, h), interpolation=cv2.INTER_LINEAR))
+    return _done(out, img)
 
 
 def punch_holes(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Filing holes along one edge, showing a darker or lighter backing."""
     h, w = img.shape[:2]
-    out = img.copy()
+    out = img if img.dtype == np.float32 else img.copy()
     r = int(min(h, w) * rng.uniform(0.01, 0.018))
-    fill = tuple(float(v) for v in rng.choice([rng.uniform(20, 90), rng.uniform(200, 255)]) *
-                 np.ones(3))[:out.shape[2] if out.ndim == 3 else 1]
+    v = float(rng.choice([rng.uniform(20, 90), rng.uniform(200, 255)]))
     top = rng.random() < 0.6
     n = int(rng.integers(2, 4))
     for i in range(n):
         t = (i + 1) / (n + 1) + rng.normal(0, 0.02)
         c = (int(w * t), int(r * rng.uniform(2, 4))) if top else (int(r * rng.uniform(2, 4)), int(h * t))
-        cv2.circle(out, c, r, fill if out.ndim == 3 else fill[0], -1, cv2.LINE_AA)
+        cv2.circle(out, c, r, (v, v, v) if out.ndim == 3 else v, -1, cv2.LINE_AA)
     return out
 
 
@@ -285,9 +312,15 @@ def scanner_noise(img: np.ndarray, rng: np.random.Generator, sigma: float | None
     """Sensor noise, dust specks and now and then a streak down the scan."""
     h, w = img.shape[:2]
     sigma = rng.uniform(1.0, 7.0) if sigma is None else sigma
-    out = img.astype(np.float32)
-    noise = rng.standard_normal((h, w), dtype=np.float32) * sigma
-    out += noise[..., None] if out.ndim == 3 else noise
+    out = _work(img)
+    noise = rng.standard_normal((h // 2 + 1, w // 2 + 1), dtype=np.float32)  # sensor noise ~2 px grain
+    noise = cv2.resize(noise, (w, h), interpolation=cv2.INTER_NEAREST)
+    noise *= sigma
+    if out.ndim == 3:
+        for c in range(out.shape[2]):
+            out[..., c] += noise
+    else:
+        out += noise
     for _ in range(int(rng.integers(0, 40))):
         v = float(rng.choice([rng.uniform(0, 80), rng.uniform(230, 255)]))
         cv2.circle(out, (int(rng.integers(w)), int(rng.integers(h))), int(rng.integers(1, 3)),
@@ -295,7 +328,7 @@ def scanner_noise(img: np.ndarray, rng: np.random.Generator, sigma: float | None
     if rng.random() < 0.1:
         x = int(rng.integers(w))
         out[:, x:x + int(rng.integers(1, 3))] *= rng.uniform(0.7, 1.1)
-    return np.clip(out, 0, 255).astype(img.dtype)
+    return _done(out, img)
 
 
 def lighting(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -315,10 +348,14 @@ def lighting(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         d = np.cos(ang) * (xs - 0.5) + np.sin(ang) * (ys - 0.5) - rng.uniform(0.1, 0.4)
         field *= 1 - rng.uniform(0.15, 0.4) / (1 + np.exp(-d / 0.03))
     field = cv2.resize(field.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-    out = img.astype(np.float32) * field[..., None] if img.ndim == 3 else img * field
-    if img.ndim == 3:
-        out *= (1 + rng.normal(0, 0.04, 3)).astype(np.float32)[None, None, :]
-    return np.clip(out, 0, 255).astype(img.dtype)
+    out = _work(img)
+    if out.ndim == 3:  # colour cast folded into the per-channel scale
+        cast = 1 + rng.normal(0, 0.04, out.shape[2])
+        for c in range(out.shape[2]):
+            out[..., c] *= field * np.float32(cast[c])
+    else:
+        out *= field
+    return _done(out, img)
 
 
 def blur(img: np.ndarray, rng: np.random.Generator, max_sigma: float = 1.4) -> np.ndarray:

@@ -314,6 +314,12 @@ def _overlaps(page: Page, box: tuple[float, float, float, float]) -> bool:
 
 def _composite_warped(img: np.ndarray, alpha: np.ndarray, m: np.ndarray, colour: np.ndarray) -> None:
     """Warp `alpha` by affine `m` into its page bounding box only (cheap), then lay it as ink."""
+    rows, cols = np.flatnonzero(alpha.any(axis=1)), np.flatnonzero(alpha.any(axis=0))
+    if len(rows) == 0:
+        return
+    alpha = alpha[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]  # strips are mostly empty margin
+    m = m.copy()
+    m[:, 2] += m[:, :2] @ np.array([cols[0], rows[0]], np.float64)
     h, w = alpha.shape
     corners = A.warp_polys(np.float32([[[0, 0], [w, 0], [w, h], [0, h]]]), m)[0]
     x0, y0 = np.floor(corners.min(0)).astype(int)
@@ -684,16 +690,17 @@ def _paper_rules(page: Page, fr: Frame, hand: Hand, rng: np.random.Generator) ->
 
 
 def _age_and_capture(page: Page, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    img = np.clip(page.img, 0, 255).astype(np.uint8)
+    img = page.img  # float32: the photometric ops below work on it in place
     polys = np.stack([w.polygon for w in page.words]) if page.words else np.zeros((0, 4, 2), np.float32)
     if rng.random() < 0.3:
-        img = A.show_through(img, rng)
+        A.show_through(img, rng)
     if rng.random() < 0.25:
-        img = A.stains(img, rng)
+        A.stains(img, rng)
     if rng.random() < 0.35:
-        img = A.fold_lines(img, rng)
+        A.fold_lines(img, rng)
     if rng.random() < 0.15:
-        img = A.punch_holes(img, rng)
+        A.punch_holes(img, rng)
+    img = np.clip(img, 0, 255, out=img).astype(np.uint8)
     if rng.random() < 0.3:  # phone photo: tilted, maybe curled page on a desk, uneven light
         if rng.random() < 0.5:
             img, polys = A.curl(img, polys, rng, rng.uniform(0.003, 0.012))
