@@ -145,3 +145,18 @@ def test_htr_synth_command(tmp_path):
     assert (tmp_path / "manifest.jsonl").exists() and (tmp_path / "crops.jsonl").exists()
     assert htr(["synth", "--out", str(tmp_path)]) == EXIT_BAD_ARGS
     assert htr(["synth", "--pages", "-1", "--out", str(tmp_path)]) == EXIT_BAD_ARGS
+
+
+def test_augment_chains_for_real_data_are_deterministic():
+    rng = np.random.default_rng(0)
+    page = (A.paper(300, 200, rng)).astype(np.uint8)
+    page[100:130, 40:160] = 30
+    poly = np.float32([[[40, 100], [160, 100], [160, 130], [40, 130]]])
+    a = A.augment_page(page, [poly[0]], np.random.default_rng(7))
+    b = A.augment_page(page, poly, np.random.default_rng(7))
+    assert np.array_equal(a[0], b[0]) and np.allclose(a[1], b[1]) and a[1].shape == (1, 4, 2)
+    crop = page[90:140, 30:170, 0].copy()
+    for seed in range(5):
+        out = A.augment_crop(crop, np.random.default_rng(seed))
+        assert out.dtype == np.uint8 and out.ndim == 2 and out.shape[0] == crop.shape[0]
+        assert np.array_equal(out, A.augment_crop(crop, np.random.default_rng(seed)))

@@ -479,24 +479,27 @@ def desk(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
 # ---- chains for training on real data ----------------------------------------------------------------
 
 def augment_crop(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Random distortions for a grayscale uint8 word crop (dark ink on light paper)."""
-    out = img
-    h, w = out.shape[:2]
-    if rng.random() < 0.5:  # slant: shear the inverted image so the padding stays paper
-        inv = 255 - out
-        inv, _ = shear(inv, float(rng.uniform(-0.3, 0.3)), baseline=h * 0.7)
-        out = 255 - inv
+    """Random distortions for a grayscale uint8 word crop (dark ink on light paper).
+
+    Geometry runs on the ink (paper level minus the image) so new borders come out as paper, not
+    as white or black wedges."""
+    paper_level = float(np.percentile(img, 90))
+    ink = np.clip(paper_level - img.astype(np.float32), 0, 255)
+    h = ink.shape[0]
+    if rng.random() < 0.5:
+        ink, _ = shear(ink, float(rng.uniform(-0.3, 0.3)), baseline=h * 0.7)
     if rng.random() < 0.3:
-        inv = stroke_width(255 - out, int(rng.choice([-1, 1, 2])))
-        out = 255 - inv
+        ink = stroke_width(ink, int(rng.choice([-1, 1, 2])))
     if rng.random() < 0.4:
-        out = 255 - elastic(255 - out, rng, amount=rng.uniform(0.5, 2.0), cell=max(6.0, h / 3))
+        ink = elastic(ink, rng, amount=rng.uniform(0.5, 2.0), cell=max(6.0, h / 3))
     if rng.random() < 0.4:
         f = rng.uniform(0.8, 1.25)
-        out = cv2.resize(out, (max(4, int(out.shape[1] * f)), out.shape[0]), interpolation=cv2.INTER_LINEAR)
-    if rng.random() < 0.5:
+        ink = cv2.resize(ink, (max(4, int(ink.shape[1] * f)), h), interpolation=cv2.INTER_LINEAR)
+    out = paper_level - ink
+    if rng.random() < 0.5:  # contrast / brightness
         a, b = rng.uniform(0.6, 1.2), rng.uniform(-30, 30)
-        out = np.clip(out.astype(np.float32) * a + b + (1 - a) * 200, 0, 255).astype(np.uint8)
+        out = out * a + b + (1 - a) * paper_level
+    out = np.clip(out, 0, 255).astype(np.uint8)
     if rng.random() < 0.3:
         out = blur(out, rng, max_sigma=1.0)
     if rng.random() < 0.3:
