@@ -1,26 +1,96 @@
 """Writers for a run's outputs, local folder or s3:// prefix alike (through batch.storage):
 
-  OUT/documents/<doc_id>.json                       one per document (batch.schema)
-  OUT/words/run_date=YYYY-MM-DD/part-*.parquet      one row per word
-  OUT/pages/run_date=YYYY-MM-DD/part-*.parquet      one row per page
-  OUT/errors/run_date=YYYY-MM-DD/part-*.parquet     one row per failed document
+  OUT/documents/<doc_id>.json                               one per document (batch.schema)
+  OUT/words/run_date=YYYY-MM-DD/part-<writer>-<n>.parquet   one row per word
+  OUT/pages/run_date=YYYY-MM-DD/part-<writer>-<n>.parquet   one row per page
+  OUT/errors/run_date=YYYY-MM-DD/part-<writer>-<n>.parquet  one row per failed document
+  OUT/_ledger/                                              the commit log (batch.ledger)
 
-Rows are buffered and written as parts of a useful size (Athena reads few large files
-much faster than many tiny ones); a part's name is fixed by the run id and its sequence.
+Exactly once. Each source (input object) has exactly one set of rows: those of its latest
+committed processing, either words + pages + a document JSON (status ok) or one errors row
+(status error; a document that failed last night and succeeds tonight leaves errors/).
+Documents are committed in batches (`docs_per_part` documents or `rows_per_part` word rows,
+whichever comes first; one batch = one part per table and day, sized for Athena):
+
+  1. stage    each document's JSON -> _ledger/pending/<batch>/<doc_id>.json, as it finishes
+  2. parts    the batch's rows -> new parts; every name is unique (writer id + sequence)
+  3. rewrite  live parts holding older rows of the batch's sources (changed objects, retried
+              failures, --reprocess) are rewritten without those rows, as new parts
+  4. marker   _ledger/pending/<batch>/_batch
+  5. COMMIT   ledger entry N+1, put-if-absent: the batch's sources, the parts it adds (and
+              which sources each holds), the parts it removes (the ones rewritten in 3), the
+              documents no longer live. Nothing before this point is part of the output.
+  6. publish  staged JSON -> documents/, removed parts and dead documents' JSON deleted,
+              then the pending folder (its marker last)
+
+`OutputWriter.open()` (first thing in every run) recovers: a pending batch that has an entry
+gets step 6 again (every step is idempotent); one without an entry is deleted; a part that
+no entry lists (an orphan from a killed run) is deleted. Parquet parts hold many documents,
+so superseding rewrites whole parts (step 3) instead of tombstoning rows: what Athena reads
+is then simply every file under words/, pages/, errors/. Between a kill and the next run's
+recovery, orphans and removed parts may still be there; `read_table(..., committed=True)`
+reads exactly the committed parts at any time.
+
+Shards (`--shard i/n`) share one OUT: names carry the shard tag, so a shard only ever
+deletes its own uncommitted files; an unsharded writer assumes it is the only one and
+cleans up after anyone. Never run the same shard twice at the same time.
+
+Test hook: HTR_CRASH_AT=<point>:<n> SIGKILLs the process the n-th time it reaches <point>,
+one of part-before, part-after, rewrite-after, commit-before, commit-after, publish-after.
 """
 from __future__ import annotations
 
 import io
 import json
+import os
+import posixpath
+import signal
+import uuid
+from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batch import storage
-from batch.schema import (DocumentRecord, ErrorRecord, error_rows, page_rows, run_date, to_table,
-                          word_rows, PARTITION_COLUMN)
+from batch.errors import HtrError, StorageError
+from batch.ledger import PENDING, Ledger, LedgerState, Shard, tag_of
+from batch.schema import (DocumentRecord, ErrorRecord, PARTITION_COLUMN, TABLES, error_rows, iso,
+                          now_ms, page_rows, run_date, to_table, word_rows)
 
+COMPRESSIONS = ("zstd", "snappy")
+DOCUMENTS = "documents"
+MARKER = "_batch"
+CRASH_ENV = "HTR_CRASH_AT"
+_MAX_CONFLICTS = 50  # commit attempts lost to other writers before giving up
+
+
+class CommitFailed(HtrError):
+    """A batch could not be committed (storage failing after retries): the run stops; the
+    next run recovers and redoes the batch."""
+
+    stage = "commit"
+
+
+# ---- test hook ---------------------------------------------------------------------------------
+
+_crash_hits: Counter = Counter()
+
+
+def crash_point(name: str) -> None:
+    """kill -9 ourselves at the n-th `name` when HTR_CRASH_AT=name:n (tests only)."""
+    spec = os.environ.get(CRASH_ENV, "")
+    point, _, n = spec.partition(":")
+    if point != name:
+        return
+    _crash_hits[name] += 1
+    if _crash_hits[name] == int(n or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ---- helpers -----------------------------------------------------------------------------------
 
 def parquet_bytes(table: pa.Table, compression: str = "zstd") -> bytes:
     buf = io.BytesIO()
@@ -28,65 +98,350 @@ def parquet_bytes(table: pa.Table, compression: str = "zstd") -> bytes:
     return buf.getvalue()
 
 
+def _read_parquet(uri: str, table: str) -> pa.Table:
+    schema = TABLES[table]
+    return pq.read_table(io.BytesIO(storage.read_bytes(uri))).select(schema.names).cast(schema)
+
+
+def _by_date(table: pa.Table) -> dict[str, pa.Table]:
+    """Rows split by the run_date partition of their processed_at."""
+    days = [run_date(ms) for ms in table.column("processed_at").cast(pa.int64()).to_pylist()]
+    return {d: table.filter(pa.array([x == d for x in days])) for d in sorted(set(days))}
+
+
+@dataclass
+class _Item:
+    """One source's contribution to the batch being assembled."""
+    source: dict[str, Any]                 # its ledger record (batch.ledger.SourceState fields)
+    tables: dict[str, pa.Table]            # its rows, by table
+
+
+@dataclass
+class Recovery:
+    """What `OutputWriter.open` cleaned up after an earlier, interrupted run."""
+    finished: int = 0      # committed batches whose publish step was redone
+    abandoned: int = 0     # uncommitted batches whose staged files were deleted
+    orphans: int = 0       # uncommitted parts deleted
+    foreign: int = 0       # Parquet files no ledger ever knew (left alone)
+
+    def __bool__(self) -> bool:
+        return bool(self.finished or self.abandoned or self.orphans or self.foreign)
+
+    def summary(self) -> str:
+        text = (f"recovered: {self.finished} committed batches finished, {self.abandoned} "
+                f"uncommitted batches and {self.orphans} orphan parts removed")
+        if self.foreign:
+            text += (f"; {self.foreign} Parquet files not written by a ledger-aware run were "
+                     "left alone (their rows are outside the exactly-once guarantee)")
+        return text
+
+
+# ---- the writer --------------------------------------------------------------------------------
+
 @dataclass
 class OutputWriter:
     out_uri: str
     run_id: str
-    rows_per_part: int = 200_000          # ~ tens of MB of words per part
+    rows_per_part: int = 200_000          # word rows per batch (~ tens of MB of Parquet)
     compression: str = "zstd"
-    buffers: dict[str, list[dict]] = field(default_factory=lambda: {"words": [], "pages": [], "errors": []})
-    seq: dict[str, int] = field(default_factory=lambda: {"words": 0, "pages": 0, "errors": 0})
-    written: list[str] = field(default_factory=list)
+    docs_per_part: int = 1000             # documents per batch: also the most a kill can undo
+    shard: Shard = field(default_factory=Shard)
+    model_version: str = ""               # recorded for error rows (they have no model output)
+    written: list[str] = field(default_factory=list)   # part URIs this writer wrote
+    committed: int = 0                    # sources committed by this writer
 
-    def document_uri(self, doc_id: str) -> str:
-        return storage.join(self.out_uri, "documents", f"{doc_id}.json")
+    def __post_init__(self) -> None:
+        if self.compression not in COMPRESSIONS:
+            raise ValueError(f"compression must be one of {COMPRESSIONS}")
+        self.ledger = Ledger(self.out_uri)
+        self.writer_id = f"{self.run_id}-{self.shard.tag}-{uuid.uuid4().hex[:6]}"
+        self._items: dict[str, _Item] = {}
+        self._batch_no = 0
+        self._part_no = 0
+        self._opened = False
 
-    def add_document(self, doc: DocumentRecord) -> None:
-        storage.write_bytes(self.document_uri(doc.doc_id), doc.dumps().encode(), "application/json")
-        self.buffers["words"].extend(word_rows(doc))
-        self.buffers["pages"].extend(page_rows(doc))
+    # ---- adding records ------------------------------------------------------------------
+
+    def add_document(self, doc: DocumentRecord, source: storage.SourceObject | None = None) -> None:
+        """Stage the document; it is committed with its batch."""
+        self.open()
+        uri = doc.source_uri or doc.doc_id
+        storage.write_bytes(self._pending_uri(f"{doc.doc_id}.json"), doc.dumps().encode(),
+                            "application/json")
+        words = to_table("words", word_rows(doc))
+        self._items[uri] = _Item(
+            self._source(uri, source, doc.source_etag, doc.doc_id, "ok", doc.model_version,
+                         doc.run_id, pages=len(doc.pages), words=words.num_rows),
+            {"words": words, "pages": to_table("pages", page_rows(doc))})
         self._maybe_flush()
 
-    def add_error(self, err: ErrorRecord) -> None:
-        self.buffers["errors"].extend(error_rows(err))
+    def add_error(self, err: ErrorRecord, source: storage.SourceObject | None = None) -> None:
+        self.open()
+        uri = err.source_uri or err.doc_id
+        self._items[uri] = _Item(
+            self._source(uri, source, "", err.doc_id, "error", self.model_version, err.run_id),
+            {"errors": to_table("errors", error_rows(err))})
         self._maybe_flush()
+
+    def _source(self, uri: str, src: storage.SourceObject | None, etag: str, doc_id: str,
+                status: str, model_version: str, run_id: str, pages: int = 0,
+                words: int = 0) -> dict[str, Any]:
+        return {"uri": uri, "etag": src.etag if src else etag, "size": src.size if src else -1,
+                "doc_id": doc_id, "status": status, "model_version": model_version,
+                "run_id": run_id, "pages": pages, "words": words}
 
     def _maybe_flush(self) -> None:
-        if len(self.buffers["words"]) >= self.rows_per_part:
+        rows = sum(i.tables["words"].num_rows for i in self._items.values() if "words" in i.tables)
+        if len(self._items) >= self.docs_per_part or rows >= self.rows_per_part:
             self.flush()
-
-    def flush(self) -> None:
-        for table, rows in self.buffers.items():
-            if rows:
-                self._write_part(table, rows)
-                self.buffers[table] = []
-
-    def _write_part(self, table: str, rows: list[dict]) -> None:
-        by_date: dict[str, list[dict]] = {}
-        for r in rows:
-            by_date.setdefault(run_date(r["processed_at"]), []).append(r)
-        for date, part_rows in sorted(by_date.items()):
-            name = f"part-{self.run_id}-{self.seq[table]:05d}.parquet"
-            uri = storage.join(self.out_uri, table, f"{PARTITION_COLUMN}={date}", name)
-            storage.write_bytes(uri, parquet_bytes(to_table(table, part_rows), self.compression))
-            self.seq[table] += 1
-            self.written.append(uri)
 
     def close(self) -> None:
         self.flush()
 
+    # ---- one batch: parts, rewrites, commit, publish --------------------------------------
 
-def read_table(out_uri: str, table: str) -> pa.Table:
-    """All parts of one output table (for tests and tools); empty table if none."""
-    from batch.schema import TABLES
+    def flush(self) -> None:
+        """Commit the buffered batch (no-op if empty). Raises CommitFailed."""
+        if not self._items:
+            return
+        self.open()
+        try:
+            added = self._write_new_parts()
+            storage.write_bytes(self._pending_uri(MARKER), b"")
+            entry = self._commit(added)
+            crash_point("commit-after")
+            finish_commit(self.ledger, entry)
+        except StorageError as e:
+            raise CommitFailed(f"batch {self._batch_id()} not committed: {e}") from e
+        self.committed += len(self._items)
+        self._items = {}
+        self._batch_no += 1
 
-    parts = [u for u in storage.list_uris(storage.join(out_uri, table)) if u.endswith(".parquet")]
+    def _write_new_parts(self) -> dict[str, set[str]]:
+        """The batch's rows as new parts: {relative path: source URIs it holds}."""
+        added: dict[str, set[str]] = {}
+        for table in TABLES:
+            tables = [i.tables[table] for i in self._items.values()
+                      if table in i.tables and i.tables[table].num_rows]
+            if not tables:
+                continue
+            for day, rows in _by_date(pa.concat_tables(tables)).items():
+                rel = self._write_part(f"{table}/{PARTITION_COLUMN}={day}", rows, "part")
+                added[rel] = set(rows.column("source_uri").to_pylist())
+        return added
+
+    def _write_part(self, folder: str, rows: pa.Table, point: str) -> str:
+        rel = f"{folder}/part-{self.writer_id}-{self._part_no:05d}.parquet"
+        self._part_no += 1
+        crash_point(f"{point}-before")
+        uri = storage.join(self.out_uri, rel)
+        storage.write_bytes(uri, parquet_bytes(rows, self.compression))
+        self.written.append(uri)
+        crash_point(f"{point}-after")
+        return rel
+
+    def _commit(self, added: dict[str, set[str]]) -> dict[str, Any]:
+        """Append the batch's ledger entry, re-planning the rewrites whenever another writer
+        committed first. Returns the entry as committed."""
+        rewrites: dict[tuple[str, frozenset[str]], str | None] = {}   # (old, dropped) -> new
+        for _ in range(_MAX_CONFLICTS):
+            self.ledger.refresh()
+            plan = self.ledger.state.superseded(set(self._items))
+            try:
+                for old, stale in plan.items():
+                    key = (old, frozenset(stale))
+                    if key not in rewrites:
+                        rewrites[key] = self._rewrite(old, stale)
+            except storage.NotFound:
+                continue  # another writer removed that part just now: re-plan on its entry
+            crash_point("commit-before")
+            entry = self.ledger.try_commit(self._entry(added, plan, rewrites))
+            if entry is not None:
+                used = {rewrites[(old, frozenset(stale))] for old, stale in plan.items()}
+                for rel in set(rewrites.values()) - used - {None}:  # from plans that lost a race
+                    storage.delete(storage.join(self.out_uri, rel))
+                return entry
+        raise StorageError(f"gave up after {_MAX_CONFLICTS} commit conflicts on {self.out_uri}")
+
+    def _rewrite(self, old: str, stale: set[str]) -> str | None:
+        """`old` without the rows of `stale` sources, as a new part; None if nothing is left."""
+        table = posixpath.normpath(old).split("/", 1)[0]
+        rows = _read_parquet(storage.join(self.out_uri, old), table)
+        keep = rows.filter(pc.invert(pc.is_in(rows.column("source_uri"), pa.array(sorted(stale)))))
+        if keep.num_rows == 0:
+            return None
+        return self._write_part(posixpath.dirname(old), keep, "rewrite")
+
+    def _entry(self, added: dict[str, set[str]], plan: dict[str, set[str]],
+               rewrites: dict[tuple[str, frozenset[str]], str | None]) -> dict[str, Any]:
+        state = self.ledger.state
+        seq = state.seq + 1
+        entry_added = {rel: {u: seq for u in sorted(uris)} for rel, uris in added.items()}
+        for old, stale in plan.items():
+            new = rewrites[(old, frozenset(stale))]
+            if new:  # the surviving rows keep their generation
+                entry_added[new] = {u: g for u, g in state.parts[old].items() if u not in stale}
+        sources = [{**i.source, "parts": sorted(r for r, us in added.items() if uri in us)}
+                   for uri, i in self._items.items()]
+        return {"batch": self._batch_id(), "writer": self.writer_id, "run_id": self.run_id,
+                "shard": str(self.shard), "committed_at": iso(now_ms()), "sources": sources,
+                "added": entry_added, "removed": sorted(plan), "dead_docs": self._dead_docs(state)}
+
+    def _dead_docs(self, state: LedgerState) -> list[str]:
+        """Documents whose JSON must go once this batch commits: no source refers to them."""
+        refs, dropped = Counter(state.doc_refs), set()
+        for uri, item in self._items.items():
+            old = state.sources.get(uri)
+            if old is not None and old.status == "ok":
+                refs[old.doc_id] -= 1
+                dropped.add(old.doc_id)
+            if item.source["status"] == "ok":
+                refs[item.source["doc_id"]] += 1
+        return sorted(d for d in dropped if refs[d] <= 0)
+
+    def _batch_id(self) -> str:
+        return f"{self.writer_id}-{self._batch_no:05d}"
+
+    def _pending_uri(self, name: str) -> str:
+        return storage.join(self.out_uri, PENDING, self._batch_id(), name)
+
+    # ---- recovery ------------------------------------------------------------------------
+
+    def open(self) -> Recovery:
+        """Load the ledger and clean up after interrupted runs (once; before any write)."""
+        if self._opened:
+            return Recovery()
+        self._opened = True
+        self.ledger.load()
+        rec = Recovery()
+        self._recover_pending(rec)
+        self._recover_parts(rec)
+        return rec
+
+    def _mine(self, name: str) -> bool:
+        """May this writer clean up `name`? Its shard's files, or anyone's if unsharded."""
+        tag = tag_of(name)
+        return (tag is not None and self.writer_id not in name
+                and (self.shard.count == 1 or tag == self.shard.tag))
+
+    def _recover_pending(self, rec: Recovery) -> None:
+        batches: dict[str, list[str]] = {}
+        for uri in _list(storage.join(self.out_uri, PENDING)):
+            batch = _relative(self.out_uri, uri)[len(PENDING) + 1:].split("/", 1)[0]
+            batches.setdefault(batch, []).append(uri)
+        for batch, uris in sorted(batches.items()):
+            if not self._mine(batch):
+                continue
+            seq = self.ledger.state.batches.get(batch)
+            if seq is not None:
+                finish_commit(self.ledger, self.ledger.read_entry(seq) or {})
+                rec.finished += 1
+            else:
+                for uri in uris:
+                    storage.delete(uri)
+                _remove_empty_folder(storage.join(self.out_uri, PENDING, batch))
+                rec.abandoned += 1
+
+    def _recover_parts(self, rec: Recovery) -> None:
+        live = self.ledger.state.parts
+        for table in TABLES:
+            for uri in _list(storage.join(self.out_uri, table)):
+                rel = _relative(self.out_uri, uri)
+                name = _unwrap_tmp(posixpath.basename(rel))
+                if rel in live or not name.endswith(".parquet"):
+                    continue
+                if tag_of(name) is None:
+                    rec.foreign += 1
+                elif self._mine(name):
+                    storage.delete(uri)
+                    rec.orphans += 1
+
+
+def finish_commit(ledger: Ledger, entry: dict[str, Any]) -> None:
+    """Step 6 for a committed entry: publish its documents, delete what it removed, then its
+    pending folder. Idempotent, so recovery can simply run it again."""
+    if not entry:
+        return
+    out, state = ledger.out_uri, ledger.state
+    pending = storage.join(out, PENDING, entry["batch"])
+    for s in entry["sources"]:
+        current = state.sources.get(s["uri"])
+        if s["status"] != "ok" or current is None or current.seq != entry["seq"]:
+            continue  # failed, or superseded since: a later entry owns its JSON
+        try:
+            data = storage.read_bytes(storage.join(pending, f"{s['doc_id']}.json"))
+        except storage.NotFound:
+            continue  # published before an interruption (staged files go only at the end)
+        storage.write_bytes(storage.join(out, DOCUMENTS, f"{s['doc_id']}.json"), data,
+                            "application/json")
+        crash_point("publish-after")
+    for rel in entry["removed"]:
+        storage.delete(storage.join(out, rel))
+    for doc_id in entry["dead_docs"]:
+        if not state.doc_refs.get(doc_id):
+            storage.delete(storage.join(out, DOCUMENTS, f"{doc_id}.json"))
+    staged = [u for u in _list(pending) if posixpath.basename(u.replace(os.sep, "/")) != MARKER]
+    for uri in staged:
+        storage.delete(uri)
+    storage.delete(storage.join(pending, MARKER))
+    _remove_empty_folder(pending)
+
+
+def _list(prefix_uri: str) -> list[str]:
+    try:
+        return list(storage.list_uris(prefix_uri))
+    except storage.NotFound:  # a local folder not created yet
+        return []
+
+
+def _remove_empty_folder(uri: str) -> None:
+    """Local folders outlive their files (S3 prefixes do not)."""
+    if not storage.is_s3(uri):
+        try:
+            os.rmdir(uri[len("file://"):] if uri.startswith("file://") else uri)
+        except OSError:
+            pass
+
+
+def _relative(out_uri: str, uri: str) -> str:
+    """'words/run_date=.../part-x.parquet' for a URI under OUT ('/'-separated everywhere)."""
+    if storage.is_s3(out_uri):
+        return uri[len(out_uri.rstrip("/")) + 1:]
+    root = out_uri[len("file://"):] if out_uri.startswith("file://") else out_uri
+    return os.path.relpath(uri, root).replace(os.sep, "/")
+
+
+def _unwrap_tmp(name: str) -> str:
+    """'.part-x.parquet.0123456789ab.tmp' (a local write killed midway) -> 'part-x.parquet'."""
+    if name.startswith(".") and name.endswith(".tmp"):
+        return name[1:].rsplit(".", 2)[0]
+    return name
+
+
+# ---- reading -----------------------------------------------------------------------------------
+
+def read_table(out_uri: str, table: str, committed: bool = False) -> pa.Table:
+    """All parts of one output table (for tests and tools); empty table if none.
+
+    committed=True reads only the parts the ledger lists, which is exact even while a run
+    is writing or after one was killed (before the next run's recovery)."""
+    if committed:
+        state = Ledger(out_uri).load()
+        parts = [storage.join(out_uri, rel) for rel in sorted(state.parts)
+                 if rel.startswith(table + "/")]
+    else:
+        parts = [u for u in _list(storage.join(out_uri, table)) if u.endswith(".parquet")]
     if not parts:
         return TABLES[table].empty_table()
-    return pa.concat_tables(pq.read_table(io.BytesIO(storage.read_bytes(u))).select(TABLES[table].names)
-                            .cast(TABLES[table]) for u in parts)
+    return pa.concat_tables(_read_parquet(u, table) for u in parts)
 
 
 def read_documents(out_uri: str) -> list[dict]:
-    return [json.loads(storage.read_bytes(u)) for u in storage.list_uris(storage.join(out_uri, "documents"))
+    return [json.loads(storage.read_bytes(u)) for u in _list(storage.join(out_uri, DOCUMENTS))
             if u.endswith(".json")]
+
+
+def read_ledger(out_uri: str) -> LedgerState:
+    """The folded ledger of an output (what is committed, source by source)."""
+    return Ledger(out_uri).load()
+

@@ -1,33 +1,59 @@
-"""`htr run INPUT OUT`: the batch job.
+"""`htr run INPUT OUT`: the batch job, incremental and exactly-once (nightly runs on S3).
 
-  list sources -> fetch + rasterise (thread pool, bounded queue) -> batched segment +
-  recognise (main thread) -> lines -> records -> outputs
+  recover OUT -> list sources -> skip what the ledger has done -> fetch + rasterise (thread
+  pool, bounded queue) -> batched segment + recognise (main thread) -> lines -> records
+  -> outputs, committed a batch at a time
 
 Rasterising the next documents overlaps model work: poppler and Pillow release the GIL,
-and the bounded page queue keeps memory flat however long a PDF is. A document that
-fails at any stage becomes an error record; the run goes on.
+and the bounded page queue keeps memory flat however long a PDF is: at most
+`decode_workers + 1` documents are in flight, each yielding pages one render chunk at a
+time, and objects over --stream-mb are downloaded to a temp file and memory-mapped instead
+of held in RAM. A document that fails at any stage (storage retries exhausted, object
+deleted since the listing, corrupt, ...) becomes an error record; the run goes on.
+
+Which sources a run processes (new, changed, failed before, --reprocess, ...) is decided
+against the ledger (batch.ledger); how results are committed exactly once, superseding
+older rows, is batch.outputs' business.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
+import mmap
+import os
 import queue
+import re
+import shutil
 import sys
+import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from tqdm import tqdm
 
 from batch import storage
-from batch.errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, HtrError
-from batch.outputs import OutputWriter
+from batch.errors import EXIT_BAD_ARGS, EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, HtrError
+from batch.ledger import LedgerState, Policy, Shard
+from batch.outputs import COMPRESSIONS, CommitFailed, OutputWriter
 from batch.pipeline import Pipeline, PipelineConfig
 from batch.schema import ErrorRecord, Page, doc_id_for, now_ms
 from transforms.rasterise import Limits, iter_pages, sniff
+
+MiB = 1024 * 1024
+_RUN_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # goes into object names
+
+
+def _shard_arg(text: str) -> Shard:
+    try:
+        return Shard.parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from e
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -45,8 +71,23 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decode-workers", type=int, default=2, help="fetch/rasterise threads")
     p.add_argument("--max-pixels", type=int, default=Limits.max_pixels, help="per page")
     p.add_argument("--max-pages", type=int, default=Limits.max_pages, help="per document")
-    p.add_argument("--run-id", help="default: a new id per run")
+    p.add_argument("--stream-mb", type=int, default=256,
+                   help="S3 objects over this size go to a temp file instead of memory")
+    p.add_argument("--run-id", help="default: a new id per run ([A-Za-z0-9._-])")
     p.add_argument("--no-progress", action="store_true")
+    g = p.add_argument_group("incremental runs (see batch.outputs for the commit protocol)")
+    g.add_argument("--reprocess", action="store_true", help="process every source again")
+    g.add_argument("--reprocess-on-model-change", action="store_true",
+                   help="process again what an other model version produced")
+    g.add_argument("--skip-failed", action="store_true",
+                   help="do not retry sources that failed before (changed ones still run)")
+    g.add_argument("--shard", type=_shard_arg, default=Shard(), metavar="I/N",
+                   help="process only shard I of N (stable hash of the source URI)")
+    g.add_argument("--part-docs", type=int, default=1000,
+                   help="documents per commit (and per Parquet part)")
+    g.add_argument("--part-rows", type=int, default=200_000,
+                   help="word rows per commit (and per Parquet part), if reached first")
+    g.add_argument("--compression", choices=COMPRESSIONS, default="zstd", help="Parquet codec")
     storage.add_arguments(p)
 
 
@@ -56,13 +97,94 @@ class RunStats:
     pages: int = 0
     words: int = 0
     errors: int = 0
+    skipped: int = 0          # up to date in the ledger
     started: float = field(default_factory=time.time)
 
     def summary(self, out: str) -> str:
         dt = max(time.time() - self.started, 1e-9)
         return (f"htr run: {self.documents} documents, {self.pages} pages, {self.words} words, "
-                f"{self.errors} errors in {dt:.1f} s ({self.pages / dt:.2f} pages/s) -> {out}")
+                f"{self.skipped} skipped, {self.errors} errors in {dt:.1f} s "
+                f"({self.pages / dt:.2f} pages/s) -> {out}")
 
+
+# ---- which sources to process ------------------------------------------------------------------
+
+@dataclass
+class SourcePicker:
+    """Filters a listing down to this shard's sources that the ledger says need work."""
+    state: LedgerState
+    policy: Policy
+    shard: Shard = field(default_factory=Shard)
+    skipped: int = 0
+    other_shards: int = 0
+    reasons: Counter = field(default_factory=Counter)
+
+    def __call__(self, listing: Iterable[storage.SourceObject]) -> Iterator[storage.SourceObject]:
+        for src in listing:
+            src = canonical(src)
+            if not self.shard.owns(src.uri):
+                self.other_shards += 1
+                continue
+            reason = self.state.reason_to_process(src.uri, src.etag, self.policy)
+            if reason is None:
+                self.skipped += 1
+                continue
+            self.reasons[reason] += 1
+            yield src
+
+
+def canonical(src: storage.SourceObject) -> storage.SourceObject:
+    """A local source by its absolute path: the ledger must not see 'in/a.pdf' and
+    '/data/in/a.pdf' as two documents."""
+    return src if storage.is_s3(src.uri) else replace(src, uri=os.path.abspath(src.uri))
+
+
+# ---- producer: fetch + rasterise ---------------------------------------------------------------
+
+_END = object()
+
+
+class _Stopped(BaseException):
+    """The run is over (finished or failed): producers stop putting pages."""
+
+
+def fetch(src: storage.SourceObject, stream_above: int) -> bytes | mmap.mmap:
+    """The object's bytes; a big S3 object as a memory map of a temp file (page cache, not
+    process memory; the file is unlinked already and goes when the map is closed)."""
+    if not storage.is_s3(src.uri) or src.size <= stream_above:
+        return storage.read_bytes(src.uri)
+    with tempfile.TemporaryFile(prefix="htr-src-") as f:
+        with storage.open_read(src.uri) as body:
+            shutil.copyfileobj(body, f, MiB)
+        f.flush()
+        if f.tell() == 0:
+            return b""
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def _produce(src: storage.SourceObject, put: Callable[[tuple], None], dpi: int, limits: Limits,
+             stream_above: int) -> None:
+    """Put ('meta'), ('page', i, image)..., ('end', n) or ('error', stage, exc) for one source."""
+    stage, data = "fetch", b""
+    try:
+        data = fetch(src, stream_above)
+        stage = "decode"
+        content_type = sniff(data if isinstance(data, bytes) else data[:1024])
+        put((src.uri, "meta", doc_id_for(data), content_type))
+        n = 0
+        for n, image in enumerate(iter_pages(data, dpi, limits, content_type), 1):
+            put((src.uri, "page", n, image))
+        if n == 0:
+            raise HtrError("document has no pages", "decode")
+        put((src.uri, "end", n))
+    except Exception as e:  # every failure is the document's error record, never the run's
+        put((src.uri, "error", getattr(e, "stage", stage), e))
+    finally:
+        if isinstance(data, mmap.mmap):
+            data.close()
+
+
+# ---- the run -----------------------------------------------------------------------------------
 
 @dataclass
 class _Doc:
@@ -75,48 +197,37 @@ class _Doc:
     failed: bool = False
 
 
-# ---- producer: fetch + rasterise ---------------------------------------------------------------
-
-_END = object()
-
-
-def _produce(src: storage.SourceObject, out: queue.Queue, dpi: int, limits: Limits) -> None:
-    """Put ('meta'), ('page', i, image)..., ('end', n) or ('error', stage, exc) for one source."""
-    stage = "fetch"
-    try:
-        data = storage.read_bytes(src.uri)
-        stage = "decode"
-        content_type = sniff(data)
-        out.put((src.uri, "meta", doc_id_for(data), content_type))
-        n = 0
-        for n, image in enumerate(iter_pages(data, dpi, limits, content_type), 1):
-            out.put((src.uri, "page", n, image))
-        if n == 0:
-            raise HtrError("document has no pages", "decode")
-        out.put((src.uri, "end", n))
-    except Exception as e:  # every failure is the document's error record, never the run's
-        out.put((src.uri, "error", getattr(e, "stage", stage), e))
-
-
-# ---- the run -----------------------------------------------------------------------------------
-
 class Run:
     def __init__(self, pipe: Pipeline, writer: OutputWriter, run_id: str, dpi: int = 200,
                  limits: Limits = Limits(), batch_pages: int = 8, decode_workers: int = 2,
-                 progress: bool = True):
+                 progress: bool = True, stream_above: int = 256 * MiB):
         self.pipe, self.writer, self.run_id = pipe, writer, run_id
         self.dpi, self.limits, self.batch_pages = dpi, limits, batch_pages
         self.decode_workers = max(1, decode_workers)
+        self.stream_above = stream_above
         self.stats = RunStats()
         self.docs: dict[str, _Doc] = {}
         self.pending: list[tuple[str, int, np.ndarray]] = []
+        self.stop = threading.Event()
+        self.feed_error: BaseException | None = None
         self.bar = tqdm(unit="doc", desc="documents", disable=not progress, file=sys.stderr)
 
-    def run(self, sources) -> RunStats:
+    def run(self, sources: Iterable[storage.SourceObject]) -> RunStats:
         q: queue.Queue = queue.Queue(maxsize=2 * self.batch_pages)
         slots = threading.Semaphore(self.decode_workers + 1)  # documents in flight
         feeder = threading.Thread(target=self._feed, args=(sources, q, slots), daemon=True)
         feeder.start()
+        try:
+            self._loop(q, slots)
+            self.writer.close()  # commits the last batch
+        finally:
+            self.stop.set()
+            self.bar.close()
+        if self.feed_error is not None:  # e.g. the listing failed: what was done is committed
+            raise self.feed_error
+        return self.stats
+
+    def _loop(self, q: queue.Queue, slots: threading.Semaphore) -> None:
         finished_feeding = False
         while True:
             try:
@@ -131,18 +242,37 @@ class Run:
             if self.pending and (len(self.pending) >= self.batch_pages or idle):
                 self._run_models()
             if finished_feeding and not self.docs and not self.pending:
-                break
-        self.writer.close()
-        self.bar.close()
-        return self.stats
+                return
 
-    def _feed(self, sources, q: queue.Queue, slots: threading.Semaphore) -> None:
-        with ThreadPoolExecutor(self.decode_workers, thread_name_prefix="decode") as pool:
-            for src in sources:
-                slots.acquire()
-                q.put((src.uri, "start", src))
-                pool.submit(_produce, src, q, self.dpi, self.limits)
-        q.put(_END)
+    def _put(self, q: queue.Queue, item: object) -> None:
+        """q.put that gives up once the run is over (so no thread blocks forever)."""
+        while not self.stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                pass
+        raise _Stopped
+
+    def _feed(self, sources: Iterable[storage.SourceObject], q: queue.Queue,
+              slots: threading.Semaphore) -> None:
+        put = lambda item: self._put(q, item)  # noqa: E731
+        try:
+            with ThreadPoolExecutor(self.decode_workers, thread_name_prefix="decode") as pool:
+                for src in sources:
+                    while not slots.acquire(timeout=0.1):
+                        if self.stop.is_set():
+                            return
+                    put((src.uri, "start", src))
+                    pool.submit(_produce, src, put, self.dpi, self.limits, self.stream_above)
+        except _Stopped:
+            return
+        except Exception as e:  # listing failed
+            self.feed_error = e
+        try:
+            put(_END)
+        except _Stopped:
+            pass
 
     def _handle(self, item: tuple, slots: threading.Semaphore) -> None:
         uri, kind, *rest = item
@@ -203,7 +333,9 @@ class Run:
                                        doc.src.etag)
         record.doc_id = doc.doc_id
         try:
-            self.writer.add_document(record)
+            self.writer.add_document(record, doc.src)
+        except CommitFailed:
+            raise  # the output is failing: stop; the next run resumes
         except Exception as e:
             self._fail(uri, "write", e)
             return
@@ -222,7 +354,7 @@ class Run:
         doc_id = doc.doc_id or hashlib.sha256(uri.encode()).hexdigest()[:24]
         err = ErrorRecord(doc_id=doc_id, source_uri=uri, stage=stage, error_type=type(exc).__name__,
                           message=str(exc)[:2000], run_id=self.run_id, processed_at=now_ms())
-        self.writer.add_error(err)
+        self.writer.add_error(err, doc.src)
         tqdm.write(f"error: {uri}: {stage}: {type(exc).__name__}: {exc}", file=sys.stderr)
         if producer_done or doc.expected is not None:
             del self.docs[uri]  # else keep it, marked failed, until its producer's last item
@@ -235,24 +367,45 @@ class Run:
         self.bar.set_postfix(pages=self.stats.pages, words=self.stats.words, errors=self.stats.errors)
 
 
+def process(pipe: Pipeline, writer: OutputWriter, listing: Iterable[storage.SourceObject],
+            policy: Policy, **run_options) -> RunStats:
+    """Recover the output, then run over the sources of `listing` that need work."""
+    recovered = writer.open()
+    if recovered:
+        print(f"htr run: {recovered.summary()}", file=sys.stderr)
+    picker = SourcePicker(writer.ledger.state, policy, writer.shard)
+    stats = Run(pipe, writer, writer.run_id, **run_options).run(picker(listing))
+    stats.skipped = picker.skipped
+    return stats
+
+
 def main(args) -> int:
     storage.configure_from_args(args)
+    run_id = args.run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    if not _RUN_ID.match(run_id):
+        print(f"htr run: --run-id {run_id!r}: use letters, digits, '.', '_', '-'", file=sys.stderr)
+        return EXIT_BAD_ARGS
     try:
         pipe = Pipeline.load(args.models, args.device,
                              PipelineConfig(seg_batch=args.seg_batch, rec_batch=args.rec_batch))
     except Exception as e:
         print(f"htr run: cannot load models: {e}", file=sys.stderr)
         return EXIT_FATAL
-    run_id = args.run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
-    limits = Limits(max_pixels=args.max_pixels, max_pages=args.max_pages)
-    writer = OutputWriter(args.output, run_id)
-    sources = storage.list_objects(args.input, args.include, args.exclude)
-    run = Run(pipe, writer, run_id, args.dpi, limits, args.batch_pages, args.decode_workers,
-              progress=not args.no_progress)
+    writer = OutputWriter(args.output, run_id, rows_per_part=args.part_rows,
+                          compression=args.compression, docs_per_part=args.part_docs,
+                          shard=args.shard, model_version=pipe.model_version)
+    policy = Policy(pipe.model_version, reprocess=args.reprocess,
+                    on_model_change=args.reprocess_on_model_change,
+                    retry_failed=not args.skip_failed)
     try:
-        stats = run.run(sources)
+        stats = process(pipe, writer, storage.list_objects(args.input, args.include, args.exclude),
+                        policy, dpi=args.dpi,
+                        limits=Limits(max_pixels=args.max_pixels, max_pages=args.max_pages),
+                        batch_pages=args.batch_pages, decode_workers=args.decode_workers,
+                        progress=not args.no_progress, stream_above=args.stream_mb * MiB)
     except HtrError as e:  # listing or output failures: nothing sensible can continue
         print(f"htr run: {e.stage}: {e}", file=sys.stderr)
         return EXIT_FATAL
-    print(stats.summary(args.output), flush=True)
+    shard = f" [shard {args.shard}]" if args.shard.count > 1 else ""
+    print(stats.summary(args.output) + shard, flush=True)
     return EXIT_PARTIAL if stats.errors else EXIT_OK
