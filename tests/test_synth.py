@@ -30,6 +30,14 @@ def test_enough_handwriting_fonts_and_no_tofu():
             assert all(c in f.covered for c in text)
 
 
+def test_missing_fonts_are_a_typed_error():
+    from batch.errors import HtrError
+    from transforms.fonts import FontsUnavailable
+    with pytest.raises(FontsUnavailable, match="apt-packages.txt") as e:
+        library(min_hand=10_000)
+    assert isinstance(e.value, HtrError)
+
+
 def test_tokens_cover_the_charset_and_never_hold_spaces():
     rng = np.random.default_rng(0)
     tokens = [T.token(rng) for _ in range(6000)]

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from batch.errors import HtrError
+
 # Recogniser charset: printable ASCII plus £ € °.
 CHARSET = "".join(chr(c) for c in range(32, 127)) + "£€°"
 
@@ -109,8 +111,10 @@ CATALOGUE: tuple[FontEntry, ...] = (
 _PROBE_CHARS = CHARSET.replace(" ", "")
 
 
-class FontsUnavailable(RuntimeError):
+class FontsUnavailable(HtrError):
     """Too few fonts are installed: install apt-packages.txt and requirements-fonts.txt."""
+
+    stage = "fonts"
 
 
 @dataclass(frozen=True)

@@ -59,10 +59,15 @@ class Hand:
         return bool(np.all(np.abs(self.ink - self.ink.mean()) < 12) and self.ink.mean() > 55)
 
 
+TYPEWRITER_FONTS = ("liberation-mono", "nimbus-mono")
+
+
 def make_hand(rng: np.random.Generator, lib: FontLibrary, x_height: float, kind: str = "H",
-              cursive: bool | None = None) -> Hand:
+              cursive: bool | None = None, typewriter: bool = False) -> Hand:
     if kind == "P":
         font = lib.pick(rng, "P")
+        if typewriter:
+            font = next((f for f in lib.printed if f.name in TYPEWRITER_FONTS), font)
         ink = np.array([(20, 20, 25), (30, 40, 110), (90, 30, 30), (40, 40, 40)][int(rng.integers(4))],
                        np.float32)
         space = _advance(font.path, 100, " ") / (100 * x_ratio(font))  # the font's own space, in x-heights
@@ -420,11 +425,13 @@ def letterhead(page: Page, fr: Frame, rng: np.random.Generator, lib: FontLibrary
     if rng.random() < 0.4:  # officers' columns, left and right
         col = Frame(fr.left, fr.left + (fr.right - fr.left) * 0.3, fr.top, fr.bottom, fr.top + xh * 2)
         col2 = Frame(fr.right - (fr.right - fr.left) * 0.3, fr.right, fr.top, fr.bottom, fr.top + xh * 2)
+        caps = rng.random() < 0.5
         for c in (col, col2):
             for _ in range(int(rng.integers(2, 5))):
                 single_line(page, c, [rng.choice(["President:", "Secretary:", "Treasurer:", "Office:"])],
                             small, rng, lib, gap=2.0)
-                single_line(page, c, T.person(rng), small, rng, lib, gap=2.6)
+                name = T.person(rng)
+                single_line(page, c, [t.upper() for t in name] if caps else name, small, rng, lib, gap=2.6)
         fr.y = max(fr.y, col.y, col2.y)
     fr.y += xh * rng.uniform(2, 6)
 
@@ -439,11 +446,14 @@ def layout_letter(page: Page, fr: Frame, hands: list[Hand], rng: np.random.Gener
     if rng.random() < 0.4:
         for line in [T.person(rng)] + T.address(rng):
             single_line(page, fr, line, h, rng, lib, gap=h.line_gap * 0.9, rules=rules)
-    single_line(page, fr, T.salutation(rng), h, rng, lib, rules=rules)
+    writer = h
+    if rules is None and rng.random() < 0.12:  # typed letter, signed and annotated by hand
+        writer = make_hand(rng, lib, h.x_height * rng.uniform(0.6, 0.85), "P", typewriter=True)
+    single_line(page, fr, T.salutation(rng), writer, rng, lib, rules=rules)
     body = replace(fr, bottom=fr.bottom - 3 * h.line_gap * h.x_height)  # room for closing + signature
     for _ in range(int(rng.integers(2, 7))):  # letters fill the sheet; the frame stops them at the bottom
-        paragraph(page, body, T.prose(rng, int(rng.integers(12, 90))), h, rng, lib,
-                  indent=h.x_height * rng.uniform(0, 6), rules=rules)
+        paragraph(page, body, T.prose(rng, int(rng.integers(12, 90))), writer, rng, lib,
+                  indent=writer.x_height * rng.uniform(0, 6), rules=rules)
     fr.y = body.y
     single_line(page, fr, T.closing(rng), h, rng, lib, align="right", rules=rules)
     signature(page, fr, h, rng, lib, rules)
@@ -911,12 +921,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from batch.errors import EXIT_BAD_ARGS
+    from batch.errors import EXIT_BAD_ARGS, EXIT_FATAL, HtrError
     if args.pages < 0 or args.crops < 0 or (args.pages == 0 and args.crops == 0):
         print("synth: give --pages N and/or --crops N (N > 0)")
         return EXIT_BAD_ARGS
-    if args.pages:
-        write_pages(args.pages, args.out, args.seed)
-    if args.crops:
-        write_crops(args.crops, args.out, args.seed)
+    try:
+        if args.pages:
+            write_pages(args.pages, args.out, args.seed)
+        if args.crops:
+            write_crops(args.crops, args.out, args.seed)
+    except HtrError as e:  # e.g. FontsUnavailable: the environment, not the arguments
+        print(f"synth: {e.kind}: {e}")
+        return EXIT_FATAL
+    except OSError as e:
+        print(f"synth: cannot write to {args.out}: {e}")
+        return EXIT_FATAL
     return 0
