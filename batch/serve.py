@@ -32,6 +32,7 @@ import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from batch.errors import EXIT_FATAL, EXIT_OK, HtrError, InputError, UnsupportedType
@@ -118,15 +119,20 @@ def status_for(exc: BaseException, batch: bool) -> int:
     return 400 if isinstance(exc, InputError) else 500
 
 
-def resolve_content_type(header: str | None, data: bytes) -> str:
-    """The document's real type: the header must be one we take; the bytes then decide."""
-    from transforms.rasterise import sniff
-
+def check_content_type(header: str | None) -> None:
+    """Raise UnsupportedMediaType unless the declared type is one we take (or absent)."""
     declared = (header or "").split(";", 1)[0].strip().lower()
     if declared and declared not in DOCUMENT_TYPES | SNIFFED_TYPES:
         raise UnsupportedMediaType(
             f"content type {declared!r} not supported: send one of "
             f"{', '.join(sorted(DOCUMENT_TYPES | SNIFFED_TYPES))}", stage="request")
+
+
+def resolve_content_type(header: str | None, data: bytes) -> str:
+    """The document's real type: the header must be one we take; the bytes then decide."""
+    from transforms.rasterise import sniff
+
+    check_content_type(header)
     return sniff(data)  # a mislabelled file is read as what it is
 
 
@@ -422,11 +428,14 @@ def main(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if args.models:  # missing files: say so now, not after binding a port and loading torch
+            from batch.packaging import check_models_dir
+            check_models_dir(Path(args.models))
         settings = ServeSettings.from_env(max_batch_pages=args.max_batch_pages,
                                           batch_wait_ms=args.batch_wait_ms, dpi=args.dpi)
         service = Service(settings)
         server = Server((args.host, args.port), service)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, HtrError) as e:
         log.error("htr serve: %s", e)
         return EXIT_FATAL
     stop = threading.Event()

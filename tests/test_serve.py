@@ -24,7 +24,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from batch.cli import main as htr
-from batch.errors import EXIT_OK, EXIT_PARTIAL
+from batch.errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL
 from batch.outputs import read_documents, read_table
 from batch.schema import TABLES, DocumentRecord, doc_id_for
 from batch.storage import NotFound
@@ -419,3 +419,46 @@ def test_pages_of_waiting_requests_share_one_model_call(tiny_models: Path) -> No
         alone = pipe.process_pages(docs[key])
         assert [(p.width, p.height, p.words) for p in results[key]] == \
             [(p.width, p.height, p.words) for p in alone]
+
+
+def test_collect_from_s3_to_s3(servers, docs, s3_endpoint: str, s3_bucket: str) -> None:
+    from tests.s3_server import s3_client
+
+    client = s3_client(s3_endpoint)
+    for name in ("letter.pdf", "scan.tiff"):
+        client.put_object(Bucket=s3_bucket, Key=f"in/{name}", Body=docs[name])
+        _, body = servers["batch"].request("POST", "/invocations", docs[name],
+                                           {"Content-Type": "application/x-image"})
+        client.put_object(Bucket=s3_bucket, Key=f"tout/{name}.out", Body=body)
+    out = f"s3://{s3_bucket}/tables/"
+    assert htr(["sagemaker", "collect", f"s3://{s3_bucket}/tout/", out,
+                "--input", f"s3://{s3_bucket}/in/"]) == EXIT_OK
+    pages = read_table(out, "pages").to_pylist()
+    assert sorted((p["source_uri"], p["page"]) for p in pages) == [
+        (f"s3://{s3_bucket}/in/letter.pdf", 1), (f"s3://{s3_bucket}/in/letter.pdf", 2),
+        (f"s3://{s3_bucket}/in/scan.tiff", 1), (f"s3://{s3_bucket}/in/scan.tiff", 2)]
+    etags = {d["source_uri"]: d["source_etag"] for d in read_documents(out)}
+    head = client.head_object(Bucket=s3_bucket, Key="in/letter.pdf")
+    assert etags[f"s3://{s3_bucket}/in/letter.pdf"] == head["ETag"].strip('"')
+
+
+def test_missing_models_fail_at_once(htr_cmd, subprocess_env, tmp_path) -> None:
+    proc = subprocess.run([*htr_cmd, "serve", "--port", "0", "--models", str(tmp_path)],
+                          env=subprocess_env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == EXIT_FATAL
+    assert "segmenter.safetensors" in proc.stderr
+
+
+def test_unloadable_models_never_report_healthy(htr_cmd, tiny_models, subprocess_env,
+                                                tmp_path) -> None:
+    broken = tmp_path / "models"
+    shutil.copytree(tiny_models, broken)
+    (broken / "recogniser.safetensors").write_bytes(b"not safetensors")
+    server = _start(htr_cmd, broken, subprocess_env, tmp_path / "log", {})
+    answers = set()
+    while server.proc.poll() is None:  # /ping answers 503 while loading, then the server exits
+        answers.add(server.ping())
+        time.sleep(0.1)
+    assert server.proc.wait() == EXIT_FATAL
+    assert 200 not in answers
+    assert "cannot load models" in server.log.read_text()

@@ -23,7 +23,7 @@ if _CODE_DIR not in sys.path:
     sys.path.insert(0, _CODE_DIR)
 
 from batch.schema import doc_id_for  # noqa: E402
-from batch.serve import Service, ServeSettings, error_body, resolve_content_type, status_for  # noqa: E402
+from batch.serve import Service, ServeSettings, check_content_type, error_body, status_for  # noqa: E402
 
 log = logging.getLogger("htr.inference")
 JSON = "application/json"
@@ -63,7 +63,7 @@ def model_fn(model_dir: str) -> Service:
 def input_fn(body: bytes | bytearray, content_type: str) -> Document:
     data = bytes(body)
     try:
-        resolve_content_type(content_type, b"%PDF-")  # checks the header only; bytes come later
+        check_content_type(content_type)  # the bytes are sniffed in predict_fn
     except Exception as e:  # noqa: BLE001 - an unsupported Content-Type
         raise _http_error(415, error_body(e, doc_id_for(data) if data else "")) from e
     return Document(data, content_type)
