@@ -286,7 +286,7 @@ def show_through(img: np.ndarray, rng: np.random.Generator, ghost: np.ndarray | 
         ghost = np.roll(ghost, int(rng.integers(-sh // 10, sh // 10 + 1)), axis=0)
     else:
         ghost = cv2.resize(ghost.astype(np.float32), (sw, sh), interpolation=cv2.INTER_AREA)
-    ghost = cv2.GaussianBlur(np.ascontiguousarray(ghost[:, ::-1]), (0, 0), rng.uniform(0.5, 1.5))
+    ghost = cv2.GaussianBlur(np.ascontiguousarray(ghost[:, ::-1]), (0, 0), rng.uniform(0.8, 2.5))
     opacity = rng.uniform(0.02, 0.09) if opacity is None else opacity
     out = _work(img)
     _scale(out, 1 - opacity * cv2.resize(ghost, (w, h), interpolation=cv2.INTER_LINEAR))

@@ -85,7 +85,7 @@ def make_hand(rng: np.random.Generator, lib: FontLibrary, x_height: float, kind:
         line_gap=float(rng.uniform(2.3, 4.8)),
         size_jitter=float(rng.uniform(0.0, 0.05)),
         drift=float(rng.uniform(0.0, 0.12)),
-        wobble=float(rng.uniform(0.0, 0.08)),
+        wobble=float(rng.uniform(0.0, 0.12)),
         pressure_low=float(rng.uniform(0.45, 0.95)),
         skew=float(rng.normal(0, 0.8)),
         stretch=float(np.exp(rng.normal(0.1 if font.cursive else 0.0, 0.15))),
@@ -389,7 +389,7 @@ def _snap(y: float, rules: np.ndarray | None) -> float:
 
 def single_line(page: Page, fr: Frame, tokens: list[str], hand: Hand, rng: np.random.Generator,
                 lib: FontLibrary, align: str = "left", gap: float | None = None,
-                rules: np.ndarray | None = None) -> None:
+                rules: np.ndarray | None = None, indent: float = 0.0) -> None:
     """One line aligned left / right / centre (dates, salutations, signatures, headings)."""
     if fr.y >= fr.bottom:
         return
@@ -404,14 +404,15 @@ def single_line(page: Page, fr: Frame, tokens: list[str], hand: Hand, rng: np.ra
     elif align == "anywhere":
         x = fr.left + rng.uniform(0, max(1.0, span - width))
     else:
-        x = fr.left + rng.normal(0, 0.2) * hand.x_height
+        x = fr.left + indent + rng.normal(0, 0.2) * hand.x_height
     x = max(fr.left * 0.5, x)
     write_line(page, words, hand, x, fr.y, fr.right - x + hand.x_height * 2, rng)
     fr.y += (hand.line_gap if gap is None else gap) * hand.x_height
 
 
-def letterhead(page: Page, fr: Frame, rng: np.random.Generator, lib: FontLibrary) -> None:
-    """Printed header: organisation name, address, perhaps officers in two columns."""
+def letterhead(page: Page, fr: Frame, rng: np.random.Generator, lib: FontLibrary) -> Hand:
+    """Printed header: organisation name, address, perhaps officers in two columns. Returns the
+    small print hand (for a pre-printed date line)."""
     xh = max(7.0, page.w * rng.uniform(1 / 160, 1 / 90))  # small print, but legible at this scan size
     name = [t.upper() if rng.random() < 0.5 else t.capitalize()
             for t in T.english_words(rng, int(rng.integers(2, 6)), flatten=0.5)]
@@ -434,26 +435,45 @@ def letterhead(page: Page, fr: Frame, rng: np.random.Generator, lib: FontLibrary
                 single_line(page, c, [t.upper() for t in name] if caps else name, small, rng, lib, gap=2.6)
         fr.y = max(fr.y, col.y, col2.y)
     fr.y += xh * rng.uniform(2, 6)
+    return small
+
+
+def dated_line(page: Page, fr: Frame, hand: Hand, printed: Hand, rng: np.random.Generator,
+               lib: FontLibrary) -> None:
+    """A pre-printed 'Town, ______' line on the letterhead with the date written on the rule."""
+    span = fr.right - fr.left
+    x, y = fr.left + span * rng.uniform(0.3, 0.55), fr.y
+    x_end = _words_at(page, [T._pick(rng, T.TOWNS) + ","], printed, x, y, rng, lib)
+    rule_end = fr.right - span * rng.uniform(0.0, 0.05)
+    cv2.line(page.img, (int(x_end + printed.x_height * 0.3), int(y + 2)), (int(rule_end), int(y + 2)),
+             tuple(float(c) for c in printed.ink), max(1, int(printed.x_height / 8)))
+    start = x_end + hand.x_height * rng.uniform(0.5, 2.0)
+    write_line(page, _words(T.date(rng), hand, rng, lib), hand, start, y - rng.uniform(0, 0.2) * hand.x_height,
+               max(hand.x_height * 4, rule_end - start + hand.x_height * 2), rng)
+    fr.y += hand.line_gap * hand.x_height
 
 
 def layout_letter(page: Page, fr: Frame, hands: list[Hand], rng: np.random.Generator, lib: FontLibrary,
                   rules: np.ndarray | None) -> None:
     h = hands[0]
-    if rules is None and rng.random() < 0.5:
-        letterhead(page, fr, rng, lib)
+    printed = letterhead(page, fr, rng, lib) if rules is None and rng.random() < 0.5 else None
     fr.y += h.x_height * 2
-    single_line(page, fr, T.date(rng), h, rng, lib, align="right", rules=rules)
-    if rng.random() < 0.4:
-        for line in [T.person(rng)] + T.address(rng):
-            single_line(page, fr, line, h, rng, lib, gap=h.line_gap * 0.9, rules=rules)
+    if printed is not None and rng.random() < 0.5:
+        dated_line(page, fr, h, printed, rng, lib)
+    else:
+        single_line(page, fr, T.date(rng), h, rng, lib, align="right", rules=rules)
+    if rng.random() < 0.45:  # addressee block, often indented step by step
+        step = h.x_height * rng.uniform(1.5, 5) if rng.random() < 0.5 else 0.0
+        for i, line in enumerate([T.person(rng)] + T.address(rng)):
+            single_line(page, fr, line, h, rng, lib, gap=h.line_gap * 0.9, rules=rules, indent=i * step)
     writer = h
     if rules is None and rng.random() < 0.12:  # typed letter, signed and annotated by hand
         writer = make_hand(rng, lib, h.x_height * rng.uniform(0.6, 0.85), "P", typewriter=True)
     single_line(page, fr, T.salutation(rng), writer, rng, lib, rules=rules)
-    body = replace(fr, bottom=fr.bottom - 3 * h.line_gap * h.x_height)  # room for closing + signature
+    body = replace(fr, bottom=fr.bottom - 2.2 * h.line_gap * h.x_height)  # room for closing + signature
     for _ in range(int(rng.integers(2, 7))):  # letters fill the sheet; the frame stops them at the bottom
         paragraph(page, body, T.prose(rng, int(rng.integers(12, 90))), writer, rng, lib,
-                  indent=writer.x_height * rng.uniform(0, 6), rules=rules)
+                  indent=writer.x_height * rng.uniform(0, 10), rules=rules)
     fr.y = body.y
     single_line(page, fr, T.closing(rng), h, rng, lib, align="right", rules=rules)
     signature(page, fr, h, rng, lib, rules)
@@ -625,6 +645,10 @@ def marks(page: Page, hands: list[Hand], fr: Frame, rng: np.random.Generator) ->
         cv2.polylines(page.img, [pts], False, colour, th, cv2.LINE_AA)
     if rng.random() < 0.05:
         stamp(page, rng, h.x_height)
+    if rng.random() < 0.12:  # a reader's big tick at the top of the sheet
+        x, y, s = rng.uniform(0.3, 0.8) * page.w, rng.uniform(0.02, 0.06) * page.h, h.x_height * rng.uniform(1.5, 3)
+        pts = np.int32([[x, y + s * 0.3], [x + s * 0.25, y + s], [x + s * rng.uniform(0.8, 1.2), y - s * 0.2]])
+        cv2.polylines(page.img, [pts], False, colour, max(2, th), cv2.LINE_AA)
 
 
 def stamp(page: Page, rng: np.random.Generator, xh: float) -> None:
@@ -670,7 +694,7 @@ def render_page(rng: np.random.Generator) -> tuple[Image.Image, list[dict]]:
     lib = library()
     w, h = _page_size(rng)
     page = Page(A.paper(h, w, rng))
-    xh = max(12.0, w / rng.uniform(35, 90))
+    xh = max(12.0, w / rng.uniform(28, 90))
     hands = [make_hand(rng, lib, xh, cursive=rng.random() < 0.55 or None)]
     for _ in range(int(rng.choice([0, 1, 2], p=[0.6, 0.3, 0.1]))):
         hands.append(make_hand(rng, lib, xh * rng.uniform(0.7, 1.3)))
