@@ -375,8 +375,32 @@ def paragraph(page: Page, fr: Frame, tokens: list[str], hand: Hand, rng: np.rand
         left = fr.left + ind + rng.normal(0, 0.15 * hand.x_height)
         n = write_line(page, words, hand, left, fr.y, fr.right - left, rng)
         words = words[max(1, n):]
+        if hand.kind == "H" and n >= 2 and rng.random() < 0.04:
+            interlinear(page, hand, rng, lib)
         fr.y += hand.line_gap * hand.x_height * rng.uniform(0.95, 1.05)
         first = False
+
+
+def interlinear(page: Page, hand: Hand, rng: np.random.Generator, lib: FontLibrary) -> None:
+    """A word squeezed in above the last line, between two of its words, with a caret below:
+    its own (short) line, as transcribers mark interlinear additions."""
+    line = [w for w in page.words if w.line_idx == page.next_line - 1]
+    i = int(rng.integers(len(line) - 1))
+    left, right = line[i].polygon, line[i + 1].polygon
+    small = replace(hand, x_height=hand.x_height * rng.uniform(0.6, 0.8), skew=0.0, skew_jitter=1.0)
+    word = _words([T.english_word(rng, flatten=0.85)], small, rng, lib, cross_rate=0.0)
+    gap_x = (left[1, 0] + right[0, 0]) / 2
+    top = min(left[:, 1].min(), right[:, 1].min())
+    descent = word[0].box[3] - word[0].baseline  # keep descenders clear of the line below
+    draft = draft_line(word, small, gap_x - (word[0].box[2] - word[0].box[0]) / 2, top - 3 - descent, page.w, rng)
+    if _overlaps(page, draft.bbox(-1.0)):
+        return
+    commit_line(page, draft)
+    base = float(max(left[:, 1].max(), right[:, 1].max()))
+    s = hand.x_height * 0.5
+    cv2.polylines(page.img, [np.int32([[gap_x - s / 2, base + s * 0.3], [gap_x, base - s * 0.6],
+                                       [gap_x + s / 2, base + s * 0.3]])], False,
+                  tuple(float(c) for c in hand.ink), max(1, int(hand.x_height / 12)), cv2.LINE_AA)
 
 
 def _snap(y: float, rules: np.ndarray | None) -> float:
