@@ -1,0 +1,819 @@
+"""`htr bench`: htr-batch vs Tesseract and RapidOCR on the same pages, in one run -> BENCHMARKS.md.
+
+- Test sets: synthetic pages from a seed no training run used (word-level ground truth), and the
+  real dev set (line-level) when `../shared/data/stanford_memorials/manifest.jsonl` exists.
+- Each system runs in its own process (so its peak RSS is its own), fed the same page files chunk
+  by chunk, systems interleaved and their order rotated per chunk so machine noise hits all alike.
+  Same thread budget T: us with torch.set_num_threads(T); RapidOCR with onnxruntime intra-op
+  threads = T; Tesseract as T single-threaded processes at a time (OMP_THREAD_LIMIT=1).
+  Every system's time includes decoding the page file (the same decoder for all).
+- Accuracy: `jobs.evaluate.evaluate` scores the three systems' pages with the same code.
+- Our stage breakdown: the Pipeline's models and helpers are wrapped with timers from outside.
+- Memory: `htr run` on a long PDF in a subprocess, its peak RSS against the 2 GiB target.
+- Cost per 1000 pages from measured throughput and a small list-price table.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import functools
+import io
+import json
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parents[1]
+DEV_MANIFEST = REPO.parent / "shared" / "data" / "stanford_memorials" / "manifest.jsonl"
+SYSTEMS = ("htr-batch", "tesseract", "rapidocr")
+MEMORY_TARGET_MB = 2048
+
+# ---- stage timing (also used by jobs/bench_gpu.py) ---------------------------------------------------
+
+
+@dataclass
+class StageClock:
+    """Seconds spent per named stage, summed over calls."""
+    sync: Callable[[], None] | None = None          # e.g. torch.cuda.synchronize for device work
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    enabled: bool = True
+    lock: threading.Lock = field(default_factory=threading.Lock)   # decode threads time stages too
+
+    @contextmanager
+    def stage(self, name: str, sync: bool = False):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.enabled:
+                if sync and self.sync:
+                    self.sync()
+                with self.lock:
+                    self.seconds[name] += time.perf_counter() - t
+
+    def wrap(self, fn: Callable, name: str, sync: bool = False) -> Callable:
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            with self.stage(name, sync):
+                return fn(*args, **kwargs)
+        return timed
+
+    def reset(self) -> None:
+        self.seconds = defaultdict(float)
+
+
+# Leaf stages inside Pipeline.process_pages, in pipeline order; "other" is the rest of its time.
+STAGES = ("decode", "seg_resize", "seg_model", "postprocess", "crop", "rec_pack", "rec_model",
+          "ctc_decode", "lines", "other", "write")
+STAGE_NOTES = {
+    "decode": "read + rasterise the page file (transforms.rasterise.iter_pages)",
+    "seg_resize": "resize each page for the segmenter",
+    "seg_model": "segmenter forward (DB probability map)",
+    "postprocess": "DB post-processing: probability map -> word quads",
+    "crop": "rectify each word quad to a 32 px crop",
+    "rec_pack": "pack crops into width-bucketed batches",
+    "rec_model": "recogniser forward (CRNN)",
+    "ctc_decode": "greedy CTC decoding",
+    "lines": "group words into lines, reading order",
+    "other": "the rest of process_pages (batch assembly, gray conversion, records)",
+    "write": "JSON + Parquet records (OutputWriter); not in the head-to-head time",
+}
+
+
+def instrument(pipe, clock: StageClock) -> None:
+    """Time a Pipeline's stages from outside: its two models (instance attributes) and the module
+    functions batch.pipeline calls. Only for the process that runs the bench."""
+    import batch.pipeline as bp
+    import transforms.crops as crops_mod
+
+    sync = pipe.device.type == "cuda"
+    pipe.segmenter = clock.wrap(pipe.segmenter, "seg_model", sync)
+    pipe.recogniser = clock.wrap(pipe.recogniser, "rec_model", sync)
+    bp._resize_for_segmenter = clock.wrap(bp._resize_for_segmenter, "seg_resize")
+    bp.boxes_from_prob = clock.wrap(bp.boxes_from_prob, "postprocess")
+    bp.greedy_decode = clock.wrap(bp.greedy_decode, "ctc_decode")
+    bp.group_lines = clock.wrap(bp.group_lines, "lines")
+    crops_mod.rectify = clock.wrap(crops_mod.rectify, "crop")
+    crops_mod.pack = clock.wrap(crops_mod.pack, "rec_pack")
+    process_pages = pipe.process_pages
+    pipe.process_pages = clock.wrap(process_pages, "_process_pages")
+
+
+def stage_rows(seconds: dict[str, float], pages: int) -> list[list[str]]:
+    """Markdown rows: stage, seconds, share of the OCR time, ms/page (leaves + 'other')."""
+    s = dict(seconds)
+    total_pp = s.pop("_process_pages", 0.0)
+    leaves = [k for k in STAGES if k not in ("decode", "other", "write")]
+    s["other"] = max(0.0, total_pp - sum(s.get(k, 0.0) for k in leaves))
+    ocr_total = s.get("decode", 0.0) + total_pp
+    rows = []
+    for k in STAGES:
+        if k not in s:
+            continue
+        share = f"{100 * s[k] / ocr_total:.1f} %" if k != "write" and ocr_total else "-"
+        rows.append([k, f"{s[k]:.2f}", share, f"{1000 * s[k] / max(1, pages):.0f}", STAGE_NOTES[k]])
+    return rows
+
+
+# ---- small helpers -------------------------------------------------------------------------------
+
+
+def decode(uri: str) -> np.ndarray:
+    """The page image exactly as jobs.evaluate sees it (first page of the file)."""
+    from batch import storage
+    from transforms.rasterise import iter_pages
+
+    return next(iter_pages(storage.read_bytes(uri)))
+
+
+def tree_rss(proc, include_self: bool = True) -> int:
+    """RSS bytes of a process and all its descendants (processes that vanish count 0)."""
+    import psutil
+
+    total = 0
+    try:
+        procs = ([proc] if include_self else []) + proc.children(recursive=True)
+    except psutil.Error:
+        return 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+class RssMonitor(threading.Thread):
+    """Peak tree RSS of named processes, sampled every `interval` seconds."""
+
+    def __init__(self, interval: float = 0.05):
+        super().__init__(daemon=True)
+        self.interval = interval
+        self.watch: dict[str, tuple[Any, bool]] = {}
+        self.peak: dict[str, int] = defaultdict(int)
+        self.trace: list[tuple[float, int]] = []     # (seconds, bytes) of the first watched tree
+        self._stop_evt = threading.Event()
+        self.t0 = time.perf_counter()
+
+    def add(self, name: str, pid: int, include_self: bool = True) -> None:
+        import psutil
+        self.watch[name] = (psutil.Process(pid), include_self)
+
+    def run(self) -> None:
+        while not self._stop_evt.wait(self.interval):
+            for k, (name, (proc, me)) in enumerate(list(self.watch.items())):
+                rss = tree_rss(proc, me)
+                self.peak[name] = max(self.peak[name], rss)
+                if k == 0:
+                    self.trace.append((time.perf_counter() - self.t0, rss))
+
+    def stop(self) -> None:
+        self._stop_evt.set()
+        self.join()
+
+
+def md_table(head: list[str], rows: list[list[Any]]) -> str:
+    def cell(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}"
+        return str(v)
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                             text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True).stdout.strip()
+        return sha + (" (tree has uncommitted changes)" if dirty else "")
+    except OSError:
+        return "unknown"
+
+
+def machine_info() -> dict[str, str]:
+    import psutil
+    import torch
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for ln in Path("/proc/cpuinfo").read_text().splitlines():
+            if ln.startswith("model name"):
+                cpu = ln.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {"cpu": cpu, "cores": str(os.cpu_count()),
+            "ram": f"{psutil.virtual_memory().total / 2**30:.1f} GiB",
+            "os": platform.platform(), "python": platform.python_version(),
+            "torch": torch.__version__, "git commit": git_commit(),
+            "load average (1/5/15 min) at start": " / ".join(f"{v:.2f}" for v in os.getloadavg())}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+# ---- system hosts (each in its own process) ----------------------------------------------------------
+
+
+class HtrHost:
+    """htr-batch: the Pipeline on CPU with T torch threads, stages timed."""
+
+    def __init__(self, threads: int, models: str | None):
+        import cv2
+        import torch
+
+        from batch.outputs import OutputWriter
+        from batch.pipeline import Pipeline
+
+        torch.set_num_threads(threads)
+        cv2.setNumThreads(threads)
+        self.clock = StageClock()
+        self.pipe = Pipeline.load(models, "cpu")
+        instrument(self.pipe, self.clock)
+        self.out = tempfile.mkdtemp(prefix="htr-bench-out-")
+        self.writer = OutputWriter(self.out, "bench")
+        self.last: list[tuple[str, Any]] = []
+
+    def version(self, _=None) -> str:
+        return self.pipe.model_version
+
+    def ocr(self, uris: list[str]) -> list:
+        with self.clock.stage("decode"):
+            images = [decode(u) for u in uris]
+        pages = self.pipe.process_pages(images)
+        self.last = list(zip(uris, pages))
+        return pages
+
+    def write(self, _=None) -> None:
+        from batch.schema import doc_id_for
+
+        with self.clock.stage("write"):
+            for uri, page in self.last:
+                record = self.pipe.make_record([page], b"", uri, "bench")
+                record.doc_id = doc_id_for(uri.encode())
+                self.writer.add_document(record)
+            self.writer.flush()
+
+    def stages(self, _=None) -> dict[str, float]:
+        return dict(self.clock.seconds)
+
+    def reset(self, _=None) -> None:
+        self.clock.reset()
+
+    def read_crops(self, crops: list[np.ndarray]) -> list[str]:
+        self.clock.enabled = False
+        return [t for t, _ in self.pipe.recognise(crops)]
+
+
+class TesseractHost:
+    """Tesseract: T tesseract processes at a time, one page each, OMP_THREAD_LIMIT=1."""
+
+    def __init__(self, threads: int, models: str | None = None):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.threads = threads
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="tesseract")
+
+    def version(self, _=None) -> str:
+        from jobs.peers import tesseract_version
+        return tesseract_version()
+
+    def ocr(self, uris: list[str]) -> list:
+        from jobs.peers import tesseract_page
+        return list(self.pool.map(lambda u: tesseract_page(decode(u)), uris))
+
+    def read_crops(self, crops: list[np.ndarray]) -> list[str]:
+        from jobs.peers import tesseract_read_crops
+        parts = [crops[i::self.threads] for i in range(self.threads)]
+        texts = list(self.pool.map(tesseract_read_crops, parts))
+        out: list[str] = [""] * len(crops)
+        for i, part in enumerate(texts):
+            out[i::self.threads] = part
+        return out
+
+
+class RapidHost:
+    """RapidOCR with its shipped models, onnxruntime intra-op threads = T."""
+
+    def __init__(self, threads: int, models: str | None = None):
+        import cv2
+
+        from jobs.peers import RapidPeer
+        cv2.setNumThreads(threads)
+        self.peer = RapidPeer(threads)
+
+    def version(self, _=None) -> str:
+        from jobs.peers import rapidocr_version
+        return rapidocr_version()
+
+    def ocr(self, uris: list[str]) -> list:
+        return [self.peer(decode(u)) for u in uris]
+
+    def read_crops(self, crops: list[np.ndarray]) -> list[str]:
+        return self.peer.read_crops(crops)
+
+
+HOSTS = {"htr-batch": HtrHost, "tesseract": TesseractHost, "rapidocr": RapidHost}
+
+
+def _serve(system: str, conn, threads: int, models: str | None) -> None:
+    """Worker process main: build the system, then answer (method, argument) requests."""
+    t = time.perf_counter()
+    try:
+        host = HOSTS[system](threads, models)
+    except Exception as e:
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+        return
+    conn.send(("ok", time.perf_counter() - t))
+    while True:
+        method, arg = conn.recv()
+        if method == "stop":
+            break
+        try:
+            conn.send(("ok", getattr(host, method)(arg)))
+        except Exception as e:
+            conn.send(("error", f"{type(e).__name__}: {e}"))
+
+
+class Worker:
+    """One system in a spawned process."""
+
+    def __init__(self, system: str, threads: int, models: str | None):
+        ctx = get_context("spawn")
+        self.system = system
+        self.conn, child = ctx.Pipe()
+        env_threads = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+        old = {k: os.environ.get(k) for k in env_threads}
+        os.environ.update(env_threads)   # inherited by the spawned interpreter at start
+        try:
+            self.proc = ctx.Process(target=_serve, args=(system, child, threads, models), daemon=True)
+            self.proc.start()
+        finally:
+            for k, v in old.items():
+                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+        self.load_seconds = self._answer()
+
+    def _answer(self) -> Any:
+        status, value = self.conn.recv()
+        if status != "ok":
+            raise RuntimeError(f"{self.system}: {value}")
+        return value
+
+    def call(self, method: str, arg: Any = None) -> Any:
+        self.conn.send((method, arg))
+        return self._answer()
+
+    def close(self) -> None:
+        try:
+            self.conn.send(("stop", None))
+        except OSError:
+            pass
+        self.proc.join(timeout=30)
+        if self.proc.is_alive():
+            self.proc.kill()
+
+
+# ---- the head-to-head ----------------------------------------------------------------------------
+
+
+@dataclass
+class Dataset:
+    name: str
+    pages: list          # jobs.evaluate.EvalPage
+    note: str
+
+
+@dataclass
+class Timing:
+    pages: int = 0
+    seconds: float = 0.0
+    peak_rss: int = 0
+
+    @property
+    def pages_per_s(self) -> float:
+        return self.pages / self.seconds if self.seconds else 0.0
+
+
+def time_systems(ds: Dataset, workers: dict[str, Worker], chunk: int
+                 ) -> tuple[dict[str, Timing], dict[str, list], dict[str, float]]:
+    """Run every system on every page, chunk by chunk, order rotated per chunk; returns timings,
+    each system's pages (in order) and our stage seconds."""
+    uris = [p.uri for p in ds.pages]
+    names = list(workers)
+    for w in workers.values():   # warm-up on the first page: lazy init, first-call allocations
+        w.call("ocr", uris[:1])
+    if "htr-batch" in workers:
+        workers["htr-batch"].call("reset")
+    monitor = RssMonitor()
+    for name, w in workers.items():
+        monitor.add(name, w.proc.pid, include_self=name != "tesseract")  # tesseract: its processes only
+    monitor.start()
+    timing = {n: Timing() for n in names}
+    outputs: dict[str, list] = {n: [] for n in names}
+    chunks = [uris[i:i + chunk] for i in range(0, len(uris), chunk)]
+    for k, part in enumerate(tqdm(chunks, desc=f"{ds.name}: timed runs", unit="chunk", file=sys.stderr)):
+        for name in names[k % len(names):] + names[:k % len(names)]:
+            t = time.perf_counter()
+            outputs[name].extend(workers[name].call("ocr", part))
+            timing[name].seconds += time.perf_counter() - t
+            timing[name].pages += len(part)
+            if name == "htr-batch":
+                workers[name].call("write")   # timed as a stage, outside the head-to-head
+    monitor.stop()
+    for n in names:
+        timing[n].peak_rss = monitor.peak[n]
+    stages = workers["htr-batch"].call("stages") if "htr-batch" in workers else {}
+    return timing, outputs, stages
+
+
+def score_systems(ds: Dataset, workers: dict[str, Worker], outputs: dict[str, list]) -> dict[str, dict]:
+    """The same jobs.evaluate scoring for every system (predictions replayed in page order)."""
+    from jobs.evaluate import evaluate
+
+    results = {}
+    for name, w in workers.items():
+        replay = iter(outputs[name])
+        metrics = evaluate(ds.pages, lambda _image: next(replay),
+                           lambda crops, w=w: w.call("read_crops", crops), desc=f"{ds.name}: score {name}")
+        metrics.pop("seconds_per_page", None)   # replayed predictions: timed above instead
+        results[name] = metrics
+    return results
+
+
+def speed_rows(timing: dict[str, Timing], load: dict[str, float]) -> list[list[Any]]:
+    ours = timing.get("htr-batch")
+    rows = [["pages", *[t.pages for t in timing.values()]],
+            ["wall time (s)", *[t.seconds for t in timing.values()]],
+            ["pages/s", *[t.pages_per_s for t in timing.values()]],
+            ["s/page", *[t.seconds / max(1, t.pages) for t in timing.values()]]]
+    if ours:
+        rows.append(["our pages/s ÷ theirs", *[ours.pages_per_s / t.pages_per_s if t.pages_per_s else "-"
+                                               for t in timing.values()]])
+    rows.append(["peak RSS (MiB)", *[t.peak_rss / 2**20 for t in timing.values()]])
+    rows.append(["start-up (s)", *[load[n] for n in timing]])
+    return rows
+
+
+def metric_rows(results: dict[str, dict]) -> list[list[Any]]:
+    keys: list[str] = []
+    for r in results.values():
+        keys += [k for k in r if k not in keys and k not in ("pages", "level")]
+    return [[k, *[r.get(k, "") for r in results.values()]] for k in keys]
+
+
+# ---- test sets ---------------------------------------------------------------------------------------
+
+
+def synthetic_set(n: int, seed: int, work: Path) -> Dataset:
+    from jobs.evaluate import load_eval_set
+    from transforms.synth import write_pages
+
+    manifest = work / "manifest.jsonl"
+    if not manifest.is_file() or len(manifest.read_text().splitlines()) != n:
+        write_pages(n, work, seed)
+    return Dataset(f"synthetic-{seed}", load_eval_set(manifest),
+                   f"{n} synthetic pages, seed {seed} (training used seeds 0-2 and +10000), "
+                   "word-level ground truth")
+
+
+def dev_set(manifest: Path, limit: int | None) -> Dataset:
+    from jobs.evaluate import load_eval_set
+
+    pages = load_eval_set(manifest, limit=limit)
+    return Dataset("dev", pages, f"{len(pages)} real handwritten letter pages (1905, {manifest.parent.name}), "
+                                 "line-level ground truth")
+
+
+# ---- memory: htr run on a long PDF -------------------------------------------------------------
+
+
+def repeated_pdf(jpegs: list[tuple[bytes, int, int]], n_pages: int, path: Path, dpi: int = 200) -> Path:
+    """A PDF of n_pages cycling through a few JPEG pages; each image is stored once and shared by
+    its pages, so the file stays small however many pages it has. Page size = image at `dpi`."""
+    objs: list[bytes] = [b"<< /Type /Catalog /Pages 2 0 R >>", b""]   # 1, 2 (pages: filled below)
+    shared = []
+    for i, (data, w, h) in enumerate(jpegs):
+        img = (b"<< /Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceRGB "
+               b"/BitsPerComponent 8 /Filter /DCTDecode /Length %d >>\nstream\n" % (w, h, len(data))
+               + data + b"\nendstream")
+        pw, ph = w * 72 / dpi, h * 72 / dpi
+        content = b"q %.2f 0 0 %.2f 0 0 cm /Im0 Do Q" % (pw, ph)
+        objs += [img, b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content)]
+        shared.append((len(objs) - 1, len(objs), pw, ph))    # object numbers of image, content
+    kids = []
+    for k in range(n_pages):
+        img_no, content_no, pw, ph = shared[k % len(shared)]
+        objs.append(b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 %.2f %.2f] /Resources << /XObject "
+                    b"<< /Im0 %d 0 R >> >> /Contents %d 0 R >>" % (pw, ph, img_no, content_no))
+        kids.append(b"%d 0 R" % len(objs))
+    objs[1] = b"<< /Type /Pages /Kids [" + b" ".join(kids) + b"] /Count %d >>" % n_pages
+    out = io.BytesIO()
+    out.write(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
+    offsets = []
+    for no, body in enumerate(objs, 1):
+        offsets.append(out.tell())
+        out.write(b"%d 0 obj\n" % no + body + b"\nendobj\n")
+    xref = out.tell()
+    out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objs) + 1))
+    out.write(b"".join(b"%010d 00000 n \n" % o for o in offsets))
+    out.write(b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objs) + 1, xref))
+    path.write_bytes(out.getvalue())
+    return path
+
+
+def memory_pdf(n_pages: int, seed: int, work: Path, distinct: int = 4, long_side: int = 1700) -> Path:
+    from PIL import Image
+
+    from transforms.synth import render_page
+
+    jpegs = []
+    for i in range(distinct):
+        page, _ = render_page(np.random.default_rng([seed, 50_000 + i]))
+        scale = long_side / max(page.size)
+        if scale < 1:
+            page = page.resize((round(page.width * scale), round(page.height * scale)), Image.LANCZOS)
+        buf = io.BytesIO()
+        page.convert("RGB").save(buf, "JPEG", quality=70)
+        jpegs.append((buf.getvalue(), page.width, page.height))
+    work.mkdir(parents=True, exist_ok=True)
+    return repeated_pdf(jpegs, n_pages, work / f"long-{n_pages}-pages.pdf")
+
+
+@dataclass
+class MemoryResult:
+    pages: int
+    pdf_bytes: int
+    peak_rss: int
+    seconds: float
+    returncode: int
+    summary: str
+    rss_at: list[tuple[str, float]]       # (fraction of the run, MiB)
+
+
+def memory_run(pdf: Path, models: str | None, threads: int, timeout: float) -> MemoryResult:
+    """`htr run PDF OUT` in a subprocess; psutil polls its process tree's RSS."""
+    out = Path(tempfile.mkdtemp(prefix="htr-bench-mem-"))
+    cmd = [sys.executable, "-m", "batch.cli", "run", str(pdf), str(out), "--no-progress"]
+    cmd += ["--models", models] if models else []
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    monitor = RssMonitor(interval=0.2)
+    t = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    monitor.add("htr run", proc.pid)
+    monitor.start()
+    try:
+        text, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        text, _ = proc.communicate()
+        text += f"\n(killed after {timeout:.0f} s)"
+    seconds = time.perf_counter() - t
+    monitor.stop()
+    trace = monitor.trace or [(0.0, 0)]
+    rss_at = []
+    for frac in (0.1, 0.25, 0.5, 0.75, 1.0):
+        upto = [r for s, r in trace if s <= frac * trace[-1][0]] or [0]
+        rss_at.append((f"{int(frac * 100)} %", max(upto) / 2**20))
+    summary = next((ln for ln in text.splitlines()[::-1] if ln.startswith("htr run:")), text.strip()[-300:])
+    n = int(re.search(r"(\d+) pages", summary).group(1)) if re.search(r"(\d+) pages", summary) else 0
+    return MemoryResult(n, pdf.stat().st_size, monitor.peak["htr run"], seconds, proc.returncode, summary, rss_at)
+
+
+# ---- cost ---------------------------------------------------------------------------------------------
+
+# SageMaker on-demand list prices, us-east-1, USD per hour (real-time inference / batch transform).
+# Written from the public price page as last known (2025); no internet here to re-check: check current.
+PRICES_AS_OF = "2025 list prices (SageMaker on-demand, us-east-1), not re-checked: check current"
+INSTANCES = [  # name, vCPUs, GPU, USD/hour
+    ("ml.c5.xlarge", 4, None, 0.204),
+    ("ml.m5.xlarge", 4, None, 0.23),
+    ("ml.g4dn.xlarge", 4, "T4", 0.736),
+    ("ml.g5.xlarge", 4, "A10G", 1.408),
+]
+TEXTRACT = ("Amazon Textract DetectDocumentText", 1.50,
+            "published list price, USD 1.50 per 1000 pages for the first million pages a month "
+            "(0.60 after), us-east-1, 2025: check current")
+
+
+def usd_per_1000(usd_hour: float, pages_per_s: float) -> float:
+    return usd_hour / (pages_per_s * 3600) * 1000
+
+
+def cost_rows(throughput: dict[str, float], threads: int, gpu: dict[str, float]) -> list[list[Any]]:
+    """throughput: pages/s per system measured here with `threads` threads; gpu: {gpu name: our
+    pages/s} from `make bench-gpu` runs."""
+    rows = []
+    for name, vcpu, gpu_name, price in INSTANCES:
+        if gpu_name is None:
+            cells = []
+            for sys_name, pps in throughput.items():
+                guess = pps * vcpu / threads
+                cells.append(f"{usd_per_1000(price, guess):.3f} (guess: {guess:.2f} p/s)" if pps else "-")
+            basis = f"CPU guess: this machine's pages/s x {vcpu}/{threads} vCPU"
+        else:
+            pps = gpu.get(gpu_name)
+            ours = f"{usd_per_1000(price, pps):.3f} ({pps:.1f} p/s)" if pps else "not measured"
+            cells = [ours if sys_name == "htr-batch" else "-" for sys_name in throughput]
+            basis = f"measured on a {gpu_name} (bench-gpu)" if pps else "needs `make bench-gpu` on this GPU"
+        rows.append([name, f"{price:.3f}", *cells, basis])
+    return rows
+
+
+# ---- report -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Report:
+    command: str
+    started: str
+    machine: dict[str, str]
+    threads: int
+    versions: dict[str, str]
+    sections: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def markdown(self) -> str:
+        head = [
+            "# Benchmarks", "",
+            f"Generated by `{self.command}` on {self.started} (UTC). Rerun with `make bench`.", "",
+            md_table(["machine", ""], [[k, v] for k, v in self.machine.items()]
+                     + [["thread budget", f"{self.threads} per system"]]
+                     + [[f"{k} version", v] for k, v in self.versions.items()]), "",
+        ]
+        notes = ["## Notes", ""] + [f"- {n}" for n in self.notes] + [""]
+        return "\n".join(head + notes + self.sections) + "\n"
+
+
+def run_dataset(ds: Dataset, workers: dict[str, Worker], chunk: int, threads: int, report: Report
+                ) -> tuple[dict[str, Timing], dict[str, float]]:
+    timing, outputs, stages = time_systems(ds, workers, chunk)
+    results = score_systems(ds, workers, outputs)
+    load = {n: w.load_seconds for n, w in workers.items()}
+    names = list(workers)
+    from jobs.evaluate import format_table
+    print(f"\n{ds.name}: {ds.note}")
+    print(format_table({n: {**results[n], "pages_per_s": timing[n].pages_per_s,
+                            "peak_rss_mib": timing[n].peak_rss / 2**20} for n in names}))
+    sec = [f"## {ds.name}: {ds.note}", "",
+           f"Speed: {threads} threads per system, page files decoded by each system's timed code.", "",
+           md_table(["speed", *names], speed_rows(timing, load)), "",
+           "Accuracy (jobs.evaluate, same scoring for all three):", "",
+           md_table(["metric", *names], metric_rows(results)), ""]
+    if stages:
+        rows = stage_rows(stages, timing["htr-batch"].pages)
+        print("\nhtr-batch stages:\n" + "\n".join(f"  {r[0]:<12} {r[1]:>8} s {r[2]:>8} {r[3]:>6} ms/page"
+                                                  for r in rows))
+        sec += [f"Where htr-batch's time goes ({ds.name}, {timing['htr-batch'].pages} pages):", "",
+                md_table(["stage", "seconds", "share", "ms/page", "what"], rows), ""]
+    report.sections += sec
+    return timing, stages
+
+
+def memory_section(res: MemoryResult, requested: int) -> list[str]:
+    ok = "within" if res.peak_rss <= MEMORY_TARGET_MB * 2**20 else "OVER"
+    rows = [["pages in the PDF", requested], ["PDF size (MB)", res.pdf_bytes / 1e6],
+            ["pages processed", res.pages], ["wall time (s)", res.seconds],
+            ["peak RSS, process tree (MiB)", res.peak_rss / 2**20],
+            ["target (MiB)", f"{MEMORY_TARGET_MB} ({ok} target)"], ["exit code", res.returncode]]
+    rows += [[f"peak RSS up to {frac} of the run (MiB)", mib] for frac, mib in res.rss_at]
+    return [f"## Memory: `htr run` on a {requested}-page PDF", "",
+            "One PDF of a few synthetic pages repeated (each image stored once), rasterised at 200 dpi; "
+            "RSS of `htr run` and its children (pdftoppm) polled every 0.2 s with psutil.", "",
+            md_table(["", "value"], rows), "", f"Its summary line: `{res.summary}`", ""]
+
+
+# ---- command --------------------------------------------------------------------------------------
+
+
+def configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--synthetic-pages", type=int, default=12, help="synthetic test pages (0: none)")
+    p.add_argument("--seed", type=int, default=777, help="synthetic seed; training used 0-2 and +10000")
+    p.add_argument("--dev", help=f"folder with manifest.jsonl of a real dev set (default: {DEV_MANIFEST.parent} "
+                                  "when present)")
+    p.add_argument("--no-dev", action="store_true", help="skip the real dev set")
+    p.add_argument("--dev-limit", type=int, help="first N dev pages only")
+    p.add_argument("--out", default="BENCHMARKS.md", help="report file")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="thread budget per system")
+    p.add_argument("--chunk", type=int, help="pages per interleaved turn (default max(threads, 4))")
+    p.add_argument("--models", help="model folder (default: the shipped models/default)")
+    p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of " + ",".join(SYSTEMS))
+    p.add_argument("--work", help="folder for the generated test data (default: a temporary folder)")
+    p.add_argument("--skip-memory", action="store_true", help="skip the long-PDF memory run")
+    p.add_argument("--memory-pages", type=int, default=1000, help="pages in the memory-run PDF")
+    p.add_argument("--memory-timeout", type=float, default=3600, help="seconds before the memory run is stopped")
+    p.add_argument("--gpu-json", action="append", default=[],
+                   help="bench-gpu result JSON (repeatable): fills the GPU cost rows")
+    p.add_argument("--note", action="append", default=[], help="extra line for the report's notes")
+
+
+def _check_systems(names: list[str]) -> list[str]:
+    from jobs.peers import rapidocr_available, tesseract_available
+
+    why = {"tesseract": tesseract_available(), "rapidocr": rapidocr_available()}
+    keep = []
+    for n in names:
+        if n not in SYSTEMS:
+            raise SystemExit(f"htr bench: unknown system {n!r}")
+        if why.get(n):
+            print(f"htr bench: skipping {n}: {why[n]}", file=sys.stderr)
+        else:
+            keep.append(n)
+    return keep
+
+
+def _gpu_throughput(paths: list[str]) -> dict[str, float]:
+    out = {}
+    for p in paths:
+        d = json.loads(Path(p).read_text())
+        out[d["gpu_short"]] = max(out.get(d["gpu_short"], 0.0), float(d["best_pages_per_s"]))
+    return out
+
+
+def main(args) -> int:
+    from batch.errors import EXIT_BAD_ARGS
+
+    started = dt.datetime.now(dt.timezone.utc)
+    names = _check_systems([s.strip() for s in args.systems.split(",") if s.strip()])
+    if not names:
+        print("htr bench: no system can run", file=sys.stderr)
+        return EXIT_BAD_ARGS
+    threads = max(1, args.threads)
+    chunk = args.chunk or max(threads, 4)
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="htr-bench-"))
+    workers = {n: Worker(n, threads, args.models) for n in tqdm(names, desc="starting systems", file=sys.stderr)}
+    report = Report("htr " + shlex.join(sys.argv[1:]) if "bench" in sys.argv else "htr bench",
+                    started.strftime("%Y-%m-%d %H:%M"), machine_info(), threads,
+                    {n: w.call("version") for n, w in workers.items()})
+    report.notes += list(args.note) + [
+        "Each system runs in its own process on the same page files; systems take turns chunk by chunk "
+        f"({chunk} pages), their order rotated each chunk, so background load hits all of them alike.",
+        f"Same thread budget ({threads}): htr-batch torch.set_num_threads({threads}); RapidOCR onnxruntime "
+        f"intra-op threads {threads}; Tesseract {threads} single-threaded processes (OMP_THREAD_LIMIT=1) at a time.",
+        "Times include decoding the page file (the same decoder for all) and exclude model loading "
+        "(start-up) and a one-page warm-up. Peak RSS: the system's process tree (for Tesseract its "
+        "tesseract processes only, not the bench's host process).",
+        "Peers run with their default settings: Tesseract `--psm 3` (eng); RapidOCR's shipped PP-OCRv4 "
+        "models. RapidOCR gives line boxes: words are cut from them by character position.",
+        "crop_cer/crop_wer: recognition only, on ground-truth word crops (32 px high; Tesseract gets them "
+        "upscaled to 64 px with a margin, `--psm 7`).",
+    ]
+    timings: dict[str, dict[str, Timing]] = {}
+    try:
+        sets = []
+        if args.synthetic_pages > 0:
+            sets.append(synthetic_set(args.synthetic_pages, args.seed, work / f"synthetic-{args.seed}"))
+        dev = Path(args.dev) / "manifest.jsonl" if args.dev else DEV_MANIFEST
+        if args.no_dev:
+            pass
+        elif dev.is_file():
+            sets.append(dev_set(dev, args.dev_limit))
+        else:
+            report.notes.append(f"Real dev set skipped: {dev} not found.")
+        for ds in sets:
+            timings[ds.name], _ = run_dataset(ds, workers, chunk, threads, report)
+    finally:
+        for w in workers.values():
+            w.close()
+    if not args.skip_memory:
+        pdf = memory_pdf(args.memory_pages, args.seed, work / "memory")
+        print(f"\nmemory run: htr run on {pdf} ({args.memory_pages} pages) ...", file=sys.stderr)
+        res = memory_run(pdf, args.models, threads, args.memory_timeout)
+        report.sections += memory_section(res, args.memory_pages)
+        print(f"memory: peak RSS {res.peak_rss / 2**20:.0f} MiB over {res.pages} pages "
+              f"(target {MEMORY_TARGET_MB} MiB); {res.summary}")
+    if timings:
+        main_set = next(iter(timings.values()))
+        pps = {n: t.pages_per_s for n, t in main_set.items()}
+        rows = cost_rows(pps, threads, _gpu_throughput(args.gpu_json))
+        report.sections += [
+            f"## Cost per 1000 pages (USD) from the {next(iter(timings))} throughput", "",
+            f"Instance prices: {PRICES_AS_OF}. Cost = price per hour / pages per hour x 1000, "
+            "compute only (no start-up, storage or requests). CPU rows are a guess: this machine's "
+            "pages/s scaled linearly by vCPU count. GPU rows only from a real `make bench-gpu` run.", "",
+            md_table(["instance", "USD/hour", *[f"{n} USD/1000 pages" for n in pps], "basis"], rows), "",
+            f"For comparison, {TEXTRACT[0]}: USD {TEXTRACT[1]:.2f} per 1000 pages ({TEXTRACT[2]}).", ""]
+    report.machine["load average (1/5/15 min) at end"] = " / ".join(f"{v:.2f}" for v in os.getloadavg())
+    Path(args.out).write_text(report.markdown())
+    took = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
+    summary = ", ".join(f"{ds}: " + " ".join(f"{n} {t.pages_per_s:.3f} p/s" for n, t in tm.items())
+                        for ds, tm in timings.items())
+    print(f"htr bench: {summary}; report -> {args.out} ({took:.0f} s)")
+    return 0
