@@ -118,14 +118,15 @@ class ApiRecorder:
         with self._lock:
             self.calls.append(entry)
 
-    def _answer(self, model, params: dict, **_: Any) -> tuple[Any, dict]:
+    def _answer(self, model, **_: Any) -> tuple[Any, dict]:
         from botocore.awsrequest import AWSResponse
 
-        body = self._fake_response(model.name, params)
+        body = self._fake_response(model.name)
         body.setdefault("ResponseMetadata", {"HTTPStatusCode": 200, "RequestId": "dry-run"})
         return AWSResponse("https://dry-run.invalid/", 200, {}, None), body
 
-    def _fake_response(self, operation: str, params: dict) -> dict[str, Any]:
+    def _fake_response(self, operation: str) -> dict[str, Any]:
+        """Just enough of each answer for the SDK to carry on."""
         arn = f"arn:aws:sagemaker:{self.region}:{DRY_RUN_ACCOUNT}"
         request = self.requests().get(operation, {})
         if operation == "CreateTrainingJob":
