@@ -129,6 +129,8 @@ def _augment_page(image: np.ndarray, anns: list[dict], rng: np.random.Generator)
     except ImportError:
         return image, anns
     polys = [a["polygon"] for a in anns]
+    if any(len(p) != 4 for p in polys):  # the geometric page ops take quads
+        return image, anns
     image, polys = augment_page(image, polys, rng)
     return image, [{**a, "polygon": np.asarray(p, np.float32)} for a, p in zip(anns, polys)]
 
@@ -198,6 +200,7 @@ class ManifestCrops(Dataset):
                     self.items.append((gray, a["polygon"], a["text"]))
         self.max_width, self.codec, self.jitter = max_width, codec, jitter
         self.rng = random.Random(seed)
+        self.np_rng = np.random.default_rng(seed)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -210,6 +213,11 @@ class ManifestCrops(Dataset):
             quad = quad + np.array([[self.rng.uniform(-0.15, 0.15) * h for _ in range(2)]
                                     for _ in range(4)], np.float32)
         crop = rectify(gray, quad, CROP_HEIGHT, self.max_width)
+        if self.jitter:  # the synthetic engine's distortions, applied to real crops
+            from transforms.augment import augment_crop
+
+            crop = augment_crop(crop, self.np_rng)
+            return crop_tensor(crop, self.max_width), self.codec.encode(text), text
         return torch.from_numpy(normalise_ink(crop))[None], self.codec.encode(text), text
 
 

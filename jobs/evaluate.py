@@ -96,7 +96,7 @@ _EDGE_PUNCT = re.compile(r"^[^\w£$€]+|[^\w%°]+$")
 def clean_text(text: str) -> str:
     """Transcription marks out (^ superscript, ⟦⟧ struck), look-alikes folded, spaces collapsed."""
     text = unicodedata.normalize("NFKC", _MARKS.sub("", text))
-    return " ".join(normalise(text).split())
+    return " ".join(t for t in (normalise(w) for w in text.split()) if t)
 
 
 def bow_tokens(text: str) -> list[str]:

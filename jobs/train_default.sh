@@ -7,14 +7,14 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/default}
 SEG_STEPS=${SEG_STEPS:-1000}
-REC_STEPS=${REC_STEPS:-11000}
+REC_STEPS=${REC_STEPS:-5000}
 mkdir -p "$OUT"
 $PY -m batch.cli train segmenter --synthetic --arch db_mobilenet_v3_small --steps "$SEG_STEPS" \
     --batch-size 8 --crop-size 384 --lr 2e-3 --seed 1 --eval-every 250 --eval-size 12 \
     --threads 1 --workers 1 --model-dir "$OUT/segmenter" > "$OUT/segmenter.log" 2>&1 &
 SEG=$!
 $PY -m batch.cli train recogniser --synthetic --arch crnn_small --steps "$REC_STEPS" \
-    --batch-size 32 --lr 1e-3 --seed 2 --eval-every 1000 --eval-size 1000 \
+    --batch-size 32 --lr 1e-3 --seed 2 --eval-every 500 --eval-size 1000 \
     --threads 1 --workers 1 --model-dir "$OUT/recogniser" > "$OUT/recogniser.log" 2>&1 &
 REC=$!
 wait $SEG $REC
