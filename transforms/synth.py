@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -71,8 +70,9 @@ def make_hand(rng: np.random.Generator, lib: FontLibrary, x_height: float, kind:
         ink = np.array([(20, 20, 25), (30, 40, 110), (90, 30, 30), (40, 40, 40)][int(rng.integers(4))],
                        np.float32)
         space = _advance(font.path, 100, " ") / (100 * x_ratio(font))  # the font's own space, in x-heights
-        return Hand(font, x_height, 0.0, 0, ink, 0.0, space * rng.uniform(0.9, 1.3), rng.uniform(2.2, 3.0),
-                    0.0, 0.0, 0.0, 0.9, 0.0, kind="P")
+        return Hand(font=font, x_height=x_height, slant=0.0, stroke=0.0, ink=ink, letter_space=0.0,
+                    word_space=space * rng.uniform(0.9, 1.3), line_gap=rng.uniform(2.2, 3.0), size_jitter=0.0,
+                    drift=0.0, wobble=0.0, pressure_low=0.9, skew=0.0, kind="P")
     font = lib.pick(rng, "H", cursive)
     hand = Hand(
         font=font, x_height=x_height,
@@ -155,7 +155,7 @@ def render_word(text: str, hand: Hand, rng: np.random.Generator, lib: FontLibrar
     sizes = [_font_size(xh, f) for _, f in runs]
     asc = max(truetype(f.path, s).getmetrics()[0] for (_, f), s in zip(runs, sizes))
     desc = max(truetype(f.path, s).getmetrics()[1] for (_, f), s in zip(runs, sizes))
-    widths = [truetype(f.path, s).getlength(t) * 1.0 for (t, f), s in zip(runs, sizes)]
+    widths = [truetype(f.path, s).getlength(t) for (t, f), s in zip(runs, sizes)]
     spacing = hand.letter_space * xh
     width = int(sum(widths) + spacing * len(text) + 2 * pad + xh)
     height = int(asc + desc + 2 * pad)
