@@ -178,9 +178,10 @@ def render_word(text: str, hand: Hand, rng: np.random.Generator, lib: FontLibrar
 
 def _distort(alpha: np.ndarray, base: float, hand: Hand, xh: float, rng: np.random.Generator) -> np.ndarray:
     if hand.nib > 0:  # thin the font's own strokes, then let the nib make thick and thin
-        alpha = A.pen_nib(A.stroke_width(alpha, -max(1, int(xh / 20))), hand.nib * xh, hand.nib_angle)
+        alpha = A.pen_nib(A.stroke_width(alpha, -int(xh / 20)), hand.nib * xh, hand.nib_angle)
     else:
-        alpha = A.stroke_width(alpha, int(round(hand.stroke * xh / 20)))
+        delta = int(round(hand.stroke * xh / 20))
+        alpha = A.stroke_width(alpha, delta if delta > 0 or xh >= 16 else 0)  # small text has no stroke to spare
     alpha = A.warp_ink(alpha, rng, hand.slant + rng.normal(0, 0.03), base, drift=hand.drift * xh,
                        wobble=hand.wobble * xh, cell=max(4.0, xh * rng.uniform(0.6, 1.4)),
                        pressure_low=hand.pressure_low, stretch=hand.stretch * rng.uniform(0.97, 1.03))
