@@ -124,15 +124,33 @@ def _distributed() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), world
 
 
+def _worker_init(_: int) -> None:
+    import cv2
+
+    cv2.setNumThreads(1)   # OpenCV's pool would fight the training process for the cores
+    torch.set_num_threads(1)
+
+
 def _infinite(loader):
     while True:
         yield from loader
 
 
+def _code_version() -> str:
+    """The git commit the training code came from, so a checkpoint names its recipe."""
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 def _export(model, kind: str, arch: str, cfg: dict, args, metrics: dict) -> None:
     net = model.module if hasattr(model, "module") else model
     checkpoints.save(net, kind, arch, cfg, args.model_dir,
-                     {"train": {"steps": metrics.get("step"), "seed": args.seed,
+                     {"train": {"steps": metrics.get("step"), "seed": args.seed, "code": _code_version(),
                                 "data": args.train or "synthetic", "metrics": metrics}})
     if args.output_data_dir:
         Path(args.output_data_dir).mkdir(parents=True, exist_ok=True)
@@ -211,7 +229,7 @@ def train_segmenter(args) -> dict:
     else:
         data = ds.SyntheticPages(args.seed + rank, args.crop_size, cfg["input_long_side"])
     loader = DataLoader(data, batch_size=bs, num_workers=args.workers, collate_fn=ds.collate_pages,
-                        persistent_workers=args.workers > 0)
+                        persistent_workers=args.workers > 0, worker_init_fn=_worker_init)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr or 2e-3, weight_decay=1e-4)
     sched = _schedule(opt, args.steps)
     ckpt_dir = _checkpoint_dir(args)
@@ -301,7 +319,7 @@ def train_recogniser(args) -> dict:
     else:
         data = ds.SyntheticCrops(args.seed + rank, cfg["max_width"], codec, batch_size=bs)
         loader = DataLoader(data, batch_size=None, num_workers=args.workers,
-                            persistent_workers=args.workers > 0)
+                            persistent_workers=args.workers > 0, worker_init_fn=_worker_init)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr or 1e-3, weight_decay=1e-4)
     sched = _schedule(opt, args.steps)
     ckpt_dir = _checkpoint_dir(args)
