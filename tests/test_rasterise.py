@@ -22,6 +22,9 @@ from batch.errors import (CorruptDocument, EmptyDocument, EncryptedDocument, Inp
 from transforms import rasterise
 from transforms.rasterise import Limits, count_pages, iter_pages, sniff, to_rgb_array
 
+# Pillow warns while reading the deliberately broken TIFFs below; the errors are what is tested
+pytestmark = pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning")
+
 # ---- document builders -------------------------------------------------------------------------
 
 _PDF_PAD = bytes.fromhex("28BF4E5E4E758A4164004E56FFFA01082E2E00B6D0683E802F0CA9FE6453697A")
