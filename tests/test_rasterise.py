@@ -549,3 +549,39 @@ def test_tiff_with_a_corrupt_page_yields_good_pages_then_fails():
     assert first.shape == (48, 64, 3) and ink(first)[8:30, 8:30].all()
     with pytest.raises(CorruptDocument, match="page 2 could not be decoded"):
         next(it)
+
+
+# ---- buffers other than bytes: the worker maps large objects instead of reading them -------------
+
+@pytest.mark.parametrize("name", ["pdf", "tiff", "jpeg"])
+def test_memory_mapped_documents(tmp_path, name):
+    import mmap
+
+    data = {"pdf": make_pdf([(80, 40, rect(0, 0, 40, 40)), (60, 60, b"")]),
+            "tiff": multipage_tiff([page_with_box((60, 40), mode="L")] * 2, compression="tiff_deflate"),
+            "jpeg": jpeg_with_orientation(6)}[name]
+    path = tmp_path / "doc"
+    path.write_bytes(data)
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        assert sniff(mm) == sniff(data)
+        assert count_pages(mm) == count_pages(data)
+        got = pages(mm, dpi=72)
+        assert [p.shape for p in got] == [p.shape for p in pages(data, dpi=72)]
+        assert all((a == b).all() for a, b in zip(got, pages(data, dpi=72)))
+        assert [p.shape for p in pages(memoryview(data), dpi=72)] == [p.shape for p in got]
+        # a consumer that stops after one page can still close its map (no buffer held)
+        partial = iter_pages(mm, dpi=72)
+        next(partial)
+    partial.close()
+
+
+def test_memory_mapped_bad_documents(tmp_path):
+    import mmap
+
+    for data, error in [(b"\0" * 5000, EmptyDocument), (b"plain text " * 10, UnsupportedType),
+                        (_truncated(encode(_noise(), "PNG")), CorruptDocument)]:
+        path = tmp_path / "doc"
+        path.write_bytes(data)
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            with pytest.raises(error):
+                list(iter_pages(mm))

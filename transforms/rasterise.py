@@ -11,6 +11,7 @@ in whatever the decoder happened to raise.
 from __future__ import annotations
 
 import io
+import mmap
 import os
 import re
 import shutil
@@ -44,11 +45,16 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
-def sniff(data: bytes) -> str:
+# `data` below is the document's bytes, or any buffer that slices to bytes (the worker passes
+# an mmap for large objects so they stay in the page cache, not in process memory).
+Buffer = bytes | bytearray | memoryview | mmap.mmap
+
+
+def sniff(data: Buffer) -> str:
     """Content type from the first bytes. Raises EmptyDocument / UnsupportedType."""
-    if not data:
+    if not len(data):
         raise EmptyDocument("zero-byte document")
-    head = data[:16]
+    head = bytes(data[:16])
     if head.startswith(b"%PDF-"):
         return PDF
     # image signatures before the looser PDF test below: an image whose metadata happens
@@ -63,15 +69,15 @@ def sniff(data: bytes) -> str:
         return "image/bmp"
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "image/webp"
-    if b"%PDF-" in data[:1024]:  # the PDF header may follow some junk (readers allow 1 KiB)
+    if b"%PDF-" in bytes(data[:1024]):  # the header may follow some junk (readers allow 1 KiB)
         return PDF
-    if not data.strip(b"\x00"):
+    if len(data) <= 65536 and not bytes(data).strip(b"\x00"):
         raise EmptyDocument(f"document is {len(data)} zero bytes")
     raise UnsupportedType(f"unknown document type (first bytes {head[:8]!r}); "
                           "expected PDF, JPEG, PNG, TIFF, BMP or WebP")
 
 
-def count_pages(data: bytes, content_type: str | None = None) -> int:
+def count_pages(data: Buffer, content_type: str | None = None) -> int:
     content_type = content_type or sniff(data)
     if content_type == PDF:
         with _pdf_file(data) as path:
@@ -80,7 +86,7 @@ def count_pages(data: bytes, content_type: str | None = None) -> int:
         return _frame_count(im, content_type)
 
 
-def iter_pages(data: bytes, dpi: int = 200, limits: Limits = DEFAULT_LIMITS,
+def iter_pages(data: Buffer, dpi: int = 200, limits: Limits = DEFAULT_LIMITS,
                content_type: str | None = None) -> Iterator[np.ndarray]:
     """Yield each page as an HxWx3 uint8 RGB array, in page order, one at a time."""
     if len(data) > limits.max_bytes:
@@ -99,7 +105,7 @@ def iter_pages(data: bytes, dpi: int = 200, limits: Limits = DEFAULT_LIMITS,
 class _pdf_file:
     """The PDF bytes in a temporary file (poppler reads paths), removed afterwards."""
 
-    def __init__(self, data: bytes):
+    def __init__(self, data: Buffer):
         self.data = data
 
     def __enter__(self) -> str:
@@ -184,7 +190,7 @@ def _render_range(path: str, first: int, last: int, dpi: int) -> list[Image.Imag
         shutil.rmtree(out_dir, ignore_errors=True)
 
 
-def _pdf_pages(data: bytes, dpi: int, limits: Limits) -> Iterator[np.ndarray]:
+def _pdf_pages(data: Buffer, dpi: int, limits: Limits) -> Iterator[np.ndarray]:
     with _pdf_file(data) as path:
         sizes = _pdf_page_sizes(path)
         if len(sizes) > limits.max_pages:
@@ -204,8 +210,9 @@ def _pdf_pages(data: bytes, dpi: int, limits: Limits) -> Iterator[np.ndarray]:
 
 # ---- Images ------------------------------------------------------------------------------------
 
-def _declared_size(data: bytes, content_type: str) -> tuple[int, int] | None:
+def _declared_size(data: Buffer, content_type: str) -> tuple[int, int] | None:
     """(width, height) from the header of formats where Pillow refuses zero sizes silently."""
+    data = bytes(data[:32])
     try:
         if content_type == "image/png" and data[12:16] == b"IHDR":
             return struct.unpack(">II", data[16:24])
@@ -220,9 +227,10 @@ def _declared_size(data: bytes, content_type: str) -> tuple[int, int] | None:
 class _open_image:
     """Image.open with typed errors and the pixel limit checked before any pixel is decoded."""
 
-    def __init__(self, data: bytes, content_type: str, max_pixels: int = DEFAULT_LIMITS.max_pixels):
+    def __init__(self, data: Buffer, content_type: str, max_pixels: int = DEFAULT_LIMITS.max_pixels):
         self.data, self.content_type, self.max_pixels = data, content_type, max_pixels
         self.im: Image.Image | None = None
+        self.fp: io.RawIOBase | None = None
 
     def __enter__(self) -> Image.Image:
         name = _NAMES.get(self.content_type, self.content_type)
@@ -233,8 +241,9 @@ class _open_image:
         # explicit check below is the real limit; this only makes Pillow stop earlier.
         if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < self.max_pixels:
             Image.MAX_IMAGE_PIXELS = self.max_pixels
+        self.fp = io.BytesIO(self.data) if isinstance(self.data, bytes) else _BufferFile(self.data)
         try:
-            self.im = Image.open(io.BytesIO(self.data))  # lazy: reads the header only
+            self.im = Image.open(self.fp)  # lazy: reads the header only
         except Image.DecompressionBombError as e:
             raise TooLarge(f"{name} image over the {self.max_pixels} pixel limit: {e}") from e
         except Exception as e:
@@ -249,6 +258,41 @@ class _open_image:
     def __exit__(self, *exc) -> None:
         if self.im is not None:
             self.im.close()
+        if self.fp is not None:
+            self.fp.close()
+
+
+class _BufferFile(io.RawIOBase):
+    """A read-only file over a buffer that copies only what is read (io.BytesIO copies it all;
+    an mmap itself as the file would be closed by Pillow with the image). It slices the buffer
+    rather than holding a memoryview, so the caller may close its mmap at any time."""
+
+    def __init__(self, data: Buffer):
+        super().__init__()
+        self._data, self._size, self._pos = data, len(data), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        chunk = self._data[self._pos:self._pos + len(b)]
+        n = len(chunk)
+        b[:n] = chunk
+        self._pos += n
+        return n
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
 
 
 def _reason(e: BaseException) -> str:
@@ -270,7 +314,7 @@ def _frame_count(im: Image.Image, content_type: str) -> int:
         raise CorruptDocument(f"TIFF page list could not be read: {_reason(e)}") from e
 
 
-def _image_pages(data: bytes, limits: Limits, content_type: str) -> Iterator[np.ndarray]:
+def _image_pages(data: Buffer, limits: Limits, content_type: str) -> Iterator[np.ndarray]:
     with _open_image(data, content_type, limits.max_pixels) as im:
         n = _frame_count(im, content_type)
         if n > limits.max_pages:
