@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 DEV_MANIFEST = REPO.parent / "shared" / "data" / "stanford_memorials" / "manifest.jsonl"
-SYSTEMS = ("htr-batch", "tesseract", "rapidocr")
+SYSTEMS = ("htr-batch", "tesseract", "rapidocr", "htr-ort")   # htr-ort: prototype, our models on onnxruntime
 MEMORY_TARGET_MB = 2048
 
 # ---- stage timing (also used by jobs/bench_gpu.py) ---------------------------------------------------
@@ -95,23 +95,27 @@ STAGE_NOTES = {
 }
 
 
-def instrument(pipe, clock: StageClock) -> None:
+def instrument(pipe, clock: StageClock) -> Callable[[], None]:
     """Time a Pipeline's stages from outside: its two models (instance attributes) and the module
-    functions batch.pipeline calls. Only for the process that runs the bench."""
+    functions batch.pipeline calls. Returns an undo for the module-level patches."""
     import batch.pipeline as bp
     import transforms.crops as crops_mod
 
     sync = pipe.device.type == "cuda"
     pipe.segmenter = clock.wrap(pipe.segmenter, "seg_model", sync)
     pipe.recogniser = clock.wrap(pipe.recogniser, "rec_model", sync)
-    bp._resize_for_segmenter = clock.wrap(bp._resize_for_segmenter, "seg_resize")
-    bp.boxes_from_prob = clock.wrap(bp.boxes_from_prob, "postprocess")
-    bp.greedy_decode = clock.wrap(bp.greedy_decode, "ctc_decode")
-    bp.group_lines = clock.wrap(bp.group_lines, "lines")
-    crops_mod.rectify = clock.wrap(crops_mod.rectify, "crop")
-    crops_mod.pack = clock.wrap(crops_mod.pack, "rec_pack")
-    process_pages = pipe.process_pages
-    pipe.process_pages = clock.wrap(process_pages, "_process_pages")
+    pipe.process_pages = clock.wrap(pipe.process_pages, "_process_pages")
+    patches = [(bp, "_resize_for_segmenter", "seg_resize"), (bp, "boxes_from_prob", "postprocess"),
+               (bp, "greedy_decode", "ctc_decode"), (bp, "group_lines", "lines"),
+               (crops_mod, "rectify", "crop"), (crops_mod, "pack", "rec_pack")]
+    originals = [(mod, attr, getattr(mod, attr)) for mod, attr, _ in patches]
+    for mod, attr, stage in patches:
+        setattr(mod, attr, clock.wrap(getattr(mod, attr), stage))
+
+    def undo() -> None:
+        for mod, attr, fn in originals:
+            setattr(mod, attr, fn)
+    return undo
 
 
 def stage_rows(seconds: dict[str, float], pages: int) -> list[list[str]]:
@@ -128,6 +132,70 @@ def stage_rows(seconds: dict[str, float], pages: int) -> list[list[str]]:
         share = f"{100 * s[k] / ocr_total:.1f} %" if k != "write" and ocr_total else "-"
         rows.append([k, f"{s[k]:.2f}", share, f"{1000 * s[k] / max(1, pages):.0f}", STAGE_NOTES[k]])
     return rows
+
+
+# ---- prototype: our models on onnxruntime (the `htr-ort` system) --------------------------------------
+
+
+class OrtSegmenter:
+    """Stands in for the DBNet at inference: same call, same 'prob' output, run by onnxruntime."""
+
+    def __init__(self, session):
+        self.session = session
+
+    def __call__(self, x, with_threshold: bool = False) -> dict:
+        import torch
+        prob = self.session.run(None, {"x": x.contiguous().numpy()})[0]
+        return {"prob": torch.from_numpy(prob)}
+
+
+class OrtRecogniser:
+    def __init__(self, session):
+        self.session = session
+
+    def __call__(self, x):
+        import torch
+        return torch.from_numpy(self.session.run(None, {"x": x.contiguous().numpy()})[0])
+
+
+def _onnx_session(model, example, dynamic: dict, threads: int):
+    """Export a torch module to ONNX in memory (needs the `onnx` package) and open it on CPU."""
+    import onnxruntime as ort
+    import torch
+
+    buf = io.BytesIO()
+    torch.onnx.export(model, example, buf, input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": dynamic, "y": {0: "b"}}, opset_version=17, dynamo=False)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    return ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+
+
+def use_onnxruntime(pipe, threads: int) -> None:
+    """Swap a CPU Pipeline's two models for onnxruntime sessions of the same weights."""
+    import torch
+
+    class _Prob(torch.nn.Module):
+        def __init__(self, net):
+            super().__init__()
+            self.net = net
+
+        def forward(self, x):
+            return self.net(x, with_threshold=False)["prob"]
+
+    seg = _Prob(pipe.segmenter.to(memory_format=torch.contiguous_format)).eval()
+    pipe.segmenter = OrtSegmenter(_onnx_session(seg, torch.rand(1, 3, 256, 192), {0: "b", 2: "h", 3: "w"}, threads))
+    pipe.recogniser = OrtRecogniser(_onnx_session(pipe.recogniser, torch.rand(2, 1, pipe.crop_height, 64),
+                                                  {0: "b", 3: "w"}, threads))
+
+
+def onnx_available() -> str | None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as e:
+        return f"the htr-ort prototype needs onnx + onnxruntime ({e}); pip install --no-deps -r requirements-bench.txt"
+    return None
 
 
 # ---- small helpers -------------------------------------------------------------------------------
@@ -236,6 +304,8 @@ def machine_info() -> dict[str, str]:
 class HtrHost:
     """htr-batch: the Pipeline on CPU with T torch threads, stages timed."""
 
+    backend = "torch"
+
     def __init__(self, threads: int, models: str | None):
         import cv2
         import torch
@@ -247,6 +317,8 @@ class HtrHost:
         cv2.setNumThreads(threads)
         self.clock = StageClock()
         self.pipe = Pipeline.load(models, "cpu")
+        if self.backend == "onnxruntime":
+            use_onnxruntime(self.pipe, threads)
         instrument(self.pipe, self.clock)
         self.out = tempfile.mkdtemp(prefix="htr-bench-out-")
         self.writer = OutputWriter(self.out, "bench")
@@ -281,6 +353,15 @@ class HtrHost:
     def read_crops(self, crops: list[np.ndarray]) -> list[str]:
         self.clock.enabled = False
         return [t for t, _ in self.pipe.recognise(crops)]
+
+
+class HtrOrtHost(HtrHost):
+    """Prototype: the same Pipeline with both models run by onnxruntime (same weights)."""
+    backend = "onnxruntime"
+
+    def version(self, _=None) -> str:
+        from importlib.metadata import version
+        return f"{self.pipe.model_version} on onnxruntime {version('onnxruntime')}"
 
 
 class TesseractHost:
@@ -331,7 +412,7 @@ class RapidHost:
         return self.peer.read_crops(crops)
 
 
-HOSTS = {"htr-batch": HtrHost, "tesseract": TesseractHost, "rapidocr": RapidHost}
+HOSTS = {"htr-batch": HtrHost, "htr-ort": HtrOrtHost, "tesseract": TesseractHost, "rapidocr": RapidHost}
 
 
 def _serve(system: str, conn, threads: int, models: str | None) -> None:
@@ -413,15 +494,15 @@ class Timing:
 
 
 def time_systems(ds: Dataset, workers: dict[str, Worker], chunk: int
-                 ) -> tuple[dict[str, Timing], dict[str, list], dict[str, float]]:
+                 ) -> tuple[dict[str, Timing], dict[str, list], dict[str, dict[str, float]]]:
     """Run every system on every page, chunk by chunk, order rotated per chunk; returns timings,
     each system's pages (in order) and our stage seconds."""
     uris = [p.uri for p in ds.pages]
     names = list(workers)
     for w in workers.values():   # warm-up on the first page: lazy init, first-call allocations
         w.call("ocr", uris[:1])
-    if "htr-batch" in workers:
-        workers["htr-batch"].call("reset")
+    for name in our_systems(workers):
+        workers[name].call("reset")
     monitor = RssMonitor()
     for name, w in workers.items():
         monitor.add(name, w.proc.pid, include_self=name != "tesseract")  # tesseract: its processes only
@@ -435,13 +516,17 @@ def time_systems(ds: Dataset, workers: dict[str, Worker], chunk: int
             outputs[name].extend(workers[name].call("ocr", part))
             timing[name].seconds += time.perf_counter() - t
             timing[name].pages += len(part)
-            if name == "htr-batch":
+            if name.startswith("htr"):
                 workers[name].call("write")   # timed as a stage, outside the head-to-head
     monitor.stop()
     for n in names:
         timing[n].peak_rss = monitor.peak[n]
-    stages = workers["htr-batch"].call("stages") if "htr-batch" in workers else {}
+    stages = {name: workers[name].call("stages") for name in our_systems(workers)}
     return timing, outputs, stages
+
+
+def our_systems(names) -> list[str]:
+    return [n for n in names if n.startswith("htr")]
 
 
 def score_systems(ds: Dataset, workers: dict[str, Worker], outputs: dict[str, list]) -> dict[str, dict]:
@@ -663,7 +748,7 @@ class Report:
 
 
 def run_dataset(ds: Dataset, workers: dict[str, Worker], chunk: int, threads: int, report: Report
-                ) -> tuple[dict[str, Timing], dict[str, float]]:
+                ) -> tuple[dict[str, Timing], dict[str, dict[str, float]]]:
     timing, outputs, stages = time_systems(ds, workers, chunk)
     results = score_systems(ds, workers, outputs)
     load = {n: w.load_seconds for n, w in workers.items()}
@@ -677,11 +762,11 @@ def run_dataset(ds: Dataset, workers: dict[str, Worker], chunk: int, threads: in
            md_table(["speed", *names], speed_rows(timing, load)), "",
            "Accuracy (jobs.evaluate, same scoring for all three):", "",
            md_table(["metric", *names], metric_rows(results)), ""]
-    if stages:
-        rows = stage_rows(stages, timing["htr-batch"].pages)
-        print("\nhtr-batch stages:\n" + "\n".join(f"  {r[0]:<12} {r[1]:>8} s {r[2]:>8} {r[3]:>6} ms/page"
-                                                  for r in rows))
-        sec += [f"Where htr-batch's time goes ({ds.name}, {timing['htr-batch'].pages} pages):", "",
+    for name, st in stages.items():
+        rows = stage_rows(st, timing[name].pages)
+        print(f"\n{name} stages:\n" + "\n".join(f"  {r[0]:<12} {r[1]:>8} s {r[2]:>8} {r[3]:>6} ms/page"
+                                                 for r in rows))
+        sec += [f"Where {name}'s time goes ({ds.name}, {timing[name].pages} pages):", "",
                 md_table(["stage", "seconds", "share", "ms/page", "what"], rows), ""]
     report.sections += sec
     return timing, stages
@@ -727,7 +812,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 def _check_systems(names: list[str]) -> list[str]:
     from jobs.peers import rapidocr_available, tesseract_available
 
-    why = {"tesseract": tesseract_available(), "rapidocr": rapidocr_available()}
+    why = {"tesseract": tesseract_available(), "rapidocr": rapidocr_available(), "htr-ort": onnx_available()}
     keep = []
     for n in names:
         if n not in SYSTEMS:
@@ -774,6 +859,8 @@ def main(args) -> int:
         "models. RapidOCR gives line boxes: words are cut from them by character position.",
         "crop_cer/crop_wer: recognition only, on ground-truth word crops (32 px high; Tesseract gets them "
         "upscaled to 64 px with a margin, `--psm 7`).",
+        "htr-ort (when listed) is a prototype, not the shipped path: the same Pipeline and weights with both "
+        "models exported to ONNX at start-up and run by onnxruntime on CPU (jobs/bench.py use_onnxruntime).",
     ]
     timings: dict[str, dict[str, Timing]] = {}
     try:

@@ -101,3 +101,44 @@ def test_rapidocr_reads_printed_words(printed):
     # its box order (top edge, then x) can put 'table' before 'paper': score order-free here
     assert metrics["word_det_f1"] >= 0.75 and metrics["bow_f1"] >= 0.99
     assert metrics["crop_cer"] <= 0.25
+
+
+# ---- bench helpers (jobs/bench.py) -------------------------------------------------------------------
+
+
+def test_repeated_pdf_has_every_page_and_stays_small(tmp_path):
+    import io
+    import subprocess
+
+    from PIL import Image
+
+    from jobs.bench import repeated_pdf
+
+    jpegs = []
+    for shade in (90, 200):
+        buf = io.BytesIO()
+        Image.new("RGB", (300, 400), (shade, shade, shade)).save(buf, "JPEG")
+        jpegs.append((buf.getvalue(), 300, 400))
+    pdf = repeated_pdf(jpegs, 50, tmp_path / "long.pdf")
+    info = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True, check=True).stdout
+    assert "Pages:           50" in info
+    assert pdf.stat().st_size < sum(len(j) for j, _, _ in jpegs) + 50 * 300
+
+
+def test_instrumented_pipeline_times_every_stage(tiny_models):
+    from batch.pipeline import Pipeline
+    from jobs.bench import StageClock, instrument, stage_rows
+
+    clock = StageClock()
+    pipe = Pipeline.load(tiny_models, "cpu")
+    undo = instrument(pipe, clock)
+    page = np.full((400, 300, 3), 255, np.uint8)
+    cv2.putText(page, "ink", (20, 200), cv2.FONT_HERSHEY_SIMPLEX, 3, (0, 0, 0), 8)
+    try:
+        pages = pipe.process_pages([page, page])
+    finally:
+        undo()
+    assert len(pages) == 2
+    assert {"_process_pages", "seg_resize", "seg_model", "postprocess", "lines"} <= set(clock.seconds)
+    rows = stage_rows(clock.seconds, 2)
+    assert rows[-1][0] == "other" and float(rows[-1][1]) >= 0
