@@ -234,10 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     run_config(pipe, clock, pages_dir, seg[0], rec[0], cores)   # warm-up: CUDA context, kernels
     results: list[Result] = []
     skipped = []
-    for s, r in tqdm(plan(seg, rec, 512 if 512 in rec else rec[0]), desc="configurations", file=sys.stderr):
-        if s == -1:
-            s = max((x for x in results if x.rec_batch == (512 if 512 in rec else rec[0])),
-                    key=lambda x: x.pages_per_s).seg_batch
+    rec_default = 512 if 512 in rec else rec[0]
+    for s, r in tqdm(plan(seg, rec, rec_default), desc="configurations", file=sys.stderr):
+        if s == -1:   # the recogniser sweep runs at the best segmenter batch so far
+            swept = [x for x in results if x.rec_batch == rec_default]
+            s = max(swept, key=lambda x: x.pages_per_s).seg_batch if swept else seg[0]
         if any((x.seg_batch, x.rec_batch) == (s, r) for x in results):
             continue
         last = results[-1].seconds if results else 0.0
