@@ -119,7 +119,8 @@ class DocumentRecord:
                 ]
                 lines.append(Line(ln["line_idx"], words))
             pages.append(Page(p["page"], p["width"], p["height"], lines))
-        processed = int(dt.datetime.fromisoformat(d["processed_at"]).timestamp() * 1000)
+        t = dt.datetime.fromisoformat(d["processed_at"])  # integer arithmetic: floats lose 1 ms
+        processed = (t - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(milliseconds=1)
         return cls(d["doc_id"], d["source_uri"], pages, d["model_version"], d["run_id"], processed,
                    d.get("content_type", ""), d.get("source_etag", ""))
 

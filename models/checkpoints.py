@@ -50,7 +50,10 @@ def read_meta(model_dir: str | Path, kind: str) -> dict[str, Any]:
     path = Path(model_dir) / f"{kind}.json"
     if not path.is_file():
         raise CheckpointError(f"{path} not found (expected {kind}.json + {kind}.safetensors)")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from e
 
 
 def load(model_dir: str | Path, kind: str) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -61,11 +64,17 @@ def load(model_dir: str | Path, kind: str) -> tuple[torch.nn.Module, dict[str, A
     weights = Path(model_dir) / f"{kind}.safetensors"
     if not weights.is_file():
         raise CheckpointError(f"{weights} not found; only .safetensors weights are loaded")
+    if meta.get("version") and _file_hash(weights) != meta["version"]:
+        raise CheckpointError(f"{weights} does not match the version in {kind}.json "
+                              "(weights replaced after saving?)")
     builder = _BUILDERS[kind]
-    if kind == "recogniser":
-        model = builder.build(meta["arch"], meta["config"], meta.get("charset", CHARSET))
-    else:
-        model = builder.build(meta["arch"], meta["config"])
+    try:
+        if kind == "recogniser":
+            model = builder.build(meta["arch"], meta["config"], meta.get("charset", CHARSET))
+        else:
+            model = builder.build(meta["arch"], meta["config"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{kind}.json describes no buildable model: {e!r}") from e
     try:
         model.load_state_dict(load_file(str(weights)), strict=True)
     except Exception as e:

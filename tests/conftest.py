@@ -29,4 +29,5 @@ def htr_cmd() -> list[str]:
 def subprocess_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["OMP_NUM_THREADS"] = "1"  # tiny models: thread start-up costs more than it saves
     return env

@@ -122,7 +122,7 @@ def test_weights_of_another_architecture_are_refused(model_dir, tmp_path):
     checkpoints.save(recogniser.build("crnn_small", cfg), "recogniser", "crnn_small", cfg,
                      tmp_path / "small")
     shutil.copy(tmp_path / "small" / "recogniser.safetensors", model_dir / "recogniser.safetensors")
-    with pytest.raises(CheckpointError, match="does not match its config"):
+    with pytest.raises(CheckpointError, match="does not match"):
         checkpoints.load(model_dir, "recogniser")
 
 
@@ -149,8 +149,6 @@ def test_truncated_safetensors_is_refused(model_dir):
         checkpoints.load(model_dir, "segmenter")
 
 
-@pytest.mark.xfail(strict=True, reason="checkpoints.load lets json.JSONDecodeError / TypeError "
-                   "through for a corrupt or mismatched JSON (models/checkpoints.py)")
 @pytest.mark.parametrize("meta", ["{not json", json.dumps({"kind": "segmenter", "arch": "db_tiny",
                                                            "config": {"no_such_option": 1}})])
 def test_corrupt_or_wrong_json_is_a_checkpoint_error(model_dir, meta):
@@ -159,9 +157,6 @@ def test_corrupt_or_wrong_json_is_a_checkpoint_error(model_dir, meta):
         checkpoints.load(model_dir, "segmenter")
 
 
-@pytest.mark.xfail(strict=True, reason="checkpoints.load does not check the weights against the "
-                   "version (content hash) in the JSON, so swapped weights load under the old "
-                   "model_version (models/checkpoints.py)")
 def test_weights_swapped_after_saving_are_refused(model_dir, tmp_path):
     other = checkpoints.make_tiny_models(tmp_path / "other", seed=5)
     shutil.copy(other / "segmenter.safetensors", model_dir / "segmenter.safetensors")

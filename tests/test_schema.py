@@ -69,8 +69,6 @@ def test_json_rounds_floats():
     assert word["confidence"] == 0.1235 and word["polygon"][0] == {"x": 1.2, "y": 9.9}
 
 
-@pytest.mark.xfail(strict=True, reason="DocumentRecord.from_json truncates float seconds * 1000: "
-                   "about 1 timestamp in 160 comes back 1 ms early (batch/schema.py)")
 def test_processed_at_survives_the_json_round_trip_to_the_millisecond():
     doc = sample_doc()
     for ms in (274087259715, 68662875446, 2169240323857, PROCESSED):

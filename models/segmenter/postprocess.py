@@ -1,15 +1,16 @@
 """Probability map -> word quadrilaterals with a score (DB post-processing).
 
 The network is trained on words shrunk by SHRINK_RATIO; here each connected kernel is
-grown back by the matching offset ("unclip") and fitted with a minimum-area rectangle.
+fitted with a minimum-area rectangle and grown back by the exact inverse of that shrink.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import cv2
 import numpy as np
-import pyclipper
 
 SHRINK_RATIO = 0.4
 
@@ -18,7 +19,7 @@ SHRINK_RATIO = 0.4
 class PostConfig:
     bin_thresh: float = 0.3     # pixel probability that counts as text
     box_thresh: float = 0.5     # mean probability a kernel needs to become a word
-    unclip_ratio: float = 1.6   # grows a kernel back; ~ 1 / (1 - SHRINK_RATIO**2) in area terms
+    shrink_ratio: float = SHRINK_RATIO  # what training shrank words by (models/segmenter/targets.py)
     min_size: float = 3.0       # shorter side in map pixels; smaller kernels are noise
     max_candidates: int = 3000
 
@@ -38,17 +39,19 @@ def order_quad(pts: np.ndarray) -> np.ndarray:
     return quad
 
 
-def unclip(box: np.ndarray, ratio: float) -> np.ndarray | None:
-    area = cv2.contourArea(box)
-    length = cv2.arcLength(box, True)
-    if length == 0:
-        return None
-    offset = pyclipper.PyclipperOffset()
-    offset.AddPath(box.astype(np.int64).tolist(), pyclipper.JT_ROUND, pyclipper.ET_CLOSEDPOLYGON)
-    grown = offset.Execute(area * ratio / length)
-    if not grown:
-        return None
-    return np.array(max(grown, key=len), dtype=np.float32)
+def unshrink(rect: tuple, ratio: float = SHRINK_RATIO) -> tuple:
+    """Grow a kernel rectangle back to the word it was shrunk from.
+
+    Training shrank a w x h word by D = A (1 - r^2) / L (A area, L perimeter). For the kernel
+    w' x h' the word is (w' + 2d) x (h' + 2d) with d solving that same relation:
+    (8 - 4k) d^2 + (2 - 2k)(w' + h') d - k w' h' = 0, k = 1 - r^2.
+    """
+    (cx, cy), (w, h), angle = rect
+    w, h = w + 1, h + 1                       # the contour runs through pixel centres
+    k = 1 - ratio * ratio
+    a, b, c = 8 - 4 * k, (2 - 2 * k) * (w + h), -k * w * h
+    d = (-b + math.sqrt(b * b - 4 * a * c)) / (2 * a)
+    return (cx, cy), (w + 2 * d, h + 2 * d), angle
 
 
 def _mean_score(prob: np.ndarray, contour: np.ndarray) -> float:
@@ -74,10 +77,7 @@ def boxes_from_prob(prob: np.ndarray, cfg: PostConfig = PostConfig()) -> list[tu
         score = _mean_score(prob, contour)
         if score < cfg.box_thresh:
             continue
-        grown = unclip(cv2.boxPoints(rect), cfg.unclip_ratio)
-        if grown is None:
-            continue
-        rect = cv2.minAreaRect(grown)
+        rect = unshrink(rect, cfg.shrink_ratio)
         if min(rect[1]) < cfg.min_size + 2:
             continue
         quad = order_quad(cv2.boxPoints(rect))
