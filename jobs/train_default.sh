@@ -6,11 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/default}
-SEG_STEPS=${SEG_STEPS:-900}
+SEG_STEPS=${SEG_STEPS:-1200}
 REC_STEPS=${REC_STEPS:-5000}
 mkdir -p "$OUT"
 $PY -m batch.cli train segmenter --synthetic --arch db_mobilenet_v3_small --steps "$SEG_STEPS" \
-    --batch-size 8 --crop-size 384 --lr 2e-3 --seed 1 --eval-every 150 --eval-size 12 \
+    --batch-size 8 --crop-size 256 --lr 2e-3 --seed 1 --eval-every 200 --eval-size 12 \
     --threads 1 --workers 1 --model-dir "$OUT/segmenter" > "$OUT/segmenter.log" 2>&1 &
 SEG=$!
 $PY -m batch.cli train recogniser --synthetic --arch crnn_small --steps "$REC_STEPS" \
