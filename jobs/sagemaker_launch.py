@@ -480,18 +480,19 @@ def collect(transform_output: str, out: str, run_id: str, input_uri: str | None 
         src = sources.get(key)
         rec = record_from_out(storage.read_bytes(obj.uri), src.uri if src else "",
                               src.etag if src else "", run_id)
+        rec.source_uri = rec.source_uri or key
         if isinstance(rec, DocumentRecord):
-            rec.source_uri = rec.source_uri or key
-            writer.add_document(rec)
+            writer.model_version = writer.model_version or rec.model_version
+            writer.add_document(rec, src)  # src: the ledger's etag/size, as the worker records
             stats.documents += 1
         else:
-            rec.source_uri = rec.source_uri or key
-            writer.add_error(rec)
+            writer.add_error(rec, src)
             stats.errors += 1
     for key in sorted(set(sources) - seen):
         writer.add_error(_error_record(
             _uri_id(sources[key].uri), sources[key].uri, "transform", "MissingTransformOutput",
-            "no .out file for this input: the transform job failed on it (see its logs)", run_id))
+            "no .out file for this input: the transform job failed on it (see its logs)", run_id),
+            sources[key])
         stats.missing += 1
     writer.close()
     return stats

@@ -376,6 +376,13 @@ def test_collect_matches_the_local_worker(servers, docs, word_models, tmp_path: 
                 for d in read_documents(str(out))}
     assert documents(tmp_path / "collected") == documents(tmp_path / "run")
 
+    # One ledger whichever path wrote it: a local run over the collected output finds the
+    # transformed documents done (the two failures are retried, and fail again).
+    capsys.readouterr()
+    assert htr(["run", str(inputs), str(tmp_path / "collected"), "--models", str(word_models),
+                "--device", "cpu", "--no-progress"]) == EXIT_PARTIAL
+    assert "3 skipped, 2 errors" in capsys.readouterr().out
+
 
 def test_collect_reports_inputs_without_output(servers, docs, tmp_path: Path, capsys) -> None:
     inputs, tout = tmp_path / "docs", tmp_path / "transform-out"
