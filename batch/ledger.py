@@ -116,6 +116,8 @@ class SourceState:
     model_version: str
     run_id: str
     seq: int = 0          # the entry that committed it: its rows carry this generation
+    pages: int = 0
+    words: int = 0
 
 
 @dataclass
@@ -134,7 +136,8 @@ class LedgerState:
             raise StorageError(f"ledger entry {seq} read after entry {self.seq}: the log has a gap")
         for s in entry["sources"]:
             self._set_source(SourceState(s["uri"], s["etag"], int(s["size"]), s["doc_id"],
-                                         s["status"], s["model_version"], s["run_id"], seq))
+                                         s["status"], s["model_version"], s["run_id"], seq,
+                                         int(s.get("pages", 0)), int(s.get("words", 0))))
         for part in entry["removed"]:
             for uri in self.parts.pop(part, {}):
                 self.where.get(uri, set()).discard(part)

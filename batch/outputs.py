@@ -45,10 +45,12 @@ import json
 import os
 import posixpath
 import signal
+import threading
 import uuid
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Iterable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -77,6 +79,7 @@ class CommitFailed(HtrError):
 # ---- test hook ---------------------------------------------------------------------------------
 
 _crash_hits: Counter = Counter()
+_crash_lock = threading.Lock()
 
 
 def crash_point(name: str) -> None:
@@ -85,9 +88,10 @@ def crash_point(name: str) -> None:
     point, _, n = spec.partition(":")
     if point != name:
         return
-    _crash_hits[name] += 1
-    if _crash_hits[name] == int(n or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
+    with _crash_lock:
+        _crash_hits[name] += 1
+        if _crash_hits[name] == int(n or 1):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 # ---- helpers -----------------------------------------------------------------------------------
@@ -107,6 +111,35 @@ def _by_date(table: pa.Table) -> dict[str, pa.Table]:
     """Rows split by the run_date partition of their processed_at."""
     days = [run_date(ms) for ms in table.column("processed_at").cast(pa.int64()).to_pylist()]
     return {d: table.filter(pa.array([x == d for x in days])) for d in sorted(set(days))}
+
+
+class _Uploads:
+    """Object writes on a few threads: S3 round trips, not CPU, bound the writer. At most
+    `queued` writes wait at a time, so staged JSON never piles up in memory."""
+
+    def __init__(self, threads: int = 8, queued: int = 32):
+        self.pool = ThreadPoolExecutor(threads, thread_name_prefix="out-io")
+        self.slots = threading.BoundedSemaphore(queued)
+        self.futures: list[Future] = []
+
+    def submit(self, fn: Callable, *args: Any) -> None:
+        self.slots.acquire()
+        future = self.pool.submit(fn, *args)
+        future.add_done_callback(lambda _: self.slots.release())
+        self.futures.append(future)
+
+    def wait(self) -> None:
+        """Until everything submitted is written; raises the first failure."""
+        futures, self.futures = self.futures, []
+        errors = [e for e in (f.exception() for f in futures) if e is not None]
+        if errors:
+            raise errors[0]
+
+    def map(self, fn: Callable, items: Iterable) -> list:
+        return list(self.pool.map(fn, items))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
 
 
 @dataclass
@@ -159,6 +192,7 @@ class OutputWriter:
         self._batch_no = 0
         self._part_no = 0
         self._opened = False
+        self._io = _Uploads()
 
     # ---- adding records ------------------------------------------------------------------
 
@@ -166,8 +200,8 @@ class OutputWriter:
         """Stage the document; it is committed with its batch."""
         self.open()
         uri = doc.source_uri or doc.doc_id
-        storage.write_bytes(self._pending_uri(f"{doc.doc_id}.json"), doc.dumps().encode(),
-                            "application/json")
+        self._io.submit(storage.write_bytes, self._pending_uri(f"{doc.doc_id}.json"),
+                        doc.dumps().encode(), "application/json")
         words = to_table("words", word_rows(doc))
         self._items[uri] = _Item(
             self._source(uri, source, doc.source_etag, doc.doc_id, "ok", doc.model_version,
@@ -196,7 +230,10 @@ class OutputWriter:
             self.flush()
 
     def close(self) -> None:
-        self.flush()
+        try:
+            self.flush()
+        finally:
+            self._io.close()
 
     # ---- one batch: parts, rewrites, commit, publish --------------------------------------
 
@@ -206,11 +243,12 @@ class OutputWriter:
             return
         self.open()
         try:
+            self._io.wait()  # the batch's staged JSON
             added = self._write_new_parts()
             storage.write_bytes(self._pending_uri(MARKER), b"")
             entry = self._commit(added)
             crash_point("commit-after")
-            finish_commit(self.ledger, entry)
+            finish_commit(self.ledger, entry, self._io.map)
         except StorageError as e:
             raise CommitFailed(f"batch {self._batch_id()} not committed: {e}") from e
         self.committed += len(self._items)
@@ -218,21 +256,22 @@ class OutputWriter:
         self._batch_no += 1
 
     def _write_new_parts(self) -> dict[str, set[str]]:
-        """The batch's rows as new parts: {relative path: source URIs it holds}."""
-        added: dict[str, set[str]] = {}
+        """The batch's rows as new parts, written in parallel: {relative path: source URIs}."""
+        parts: dict[str, pa.Table] = {}
         for table in TABLES:
             tables = [i.tables[table] for i in self._items.values()
                       if table in i.tables and i.tables[table].num_rows]
-            if not tables:
-                continue
-            for day, rows in _by_date(pa.concat_tables(tables)).items():
-                rel = self._write_part(f"{table}/{PARTITION_COLUMN}={day}", rows, "part")
-                added[rel] = set(rows.column("source_uri").to_pylist())
-        return added
+            if tables:
+                for day, rows in _by_date(pa.concat_tables(tables)).items():
+                    parts[self._part_name(f"{table}/{PARTITION_COLUMN}={day}")] = rows
+        self._io.map(lambda rel: self._write_part(rel, parts[rel], "part"), parts)
+        return {rel: set(rows.column("source_uri").to_pylist()) for rel, rows in parts.items()}
 
-    def _write_part(self, folder: str, rows: pa.Table, point: str) -> str:
-        rel = f"{folder}/part-{self.writer_id}-{self._part_no:05d}.parquet"
+    def _part_name(self, folder: str) -> str:
         self._part_no += 1
+        return f"{folder}/part-{self.writer_id}-{self._part_no - 1:05d}.parquet"
+
+    def _write_part(self, rel: str, rows: pa.Table, point: str) -> str:
         crash_point(f"{point}-before")
         uri = storage.join(self.out_uri, rel)
         storage.write_bytes(uri, parquet_bytes(rows, self.compression))
@@ -270,7 +309,7 @@ class OutputWriter:
         keep = rows.filter(pc.invert(pc.is_in(rows.column("source_uri"), pa.array(sorted(stale)))))
         if keep.num_rows == 0:
             return None
-        return self._write_part(posixpath.dirname(old), keep, "rewrite")
+        return self._write_part(self._part_name(posixpath.dirname(old)), keep, "rewrite")
 
     def _entry(self, added: dict[str, set[str]], plan: dict[str, set[str]],
                rewrites: dict[tuple[str, frozenset[str]], str | None]) -> dict[str, Any]:
@@ -334,11 +373,10 @@ class OutputWriter:
                 continue
             seq = self.ledger.state.batches.get(batch)
             if seq is not None:
-                finish_commit(self.ledger, self.ledger.read_entry(seq) or {})
+                finish_commit(self.ledger, self.ledger.read_entry(seq) or {}, self._io.map)
                 rec.finished += 1
             else:
-                for uri in uris:
-                    storage.delete(uri)
+                self._io.map(storage.delete, uris)
                 _remove_empty_folder(storage.join(self.out_uri, PENDING, batch))
                 rec.abandoned += 1
 
@@ -357,34 +395,34 @@ class OutputWriter:
                     rec.orphans += 1
 
 
-def finish_commit(ledger: Ledger, entry: dict[str, Any]) -> None:
+def finish_commit(ledger: Ledger, entry: dict[str, Any], run: Callable = map) -> None:
     """Step 6 for a committed entry: publish its documents, delete what it removed, then its
-    pending folder. Idempotent, so recovery can simply run it again."""
+    pending folder (marker last). Idempotent, so recovery simply runs it again. `run` maps
+    a function over items (a thread pool's map, to overlap the round trips)."""
     if not entry:
         return
     out, state = ledger.out_uri, ledger.state
     pending = storage.join(out, PENDING, entry["batch"])
-    for s in entry["sources"]:
-        current = state.sources.get(s["uri"])
-        if s["status"] != "ok" or current is None or current.seq != entry["seq"]:
-            continue  # failed, or superseded since: a later entry owns its JSON
-        try:
-            data = storage.read_bytes(storage.join(pending, f"{s['doc_id']}.json"))
-        except storage.NotFound:
-            continue  # published before an interruption (staged files go only at the end)
-        storage.write_bytes(storage.join(out, DOCUMENTS, f"{s['doc_id']}.json"), data,
-                            "application/json")
-        crash_point("publish-after")
-    for rel in entry["removed"]:
-        storage.delete(storage.join(out, rel))
-    for doc_id in entry["dead_docs"]:
-        if not state.doc_refs.get(doc_id):
-            storage.delete(storage.join(out, DOCUMENTS, f"{doc_id}.json"))
-    staged = [u for u in _list(pending) if posixpath.basename(u.replace(os.sep, "/")) != MARKER]
-    for uri in staged:
-        storage.delete(uri)
+    doc_ids = {s["doc_id"] for s in entry["sources"] if s["status"] == "ok"
+               and getattr(state.sources.get(s["uri"]), "seq", None) == entry["seq"]}
+    list(run(lambda d: _publish(pending, out, d), sorted(doc_ids)))  # superseded ones excluded
+    gone = [storage.join(out, rel) for rel in entry["removed"]]
+    gone += [storage.join(out, DOCUMENTS, f"{d}.json") for d in entry["dead_docs"]
+             if not state.doc_refs.get(d)]
+    gone += [u for u in _list(pending) if posixpath.basename(u.replace(os.sep, "/")) != MARKER]
+    list(run(storage.delete, gone))
     storage.delete(storage.join(pending, MARKER))
     _remove_empty_folder(pending)
+
+
+def _publish(pending: str, out: str, doc_id: str) -> None:
+    """Staged JSON -> documents/ (skipped if already published: staged files go only last)."""
+    try:
+        data = storage.read_bytes(storage.join(pending, f"{doc_id}.json"))
+    except storage.NotFound:
+        return
+    storage.write_bytes(storage.join(out, DOCUMENTS, f"{doc_id}.json"), data, "application/json")
+    crash_point("publish-after")
 
 
 def _list(prefix_uri: str) -> list[str]:
