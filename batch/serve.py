@@ -108,6 +108,18 @@ def error_body(exc: BaseException, doc_id: str = "") -> dict[str, Any]:
     return body
 
 
+def error_doc_id(data: bytes) -> str:
+    """The worker's rule for an error's doc_id: the content's id when its type could be told,
+    else none (collect then uses the hash of the source URI, as the worker does)."""
+    from transforms.rasterise import sniff
+
+    try:
+        sniff(data)
+    except InputError:
+        return ""
+    return doc_id_for(data)
+
+
 def status_for(exc: BaseException, batch: bool) -> int:
     """HTTP status of a failed invocation; see the module docstring for the batch rule."""
     if isinstance(exc, PayloadTooLarge):
@@ -381,8 +393,7 @@ class Handler(BaseHTTPRequestHandler):
         except Exception as e:  # noqa: BLE001 - every failure is an answer, never a crash
             if not isinstance(e, InputError):
                 log.error("invocation failed:\n%s", traceback.format_exc())
-            doc_id = doc_id_for(data) if data else ""
-            return status_for(e, service.settings.batch), error_body(e, doc_id)
+            return status_for(e, service.settings.batch), error_body(e, error_doc_id(data))
         return 200, json.dumps(record.to_json(), ensure_ascii=False)
 
 

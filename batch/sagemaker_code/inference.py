@@ -22,8 +22,8 @@ _CODE_DIR = os.path.dirname(os.path.abspath(__file__))
 if _CODE_DIR not in sys.path:
     sys.path.insert(0, _CODE_DIR)
 
-from batch.schema import doc_id_for  # noqa: E402
-from batch.serve import Service, ServeSettings, check_content_type, error_body, status_for  # noqa: E402
+from batch.serve import (Service, ServeSettings, check_content_type, error_body,  # noqa: E402
+                         error_doc_id, status_for)
 
 log = logging.getLogger("htr.inference")
 JSON = "application/json"
@@ -65,7 +65,7 @@ def input_fn(body: bytes | bytearray, content_type: str) -> Document:
     try:
         check_content_type(content_type)  # the bytes are sniffed in predict_fn
     except Exception as e:  # noqa: BLE001 - an unsupported Content-Type
-        raise _http_error(415, error_body(e, doc_id_for(data) if data else "")) from e
+        raise _http_error(415, error_body(e, error_doc_id(data))) from e
     return Document(data, content_type)
 
 
@@ -73,7 +73,7 @@ def predict_fn(document: Document, service: Service) -> dict:
     try:
         return service.process(document.data, document.content_type).to_json()
     except Exception as e:  # noqa: BLE001 - answered, never a dead worker
-        body = error_body(e, doc_id_for(document.data) if document.data else "")
+        body = error_body(e, error_doc_id(document.data))
         status = status_for(e, service.settings.batch)
         if status == 200:
             return body
