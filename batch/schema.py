@@ -128,6 +128,14 @@ class DocumentRecord:
         return json.dumps(self.to_json(), ensure_ascii=False, indent=1)
 
 
+def _xy(v: float) -> float:
+    return round(v, 1)      # 0.1 px: finer than any scan, and JSON and Parquet agree exactly
+
+
+def _score(v: float) -> float:
+    return round(v, 4)
+
+
 def _page_json(p: Page) -> dict[str, Any]:
     return {
         "page": p.page, "width": p.width, "height": p.height, "text": p.text,
@@ -135,9 +143,9 @@ def _page_json(p: Page) -> dict[str, Any]:
             {"line_idx": ln.line_idx, "text": ln.text,
              "words": [
                  {"word_idx": w.word_idx, "text": w.text,
-                  "confidence": round(w.confidence, 4), "det_score": round(w.det_score, 4),
-                  "polygon": [{"x": round(pt.x, 1), "y": round(pt.y, 1)} for pt in w.polygon],
-                  "bbox": [round(v, 1) for v in w.bbox]}
+                  "confidence": _score(w.confidence), "det_score": _score(w.det_score),
+                  "polygon": [{"x": _xy(pt.x), "y": _xy(pt.y)} for pt in w.polygon],
+                  "bbox": [_xy(v) for v in w.bbox]}
                  for w in ln.words]}
             for ln in p.lines],
     }
@@ -198,9 +206,9 @@ def word_rows(doc: DocumentRecord) -> list[dict[str, Any]]:
             rows.append({
                 "doc_id": doc.doc_id, "source_uri": doc.source_uri, "page": p.page,
                 "line_idx": w.line_idx, "word_idx": w.word_idx, "text": w.text,
-                "confidence": w.confidence, "det_score": w.det_score,
-                "polygon": [{"x": pt.x, "y": pt.y} for pt in w.polygon],
-                "x0": x0, "y0": y0, "x1": x1, "y1": y1,
+                "confidence": _score(w.confidence), "det_score": _score(w.det_score),
+                "polygon": [{"x": _xy(pt.x), "y": _xy(pt.y)} for pt in w.polygon],
+                "x0": _xy(x0), "y0": _xy(y0), "x1": _xy(x1), "y1": _xy(y1),
                 "page_width": p.width, "page_height": p.height,
                 "model_version": doc.model_version, "run_id": doc.run_id,
                 "processed_at": doc.processed_at,
@@ -212,7 +220,7 @@ def page_rows(doc: DocumentRecord) -> list[dict[str, Any]]:
     rows = []
     for p in doc.pages:
         words = p.words
-        conf = sum(w.confidence for w in words) / len(words) if words else None
+        conf = _score(sum(w.confidence for w in words) / len(words)) if words else None
         rows.append({
             "doc_id": doc.doc_id, "source_uri": doc.source_uri, "page": p.page,
             "page_count": len(doc.pages), "text": p.text, "line_count": len(p.lines),

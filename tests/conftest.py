@@ -31,3 +31,28 @@ def subprocess_env() -> dict[str, str]:
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env["OMP_NUM_THREADS"] = "1"  # tiny models: thread start-up costs more than it saves
     return env
+
+
+@pytest.fixture(scope="session")
+def constant_models(tmp_path_factory, tiny_models) -> Path:
+    """The tiny checkpoints with their last layers set to constants: the segmenter says "text"
+    at every pixel (each page is one word box: the whole page) and the recogniser reads "x" at
+    every frame. Not a model of anything: it makes every stage after the networks (boxes,
+    scaling back to page pixels, crops, decoding, lines, JSON, Parquet) run with known results."""
+    import torch
+
+    from models import checkpoints
+    from models.charset import CHARSET
+
+    d = tmp_path_factory.mktemp("constant-models")
+    seg, seg_meta = checkpoints.load(tiny_models, "segmenter")
+    rec, rec_meta = checkpoints.load(tiny_models, "recogniser")
+    with torch.no_grad():
+        seg.prob_head[-1].weight.zero_()
+        seg.prob_head[-1].bias.fill_(10.0)
+        rec.classifier.weight.zero_()
+        rec.classifier.bias.zero_()
+        rec.classifier.bias[CHARSET.index("x") + 1] = 10.0
+    checkpoints.save(seg, "segmenter", seg_meta["arch"], seg_meta["config"], d)
+    checkpoints.save(rec, "recogniser", rec_meta["arch"], rec_meta["config"], d)
+    return d

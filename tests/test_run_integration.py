@@ -281,28 +281,6 @@ def test_words_table_matches_the_json(mixed_run):
 
 # ---- the word path, end to end --------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def constant_models(tmp_path_factory, tiny_models) -> Path:
-    """The tiny checkpoints with their last layers set to constants: the segmenter says "text"
-    at every pixel (so each page is one word box: the whole page) and the recogniser reads
-    "x" at every frame. Not a model of anything: it makes every stage after the networks
-    (boxes, scaling back to page pixels, crops, decoding, lines, JSON, Parquet) run with
-    known results."""
-    d = tmp_path_factory.mktemp("constant-models")
-    seg, seg_meta = checkpoints.load(tiny_models, "segmenter")
-    rec, rec_meta = checkpoints.load(tiny_models, "recogniser")
-    with torch.no_grad():
-        last = seg.prob_head[-1]
-        last.weight.zero_()
-        last.bias.fill_(10.0)
-        rec.classifier.weight.zero_()
-        rec.classifier.bias.zero_()
-        rec.classifier.bias[CHARSET.index("x") + 1] = 10.0
-    checkpoints.save(seg, "segmenter", seg_meta["arch"], seg_meta["config"], d)
-    checkpoints.save(rec, "recogniser", rec_meta["arch"], rec_meta["config"], d)
-    return d
-
-
 def test_word_path_end_to_end_with_constant_models(mixed_run, tmp_path, constant_models, htr_cmd, env):
     """All good documents: exit 0, no errors/, one word per page through every stage; and the
     same content under another name keeps the doc_id it had in the mixed run."""

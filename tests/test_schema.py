@@ -124,7 +124,7 @@ def test_page_rows_to_parquet_and_back():
     p1, p2 = table.to_pylist()
     assert (p1["page"], p1["page_count"], p1["line_count"], p1["word_count"]) == (1, 2, 2, 3)
     assert p1["text"] == "Dear café,\n£5 — ok"
-    assert p1["mean_confidence"] == pytest.approx((0.9 + 0.4375 + 1.0) / 3, abs=1e-6)
+    assert p1["mean_confidence"] == pytest.approx(round((0.9 + 0.4375 + 1.0) / 3, 4), abs=1e-6)
     assert (p1["page_width"], p1["page_height"]) == (1654, 2339)
     assert (p2["page"], p2["word_count"], p2["line_count"], p2["text"]) == (2, 0, 0, "")
     assert p2["mean_confidence"] is None                  # no words: null, not 0

@@ -124,35 +124,12 @@ def _start(htr_cmd, models: Path, env: dict, log: Path, extra_env: dict) -> Serv
 
 
 @pytest.fixture(scope="module")
-def word_models(tiny_models: Path, tmp_path_factory) -> Path:
-    """Tiny checkpoints whose last layers are constants: every page is one word box reading
-    "x", so the word path (polygons, crops, lines, JSON, Parquet) runs with known output."""
-    import torch
-
-    from models import checkpoints
-    from models.charset import CHARSET
-
-    out = tmp_path_factory.mktemp("word-models")
-    seg, seg_meta = checkpoints.load(tiny_models, "segmenter")
-    rec, rec_meta = checkpoints.load(tiny_models, "recogniser")
-    with torch.no_grad():
-        seg.prob_head[-1].weight.zero_()
-        seg.prob_head[-1].bias.fill_(10.0)
-        rec.classifier.weight.zero_()
-        rec.classifier.bias.zero_()
-        rec.classifier.bias[CHARSET.index("x") + 1] = 10.0
-    checkpoints.save(seg, "segmenter", seg_meta["arch"], seg_meta["config"], out)
-    checkpoints.save(rec, "recogniser", rec_meta["arch"], rec_meta["config"], out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def servers(htr_cmd, word_models, subprocess_env, tmp_path_factory) -> Iterator[dict]:
+def servers(htr_cmd, constant_models, subprocess_env, tmp_path_factory) -> Iterator[dict]:
     logs = tmp_path_factory.mktemp("serve-logs")
     started = {
-        "realtime": _start(htr_cmd, word_models, subprocess_env, logs / "realtime.log",
+        "realtime": _start(htr_cmd, constant_models, subprocess_env, logs / "realtime.log",
                            {"SAGEMAKER_MAX_PAYLOAD_IN_MB": "1"}),
-        "batch": _start(htr_cmd, word_models, subprocess_env, logs / "batch.log",
+        "batch": _start(htr_cmd, constant_models, subprocess_env, logs / "batch.log",
                         {"SAGEMAKER_BATCH": "TRUE", "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "3"}),
     }
     try:
@@ -345,11 +322,11 @@ def _rounded(value, key: str = ""):
     return value
 
 
-def test_collect_matches_the_local_worker(servers, docs, word_models, tmp_path: Path,
+def test_collect_matches_the_local_worker(servers, docs, constant_models, tmp_path: Path,
                                           capsys) -> None:
     inputs, tout = tmp_path / "docs", tmp_path / "transform-out"
     _write_docs(inputs, docs)
-    assert htr(["run", str(inputs), str(tmp_path / "run"), "--models", str(word_models),
+    assert htr(["run", str(inputs), str(tmp_path / "run"), "--models", str(constant_models),
                 "--device", "cpu", "--no-progress"]) == EXIT_PARTIAL
 
     _transform(servers["batch"], inputs, tout)
@@ -371,7 +348,7 @@ def test_collect_matches_the_local_worker(servers, docs, word_models, tmp_path: 
     # One ledger whichever path wrote it: a local run over the collected output finds the
     # transformed documents done (the three failures are retried, and fail again).
     capsys.readouterr()
-    assert htr(["run", str(inputs), str(tmp_path / "collected"), "--models", str(word_models),
+    assert htr(["run", str(inputs), str(tmp_path / "collected"), "--models", str(constant_models),
                 "--device", "cpu", "--no-progress"]) == EXIT_PARTIAL
     assert "3 skipped, 3 errors" in capsys.readouterr().out
 
