@@ -1,8 +1,9 @@
 """The ledger: what an output location holds, as a log of commits stored in the output itself.
 
   OUT/_ledger/entries/0000000001.json       one entry per committed batch (the commit point)
-  OUT/_ledger/checkpoints/0000000100.json   the folded state after entry 100 (a shortcut for loading)
+  OUT/_ledger/checkpoints/0000000100.json.gz  the folded state after entry 100 (for loading fast)
   OUT/_ledger/pending/<batch>/...           a batch's staged document JSON + marker (batch.outputs)
+  OUT/_ledger/writers/<shard tag>.json      which writer holds a shard now (batch.outputs)
 
 An entry records, for each source of its batch, the object's uri/ETag/size, doc_id, model
 version, run id and status (ok | error), the part files holding its rows, and for the whole
@@ -21,6 +22,7 @@ one to a worker by a stable hash of that URI.
 """
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -39,6 +41,7 @@ LEDGER_DIR = "_ledger"
 ENTRIES = f"{LEDGER_DIR}/entries"
 CHECKPOINTS = f"{LEDGER_DIR}/checkpoints"
 PENDING = f"{LEDGER_DIR}/pending"
+WRITERS = f"{LEDGER_DIR}/writers"
 FORMAT_VERSION = 1
 _SEQ_DIGITS = 10
 _CONFLICT_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
@@ -81,7 +84,7 @@ class Shard:
 
 
 # Names written by a writer end in -<shard tag>-<6 hex nonce>-<5 digit seq> (see batch.outputs).
-_TAGGED_NAME = re.compile(r"-(s\d+of\d+)-[0-9a-f]{6}-\d{5}(?:\.parquet)?$")
+_TAGGED_NAME = re.compile(r"-(s\d+of\d+)-[0-9a-f]{6}-\d{5,}(?:\.parquet)?$")
 
 
 def tag_of(name: str) -> str | None:
@@ -256,17 +259,17 @@ class Ledger:
     def write_checkpoint(self) -> None:
         """Same bytes whoever writes it, so a plain (idempotent) write is enough."""
         body = json.dumps(self.state.to_json(), ensure_ascii=False, separators=(",", ":"))
-        storage.write_bytes(self.uri(CHECKPOINTS, f"{self.state.seq:0{_SEQ_DIGITS}d}.json"),
-                            body.encode(), "application/json")
+        storage.write_bytes(self.uri(CHECKPOINTS, f"{self.state.seq:0{_SEQ_DIGITS}d}.json.gz"),
+                            gzip.compress(body.encode(), mtime=0), "application/gzip")
 
     def _latest_checkpoint(self) -> LedgerState | None:
         try:
-            names = [u for u in storage.list_uris(self.uri(CHECKPOINTS)) if u.endswith(".json")]
+            names = [u for u in storage.list_uris(self.uri(CHECKPOINTS)) if u.endswith(".json.gz")]
         except storage.NotFound:
             return None
         if not names:
             return None
-        return LedgerState.from_json(json.loads(storage.read_bytes(max(names))))
+        return LedgerState.from_json(json.loads(gzip.decompress(storage.read_bytes(max(names)))))
 
 
 def create_if_absent(uri: str, data: bytes) -> bool:

@@ -33,7 +33,9 @@ reads exactly the committed parts at any time.
 
 Shards (`--shard i/n`) share one OUT: names carry the shard tag, so a shard only ever
 deletes its own uncommitted files; an unsharded writer assumes it is the only one and
-cleans up after anyone. Never run the same shard twice at the same time.
+cleans up after anyone. A writer takes its shard's lease (_ledger/writers/<tag>.json) before
+recovering and checks it before each commit, so when two runs of one shard overlap, the
+older one stops instead of committing parts the newer one has just cleaned away.
 
 Test hook: HTR_CRASH_AT=<point>:<n> SIGKILLs the process the n-th time it reaches <point>,
 one of part-before, part-after, rewrite-after, commit-before, commit-after, publish-after.
@@ -58,7 +60,7 @@ import pyarrow.parquet as pq
 
 from batch import storage
 from batch.errors import HtrError, StorageError
-from batch.ledger import PENDING, Ledger, LedgerState, Shard, tag_of
+from batch.ledger import PENDING, WRITERS, Ledger, LedgerState, Shard, tag_of
 from batch.schema import (DocumentRecord, ErrorRecord, PARTITION_COLUMN, TABLES, error_rows, iso,
                           now_ms, page_rows, run_date, to_table, word_rows)
 
@@ -191,6 +193,7 @@ class OutputWriter:
         self._items: dict[str, _Item] = {}
         self._batch_no = 0
         self._part_no = 0
+        self._word_rows = 0
         self._opened = False
         self._io = _Uploads()
 
@@ -203,19 +206,17 @@ class OutputWriter:
         self._io.submit(storage.write_bytes, self._pending_uri(f"{doc.doc_id}.json"),
                         doc.dumps().encode(), "application/json")
         words = to_table("words", word_rows(doc))
-        self._items[uri] = _Item(
+        self._add(uri, _Item(
             self._source(uri, source, doc.source_etag, doc.doc_id, "ok", doc.model_version,
                          doc.run_id, pages=len(doc.pages), words=words.num_rows),
-            {"words": words, "pages": to_table("pages", page_rows(doc))})
-        self._maybe_flush()
+            {"words": words, "pages": to_table("pages", page_rows(doc))}))
 
     def add_error(self, err: ErrorRecord, source: storage.SourceObject | None = None) -> None:
         self.open()
         uri = err.source_uri or err.doc_id
-        self._items[uri] = _Item(
+        self._add(uri, _Item(
             self._source(uri, source, "", err.doc_id, "error", self.model_version, err.run_id),
-            {"errors": to_table("errors", error_rows(err))})
-        self._maybe_flush()
+            {"errors": to_table("errors", error_rows(err))}))
 
     def _source(self, uri: str, src: storage.SourceObject | None, etag: str, doc_id: str,
                 status: str, model_version: str, run_id: str, pages: int = 0,
@@ -224,9 +225,12 @@ class OutputWriter:
                 "doc_id": doc_id, "status": status, "model_version": model_version,
                 "run_id": run_id, "pages": pages, "words": words}
 
-    def _maybe_flush(self) -> None:
-        rows = sum(i.tables["words"].num_rows for i in self._items.values() if "words" in i.tables)
-        if len(self._items) >= self.docs_per_part or rows >= self.rows_per_part:
+    def _add(self, uri: str, item: _Item) -> None:
+        """Buffer a source's rows (a second record for one source replaces the first)."""
+        old = self._items.pop(uri, None)
+        self._word_rows += item.source["words"] - (old.source["words"] if old else 0)
+        self._items[uri] = item
+        if len(self._items) >= self.docs_per_part or self._word_rows >= self.rows_per_part:
             self.flush()
 
     def close(self) -> None:
@@ -252,7 +256,7 @@ class OutputWriter:
         except StorageError as e:
             raise CommitFailed(f"batch {self._batch_id()} not committed: {e}") from e
         self.committed += len(self._items)
-        self._items = {}
+        self._items, self._word_rows = {}, 0
         self._batch_no += 1
 
     def _write_new_parts(self) -> dict[str, set[str]]:
@@ -284,6 +288,7 @@ class OutputWriter:
         committed first. Returns the entry as committed."""
         rewrites: dict[tuple[str, frozenset[str]], str | None] = {}   # (old, dropped) -> new
         for _ in range(_MAX_CONFLICTS):
+            self._check_lease()
             self.ledger.refresh()
             plan = self.ledger.state.superseded(set(self._items))
             try:
@@ -301,6 +306,26 @@ class OutputWriter:
                     storage.delete(storage.join(self.out_uri, rel))
                 return entry
         raise StorageError(f"gave up after {_MAX_CONFLICTS} commit conflicts on {self.out_uri}")
+
+    def _lease_uri(self) -> str:
+        return storage.join(self.out_uri, WRITERS, f"{self.shard.tag}.json")
+
+    def _take_lease(self) -> None:
+        """Say that this writer is now the one for its shard (before recovery deletes the
+        uncommitted files of any earlier one)."""
+        storage.write_bytes(self._lease_uri(), json.dumps({"writer": self.writer_id}).encode(),
+                            "application/json")
+
+    def _check_lease(self) -> None:
+        """An overlapping run of the same shard (a cron job starting while last night's still
+        runs) has taken over and deleted our uncommitted parts: stop before committing them."""
+        try:
+            holder = json.loads(storage.read_bytes(self._lease_uri())).get("writer")
+        except storage.NotFound:
+            holder = None
+        if holder != self.writer_id:
+            raise StorageError(f"another run ({holder}) took over shard {self.shard} of "
+                               f"{self.out_uri}; this run stops without committing")
 
     def _rewrite(self, old: str, stale: set[str]) -> str | None:
         """`old` without the rows of `stale` sources, as a new part; None if nothing is left."""
@@ -351,6 +376,7 @@ class OutputWriter:
         if self._opened:
             return Recovery()
         self._opened = True
+        self._take_lease()
         self.ledger.load()
         rec = Recovery()
         self._recover_pending(rec)

@@ -125,7 +125,7 @@ def test_checkpoints_fold_to_the_same_state(tmp_path, monkeypatch):
     write_phase(out, "base", "r1", docs_per_part=3)     # entries 1-3
     write_phase(out, "change", "r2", docs_per_part=1)   # entries 4-7
     names = sorted(u.rsplit("/", 1)[-1] for u in listing(storage.join(out, "_ledger", "checkpoints")))
-    assert names == [f"{n:010d}.json" for n in (2, 4, 6)]
+    assert names == [f"{n:010d}.json.gz" for n in (2, 4, 6)]
 
     from_checkpoint = Ledger(out).load()
     from_entries = Ledger(out)
@@ -135,4 +135,25 @@ def test_checkpoints_fold_to_the_same_state(tmp_path, monkeypatch):
     assert json.dumps(from_checkpoint.to_json(), sort_keys=True) == \
         json.dumps(from_entries.state.to_json(), sort_keys=True)
     assert_exactly_once(out, *expected_after("change"))
+    assert_clean(out)
+
+
+# ---- overlapping runs of one shard ----------------------------------------------------------------
+
+def test_overlapping_run_of_the_same_shard_stops_before_committing(s3_bucket, fresh_storage):
+    """Last night's run is still going when tonight's starts: tonight's takes the shard's lease
+    and cleans up; last night's must then stop rather than commit parts that are gone."""
+    out = f"s3://{s3_bucket}/out/"
+    old = OutputWriter(out, "last-night")
+    old.open()
+    [x] = [v for v in phase_versions("base") if v.uri.endswith("doc-0.pdf")]
+    old.add_document(record(x, "last-night"), SourceObject(x.uri, x.uri, 1, x.etag, 0.0))
+
+    write_phase(out, "base", "tonight")  # takes the lease, recovers, commits everything
+    with pytest.raises(outputs.CommitFailed, match="took over"):
+        old.close()
+    assert {s.run_id for s in read_ledger(out).sources.values()} == {"tonight"}
+
+    assert write_phase(out, "base", "tomorrow") == 0  # nothing to do, but it cleans up
+    assert_exactly_once(out, *expected_after("base"))
     assert_clean(out)

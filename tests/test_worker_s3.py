@@ -40,6 +40,11 @@ def codecs(out: str) -> set[str]:
             for u in parts}
 
 
+def outputs_and_ledger(out: str) -> dict[str, str]:
+    """Every object in OUT but the shard lease (each run takes it) -> its ETag."""
+    return {u: etag for u, etag in listing(out).items() if "/_ledger/writers/" not in u}
+
+
 def run_args(inp: str, out: str, models, *extra) -> list:
     return ["run", inp, out, "--models", models, "--no-progress", *extra]
 
@@ -62,10 +67,10 @@ def test_s3_run_then_rerun_does_nothing_new(s3_io, hot_models, capsys):
     assert all(len(held) <= 2 for held in state.parts.values())
     assert codecs(out) == {"ZSTD"}
 
-    before = listing(out)
+    before = outputs_and_ledger(out)
     rc, again = htr_inprocess(capsys, *run_args(inp, out, hot_models, "--skip-failed"))
     assert rc == 0 and (again["documents"], again["skipped"]) == (0, 6)
-    assert listing(out) == before  # no entry, no part, no document written
+    assert outputs_and_ledger(out) == before  # no entry, no part, no document written
 
     rc, retry = htr_inprocess(capsys, *run_args(inp, out, hot_models))  # failures are retried
     assert rc == 3 and (retry["documents"], retry["errors"], retry["skipped"]) == (1, 1, 5)
@@ -192,20 +197,30 @@ def test_object_deleted_after_listing_is_an_error_record(s3_endpoint, s3_bucket,
 
 # ---- shards -----------------------------------------------------------------------------------------
 
-def test_two_shards_write_the_union_exactly_once(s3_io, hot_models, capsys):
+def test_two_shards_at_once_write_the_union_exactly_once(s3_io, hot_models, capsys):
+    """Two workers (threads here, each with its own pipeline and writer) split one input and
+    commit into one OUT at the same time, one document per commit, so they contend for
+    ledger entries."""
     inp, out, put = s3_io
     put(DOCS)
     sources, bad = sources_of(inp, DOCS)
     mine = [sum(Shard(i, 2).owns(u) for u in sources) for i in (0, 1)]
     assert all(mine) and sum(mine) == len(sources)  # both shards have work, none shared
 
-    counts = []
-    for i in (0, 1):
-        rc, s = htr_inprocess(capsys, *run_args(inp, out, hot_models, "--shard", f"{i}/2",
-                                                "--part-docs", 2))
-        assert rc in (0, 3)
-        counts.append(s["documents"])
-    assert counts == mine
+    stats: dict[int, worker.RunStats] = {}
+
+    def shard(i: int) -> None:
+        pipe = worker.Pipeline.load(hot_models, "cpu")
+        writer = OutputWriter(out, f"shard{i}", docs_per_part=1, shard=Shard(i, 2))
+        stats[i] = worker.process(pipe, writer, storage.list_objects(inp),
+                                  Policy(pipe.model_version), progress=False)
+    threads = [threading.Thread(target=shard, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [stats[i].documents for i in (0, 1)] == mine
+    assert read_ledger(out).seq == len(sources)
     assert_exactly_once(out, sources, bad)
     assert_clean(out)
     tags = {u.rsplit("/", 1)[-1].split("-")[-3] for u in listing(out) if u.endswith(".parquet")}
