@@ -41,6 +41,7 @@ from tqdm import tqdm
 REPO = Path(__file__).resolve().parents[1]
 DEV_MANIFEST = REPO.parent / "shared" / "data" / "stanford_memorials" / "manifest.jsonl"
 SYSTEMS = ("htr-batch", "tesseract", "rapidocr", "htr-ort")   # htr-ort: prototype, our models on onnxruntime
+PROTOTYPES = ("htr-tuned",)   # only when named in --systems
 MEMORY_TARGET_MB = 2048
 
 # ---- stage timing (also used by jobs/bench_gpu.py) ---------------------------------------------------
@@ -189,6 +190,28 @@ def use_onnxruntime(pipe, threads: int) -> None:
                                                   {0: "b", 3: "w"}, threads))
 
 
+def tune_cpu(pipe) -> None:
+    """Prototype of two small Pipeline changes (no new dependency): the recogniser in channels_last
+    like the segmenter, and pages of like shape segmented together (a batch pads to its largest page)."""
+    import types
+
+    import torch
+
+    net = pipe.recogniser.to(memory_format=torch.channels_last)
+    pipe.recogniser = lambda x: net(x.contiguous(memory_format=torch.channels_last))
+
+    def segment(self, pages: list) -> list:
+        order = sorted(range(len(pages)), key=lambda i: pages[i].shape[0] / pages[i].shape[1])
+        out: list = [None] * len(pages)
+        bs = self.config.seg_batch
+        for i in range(0, len(order), bs):
+            idx = order[i:i + bs]
+            for k, res in zip(idx, self._segment_batch([pages[j] for j in idx])):
+                out[k] = res
+        return out
+    pipe.segment = types.MethodType(segment, pipe)
+
+
 def onnx_available() -> str | None:
     try:
         import onnx  # noqa: F401
@@ -319,6 +342,8 @@ class HtrHost:
         self.pipe = Pipeline.load(models, "cpu")
         if self.backend == "onnxruntime":
             use_onnxruntime(self.pipe, threads)
+        elif self.backend == "tuned":
+            tune_cpu(self.pipe)
         instrument(self.pipe, self.clock)
         self.out = tempfile.mkdtemp(prefix="htr-bench-out-")
         self.writer = OutputWriter(self.out, "bench")
@@ -362,6 +387,11 @@ class HtrOrtHost(HtrHost):
     def version(self, _=None) -> str:
         from importlib.metadata import version
         return f"{self.pipe.model_version} on onnxruntime {version('onnxruntime')}"
+
+
+class HtrTunedHost(HtrHost):
+    """Prototype: channels_last recogniser + shape-sorted segmenter batches (jobs/bench.py tune_cpu)."""
+    backend = "tuned"
 
 
 class TesseractHost:
@@ -412,7 +442,8 @@ class RapidHost:
         return self.peer.read_crops(crops)
 
 
-HOSTS = {"htr-batch": HtrHost, "htr-ort": HtrOrtHost, "tesseract": TesseractHost, "rapidocr": RapidHost}
+HOSTS = {"htr-batch": HtrHost, "htr-ort": HtrOrtHost, "htr-tuned": HtrTunedHost, "tesseract": TesseractHost,
+         "rapidocr": RapidHost}
 
 
 def _serve(system: str, conn, threads: int, models: str | None) -> None:
@@ -799,7 +830,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="thread budget per system")
     p.add_argument("--chunk", type=int, help="pages per interleaved turn (default max(threads, 4))")
     p.add_argument("--models", help="model folder (default: the shipped models/default)")
-    p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated subset of " + ",".join(SYSTEMS))
+    p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated, from " + ",".join(SYSTEMS + PROTOTYPES))
     p.add_argument("--work", help="folder for the generated test data (default: a temporary folder)")
     p.add_argument("--skip-memory", action="store_true", help="skip the long-PDF memory run")
     p.add_argument("--memory-pages", type=int, default=1000, help="pages in the memory-run PDF")
@@ -815,7 +846,7 @@ def _check_systems(names: list[str]) -> list[str]:
     why = {"tesseract": tesseract_available(), "rapidocr": rapidocr_available(), "htr-ort": onnx_available()}
     keep = []
     for n in names:
-        if n not in SYSTEMS:
+        if n not in SYSTEMS + PROTOTYPES:
             raise SystemExit(f"htr bench: unknown system {n!r}")
         if why.get(n):
             print(f"htr bench: skipping {n}: {why[n]}", file=sys.stderr)
@@ -860,7 +891,9 @@ def main(args) -> int:
         "crop_cer/crop_wer: recognition only, on ground-truth word crops (32 px high; Tesseract gets them "
         "upscaled to 64 px with a margin, `--psm 7`).",
         "htr-ort (when listed) is a prototype, not the shipped path: the same Pipeline and weights with both "
-        "models exported to ONNX at start-up and run by onnxruntime on CPU (jobs/bench.py use_onnxruntime).",
+        "models exported to ONNX at start-up and run by onnxruntime on CPU (jobs/bench.py use_onnxruntime). "
+        "htr-tuned (when listed) is a prototype too: the recogniser in channels_last and pages of like shape "
+        "segmented together (jobs/bench.py tune_cpu).",
     ]
     timings: dict[str, dict[str, Timing]] = {}
     try:
