@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/default}
-SEG_STEPS=${SEG_STEPS:-1200}
+SEG_STEPS=${SEG_STEPS:-1800}
 REC_STEPS=${REC_STEPS:-5000}
 mkdir -p "$OUT"
 $PY -m batch.cli train segmenter --synthetic --arch db_mobilenet_v3_small --steps "$SEG_STEPS" \
