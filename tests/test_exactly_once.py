@@ -12,8 +12,9 @@ from batch import outputs, storage
 from batch.ledger import Ledger, LedgerState, Shard
 from batch.outputs import CRASH_ENV, OutputWriter, read_ledger, read_table
 from batch.storage import SourceObject
-from tests.worker_helpers import (BAD, DOCS, assert_clean, assert_exactly_once, hot_models,  # noqa: F401
-                                  htr_inprocess, htr_subprocess, listing, python_subprocess, upload)
+from tests.worker_helpers import one_word_models  # noqa: F401 (a fixture)
+from tests.worker_helpers import (BAD, DOCS, assert_clean, assert_exactly_once, htr_inprocess,
+                                  htr_subprocess, listing, python_subprocess, upload)
 from tests.writer_child import Version, expected_after, phase_versions, record, write_phase
 
 KILLED = -signal.SIGKILL
@@ -25,12 +26,12 @@ KILLED = -signal.SIGKILL
     "part-after:3",       # before a ledger write: batch 1 committed, batch 2 has an orphan part
     "commit-after:2",     # after a ledger write: batch 2 committed, its JSON not yet published
 ])
-def test_kill9_worker_then_rerun(point, s3_endpoint, s3_bucket, hot_models, capsys, fresh_storage):
+def test_kill9_worker_then_rerun(point, s3_endpoint, s3_bucket, one_word_models, capsys, fresh_storage):
     upload(s3_endpoint, s3_bucket, "in/", DOCS)
     inp, out = f"s3://{s3_bucket}/in/", f"s3://{s3_bucket}/out/"
     sources = {inp + k: v for k, v in DOCS.items()}
     bad = {inp + k for k, v in DOCS.items() if v == BAD}
-    args = ["run", inp, out, "--models", hot_models, "--part-docs", 2, "--decode-workers", 1,
+    args = ["run", inp, out, "--models", one_word_models, "--part-docs", 2, "--decode-workers", 1,
             "--no-progress"]
 
     killed = htr_subprocess(args, **{CRASH_ENV: point})

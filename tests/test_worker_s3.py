@@ -17,9 +17,15 @@ from batch import storage, worker
 from batch.ledger import Policy, Shard
 from batch.outputs import OutputWriter, read_ledger, read_table
 from tests.s3_server import FaultProxy, s3_client
-from tests.worker_helpers import (BAD, DOCS, assert_clean, assert_exactly_once, doc_id,  # noqa: F401
-                                  hot_models, htr_inprocess, htr_subprocess, listing, pdf, png,
-                                  summary, upload)
+from tests.worker_helpers import one_word_models  # noqa: F401 (a fixture)
+from tests.worker_helpers import (BAD, DOCS, assert_clean, assert_exactly_once, doc_id, htr_inprocess,
+                                  htr_subprocess, listing, pdf, png, summary, upload)
+
+
+@pytest.fixture
+def models(one_word_models):
+    """Models that find one word on every page (see tests.worker_helpers)."""
+    return one_word_models
 
 
 @pytest.fixture
@@ -51,10 +57,10 @@ def run_args(inp: str, out: str, models, *extra) -> list:
 
 # ---- the nightly cycle ---------------------------------------------------------------------------
 
-def test_s3_run_then_rerun_does_nothing_new(s3_io, hot_models, capsys):
+def test_s3_run_then_rerun_does_nothing_new(s3_io, models, capsys):
     inp, out, put = s3_io
     put(DOCS)
-    proc = htr_subprocess(run_args(inp, out, hot_models, "--part-docs", 2))
+    proc = htr_subprocess(run_args(inp, out, models, "--part-docs", 2))
     assert proc.returncode == 3, proc.stderr[-3000:]  # 3: finished, with an error record
     first = summary(proc.stdout)
     assert (first["documents"], first["pages"], first["errors"], first["skipped"]) == (6, 6, 1, 0)
@@ -68,32 +74,32 @@ def test_s3_run_then_rerun_does_nothing_new(s3_io, hot_models, capsys):
     assert codecs(out) == {"ZSTD"}
 
     before = outputs_and_ledger(out)
-    rc, again = htr_inprocess(capsys, *run_args(inp, out, hot_models, "--skip-failed"))
+    rc, again = htr_inprocess(capsys, *run_args(inp, out, models, "--skip-failed"))
     assert rc == 0 and (again["documents"], again["skipped"]) == (0, 6)
     assert outputs_and_ledger(out) == before  # no entry, no part, no document written
 
-    rc, retry = htr_inprocess(capsys, *run_args(inp, out, hot_models))  # failures are retried
+    rc, retry = htr_inprocess(capsys, *run_args(inp, out, models))  # failures are retried
     assert rc == 3 and (retry["documents"], retry["errors"], retry["skipped"]) == (1, 1, 5)
     assert_exactly_once(out, sources, bad)
     assert_clean(out)
 
 
-def test_new_and_changed_objects_then_forced(s3_io, hot_models, capsys):
+def test_new_and_changed_objects_then_forced(s3_io, models, capsys):
     inp, out, put = s3_io
     docs = {"a.png": png(1), "b.png": png(2), "e.pdf": pdf(5)}
     put(docs)
-    assert htr_inprocess(capsys, *run_args(inp, out, hot_models))[0] == 0
+    assert htr_inprocess(capsys, *run_args(inp, out, models))[0] == 0
     old_a = doc_id(docs["a.png"])
 
     docs.update({"a.png": png(11), "f.png": png(6)})  # a changed under the same key, f is new
     put({"a.png": docs["a.png"], "f.png": docs["f.png"]})
-    rc, s = htr_inprocess(capsys, *run_args(inp, out, hot_models))
+    rc, s = htr_inprocess(capsys, *run_args(inp, out, models))
     assert rc == 0 and (s["documents"], s["skipped"]) == (2, 2)
     assert_exactly_once(out, *sources_of(inp, docs))  # a's old rows and JSON are gone
     assert old_a not in {r["doc_id"] for r in read_table(out, "words").to_pylist()}
     assert_clean(out)
 
-    rc, s = htr_inprocess(capsys, *run_args(inp, out, hot_models, "--reprocess", "--run-id", "forced",
+    rc, s = htr_inprocess(capsys, *run_args(inp, out, models, "--reprocess", "--run-id", "forced",
                                             "--compression", "snappy"))
     assert rc == 0 and (s["documents"], s["skipped"]) == (4, 0)
     assert_exactly_once(out, *sources_of(inp, docs))
@@ -103,14 +109,14 @@ def test_new_and_changed_objects_then_forced(s3_io, hot_models, capsys):
     assert codecs(out) == {"SNAPPY"}  # every part was rewritten by the forced run
 
 
-def test_new_model_version_needs_opt_in(s3_io, tiny_models, hot_models, capsys):
+def test_new_model_version_needs_opt_in(s3_io, tiny_models, models, capsys):
     inp, out, put = s3_io
     docs = {"a.png": png(1)}
     put(docs)
     assert htr_inprocess(capsys, *run_args(inp, out, tiny_models))[0] == 0
-    rc, s = htr_inprocess(capsys, *run_args(inp, out, hot_models))
+    rc, s = htr_inprocess(capsys, *run_args(inp, out, models))
     assert rc == 0 and (s["documents"], s["skipped"]) == (0, 1)
-    rc, s = htr_inprocess(capsys, *run_args(inp, out, hot_models, "--reprocess-on-model-change"))
+    rc, s = htr_inprocess(capsys, *run_args(inp, out, models, "--reprocess-on-model-change"))
     assert rc == 0 and (s["documents"], s["skipped"]) == (1, 0)
     assert_exactly_once(out, *sources_of(inp, docs))
     versions = set(read_table(out, "pages").column("model_version").to_pylist())
@@ -134,7 +140,7 @@ class BrokenObjects(FaultProxy):
         return super()._decide(method, path)
 
 
-def test_object_failing_after_retries_is_an_error_then_retried(s3_endpoint, s3_io, hot_models,
+def test_object_failing_after_retries_is_an_error_then_retried(s3_endpoint, s3_io, models,
                                                               capsys, monkeypatch):
     inp, out, put = s3_io
     docs = {"a.png": png(1), "b.png": png(2), "c.png": png(3)}
@@ -142,7 +148,7 @@ def test_object_failing_after_retries_is_an_error_then_retried(s3_endpoint, s3_i
     proxy = BrokenObjects(upstream=s3_endpoint, broken=("/in/b.png",)).start()
     monkeypatch.setenv("HTR_S3_MAX_ATTEMPTS", "2")  # keep botocore's backoff short
     try:
-        rc, s = htr_inprocess(capsys, *run_args(inp, out, hot_models, "--s3-endpoint-url", proxy.url))
+        rc, s = htr_inprocess(capsys, *run_args(inp, out, models, "--s3-endpoint-url", proxy.url))
     finally:
         proxy.stop()
     assert rc == 3 and (s["documents"], s["errors"]) == (3, 1)
@@ -152,21 +158,21 @@ def test_object_failing_after_retries_is_an_error_then_retried(s3_endpoint, s3_i
     [err] = read_table(out, "errors").to_pylist()
     assert (err["stage"], err["error_type"]) == ("fetch", "StorageError")
 
-    rc, s = htr_inprocess(capsys, *run_args(inp, out, hot_models))  # S3 is well again
+    rc, s = htr_inprocess(capsys, *run_args(inp, out, models))  # S3 is well again
     assert rc == 0 and (s["documents"], s["skipped"]) == (1, 2)
     assert_exactly_once(out, sources)  # out of errors/, into words/ and pages/
     assert read_table(out, "errors").num_rows == 0
     assert_clean(out)
 
 
-def test_transient_faults_are_retried_and_nothing_is_lost(s3_io, fault_proxy, hot_models, capsys,
+def test_transient_faults_are_retried_and_nothing_is_lost(s3_io, fault_proxy, models, capsys,
                                                          monkeypatch):
     inp, out, put = s3_io
     docs = {"a.png": png(1), "b.png": png(2), "e.pdf": pdf(5), "f.pdf": pdf(6, pages=1)}
     put(docs)
     fault_proxy.set_random(0.05, seed=3, kinds=("500", "503", "reset", "truncate"))
     monkeypatch.setenv("HTR_S3_MAX_ATTEMPTS", "10")
-    rc, s = htr_inprocess(capsys, *run_args(inp, out, hot_models, "--s3-endpoint-url", fault_proxy.url,
+    rc, s = htr_inprocess(capsys, *run_args(inp, out, models, "--s3-endpoint-url", fault_proxy.url,
                                             "--part-docs", 1, "--stream-mb", 0))
     assert fault_proxy.faults, "no fault was injected: the test proves nothing"
     assert rc == 0 and (s["documents"], s["errors"]) == (4, 0)
@@ -174,7 +180,7 @@ def test_transient_faults_are_retried_and_nothing_is_lost(s3_io, fault_proxy, ho
     assert_clean(out)
 
 
-def test_object_deleted_after_listing_is_an_error_record(s3_endpoint, s3_bucket, s3_io, hot_models,
+def test_object_deleted_after_listing_is_an_error_record(s3_endpoint, s3_bucket, s3_io, models,
                                                         capsys, monkeypatch):
     inp, out, put = s3_io
     docs = {"a.png": png(1), "b.png": png(2)}
@@ -187,7 +193,7 @@ def test_object_deleted_after_listing_is_an_error_record(s3_endpoint, s3_bucket,
                 s3_client(s3_endpoint).delete_object(Bucket=s3_bucket, Key="in/b.png")
             yield obj
     monkeypatch.setattr(storage, "list_objects", list_then_delete)
-    rc, s = htr_inprocess(capsys, *run_args(inp, out, hot_models))
+    rc, s = htr_inprocess(capsys, *run_args(inp, out, models))
     assert rc == 3 and (s["documents"], s["errors"]) == (2, 1)
     sources, _ = sources_of(inp, docs)
     assert_exactly_once(out, sources, bad={inp + "b.png"})
@@ -197,7 +203,7 @@ def test_object_deleted_after_listing_is_an_error_record(s3_endpoint, s3_bucket,
 
 # ---- shards -----------------------------------------------------------------------------------------
 
-def test_two_shards_at_once_write_the_union_exactly_once(s3_io, hot_models, capsys):
+def test_two_shards_at_once_write_the_union_exactly_once(s3_io, models, capsys):
     """Two workers (threads here, each with its own pipeline and writer) split one input and
     commit into one OUT at the same time, one document per commit, so they contend for
     ledger entries."""
@@ -210,7 +216,7 @@ def test_two_shards_at_once_write_the_union_exactly_once(s3_io, hot_models, caps
     stats: dict[int, worker.RunStats] = {}
 
     def shard(i: int) -> None:
-        pipe = worker.Pipeline.load(hot_models, "cpu")
+        pipe = worker.Pipeline.load(models, "cpu")
         writer = OutputWriter(out, f"shard{i}", docs_per_part=1, shard=Shard(i, 2))
         stats[i] = worker.process(pipe, writer, storage.list_objects(inp),
                                   Policy(pipe.model_version), progress=False)
@@ -226,7 +232,7 @@ def test_two_shards_at_once_write_the_union_exactly_once(s3_io, hot_models, caps
     tags = {u.rsplit("/", 1)[-1].split("-")[-3] for u in listing(out) if u.endswith(".parquet")}
     assert tags == {"s0of2", "s1of2"}
 
-    rc, s = htr_inprocess(capsys, *run_args(inp, out, hot_models, "--skip-failed"))  # unsharded
+    rc, s = htr_inprocess(capsys, *run_args(inp, out, models, "--skip-failed"))  # unsharded
     assert rc == 0 and (s["documents"], s["skipped"]) == (0, len(sources))
 
 
@@ -267,20 +273,20 @@ def test_long_pdf_flows_through_a_bounded_queue(s3_io, tiny_models, monkeypatch)
 
 # ---- local folders ----------------------------------------------------------------------------------
 
-def test_local_folders_work_the_same_way(tmp_path, hot_models, capsys):
+def test_local_folders_work_the_same_way(tmp_path, models, capsys):
     inp, out = tmp_path / "in", tmp_path / "out"
     (inp / "sub").mkdir(parents=True)
     docs = {"a.png": png(1), "sub/c.png": png(3), "zz-bad.pdf": BAD}
     for key, data in docs.items():
         (inp / key).write_bytes(data)
-    rc, s = htr_inprocess(capsys, *run_args(inp, out, hot_models))
+    rc, s = htr_inprocess(capsys, *run_args(inp, out, models))
     assert rc == 3 and (s["documents"], s["errors"]) == (3, 1)
     sources = {str(inp / k): v for k, v in docs.items()}
     assert_exactly_once(str(out), sources, {str(inp / "zz-bad.pdf")})
 
     docs["a.png"] = png(11)
     (inp / "a.png").write_bytes(docs["a.png"])
-    rc, s = htr_inprocess(capsys, *run_args(inp, out, hot_models, "--skip-failed"))
+    rc, s = htr_inprocess(capsys, *run_args(inp, out, models, "--skip-failed"))
     assert rc == 0 and (s["documents"], s["skipped"]) == (1, 2)
     sources[str(inp / "a.png")] = docs["a.png"]
     assert_exactly_once(str(out), sources, {str(inp / "zz-bad.pdf")})

@@ -3,8 +3,10 @@ word, `htr run` in-process or as a subprocess, and the exactly-once checker."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections import Counter
@@ -55,27 +57,18 @@ def upload(endpoint: str, bucket: str, prefix: str, docs: dict[str, bytes]) -> N
 
 # ---- models ------------------------------------------------------------------------------------
 
-def text_everywhere_models(tiny: Path, out: Path) -> Path:
-    """The tiny models, but the segmenter says "text" at every pixel: each page then yields
-    one word box, which the random recogniser reads as some non-empty text."""
-    import torch
-
-    from models import checkpoints
-
-    seg, meta = checkpoints.load(tiny, "segmenter")
-    with torch.no_grad():
-        seg.prob_head[-1].bias.fill_(10.0)
-    config = {**meta["config"], "input_long_side": 64}  # our pages are tiny: 25x less work
-    checkpoints.save(seg, "segmenter", meta["arch"], config, out)
-    for name in ("recogniser.json", "recogniser.safetensors"):
-        (out / name).write_bytes((tiny / name).read_bytes())
-    return out
-
-
 @pytest.fixture(scope="session")
-def hot_models(tiny_models: Path, tmp_path_factory) -> Path:
-    """Import this fixture into a test module to use it."""
-    return text_everywhere_models(tiny_models, tmp_path_factory.mktemp("text-everywhere"))
+def one_word_models(constant_models: Path, tmp_path_factory) -> Path:
+    """conftest's constant_models (every page is one word box, read as "x..."), with a 64 px
+    segmenter input: our pages are tiny, so 25x less work per page. Every page then has a
+    word, so the words/ checks bite. Import this fixture into a test module to use it."""
+    out = tmp_path_factory.mktemp("one-word-models")
+    for f in constant_models.iterdir():
+        shutil.copy(f, out / f.name)
+    meta = json.loads((out / "segmenter.json").read_text())
+    meta["config"]["input_long_side"] = 64
+    (out / "segmenter.json").write_text(json.dumps(meta))
+    return out
 
 
 # ---- running -----------------------------------------------------------------------------------
@@ -86,7 +79,8 @@ def htr_inprocess(capsys, *argv: str) -> tuple[int, dict[str, int]]:
 
     capsys.readouterr()
     rc = main([str(a) for a in argv])
-    return rc, summary(capsys.readouterr().out)
+    out, err = capsys.readouterr()
+    return rc, summary(out, err)
 
 
 def child_env(**extra: str) -> dict[str, str]:
@@ -106,9 +100,9 @@ def htr_subprocess(argv: list[str], timeout: float = 300, **env: str) -> subproc
     return python_subprocess(["-m", "batch.cli", *argv], timeout, **env)
 
 
-def summary(stdout: str) -> dict[str, int]:
+def summary(stdout: str, stderr: str = "") -> dict[str, int]:
     m = SUMMARY.search(stdout)
-    assert m, f"no summary line in {stdout!r}"
+    assert m, f"no summary line in {stdout!r}; stderr: {stderr[-3000:]}"
     return {k: int(v) for k, v in m.groupdict().items()}
 
 
