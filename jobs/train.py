@@ -157,6 +157,38 @@ def _export(model, kind: str, arch: str, cfg: dict, args, metrics: dict) -> None
         Path(args.output_data_dir, f"{kind}_metrics.json").write_text(json.dumps(metrics, indent=1))
 
 
+class Bookkeeper:
+    """What both training loops do after each step: log the mean loss, evaluate now and then,
+    export the best model so far, and save resumable state."""
+
+    def __init__(self, args, kind: str, arch: str, cfg: dict, model, opt, sched, ckpt_dir: Path,
+                 best: float, evaluate, rank: int):
+        self.args, self.kind, self.arch, self.cfg = args, kind, arch, cfg
+        self.net = model.module if hasattr(model, "module") else model
+        self.opt, self.sched, self.ckpt_dir, self.best = opt, sched, ckpt_dir, best
+        self.evaluate, self.rank = evaluate, rank   # evaluate(net) -> (metrics, error to minimise)
+        self.metrics: dict = {}
+        self.t0, self.running = time.time(), 0.0
+
+    def after_step(self, step: int, loss: float) -> None:
+        if self.rank != 0:
+            return
+        a = self.args
+        self.running += loss
+        if step % a.log_every == 0:
+            _log(step=step, train_loss=self.running / a.log_every, lr=self.sched.get_last_lr()[0],
+                 sec_per_step=(time.time() - self.t0) / a.log_every)
+            self.running, self.t0 = 0.0, time.time()
+        if step % a.eval_every == 0 or step == a.steps:
+            metrics, error = self.evaluate(self.net)
+            self.metrics = {"step": step, **metrics}
+            _log(**self.metrics)
+            if error <= self.best:
+                self.best = error
+                _export(self.net, self.kind, self.arch, self.cfg, a, self.metrics)
+            _save_state(self.ckpt_dir, self.net, self.opt, self.sched, step, self.best)
+
+
 # ---- segmenter ---------------------------------------------------------------------------------
 
 def db_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -237,8 +269,12 @@ def train_segmenter(args) -> dict:
     test_pages = _segmenter_test_pages(args, cfg["input_long_side"]) if rank == 0 else []
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler(enabled=use_amp)
-    metrics: dict = {"step": step}
-    t0, running = time.time(), 0.0
+
+    def evaluate(net):
+        sc = evaluate_segmenter(net, test_pages, cfg["input_long_side"], device)
+        return {"test_precision": sc.precision, "test_recall": sc.recall, "test_f1": sc.f1}, 1 - sc.f1
+
+    book = Bookkeeper(args, "segmenter", arch, cfg, model, opt, sched, ckpt_dir, best, evaluate, rank)
     for batch in _infinite(loader):
         if step >= args.steps:
             break
@@ -254,22 +290,8 @@ def train_segmenter(args) -> dict:
         scaler.update()
         sched.step()
         step += 1
-        running += loss.item()
-        if rank == 0 and step % args.log_every == 0:
-            _log(step=step, train_loss=running / args.log_every, lr=sched.get_last_lr()[0],
-                 sec_per_step=(time.time() - t0) / args.log_every)
-            running, t0 = 0.0, time.time()
-        if rank == 0 and (step % args.eval_every == 0 or step == args.steps):
-            net = model.module if world > 1 else model
-            s = evaluate_segmenter(net, test_pages, cfg["input_long_side"], device)
-            metrics = {"step": step, "test_precision": s.precision, "test_recall": s.recall,
-                       "test_f1": s.f1}
-            _log(**metrics)
-            if 1 - s.f1 <= best:
-                best = 1 - s.f1
-                _export(net, "segmenter", arch, cfg, args, metrics)
-            _save_state(ckpt_dir, net, opt, sched, step, best)
-    return metrics
+        book.after_step(step, loss.item())
+    return book.metrics
 
 
 # ---- recogniser --------------------------------------------------------------------------------
@@ -326,8 +348,12 @@ def train_recogniser(args) -> dict:
     step, best = _load_state(ckpt_dir, model, opt, sched)
     test = _recogniser_test_samples(args, codec, cfg["max_width"]) if rank == 0 else []
     ctc = torch.nn.CTCLoss(blank=0, zero_infinity=True)
-    metrics: dict = {"step": step}
-    t0, running = time.time(), 0.0
+
+    def evaluate(net):
+        cer, wer = evaluate_recogniser(net, test, codec, device)
+        return {"test_cer": cer, "test_wer": wer}, cer
+
+    book = Bookkeeper(args, "recogniser", arch, cfg, model, opt, sched, ckpt_dir, best, evaluate, rank)
     for x, widths, targets, target_lengths, _ in _infinite(loader):
         if step >= args.steps:
             break
@@ -340,21 +366,8 @@ def train_recogniser(args) -> dict:
         opt.step()
         sched.step()
         step += 1
-        running += loss.item()
-        if rank == 0 and step % args.log_every == 0:
-            _log(step=step, train_loss=running / args.log_every, lr=sched.get_last_lr()[0],
-                 sec_per_step=(time.time() - t0) / args.log_every)
-            running, t0 = 0.0, time.time()
-        if rank == 0 and (step % args.eval_every == 0 or step == args.steps):
-            net = model.module if world > 1 else model
-            cer, wer = evaluate_recogniser(net, test, codec, device)
-            metrics = {"step": step, "test_cer": cer, "test_wer": wer}
-            _log(**metrics)
-            if cer <= best:
-                best = cer
-                _export(net, "recogniser", arch, cfg, args, metrics)
-            _save_state(ckpt_dir, net, opt, sched, step, best)
-    return metrics
+        book.after_step(step, loss.item())
+    return book.metrics
 
 
 def main(args) -> int:
