@@ -25,14 +25,11 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import os
 import re
 import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
-
-from botocore.exceptions import BotoCoreError, ClientError
 
 from batch import storage
 from batch.errors import StorageError
@@ -44,7 +41,6 @@ PENDING = f"{LEDGER_DIR}/pending"
 WRITERS = f"{LEDGER_DIR}/writers"
 FORMAT_VERSION = 1
 _SEQ_DIGITS = 10
-_CONFLICT_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
 
 
 # ---- shards ------------------------------------------------------------------------------------
@@ -247,7 +243,7 @@ class Ledger:
         fold it in and return it as written."""
         entry = {**entry, "seq": self.state.seq + 1, "token": uuid.uuid4().hex}
         body = json.dumps(entry, ensure_ascii=False, indent=1).encode()
-        if not create_if_absent(self.entry_uri(entry["seq"]), body):
+        if not storage.create_if_absent(self.entry_uri(entry["seq"]), body):
             theirs = self.read_entry(entry["seq"])  # a retried PUT may have been ours after all
             if theirs is None or theirs.get("token") != entry["token"]:
                 return None
@@ -272,46 +268,3 @@ class Ledger:
         return LedgerState.from_json(json.loads(gzip.decompress(storage.read_bytes(max(names)))))
 
 
-def create_if_absent(uri: str, data: bytes) -> bool:
-    """Write `data` at `uri` only if nothing is there; False if something was.
-
-    S3: PutObject with If-None-Match: * (conditional writes). Local: write a temp file and
-    hard-link it into place, which fails atomically if the name exists."""
-    if storage.is_s3(uri):
-        return _create_s3(uri, data)
-    path = uri[len("file://"):] if uri.startswith("file://") else uri
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
-        return False
-    except OSError as e:
-        raise StorageError(f"write {uri} failed: {e.strerror or type(e).__name__}") from e
-    finally:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
-
-
-def _create_s3(uri: str, data: bytes) -> bool:
-    bucket, key = storage.split_s3(uri)
-    try:
-        storage.client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*",
-                                    ContentType="application/json",
-                                    **storage.get_config().sse_args())
-        return True
-    except ClientError as e:
-        err = e.response.get("Error", {})
-        code = str(err.get("Code") or e.response.get("ResponseMetadata", {}).get("HTTPStatusCode"))
-        if code in _CONFLICT_CODES:
-            return False
-        raise StorageError(f"write {uri} failed: {code} {err.get('Message', '')}".rstrip()) from e
-    except BotoCoreError as e:
-        raise StorageError(f"write {uri} failed: {type(e).__name__}: {e}") from e

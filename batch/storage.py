@@ -627,3 +627,50 @@ def _remove_quietly(path: str) -> None:
         os.remove(path)
     except OSError:
         pass
+
+
+# ---- put-if-absent (the ledger's commit point) ------------------------------------------------
+
+_CONFLICT_CODES = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+
+
+def create_if_absent(uri: str, data: bytes) -> bool:
+    """Write `data` at `uri` only if nothing is there; False if something was.
+
+    S3: PutObject with If-None-Match: * (conditional writes). Local: write a temp file and
+    hard-link it into place, which fails atomically if the name exists."""
+    if is_s3(uri):
+        return _create_s3(uri, data)
+    path = uri[len("file://"):] if uri.startswith("file://") else uri
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.{uuid.uuid4().hex[:12]}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as e:
+        raise StorageError(f"write {uri} failed: {e.strerror or type(e).__name__}") from e
+    finally:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+
+
+def _create_s3(uri: str, data: bytes) -> bool:
+    bucket, key = split_s3(uri)
+    try:
+        client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*",
+                            ContentType="application/json", **get_config().sse_args())
+        return True
+    except ClientError as e:
+        if _error_code(e) in _CONFLICT_CODES:
+            return False
+        raise _error("write", uri, e) from e
+    except BotoCoreError as e:
+        raise _error("write", uri, e) from e
