@@ -376,8 +376,11 @@ class HtrHost:
         self.clock.reset()
 
     def read_crops(self, crops: list[np.ndarray]) -> list[str]:
-        self.clock.enabled = False
-        return [t for t, _ in self.pipe.recognise(crops)]
+        self.clock.enabled = False   # scoring work is not a stage of the timed run
+        try:
+            return [t for t, _ in self.pipe.recognise(crops)]
+        finally:
+            self.clock.enabled = True
 
 
 class HtrOrtHost(HtrHost):
