@@ -19,6 +19,7 @@ from batch.lines import group_lines
 from models import checkpoints
 from models.charset import Codec
 from models.recogniser.crnn import greedy_decode
+from models.recogniser.lexicon import Lexicon
 from models.segmenter.postprocess import PostConfig, boxes_from_prob
 from transforms import crops as crops_mod
 from transforms.rasterise import DEFAULT_LIMITS, Limits, iter_pages, sniff
@@ -37,6 +38,7 @@ class PipelineConfig:
     seg_batch: int = 4            # pages per segmenter forward
     rec_batch: int = 256          # word crops per recogniser forward
     long_side: int | None = None  # segmenter input size; None = the checkpoint's
+    lexicon: bool = True          # snap out-of-vocabulary readings to likely English words
     post: PostConfig = field(default_factory=PostConfig)
 
 
@@ -63,6 +65,9 @@ class Pipeline:
         self.crop_height = rec_meta["config"].get("height", crops_mod.CROP_HEIGHT)
         self.max_width = rec_meta["config"].get("max_width", 512)
         self.model_version = f"seg-{seg_meta['version']}+rec-{rec_meta['version']}"
+        self.lexicon = Lexicon.english() if self.config.lexicon else None
+        if self.lexicon:
+            self.model_version += "+lex"
 
     @classmethod
     def load(cls, models_dir: str | Path | None = None, device: str = "auto",
@@ -119,9 +124,13 @@ class Pipeline:
             with torch.inference_mode(), self._autocast():
                 log_probs = self.recogniser(x).float()
             frames = torch.from_numpy(-(-widths // 4)).clamp(max=log_probs.shape[1])
-            seqs, confs = greedy_decode(log_probs.cpu(), frames)
-            for i, seq, conf in zip(idx, seqs, confs):
-                results[i] = (self.codec.decode_greedy(seq), conf)
+            log_probs = log_probs.cpu()
+            seqs, confs = greedy_decode(log_probs, frames)
+            texts = [self.codec.decode_greedy(seq) for seq in seqs]
+            if self.lexicon:
+                texts = self.lexicon.rescore(texts, log_probs, frames, self.codec)
+            for i, text, conf in zip(idx, texts, confs):
+                results[i] = (text, conf)
         return results
 
     # ---- pages -------------------------------------------------------------------------------

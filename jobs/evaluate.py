@@ -269,6 +269,7 @@ def configure(p) -> None:
     p.add_argument("--line-types", help="line_types.jsonl (default: beside the manifest, if any)")
     p.add_argument("--limit", type=int, help="first N pages only")
     p.add_argument("--json", help="write the metrics here")
+    p.add_argument("--no-lexicon", action="store_true", help="score the raw recogniser readings")
 
 
 def pipeline_predictor(pipe) -> tuple[Callable, Callable]:
@@ -278,10 +279,10 @@ def pipeline_predictor(pipe) -> tuple[Callable, Callable]:
 
 
 def main(args) -> int:
-    from batch.pipeline import Pipeline
+    from batch.pipeline import Pipeline, PipelineConfig
 
     pages = load_eval_set(args.manifest, args.line_types, args.level, args.limit)
-    pipe = Pipeline.load(args.models, args.device)
+    pipe = Pipeline.load(args.models, args.device, PipelineConfig(lexicon=not args.no_lexicon))
     predict, recognise = pipeline_predictor(pipe)
     metrics = evaluate(pages, predict, recognise)
     metrics["model_version"] = pipe.model_version

@@ -1,0 +1,138 @@
+"""Lexicon rescoring: snap an out-of-vocabulary reading to a nearby English word when the
+recogniser's own probabilities find that word about as likely.
+
+Greedy CTC reads each frame independently, so one smudged letter turns "the" into "tke".
+For a word the lexicon does not know, candidates within edit distance 2 are found with a
+symmetric-delete index (SymSpell's idea), each is scored by its CTC log-likelihood under the
+crop's frame probabilities plus a word-frequency prior, and the best wins if it beats the
+greedy reading scored the same way. Numbers, short tokens and known words are left alone.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from functools import cached_property
+
+import torch
+import torch.nn.functional as F
+
+from models.charset import Codec
+
+_CORE = re.compile(r"^([^A-Za-z]*)([A-Za-z][A-Za-z']*[A-Za-z]|[A-Za-z])([^A-Za-z]*)$")
+
+
+def _deletes(word: str, depth: int) -> set[str]:
+    out, frontier = {word}, {word}
+    for _ in range(depth):
+        frontier = {w[:i] + w[i + 1:] for w in frontier for i in range(len(w))}
+        out |= frontier
+    return out
+
+
+def _match_case(candidate: str, like: str) -> str:
+    if like.isupper() and len(like) > 1:
+        return candidate.upper()
+    if like[:1].isupper():
+        return candidate[:1].upper() + candidate[1:]
+    return candidate
+
+
+@dataclass
+class Lexicon:
+    words: list[str]                 # lower case, most frequent first
+    max_distance: int = 2
+    prior_weight: float = 1.0        # nats per unit of log word frequency
+    min_length: int = 3
+
+    @classmethod
+    def english(cls, size: int = 30000) -> "Lexicon":
+        import wordfreq  # ships its frequency lists: nothing is downloaded
+
+        return cls([w for w in wordfreq.top_n_list("en", size) if w.isalpha() or "'" in w])
+
+    @cached_property
+    def rank(self) -> dict[str, int]:
+        return {w: i for i, w in enumerate(self.words)}
+
+    @cached_property
+    def _index(self) -> dict[str, list[str]]:
+        """Built on first use (about a second), so runs that never need it never pay."""
+        index: dict[str, list[str]] = {}
+        for w in self.words:
+            for d in _deletes(w, self.max_distance):
+                index.setdefault(d, []).append(w)
+        return index
+
+    def log_prior(self, word: str | None) -> float:
+        """Zipf-like: log(1 / (rank + 10)); unknown words rank below the whole list."""
+        r = self.rank.get(word, len(self.words) * 4) if word else len(self.words) * 4
+        return -math.log(r + 10)
+
+    def candidates(self, word: str) -> list[str]:
+        found = set()
+        for d in _deletes(word, self.max_distance):
+            found.update(self._index.get(d, ()))
+        return [c for c in found if _distance(word, c) <= self.max_distance]
+
+    def split(self, text: str) -> tuple[str, str, str] | None:
+        """(leading punctuation, alphabetic core, trailing punctuation) of a correctable word."""
+        m = _CORE.match(text)
+        if not m or len(m.group(2)) < self.min_length:
+            return None
+        return m.group(1), m.group(2), m.group(3)
+
+    def rescore(self, readings: list[str], log_probs: torch.Tensor, lengths: torch.Tensor,
+                codec: Codec) -> list[str]:
+        """readings: greedy texts of a batch; log_probs: B x T x C; lengths: frames per sample."""
+        jobs = []  # (sample, prefix, suffix, core-as-read, candidate cores)
+        for i, text in enumerate(readings):
+            parts = self.split(text)
+            if parts is None or parts[1].lower() in self.rank:
+                continue
+            cands = self.candidates(parts[1].lower())
+            if cands:
+                jobs.append((i, parts, cands))
+        if not jobs:
+            return readings
+        out = list(readings)
+        for i, (pre, core, post), cands in jobs:
+            options = [core] + [_match_case(c, core) for c in cands]
+            texts = [pre + o + post for o in options]
+            scores = _ctc_scores(texts, log_probs[i], int(lengths[i]), codec)
+            scores = [s + self.prior_weight * self.log_prior(o.lower() if k else None)
+                      for k, (s, o) in enumerate(zip(scores, options))]
+            best = max(range(len(options)), key=scores.__getitem__)
+            out[i] = texts[best]
+        return out
+
+
+def _ctc_scores(texts: list[str], log_probs: torch.Tensor, frames: int, codec: Codec) -> list[float]:
+    """log P(text | frames) for each text under one sample's CTC frame distribution."""
+    targets = [codec.encode(t) for t in texts]
+    keep = [k for k, t in enumerate(targets) if 0 < len(t) <= frames]
+    scores = [-math.inf] * len(texts)
+    if not keep:
+        return scores
+    lp = log_probs[:frames].float().unsqueeze(1).expand(frames, len(keep), -1)
+    flat = torch.tensor([c for k in keep for c in targets[k]], dtype=torch.long)
+    nll = F.ctc_loss(lp, flat, torch.full((len(keep),), frames, dtype=torch.long),
+                     torch.tensor([len(targets[k]) for k in keep]), blank=0, reduction="none",
+                     zero_infinity=False)
+    for k, v in zip(keep, nll.tolist()):
+        scores[k] = -v
+    return scores
+
+
+def _distance(a: str, b: str) -> int:
+    """Optimal string alignment distance (adjacent swaps count one)."""
+    prev2, prev = None, list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        cur = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = a[i - 1] != b[j - 1]
+            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+            if prev2 is not None and i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                cur[j] = min(cur[j], prev2[j - 2] + 1)
+        prev2, prev = prev, cur
+    return prev[-1]

@@ -1,0 +1,48 @@
+"""Lexicon rescoring on constructed CTC frame probabilities."""
+from __future__ import annotations
+
+import torch
+
+from models.charset import Codec
+from models.recogniser.lexicon import Lexicon, _distance
+
+CODEC = Codec()
+LEX = Lexicon(["the", "they", "then", "sympathy", "letter", "dear"])
+
+
+def frames(spelling: list[str], alternatives: dict[int, tuple[str, float]] | None = None) -> torch.Tensor:
+    """1 x T x C log-probs: each frame strongly one symbol ('' = blank), some frames with a
+    weaker second choice."""
+    lp = torch.full((1, len(spelling), CODEC.num_classes), -9.0)
+    for f, ch in enumerate(spelling):
+        lp[0, f, CODEC.index[ch] if ch else 0] = -0.05
+    for f, (ch, v) in (alternatives or {}).items():
+        lp[0, f, CODEC.index[ch]] = v
+    return lp.log_softmax(-1)
+
+
+def rescore(text: str, lp: torch.Tensor) -> str:
+    return LEX.rescore([text], lp, torch.tensor([lp.shape[1]]), CODEC)[0]
+
+
+def test_unsure_letter_snaps_to_the_word_the_frames_allow():
+    lp = frames(["T", "", "k", "", "e", "", ","], {2: ("h", -1.0)})
+    assert rescore("Tke,", lp) == "The,"          # case and punctuation kept
+
+
+def test_confident_unknown_word_is_kept():
+    lp = frames(["Q", "", "z", "", "x"])
+    assert rescore("Qzx", lp) == "Qzx"            # "the" would need 3 confident frames wrong
+
+
+def test_known_words_numbers_and_short_tokens_are_left_alone():
+    lp = frames(["1", "9", "0", "5"])
+    assert rescore("1905", lp) == "1905"
+    assert rescore("then", frames(["t", "h", "e", "n"])) == "then"
+    assert rescore("tk", frames(["t", "k"])) == "tk"
+
+
+def test_candidates_within_two_edits():
+    assert "sympathy" in LEX.candidates("symhathy")
+    assert "sympathy" not in LEX.candidates("smhthy")
+    assert _distance("teh", "the") == 1 and _distance("kitten", "sitting") == 3
