@@ -80,7 +80,7 @@ class StageClock:
 
 # Leaf stages inside Pipeline.process_pages, in pipeline order; "other" is the rest of its time.
 STAGES = ("decode", "seg_resize", "seg_model", "postprocess", "crop", "rec_pack", "rec_model",
-          "ctc_decode", "lines", "other", "write")
+          "ctc_decode", "lexicon", "lines", "other", "write")
 STAGE_NOTES = {
     "decode": "read + rasterise the page file (transforms.rasterise.iter_pages)",
     "seg_resize": "resize each page for the segmenter",
@@ -90,6 +90,7 @@ STAGE_NOTES = {
     "rec_pack": "pack crops into width-bucketed batches",
     "rec_model": "recogniser forward (CRNN)",
     "ctc_decode": "greedy CTC decoding",
+    "lexicon": "lexicon rescoring of out-of-vocabulary readings (CTC likelihood of candidates)",
     "lines": "group words into lines, reading order",
     "other": "the rest of process_pages (batch assembly, gray conversion, records)",
     "write": "JSON + Parquet records (OutputWriter); not in the head-to-head time",
@@ -106,6 +107,8 @@ def instrument(pipe, clock: StageClock) -> Callable[[], None]:
     pipe.segmenter = clock.wrap(pipe.segmenter, "seg_model", sync)
     pipe.recogniser = clock.wrap(pipe.recogniser, "rec_model", sync)
     pipe.process_pages = clock.wrap(pipe.process_pages, "_process_pages")
+    if getattr(pipe, "lexicon", None) is not None:
+        pipe.lexicon.rescore = clock.wrap(pipe.lexicon.rescore, "lexicon")
     patches = [(bp, "_resize_for_segmenter", "seg_resize"), (bp, "boxes_from_prob", "postprocess"),
                (bp, "greedy_decode", "ctc_decode"), (bp, "group_lines", "lines"),
                (crops_mod, "rectify", "crop"), (crops_mod, "pack", "rec_pack")]
