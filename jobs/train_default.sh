@@ -3,14 +3,14 @@
 # fixed seeds, CPU. Both trainings run side by side, one core each; logs in runs/default/.
 # Sized for a 2-core machine in about 2 hours; raise the steps on a bigger machine.
 #   segmenter:  1800 steps, batch 8 of 256 px crops
-#   recogniser: 5000 steps (batch 32), then 3500 more from that model at half the learning rate
+#   recogniser: 5000 steps (batch 32), then 2500 more from that model at half the learning rate
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/default}
 SEG_STEPS=${SEG_STEPS:-1800}
 REC_STEPS=${REC_STEPS:-5000}
-REC2_STEPS=${REC2_STEPS:-3500}
+REC2_STEPS=${REC2_STEPS:-2500}
 mkdir -p "$OUT"
 $PY -m batch.cli train segmenter --synthetic --arch db_mobilenet_v3_small --steps "$SEG_STEPS" \
     --batch-size 8 --crop-size 256 --lr 2e-3 --seed 1 --eval-every 200 --eval-size 12 \
