@@ -43,6 +43,7 @@ DEV_MANIFEST = REPO.parent / "shared" / "data" / "stanford_memorials" / "manifes
 SYSTEMS = ("htr-batch", "tesseract", "rapidocr", "htr-ort")   # htr-ort: prototype, our models on onnxruntime
 PROTOTYPES = ("htr-tuned",)   # only when named in --systems
 MEMORY_TARGET_MB = 2048
+MEMORY_DISTINCT, MEMORY_LONG_SIDE = 4, 2339   # memory-run pages: A4 at 200 dpi
 
 # ---- stage timing (also used by jobs/bench_gpu.py) ---------------------------------------------------
 
@@ -661,7 +662,8 @@ def repeated_pdf(jpegs: list[tuple[bytes, int, int]], n_pages: int, path: Path, 
     return path
 
 
-def memory_pdf(n_pages: int, seed: int, work: Path, distinct: int = 4, long_side: int = 1700) -> Path:
+def memory_pdf(n_pages: int, seed: int, work: Path, distinct: int = 4, long_side: int = 2339) -> Path:
+    """A long PDF of `distinct` synthetic pages, each at most `long_side` px (2339: A4 at 200 dpi)."""
     from PIL import Image
 
     from transforms.synth import render_page
@@ -797,7 +799,7 @@ def run_dataset(ds: Dataset, workers: dict[str, Worker], chunk: int, threads: in
     sec = [f"## {ds.name}: {ds.note}", "",
            f"Speed: {threads} threads per system, page files decoded by each system's timed code.", "",
            md_table(["speed", *names], speed_rows(timing, load)), "",
-           "Accuracy (jobs.evaluate, same scoring for all three):", "",
+           "Accuracy (jobs.evaluate, the same scoring for every system):", "",
            md_table(["metric", *names], metric_rows(results)), ""]
     for name, st in stages.items():
         rows = stage_rows(st, timing[name].pages)
@@ -817,7 +819,8 @@ def memory_section(res: MemoryResult, requested: int) -> list[str]:
             ["target (MiB)", f"{MEMORY_TARGET_MB} ({ok} target)"], ["exit code", res.returncode]]
     rows += [[f"peak RSS up to {frac} of the run (MiB)", mib] for frac, mib in res.rss_at]
     return [f"## Memory: `htr run` on a {requested}-page PDF", "",
-            "One PDF of a few synthetic pages repeated (each image stored once), rasterised at 200 dpi; "
+            f"One PDF of {MEMORY_DISTINCT} synthetic pages (long side up to {MEMORY_LONG_SIDE} px) repeated, each "
+            "image stored once, rasterised at 200 dpi; "
             "RSS of `htr run` and its children (pdftoppm) polled every 0.2 s with psutil.", "",
             md_table(["", "value"], rows), "", f"Its summary line: `{res.summary}`", ""]
 
@@ -896,11 +899,14 @@ def main(args) -> int:
         "models. RapidOCR gives line boxes: words are cut from them by character position.",
         "crop_cer/crop_wer: recognition only, on ground-truth word crops (32 px high; Tesseract gets them "
         "upscaled to 64 px with a margin, `--psm 7`).",
-        "htr-ort (when listed) is a prototype, not the shipped path: the same Pipeline and weights with both "
-        "models exported to ONNX at start-up and run by onnxruntime on CPU (jobs/bench.py use_onnxruntime). "
-        "htr-tuned (when listed) is a prototype too: the recogniser in channels_last and pages of like shape "
-        "segmented together (jobs/bench.py tune_cpu).",
     ]
+    if "htr-ort" in names:
+        report.notes.append("htr-ort is a prototype, not the shipped path: the same Pipeline and weights with both "
+                            "models exported to ONNX at start-up and run by onnxruntime on CPU "
+                            "(jobs/bench.py use_onnxruntime).")
+    if "htr-tuned" in names:
+        report.notes.append("htr-tuned is a prototype too: the recogniser in channels_last and pages of like "
+                            "shape segmented together (jobs/bench.py tune_cpu).")
     timings: dict[str, dict[str, Timing]] = {}
     try:
         sets = []
@@ -919,7 +925,7 @@ def main(args) -> int:
         for w in workers.values():
             w.close()
     if not args.skip_memory:
-        pdf = memory_pdf(args.memory_pages, args.seed, work / "memory")
+        pdf = memory_pdf(args.memory_pages, args.seed, work / "memory", MEMORY_DISTINCT, MEMORY_LONG_SIDE)
         print(f"\nmemory run: htr run on {pdf} ({args.memory_pages} pages) ...", file=sys.stderr)
         res = memory_run(pdf, args.models, threads, args.memory_timeout)
         report.sections += memory_section(res, args.memory_pages)
