@@ -23,6 +23,7 @@ import os
 import platform
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -376,6 +377,9 @@ class HtrHost:
     def stages(self, _=None) -> dict[str, float]:
         return dict(self.clock.seconds)
 
+    def close(self) -> None:
+        shutil.rmtree(self.out, ignore_errors=True)
+
     def reset(self, _=None) -> None:
         self.clock.reset()
 
@@ -465,6 +469,7 @@ def _serve(system: str, conn, threads: int, models: str | None) -> None:
     while True:
         method, arg = conn.recv()
         if method == "stop":
+            getattr(host, "close", lambda: None)()
             break
         try:
             conn.send(("ok", getattr(host, method)(arg)))
@@ -711,6 +716,7 @@ def memory_run(pdf: Path, models: str | None, threads: int, timeout: float) -> M
         text += f"\n(killed after {timeout:.0f} s)"
     seconds = time.perf_counter() - t
     monitor.stop()
+    shutil.rmtree(out, ignore_errors=True)
     trace = monitor.trace or [(0.0, 0)]
     rss_at = []
     for frac in (0.1, 0.25, 0.5, 0.75, 1.0):
@@ -942,6 +948,8 @@ def main(args) -> int:
             "pages/s scaled linearly by vCPU count. GPU rows only from a real `make bench-gpu` run.", "",
             md_table(["instance", "USD/hour", *[f"{n} USD/1000 pages" for n in pps], "basis"], rows), "",
             f"For comparison, {TEXTRACT[0]}: USD {TEXTRACT[1]:.2f} per 1000 pages ({TEXTRACT[2]}).", ""]
+    if not args.work:
+        shutil.rmtree(work, ignore_errors=True)
     report.machine["load average (1/5/15 min) at end"] = " / ".join(f"{v:.2f}" for v in os.getloadavg())
     Path(args.out).write_text(report.markdown())
     took = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
