@@ -356,6 +356,8 @@ def _words(tokens: list[str], hand: Hand, rng: np.random.Generator, lib: FontLib
     for t in tokens:
         if hand.font.caps_only and any(c.islower() for c in t):
             t = t.upper()
+        if not t.strip():
+            continue  # nothing drawable: an empty word would have no ink and no label
         w = render_word(t, hand, rng, lib)
         if hand.kind == "H" and rng.random() < cross_rate:
             w = cross_out(w, rng)
