@@ -20,9 +20,10 @@ apt:
 
 # The virtualenv, rebuilt when requirements change. torch/torchvision come from the local wheel store.
 venv: $(VENV)/.installed
-$(VENV)/.installed: requirements.txt requirements-fonts.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-fonts.txt requirements-bench.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
+	$(PY) -m pip install -q --no-deps -r requirements-bench.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 

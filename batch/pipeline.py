@@ -39,6 +39,7 @@ class PipelineConfig:
     rec_batch: int = 256          # word crops per recogniser forward
     long_side: int | None = None  # segmenter input size; None = the checkpoint's
     lexicon: bool = True          # snap out-of-vocabulary readings to likely English words
+    backend: str = "auto"         # CPU: "onnxruntime" (same weights, ~3x faster), "torch"; auto = ort if installed
     post: PostConfig = field(default_factory=PostConfig)
 
 
@@ -65,9 +66,30 @@ class Pipeline:
         self.crop_height = rec_meta["config"].get("height", crops_mod.CROP_HEIGHT)
         self.max_width = rec_meta["config"].get("max_width", 512)
         self.model_version = f"seg-{seg_meta['version']}+rec-{rec_meta['version']}"
+        self.backend = self._pick_backend(self.config.backend, device)
+        if self.backend == "onnxruntime":
+            from models.onnx_backend import to_onnxruntime
+
+            self.segmenter, self.recogniser = to_onnxruntime(self.segmenter, self.recogniser,
+                                                             self.crop_height, torch.get_num_threads())
         self.lexicon = Lexicon.english() if self.config.lexicon else None
         if self.lexicon:
             self.model_version += "+lex"
+
+    @staticmethod
+    def _pick_backend(wanted: str, device: torch.device) -> str:
+        """ONNX Runtime runs our small CPU models ~3x faster than eager PyTorch (BENCHMARKS.md);
+        GPUs stay on PyTorch (autocast)."""
+        if device.type != "cpu" or wanted == "torch":
+            return "torch"
+        try:
+            import onnx  # noqa: F401  (the exporter needs it)
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            if wanted == "onnxruntime":
+                raise
+            return "torch"
+        return "onnxruntime"
 
     @classmethod
     def load(cls, models_dir: str | Path | None = None, device: str = "auto",

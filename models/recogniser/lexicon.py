@@ -69,11 +69,20 @@ class Lexicon:
         r = self.rank.get(word, len(self.words) * 4) if word else len(self.words) * 4
         return -math.log(r + 10)
 
+    @cached_property
+    def _seen(self) -> dict[str, list[str]]:
+        return {}
+
     def candidates(self, word: str) -> list[str]:
+        if word in self._seen:  # the same misreadings recur page after page
+            return self._seen[word]
         found = set()
         for d in _deletes(word, self.max_distance):
             found.update(self._index.get(d, ()))
-        return [c for c in found if _distance(word, c) <= self.max_distance]
+        if len(self._seen) > 100_000:
+            self._seen.clear()
+        self._seen[word] = [c for c in found if _distance(word, c) <= self.max_distance]
+        return self._seen[word]
 
     def split(self, text: str) -> tuple[str, str, str] | None:
         """(leading punctuation, alphabetic core, trailing punctuation) of a correctable word."""
@@ -95,28 +104,36 @@ class Lexicon:
                 jobs.append((i, parts, cands))
         if not jobs:
             return readings
-        out = list(readings)
+        # every candidate of every word in the batch is scored by one ctc_loss call
+        texts, samples, options = [], [], []
         for i, (pre, core, post), cands in jobs:
-            options = [core] + [_match_case(c, core) for c in cands]
-            texts = [pre + o + post for o in options]
-            scores = _ctc_scores(texts, log_probs[i], int(lengths[i]), codec)
-            scores = [s + self.prior_weight * self.log_prior(o.lower() if k else None)
-                      for k, (s, o) in enumerate(zip(scores, options))]
-            best = max(range(len(options)), key=scores.__getitem__)
-            out[i] = texts[best]
+            opts = [core] + [_match_case(c, core) for c in cands]
+            options.append(opts)
+            texts += [pre + o + post for o in opts]
+            samples += [i] * len(opts)
+        scores = _ctc_scores(texts, log_probs, lengths, samples, codec)
+        out, start = list(readings), 0
+        for (i, _, _), opts in zip(jobs, options):
+            ranked = [scores[start + k] + self.prior_weight * self.log_prior(o.lower() if k else None)
+                      for k, o in enumerate(opts)]
+            out[i] = texts[start + max(range(len(opts)), key=ranked.__getitem__)]
+            start += len(opts)
         return out
 
 
-def _ctc_scores(texts: list[str], log_probs: torch.Tensor, frames: int, codec: Codec) -> list[float]:
-    """log P(text | frames) for each text under one sample's CTC frame distribution."""
+def _ctc_scores(texts: list[str], log_probs: torch.Tensor, lengths: torch.Tensor, samples: list[int],
+                codec: Codec) -> list[float]:
+    """log P(text | frames of its sample) for each text, all in one ctc_loss call.
+    log_probs: B x T x C; lengths: frames per sample; samples: each text's row in log_probs."""
     targets = [codec.encode(t) for t in texts]
-    keep = [k for k, t in enumerate(targets) if 0 < len(t) <= frames]
+    frames = [int(lengths[s]) for s in samples]
+    keep = [k for k, t in enumerate(targets) if 0 < len(t) <= frames[k]]
     scores = [-math.inf] * len(texts)
     if not keep:
         return scores
-    lp = log_probs[:frames].float().unsqueeze(1).expand(frames, len(keep), -1)
+    lp = log_probs[[samples[k] for k in keep], :max(frames[k] for k in keep)].float().transpose(0, 1)
     flat = torch.tensor([c for k in keep for c in targets[k]], dtype=torch.long)
-    nll = F.ctc_loss(lp, flat, torch.full((len(keep),), frames, dtype=torch.long),
+    nll = F.ctc_loss(lp, flat, torch.tensor([frames[k] for k in keep]),
                      torch.tensor([len(targets[k]) for k in keep]), blank=0, reduction="none",
                      zero_infinity=False)
     for k, v in zip(keep, nll.tolist()):
