@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 DEV_MANIFEST = REPO.parent / "shared" / "data" / "stanford_memorials" / "manifest.jsonl"
-SYSTEMS = ("htr-batch", "tesseract", "rapidocr", "htr-ort")   # htr-ort: prototype, our models on onnxruntime
+SYSTEMS = ("htr-batch", "tesseract", "rapidocr", "htr-torch")   # htr-torch: our models on eager PyTorch
 PROTOTYPES = ("htr-tuned",)   # only when named in --systems
 MEMORY_TARGET_MB = 2048
 MEMORY_DISTINCT, MEMORY_LONG_SIDE = 4, 2339   # memory-run pages: A4 at 200 dpi
@@ -140,59 +140,7 @@ def stage_rows(seconds: dict[str, float], pages: int) -> list[list[str]]:
     return rows
 
 
-# ---- prototype: our models on onnxruntime (the `htr-ort` system) --------------------------------------
-
-
-class OrtSegmenter:
-    """Stands in for the DBNet at inference: same call, same 'prob' output, run by onnxruntime."""
-
-    def __init__(self, session):
-        self.session = session
-
-    def __call__(self, x, with_threshold: bool = False) -> dict:
-        import torch
-        prob = self.session.run(None, {"x": x.contiguous().numpy()})[0]
-        return {"prob": torch.from_numpy(prob)}
-
-
-class OrtRecogniser:
-    def __init__(self, session):
-        self.session = session
-
-    def __call__(self, x):
-        import torch
-        return torch.from_numpy(self.session.run(None, {"x": x.contiguous().numpy()})[0])
-
-
-def _onnx_session(model, example, dynamic: dict, threads: int):
-    """Export a torch module to ONNX in memory (needs the `onnx` package) and open it on CPU."""
-    import onnxruntime as ort
-    import torch
-
-    buf = io.BytesIO()
-    torch.onnx.export(model, example, buf, input_names=["x"], output_names=["y"],
-                      dynamic_axes={"x": dynamic, "y": {0: "b"}}, opset_version=17, dynamo=False)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    return ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
-
-
-def use_onnxruntime(pipe, threads: int) -> None:
-    """Swap a CPU Pipeline's two models for onnxruntime sessions of the same weights."""
-    import torch
-
-    class _Prob(torch.nn.Module):
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
-
-        def forward(self, x):
-            return self.net(x, with_threshold=False)["prob"]
-
-    seg = _Prob(pipe.segmenter.to(memory_format=torch.contiguous_format)).eval()
-    pipe.segmenter = OrtSegmenter(_onnx_session(seg, torch.rand(1, 3, 256, 192), {0: "b", 2: "h", 3: "w"}, threads))
-    pipe.recogniser = OrtRecogniser(_onnx_session(pipe.recogniser, torch.rand(2, 1, pipe.crop_height, 64),
-                                                  {0: "b", 3: "w"}, threads))
+# ---- prototype: CPU tweaks that did not pay (the `htr-tuned` system) ----------------------------------
 
 
 def tune_cpu(pipe) -> None:
@@ -215,15 +163,6 @@ def tune_cpu(pipe) -> None:
                 out[k] = res
         return out
     pipe.segment = types.MethodType(segment, pipe)
-
-
-def onnx_available() -> str | None:
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError as e:
-        return f"the htr-ort prototype needs onnx + onnxruntime ({e}); pip install --no-deps -r requirements-bench.txt"
-    return None
 
 
 # ---- small helpers -------------------------------------------------------------------------------
@@ -330,24 +269,23 @@ def machine_info() -> dict[str, str]:
 
 
 class HtrHost:
-    """htr-batch: the Pipeline on CPU with T torch threads, stages timed."""
+    """htr-batch as shipped: the Pipeline on CPU (ONNX Runtime when installed), T threads, stages timed."""
 
-    backend = "torch"
+    backend = "auto"
 
     def __init__(self, threads: int, models: str | None):
         import cv2
         import torch
 
         from batch.outputs import OutputWriter
-        from batch.pipeline import Pipeline
+        from batch.pipeline import Pipeline, PipelineConfig
 
         torch.set_num_threads(threads)
         cv2.setNumThreads(threads)
         self.clock = StageClock()
-        self.pipe = Pipeline.load(models, "cpu")
-        if self.backend == "onnxruntime":
-            use_onnxruntime(self.pipe, threads)
-        elif self.backend == "tuned":
+        backend = "torch" if self.backend == "tuned" else self.backend
+        self.pipe = Pipeline.load(models, "cpu", PipelineConfig(backend=backend))
+        if self.backend == "tuned":
             tune_cpu(self.pipe)
         instrument(self.pipe, self.clock)
         self.out = tempfile.mkdtemp(prefix="htr-bench-out-")
@@ -355,7 +293,7 @@ class HtrHost:
         self.last: list[tuple[str, Any]] = []
 
     def version(self, _=None) -> str:
-        return self.pipe.model_version
+        return f"{self.pipe.model_version} ({self.pipe.backend})"
 
     def ocr(self, uris: list[str]) -> list:
         with self.clock.stage("decode"):
@@ -391,13 +329,12 @@ class HtrHost:
             self.clock.enabled = True
 
 
-class HtrOrtHost(HtrHost):
-    """Prototype: the same Pipeline with both models run by onnxruntime (same weights)."""
-    backend = "onnxruntime"
+class HtrTorchHost(HtrHost):
+    """The same Pipeline and weights on eager PyTorch: the before of the ONNX Runtime switch."""
+    backend = "torch"
 
     def version(self, _=None) -> str:
-        from importlib.metadata import version
-        return f"{self.pipe.model_version} on onnxruntime {version('onnxruntime')}"
+        return f"{self.pipe.model_version} on torch {__import__('torch').__version__}"
 
 
 class HtrTunedHost(HtrHost):
@@ -453,7 +390,7 @@ class RapidHost:
         return self.peer.read_crops(crops)
 
 
-HOSTS = {"htr-batch": HtrHost, "htr-ort": HtrOrtHost, "htr-tuned": HtrTunedHost, "tesseract": TesseractHost,
+HOSTS = {"htr-batch": HtrHost, "htr-torch": HtrTorchHost, "htr-tuned": HtrTunedHost, "tesseract": TesseractHost,
          "rapidocr": RapidHost}
 
 
@@ -858,7 +795,7 @@ def configure(p: argparse.ArgumentParser) -> None:
 def _check_systems(names: list[str]) -> list[str]:
     from jobs.peers import rapidocr_available, tesseract_available
 
-    why = {"tesseract": tesseract_available(), "rapidocr": rapidocr_available(), "htr-ort": onnx_available()}
+    why = {"tesseract": tesseract_available(), "rapidocr": rapidocr_available()}
     keep = []
     for n in names:
         if n not in SYSTEMS + PROTOTYPES:
@@ -896,7 +833,7 @@ def main(args) -> int:
     report.notes += list(args.note) + [
         "Each system runs in its own process on the same page files; systems take turns chunk by chunk "
         f"({chunk} pages), their order rotated each chunk, so background load hits all of them alike.",
-        f"Same thread budget ({threads}): htr-batch torch.set_num_threads({threads}); RapidOCR onnxruntime "
+        f"Same thread budget ({threads}): htr-batch onnxruntime/torch threads {threads}; RapidOCR onnxruntime "
         f"intra-op threads {threads}; Tesseract {threads} single-threaded processes (OMP_THREAD_LIMIT=1) at a time.",
         "Times include decoding the page file (the same decoder for all) and exclude model loading "
         "(start-up) and a one-page warm-up. Peak RSS: the system's process tree (for Tesseract its "
@@ -906,10 +843,10 @@ def main(args) -> int:
         "crop_cer/crop_wer: recognition only, on ground-truth word crops (32 px high; Tesseract gets them "
         "upscaled to 64 px with a margin, `--psm 7`).",
     ]
-    if "htr-ort" in names:
-        report.notes.append("htr-ort is a prototype, not the shipped path: the same Pipeline and weights with both "
-                            "models exported to ONNX at start-up and run by onnxruntime on CPU "
-                            "(jobs/bench.py use_onnxruntime).")
+    if "htr-torch" in names:
+        report.notes.append("htr-batch runs both models on ONNX Runtime (exported from the same weights at "
+                            "start-up, models/onnx_backend.py); htr-torch is the same Pipeline on eager "
+                            "PyTorch, kept as the before/after reference.")
     if "htr-tuned" in names:
         report.notes.append("htr-tuned is a prototype too: the recogniser in channels_last and pages of like "
                             "shape segmented together (jobs/bench.py tune_cpu).")
