@@ -4,6 +4,7 @@ machine both models ran 2.5-3x faster than eager PyTorch (BENCHMARKS.md, htr-ort
 from __future__ import annotations
 
 import io
+import threading
 import warnings
 
 import torch
@@ -20,11 +21,14 @@ class _Prob(torch.nn.Module):
         return self.net(x, with_threshold=False)["prob"]
 
 
+_EXPORT_LOCK = threading.Lock()  # torch.onnx.export keeps global state: one export at a time
+
+
 def _session(model: torch.nn.Module, example: torch.Tensor, dynamic: dict[int, str], threads: int):
     import onnxruntime as ort
 
     buf = io.BytesIO()
-    with warnings.catch_warnings():  # the LSTM batch-size warning does not apply: no h0/c0 inputs
+    with _EXPORT_LOCK, warnings.catch_warnings():  # LSTM batch-size warning: no h0/c0 inputs here
         warnings.simplefilter("ignore")
         torch.onnx.export(model.eval(), example, buf, input_names=["x"], output_names=["y"],
                           dynamic_axes={"x": dynamic, "y": {0: "b"}}, opset_version=17, dynamo=False)
