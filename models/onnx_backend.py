@@ -34,6 +34,7 @@ def _session(model: torch.nn.Module, example: torch.Tensor, dynamic: dict[int, s
                           dynamic_axes={"x": dynamic, "y": {0: "b"}}, opset_version=17, dynamo=False)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    opts.enable_cpu_mem_arena = False  # the arena keeps a buffer per input shape seen: RSS grew past 2 GiB
     return ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
 
 
