@@ -19,7 +19,7 @@ import os
 import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterator, Iterable
 
 import numpy as np
 
@@ -114,18 +114,20 @@ def _read_text(path: str | Path) -> str:
         raise ManifestError(f"manifest is not UTF-8 text: {p}") from e
 
 
-def read_manifest(path: str | Path) -> list[Sample]:
-    """All samples of a manifest (local path, file:// or s3://). Blank lines are skipped."""
-    samples = []
+def _json_lines(path: str | Path) -> Iterator[tuple[Any, str]]:
+    """(object, "path:line") for each non-blank line of a JSON-lines file."""
     for n, line in enumerate(_read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            yield json.loads(line), f"{path}:{n}"
         except json.JSONDecodeError as e:
             raise ManifestError(f"{path}:{n}: not JSON ({e.msg})") from e
-        samples.append(parse_sample(obj, f"{path}:{n}"))
-    return samples
+
+
+def read_manifest(path: str | Path) -> list[Sample]:
+    """All samples of a manifest (local path, file:// or s3://). Blank lines are skipped."""
+    return [parse_sample(obj, where) for obj, where in _json_lines(path)]
 
 
 def dumps_manifest(samples: Iterable[Sample]) -> str:
@@ -299,15 +301,8 @@ def ground_truth_sample(obj: dict[str, Any], label_attribute: str | None = None,
 def convert_ground_truth(path: str | Path, out_path: str | Path | None = None, label_attribute: str | None = None,
                          text_attribute: str = "transcription") -> list[Sample]:
     """Read a Ground Truth output.manifest; optionally write it as our manifest."""
-    samples = []
-    for n, line in enumerate(_read_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ManifestError(f"{path}:{n}: not JSON ({e.msg})") from e
-        samples.append(ground_truth_sample(obj, label_attribute, text_attribute, f"{path}:{n}"))
+    samples = [ground_truth_sample(obj, label_attribute, text_attribute, where)
+               for obj, where in _json_lines(path)]
     if out_path is not None:
         write_manifest(samples, out_path)
     return samples
