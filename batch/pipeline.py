@@ -182,11 +182,12 @@ class Pipeline:
         return [Page(page=k + 1, width=img.shape[1], height=img.shape[0], lines=group_lines(ws))
                 for k, (img, ws) in enumerate(zip(images, words))]
 
-    def make_record(self, pages: list[Page], data: bytes, source_uri: str, run_id: str,
+    def make_record(self, pages: list[Page], doc_id: str, source_uri: str, run_id: str,
                     content_type: str = "", source_etag: str = "") -> DocumentRecord:
+        """A document record; doc_id is batch.schema.doc_id_for(the source bytes)."""
         for i, p in enumerate(pages, 1):
             p.page = i
-        return DocumentRecord(doc_id=doc_id_for(data), source_uri=source_uri, pages=pages,
+        return DocumentRecord(doc_id=doc_id, source_uri=source_uri, pages=pages,
                               model_version=self.model_version, run_id=run_id,
                               processed_at=now_ms(), content_type=content_type,
                               source_etag=source_etag)
@@ -203,4 +204,4 @@ class Pipeline:
                 pages.extend(self.process_pages(chunk))
                 chunk = []
         pages.extend(self.process_pages(chunk))
-        return self.make_record(pages, data, source_uri, run_id, content_type)
+        return self.make_record(pages, doc_id_for(data), source_uri, run_id, content_type)

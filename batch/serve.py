@@ -261,7 +261,7 @@ class Service:
         with self._slots:  # bounds memory: at most max_concurrent documents rasterised at once
             images = list(iter_pages(data, self.settings.dpi, content_type=ctype))
             pages = self.batcher.submit(images)
-        return self.pipe.make_record(pages, data, source_uri, self.run_id, ctype)
+        return self.pipe.make_record(pages, doc_id_for(data), source_uri, self.run_id, ctype)
 
     def __enter__(self) -> "Service":
         with self._idle:

@@ -333,9 +333,8 @@ class Run:
         if doc.failed or doc.expected is None or len(doc.pages) < doc.expected:
             return
         pages = [doc.pages[i] for i in sorted(doc.pages)]
-        record = self.pipe.make_record(pages, b"", doc.src.uri, self.run_id, doc.content_type,
+        record = self.pipe.make_record(pages, doc.doc_id, doc.src.uri, self.run_id, doc.content_type,
                                        doc.src.etag)
-        record.doc_id = doc.doc_id
         try:
             self.writer.add_document(record, doc.src)
         except CommitFailed:

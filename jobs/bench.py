@@ -307,8 +307,7 @@ class HtrHost:
 
         with self.clock.stage("write"):
             for uri, page in self.last:
-                record = self.pipe.make_record([page], b"", uri, "bench")
-                record.doc_id = doc_id_for(uri.encode())
+                record = self.pipe.make_record([page], doc_id_for(uri.encode()), uri, "bench")
                 self.writer.add_document(record)
             self.writer.flush()
 

@@ -189,6 +189,19 @@ class Bookkeeper:
             _save_state(self.ckpt_dir, self.net, self.opt, self.sched, step, self.best)
 
 
+def _prepare(model, kind: str, args) -> tuple:
+    """Seed, optional warm start (--init), device, and DDP under torchrun: the same for both jobs.
+    Returns (model, device, rank, world)."""
+    device, (rank, world) = _device(args.device), _distributed()
+    torch.manual_seed(args.seed + rank)
+    if args.init:
+        model.load_state_dict(checkpoints.load(args.init, kind)[0].state_dict())
+    model.to(device).train()
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model)
+    return model, device, rank, world
+
+
 # ---- segmenter ---------------------------------------------------------------------------------
 
 def db_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -247,14 +260,7 @@ def evaluate_segmenter(model, pages, long_side: int, device) -> DetectionScore:
 def train_segmenter(args) -> dict:
     arch = args.arch or DEFAULT_ARCH["segmenter"]
     cfg = dict(segmenter.CONFIGS[arch])
-    device, (rank, world) = _device(args.device), _distributed()
-    torch.manual_seed(args.seed + rank)
-    model = segmenter.build(arch, cfg)
-    if args.init:
-        model.load_state_dict(checkpoints.load(args.init, "segmenter")[0].state_dict())
-    model.to(device).train()
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model)
+    model, device, rank, world = _prepare(segmenter.build(arch, cfg), "segmenter", args)
     bs = args.batch_size or 8
     if args.train and not args.synthetic:
         data = ds.ManifestPages(args.train, args.seed + rank, args.crop_size, cfg["input_long_side"])
@@ -325,14 +331,7 @@ def train_recogniser(args) -> dict:
     arch = args.arch or DEFAULT_ARCH["recogniser"]
     cfg = dict(recogniser.CONFIGS[arch])
     codec = Codec()
-    device, (rank, world) = _device(args.device), _distributed()
-    torch.manual_seed(args.seed + rank)
-    model = recogniser.build(arch, cfg, codec.charset)
-    if args.init:
-        model.load_state_dict(checkpoints.load(args.init, "recogniser")[0].state_dict())
-    model.to(device).train()
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model)
+    model, device, rank, world = _prepare(recogniser.build(arch, cfg, codec.charset), "recogniser", args)
     bs = args.batch_size or 64
     if args.train and not args.synthetic:
         data = ds.ManifestCrops(args.train, cfg["max_width"], codec, seed=args.seed + rank)
