@@ -103,6 +103,10 @@ def _load_state(path: Path, model, opt, sched) -> tuple[int, float]:
 
 
 def _schedule(opt, steps: int, warmup: int = 200):
+    # Linear warm-up, then cosine. Short runs (tests, smoke jobs) warm up for a fifth of their steps
+    # so they ever reach the set learning rate; runs of 1000+ steps keep the 200-step warm-up.
+    warmup = max(1, min(warmup, steps // 5))
+
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
@@ -129,6 +133,15 @@ def _worker_init(_: int) -> None:
 
     cv2.setNumThreads(1)   # OpenCV's pool would fight the training process for the cores
     torch.set_num_threads(1)
+
+
+def _loader(data, workers: int, **kwargs) -> DataLoader:
+    """Data workers are spawned, not forked: a fork taken while the parent's OpenMP/OpenCV pools are
+    live (they are, after rendering the test set) can leave the child blocked on a copied lock."""
+    if workers == 0:
+        return DataLoader(data, **kwargs)
+    return DataLoader(data, num_workers=workers, persistent_workers=True, worker_init_fn=_worker_init,
+                      multiprocessing_context="spawn", **kwargs)
 
 
 def _infinite(loader):
@@ -266,8 +279,7 @@ def train_segmenter(args) -> dict:
         data = ds.ManifestPages(args.train, args.seed + rank, args.crop_size, cfg["input_long_side"])
     else:
         data = ds.SyntheticPages(args.seed + rank, args.crop_size, cfg["input_long_side"])
-    loader = DataLoader(data, batch_size=bs, num_workers=args.workers, collate_fn=ds.collate_pages,
-                        persistent_workers=args.workers > 0, worker_init_fn=_worker_init)
+    loader = _loader(data, args.workers, batch_size=bs, collate_fn=ds.collate_pages)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr or 2e-3, weight_decay=1e-4)
     sched = _schedule(opt, args.steps)
     ckpt_dir = _checkpoint_dir(args)
@@ -335,12 +347,11 @@ def train_recogniser(args) -> dict:
     bs = args.batch_size or 64
     if args.train and not args.synthetic:
         data = ds.ManifestCrops(args.train, cfg["max_width"], codec, seed=args.seed + rank)
-        loader = DataLoader(data, batch_size=bs, shuffle=True, num_workers=args.workers,
-                            collate_fn=ds.collate_crops, drop_last=len(data) > bs)
+        loader = _loader(data, args.workers, batch_size=bs, shuffle=True,
+                         collate_fn=ds.collate_crops, drop_last=len(data) > bs)
     else:
         data = ds.SyntheticCrops(args.seed + rank, cfg["max_width"], codec, batch_size=bs)
-        loader = DataLoader(data, batch_size=None, num_workers=args.workers,
-                            persistent_workers=args.workers > 0, worker_init_fn=_worker_init)
+        loader = _loader(data, args.workers, batch_size=None)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr or 1e-3, weight_decay=1e-4)
     sched = _schedule(opt, args.steps)
     ckpt_dir = _checkpoint_dir(args)
