@@ -18,6 +18,7 @@ from batch.schema import DocumentRecord, Page, Point, Word, doc_id_for, now_ms
 from batch.lines import group_lines
 from models import checkpoints
 from models.charset import Codec
+from models.fuse import fuse_batchnorm
 from models.recogniser.crnn import greedy_decode
 from models.recogniser.lexicon import Lexicon
 from models.segmenter.postprocess import PostConfig, boxes_from_prob
@@ -39,7 +40,8 @@ class PipelineConfig:
     rec_batch: int = 256          # word crops per recogniser forward
     long_side: int | None = None  # segmenter input size; None = the checkpoint's
     lexicon: bool = True          # snap out-of-vocabulary readings to likely English words
-    backend: str = "auto"         # CPU: "onnxruntime" (same weights, ~3x faster), "torch"; auto = ort if installed
+    backend: str = "auto"         # CPU engine: "torch" or "onnxruntime"; auto picks the faster here (below)
+    precision: str = "auto"       # "fp32" | "bf16"; auto = bf16 where the CPU computes it natively, fp16/bf16 on CUDA
     post: PostConfig = field(default_factory=PostConfig)
 
 
@@ -58,29 +60,48 @@ class Pipeline:
         self.config = config or PipelineConfig()
         self.segmenter = segmenter.to(device).eval()
         self.recogniser = recogniser.to(device).eval()
-        if device.type == "cpu":
-            self.segmenter = self.segmenter.to(memory_format=torch.channels_last)
         self.seg_meta, self.rec_meta = seg_meta, rec_meta
         self.codec = Codec(rec_meta.get("charset") or Codec().charset)
         self.long_side = self.config.long_side or seg_meta["config"]["input_long_side"]
         self.crop_height = rec_meta["config"].get("height", crops_mod.CROP_HEIGHT)
         self.max_width = rec_meta["config"].get("max_width", 512)
         self.model_version = f"seg-{seg_meta['version']}+rec-{rec_meta['version']}"
-        self.backend = self._pick_backend(self.config.backend, device)
+        self.bf16_cpu = device.type == "cpu" and self._cpu_bf16(self.config.precision)
+        self.backend = self._pick_backend(self.config.backend, device, self.bf16_cpu)
+        self.bf16_cpu = self.bf16_cpu and self.backend == "torch"
         if self.backend == "onnxruntime":
             from models.onnx_backend import to_onnxruntime
 
             self.segmenter, self.recogniser = to_onnxruntime(self.segmenter, self.recogniser,
                                                              self.crop_height, torch.get_num_threads())
+        else:
+            fuse_batchnorm(self.segmenter)
+            fuse_batchnorm(self.recogniser)
+        # oneDNN's convolutions and pooling are fastest on NHWC (2x for the recogniser in bf16)
+        self.channels_last = device.type == "cpu" and self.backend == "torch"
+        if self.channels_last:
+            self.segmenter = self.segmenter.to(memory_format=torch.channels_last)
+            self.recogniser = self.recogniser.to(memory_format=torch.channels_last)
         self.lexicon = Lexicon.english() if self.config.lexicon else None
         if self.lexicon:
             self.model_version += "+lex"
 
     @staticmethod
-    def _pick_backend(wanted: str, device: torch.device) -> str:
-        """ONNX Runtime runs our small CPU models ~3x faster than eager PyTorch (BENCHMARKS.md);
-        GPUs stay on PyTorch (autocast)."""
-        if device.type != "cpu" or wanted == "torch":
+    def _cpu_bf16(precision: str) -> bool:
+        """bf16 on the CPU only where oneDNN runs it natively (AVX512-BF16 / AMX): there it is
+        ~1.7x faster than fp32 for our convolutions; elsewhere it would be emulated and slower."""
+        if precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be auto, fp32 or bf16, not {precision!r}")
+        native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        if precision == "bf16" and not native:
+            raise ValueError("--precision bf16 asked for, but this CPU has no native bf16 (AVX512-BF16/AMX)")
+        return precision != "fp32" and native
+
+    @staticmethod
+    def _pick_backend(wanted: str, device: torch.device, bf16_cpu: bool = False) -> str:
+        """CPU: PyTorch with bf16 autocast where the CPU has native bf16 (fastest, BENCHMARKS.md),
+        otherwise ONNX Runtime in fp32 (faster than eager fp32 PyTorch). GPUs stay on PyTorch."""
+        if device.type != "cpu" or wanted == "torch" or (wanted == "auto" and bf16_cpu):
             return "torch"
         try:
             import onnx  # noqa: F401  (the exporter needs it)
@@ -100,9 +121,11 @@ class Pipeline:
         return cls(seg, seg_meta, rec, rec_meta, pick_device(device), config)
 
     def _autocast(self):
-        if self.device.type == "cuda":
+        if self.device.type == "cuda" and self.config.precision != "fp32":
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
             return torch.autocast("cuda", dtype=dtype)
+        if self.bf16_cpu:
+            return torch.autocast("cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     # ---- segmentation ------------------------------------------------------------------------
@@ -124,7 +147,7 @@ class Pipeline:
         for k, (r, _) in enumerate(resized):
             batch[k, :r.shape[0], :r.shape[1]] = r
         x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float().div_(255)
-        if self.device.type == "cpu":
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._autocast():
             prob = self.segmenter(x, with_threshold=False)["prob"][:, 0].float().cpu().numpy()
@@ -143,6 +166,8 @@ class Pipeline:
         for idx in plan:
             batch, widths = crops_mod.pack([crops[i] for i in idx])
             x = torch.from_numpy(batch).to(self.device)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             with torch.inference_mode(), self._autocast():
                 log_probs = self.recogniser(x).float()
             frames = torch.from_numpy(-(-widths // 4)).clamp(max=log_probs.shape[1])

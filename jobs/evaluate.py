@@ -270,6 +270,9 @@ def configure(p) -> None:
     p.add_argument("--limit", type=int, help="first N pages only")
     p.add_argument("--json", help="write the metrics here")
     p.add_argument("--no-lexicon", action="store_true", help="score the raw recogniser readings")
+    p.add_argument("--long-side", type=int, help="segmenter input size (default: the checkpoint's)")
+    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
 
 
 def pipeline_predictor(pipe) -> tuple[Callable, Callable]:
@@ -282,7 +285,9 @@ def main(args) -> int:
     from batch.pipeline import Pipeline, PipelineConfig
 
     pages = load_eval_set(args.manifest, args.line_types, args.level, args.limit)
-    pipe = Pipeline.load(args.models, args.device, PipelineConfig(lexicon=not args.no_lexicon))
+    pipe = Pipeline.load(args.models, args.device, PipelineConfig(
+        lexicon=not args.no_lexicon, long_side=args.long_side, backend=args.backend,
+        precision=args.precision))
     predict, recognise = pipeline_predictor(pipe)
     metrics = evaluate(pages, predict, recognise)
     metrics["model_version"] = pipe.model_version

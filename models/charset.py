@@ -30,13 +30,19 @@ class Codec:
     def __init__(self, charset: str = CHARSET):
         self.charset = charset
         self.index = {c: i + 1 for i, c in enumerate(charset)}
+        self._encoded: dict[str, list[int]] = {}  # lexicon rescoring encodes the same words over and over
 
     @property
     def num_classes(self) -> int:
         return len(self.charset) + 1
 
     def encode(self, text: str) -> list[int]:
-        return [self.index[c] for c in normalise(text, self.charset)]
+        hit = self._encoded.get(text)
+        if hit is None:
+            if len(self._encoded) > 200_000:
+                self._encoded.clear()
+            hit = self._encoded[text] = [self.index[c] for c in normalise(text, self.charset)]
+        return list(hit)
 
     def decode_greedy(self, best: list[int]) -> str:
         """Collapse repeats, drop blanks: the CTC best-path reading."""

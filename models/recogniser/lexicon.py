@@ -16,6 +16,7 @@ from functools import cached_property
 
 import torch
 import torch.nn.functional as F
+from rapidfuzz.distance import OSA
 
 from models.charset import Codec
 
@@ -81,7 +82,8 @@ class Lexicon:
             found.update(self._index.get(d, ()))
         if len(self._seen) > 100_000:
             self._seen.clear()
-        self._seen[word] = [c for c in found if _distance(word, c) <= self.max_distance]
+        k = self.max_distance
+        self._seen[word] = [c for c in found if OSA.distance(word, c, score_cutoff=k) <= k]
         return self._seen[word]
 
     def split(self, text: str) -> tuple[str, str, str] | None:
@@ -142,14 +144,5 @@ def _ctc_scores(texts: list[str], log_probs: torch.Tensor, lengths: torch.Tensor
 
 
 def _distance(a: str, b: str) -> int:
-    """Optimal string alignment distance (adjacent swaps count one)."""
-    prev2, prev = None, list(range(len(b) + 1))
-    for i in range(1, len(a) + 1):
-        cur = [i] + [0] * len(b)
-        for j in range(1, len(b) + 1):
-            cost = a[i - 1] != b[j - 1]
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
-            if prev2 is not None and i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
-                cur[j] = min(cur[j], prev2[j - 2] + 1)
-        prev2, prev = prev, cur
-    return prev[-1]
+    """Optimal string alignment distance (adjacent swaps count one); rapidfuzz's C version."""
+    return OSA.distance(a, b)
