@@ -67,7 +67,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seg-batch", type=int, default=4, help="pages per segmenter batch")
     p.add_argument("--rec-batch", type=int, default=256, help="word crops per recogniser batch")
     p.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
-                   help="CPU inference engine (auto: onnxruntime when installed)")
+                   help="CPU inference engine (auto: torch where the CPU has native bf16, else onnxruntime)")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="auto: bf16 on CPUs with AVX512-BF16/AMX and on CUDA, fp32 otherwise")
     p.add_argument("--no-lexicon", action="store_true",
                    help="keep the recogniser's raw readings (no snapping to English words)")
     p.add_argument("--batch-pages", type=int, default=8,
@@ -391,7 +393,8 @@ def main(args) -> int:
     try:
         pipe = Pipeline.load(args.models, args.device,
                              PipelineConfig(seg_batch=args.seg_batch, rec_batch=args.rec_batch,
-                                            lexicon=not args.no_lexicon, backend=args.backend))
+                                            lexicon=not args.no_lexicon, backend=args.backend,
+                                            precision=args.precision))
     except Exception as e:
         print(f"htr run: cannot load models: {e}", file=sys.stderr)
         return EXIT_FATAL

@@ -41,8 +41,9 @@ from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
 DEV_MANIFEST = REPO.parent / "shared" / "data" / "stanford_memorials" / "manifest.jsonl"
-SYSTEMS = ("htr-batch", "tesseract", "rapidocr", "htr-torch")   # htr-torch: our models on eager PyTorch
-PROTOTYPES = ("htr-tuned",)   # only when named in --systems
+# htr-onnx / htr-torch: our same weights on ONNX Runtime fp32 / eager PyTorch fp32 (before/after references)
+SYSTEMS = ("htr-batch", "tesseract", "rapidocr", "htr-onnx", "htr-torch")
+PROTOTYPES: tuple[str, ...] = ()   # only when named in --systems
 MEMORY_TARGET_MB = 2048
 MEMORY_DISTINCT, MEMORY_LONG_SIDE = 4, 2339   # memory-run pages: A4 at 200 dpi
 
@@ -138,31 +139,6 @@ def stage_rows(seconds: dict[str, float], pages: int) -> list[list[str]]:
         share = f"{100 * s[k] / ocr_total:.1f} %" if k != "write" and ocr_total else "-"
         rows.append([k, f"{s[k]:.2f}", share, f"{1000 * s[k] / max(1, pages):.0f}", STAGE_NOTES[k]])
     return rows
-
-
-# ---- prototype: CPU tweaks that did not pay (the `htr-tuned` system) ----------------------------------
-
-
-def tune_cpu(pipe) -> None:
-    """Prototype of two small Pipeline changes (no new dependency): the recogniser in channels_last
-    like the segmenter, and pages of like shape segmented together (a batch pads to its largest page)."""
-    import types
-
-    import torch
-
-    net = pipe.recogniser.to(memory_format=torch.channels_last)
-    pipe.recogniser = lambda x: net(x.contiguous(memory_format=torch.channels_last))
-
-    def segment(self, pages: list) -> list:
-        order = sorted(range(len(pages)), key=lambda i: pages[i].shape[0] / pages[i].shape[1])
-        out: list = [None] * len(pages)
-        bs = self.config.seg_batch
-        for i in range(0, len(order), bs):
-            idx = order[i:i + bs]
-            for k, res in zip(idx, self._segment_batch([pages[j] for j in idx])):
-                out[k] = res
-        return out
-    pipe.segment = types.MethodType(segment, pipe)
 
 
 # ---- small helpers -------------------------------------------------------------------------------
@@ -269,9 +245,9 @@ def machine_info() -> dict[str, str]:
 
 
 class HtrHost:
-    """htr-batch as shipped: the Pipeline on CPU (ONNX Runtime when installed), T threads, stages timed."""
+    """htr-batch as shipped: the Pipeline on CPU with its automatic engine choice, T threads, stages timed."""
 
-    backend = "auto"
+    backend, precision = "auto", "auto"
 
     def __init__(self, threads: int, models: str | None):
         import cv2
@@ -283,17 +259,15 @@ class HtrHost:
         torch.set_num_threads(threads)
         cv2.setNumThreads(threads)
         self.clock = StageClock()
-        backend = "torch" if self.backend == "tuned" else self.backend
-        self.pipe = Pipeline.load(models, "cpu", PipelineConfig(backend=backend))
-        if self.backend == "tuned":
-            tune_cpu(self.pipe)
+        self.pipe = Pipeline.load(models, "cpu", PipelineConfig(backend=self.backend, precision=self.precision))
         instrument(self.pipe, self.clock)
         self.out = tempfile.mkdtemp(prefix="htr-bench-out-")
         self.writer = OutputWriter(self.out, "bench")
         self.last: list[tuple[str, Any]] = []
 
     def version(self, _=None) -> str:
-        return f"{self.pipe.model_version} ({self.pipe.backend})"
+        precision = "bf16" if self.pipe.bf16_cpu else "fp32"
+        return f"{self.pipe.model_version} ({self.pipe.backend} {precision})"
 
     def ocr(self, uris: list[str]) -> list:
         with self.clock.stage("decode"):
@@ -328,17 +302,14 @@ class HtrHost:
             self.clock.enabled = True
 
 
+class HtrOnnxHost(HtrHost):
+    """The same weights on ONNX Runtime in fp32: the shipped CPU path before bf16 PyTorch."""
+    backend, precision = "onnxruntime", "fp32"
+
+
 class HtrTorchHost(HtrHost):
-    """The same Pipeline and weights on eager PyTorch: the before of the ONNX Runtime switch."""
-    backend = "torch"
-
-    def version(self, _=None) -> str:
-        return f"{self.pipe.model_version} on torch {__import__('torch').__version__}"
-
-
-class HtrTunedHost(HtrHost):
-    """Prototype: channels_last recogniser + shape-sorted segmenter batches (jobs/bench.py tune_cpu)."""
-    backend = "tuned"
+    """The same weights on eager PyTorch in fp32: the first CPU path."""
+    backend, precision = "torch", "fp32"
 
 
 class TesseractHost:
@@ -389,7 +360,7 @@ class RapidHost:
         return self.peer.read_crops(crops)
 
 
-HOSTS = {"htr-batch": HtrHost, "htr-torch": HtrTorchHost, "htr-tuned": HtrTunedHost, "tesseract": TesseractHost,
+HOSTS = {"htr-batch": HtrHost, "htr-onnx": HtrOnnxHost, "htr-torch": HtrTorchHost, "tesseract": TesseractHost,
          "rapidocr": RapidHost}
 
 
@@ -842,13 +813,12 @@ def main(args) -> int:
         "crop_cer/crop_wer: recognition only, on ground-truth word crops (32 px high; Tesseract gets them "
         "upscaled to 64 px with a margin, `--psm 7`).",
     ]
-    if "htr-torch" in names:
-        report.notes.append("htr-batch runs both models on ONNX Runtime (exported from the same weights at "
-                            "start-up, models/onnx_backend.py); htr-torch is the same Pipeline on eager "
-                            "PyTorch, kept as the before/after reference.")
-    if "htr-tuned" in names:
-        report.notes.append("htr-tuned is a prototype too: the recogniser in channels_last and pages of like "
-                            "shape segmented together (jobs/bench.py tune_cpu).")
+    if "htr-onnx" in names or "htr-torch" in names:
+        report.notes.append("htr-batch picks its CPU engine itself: PyTorch with bf16 autocast where the CPU "
+                            "has native bf16 (AVX512-BF16/AMX), else ONNX Runtime fp32 (its version row says "
+                            "which). htr-onnx (ONNX Runtime fp32, exported from the same weights at start-up) "
+                            "and htr-torch (eager PyTorch fp32) are the same Pipeline and weights, kept as "
+                            "before/after references.")
     timings: dict[str, dict[str, Timing]] = {}
     try:
         sets = []
