@@ -272,6 +272,25 @@ def _gt_vertices(ann: dict[str, Any], where: str) -> list[dict[str, float]]:
     raise ManifestError(f"{where}: annotation has neither a box nor >= 3 vertices")
 
 
+def _worker_output(value: Any, where: str) -> dict[str, Any]:
+    """The labels inside a Ground Truth value. Built-in tasks store them directly; a custom task
+    (a crowd-polygon template) without a consolidation Lambda stores each worker's form output as a
+    JSON string under annotationsFromAllWorkers[i].annotationData.content: the first worker's is used."""
+    if not isinstance(value, dict):
+        raise ManifestError(f"{where}: the label value is not an object")
+    workers = value.get("annotationsFromAllWorkers")
+    if isinstance(workers, list) and workers:
+        try:
+            value = json.loads(workers[0]["annotationData"]["content"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ManifestError(f"{where}: unreadable annotationsFromAllWorkers[0]: {e}") from e
+    if "annotatedResult" in value:  # the crowd-polygon element's default name
+        value = value["annotatedResult"]
+    elif not any(k in value for k in ("annotations", "polygons")):  # a form field named otherwise
+        value = next((v for v in value.values() if isinstance(v, dict) and "polygons" in v), value)
+    return value
+
+
 def ground_truth_sample(obj: dict[str, Any], label_attribute: str | None = None,
                         text_attribute: str = "transcription", where: str = "line") -> Sample:
     """One Ground Truth output line (bounding-box, polygon or crowd-polygon result) as a Sample.
@@ -284,8 +303,7 @@ def ground_truth_sample(obj: dict[str, Any], label_attribute: str | None = None,
     name = _label_attribute(obj, label_attribute)
     value, meta = obj[name], obj.get(f"{name}-metadata", {}) or {}
     class_map = {str(k): str(v) for k, v in (meta.get("class-map") or {}).items()}
-    if "annotatedResult" in value:  # crowd-polygon worker output shape
-        value = value["annotatedResult"]
+    value = _worker_output(value, where)
     anns = value.get("annotations", value.get("polygons"))
     if not isinstance(anns, list):
         raise ManifestError(f"{where}: '{name}' holds no 'annotations' (or 'polygons') list")

@@ -129,6 +129,20 @@ def test_ground_truth_polygons_and_transcriptions():
              "label-metadata": {"type": "groundtruth/custom"}}
     s = ground_truth_sample(crowd)
     assert s.annotations[0].text == "word" and s.annotations[0].polygon[2] == {"x": 4.0, "y": 4.0}
+    # a custom crowd-polygon job without consolidation: each worker's form output as a JSON string
+    # (shape from the Ground Truth developer guide: crowd-polygon element output, custom job output)
+    form = {"annotatedResult": {"inputImageProperties": {"height": 853, "width": 1280}, "polygons": [
+        {"label": "Dear", "vertices": [{"x": 570, "y": 239}, {"x": 603, "y": 239}, {"x": 603, "y": 260}]}]}}
+    custom = {"source-ref": "s3://b/c.jpg",
+              "words": {"annotationsFromAllWorkers": [
+                  {"workerId": "private.eu-west-1.1", "annotationData": {"content": json.dumps(form)}},
+                  {"workerId": "private.eu-west-1.2", "annotationData": {"content": "{}"}}]},
+              "words-metadata": {"type": "groundtruth/custom", "job-name": "w", "human-annotated": "yes"}}
+    s = ground_truth_sample(custom)
+    assert [a.text for a in s.annotations] == ["Dear"] and s.annotations[0].polygon[0] == {"x": 570.0, "y": 239.0}
+    custom["words"]["annotationsFromAllWorkers"][0]["annotationData"]["content"] = "{not json"
+    with pytest.raises(ManifestError, match="annotationsFromAllWorkers"):
+        ground_truth_sample(custom)
     with pytest.raises(ManifestError, match="label attribute"):
         ground_truth_sample({"source-ref": "s3://b/r.jpg"})
     with pytest.raises(ManifestError, match="neither a box nor"):
