@@ -37,7 +37,10 @@ class CRNN(nn.Module):
         b, c, h, t = f.shape
         f = f.permute(0, 3, 1, 2).reshape(b, t, c * h)   # B x T x (C*h)
         f, _ = self.rnn(torch.relu(self.proj(f)))
-        return self.classifier(f).log_softmax(-1)
+        # Scores in fp32 even under bf16/fp16 autocast: a bf16 log-softmax has steps of 0.06 nats
+        # near the top, which would quantise the confidences and the lexicon's CTC scores.
+        with torch.autocast(f.device.type, enabled=False):
+            return self.classifier(f.float()).log_softmax(-1)
 
 
 def greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor | None = None
