@@ -133,10 +133,27 @@ class Pipeline:
     def segment(self, pages: list[np.ndarray]) -> list[list[tuple[np.ndarray, float]]]:
         """Word quads (page pixels) with detection scores, for each page."""
         out = []
-        bs = self.config.seg_batch
-        for i in range(0, len(pages), bs):
-            out.extend(self._segment_batch(pages[i:i + bs]))
+        for batch in self._seg_batches(pages):
+            out.extend(self._segment_batch(batch))
         return out
+
+    def _seg_batches(self, pages: list[np.ndarray]) -> list[list[np.ndarray]]:
+        """Up to seg_batch pages per forward. On the CPU only pages whose padded input has the same
+        shape share one: padding a page to its neighbour's size costs more there than batching
+        saves (measured 0.15 s/page unbatched vs 0.19 batched by 4 on the real letters)."""
+        def shape(p: np.ndarray) -> tuple[int, int]:
+            scale = self.long_side / max(p.shape[:2])
+            return tuple(-(-max(1, round(d * scale)) // 32) for d in p.shape[:2])
+
+        batches: list[list[np.ndarray]] = []
+        for p in pages:
+            last = batches[-1] if batches else None
+            if (last is not None and len(last) < self.config.seg_batch
+                    and (self.device.type != "cpu" or shape(last[0]) == shape(p))):
+                last.append(p)
+            else:
+                batches.append([p])
+        return batches
 
     def _segment_batch(self, pages: list[np.ndarray]) -> list[list[tuple[np.ndarray, float]]]:
         resized = [_resize_for_segmenter(p, self.long_side) for p in pages]

@@ -66,3 +66,12 @@ def test_bf16_pipeline_agrees_with_fp32(constant_models):
     words = [[(w.text, [(round(pt.x), round(pt.y)) for pt in w.polygon])
               for ln in pages[0].lines for w in ln.words] for pages in runs]
     assert words[0] and words[0] == words[1]
+
+
+def test_cpu_segmenter_batches_only_pages_of_one_input_shape(tiny_models):
+    pipe = Pipeline.load(tiny_models, "cpu", PipelineConfig(seg_batch=2))
+    a, b = np.zeros((400, 300, 3), np.uint8), np.zeros((300, 400, 3), np.uint8)
+    batches = pipe._seg_batches([a, a, a, b, a])
+    assert [len(x) for x in batches] == [2, 1, 1, 1]          # full at 2; b's shape differs
+    assert [x[0].shape for x in batches] == [a.shape, a.shape, b.shape, a.shape]
+    assert len(pipe.segment([a, b, a])) == 3
