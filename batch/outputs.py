@@ -62,7 +62,7 @@ from batch import storage
 from batch.errors import HtrError, StorageError
 from batch.ledger import PENDING, WRITERS, Ledger, LedgerState, Shard, tag_of
 from batch.schema import (DocumentRecord, ErrorRecord, PARTITION_COLUMN, TABLES, error_rows, iso,
-                          now_ms, page_rows, run_date, to_table, word_rows)
+                          iter_word_rows, now_ms, page_rows, run_date, to_table)
 
 COMPRESSIONS = ("zstd", "snappy")
 DOCUMENTS = "documents"
@@ -205,7 +205,7 @@ class OutputWriter:
         uri = doc.source_uri or doc.doc_id
         self._io.submit(storage.write_bytes, self._pending_uri(f"{doc.doc_id}.json"),
                         doc.dumps().encode(), "application/json")
-        words = to_table("words", word_rows(doc))
+        words = to_table("words", iter_word_rows(doc))
         self._add(uri, _Item(
             self._source(uri, source, doc.source_etag, doc.doc_id, "ok", doc.model_version,
                          doc.run_id, pages=len(doc.pages), words=words.num_rows),

@@ -11,7 +11,7 @@ import datetime as dt
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 
@@ -32,13 +32,13 @@ def iso(ms: int) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
-@dataclass
+@dataclass(slots=True)
 class Point:
     x: float
     y: float
 
 
-@dataclass
+@dataclass(slots=True)  # a 1000-page document holds ~150k of these until it is written
 class Word:
     text: str
     confidence: float        # recogniser: mean per-character max probability, 0..1
@@ -54,7 +54,7 @@ class Word:
         return min(xs), min(ys), max(xs), max(ys)
 
 
-@dataclass
+@dataclass(slots=True)
 class Line:
     line_idx: int
     words: list[Word]
@@ -64,7 +64,7 @@ class Line:
         return " ".join(w.text for w in self.words)
 
 
-@dataclass
+@dataclass(slots=True)
 class Page:
     page: int                # 1-based
     width: int
@@ -91,8 +91,8 @@ class DocumentRecord:
     content_type: str = ""
     source_etag: str = ""
 
-    def to_json(self) -> dict[str, Any]:
-        return {
+    def to_json(self, pages: bool = True) -> dict[str, Any]:
+        d = {
             "schema_version": SCHEMA_VERSION,
             "doc_id": self.doc_id,
             "source_uri": self.source_uri,
@@ -102,8 +102,10 @@ class DocumentRecord:
             "run_id": self.run_id,
             "processed_at": iso(self.processed_at),
             "page_count": len(self.pages),
-            "pages": [_page_json(p) for p in self.pages],
         }
+        if pages:
+            d["pages"] = [_page_json(p) for p in self.pages]
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "DocumentRecord":
@@ -125,7 +127,11 @@ class DocumentRecord:
                    d.get("content_type", ""), d.get("source_etag", ""))
 
     def dumps(self) -> str:
-        return json.dumps(self.to_json(), ensure_ascii=False, indent=1)
+        """to_json() as text, built a page at a time: the dict tree of a 1000-page document
+        would otherwise be held whole next to its text."""
+        head = json.dumps({**self.to_json(pages=False), "pages": []}, ensure_ascii=False, indent=1)
+        pages = ",\n".join(json.dumps(_page_json(p), ensure_ascii=False, indent=1) for p in self.pages)
+        return head[:-len("[]\n}")] + "[\n" + pages + "\n]\n}" if pages else head
 
 
 def _xy(v: float) -> float:
@@ -199,11 +205,14 @@ TABLES: dict[str, pa.Schema] = {"words": WORDS_SCHEMA, "pages": PAGES_SCHEMA, "e
 
 
 def word_rows(doc: DocumentRecord) -> list[dict[str, Any]]:
-    rows = []
+    return list(iter_word_rows(doc))
+
+
+def iter_word_rows(doc: DocumentRecord) -> Iterator[dict[str, Any]]:
     for p in doc.pages:
         for w in p.words:
             x0, y0, x1, y1 = w.bbox
-            rows.append({
+            yield {
                 "doc_id": doc.doc_id, "source_uri": doc.source_uri, "page": p.page,
                 "line_idx": w.line_idx, "word_idx": w.word_idx, "text": w.text,
                 "confidence": _score(w.confidence), "det_score": _score(w.det_score),
@@ -212,8 +221,7 @@ def word_rows(doc: DocumentRecord) -> list[dict[str, Any]]:
                 "page_width": p.width, "page_height": p.height,
                 "model_version": doc.model_version, "run_id": doc.run_id,
                 "processed_at": doc.processed_at,
-            })
-    return rows
+            }
 
 
 def page_rows(doc: DocumentRecord) -> list[dict[str, Any]]:
@@ -236,8 +244,17 @@ def error_rows(err: ErrorRecord) -> list[dict[str, Any]]:
     return [asdict(err)]
 
 
-def to_table(name: str, rows: Iterable[dict[str, Any]]) -> pa.Table:
-    return pa.Table.from_pylist(list(rows), schema=TABLES[name])
+def to_table(name: str, rows: Iterable[dict[str, Any]], chunk: int = 10_000) -> pa.Table:
+    """Rows to an Arrow table a chunk at a time: a 1000-page document has ~150k word rows, and
+    holding them all as Python dicts at once cost more memory than the models."""
+    tables, buf = [], []
+    for row in rows:
+        buf.append(row)
+        if len(buf) >= chunk:
+            tables.append(pa.Table.from_pylist(buf, schema=TABLES[name]))
+            buf = []
+    tables.append(pa.Table.from_pylist(buf, schema=TABLES[name]))
+    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
 
 def run_date(ms: int) -> str:

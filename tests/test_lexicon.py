@@ -46,3 +46,22 @@ def test_candidates_within_two_edits():
     assert "sympathy" in LEX.candidates("symhathy")
     assert "sympathy" not in LEX.candidates("smhthy")
     assert _distance("teh", "the") == 1 and _distance("kitten", "sitting") == 3
+
+
+def test_ctc_scores_match_a_full_width_reference():
+    """Scores over each sample's own frames and used classes equal plain ctc_loss on the full rows."""
+    from models.recogniser.lexicon import _ctc_scores
+
+    g = torch.Generator().manual_seed(0)
+    lp = torch.randn(3, 12, CODEC.num_classes, generator=g).log_softmax(-1)
+    lengths = torch.tensor([12, 7, 3])
+    texts, samples = ["the", "tke", "dear", "de", "a", "abcd", ""], [0, 0, 1, 1, 2, 2, 2]
+    got = _ctc_scores(texts, lp, lengths, samples, CODEC)
+    for text, s, score in zip(texts, samples, got):
+        target = CODEC.encode(text)
+        if not target or len(target) > int(lengths[s]):
+            assert score == float("-inf")   # empty, or longer than the frames allow
+            continue
+        ref = torch.nn.functional.ctc_loss(lp[s:s + 1, :int(lengths[s])].transpose(0, 1), torch.tensor([target]),
+                                           lengths[s:s + 1], torch.tensor([len(target)]), reduction="none")
+        assert abs(score + float(ref[0])) < 1e-4, text

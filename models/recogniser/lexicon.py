@@ -125,21 +125,32 @@ class Lexicon:
 
 def _ctc_scores(texts: list[str], log_probs: torch.Tensor, lengths: torch.Tensor, samples: list[int],
                 codec: Codec) -> list[float]:
-    """log P(text | frames of its sample) for each text, all in one ctc_loss call.
-    log_probs: B x T x C; lengths: frames per sample; samples: each text's row in log_probs."""
+    """log P(text | frames of its sample) for each text.
+    log_probs: B x T x C; lengths: frames per sample; samples: each text's row in log_probs.
+
+    One ctc_loss call per sample, over that sample's own frames and only the classes its texts use
+    (CTC's likelihood reads the target and blank columns alone, so the scores are exact): copying the
+    full B x T x C rows once per candidate cost more than the scoring itself."""
     targets = [codec.encode(t) for t in texts]
-    frames = [int(lengths[s]) for s in samples]
-    keep = [k for k, t in enumerate(targets) if 0 < len(t) <= frames[k]]
     scores = [-math.inf] * len(texts)
-    if not keep:
-        return scores
-    lp = log_probs[[samples[k] for k in keep], :max(frames[k] for k in keep)].float().transpose(0, 1)
-    flat = torch.tensor([c for k in keep for c in targets[k]], dtype=torch.long)
-    nll = F.ctc_loss(lp, flat, torch.tensor([frames[k] for k in keep]),
-                     torch.tensor([len(targets[k]) for k in keep]), blank=0, reduction="none",
-                     zero_infinity=False)
-    for k, v in zip(keep, nll.tolist()):
-        scores[k] = -v
+    by_sample: dict[int, list[int]] = {}
+    for k, s in enumerate(samples):
+        by_sample.setdefault(s, []).append(k)
+    for s, ks in by_sample.items():
+        frames = int(lengths[s])
+        ks = [k for k in ks if 0 < len(targets[k]) <= frames]
+        if not ks:
+            continue
+        classes = sorted({c for k in ks for c in targets[k]})
+        column = {c: i + 1 for i, c in enumerate(classes)}          # 0 stays the blank
+        lp = log_probs[s, :frames, [0] + classes].float()            # T x (U + 1)
+        flat = torch.tensor([column[c] for k in ks for c in targets[k]], dtype=torch.long)
+        nll = F.ctc_loss(lp.unsqueeze(1).expand(-1, len(ks), -1), flat,
+                         torch.full((len(ks),), frames, dtype=torch.long),
+                         torch.tensor([len(targets[k]) for k in ks]), blank=0, reduction="none",
+                         zero_infinity=False)
+        for k, v in zip(ks, nll.tolist()):
+            scores[k] = -v
     return scores
 
 
