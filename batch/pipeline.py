@@ -23,7 +23,8 @@ from models.recogniser.crnn import greedy_decode
 from models.recogniser.lexicon import Lexicon
 from models.segmenter.postprocess import PostConfig, boxes_from_prob
 from transforms import crops as crops_mod
-from transforms.rasterise import DEFAULT_LIMITS, Limits, iter_pages, sniff
+from transforms.rasterise import (DEFAULT_IMAGE_SIDE, DEFAULT_LIMITS, Limits, iter_pages, sniff,
+                                  source_scale)
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -42,6 +43,7 @@ class PipelineConfig:
     lexicon: bool = True          # snap out-of-vocabulary readings to likely English words
     backend: str = "auto"         # CPU engine: "torch" or "onnxruntime"; auto picks the faster here (below)
     precision: str = "auto"       # "fp32" | "bf16"; auto = bf16 where the CPU computes it natively, fp16/bf16 on CUDA
+    image_side: int | None = DEFAULT_IMAGE_SIDE  # large JPEGs decoded reduced, to about this long side
     post: PostConfig = field(default_factory=PostConfig)
 
 
@@ -200,9 +202,12 @@ class Pipeline:
     # ---- pages -------------------------------------------------------------------------------
 
     def process_pages(self, images: list[np.ndarray]) -> list[Page]:
-        """HxWx3 uint8 RGB pages (any documents) -> Pages numbered 1..n in the given order."""
+        """HxWx3 uint8 RGB pages (any documents) -> Pages numbered 1..n in the given order.
+        Coordinates are in each page's source pixels (a reduced Raster is scaled back up)."""
         if not images:
             return []
+        scales = [source_scale(img) for img in images]
+        images = [np.asarray(img) for img in images]
         detections = self.segment(images)
         crops, owners = [], []
         for k, (img, dets) in enumerate(zip(images, detections)):
@@ -214,15 +219,17 @@ class Pipeline:
         words: list[list[Word]] = [[] for _ in images]
         n = 0
         for k, dets in enumerate(detections):
+            sx, sy = scales[k]
             for quad, score in dets:
                 text, conf = readings[n]
                 n += 1
                 if not text:
                     continue  # a detection the recogniser reads as nothing is noise
                 words[k].append(Word(text=text, confidence=conf, det_score=score,
-                                     polygon=[Point(float(x), float(y)) for x, y in quad]))
-        return [Page(page=k + 1, width=img.shape[1], height=img.shape[0], lines=group_lines(ws))
-                for k, (img, ws) in enumerate(zip(images, words))]
+                                     polygon=[Point(float(x) * sx, float(y) * sy) for x, y in quad]))
+        return [Page(page=k + 1, width=round(img.shape[1] * sx), height=round(img.shape[0] * sy),
+                     lines=group_lines(ws))
+                for k, (img, ws, (sx, sy)) in enumerate(zip(images, words, scales))]
 
     def make_record(self, pages: list[Page], doc_id: str, source_uri: str, run_id: str,
                     content_type: str = "", source_etag: str = "") -> DocumentRecord:
@@ -240,7 +247,7 @@ class Pipeline:
         content_type = sniff(data)
         pages: list[Page] = []
         chunk: list[np.ndarray] = []
-        for img in iter_pages(data, dpi, limits, content_type):
+        for img in iter_pages(data, dpi, limits, content_type, self.config.image_side):
             chunk.append(img)
             if len(chunk) >= self.config.seg_batch:
                 pages.extend(self.process_pages(chunk))

@@ -259,7 +259,8 @@ class Service:
 
         ctype = resolve_content_type(content_type, data)
         with self._slots:  # bounds memory: at most max_concurrent documents rasterised at once
-            images = list(iter_pages(data, self.settings.dpi, content_type=ctype))
+            images = list(iter_pages(data, self.settings.dpi, content_type=ctype,
+                                     image_side=self.pipe.config.image_side))
             pages = self.batcher.submit(images)
         return self.pipe.make_record(pages, doc_id_for(data), source_uri, self.run_id, ctype)
 

@@ -43,7 +43,7 @@ from batch.ledger import LedgerState, Policy, Shard
 from batch.outputs import COMPRESSIONS, CommitFailed, OutputWriter
 from batch.pipeline import Pipeline, PipelineConfig
 from batch.schema import ErrorRecord, Page, doc_id_for, now_ms
-from transforms.rasterise import Limits, iter_pages, sniff
+from transforms.rasterise import DEFAULT_IMAGE_SIDE, Limits, iter_pages, sniff
 
 MiB = 1024 * 1024
 _RUN_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # goes into object names
@@ -62,6 +62,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", help="model folder (default: the shipped models/default)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--dpi", type=int, default=200, help="PDF rasterising resolution")
+    p.add_argument("--image-side", type=int, default=DEFAULT_IMAGE_SIDE,
+                   help="JPEGs at least twice this on the long side are decoded at 1/2, 1/4 or 1/8 size, "
+                        "not below it (coordinates stay in source pixels); 0: always full size")
     p.add_argument("--include", action="append", help="glob on the relative key, repeatable")
     p.add_argument("--exclude", action="append", help="glob on the relative key, repeatable")
     p.add_argument("--seg-batch", type=int, default=4, help="pages per segmenter batch")
@@ -169,7 +172,7 @@ def fetch(src: storage.SourceObject, stream_above: int) -> bytes | mmap.mmap:
 
 
 def _produce(src: storage.SourceObject, put: Callable[[tuple], None], dpi: int, limits: Limits,
-             stream_above: int) -> None:
+             stream_above: int, image_side: int | None = None) -> None:
     """Put ('meta'), ('page', i, image)..., ('end', n) or ('error', stage, exc) for one source."""
     stage, data = "fetch", b""
     try:
@@ -178,7 +181,7 @@ def _produce(src: storage.SourceObject, put: Callable[[tuple], None], dpi: int, 
         content_type = sniff(data if isinstance(data, bytes) else data[:1024])
         put((src.uri, "meta", doc_id_for(data), content_type))
         n = 0
-        for n, image in enumerate(iter_pages(data, dpi, limits, content_type), 1):
+        for n, image in enumerate(iter_pages(data, dpi, limits, content_type, image_side), 1):
             put((src.uri, "page", n, image))
         if n == 0:
             raise HtrError("document has no pages", "decode")
@@ -270,7 +273,8 @@ class Run:
                         if self.stop.is_set():
                             return
                     put((src.uri, "start", src))
-                    pool.submit(_produce, src, put, self.dpi, self.limits, self.stream_above)
+                    pool.submit(_produce, src, put, self.dpi, self.limits, self.stream_above,
+                                self.pipe.config.image_side)
         except _Stopped:
             return
         except Exception as e:  # listing failed
@@ -394,7 +398,7 @@ def main(args) -> int:
         pipe = Pipeline.load(args.models, args.device,
                              PipelineConfig(seg_batch=args.seg_batch, rec_batch=args.rec_batch,
                                             lexicon=not args.no_lexicon, backend=args.backend,
-                                            precision=args.precision))
+                                            precision=args.precision, image_side=args.image_side or None))
     except Exception as e:
         print(f"htr run: cannot load models: {e}", file=sys.stderr)
         return EXIT_FATAL

@@ -6,7 +6,8 @@
   by chunk, systems interleaved and their order rotated per chunk so machine noise hits all alike.
   Same thread budget T: us with torch.set_num_threads(T); RapidOCR with onnxruntime intra-op
   threads = T; Tesseract as T single-threaded processes at a time (OMP_THREAD_LIMIT=1).
-  Every system's time includes decoding the page file (the same decoder for all).
+  Every system's time includes decoding the page file (the same decoder for all; htr-batch asks it
+  for large JPEGs reduced, as `htr run` does).
 - Accuracy: `jobs.evaluate.evaluate` scores the three systems' pages with the same code.
 - Our stage breakdown: the Pipeline's models and helpers are wrapped with timers from outside.
 - Memory: `htr run` on a long PDF in a subprocess, its peak RSS against the 2 GiB target.
@@ -144,12 +145,12 @@ def stage_rows(seconds: dict[str, float], pages: int) -> list[list[str]]:
 # ---- small helpers -------------------------------------------------------------------------------
 
 
-def decode(uri: str) -> np.ndarray:
-    """The page image exactly as jobs.evaluate sees it (first page of the file)."""
+def decode(uri: str, image_side: int | None = None) -> np.ndarray:
+    """The first page of the file, as jobs.evaluate sees it (image_side: as `htr run` decodes it)."""
     from batch import storage
     from transforms.rasterise import iter_pages
 
-    return next(iter_pages(storage.read_bytes(uri)))
+    return next(iter_pages(storage.read_bytes(uri), image_side=image_side))
 
 
 def tree_rss(proc, include_self: bool = True) -> int:
@@ -271,7 +272,7 @@ class HtrHost:
 
     def ocr(self, uris: list[str]) -> list:
         with self.clock.stage("decode"):
-            images = [decode(u) for u in uris]
+            images = [decode(u, self.pipe.config.image_side) for u in uris]
         pages = self.pipe.process_pages(images)
         self.last = list(zip(uris, pages))
         return pages
@@ -805,7 +806,8 @@ def main(args) -> int:
         f"({chunk} pages), their order rotated each chunk, so background load hits all of them alike.",
         f"Same thread budget ({threads}): htr-batch onnxruntime/torch threads {threads}; RapidOCR onnxruntime "
         f"intra-op threads {threads}; Tesseract {threads} single-threaded processes (OMP_THREAD_LIMIT=1) at a time.",
-        "Times include decoding the page file (the same decoder for all) and exclude model loading "
+        "Times include decoding the page file (the same Pillow/poppler decoder for all; ours asks libjpeg "
+        "for large JPEGs at reduced size, as `htr run` does, the peers get them in full) and exclude model loading "
         "(start-up) and a one-page warm-up. Peak RSS: the system's process tree (for Tesseract its "
         "tesseract processes only, not the bench's host process).",
         "Peers run with their default settings: Tesseract `--psm 3` (eng); RapidOCR's shipped PP-OCRv4 "

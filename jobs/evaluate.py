@@ -41,6 +41,7 @@ class EvalPage:
     uri: str
     items: list[GtItem]
     level: str                 # "word" | "line"
+    image_side: int | None = None   # decode as `htr run` would (a reduced Raster for large JPEGs)
     _image: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -49,7 +50,7 @@ class EvalPage:
             from batch import storage
             from transforms.rasterise import iter_pages
 
-            self._image = next(iter_pages(storage.read_bytes(self.uri)))
+            self._image = next(iter_pages(storage.read_bytes(self.uri), image_side=self.image_side))
         return self._image
 
 
@@ -57,7 +58,8 @@ HANDWRITTEN_TYPES = ("Handwritten",)   # line_types values containing this count
 
 
 def load_eval_set(manifest: str | Path, line_types: str | Path | None = None,
-                  level: str = "auto", limit: int | None = None) -> list[EvalPage]:
+                  level: str = "auto", limit: int | None = None,
+                  image_side: int | None = None) -> list[EvalPage]:
     from jobs.manifests import read_manifest, resolve_source
 
     manifest = Path(manifest)
@@ -83,7 +85,7 @@ def load_eval_set(manifest: str | Path, line_types: str | Path | None = None,
         if lvl == "auto":  # lines have spaces inside; words don't
             spaced = sum(" " in it.text.strip() for it in items)
             lvl = "line" if spaced > 0.3 * max(1, len(items)) else "word"
-        pages.append(EvalPage(resolve_source(sample, manifest), items, lvl))
+        pages.append(EvalPage(resolve_source(sample, manifest), items, lvl, image_side))
     return pages
 
 
@@ -212,11 +214,14 @@ def _score_crops(ep: EvalPage, recognise, s: Scores) -> None:
     from jobs.manifests import is_recognition_target
     from transforms.crops import rectify
 
-    gray = cv2.cvtColor(ep.image, cv2.COLOR_RGB2GRAY)
+    from transforms.rasterise import source_scale
+
+    gray = cv2.cvtColor(np.asarray(ep.image), cv2.COLOR_RGB2GRAY)
     items = [it for it in ep.items if is_recognition_target(it.text)]
     if not items:
         return
-    texts = recognise([rectify(gray, it.quad) for it in items])
+    sx, sy = source_scale(ep.image)   # ground truth is in source pixels
+    texts = recognise([rectify(gray, it.quad / np.float32([sx, sy])) for it in items])
     for it, pred in zip(items, texts):
         s.crop_cer.add(pred, normalise(it.text))
         s.crop_wer.add([pred], [normalise(it.text)])
@@ -273,6 +278,10 @@ def configure(p) -> None:
     p.add_argument("--long-side", type=int, help="segmenter input size (default: the checkpoint's)")
     p.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
+    from transforms.rasterise import DEFAULT_IMAGE_SIDE
+
+    p.add_argument("--image-side", type=int, default=DEFAULT_IMAGE_SIDE,
+                   help="decode large JPEGs reduced as htr run does (0: full size)")
 
 
 def pipeline_predictor(pipe) -> tuple[Callable, Callable]:
@@ -284,10 +293,10 @@ def pipeline_predictor(pipe) -> tuple[Callable, Callable]:
 def main(args) -> int:
     from batch.pipeline import Pipeline, PipelineConfig
 
-    pages = load_eval_set(args.manifest, args.line_types, args.level, args.limit)
+    pages = load_eval_set(args.manifest, args.line_types, args.level, args.limit, args.image_side or None)
     pipe = Pipeline.load(args.models, args.device, PipelineConfig(
         lexicon=not args.no_lexicon, long_side=args.long_side, backend=args.backend,
-        precision=args.precision))
+        precision=args.precision, image_side=args.image_side or None))
     predict, recognise = pipeline_predictor(pipe)
     metrics = evaluate(pages, predict, recognise)
     metrics["model_version"] = pipe.model_version

@@ -75,3 +75,23 @@ def test_cpu_segmenter_batches_only_pages_of_one_input_shape(tiny_models):
     assert [len(x) for x in batches] == [2, 1, 1, 1]          # full at 2; b's shape differs
     assert [x[0].shape for x in batches] == [a.shape, a.shape, b.shape, a.shape]
     assert len(pipe.segment([a, b, a])) == 3
+
+
+def test_reduced_pages_are_reported_in_source_pixels(constant_models):
+    """A JPEG decoded at 1/4: the constant segmenter's whole-page word comes back in source pixels."""
+    import io
+
+    from PIL import Image
+
+    from transforms.rasterise import iter_pages
+
+    buf = io.BytesIO()
+    Image.new("RGB", (1600, 1200), "white").save(buf, "JPEG")
+    raster = next(iter_pages(buf.getvalue(), image_side=300))
+    assert raster.shape[:2] == (300, 400)
+    pipe = Pipeline.load(constant_models, "cpu")
+    (page,) = pipe.process_pages([raster])
+    assert (page.width, page.height) == (1600, 1200)
+    (word,) = page.words
+    x0, y0, x1, y1 = word.bbox
+    assert x1 > 1500 and y1 > 1100 and x1 <= 1600.1 and y1 <= 1200.1

@@ -585,3 +585,41 @@ def test_memory_mapped_bad_documents(tmp_path):
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
             with pytest.raises(error):
                 list(iter_pages(mm))
+
+
+# ---- large JPEGs decoded reduced (iter_pages image_side) ------------------------------------------
+
+def _jpeg(w: int, h: int, orientation: int | None = None) -> bytes:
+    im = Image.new("RGB", (w, h), "white")
+    im.paste((0, 0, 0), (w // 4, h // 4, w // 2, h // 2))   # a dark block a quarter in
+    exif = Image.Exif()
+    if orientation:
+        exif[0x0112] = orientation
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", quality=90, exif=exif)
+    return buf.getvalue()
+
+
+def test_large_jpeg_is_decoded_reduced_and_knows_its_source_size():
+    data = _jpeg(2400, 1800)
+    full = next(iter_pages(data))
+    page = next(iter_pages(data, image_side=500))
+    assert full.shape == (1800, 2400, 3) and rasterise.source_scale(full) == (1.0, 1.0)
+    assert page.shape == (450, 600, 3)                  # 1/4: the smallest reduction still >= 500
+    assert page.source_size == (2400, 1800)
+    assert rasterise.source_scale(page) == (4.0, 4.0)
+    assert rasterise.source_scale(page[:10]) == (1.0, 1.0)   # a crop is its own pixels
+    # the content is where it was: the dark block starts a quarter in, at either scale
+    assert page[450 // 4 + 5, 600 // 4 + 5].max() < 60 and page[5, 5].min() > 200
+
+
+def test_reduced_jpeg_source_size_follows_exif_rotation():
+    page = next(iter_pages(_jpeg(2400, 1800, orientation=6), image_side=500))   # 90 degrees
+    assert page.shape[:2] == (600, 450) and page.source_size == (1800, 2400)
+
+
+def test_small_jpegs_and_other_types_are_decoded_in_full():
+    assert next(iter_pages(_jpeg(900, 700), image_side=500)).shape == (700, 900, 3)  # < 2x
+    buf = io.BytesIO()
+    Image.new("RGB", (2400, 1800), "white").save(buf, "PNG")
+    assert next(iter_pages(buf.getvalue(), image_side=500)).shape == (1800, 2400, 3)

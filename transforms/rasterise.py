@@ -86,16 +86,47 @@ def count_pages(data: Buffer, content_type: str | None = None) -> int:
         return _frame_count(im, content_type)
 
 
+# The models need no more than this on a page's long side (the segmenter works at 1024, crops are
+# 32 px high): larger JPEGs are decoded reduced by default (PipelineConfig.image_side, --image-side).
+DEFAULT_IMAGE_SIDE = 1600
+
+
+class Raster(np.ndarray):
+    """A decoded page (HxWx3 uint8 RGB) that may be smaller than its source image: large JPEGs are
+    decoded reduced (see iter_pages). `source_size` is the upright source's (width, height), so
+    results can be reported in the source image's pixels. Plain arrays are their own source."""
+
+    source_size: tuple[int, int] | None = None
+    decoded_shape: tuple[int, int] | None = None
+
+    def __array_finalize__(self, obj) -> None:
+        self.source_size = getattr(obj, "source_size", None)
+        self.decoded_shape = getattr(obj, "decoded_shape", None)
+
+
+def source_scale(page: np.ndarray) -> tuple[float, float]:
+    """(sx, sy): source pixels per pixel of `page`; (1, 1) unless it is a reduced Raster."""
+    size = getattr(page, "source_size", None)
+    if size is None or getattr(page, "decoded_shape", None) != page.shape[:2]:
+        return 1.0, 1.0   # a plain array, or a crop/view of a Raster: its own pixels
+    return size[0] / page.shape[1], size[1] / page.shape[0]
+
+
 def iter_pages(data: Buffer, dpi: int = 200, limits: Limits = DEFAULT_LIMITS,
-               content_type: str | None = None) -> Iterator[np.ndarray]:
-    """Yield each page as an HxWx3 uint8 RGB array, in page order, one at a time."""
+               content_type: str | None = None, image_side: int | None = None) -> Iterator[np.ndarray]:
+    """Yield each page as an HxWx3 uint8 RGB array, in page order, one at a time.
+
+    image_side: decode a JPEG whose long side is at least twice this at 1/2, 1/4 or 1/8 size
+    (libjpeg scales while decoding: about twice as fast, and every later stage has fewer pixels),
+    never below image_side on the long side. Such pages come as Raster, which knows its source size.
+    PDFs take `dpi` instead; other image types are always decoded in full."""
     if len(data) > limits.max_bytes:
         raise TooLarge(f"document is {len(data)} bytes, over the {limits.max_bytes} byte limit")
     content_type = content_type or sniff(data)
     if content_type == PDF:
         yield from _pdf_pages(data, dpi, limits)
     elif content_type in IMAGE_TYPES:
-        yield from _image_pages(data, limits, content_type)
+        yield from _image_pages(data, limits, content_type, image_side)
     else:
         raise UnsupportedType(f"unsupported document type {content_type!r}")
 
@@ -314,7 +345,18 @@ def _frame_count(im: Image.Image, content_type: str) -> int:
         raise CorruptDocument(f"TIFF page list could not be read: {_reason(e)}") from e
 
 
-def _image_pages(data: Buffer, limits: Limits, content_type: str) -> Iterator[np.ndarray]:
+def _reduce_jpeg(im: Image.Image, image_side: int | None) -> bool:
+    """Ask libjpeg for a scaled decode (Image.draft) when the page is at least twice image_side."""
+    w, h = im.size
+    if not image_side or im.format != "JPEG" or max(w, h) < 2 * image_side:
+        return False
+    k = image_side / max(w, h)
+    im.draft("RGB", (max(1, int(w * k)), max(1, int(h * k))))
+    return im.size != (w, h)
+
+
+def _image_pages(data: Buffer, limits: Limits, content_type: str,
+                 image_side: int | None = None) -> Iterator[np.ndarray]:
     with _open_image(data, content_type, limits.max_pixels) as im:
         n = _frame_count(im, content_type)
         if n > limits.max_pages:
@@ -330,11 +372,19 @@ def _image_pages(data: Buffer, limits: Limits, content_type: str) -> Iterator[np
                 raise EmptyDocument(f"page {i} has zero size ({w}x{h} px)")
             if w * h > limits.max_pixels:
                 raise TooLarge(f"page {i} is {w}x{h} px, over the {limits.max_pixels} pixel limit")
+            reduced = _reduce_jpeg(im, image_side)
             try:
                 im.load()  # truncated or corrupt data surfaces here, at decode time
             except Exception as e:
                 raise CorruptDocument(f"page {i} could not be decoded: {_reason(e)}") from e
-            yield to_rgb_array(_upright(im))
+            upright = _upright(im)
+            page = to_rgb_array(upright)
+            if reduced:
+                turned = upright.size != im.size  # EXIF orientation swapped the axes
+                page = page.view(Raster)
+                page.source_size = (h, w) if turned else (w, h)
+                page.decoded_shape = page.shape[:2]
+            yield page
 
 
 def _upright(frame: Image.Image) -> Image.Image:
