@@ -41,8 +41,8 @@ class EvalPage:
     uri: str
     items: list[GtItem]
     level: str                 # "word" | "line"
-    image_side: int | None = None   # decode as `htr run` would (a reduced Raster for large JPEGs)
     _image: np.ndarray | None = field(default=None, repr=False)
+    image_side: int | None = None   # decode as `htr run` would (a reduced Raster for large JPEGs)
 
     @property
     def image(self) -> np.ndarray:
@@ -85,7 +85,7 @@ def load_eval_set(manifest: str | Path, line_types: str | Path | None = None,
         if lvl == "auto":  # lines have spaces inside; words don't
             spaced = sum(" " in it.text.strip() for it in items)
             lvl = "line" if spaced > 0.3 * max(1, len(items)) else "word"
-        pages.append(EvalPage(resolve_source(sample, manifest), items, lvl, image_side))
+        pages.append(EvalPage(resolve_source(sample, manifest), items, lvl, image_side=image_side))
     return pages
 
 
