@@ -49,7 +49,7 @@ def normalise_ink(crop: np.ndarray) -> np.ndarray:
     """uint8 gray crop -> float32 ink map in [0, 1] (paper 0, ink 1), robust to paper colour
     and faded ink: stretch between the paper level and the darkest strokes."""
     c = crop.astype(np.float32)
-    paper, ink = np.percentile(c, 90), np.percentile(c, 3)
+    ink, paper = np.percentile(c, [3, 90]).astype(np.float32)  # one call: half the cost of two
     span = max(paper - ink, 40.0)
     return np.clip((paper - c) / span, 0.0, 1.0)
 

@@ -48,13 +48,15 @@ def greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor | None = None
     """Best path per sample, and a confidence: the geometric mean of the per-frame
     maximum probabilities over the frames that emit a character (all frames if none)."""
     best_lp, best = log_probs.max(-1)                    # B x T
-    out, confs = [], []
-    for i in range(best.shape[0]):
-        n = int(lengths[i]) if lengths is not None else best.shape[1]
-        seq, lp = best[i, :n].tolist(), best_lp[i, :n]
-        keep = torch.tensor([k != 0 and (j == 0 or k != seq[j - 1]) for j, k in enumerate(seq)],
-                            dtype=torch.bool)
-        sel = lp[keep] if bool(keep.any()) else lp
-        confs.append(float(sel.float().mean().exp()) if sel.numel() else 0.0)
-        out.append(seq)
-    return out, confs
+    b, t = best.shape
+    n = lengths.clamp(max=t) if lengths is not None else torch.full((b,), t)
+    inside = torch.arange(t).unsqueeze(0) < n.unsqueeze(1)
+    new = torch.ones_like(best, dtype=torch.bool)
+    new[:, 1:] = best[:, 1:] != best[:, :-1]
+    emits = (best != 0) & new & inside                   # frames that start a character
+    use = torch.where(emits.any(1, keepdim=True), emits, inside)
+    lp = best_lp.float()
+    mean = (lp * use).sum(1) / use.sum(1).clamp(min=1)
+    confs = torch.where(use.any(1), mean.exp(), torch.zeros_like(mean)).tolist()
+    rows = best.tolist()
+    return [row[:k] for row, k in zip(rows, n.tolist())], confs
