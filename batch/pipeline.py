@@ -43,7 +43,7 @@ class PipelineConfig:
     lexicon: bool = True          # snap out-of-vocabulary readings to likely English words
     backend: str = "auto"         # CPU engine: "torch" or "onnxruntime"; auto picks the faster here (below)
     precision: str = "auto"       # "fp32" | "bf16"; auto = bf16 where the CPU computes it natively, fp16/bf16 on CUDA
-    image_side: int | None = DEFAULT_IMAGE_SIDE  # large JPEGs decoded reduced, to about this long side
+    image_side: int = DEFAULT_IMAGE_SIDE  # large JPEGs decoded reduced, to about this long side; 0: never
     post: PostConfig = field(default_factory=PostConfig)
 
 

@@ -398,7 +398,7 @@ def main(args) -> int:
         pipe = Pipeline.load(args.models, args.device,
                              PipelineConfig(seg_batch=args.seg_batch, rec_batch=args.rec_batch,
                                             lexicon=not args.no_lexicon, backend=args.backend,
-                                            precision=args.precision, image_side=args.image_side or None))
+                                            precision=args.precision, image_side=args.image_side))
     except Exception as e:
         print(f"htr run: cannot load models: {e}", file=sys.stderr)
         return EXIT_FATAL

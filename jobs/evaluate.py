@@ -27,6 +27,7 @@ from tqdm import tqdm
 from batch.schema import Page
 from jobs.metrics import DetectionScore, ErrorRate, match
 from models.charset import normalise
+from transforms.rasterise import DEFAULT_IMAGE_SIDE
 
 
 @dataclass
@@ -278,8 +279,6 @@ def configure(p) -> None:
     p.add_argument("--long-side", type=int, help="segmenter input size (default: the checkpoint's)")
     p.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
-    from transforms.rasterise import DEFAULT_IMAGE_SIDE
-
     p.add_argument("--image-side", type=int, default=DEFAULT_IMAGE_SIDE,
                    help="decode large JPEGs reduced as htr run does (0: full size)")
 
@@ -293,10 +292,10 @@ def pipeline_predictor(pipe) -> tuple[Callable, Callable]:
 def main(args) -> int:
     from batch.pipeline import Pipeline, PipelineConfig
 
-    pages = load_eval_set(args.manifest, args.line_types, args.level, args.limit, args.image_side or None)
+    pages = load_eval_set(args.manifest, args.line_types, args.level, args.limit, args.image_side)
     pipe = Pipeline.load(args.models, args.device, PipelineConfig(
         lexicon=not args.no_lexicon, long_side=args.long_side, backend=args.backend,
-        precision=args.precision, image_side=args.image_side or None))
+        precision=args.precision, image_side=args.image_side))
     predict, recognise = pipeline_predictor(pipe)
     metrics = evaluate(pages, predict, recognise)
     metrics["model_version"] = pipe.model_version
