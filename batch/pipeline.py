@@ -51,7 +51,9 @@ def _resize_for_segmenter(page: np.ndarray, long_side: int) -> tuple[np.ndarray,
     h, w = page.shape[:2]
     scale = long_side / max(h, w)
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    # Area averaging only where bilinear would alias (below half size): OpenCV's INTER_AREA at a
+    # fractional factor such as 0.75 costs 9 ms per page here, bilinear 1.3 ms.
+    interp = cv2.INTER_AREA if scale < 0.5 else cv2.INTER_LINEAR
     return cv2.resize(page, size, interpolation=interp), scale
 
 

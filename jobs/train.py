@@ -202,13 +202,24 @@ class Bookkeeper:
             _save_state(self.ckpt_dir, self.net, self.opt, self.sched, step, self.best)
 
 
+def _warm_start(model: torch.nn.Module, source: torch.nn.Module) -> None:
+    """Copy every tensor whose name and shape match (all of them when the arch is the same; only the
+    backbone when e.g. a narrower FPN is trained from a wider model's backbone)."""
+    own = model.state_dict()
+    found = {k: v for k, v in source.state_dict().items() if k in own and own[k].shape == v.shape}
+    model.load_state_dict(found, strict=False)
+    print(f"warm start: {len(found)} of {len(own)} tensors copied", flush=True)
+    if not found:
+        raise ValueError("--init model shares no tensors with this arch")
+
+
 def _prepare(model, kind: str, args) -> tuple:
     """Seed, optional warm start (--init), device, and DDP under torchrun: the same for both jobs.
     Returns (model, device, rank, world)."""
     device, (rank, world) = _device(args.device), _distributed()
     torch.manual_seed(args.seed + rank)
     if args.init:
-        model.load_state_dict(checkpoints.load(args.init, kind)[0].state_dict())
+        _warm_start(model, checkpoints.load(args.init, kind)[0])
     model.to(device).train()
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model)

@@ -8,7 +8,7 @@ import torch
 
 from models import recogniser
 from models.charset import CHARSET, Codec, normalise
-from models.recogniser.crnn import greedy_decode
+from models.recogniser.crnn import Pool, greedy_decode
 
 codec = Codec()
 
@@ -152,3 +152,11 @@ def test_tiny_crnn_output_shape_and_decodes():
     assert [len(s) for s in seqs] == [16, 8, 1]
     assert all(0 < c <= 1 for c in confs)
     assert all(isinstance(codec.decode_greedy(s), str) for s in seqs)
+
+
+@pytest.mark.parametrize("kernel", [(2, 2), (2, 1)])
+@pytest.mark.parametrize("width", [64, 37])
+def test_pool_is_max_pooling(kernel, width):
+    """The CRNN's strided-view pooling must give exactly what nn.MaxPool2d gives (odd sizes floor)."""
+    x = torch.randn(3, 5, 33, width).contiguous(memory_format=torch.channels_last)
+    assert torch.equal(Pool(*kernel)(x), torch.nn.functional.max_pool2d(x, kernel))

@@ -9,7 +9,10 @@ from typing import Any
 from models.segmenter.db import DBNet
 
 CONFIGS: dict[str, dict[str, Any]] = {
-    # CPU default: small backbone, page resized to 1024 px on its long side.
+    # CPU default: small backbone, narrow FPN and heads (their stride-4 3x3 convolutions dominate
+    # the cost: half the forward time of the 64/32 variant below, BENCHMARKS.md), 1024 px long side.
+    "db_mobilenet_v3_small_lite": dict(backbone="mobilenet_v3_small", width_mult=1.0, fpn_channels=32,
+                                       head_channels=16, input_long_side=1024),
     "db_mobilenet_v3_small": dict(backbone="mobilenet_v3_small", width_mult=1.0, fpn_channels=64,
                                   head_channels=32, input_long_side=1024),
     # Larger, for GPUs or when accuracy matters more than speed.
