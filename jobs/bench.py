@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
@@ -262,6 +263,7 @@ class HtrHost:
         self.clock = StageClock()
         self.pipe = Pipeline.load(models, "cpu", PipelineConfig(backend=self.backend, precision=self.precision))
         instrument(self.pipe, self.clock)
+        self.decoders = ThreadPoolExecutor(threads, thread_name_prefix="decode")
         self.out = tempfile.mkdtemp(prefix="htr-bench-out-")
         self.writer = OutputWriter(self.out, "bench")
         self.last: list[tuple[str, Any]] = []
@@ -271,8 +273,8 @@ class HtrHost:
         return f"{self.pipe.model_version} ({self.pipe.backend} {precision})"
 
     def ocr(self, uris: list[str]) -> list:
-        with self.clock.stage("decode"):
-            images = [decode(u, self.pipe.config.image_side) for u in uris]
+        with self.clock.stage("decode"):   # on the thread budget, as `htr run`'s decode workers do
+            images = list(self.decoders.map(lambda u: decode(u, self.pipe.config.image_side), uris))
         pages = self.pipe.process_pages(images)
         self.last = list(zip(uris, pages))
         return pages
@@ -290,6 +292,7 @@ class HtrHost:
         return dict(self.clock.seconds)
 
     def close(self) -> None:
+        self.decoders.shutdown()
         shutil.rmtree(self.out, ignore_errors=True)
 
     def reset(self, _=None) -> None:
@@ -807,7 +810,8 @@ def main(args) -> int:
         f"Same thread budget ({threads}): htr-batch onnxruntime/torch threads {threads}; RapidOCR onnxruntime "
         f"intra-op threads {threads}; Tesseract {threads} single-threaded processes (OMP_THREAD_LIMIT=1) at a time.",
         "Times include decoding the page file (the same Pillow/poppler decoder for all; ours asks libjpeg "
-        "for large JPEGs at reduced size, as `htr run` does, the peers get them in full) and exclude model loading "
+        "for large JPEGs at reduced size, as `htr run` does, the peers get them in full; ours decodes a chunk's "
+        f"files on {threads} threads, like `htr run`'s decode workers) and exclude model loading "
         "(start-up) and a one-page warm-up. Peak RSS: the system's process tree (for Tesseract its "
         "tesseract processes only, not the bench's host process).",
         "Peers run with their default settings: Tesseract `--psm 3` (eng); RapidOCR's shipped PP-OCRv4 "

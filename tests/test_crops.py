@@ -7,8 +7,8 @@ import cv2
 import numpy as np
 import pytest
 
-from transforms.crops import (CROP_HEIGHT, WIDTH_BUCKETS, bucket_width, crop_width, normalise_ink,
-                              pack, plan_batches, quad_size, rectify)
+from transforms.crops import (CROP_HEIGHT, WIDTH_BUCKETS, bucket_width, crop_width, ink_levels,
+                              normalise_ink, pack, plan_batches, quad_size, rectify)
 
 
 def rotated_quad(cx: float, cy: float, w: float, h: float, degrees: float) -> np.ndarray:
@@ -136,3 +136,13 @@ def test_pack_pads_with_zero_to_the_bucket():
     wide[:, ::2] = 255
     batch, widths = pack([wide])
     assert batch.shape == (1, 1, 32, 512) and widths.tolist() == [512]
+
+
+def test_ink_levels_equal_numpy_percentiles():
+    """The histogram shortcut must give np.percentile's linear-method values, on any crop."""
+    rng = np.random.default_rng(3)
+    crops = [rng.integers(0, 256, (32, w), dtype=np.uint8) for w in (1, 2, 7, 130)]
+    crops += [np.full((32, 9), 200, np.uint8), rng.integers(100, 104, (32, 50)).astype(np.uint8)]
+    for crop in crops:
+        expected = np.percentile(crop.astype(np.float64), [3, 90])
+        assert np.allclose(ink_levels(crop), expected, atol=1e-9), crop.shape

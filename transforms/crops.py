@@ -45,13 +45,25 @@ def rectify(gray: np.ndarray, quad: np.ndarray, height: int = CROP_HEIGHT, max_w
                                borderMode=cv2.BORDER_REPLICATE)
 
 
+def ink_levels(crop: np.ndarray) -> tuple[float, float]:
+    """(ink, paper): the 3rd and 90th percentiles of a uint8 crop, exactly as np.percentile's linear
+    method gives them, read off a 256-bin histogram (10x faster than sorting the pixels)."""
+    cum = np.cumsum(np.bincount(crop.ravel(), minlength=256))
+    levels = []
+    for q in (3, 90):
+        pos = q / 100 * (cum[-1] - 1)
+        k = int(pos)
+        lo, hi = np.searchsorted(cum, [k, min(k + 1, cum[-1] - 1)], side="right")
+        levels.append(float(lo) + (pos - k) * float(hi - lo))
+    return levels[0], levels[1]
+
+
 def normalise_ink(crop: np.ndarray) -> np.ndarray:
     """uint8 gray crop -> float32 ink map in [0, 1] (paper 0, ink 1), robust to paper colour
     and faded ink: stretch between the paper level and the darkest strokes."""
-    c = crop.astype(np.float32)
-    ink, paper = np.percentile(c, [3, 90]).astype(np.float32)  # one call: half the cost of two
+    ink, paper = ink_levels(crop)
     span = max(paper - ink, 40.0)
-    return np.clip((paper - c) / span, 0.0, 1.0)
+    return np.clip((np.float32(paper) - crop.astype(np.float32)) / np.float32(span), 0.0, 1.0)
 
 
 def bucket_width(w: int, buckets: tuple[int, ...] = WIDTH_BUCKETS) -> int:
