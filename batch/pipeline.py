@@ -27,6 +27,24 @@ from transforms.rasterise import (DEFAULT_IMAGE_SIDE, DEFAULT_LIMITS, Limits, it
                                   source_scale)
 
 
+def keep_freed_memory() -> None:
+    """Ask glibc to keep freed memory for reuse instead of handing it back to the kernel.
+
+    Every page image, crop batch and activation is a fresh multi-megabyte buffer. By default glibc
+    maps most of them anew and unmaps them on free, so each is page-faulted in again: on the
+    development VM that made decoding a JPEG 36 ms instead of 14 ms. Blocks up to 32 MiB (glibc's
+    ceiling) now come from the heap, and up to 512 MiB of freed heap is kept. No-op off glibc."""
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    mallopt(m_mmap_threshold, 32 << 20)
+    mallopt(m_trim_threshold, 512 << 20)
+
+
 def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -62,6 +80,7 @@ class Pipeline:
                  rec_meta: dict, device: torch.device, config: PipelineConfig | None = None):
         self.device = device
         self.config = config or PipelineConfig()
+        keep_freed_memory()
         self.segmenter = segmenter.to(device).eval()
         self.recogniser = recogniser.to(device).eval()
         self.seg_meta, self.rec_meta = seg_meta, rec_meta
