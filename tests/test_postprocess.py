@@ -51,6 +51,9 @@ def match(found, expected_quad, shape) -> tuple[np.ndarray, float, float]:
 
 # ---- boxes_from_prob -----------------------------------------------------------------------------
 
+# The thresholds these hand-drawn maps are made for; the defaults are tuned on the shipped model.
+DRAWN = PostConfig(bin_thresh=0.4, box_thresh=0.5)
+
 def test_blobs_become_quads_in_the_right_places_with_their_scores():
     shape = (240, 320)
     prob = np.zeros(shape, np.float32)
@@ -60,7 +63,7 @@ def test_blobs_become_quads_in_the_right_places_with_their_scores():
     prob[200:202, 250:252] = 0.95          # speck: shorter side under min_size
     prob[120:123, 10:60] = 0.95            # hairline: 3 px tall, still too thin
     prob[100:130, 250:300] = 0.4           # above bin_thresh but below box_thresh: not a word
-    found = boxes_from_prob(prob)
+    found = boxes_from_prob(prob, DRAWN)
     assert len(found) == 3
     for (x0, y0, x1, y1), v in kernels.items():
         quad, score, overlap = match(found, grown_box(x0, y0, x1, y1), shape)
@@ -76,7 +79,7 @@ def test_score_is_the_mean_probability_of_a_non_uniform_blob():
     prob = np.zeros((100, 200), np.float32)
     prob[40:60, 20:100] = 0.6
     prob[40:60, 100:180] = 1.0
-    (quad, score), = boxes_from_prob(prob)
+    (quad, score), = boxes_from_prob(prob, DRAWN)
     assert score == pytest.approx(0.8, abs=0.02)
     assert iou(quad, grown_box(20, 40, 180, 60), prob.shape) > 0.7
 
@@ -86,7 +89,7 @@ def test_rotated_blob_gives_a_rotated_quad():
     prob = np.zeros(shape, np.float32)
     kernel = rotated(150, 150, 140, 24, 25)
     cv2.fillPoly(prob, [np.round(kernel).astype(np.int32)], 0.9)
-    (quad, score), = boxes_from_prob(prob)
+    (quad, score), = boxes_from_prob(prob, DRAWN)
     top = quad[1] - quad[0]
     assert math.degrees(math.atan2(top[1], top[0])) == pytest.approx(25, abs=3)
     d = 140 * 24 * 1.6 / (2 * (140 + 24))
@@ -97,20 +100,20 @@ def test_rotated_blob_gives_a_rotated_quad():
 def test_quads_are_clipped_to_the_map():
     prob = np.zeros((60, 100), np.float32)
     prob[0:12, 0:50] = 0.9                  # touching the top-left corner
-    (quad, _), = boxes_from_prob(prob)
+    (quad, _), = boxes_from_prob(prob, DRAWN)
     assert quad.min() >= 0 and quad[:, 0].max() <= 100 and quad[:, 1].max() <= 60
 
 
 def test_empty_and_flat_maps_give_nothing():
     assert boxes_from_prob(np.zeros((64, 64), np.float32)) == []
-    assert boxes_from_prob(np.full((64, 64), 0.2, np.float32)) == []
+    assert boxes_from_prob(np.full((64, 64), 0.2, np.float32), DRAWN) == []
 
 
 def test_config_thresholds_are_used():
     prob = np.zeros((100, 200), np.float32)
     prob[40:60, 20:180] = 0.45
-    assert boxes_from_prob(prob) == []
-    assert len(boxes_from_prob(prob, PostConfig(box_thresh=0.4))) == 1
+    assert boxes_from_prob(prob, DRAWN) == []
+    assert len(boxes_from_prob(prob, PostConfig(bin_thresh=0.4, box_thresh=0.4))) == 1
     prob = np.zeros((100, 200), np.float32)
     for k in range(5):
         prob[10 + 15 * k:20 + 15 * k, 20:180] = 0.9
