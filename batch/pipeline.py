@@ -32,7 +32,7 @@ def keep_freed_memory() -> None:
 
     Every page image, crop batch and activation is a fresh multi-megabyte buffer. By default glibc
     maps most of them anew and unmaps them on free, so each is page-faulted in again: on the
-    development VM that made decoding a JPEG 36 ms instead of 14 ms. Blocks up to 32 MiB (glibc's
+    development VM that made decoding a test JPEG 31-38 ms instead of 13 ms. Blocks up to 32 MiB (glibc's
     ceiling) now come from the heap, and up to 512 MiB of freed heap is kept. No-op off glibc."""
     import ctypes
 

