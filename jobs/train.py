@@ -37,7 +37,16 @@ from models.charset import Codec
 from models.recogniser.crnn import greedy_decode
 from models.segmenter.postprocess import boxes_from_prob
 
-DEFAULT_ARCH = {"segmenter": "db_mobilenet_v3_small", "recogniser": "crnn_small"}
+DEFAULT_ARCH = {"segmenter": "db_mobilenet_v3_small_lite", "recogniser": "crnn_small"}   # as shipped
+
+
+def _arch(args, kind: str) -> str:
+    """--arch, else the --init model's own arch (fine-tuning keeps it), else the shipped default."""
+    if args.arch:
+        return args.arch
+    if args.init:
+        return checkpoints.read_meta(args.init, kind)["arch"]
+    return DEFAULT_ARCH[kind]
 
 
 def configure(p: argparse.ArgumentParser, with_model_positional: bool = True) -> None:
@@ -282,7 +291,7 @@ def evaluate_segmenter(model, pages, long_side: int, device) -> DetectionScore:
 
 
 def train_segmenter(args) -> dict:
-    arch = args.arch or DEFAULT_ARCH["segmenter"]
+    arch = _arch(args, "segmenter")
     cfg = dict(segmenter.CONFIGS[arch])
     model, device, rank, world = _prepare(segmenter.build(arch, cfg), "segmenter", args)
     bs = args.batch_size or 8
@@ -351,7 +360,7 @@ def _recogniser_test_samples(args, codec: Codec, max_width: int) -> list:
 
 
 def train_recogniser(args) -> dict:
-    arch = args.arch or DEFAULT_ARCH["recogniser"]
+    arch = _arch(args, "recogniser")
     cfg = dict(recogniser.CONFIGS[arch])
     codec = Codec()
     model, device, rank, world = _prepare(recogniser.build(arch, cfg, codec.charset), "recogniser", args)

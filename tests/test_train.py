@@ -116,3 +116,17 @@ def test_db_loss_is_lower_for_the_right_answer():
     good = train.db_loss(out(right), t)
     bad = train.db_loss(out(1 - right), t)
     assert float(good) < float(bad)
+
+
+def test_init_keeps_the_init_models_arch_and_weights(manifest_dir, tmp_path, capsys):
+    """Fine-tuning without --arch trains the --init model's own arch, starting from all its tensors."""
+    base = ["recogniser", "--train", str(manifest_dir), "--test", str(manifest_dir), "--batch-size", "8",
+            "--log-every", "5", "--eval-every", "5", "--workers", "0", "--steps", "5"]
+    assert train.main(_args(base + ["--arch", "crnn_tiny", "--model-dir", str(tmp_path / "a")])) == 0
+    capsys.readouterr()
+    assert train.main(_args(base + ["--init", str(tmp_path / "a"), "--model-dir", str(tmp_path / "b")])) == 0
+    out = capsys.readouterr().out
+    _, meta = checkpoints.load(tmp_path / "b", "recogniser")
+    assert meta["arch"] == "crnn_tiny"
+    n = len(checkpoints.load(tmp_path / "a", "recogniser")[0].state_dict())
+    assert f"warm start: {n} of {n} tensors copied" in out
