@@ -27,7 +27,7 @@ from tqdm import tqdm
 from batch.schema import Page
 from jobs.metrics import DetectionScore, ErrorRate, match
 from models.charset import normalise
-from transforms.rasterise import DEFAULT_IMAGE_SIDE
+from transforms.rasterise import DEFAULT_IMAGE_SIDE, source_scale
 
 
 @dataclass
@@ -214,8 +214,6 @@ def _score_crops(ep: EvalPage, recognise, s: Scores) -> None:
     import cv2
     from jobs.manifests import is_recognition_target
     from transforms.crops import rectify
-
-    from transforms.rasterise import source_scale
 
     gray = cv2.cvtColor(np.asarray(ep.image), cv2.COLOR_RGB2GRAY)
     items = [it for it in ep.items if is_recognition_target(it.text)]
