@@ -1,8 +1,11 @@
 """The predictor: pages in, pages with lines and words out.
 
-pre-processing (resize/pad pages) -> segmenter -> DB post-processing -> word crops ->
-recogniser -> CTC decoding -> line grouping. Pages from many documents are segmented
-together, and all their word crops are recognised together, so batches stay full.
+pre-processing (resize/pad pages) -> segmenter -> DB post-processing -> then, by recogniser:
+  line recogniser (the default): words grouped into lines -> one rotated crop per line (segment) ->
+      CTC over the whole line -> words and their polygons from the CTC alignment;
+  word recogniser (older models): one crop per word -> CTC -> line grouping.
+Pages from many documents are segmented together, and all their crops are recognised together,
+so batches stay full.
 """
 from __future__ import annotations
 
@@ -14,15 +17,16 @@ import cv2
 import numpy as np
 import torch
 
-from batch.schema import DocumentRecord, Page, Point, Word, doc_id_for, now_ms
+from batch.schema import DocumentRecord, Line, Page, Point, Word, doc_id_for, now_ms
 from batch.lines import group_lines
 from models import checkpoints
 from models.charset import Codec
 from models.fuse import fuse_batchnorm
-from models.recogniser.crnn import greedy_decode
-from models.recogniser.lexicon import Lexicon
+from models.recogniser.crnn import greedy_decode, word_spans
+from models.recogniser.lexicon import Lexicon, pick_lexicon
 from models.segmenter.postprocess import PostConfig, boxes_from_prob
 from transforms import crops as crops_mod
+from transforms.line_geometry import expand_quad, line_quad, span_polygon
 from transforms.rasterise import (DEFAULT_IMAGE_SIDE, DEFAULT_LIMITS, Limits, iter_pages, sniff,
                                   source_scale)
 
@@ -58,7 +62,10 @@ class PipelineConfig:
     seg_batch: int = 4            # pages per segmenter forward
     rec_batch: int = 256          # word crops per recogniser forward
     long_side: int | None = None  # segmenter input size; None = the checkpoint's
-    lexicon: bool = True          # snap out-of-vocabulary readings to likely English words
+    # Dictionary rescoring of out-of-vocabulary readings: "auto" (line models: per line, English or
+    # French, whichever knows most of its words, none if neither does; word models: English),
+    # a wordfreq language code ("en", "fr", "de", ...) or "off". True/False mean auto/off.
+    lexicon: str | bool = "auto"
     backend: str = "auto"         # CPU engine: "torch" or "onnxruntime"; auto picks the faster here (below)
     precision: str = "auto"       # "fp32" | "bf16"; auto = bf16 where the CPU computes it natively, fp16/bf16 on CUDA
     image_side: int = DEFAULT_IMAGE_SIDE  # large JPEGs decoded reduced, to about this long side; 0: never
@@ -75,6 +82,37 @@ def _resize_for_segmenter(page: np.ndarray, long_side: int) -> tuple[np.ndarray,
     return cv2.resize(page, size, interpolation=interp), scale
 
 
+LINE_BUCKETS = (64, 128, 256, 384, 512, 768, 1024, 1536, 2048)
+LINE_MARGIN = 0.08     # line quads from word boxes grown by this share of their height on each side
+SEGMENT_GAP = 2.5      # a gap wider than this many line heights splits a line into two crops
+
+
+def split_segments(words: list[Word]) -> list[list[Word]]:
+    """A line's words (left to right) cut at wide gaps: two columns or a date far right on the same
+    baseline are read as separate crops, not as one crop full of empty paper."""
+    if not words:
+        return []
+    heights = [w.bbox[3] - w.bbox[1] for w in words]
+    gap_limit = SEGMENT_GAP * float(np.median(heights))
+    segments = [[words[0]]]
+    for prev, w in zip(words, words[1:]):
+        if w.bbox[0] - prev.bbox[2] > gap_limit:
+            segments.append([])
+        segments[-1].append(w)
+    return segments
+
+
+def number_lines(lines: dict[int, list[Word]]) -> list[Line]:
+    """Lines in reading order, renumbered without the empty ones; words numbered across the page."""
+    out, k = [], 0
+    for li in sorted(lines):
+        for w in lines[li]:
+            w.line_idx, w.word_idx = len(out), k
+            k += 1
+        out.append(Line(len(out), lines[li]))
+    return out
+
+
 class Pipeline:
     def __init__(self, segmenter: torch.nn.Module, seg_meta: dict, recogniser: torch.nn.Module,
                  rec_meta: dict, device: torch.device, config: PipelineConfig | None = None):
@@ -88,6 +126,7 @@ class Pipeline:
         self.long_side = self.config.long_side or seg_meta["config"]["input_long_side"]
         self.crop_height = rec_meta["config"].get("height", crops_mod.CROP_HEIGHT)
         self.max_width = rec_meta["config"].get("max_width", 512)
+        self.line_mode = rec_meta["config"].get("unit") == "line"   # reads whole text lines
         self.model_version = f"seg-{seg_meta['version']}+rec-{rec_meta['version']}"
         self.bf16_cpu = device.type == "cpu" and self._cpu_bf16(self.config.precision)
         self.backend = self._pick_backend(self.config.backend, device, self.bf16_cpu)
@@ -105,9 +144,19 @@ class Pipeline:
         if self.channels_last:
             self.segmenter = self.segmenter.to(memory_format=torch.channels_last)
             self.recogniser = self.recogniser.to(memory_format=torch.channels_last)
-        self.lexicon = Lexicon.english() if self.config.lexicon else None
+        self.lexicons = self._lexicons(self.config.lexicon, self.line_mode)
+        self.lexicon = self.lexicons[0] if self.lexicons else None
         if self.lexicon:
             self.model_version += "+lex"
+
+    @staticmethod
+    def _lexicons(choice: str | bool, line_mode: bool) -> list[Lexicon]:
+        choice = {True: "auto", False: "off"}.get(choice, choice)   # type: ignore[arg-type]
+        if choice == "off":
+            return []
+        if choice == "auto":
+            return [Lexicon.english(), Lexicon.for_language("fr")] if line_mode else [Lexicon.english()]
+        return [Lexicon.for_language(str(choice))]
 
     @staticmethod
     def _cpu_bf16(precision: str) -> bool:
@@ -225,6 +274,82 @@ class Pipeline:
 
     # ---- pages -------------------------------------------------------------------------------
 
+    # ---- lines -------------------------------------------------------------------------------
+
+    def line_crop(self, gray: np.ndarray, quad: np.ndarray) -> np.ndarray:
+        """A line quad (page pixels, TL,TR,BR,BL) rectified to the recogniser's height."""
+        return crops_mod.rectify(gray, quad, self.crop_height, self.max_width)
+
+    def read_lines(self, crops: list[np.ndarray]) -> list[list[tuple[str, float, float, float]]]:
+        """Line crops (uint8 gray, recogniser height) -> per line its words as
+        (text, confidence, u0, u1), u0/u1 the fractions along the crop where the word lies."""
+        results: list[list[tuple[str, float, float, float]]] = [[] for _ in crops]
+        space = self.codec.index.get(" ", -1)
+        for idx, batch, widths in self._line_batches(crops):
+            x = torch.from_numpy(batch).to(self.device)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.inference_mode(), self._autocast():
+                log_probs = self.recogniser(x).float().cpu()
+            frames = torch.from_numpy(-(-widths // 4)).clamp(max=log_probs.shape[1])
+            for row, i in enumerate(idx):
+                n = int(frames[row])
+                spans = word_spans(log_probs[row], n, space)
+                words = [(self.codec.decode_greedy(cls), conf, f0, f1) for cls, f0, f1, conf in spans]
+                lexicon = pick_lexicon(self.lexicons, [w[0] for w in words])
+                if lexicon:
+                    words = lexicon.rescore_line(words, log_probs[row, :n], self.codec)
+                # a frame covers 4 crop columns; a word reaches half a frame beyond its last peak
+                results[i] = [(t, c, max(0.0, (f0 - 0.5) / n), min(1.0, (f1 + 0.5) / n))
+                              for t, c, f0, f1 in words if t]
+        return results
+
+    def _line_batches(self, crops: list[np.ndarray]):
+        """(indices, B x 1 x H x W ink maps, widths) with about rec_batch x 128 columns per batch:
+        lines are 4-16x as wide as words, so a batch holds fewer of them."""
+        buckets = LINE_BUCKETS
+        budget = self.config.rec_batch * 128
+        by_bucket: dict[int, list[int]] = {}
+        for i, c in enumerate(crops):
+            by_bucket.setdefault(crops_mod.bucket_width(c.shape[1], buckets), []).append(i)
+        for b in sorted(by_bucket):
+            idx, size = by_bucket[b], max(1, budget // b)
+            for k in range(0, len(idx), size):
+                part = idx[k:k + size]
+                batch, widths = crops_mod.pack([crops[i] for i in part], buckets)
+                yield part, batch, widths
+
+    def _read_by_lines(self, images: list[np.ndarray], detections, scales) -> list[Page]:
+        """Group each page's word detections into lines, read each line segment as one crop, and
+        place the words the recogniser read along it."""
+        crops, owners = [], []       # owners: (page, line index, segment quad, detection score)
+        for k, (img, dets) in enumerate(zip(images, detections)):
+            gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
+            boxes = [Word("", 0.0, score, [Point(float(x), float(y)) for x, y in quad])
+                     for quad, score in dets]
+            for line in group_lines(boxes):
+                for segment in split_segments(line.words):
+                    pts = np.array([[p.x, p.y] for w in segment for p in w.polygon], np.float32)
+                    quad = line_quad(pts)
+                    quad = expand_quad(quad, LINE_MARGIN, LINE_MARGIN, LINE_MARGIN)
+                    crops.append(self.line_crop(gray, quad))
+                    owners.append((k, line.line_idx, quad,
+                                   float(np.mean([w.det_score for w in segment]))))
+        readings = self.read_lines(crops) if crops else []
+        by_page: list[dict[int, list[Word]]] = [{} for _ in images]
+        for (k, li, quad, det), words in zip(owners, readings):
+            sx, sy = scales[k]
+            for text, conf, u0, u1 in words:
+                poly = span_polygon(quad, u0, u1)
+                by_page[k].setdefault(li, []).append(Word(
+                    text=text, confidence=conf, det_score=det,
+                    polygon=[Point(float(x) * sx, float(y) * sy) for x, y in poly]))
+        return [Page(page=k + 1, width=round(img.shape[1] * sx), height=round(img.shape[0] * sy),
+                     lines=number_lines(by_page[k]))
+                for k, (img, (sx, sy)) in enumerate(zip(images, scales))]
+
+    # ---- pages -------------------------------------------------------------------------------
+
     def process_pages(self, images: list[np.ndarray]) -> list[Page]:
         """HxWx3 uint8 RGB pages (any documents) -> Pages numbered 1..n in the given order.
         Coordinates are in each page's source pixels (a reduced Raster is scaled back up)."""
@@ -233,6 +358,8 @@ class Pipeline:
         scales = [source_scale(img) for img in images]
         images = [np.asarray(img) for img in images]
         detections = self.segment(images)
+        if self.line_mode:
+            return self._read_by_lines(images, detections, scales)
         crops, owners = [], []
         for k, (img, dets) in enumerate(zip(images, detections)):
             gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)

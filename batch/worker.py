@@ -73,8 +73,10 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="CPU inference engine (auto: torch where the CPU has native bf16, else onnxruntime)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
                    help="auto: bf16 on CPUs with AVX512-BF16/AMX and on CUDA, fp32 otherwise")
-    p.add_argument("--no-lexicon", action="store_true",
-                   help="keep the recogniser's raw readings (no snapping to English words)")
+    p.add_argument("--lexicon", default="auto",
+                   help="dictionary rescoring: auto (per line, English or French, whichever knows the "
+                        "line's words; none otherwise), a language code (en, fr, de, ...) or off")
+    p.add_argument("--no-lexicon", action="store_true", help="same as --lexicon off")
     p.add_argument("--batch-pages", type=int, default=8,
                    help="pages gathered (across documents) before running the models")
     p.add_argument("--decode-workers", type=int, default=2, help="fetch/rasterise threads")
@@ -397,7 +399,8 @@ def main(args) -> int:
     try:
         pipe = Pipeline.load(args.models, args.device,
                              PipelineConfig(seg_batch=args.seg_batch, rec_batch=args.rec_batch,
-                                            lexicon=not args.no_lexicon, backend=args.backend,
+                                            lexicon="off" if args.no_lexicon else args.lexicon,
+                                            backend=args.backend,
                                             precision=args.precision, image_side=args.image_side))
     except Exception as e:
         print(f"htr run: cannot load models: {e}", file=sys.stderr)

@@ -233,3 +233,103 @@ def collate_crops(samples: list[tuple[torch.Tensor, list[int], str]]):
     target_lengths = torch.tensor([len(s[1]) for s in samples], dtype=torch.long)
     texts = [s[2] for s in samples]
     return x, widths, targets, target_lengths, texts
+
+
+# ---- line recogniser ---------------------------------------------------------------------------
+
+class LineCache:
+    """The crop cache written by jobs.line_data.build_cache, memory-mapped (cheap to share with
+    spawned data workers: each maps the file again instead of unpickling a gigabyte)."""
+
+    def __init__(self, folder: str | Path, split: str | None = "train", sets: set[str] | None = None):
+        import json
+
+        self.folder = Path(folder)
+        meta = json.loads((self.folder / "index.json").read_text(encoding="utf-8"))
+        self.height, self.margin = int(meta["height"]), float(meta["margin"])
+        self.lines = [ln for ln in meta["lines"]
+                      if (split is None or ln["split"] == split) and (sets is None or ln["set"] in sets)]
+        self._crops: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def crop(self, i: int) -> np.ndarray:
+        if self._crops is None:
+            self._crops = np.load(self.folder / "crops.npy", mmap_mode="r")
+        ln = self.lines[i]
+        n = self.height * ln["w"]
+        return np.asarray(self._crops[ln["offset"]:ln["offset"] + n]).reshape(self.height, ln["w"])
+
+    def __getstate__(self):
+        return {**self.__dict__, "_crops": None}
+
+    def line_crop(self, i: int, rng: np.random.Generator | None = None) -> np.ndarray:
+        """The line cut at its quad (rng None) or with jittered top/bottom margins, at CROP_HEIGHT."""
+        crop = self.crop(i)
+        h = self.height / (1 + 2 * self.margin)        # the quad's own height inside the cached crop
+        top, bottom = self.height * self.margin / (1 + 2 * self.margin), None
+        bottom = top + h
+        if rng is not None:
+            top += rng.uniform(-0.2, 0.1) * h
+            bottom += rng.uniform(-0.1, 0.2) * h
+        t, b = int(max(0, round(top))), int(min(self.height, round(bottom)))
+        return crop[t:b]
+
+
+def line_tensor(crop: np.ndarray, max_width: int, stretch: float = 1.0) -> torch.Tensor:
+    """uint8 gray line crop -> 1 x 32 x W ink map (width capped: very long lines are squeezed)."""
+    h, w = crop.shape[:2]
+    new_w = int(np.clip(round(w * stretch * CROP_HEIGHT / max(h, 1)), 16, max_width))
+    crop = cv2.resize(crop, (new_w, CROP_HEIGHT), interpolation=cv2.INTER_AREA if h > CROP_HEIGHT
+                      else cv2.INTER_LINEAR)
+    return torch.from_numpy(normalise_ink(crop))[None]
+
+
+class LineCrops(IterableDataset):
+    """Real cached lines mixed with synthetic lines (`synthetic` = their share), in batches of
+    similar widths. Real crops get jittered margins, width stretch and the engine's crop distortions."""
+
+    def __init__(self, cache: str | Path | None, codec: Codec, max_width: int, batch_size: int,
+                 seed: int, synthetic: float = 0.3, pool_batches: int = 8):
+        self.cache = LineCache(cache) if cache else None
+        self.codec, self.max_width, self.batch_size = codec, max_width, batch_size
+        self.seed, self.synthetic, self.pool_batches = seed, synthetic if cache else 1.0, pool_batches
+
+    def _samples(self) -> Iterator[tuple[torch.Tensor, list[int], str]]:
+        from transforms.augment import augment_crop
+        from transforms.synth_lines import LineCropSampler
+
+        rng = np.random.default_rng(_worker_seed(self.seed))
+        synth = LineCropSampler(_worker_seed(self.seed) + 7) if self.synthetic > 0 else None
+        while True:
+            if synth is not None and rng.random() < self.synthetic:
+                crop, text = synth.sample()
+            else:
+                i = int(rng.integers(len(self.cache)))
+                crop, text = self.cache.line_crop(i, rng), self.cache.lines[i]["text"]
+                if rng.random() < 0.5:
+                    crop = augment_crop(crop, rng)
+            target = self.codec.encode(text)
+            if target:
+                yield line_tensor(crop, self.max_width, float(np.exp(rng.normal(0, 0.12)))), target, text
+
+    def __iter__(self):
+        samples = self._samples()
+        rng = random.Random(_worker_seed(self.seed))
+        while True:
+            pool = sorted((next(samples) for _ in range(self.batch_size * self.pool_batches)),
+                          key=lambda s: s[0].shape[-1])
+            batches = [pool[i:i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
+            rng.shuffle(batches)
+            for b in batches:
+                yield collate_crops(b)
+
+
+def line_eval_samples(cache: str | Path, max_width: int, codec: Codec, limit: int | None = None,
+                      sets: set[str] | None = None) -> list[tuple[torch.Tensor, list[int], str]]:
+    """Validation lines cut at their quads, no jitter (every k-th line when limited)."""
+    c = LineCache(cache, "val", sets)
+    step = max(1, len(c) // limit) if limit else 1
+    return sorted([(line_tensor(c.line_crop(i), max_width), codec.encode(c.lines[i]["text"]), c.lines[i]["text"])
+            for i in range(0, len(c), step)], key=lambda s: s[0].shape[-1])  # batches of similar width

@@ -74,6 +74,10 @@ def configure(p: argparse.ArgumentParser, with_model_positional: bool = True) ->
     p.add_argument("--workers", type=int, default=1, help="data loader processes")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--lines", help="recogniser: a line-crop cache (python -m jobs.line_data) to train "
+                                   "on text lines, mixed with synthetic lines")
+    p.add_argument("--synthetic-share", type=float, default=0.3,
+                   help="with --lines: fraction of synthetic lines in each batch")
 
 
 # ---- shared plumbing ---------------------------------------------------------------------------
@@ -336,7 +340,7 @@ def train_segmenter(args) -> dict:
 
 @torch.no_grad()
 def evaluate_recogniser(model, samples, codec: Codec, device, bs: int = 128) -> tuple[float, float]:
-    """(CER, WER) on (tensor, target, text) samples; WER here = word error rate = 1 - accuracy."""
+    """(CER, WER) on (tensor, target, text) samples (word crops or text lines)."""
     model.eval()
     cer, wer = ErrorRate(), ErrorRate()
     for i in range(0, len(samples), bs):
@@ -346,12 +350,14 @@ def evaluate_recogniser(model, samples, codec: Codec, device, bs: int = 128) -> 
         for seq, text in zip(seqs, texts):
             pred = codec.decode_greedy(seq)
             cer.add(pred, text)
-            wer.add([pred], [text])
+            wer.add(pred.split(), text.split())
     model.train()
     return cer.rate, wer.rate
 
 
 def _recogniser_test_samples(args, codec: Codec, max_width: int) -> list:
+    if args.lines and not args.test:
+        return ds.line_eval_samples(args.lines, max_width, codec, args.eval_size or 800)
     if args.test:
         d = ds.ManifestCrops(args.test, max_width, codec, jitter=False)
         return [d[i] for i in range(len(d))]
@@ -365,7 +371,10 @@ def train_recogniser(args) -> dict:
     codec = Codec()
     model, device, rank, world = _prepare(recogniser.build(arch, cfg, codec.charset), "recogniser", args)
     bs = args.batch_size or 64
-    if args.train and not args.synthetic:
+    if args.lines:
+        data = ds.LineCrops(args.lines, codec, cfg["max_width"], bs, args.seed + rank, args.synthetic_share)
+        loader = _loader(data, args.workers, batch_size=None)
+    elif args.train and not args.synthetic:
         data = ds.ManifestCrops(args.train, cfg["max_width"], codec, seed=args.seed + rank)
         loader = _loader(data, args.workers, batch_size=bs, shuffle=True,
                          collate_fn=ds.collate_crops, drop_last=len(data) > bs)

@@ -1,12 +1,17 @@
-"""The recogniser's alphabet: printable ASCII (GNHK's 95 + space) plus £ € °.
+"""The recogniser's alphabet: printable ASCII (GNHK's 95 + space), £ € °, and the accented Latin
+letters and typographic punctuation of real (French, German, Spanish, English) documents.
 
-Index 0 is the CTC blank; character i of CHARSET has class i + 1.
+Index 0 is the CTC blank; character i of CHARSET has class i + 1. A model stores its charset in its
+metadata, so older models (ASCII_CHARSET) keep decoding with their own.
 """
 from __future__ import annotations
 
 import unicodedata
 
-CHARSET = "".join(chr(c) for c in range(32, 127)) + "£€°"
+ASCII_CHARSET = "".join(chr(c) for c in range(32, 127)) + "£€°"
+LATIN_EXTRA = ("àâäáçéèêëíîïñóôöúûüùÿœæßÀÂÄÁÇÉÈÊËÍÎÏÑÓÔÖÚÛÜÙŸŒÆ"   # letters
+               "’«»–—½¼¾")                                             # punctuation, fractions
+CHARSET = ASCII_CHARSET + LATIN_EXTRA
 
 # Look-alikes seen in real transcriptions, folded to what the recogniser can emit.
 _FOLD = {"‘": "'", "’": "'", "“": '"', "”": '"', "–": "-", "—": "-", "…": "...", "ſ": "s",
@@ -17,7 +22,8 @@ def normalise(text: str, charset: str = CHARSET) -> str:
     """Fold a transcription into the charset: NFKD, look-alikes, drop what is left over."""
     out = []
     for ch in text:
-        ch = _FOLD.get(ch, ch)
+        if ch not in charset:
+            ch = _FOLD.get(ch, ch)
         if all(c in charset for c in ch):
             out.append(ch)
             continue

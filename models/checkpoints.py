@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from batch.errors import CheckpointError
 from models import recogniser, segmenter
-from models.charset import CHARSET
+from models.charset import ASCII_CHARSET, CHARSET
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "default"
 KINDS = ("segmenter", "recogniser")
@@ -70,7 +70,7 @@ def load(model_dir: str | Path, kind: str) -> tuple[torch.nn.Module, dict[str, A
     builder = _BUILDERS[kind]
     try:
         if kind == "recogniser":
-            model = builder.build(meta["arch"], meta["config"], meta.get("charset", CHARSET))
+            model = builder.build(meta["arch"], meta["config"], meta.get("charset", ASCII_CHARSET))
         else:
             model = builder.build(meta["arch"], meta["config"])
     except (KeyError, TypeError, ValueError) as e:

@@ -20,8 +20,9 @@ def ids(text: str) -> list[int]:
 # ---- Codec ---------------------------------------------------------------------------------------
 
 def test_charset_and_classes():
-    assert len(set(CHARSET)) == len(CHARSET) == 98
+    assert len(set(CHARSET)) == len(CHARSET) == 153
     assert " " in CHARSET and "£" in CHARSET and "€" in CHARSET and "°" in CHARSET
+    assert all(c in CHARSET for c in "éèêàçôûïëüöäßœæ’«»–—½")     # real documents' letters and marks
     assert codec.num_classes == len(CHARSET) + 1      # + the CTC blank at index 0
     assert 0 not in codec.encode(CHARSET)
 
@@ -50,11 +51,11 @@ def test_encode_decode_round_trip_with_blanks_between():
 
 
 @pytest.mark.parametrize("raw, folded", [
-    ("it’s", "it's"),
-    ("‘quoted’ “twice”", "'quoted' \"twice\""),
+    ("it’s", "it’s"),                                       # in the charset: kept
+    ("‘quoted’ “twice”", "'quoted’ \"twice\""),
     ("well…", "well..."),
-    ("1990–2000 — done", "1990-2000 - done"),
-    ("café naïve Ångström", "cafe naive Angstrom"),
+    ("1990–2000 — done", "1990–2000 — done"),
+    ("café naïve Ångström", "café naïve Angström"),         # Å is not in the charset: A
     ("ﬁne", "fine"),                                        # ligature, decomposed by NFKD
     ("ſome", "some"),
     ("a\u00a0b", "a b"),
@@ -160,3 +161,25 @@ def test_pool_is_max_pooling(kernel, width):
     """The CRNN's strided-view pooling must give exactly what nn.MaxPool2d gives (odd sizes floor)."""
     x = torch.randn(3, 5, 33, width).contiguous(memory_format=torch.channels_last)
     assert torch.equal(Pool(*kernel)(x), torch.nn.functional.max_pool2d(x, kernel))
+
+
+def test_normalise_keeps_what_the_charset_has_and_folds_the_rest():
+    assert normalise("l’été — « ça »") == "l’été — « ça »"
+    assert normalise("“quoted”") == '"quoted"'                 # not in the charset: folded
+    assert normalise("Ĵ") == "J"                                   # accent stripped when absent
+    from models.charset import ASCII_CHARSET
+    assert normalise("l’été", ASCII_CHARSET) == "l'ete"            # an older model's charset
+
+
+def test_word_spans_split_a_line_at_spaces_with_frames():
+    from models.recogniser.crnn import word_spans
+    space = CHARSET.index(" ") + 1
+    seq = [ids("a")[0], ids("a")[0], 0, ids("b")[0], space, space, 0, ids("c")[0], 0]
+    lp = torch.full((len(seq), len(CHARSET) + 1), -10.0)
+    for t, k in enumerate(seq):
+        lp[t, k] = -0.01
+    words = word_spans(lp, len(seq), space)
+    assert [codec.decode_greedy(w[0]) for w in words] == ["ab", "c"]
+    assert [(w[1], w[2]) for w in words] == [(0, 4), (7, 8)]
+    assert all(0.98 < w[3] <= 1.0 for w in words)
+    assert word_spans(lp, 0, space) == []

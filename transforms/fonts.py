@@ -107,8 +107,12 @@ CATALOGUE: tuple[FontEntry, ...] = (
     FontEntry("roboto-slab", "fontpkg:roboto-slab", kind="P"),
 )
 
+# Accented letters and typographic punctuation that synthetic lines may carry (drawn by a fallback
+# font where the hand's font lacks them).
+LATIN_EXTRA = "àâäáçéèêëíîïñóôöúûüùÿœæßÀÂÄÁÇÉÈÊËÍÎÏÑÓÔÖÚÛÜÙŸŒÆ’«»–—½¼¾"
+
 # Glyphs we check in every font; space is always fine.
-_PROBE_CHARS = CHARSET.replace(" ", "")
+_PROBE_CHARS = (CHARSET + LATIN_EXTRA).replace(" ", "")
 
 
 class FontsUnavailable(HtrError):

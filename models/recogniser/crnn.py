@@ -6,6 +6,8 @@ Output: B x T x C log-probabilities with T = W / 4.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -78,3 +80,35 @@ def greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor | None = None
     confs = torch.where(use.any(1), mean.exp(), torch.zeros_like(mean)).tolist()
     rows = best.tolist()
     return [row[:k] for row, k in zip(rows, n.tolist())], confs
+
+
+def word_spans(log_probs: torch.Tensor, frames: int, space: int
+               ) -> list[tuple[list[int], int, int, float]]:
+    """Greedy CTC reading of one text line, split into words at the space class.
+
+    Returns (classes, first frame, end frame, confidence) per word; the frames say where the word
+    lies along the line (frame stride = the CNN's width reduction), the confidence is the geometric
+    mean of the probabilities of the frames that emit its characters (as greedy_decode does)."""
+    best_lp, best = log_probs[:frames].float().max(-1)
+    best, best_lp = best.tolist(), best_lp.tolist()
+    words: list[tuple[list[int], int, int, float]] = []
+    chars: list[int] = []
+    lps: list[float] = []
+    start = end = 0
+    prev = 0
+    for t, k in enumerate(best):
+        if k != 0 and k != space and k == prev and chars:
+            end = t + 1                                    # the character goes on
+        elif k != prev and k != 0 and k != space:
+            if not chars:
+                start = t
+            chars.append(k)
+            lps.append(best_lp[t])
+            end = t + 1
+        elif k == space and k != prev and chars:
+            words.append((chars, start, end, math.exp(sum(lps) / len(lps))))
+            chars, lps = [], []
+        prev = k
+    if chars:
+        words.append((chars, start, end, math.exp(sum(lps) / len(lps))))
+    return words

@@ -1,5 +1,9 @@
-"""Lexicon rescoring: snap an out-of-vocabulary reading to a nearby English word when the
+"""Lexicon rescoring: snap an out-of-vocabulary reading to a nearby dictionary word when the
 recogniser's own probabilities find that word about as likely.
+
+One lexicon per language (wordfreq's lists ship in its wheel: English, French, German, ...). A text
+line is rescored only with the lexicon that already covers most of its words (`pick_lexicon`), so an
+English dictionary is never forced onto a French or unknown line.
 
 Greedy CTC reads each frame independently, so one smudged letter turns "the" into "tke".
 For a word the lexicon does not know, candidates within edit distance 2 are found with a
@@ -20,7 +24,10 @@ from rapidfuzz.distance import OSA
 
 from models.charset import Codec
 
-_CORE = re.compile(r"^([^A-Za-z]*)([A-Za-z][A-Za-z']*[A-Za-z]|[A-Za-z])([^A-Za-z]*)$")
+_LETTER = r"[^\W\d_]"                                      # any Unicode letter
+_CORE = re.compile(rf"^([\W\d_]*?)({_LETTER}(?:{_LETTER}|')*{_LETTER}|{_LETTER})([\W\d_]*)$")
+_WORD = re.compile(rf"{_LETTER}+")                          # elisions (l'homme) count as two words
+MIN_COVERAGE = 0.5      # share of a line's words a lexicon must know before it may correct the rest
 
 
 def _deletes(word: str, depth: int) -> set[str]:
@@ -46,11 +53,41 @@ class Lexicon:
     prior_weight: float = 1.0        # nats per unit of log word frequency
     min_length: int = 3
 
+    language: str = "en"
+
     @classmethod
     def english(cls, size: int = 30000) -> "Lexicon":
+        return cls.for_language("en", size)
+
+    @classmethod
+    def for_language(cls, language: str, size: int = 30000) -> "Lexicon":
         import wordfreq  # ships its frequency lists: nothing is downloaded
 
-        return cls([w for w in wordfreq.top_n_list("en", size) if w.isalpha() or "'" in w])
+        words = [w.replace("’", "'") for w in wordfreq.top_n_list(language, size)]
+        return cls([w for w in words if w.replace("'", "").isalpha()], language=language)
+
+    def coverage(self, texts: list[str]) -> float:
+        """Share of the words (letters only, 2+ long) in `texts` that this lexicon knows."""
+        words = [m.lower() for t in texts for m in _WORD.findall(t.replace("’", "'")) if len(m) > 1]
+        return sum(w in self.rank for w in words) / len(words) if words else 0.0
+
+    def rescore_line(self, words: list[tuple[str, float, int, int]], log_probs: torch.Tensor,
+                     codec: Codec) -> list[tuple[str, float, int, int]]:
+        """Words of one line as (text, confidence, first frame, end frame) over the line's
+        T x C log-probabilities: each unknown word is rescored over its own frames (one frame of
+        context either side)."""
+        if not words:
+            return words
+        t = log_probs.shape[0]
+        spans = [(max(0, f0 - 1), min(t, f1 + 1)) for _, _, f0, f1 in words]
+        width = max(b - a for a, b in spans)
+        batch = log_probs.new_full((len(words), width, log_probs.shape[1]), -1e4)
+        batch[:, :, 0] = 0.0                                       # padding frames: certain blanks
+        for i, (a, b) in enumerate(spans):
+            batch[i, :b - a] = log_probs[a:b]
+        lengths = torch.tensor([b - a for a, b in spans])
+        texts = self.rescore([w[0] for w in words], batch, lengths, codec)
+        return [(text, *w[1:]) for text, w in zip(texts, words)]
 
     @cached_property
     def rank(self) -> dict[str, int]:
@@ -121,6 +158,14 @@ class Lexicon:
             out[i] = texts[start + max(range(len(opts)), key=ranked.__getitem__)]
             start += len(opts)
         return out
+
+
+def pick_lexicon(lexicons: list[Lexicon], texts: list[str], min_coverage: float = MIN_COVERAGE
+                 ) -> Lexicon | None:
+    """The lexicon that knows most of the line's words, if it knows at least min_coverage of them;
+    None for a line in none of their languages (names, numbers, another language)."""
+    best = max(lexicons, key=lambda lx: lx.coverage(texts), default=None)
+    return best if best is not None and best.coverage(texts) >= min_coverage else None
 
 
 def _ctc_scores(texts: list[str], log_probs: torch.Tensor, lengths: torch.Tensor, samples: list[int],
