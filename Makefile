@@ -34,9 +34,11 @@ run: setup
 test: setup
 	$(PY) -m pytest -q
 
-# Reproduce the shipped models from scratch (synthetic data, fixed seeds); CPU, a few hours.
+# Reproduce the shipped models from scratch (synthetic data + the real line sets at DATA, fixed
+# seeds); CPU, about 5 hours: make train-default DATA=../shared/data/train
+DATA ?= ../shared/data/train
 train-default: setup
-	bash jobs/train_default.sh
+	bash jobs/train_default.sh $(DATA)
 
 # Regenerate the bundled sample documents (deterministic).
 samples: setup

@@ -27,6 +27,7 @@ from models.recogniser.lexicon import Lexicon, pick_lexicon
 from models.segmenter.postprocess import PostConfig, boxes_from_prob
 from transforms import crops as crops_mod
 from transforms.line_geometry import expand_quad, line_quad, span_polygon
+from transforms.page_normalise import PageFix, normalise_page
 from transforms.rasterise import (DEFAULT_IMAGE_SIDE, DEFAULT_LIMITS, Limits, iter_pages, sniff,
                                   source_scale)
 
@@ -69,6 +70,7 @@ class PipelineConfig:
     backend: str = "auto"         # CPU engine: "torch" or "onnxruntime"; auto picks the faster here (below)
     precision: str = "auto"       # "fp32" | "bf16"; auto = bf16 where the CPU computes it natively, fp16/bf16 on CUDA
     image_side: int = DEFAULT_IMAGE_SIDE  # large JPEGs decoded reduced, to about this long side; 0: never
+    fix_pages: bool = True        # invert negatives, undo quarter turns and skew, retry upside down
     post: PostConfig = field(default_factory=PostConfig)
 
 
@@ -82,6 +84,11 @@ def _resize_for_segmenter(page: np.ndarray, long_side: int) -> tuple[np.ndarray,
     return cv2.resize(page, size, interpolation=interp), scale
 
 
+# Word heights (segmenter input pixels) the segmenter learned from: synthetic pages scaled to its
+# 1024 px input have words 10-25 px tall (median 17).
+TEXT_HEIGHT = 17.0
+TEXT_RANGE = (8.0, 40.0)
+SEG_RESCALE = (0.5, 2.5)   # a second pass changes the segmenter's input size by at most these factors
 LINE_BUCKETS = (64, 128, 256, 384, 512, 768, 1024, 1536, 2048)
 LINE_MARGIN = 0.08     # line quads from word boxes grown by this share of their height on each side
 SEGMENT_GAP = 2.5      # a gap wider than this many line heights splits a line into two crops
@@ -111,6 +118,36 @@ def number_lines(lines: dict[int, list[Word]]) -> list[Line]:
             k += 1
         out.append(Line(len(out), lines[li]))
     return out
+
+
+RETRY_CONFIDENCE = 0.4  # pages whose mean word confidence is below this are also read upside down
+
+
+def _mean_confidence(page: Page) -> float:
+    words = page.words
+    return sum(w.confidence for w in words) / len(words) if words else 0.0
+
+
+def _turned_half(fix: PageFix | None, width: int, height: int) -> PageFix:
+    """The fix that also undoes a 180-degree turn of a width x height corrected image."""
+    half = np.array([[-1.0, 0.0, width - 1.0], [0.0, -1.0, height - 1.0]])
+    base = fix.matrix if fix is not None else np.array([[1.0, 0, 0], [0, 1.0, 0]])
+    matrix = base[:, :2] @ half[:, :2]
+    offset = base[:, :2] @ half[:, 2] + base[:, 2]
+    return PageFix(inverted=bool(fix and fix.inverted), quarter_turns=((fix.quarter_turns if fix else 0) + 2) % 4,
+                   skew_deg=fix.skew_deg if fix else 0.0, source_size=fix.source_size if fix else (width, height),
+                   matrix=np.concatenate([matrix, offset[:, None]], 1))
+
+
+def _to_source(page: Page, fix: PageFix | None, scale: tuple[float, float], size: tuple[int, int]) -> None:
+    """Move a page read on the corrected image back to source pixels, in place."""
+    sx, sy = scale
+    for w in page.words:
+        pts = np.array([[p.x, p.y] for p in w.polygon])
+        if fix is not None:
+            pts = fix.to_source(pts)
+        w.polygon = [Point(float(x) * sx, float(y) * sy) for x, y in pts]
+    page.width, page.height = round(size[0] * sx), round(size[1] * sy)
 
 
 class Pipeline:
@@ -203,11 +240,34 @@ class Pipeline:
     # ---- segmentation ------------------------------------------------------------------------
 
     def segment(self, pages: list[np.ndarray]) -> list[list[tuple[np.ndarray, float]]]:
-        """Word quads (page pixels) with detection scores, for each page."""
+        """Word quads (page pixels) with detection scores, for each page. A page whose text came
+        out far smaller or larger than the sizes the segmenter learned is segmented once more at
+        the scale that brings it there (a 100-dpi form, a 450-px paragraph, a close-up photo)."""
         out = []
         for batch in self._seg_batches(pages):
             out.extend(self._segment_batch(batch))
+        for k, page in enumerate(pages):
+            side = self._rescaled_side(page, out[k])
+            if side:
+                out[k] = self._segment_batch([page], side)[0]
         return out
+
+    def _rescaled_side(self, page: np.ndarray, dets: list[tuple[np.ndarray, float]]) -> int | None:
+        """The segmenter input size that puts the page's median word height at TEXT_HEIGHT, or None
+        when it is already within TEXT_RANGE (or there is too little text to measure)."""
+        long_side = max(page.shape[:2])
+        scale = self.long_side / long_side
+        if len(dets) < 3:
+            # nothing found: text may be too small to see at this scale; look again at twice the
+            # size where the page has the pixels for it
+            return 2 * self.long_side if not dets and long_side > 1.5 * self.long_side else None
+        heights = [crops_mod.quad_size(q)[1] * scale for q, _ in dets]
+        median = float(np.median(heights))
+        if TEXT_RANGE[0] <= median <= TEXT_RANGE[1]:
+            return None
+        factor = float(np.clip(TEXT_HEIGHT / median, *SEG_RESCALE))
+        side = int(self.long_side * factor)
+        return side if abs(side - self.long_side) > 0.2 * self.long_side else None
 
     def _seg_batches(self, pages: list[np.ndarray]) -> list[list[np.ndarray]]:
         """Up to seg_batch pages per forward. On the CPU only pages whose padded input has the same
@@ -230,8 +290,9 @@ class Pipeline:
             last_shape = shape
         return batches
 
-    def _segment_batch(self, pages: list[np.ndarray]) -> list[list[tuple[np.ndarray, float]]]:
-        resized = [_resize_for_segmenter(p, self.long_side) for p in pages]
+    def _segment_batch(self, pages: list[np.ndarray], long_side: int | None = None
+                       ) -> list[list[tuple[np.ndarray, float]]]:
+        resized = [_resize_for_segmenter(p, long_side or self.long_side) for p in pages]
         hmax = max(r.shape[0] for r, _ in resized)
         wmax = max(r.shape[1] for r, _ in resized)
         hpad, wpad = -(-hmax // 32) * 32, -(-wmax // 32) * 32
@@ -352,35 +413,62 @@ class Pipeline:
 
     def process_pages(self, images: list[np.ndarray]) -> list[Page]:
         """HxWx3 uint8 RGB pages (any documents) -> Pages numbered 1..n in the given order.
-        Coordinates are in each page's source pixels (a reduced Raster is scaled back up)."""
+
+        Each page is first put right (transforms.page_normalise: negatives inverted, quarter turns
+        and skew undone); a page that still reads badly is tried upside down. Coordinates are
+        reported in each page's source pixels (the fix undone, a reduced Raster scaled back up)."""
         if not images:
             return []
         scales = [source_scale(img) for img in images]
+        sizes = [(img.shape[1], img.shape[0]) for img in images]
+        fixes: list[PageFix | None] = [None] * len(images)
         images = [np.asarray(img) for img in images]
+        if self.config.fix_pages:
+            for k, img in enumerate(images):
+                images[k], fixes[k] = normalise_page(img)
+        pages = self._read_pages(images)
+        if self.config.fix_pages:
+            self._retry_upside_down(images, pages, fixes)
+        for k, page in enumerate(pages):
+            _to_source(page, fixes[k], scales[k], sizes[k])
+        return pages
+
+    def _retry_upside_down(self, images: list[np.ndarray], pages: list[Page],
+                           fixes: list[PageFix | None]) -> None:
+        """Read pages whose words are mostly unsure once more turned by 180 degrees (geometry alone
+        cannot tell upside down from upright) and keep whichever reading the recogniser trusts more."""
+        doubtful = [k for k, p in enumerate(pages) if _mean_confidence(p) < RETRY_CONFIDENCE]
+        if not doubtful:
+            return
+        turned = [np.ascontiguousarray(images[k][::-1, ::-1]) for k in doubtful]
+        for k, img, page in zip(doubtful, turned, self._read_pages(turned)):
+            if _mean_confidence(page) > _mean_confidence(pages[k]) + 0.1:
+                pages[k] = page
+                fixes[k] = _turned_half(fixes[k], img.shape[1], img.shape[0])
+
+    def _read_pages(self, images: list[np.ndarray]) -> list[Page]:
+        """Pages in the given images' own pixels."""
         detections = self.segment(images)
+        ones = [(1.0, 1.0)] * len(images)
         if self.line_mode:
-            return self._read_by_lines(images, detections, scales)
-        crops, owners = [], []
+            return self._read_by_lines(images, detections, ones)
+        return self._read_by_words(images, detections)
+
+    def _read_by_words(self, images: list[np.ndarray], detections) -> list[Page]:
+        crops = []
+        for img, dets in zip(images, detections):
+            gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
+            crops += [crops_mod.rectify(gray, quad, self.crop_height, self.max_width) for quad, _ in dets]
+        readings = iter(self.recognise(crops) if crops else [])
+        pages = []
         for k, (img, dets) in enumerate(zip(images, detections)):
-            gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
-            for quad, _ in dets:
-                crops.append(crops_mod.rectify(gray, quad, self.crop_height, self.max_width))
-                owners.append(k)
-        readings = self.recognise(crops) if crops else []
-        words: list[list[Word]] = [[] for _ in images]
-        n = 0
-        for k, dets in enumerate(detections):
-            sx, sy = scales[k]
-            for quad, score in dets:
-                text, conf = readings[n]
-                n += 1
-                if not text:
-                    continue  # a detection the recogniser reads as nothing is noise
-                words[k].append(Word(text=text, confidence=conf, det_score=score,
-                                     polygon=[Point(float(x) * sx, float(y) * sy) for x, y in quad]))
-        return [Page(page=k + 1, width=round(img.shape[1] * sx), height=round(img.shape[0] * sy),
-                     lines=group_lines(ws))
-                for k, (img, ws, (sx, sy)) in enumerate(zip(images, words, scales))]
+            words = []
+            for (quad, score), (text, conf) in zip(dets, readings):
+                if text:   # a detection the recogniser reads as nothing is noise
+                    words.append(Word(text=text, confidence=conf, det_score=score,
+                                      polygon=[Point(float(x), float(y)) for x, y in quad]))
+            pages.append(Page(page=k + 1, width=img.shape[1], height=img.shape[0], lines=group_lines(words)))
+        return pages
 
     def make_record(self, pages: list[Page], doc_id: str, source_uri: str, run_id: str,
                     content_type: str = "", source_etag: str = "") -> DocumentRecord:

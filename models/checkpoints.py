@@ -82,10 +82,11 @@ def load(model_dir: str | Path, kind: str) -> tuple[torch.nn.Module, dict[str, A
     return model.eval(), meta
 
 
-def make_tiny_models(out_dir: str | Path, seed: int = 0) -> Path:
-    """Randomly initialised tiny models for tests: same code paths, milliseconds per page."""
+def make_tiny_models(out_dir: str | Path, seed: int = 0, lines: bool = False) -> Path:
+    """Randomly initialised tiny models for tests: same code paths, milliseconds per page.
+    lines: a line recogniser (reads whole text lines) instead of a word recogniser."""
     torch.manual_seed(seed)
-    for kind, arch in (("segmenter", "db_tiny"), ("recogniser", "crnn_tiny")):
+    for kind, arch in (("segmenter", "db_tiny"), ("recogniser", "crnn_line_tiny" if lines else "crnn_tiny")):
         cfg = dict(_BUILDERS[kind].CONFIGS[arch])
         save(_BUILDERS[kind].build(arch, cfg), kind, arch, cfg, out_dir, {"trained": "random init"})
     return Path(out_dir)

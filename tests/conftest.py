@@ -20,6 +20,14 @@ def tiny_models(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_line_models(tmp_path_factory) -> Path:
+    """Like tiny_models, with a line recogniser (the shipped default's kind)."""
+    from models.checkpoints import make_tiny_models
+
+    return make_tiny_models(tmp_path_factory.mktemp("tiny-line-models"), lines=True)
+
+
+@pytest.fixture(scope="session")
 def htr_cmd() -> list[str]:
     """The `htr` command as a subprocess argv (works without the console script installed)."""
     return [sys.executable, "-m", "batch.cli"]

@@ -20,6 +20,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
                       max_width=2048, unit="line"),
     "crnn_line_medium": dict(height=32, channels=[32, 64, 128, 192], lstm_hidden=192, lstm_layers=2,
                              max_width=2048, unit="line"),
+    "crnn_line_tiny": dict(height=32, channels=[8, 16, 16, 32], lstm_hidden=16, lstm_layers=1,
+                           max_width=1024, unit="line"),
     "crnn_tiny": dict(height=32, channels=[8, 16, 16, 32], lstm_hidden=16, lstm_layers=1,
                       max_width=256),
 }
