@@ -4,20 +4,15 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
+import pyclipper
+from rapidfuzz.distance import Levenshtein
 
 
 def levenshtein(a: str | list, b: str | list) -> int:
-    if len(a) < len(b):
-        a, b = b, a
-    prev = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        cur = [i]
-        for j, cb in enumerate(b, 1):
-            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
-        prev = cur
-    return prev[-1]
+    """Edit distance over characters (str) or tokens (list). C code: a page is thousands of
+    characters, and the pure-Python table (len(a) x len(b)) took seconds per page."""
+    return int(Levenshtein.distance(a, b))
 
 
 @dataclass
@@ -35,15 +30,49 @@ class ErrorRate:
         return self.edits / self.length if self.length else 0.0
 
 
+_CLIP_SCALE = 256.0   # page pixels -> Clipper's integer grid: 1/256 px is far below annotation noise
+
+
+def _clip_path(poly: np.ndarray) -> list[tuple[int, int]]:
+    return [(int(round(x * _CLIP_SCALE)), int(round(y * _CLIP_SCALE))) for x, y in poly]
+
+
+def _area(paths: list) -> float:
+    """Net area of Clipper output (outer rings are positive, holes negative), in page pixels²."""
+    return abs(sum(pyclipper.Area(p) for p in paths)) / _CLIP_SCALE ** 2
+
+
+def _filled_area(path: list[tuple[int, int]]) -> float:
+    """Area a polygon covers, also when its outline crosses itself or repeats points (real line
+    polygons from ALTO/PAGE exports do both): the union of the polygon with itself."""
+    try:
+        return _area(pyclipper.SimplifyPolygon(path, pyclipper.PFT_NONZERO))
+    except pyclipper.ClipperException:   # fewer than 3 distinct points: no area
+        return 0.0
+
+
 def polygon_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two convex quads (Nx2)."""
-    a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
-    area_a, area_b = abs(cv2.contourArea(a)), abs(cv2.contourArea(b))
+    """IoU of two simple polygons (Nx2, any N >= 3, convex or not): word quads and line polygons."""
+    a, b = np.asarray(a, np.float64).reshape(-1, 2), np.asarray(b, np.float64).reshape(-1, 2)
+    if len(a) < 3 or len(b) < 3:
+        return 0.0
+    (ax0, ay0), (ax1, ay1) = a.min(0), a.max(0)
+    (bx0, by0), (bx1, by1) = b.min(0), b.max(0)
+    if ax1 <= bx0 or bx1 <= ax0 or ay1 <= by0 or by1 <= ay0:
+        return 0.0                       # bounding boxes apart: skip the clipping
+    pa, pb = _clip_path(a), _clip_path(b)
+    area_a, area_b = _filled_area(pa), _filled_area(pb)
     if area_a <= 0 or area_b <= 0:
         return 0.0
-    inter, _ = cv2.intersectConvexConvex(a, b)
+    pc = pyclipper.Pyclipper()
+    try:
+        pc.AddPath(pa, pyclipper.PT_SUBJECT, True)
+        pc.AddPath(pb, pyclipper.PT_CLIP, True)
+    except pyclipper.ClipperException:   # degenerate outline (all points on a line)
+        return 0.0
+    inter = _area(pc.Execute(pyclipper.CT_INTERSECTION, pyclipper.PFT_NONZERO, pyclipper.PFT_NONZERO))
     union = area_a + area_b - inter
-    return float(inter / union) if union > 0 else 0.0
+    return float(min(1.0, inter / union)) if union > 0 else 0.0
 
 
 def _bbox(q: np.ndarray) -> tuple[float, float, float, float]:
