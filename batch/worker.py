@@ -77,6 +77,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="dictionary rescoring: auto (per line, English or French, whichever knows the "
                         "line's words; none otherwise), a language code (en, fr, de, ...) or off")
     p.add_argument("--no-lexicon", action="store_true", help="same as --lexicon off")
+    p.add_argument("--no-page-fixes", action="store_true",
+                   help="read pages as they are: no negative/rotation/skew correction, no upside-down retry")
     p.add_argument("--batch-pages", type=int, default=8,
                    help="pages gathered (across documents) before running the models")
     p.add_argument("--decode-workers", type=int, default=2, help="fetch/rasterise threads")
@@ -400,7 +402,7 @@ def main(args) -> int:
         pipe = Pipeline.load(args.models, args.device,
                              PipelineConfig(seg_batch=args.seg_batch, rec_batch=args.rec_batch,
                                             lexicon="off" if args.no_lexicon else args.lexicon,
-                                            backend=args.backend,
+                                            fix_pages=not args.no_page_fixes, backend=args.backend,
                                             precision=args.precision, image_side=args.image_side))
     except Exception as e:
         print(f"htr run: cannot load models: {e}", file=sys.stderr)

@@ -8,7 +8,7 @@ through three steps here:
      pipeline also cuts lines with;
   3. `build_cache` cuts every line once into a compact crop cache (one uint8 .npy of concatenated
      crops + a JSON index), which training memory-maps: decoding 846 JPEG pages per epoch would cost
-     more than the model, and the cache is also the extract that travels to a GPU machine.
+     more than the model.
 
 The validation split is fixed: whole pages listed in jobs/splits/validation.txt, never trained on.
 
