@@ -317,6 +317,18 @@ class HtrHost:
         finally:
             self.clock.enabled = True
 
+    def read_lines(self, page: tuple[np.ndarray, list[np.ndarray]]) -> list[str]:
+        """GT line crops (gray page, quads) as `htr eval` reads them: a line model reads the
+        pipeline's own line crops (pipe.line_crop + pipe.read_lines, words joined by spaces), a
+        word model reads each line in slices of its max width (jobs.evaluate.pipeline_line_reader)."""
+        from jobs.evaluate import pipeline_line_reader
+
+        self.clock.enabled = False
+        try:
+            return pipeline_line_reader(self.pipe)(*page)
+        finally:
+            self.clock.enabled = True
+
 
 class HtrOnnxHost(HtrHost):
     """The same weights on ONNX Runtime in fp32: the shipped CPU path before bf16 PyTorch."""
@@ -328,7 +340,23 @@ class HtrTorchHost(HtrHost):
     backend, precision = "torch", "fp32"
 
 
-class TesseractHost:
+def peer_line_crops(gray: np.ndarray, quads: list[np.ndarray]) -> list[np.ndarray]:
+    """GT line crops for the peers: each quad rectified at the page's own resolution (no squeeze to
+    our 32 px; Tesseract's crop reader rescales to 64 px with a margin, RapidOCR's recogniser to its
+    own input height)."""
+    from transforms.crops import quad_size, rectify
+
+    return [rectify(gray, q, max(8, round(quad_size(np.asarray(q, np.float32))[1])), 1 << 16) for q in quads]
+
+
+class PeerLines:
+    def read_lines(self, page: tuple[np.ndarray, list[np.ndarray]]) -> list[str]:
+        """One GT text line per crop, read by the peer's crop reader (Tesseract: `--psm 7`, single
+        text line; RapidOCR: its recogniser alone, no detection or angle classifier)."""
+        return self.read_crops(peer_line_crops(*page))
+
+
+class TesseractHost(PeerLines):
     """Tesseract: T tesseract processes at a time, one page each, OMP_THREAD_LIMIT=1."""
 
     def __init__(self, threads: int, models: str | None = None):
@@ -355,7 +383,7 @@ class TesseractHost:
         return out
 
 
-class RapidHost:
+class RapidHost(PeerLines):
     """RapidOCR with its shipped models, onnxruntime intra-op threads = T."""
 
     def __init__(self, threads: int, models: str | None = None):
@@ -459,13 +487,13 @@ class Timing:
         return self.pages / self.seconds if self.seconds else 0.0
 
 
-def time_systems(ds: Dataset, workers: dict[str, Worker], chunk: int
+def time_systems(ds: Dataset, workers: dict[str, Worker], chunk: int, warm: bool = True
                  ) -> tuple[dict[str, Timing], dict[str, list], dict[str, dict[str, float]]]:
     """Run every system on every page, chunk by chunk, order rotated per chunk; returns timings,
-    each system's pages (in order) and our stage seconds."""
+    each system's pages (in order) and our stage seconds. warm: one untimed page first."""
     uris = [p.uri for p in ds.pages]
     names = list(workers)
-    for w in workers.values():   # warm-up on the first page: lazy init, first-call allocations
+    for w in workers.values() if warm else ():   # warm-up on the first page: lazy init, first-call allocations
         w.call("ocr", uris[:1])
     for name in our_systems(workers):
         workers[name].call("reset")
@@ -495,18 +523,36 @@ def our_systems(names) -> list[str]:
     return [n for n in names if n.startswith("htr")]
 
 
-def score_systems(ds: Dataset, workers: dict[str, Worker], outputs: dict[str, list]) -> dict[str, dict]:
-    """The same jobs.evaluate scoring for every system (predictions replayed in page order)."""
-    from jobs.evaluate import evaluate
+def system_scores(ds: Dataset, workers: dict[str, Worker], outputs: dict[str, list]) -> dict[str, Any]:
+    """jobs.evaluate's counts (Scores) per system, the same scoring for all: predictions replayed in
+    page order; each system reads the ground-truth word crops (word-level pages) or line crops
+    (line-level pages) itself."""
+    from jobs.evaluate import score_pages
 
-    results = {}
+    scores = {}
     for name, w in workers.items():
         replay = iter(outputs[name])
-        metrics = evaluate(ds.pages, lambda _image: next(replay),
-                           lambda crops, w=w: w.call("read_crops", crops), desc=f"{ds.name}: score {name}")
+        scores[name] = score_pages(ds.pages, lambda _image, replay=replay: next(replay),
+                                   lambda crops, w=w: w.call("read_crops", crops),
+                                   lambda gray, quads, w=w: w.call("read_lines", (gray, quads)),
+                                   desc=f"{ds.name}: score {name}")
+    return scores
+
+
+def summarise_scores(ds: Dataset, scores: dict[str, Any]) -> dict[str, dict]:
+    from jobs.evaluate import summarise
+
+    results = {}
+    for name, s in scores.items():
+        metrics = summarise(s, ds.pages)
         metrics.pop("seconds_per_page", None)   # replayed predictions: timed above instead
         results[name] = metrics
     return results
+
+
+def score_systems(ds: Dataset, workers: dict[str, Worker], outputs: dict[str, list]) -> dict[str, dict]:
+    """The same jobs.evaluate scoring for every system (jobs.evaluate.evaluate, predictions replayed)."""
+    return summarise_scores(ds, system_scores(ds, workers, outputs))
 
 
 def speed_rows(timing: dict[str, Timing], load: dict[str, float]) -> list[list[Any]]:
@@ -523,11 +569,25 @@ def speed_rows(timing: dict[str, Timing], load: dict[str, float]) -> list[list[A
     return rows
 
 
-def metric_rows(results: dict[str, dict]) -> list[list[Any]]:
+TYPED_KEY = re.compile(r"(crop_cer|bow_f1)_(?!chance$)([a-z]+?)(_chance)?")   # crop_cer_printed, ...
+TYPED_LABEL = {"crop_cer": "crop CER (GT line crops)", "bow_f1": "BoW F1 (words in its GT lines)"}
+
+
+def metric_rows(results: dict[str, dict], typed: bool = False) -> list[list[Any]]:
+    """Metrics as rows, systems as columns: the per-line-type keys (crop_cer_<type>,
+    bow_f1_<type>[_chance]) only with typed=True, as (type, metric) rows, the others without."""
     keys: list[str] = []
     for r in results.values():
-        keys += [k for k in r if k not in keys and k not in ("pages", "level")]
-    return [[k, *[r.get(k, "") for r in results.values()]] for k in keys]
+        keys += [k for k in r if k not in keys and k not in ("pages", "level")
+                 and bool(TYPED_KEY.fullmatch(k)) == typed]
+    if not typed:
+        return [[k, *[r.get(k, "") for r in results.values()]] for k in keys]
+    rows = []
+    for k in sorted(keys, key=lambda k: (TYPED_KEY.fullmatch(k)[2], k.startswith("bow"), k)):
+        metric, kind, chance = TYPED_KEY.fullmatch(k).groups()
+        rows.append([kind, TYPED_LABEL[metric] + (", chance" if chance else ""),
+                     *[r.get(k, "") for r in results.values()]])
+    return rows
 
 
 # ---- test sets ---------------------------------------------------------------------------------------
@@ -716,7 +776,7 @@ class Report:
 
 
 def run_dataset(ds: Dataset, workers: dict[str, Worker], chunk: int, threads: int, report: Report
-                ) -> tuple[dict[str, Timing], dict[str, dict[str, float]]]:
+                ) -> tuple[dict[str, Timing], dict[str, dict[str, float]], dict[str, dict]]:
     timing, outputs, stages = time_systems(ds, workers, chunk)
     results = score_systems(ds, workers, outputs)
     load = {n: w.load_seconds for n, w in workers.items()}
@@ -730,6 +790,11 @@ def run_dataset(ds: Dataset, workers: dict[str, Worker], chunk: int, threads: in
            md_table(["speed", *names], speed_rows(timing, load)), "",
            "Accuracy (jobs.evaluate, the same scoring for every system):", "",
            md_table(["metric", *names], metric_rows(results)), ""]
+    if typed := metric_rows(results, typed=True):
+        sec += ["By line type (line_types.jsonl; printed = Print and Typewritten lines): recognition "
+                "alone on the GT line crops of each type, and the bag of words of each system's page "
+                "reading inside the GT lines of that type (chance: another page's lines of that type).", "",
+                md_table(["line type", "metric", *names], typed), ""]
     for name, st in stages.items():
         rows = stage_rows(st, timing[name].pages)
         print(f"\n{name} stages:\n" + "\n".join(f"  {r[0]:<12} {r[1]:>8} s {r[2]:>8} {r[3]:>6} ms/page"
@@ -737,7 +802,7 @@ def run_dataset(ds: Dataset, workers: dict[str, Worker], chunk: int, threads: in
         sec += [f"Where {name}'s time goes ({ds.name}, {timing[name].pages} pages):", "",
                 md_table(["stage", "seconds", "share", "ms/page", "what"], rows), ""]
     report.sections += sec
-    return timing, stages
+    return timing, stages, results
 
 
 def memory_section(res: MemoryResult, requested: int) -> list[str]:
@@ -765,6 +830,8 @@ def configure(p: argparse.ArgumentParser) -> None:
                                   "when present)")
     p.add_argument("--no-dev", action="store_true", help="skip the real dev set")
     p.add_argument("--dev-limit", type=int, help="first N dev pages only")
+    from jobs.bench_real import configure_real
+    configure_real(p)
     p.add_argument("--out", default="BENCHMARKS.md", help="report file")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="thread budget per system")
     p.add_argument("--chunk", type=int, help="pages per interleaved turn (default max(threads, 4))")
@@ -829,8 +896,12 @@ def main(args) -> int:
         "tesseract processes only, not the bench's host process).",
         "Peers run with their default settings: Tesseract `--psm 3` (eng); RapidOCR's shipped PP-OCRv4 "
         "models. RapidOCR gives line boxes: words are cut from them by character position.",
-        "crop_cer/crop_wer: recognition only, on ground-truth word crops (32 px high; Tesseract gets them "
-        "upscaled to 64 px with a margin, `--psm 7`).",
+        "crop_cer/crop_wer: recognition only, on ground-truth crops. Word-level sets: word crops (32 px "
+        "high; Tesseract gets them upscaled to 64 px with a margin, `--psm 7`). Line-level sets: line crops "
+        "(the GT polygon's rectangle, margins as in training), each read as one text line: ours by the "
+        "pipeline's line reader (a line recogniser reads the whole line; a word recogniser reads it in "
+        "slices of its max width), the peers get the line at the page's resolution (Tesseract upscaled to "
+        "64 px with a margin, `--psm 7`; RapidOCR's recogniser alone, no detection).",
     ]
     if "htr-onnx" in names or "htr-torch" in names:
         report.notes.append("htr-batch picks its CPU engine itself: PyTorch with bf16 autocast where the CPU "
@@ -850,8 +921,14 @@ def main(args) -> int:
             sets.append(dev_set(dev, args.dev_limit))
         else:
             report.notes.append(f"Real dev set skipped: {dev} not found.")
+        results: dict[str, dict[str, dict]] = {}
         for ds in sets:
-            timings[ds.name], _ = run_dataset(ds, workers, chunk, threads, report)
+            timings[ds.name], _, results[ds.name] = run_dataset(ds, workers, chunk, threads, report)
+        if not args.no_real:
+            from jobs.bench_real import bench_real
+            dev_run = (timings["dev"], results["dev"]) if "dev" in results else None
+            if real := bench_real(args, workers, chunk, report, dev_run, warm=not sets):
+                timings["real validation"] = real
     finally:
         for w in workers.values():
             w.close()

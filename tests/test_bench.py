@@ -30,11 +30,16 @@ def test_tree_rss_skips_a_child_that_has_not_exec_d_yet():
 
 
 def test_tree_rss_counts_a_real_child_process():
-    me = psutil.Process()
-    child = subprocess.Popen(["sleep", "5"])
+    """A child that has exec'd (sleep under sh) counts. The tree is rooted at sh, not at pytest,
+    which may have children of its own (multiprocessing's resource tracker after a spawn)."""
+    parent = subprocess.Popen(["sh", "-c", "sleep 5 & wait"])
     try:
         time.sleep(0.3)
-        assert tree_rss(me, include_self=False) == psutil.Process(child.pid).memory_info().rss > 0
+        sh = psutil.Process(parent.pid)
+        (child,) = sh.children()
+        assert tree_rss(sh, include_self=False) == child.memory_info().rss > 0
     finally:
-        child.kill()
-        child.wait()
+        for p in psutil.Process(parent.pid).children():
+            p.kill()
+        parent.kill()
+        parent.wait()
