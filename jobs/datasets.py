@@ -150,6 +150,19 @@ def crop_tensor(crop: np.ndarray, max_width: int) -> torch.Tensor:
     return torch.from_numpy(normalise_ink(crop))[None]
 
 
+def width_batches(samples: Iterator, batch_size: int, pool_batches: int, seed: int) -> Iterator:
+    """Collated batches of similar widths: a pool of samples sorted by width, cut into batches, the
+    batches shuffled. Padding a short crop to the longest in a random batch would waste most of
+    the compute."""
+    rng = random.Random(seed)
+    while True:
+        pool = sorted((next(samples) for _ in range(batch_size * pool_batches)), key=lambda s: s[0].shape[-1])
+        batches = [pool[i:i + batch_size] for i in range(0, len(pool), batch_size)]
+        rng.shuffle(batches)
+        for b in batches:
+            yield collate_crops(b)
+
+
 class SyntheticCrops(IterableDataset):
     """Yields single samples, or with `batch_size` whole batches of similar widths: padding a
     short word to the longest in a random batch would waste most of the compute."""
@@ -174,14 +187,7 @@ class SyntheticCrops(IterableDataset):
         if not self.batch_size:
             yield from samples
             return
-        rng = random.Random(_worker_seed(self.seed))
-        while True:
-            pool = sorted((next(samples) for _ in range(self.batch_size * self.pool_batches)),
-                          key=lambda s: s[0].shape[-1])
-            batches = [pool[i:i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
-            rng.shuffle(batches)
-            for b in batches:
-                yield collate_crops(b)
+        yield from width_batches(samples, self.batch_size, self.pool_batches, _worker_seed(self.seed))
 
 
 class ManifestCrops(Dataset):
@@ -316,14 +322,7 @@ class LineCrops(IterableDataset):
 
     def __iter__(self):
         samples = self._samples()
-        rng = random.Random(_worker_seed(self.seed))
-        while True:
-            pool = sorted((next(samples) for _ in range(self.batch_size * self.pool_batches)),
-                          key=lambda s: s[0].shape[-1])
-            batches = [pool[i:i + self.batch_size] for i in range(0, len(pool), self.batch_size)]
-            rng.shuffle(batches)
-            for b in batches:
-                yield collate_crops(b)
+        yield from width_batches(samples, self.batch_size, self.pool_batches, _worker_seed(self.seed))
 
 
 def line_eval_samples(cache: str | Path, max_width: int, codec: Codec, limit: int | None = None,

@@ -117,7 +117,8 @@ def iter_pages(root: str | Path) -> Iterator[tuple[str, Path, list[RealLine], in
             yield set_name, manifest.parent / obj["source-ref"], lines, dropped
 
 
-def build_cache(root: str | Path, out: str | Path, height: int = CACHE_HEIGHT) -> dict:
+def build_cache(root: str | Path, out: str | Path, height: int = CACHE_HEIGHT,
+                split_file: Path = SPLIT_FILE) -> dict:
     """Cut every cleaned line of every set into out/crops.npy + out/index.json. Writes the split
     file when it does not exist yet (first build), and tags each line train or val from it."""
     from tqdm import tqdm
@@ -125,14 +126,14 @@ def build_cache(root: str | Path, out: str | Path, height: int = CACHE_HEIGHT) -
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pages = list(iter_pages(root))
-    if not SPLIT_FILE.is_file():
+    if not split_file.is_file():
         by_set: dict[str, list[str]] = {}
         for set_name, img, _, _ in pages:
             by_set.setdefault(set_name, []).append(img.name)
-        SPLIT_FILE.parent.mkdir(parents=True, exist_ok=True)
-        SPLIT_FILE.write_text("# Validation pages (set/image), chosen once by jobs.line_data.choose_validation;"
+        split_file.parent.mkdir(parents=True, exist_ok=True)
+        split_file.write_text("# Validation pages (set/image), chosen once by jobs.line_data.choose_validation;"
                               " never trained on.\n" + "\n".join(choose_validation(by_set)) + "\n")
-    val = read_validation()
+    val = read_validation(split_file)
     chunks, index, offset, dropped = [], [], 0, 0
     for set_name, img_path, lines, n_drop in tqdm(pages, desc="cutting lines", unit="page"):
         dropped += n_drop
