@@ -341,11 +341,15 @@ class Pipeline:
         """A line quad (page pixels, TL,TR,BR,BL) rectified to the recogniser's height."""
         return crops_mod.rectify(gray, quad, self.crop_height, self.max_width)
 
-    def read_lines(self, crops: list[np.ndarray]) -> list[list[tuple[str, float, float, float]]]:
+    def read_lines(self, crops: list[np.ndarray], pages: list[int] | None = None
+                   ) -> list[list[tuple[str, float, float, float]]]:
         """Line crops (uint8 gray, recogniser height) -> per line its words as
-        (text, confidence, u0, u1), u0/u1 the fractions along the crop where the word lies."""
-        results: list[list[tuple[str, float, float, float]]] = [[] for _ in crops]
+        (text, confidence, u0, u1), u0/u1 the fractions along the crop where the word lies.
+
+        pages: the page each crop comes from. The lexicon's language is chosen per page from all its
+        lines (one badly read line is no evidence of a language); without pages, per line."""
         space = self.codec.index.get(" ", -1)
+        read: list[tuple[list, torch.Tensor]] = [([], torch.zeros(0))] * len(crops)
         for idx, batch, widths in self._line_batches(crops):
             x = torch.from_numpy(batch).to(self.device)
             if self.channels_last:
@@ -354,16 +358,23 @@ class Pipeline:
                 log_probs = self.recogniser(x).float().cpu()
             frames = torch.from_numpy(-(-widths // 4)).clamp(max=log_probs.shape[1])
             for row, i in enumerate(idx):
-                n = int(frames[row])
-                spans = word_spans(log_probs[row], n, space)
-                words = [(self.codec.decode_greedy(cls), conf, f0, f1) for cls, f0, f1, conf in spans]
-                lexicon = pick_lexicon(self.lexicons, [w[0] for w in words])
-                if lexicon:
-                    words = lexicon.rescore_line(words, log_probs[row, :n], self.codec)
-                # a frame covers 4 crop columns; a word reaches half a frame beyond its last peak
-                results[i] = [(t, c, max(0.0, (f0 - 0.5) / n), min(1.0, (f1 + 0.5) / n))
-                              for t, c, f0, f1 in words if t]
-        return results
+                lp = log_probs[row, :int(frames[row])]
+                read[i] = ([(self.codec.decode_greedy(cls), conf, f0, f1)
+                            for cls, f0, f1, conf in word_spans(lp, lp.shape[0], space)], lp)
+        if self.lexicons:
+            read = self._rescore(read, pages if pages is not None else list(range(len(crops))))
+        # a frame covers 4 crop columns; a word reaches half a frame beyond its last peak
+        return [[(t, c, max(0.0, (f0 - 0.5) / len(lp)), min(1.0, (f1 + 0.5) / len(lp)))
+                 for t, c, f0, f1 in words if t] for words, lp in read]
+
+    def _rescore(self, read: list[tuple[list, torch.Tensor]], groups: list[int]) -> list[tuple[list, torch.Tensor]]:
+        """Lexicon rescoring with one language per group of lines (see read_lines)."""
+        texts: dict[int, list[str]] = {}
+        for (words, _), g in zip(read, groups):
+            texts.setdefault(g, []).extend(w[0] for w in words)
+        chosen = {g: pick_lexicon(self.lexicons, t) for g, t in texts.items()}
+        return [(chosen[g].rescore_line(words, lp, self.codec) if chosen[g] else words, lp)
+                for (words, lp), g in zip(read, groups)]
 
     def _line_batches(self, crops: list[np.ndarray]):
         """(indices, B x 1 x H x W ink maps, widths) with about rec_batch x 128 columns per batch:
@@ -396,7 +407,7 @@ class Pipeline:
                     crops.append(self.line_crop(gray, quad))
                     owners.append((k, line.line_idx, quad,
                                    float(np.mean([w.det_score for w in segment]))))
-        readings = self.read_lines(crops) if crops else []
+        readings = self.read_lines(crops, [o[0] for o in owners]) if crops else []
         by_page: list[dict[int, list[Word]]] = [{} for _ in images]
         for (k, li, quad, det), words in zip(owners, readings):
             sx, sy = scales[k]
