@@ -173,11 +173,17 @@ def _code_version() -> str:
         return ""
 
 
+def _data_name(args) -> str:
+    if getattr(args, "lines", None):
+        return f"lines {args.lines} + {args.synthetic_share:.0%} synthetic lines"
+    return args.train or "synthetic"
+
+
 def _export(model, kind: str, arch: str, cfg: dict, args, metrics: dict) -> None:
     net = model.module if hasattr(model, "module") else model
     checkpoints.save(net, kind, arch, cfg, args.model_dir,
                      {"train": {"steps": metrics.get("step"), "seed": args.seed, "code": _code_version(),
-                                "data": args.train or "synthetic", "metrics": metrics}})
+                                "data": _data_name(args), "metrics": metrics}})
     if args.output_data_dir:
         Path(args.output_data_dir).mkdir(parents=True, exist_ok=True)
         Path(args.output_data_dir, f"{kind}_metrics.json").write_text(json.dumps(metrics, indent=1))
