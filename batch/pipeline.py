@@ -84,10 +84,11 @@ def _resize_for_segmenter(page: np.ndarray, long_side: int) -> tuple[np.ndarray,
     return cv2.resize(page, size, interpolation=interp), scale
 
 
-# Word heights (segmenter input pixels) the segmenter learned from: synthetic pages scaled to its
-# 1024 px input have words 10-25 px tall (median 17).
-TEXT_HEIGHT = 17.0
-TEXT_RANGE = (8.0, 40.0)
+# Heights of the segmenter's word boxes (its input pixels) on pages like those it learned from:
+# 15-56 px on 24 synthetic test pages at its 1024 px input (median 23). Outside TEXT_RANGE a page
+# is segmented again at the scale that brings the median to TEXT_HEIGHT.
+TEXT_HEIGHT = 24.0
+TEXT_RANGE = (9.0, 64.0)
 SEG_RESCALE = (0.5, 2.5)   # a second pass changes the segmenter's input size by at most these factors
 LINE_BUCKETS = (64, 128, 256, 384, 512, 768, 1024, 1536, 2048)
 LINE_MARGIN = 0.08     # line quads from word boxes grown by this share of their height on each side
@@ -107,6 +108,34 @@ def split_segments(words: list[Word]) -> list[list[Word]]:
             segments.append([])
         segments[-1].append(w)
     return segments
+
+
+def _along(quad: np.ndarray, points: np.ndarray) -> tuple[float, float]:
+    """The stretch (u0, u1) of a line quad's length that points cover, as fractions."""
+    axis = quad[1] - quad[0]
+    u = (points - quad[0]) @ axis / max(float(axis @ axis), 1e-6)
+    return float(u.min()), float(u.max())
+
+
+def place_words(words: list[tuple[str, float, float, float]], quad: np.ndarray, boxes: list[Word]
+                ) -> list[tuple[str, float, np.ndarray, float]]:
+    """(text, confidence, polygon, detection score) for the words read along a line segment.
+
+    A word takes the polygon of the segmenter's word box(es) lying mostly (>= half their length)
+    within its CTC stretch: those boxes are tight around the ink. Where none does (the segmenter
+    merged or split words differently), the word gets its stretch of the line quad."""
+    spans = [(_along(quad, np.array([[p.x, p.y] for p in b.polygon])), b) for b in boxes]
+    mean_det = float(np.mean([b.det_score for b in boxes])) if boxes else 0.0
+    out = []
+    for text, conf, u0, u1 in words:
+        mine = [b for (a0, a1), b in spans if min(a1, u1) - max(a0, u0) >= 0.5 * max(a1 - a0, 1e-6)]
+        if mine:
+            pts = np.array([[p.x, p.y] for b in mine for p in b.polygon], np.float32)
+            poly = pts.reshape(4, 2) if len(mine) == 1 else line_quad(pts)
+            out.append((text, conf, poly, float(np.mean([b.det_score for b in mine]))))
+        else:
+            out.append((text, conf, span_polygon(quad, u0, u1), mean_det))
+    return out
 
 
 def number_lines(lines: dict[int, list[Word]]) -> list[Line]:
@@ -405,14 +434,12 @@ class Pipeline:
                     quad = line_quad(pts)
                     quad = expand_quad(quad, LINE_MARGIN, LINE_MARGIN, LINE_MARGIN)
                     crops.append(self.line_crop(gray, quad))
-                    owners.append((k, line.line_idx, quad,
-                                   float(np.mean([w.det_score for w in segment]))))
+                    owners.append((k, line.line_idx, quad, segment))
         readings = self.read_lines(crops, [o[0] for o in owners]) if crops else []
         by_page: list[dict[int, list[Word]]] = [{} for _ in images]
-        for (k, li, quad, det), words in zip(owners, readings):
+        for (k, li, quad, segment), words in zip(owners, readings):
             sx, sy = scales[k]
-            for text, conf, u0, u1 in words:
-                poly = span_polygon(quad, u0, u1)
+            for text, conf, poly, det in place_words(words, quad, segment):
                 by_page[k].setdefault(li, []).append(Word(
                     text=text, confidence=conf, det_score=det,
                     polygon=[Point(float(x) * sx, float(y) * sy) for x, y in poly]))

@@ -123,7 +123,7 @@ def test_text_far_from_the_learned_size_is_segmented_again_at_a_better_scale(tin
     pipe = Pipeline.load(tiny_line_models, "cpu", PipelineConfig(lexicon="off", backend="torch",
                                                                    precision="fp32"))
     page = np.zeros((4 * pipe.long_side, 3 * pipe.long_side, 3), np.uint8)   # segmenter scale 1/4
-    assert pipe._rescaled_side(page, _dets(68)) is None         # 17 px at the segmenter: as learned
+    assert pipe._rescaled_side(page, _dets(96)) is None         # 24 px at the segmenter: as learned
     small = pipe._rescaled_side(page, _dets(16))                # 4 px: a 100-dpi form, tiny print
     assert small is not None and small > pipe.long_side
     large = pipe._rescaled_side(page, _dets(400))               # 100 px: a close-up photo
@@ -180,3 +180,19 @@ def test_pipeline_keeps_page_size_and_bounds_for_negative_and_sideways_scans(tin
         for w in out.words:
             x0, y0, x1, y1 = w.bbox
             assert -40 <= x0 and x1 <= img.shape[1] + 40 and -40 <= y0 and y1 <= img.shape[0] + 40
+
+
+def test_words_take_the_segmenter_boxes_inside_their_ctc_stretch():
+    from batch.pipeline import place_words
+
+    quad = np.array([[0, 0], [200, 0], [200, 20], [0, 20]], np.float32)
+    boxes = [_word(2, 3, 60, 17), _word(80, 2, 120, 18), _word(125, 2, 150, 18)]
+    boxes[0].det_score, boxes[1].det_score, boxes[2].det_score = 0.9, 0.7, 0.5
+    words = [("one", 0.8, 0.0, 0.32), ("two", 0.7, 0.38, 0.77), ("three", 0.6, 0.85, 0.99)]
+    placed = place_words(words, quad, boxes)
+    assert np.allclose(placed[0][2], [[2, 3], [60, 3], [60, 17], [2, 17]]) and placed[0][3] == 0.9
+    x0, y0 = placed[1][2].min(0)                        # two boxes in its stretch: one quad around both
+    x1, y1 = placed[1][2].max(0)
+    assert (x0, y0, x1, y1) == pytest.approx((80, 2, 150, 18), abs=0.5) and placed[1][3] == pytest.approx(0.6)
+    assert np.allclose(placed[2][2], [[170, 0], [198, 0], [198, 20], [170, 20]])   # no box: its stretch
+    assert placed[2][3] == pytest.approx(0.7)
