@@ -423,7 +423,7 @@ class Pipeline:
     def _read_by_lines(self, images: list[np.ndarray], detections, scales) -> list[Page]:
         """Group each page's word detections into lines, read each line segment as one crop, and
         place the words the recogniser read along it."""
-        crops, owners = [], []       # owners: (page, line index, segment quad, detection score)
+        crops, owners = [], []       # owners: (page, line index, segment quad, its word boxes)
         for k, (img, dets) in enumerate(zip(images, detections)):
             gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
             boxes = [Word("", 0.0, score, [Point(float(x), float(y)) for x, y in quad])
@@ -463,7 +463,7 @@ class Pipeline:
         images = [np.asarray(img) for img in images]
         if self.config.fix_pages:
             for k, img in enumerate(images):
-                images[k], fixes[k] = normalise_page(img)
+                images[k], fixes[k] = normalise_page(img, guess_upside_down=False)
         pages = self._read_pages(images)
         if self.config.fix_pages:
             self._retry_upside_down(images, pages, fixes)

@@ -249,6 +249,9 @@ def test_upside_down_latin_text_without_callback(font):
     out, fix = normalise_page(np.ascontiguousarray(np.rot90(page, 2)))
     assert fix.quarter_turns == 2
     np.testing.assert_array_equal(out, page)
+    # a caller that checks upside down itself (the pipeline) can keep the guess out
+    _, kept = normalise_page(np.ascontiguousarray(np.rot90(page, 2)), guess_upside_down=False)
+    assert kept.quarter_turns == 0
 
 
 # ---- skew ---------------------------------------------------------------------------------------------

@@ -56,14 +56,17 @@ class PageFix:
 
 
 def normalise_page(image: np.ndarray, upright_score: Callable[[np.ndarray], float] | None = None,
-                   *, detect_rotation: bool = True, deskew: bool = True, detect_negative: bool = True
-                   ) -> tuple[np.ndarray, PageFix]:
+                   *, detect_rotation: bool = True, deskew: bool = True, detect_negative: bool = True,
+                   guess_upside_down: bool = True) -> tuple[np.ndarray, PageFix]:
     """HxWx3 uint8 RGB (or HxW gray) -> (corrected image, same dtype/channels; the fix applied).
 
     upright_score(image) -> float: higher = more likely upright (e.g. mean recogniser confidence on
     a few lines). When given it is called on the full-size corrected candidate and on its 180 degree
     turn (on all four turns when the geometry cannot tell rows from columns); the best wins, the
-    geometric candidate on ties. Without it the ascender heuristic decides, flipping only when clear.
+    geometric candidate on ties. Without it the ascender heuristic decides, flipping only when clear;
+    guess_upside_down=False leaves an upright-looking page unflipped (for a caller that checks upside
+    down itself, as the pipeline does from the recogniser's confidence: the heuristic flipped 1 of 24
+    synthetic test pages wrongly).
 
     The input is never modified; a page that needs nothing is returned as the same object."""
     if image.dtype != np.uint8 or not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
@@ -83,7 +86,7 @@ def normalise_page(image: np.ndarray, upright_score: Callable[[np.ndarray], floa
         above, below, lines = _ascender_balance(ink, turns, angle)
         if turns == 1 and below > above:
             turns = 3
-        elif turns == 0 and _clearly_upside_down(above, below, lines):
+        elif turns == 0 and guess_upside_down and _clearly_upside_down(above, below, lines):
             turns = 2
         return _apply(image, inverted, turns, angle)
     # each candidate and its 180 degree turn, scored on the full-size corrected page
