@@ -157,26 +157,13 @@ def _mean_confidence(page: Page) -> float:
     return sum(w.confidence for w in words) / len(words) if words else 0.0
 
 
-def _turned_half(fix: PageFix | None, width: int, height: int) -> PageFix:
-    """The fix that also undoes a 180-degree turn of a width x height corrected image."""
-    half = np.array([[-1.0, 0.0, width - 1.0], [0.0, -1.0, height - 1.0]])
-    base = fix.matrix if fix is not None else np.array([[1.0, 0, 0], [0, 1.0, 0]])
-    matrix = base[:, :2] @ half[:, :2]
-    offset = base[:, :2] @ half[:, 2] + base[:, 2]
-    return PageFix(inverted=bool(fix and fix.inverted), quarter_turns=((fix.quarter_turns if fix else 0) + 2) % 4,
-                   skew_deg=fix.skew_deg if fix else 0.0, source_size=fix.source_size if fix else (width, height),
-                   matrix=np.concatenate([matrix, offset[:, None]], 1))
-
-
-def _to_source(page: Page, fix: PageFix | None, scale: tuple[float, float], size: tuple[int, int]) -> None:
+def _to_source(page: Page, fix: PageFix, scale: tuple[float, float]) -> None:
     """Move a page read on the corrected image back to source pixels, in place."""
     sx, sy = scale
     for w in page.words:
-        pts = np.array([[p.x, p.y] for p in w.polygon])
-        if fix is not None:
-            pts = fix.to_source(pts)
+        pts = fix.to_source(np.array([[p.x, p.y] for p in w.polygon]))
         w.polygon = [Point(float(x) * sx, float(y) * sy) for x, y in pts]
-    page.width, page.height = round(size[0] * sx), round(size[1] * sy)
+    page.width, page.height = round(fix.source_size[0] * sx), round(fix.source_size[1] * sy)
 
 
 class Pipeline:
@@ -362,8 +349,6 @@ class Pipeline:
                 results[i] = (text, conf)
         return results
 
-    # ---- pages -------------------------------------------------------------------------------
-
     # ---- lines -------------------------------------------------------------------------------
 
     def line_crop(self, gray: np.ndarray, quad: np.ndarray) -> np.ndarray:
@@ -406,21 +391,14 @@ class Pipeline:
                 for (words, lp), g in zip(read, groups)]
 
     def _line_batches(self, crops: list[np.ndarray]):
-        """(indices, B x 1 x H x W ink maps, widths) with about rec_batch x 128 columns per batch:
-        lines are 4-16x as wide as words, so a batch holds fewer of them."""
-        buckets = LINE_BUCKETS
-        budget = self.config.rec_batch * 128
-        by_bucket: dict[int, list[int]] = {}
-        for i, c in enumerate(crops):
-            by_bucket.setdefault(crops_mod.bucket_width(c.shape[1], buckets), []).append(i)
-        for b in sorted(by_bucket):
-            idx, size = by_bucket[b], max(1, budget // b)
-            for k in range(0, len(idx), size):
-                part = idx[k:k + size]
-                batch, widths = crops_mod.pack([crops[i] for i in part], buckets)
-                yield part, batch, widths
+        """(indices, B x 1 x H x W ink maps, widths), about rec_batch x 128 columns per batch."""
+        plan = crops_mod.plan_batches([c.shape[1] for c in crops], self.config.rec_batch, LINE_BUCKETS,
+                                      columns=self.config.rec_batch * 128)
+        for part in plan:
+            batch, widths = crops_mod.pack([crops[i] for i in part], LINE_BUCKETS)
+            yield part, batch, widths
 
-    def _read_by_lines(self, images: list[np.ndarray], detections, scales) -> list[Page]:
+    def _read_by_lines(self, images: list[np.ndarray], detections) -> list[Page]:
         """Group each page's word detections into lines, read each line segment as one crop, and
         place the words the recogniser read along it."""
         crops, owners = [], []       # owners: (page, line index, segment quad, its word boxes)
@@ -438,14 +416,12 @@ class Pipeline:
         readings = self.read_lines(crops, [o[0] for o in owners]) if crops else []
         by_page: list[dict[int, list[Word]]] = [{} for _ in images]
         for (k, li, quad, segment), words in zip(owners, readings):
-            sx, sy = scales[k]
             for text, conf, poly, det in place_words(words, quad, segment):
                 by_page[k].setdefault(li, []).append(Word(
                     text=text, confidence=conf, det_score=det,
-                    polygon=[Point(float(x) * sx, float(y) * sy) for x, y in poly]))
-        return [Page(page=k + 1, width=round(img.shape[1] * sx), height=round(img.shape[0] * sy),
-                     lines=number_lines(by_page[k]))
-                for k, (img, (sx, sy)) in enumerate(zip(images, scales))]
+                    polygon=[Point(float(x), float(y)) for x, y in poly]))
+        return [Page(page=k + 1, width=img.shape[1], height=img.shape[0], lines=number_lines(by_page[k]))
+                for k, img in enumerate(images)]
 
     # ---- pages -------------------------------------------------------------------------------
 
@@ -458,21 +434,19 @@ class Pipeline:
         if not images:
             return []
         scales = [source_scale(img) for img in images]
-        sizes = [(img.shape[1], img.shape[0]) for img in images]
-        fixes: list[PageFix | None] = [None] * len(images)
         images = [np.asarray(img) for img in images]
+        fixes = [PageFix.identity(img.shape[1], img.shape[0]) for img in images]
         if self.config.fix_pages:
             for k, img in enumerate(images):
                 images[k], fixes[k] = normalise_page(img, guess_upside_down=False)
         pages = self._read_pages(images)
         if self.config.fix_pages:
             self._retry_upside_down(images, pages, fixes)
-        for k, page in enumerate(pages):
-            _to_source(page, fixes[k], scales[k], sizes[k])
+        for page, fix, scale in zip(pages, fixes, scales):
+            _to_source(page, fix, scale)
         return pages
 
-    def _retry_upside_down(self, images: list[np.ndarray], pages: list[Page],
-                           fixes: list[PageFix | None]) -> None:
+    def _retry_upside_down(self, images: list[np.ndarray], pages: list[Page], fixes: list[PageFix]) -> None:
         """Read pages whose words are mostly unsure once more turned by 180 degrees (geometry alone
         cannot tell upside down from upright) and keep whichever reading the recogniser trusts more."""
         doubtful = [k for k, p in enumerate(pages) if _mean_confidence(p) < RETRY_CONFIDENCE]
@@ -482,14 +456,13 @@ class Pipeline:
         for k, img, page in zip(doubtful, turned, self._read_pages(turned)):
             if _mean_confidence(page) > _mean_confidence(pages[k]) + 0.1:
                 pages[k] = page
-                fixes[k] = _turned_half(fixes[k], img.shape[1], img.shape[0])
+                fixes[k] = fixes[k].half_turned(img.shape[1], img.shape[0])
 
     def _read_pages(self, images: list[np.ndarray]) -> list[Page]:
         """Pages in the given images' own pixels."""
         detections = self.segment(images)
-        ones = [(1.0, 1.0)] * len(images)
         if self.line_mode:
-            return self._read_by_lines(images, detections, ones)
+            return self._read_by_lines(images, detections)
         return self._read_by_words(images, detections)
 
     def _read_by_words(self, images: list[np.ndarray], detections) -> list[Page]:

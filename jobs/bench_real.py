@@ -50,7 +50,9 @@ def configure_real(p) -> None:
 
 def real_sets(root: Path, split: Path, limit: int | None = None) -> tuple[list[Dataset], list[str]]:
     """The validation pages of each set under `root`, and notes on what was left out."""
-    from jobs.evaluate import find_manifests, load_eval_set, read_page_list
+    from jobs.evaluate import load_eval_set
+    from jobs.line_data import read_page_list
+    from jobs.manifests import find_manifests
 
     listed = read_page_list(split)
     sets, notes = [], []

@@ -29,9 +29,9 @@ import numpy as np
 from tqdm import tqdm
 
 from batch.schema import Page
-from jobs.line_data import SPLIT_FILE, clean_transcription
+from jobs.line_data import SPLIT_FILE, clean_transcription, read_page_list
 # _json_lines: parse_sample drops a page's "level", which says what its ground truth is
-from jobs.manifests import _json_lines, is_recognition_target, parse_sample, resolve_source
+from jobs.manifests import _json_lines, find_manifests, is_recognition_target, parse_sample, resolve_source
 from jobs.metrics import DetectionScore, ErrorRate, match
 from models.charset import normalise
 from transforms.crops import quad_size, rectify
@@ -143,37 +143,6 @@ def load_eval_set(manifest: str | Path, line_types: str | Path | None = None,
         out.append(EvalPage(resolve_source(sample, manifest), items, lvl, image_side=image_side,
                             set_name=set_name or manifest.parent.name))
     return out
-
-
-def find_manifests(paths: list[str | Path]) -> dict[str, Path]:
-    """Set name (the manifest's folder name) -> manifest, for manifest files and for folders that
-    hold one set (manifest.jsonl) or several (*/manifest.jsonl)."""
-    found: dict[str, Path] = {}
-    for p in map(Path, paths):
-        if p.is_dir():
-            manifests = ([p / "manifest.jsonl"] if (p / "manifest.jsonl").is_file()
-                         else sorted(p.glob("*/manifest.jsonl")))
-            if not manifests:
-                raise FileNotFoundError(f"no manifest.jsonl in {p} or its sub-folders")
-        else:
-            manifests = [p]
-        for m in manifests:
-            name, n = m.parent.resolve().name, 2
-            while name in found:   # two sets in folders of the same name stay apart
-                name, n = f"{m.parent.resolve().name}#{n}", n + 1
-            found[name] = m
-    return found
-
-
-def read_page_list(path: str | Path) -> dict[str, set[str]]:
-    """A split file (`set_name/image_file_name` per line, '#' comments) -> set -> image names."""
-    by_set: dict[str, set[str]] = {}
-    for ln in Path(path).read_text(encoding="utf-8").splitlines():
-        ln = ln.strip()
-        if ln and not ln.startswith("#"):
-            set_name, _, image = ln.partition("/")
-            by_set.setdefault(set_name, set()).add(Path(image).name)
-    return by_set
 
 
 # ---- normalisation -----------------------------------------------------------------------------

@@ -77,8 +77,20 @@ def choose_validation(pages: dict[str, list[str]], fraction: float = 0.08, minim
     return sorted(out)
 
 
+def read_page_list(path: str | Path) -> dict[str, set[str]]:
+    """A split file (`set_name/image_file_name` per line, '#' comments) -> set -> image names."""
+    by_set: dict[str, set[str]] = {}
+    for ln in Path(path).read_text(encoding="utf-8").splitlines():
+        ln = ln.strip()
+        if ln and not ln.startswith("#"):
+            set_name, _, image = ln.partition("/")
+            by_set.setdefault(set_name, set()).add(Path(image).name)
+    return by_set
+
+
 def read_validation(path: Path = SPLIT_FILE) -> set[str]:
-    return {ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")}
+    """The split file's pages as `set/image` keys."""
+    return {f"{s}/{name}" for s, names in read_page_list(path).items() for name in names}
 
 
 # ---- reading the sets ----------------------------------------------------------------------------
@@ -92,16 +104,11 @@ class RealLine:
     text: str              # cleaned
 
 
-def set_manifests(root: str | Path) -> dict[str, Path]:
-    root = Path(root)
-    if (root / "manifest.jsonl").is_file():
-        return {root.name: root / "manifest.jsonl"}
-    return {p.parent.name: p for p in sorted(root.glob("*/manifest.jsonl"))}
-
-
 def iter_pages(root: str | Path) -> Iterator[tuple[str, Path, list[RealLine], int]]:
     """(set, image path, cleaned lines, lines dropped) for every page of every set under root."""
-    for set_name, manifest in set_manifests(root).items():
+    from jobs.manifests import find_manifests
+
+    for set_name, manifest in find_manifests([root]).items():
         for raw in manifest.read_text(encoding="utf-8").splitlines():
             if not raw.strip():
                 continue

@@ -158,6 +158,26 @@ def resolve_source(sample: Sample, manifest_path: str | Path) -> str:
     return os.path.join(os.path.dirname(base.removeprefix("file://")), ref)
 
 
+def find_manifests(paths: list[str | Path]) -> dict[str, Path]:
+    """Set name (the manifest's folder name) -> manifest, for manifest files and for folders that
+    hold one set (manifest.jsonl) or several (*/manifest.jsonl)."""
+    found: dict[str, Path] = {}
+    for p in map(Path, paths):
+        if p.is_dir():
+            manifests = ([p / "manifest.jsonl"] if (p / "manifest.jsonl").is_file()
+                         else sorted(p.glob("*/manifest.jsonl")))
+            if not manifests:
+                raise FileNotFoundError(f"no manifest.jsonl in {p} or its sub-folders")
+        else:
+            manifests = [p]
+        for m in manifests:
+            name, n = m.parent.resolve().name, 2
+            while name in found:   # two sets in folders of the same name stay apart
+                name, n = f"{m.parent.resolve().name}#{n}", n + 1
+            found[name] = m
+    return found
+
+
 def split_manifest(samples: list[Sample], test_fraction: float = 0.2, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
     """Deterministic (train, test) split by seed; at least one test sample when there are two or more."""
     if not 0.0 <= test_fraction < 1.0:

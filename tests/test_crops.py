@@ -146,3 +146,9 @@ def test_ink_levels_equal_numpy_percentiles():
     for crop in crops:
         expected = np.percentile(crop.astype(np.float64), [3, 90])
         assert np.allclose(ink_levels(crop), expected, atol=1e-9), crop.shape
+
+
+def test_plan_batches_by_column_budget_puts_fewer_wide_crops_in_a_batch():
+    widths = [40] * 5 + [500] * 5
+    plan = plan_batches(widths, batch_size=100, columns=1100)
+    assert plan == [[0, 1, 2, 3, 4], [5, 6], [7, 8], [9]]        # 1100 // 64 = 17; 1100 // 512 = 2

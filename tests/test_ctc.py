@@ -183,3 +183,9 @@ def test_word_spans_split_a_line_at_spaces_with_frames():
     assert [(w[1], w[2]) for w in words] == [(0, 4), (7, 8)]
     assert all(0.98 < w[3] <= 1.0 for w in words)
     assert word_spans(lp, 0, space) == []
+
+
+def test_the_synthetic_engine_probes_fonts_for_every_extra_class():
+    from models.charset import LATIN_EXTRA
+    from transforms import fonts
+    assert fonts.LATIN_EXTRA == LATIN_EXTRA        # kept apart (transforms do not import models), kept equal

@@ -145,9 +145,9 @@ def _text_page() -> np.ndarray:
 
 
 def test_words_read_on_a_corrected_page_are_reported_in_source_pixels():
-    from batch.pipeline import _to_source, _turned_half
+    from batch.pipeline import _to_source
     from batch.schema import Line, Page
-    from transforms.page_normalise import normalise_page
+    from transforms.page_normalise import PageFix, normalise_page
 
     page = _text_page()
     turned = np.ascontiguousarray(np.rot90(page))                # the scan came in sideways
@@ -158,7 +158,7 @@ def test_words_read_on_a_corrected_page_are_reported_in_source_pixels():
     x0, y0 = int(xs[len(xs) // 2]), int(ys[len(ys) // 2])        # one ink pixel, a tiny box around it
     w = _word(x0 - 1, y0 - 1, x0 + 1, y0 + 1, "a")
     p = Page(1, fixed.shape[1], fixed.shape[0], [Line(0, [w])])
-    _to_source(p, fix, (2.0, 2.0), (turned.shape[1], turned.shape[0]))
+    _to_source(p, fix, (2.0, 2.0))
     assert (p.width, p.height) == (2 * turned.shape[1], 2 * turned.shape[0])
     for pt in w.polygon:                                          # on the ink of the sideways scan
         x, y = int(pt.x / 2), int(pt.y / 2)
@@ -166,8 +166,11 @@ def test_words_read_on_a_corrected_page_are_reported_in_source_pixels():
     cx = int(np.mean([pt.x for pt in w.polygon]) / 2)
     cy = int(np.mean([pt.y for pt in w.polygon]) / 2)
     assert turned[cy - 1:cy + 2, cx - 1:cx + 2, 0].min() < 100
-    half = _turned_half(None, 300, 400)                           # 180 degrees on its own
+    half = PageFix.identity(300, 400).half_turned(300, 400)      # 180 degrees on its own
     assert np.allclose(half.to_source(np.array([[0, 0], [299, 399]])), [[299, 399], [0, 0]])
+    h, w = fixed.shape[:2]                                        # composed with the sideways fix
+    pts = np.array([[10.0, 20.0], [w - 5.0, h - 7.0]])
+    assert np.allclose(fix.half_turned(w, h).to_source(pts), fix.to_source([w - 1, h - 1] - pts))
 
 
 def test_pipeline_keeps_page_size_and_bounds_for_negative_and_sideways_scans(tiny_line_models):

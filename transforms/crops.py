@@ -87,15 +87,16 @@ def pack(crops: list[np.ndarray], buckets: tuple[int, ...] = WIDTH_BUCKETS
     return batch, widths
 
 
-def plan_batches(widths: list[int], batch_size: int, buckets: tuple[int, ...] = WIDTH_BUCKETS
-                 ) -> list[list[int]]:
+def plan_batches(widths: list[int], batch_size: int, buckets: tuple[int, ...] = WIDTH_BUCKETS,
+                 columns: int | None = None) -> list[list[int]]:
     """Indices grouped by width bucket, each group split into batches of at most batch_size,
-    so little compute is spent on padding."""
+    so little compute is spent on padding. With `columns`, a bucket's batches hold at most that
+    many pixel columns instead (text lines are 4-16x as wide as words)."""
     by_bucket: dict[int, list[int]] = {}
     for i, w in enumerate(widths):
         by_bucket.setdefault(bucket_width(w, buckets), []).append(i)
     plan = []
     for b in sorted(by_bucket):
-        idx = by_bucket[b]
-        plan.extend(idx[i:i + batch_size] for i in range(0, len(idx), batch_size))
+        idx, size = by_bucket[b], max(1, columns // b) if columns else batch_size
+        plan.extend(idx[i:i + size] for i in range(0, len(idx), size))
     return plan

@@ -108,7 +108,7 @@ CATALOGUE: tuple[FontEntry, ...] = (
 )
 
 # Accented letters and typographic punctuation that synthetic lines may carry (drawn by a fallback
-# font where the hand's font lacks them).
+# font where the hand's font lacks them). Same as models.charset.LATIN_EXTRA (tests/test_ctc.py).
 LATIN_EXTRA = "àâäáçéèêëíîïñóôöúûüùÿœæßÀÂÄÁÇÉÈÊËÍÎÏÑÓÔÖÚÛÜÙŸŒÆ’«»–—½¼¾"
 
 # Glyphs we check in every font; space is always fine.

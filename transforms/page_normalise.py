@@ -54,6 +54,18 @@ class PageFix:
         pts = np.asarray(points, np.float64).reshape(-1, 2)
         return pts @ self.matrix[:, :2].T + self.matrix[:, 2]
 
+    @classmethod
+    def identity(cls, width: int, height: int) -> "PageFix":
+        """Nothing done to a width x height page."""
+        return cls(False, 0, 0.0, (width, height), np.eye(3)[:2].copy())
+
+    def half_turned(self, width: int, height: int) -> "PageFix":
+        """This fix followed by a 180-degree turn of its width x height corrected image (a caller
+        that decided upside down itself, e.g. from recogniser confidence)."""
+        matrix = np.vstack([self.matrix, [0, 0, 1]]) @ _turn_matrix(2, width, height)
+        return PageFix(self.inverted, (self.quarter_turns + 2) % 4, self.skew_deg, self.source_size,
+                       matrix[:2].copy())
+
 
 def normalise_page(image: np.ndarray, upright_score: Callable[[np.ndarray], float] | None = None,
                    *, detect_rotation: bool = True, deskew: bool = True, detect_negative: bool = True,

@@ -76,18 +76,27 @@ class Lexicon:
         """Words of one line as (text, confidence, first frame, end frame) over the line's
         T x C log-probabilities: each unknown word is rescored over its own frames (one frame of
         context either side)."""
-        if not words:
-            return words
+        unknown = [i for i, (text, *_) in enumerate(words) if self._correctable(text)]
+        if not unknown:
+            return words                                           # most lines: nothing to copy
         t = log_probs.shape[0]
-        spans = [(max(0, f0 - 1), min(t, f1 + 1)) for _, _, f0, f1 in words]
+        spans = [(max(0, words[i][2] - 1), min(t, words[i][3] + 1)) for i in unknown]
         width = max(b - a for a, b in spans)
-        batch = log_probs.new_full((len(words), width, log_probs.shape[1]), -1e4)
+        batch = log_probs.new_full((len(unknown), width, log_probs.shape[1]), -1e4)
         batch[:, :, 0] = 0.0                                       # padding frames: certain blanks
-        for i, (a, b) in enumerate(spans):
-            batch[i, :b - a] = log_probs[a:b]
+        for row, (a, b) in enumerate(spans):
+            batch[row, :b - a] = log_probs[a:b]
         lengths = torch.tensor([b - a for a, b in spans])
-        texts = self.rescore([w[0] for w in words], batch, lengths, codec)
-        return [(text, *w[1:]) for text, w in zip(texts, words)]
+        texts = self.rescore([words[i][0] for i in unknown], batch, lengths, codec)
+        out = list(words)
+        for i, text in zip(unknown, texts):
+            out[i] = (text, *words[i][1:])
+        return out
+
+    def _correctable(self, text: str) -> bool:
+        """A word rescore() would look at (its own test): alphabetic core long enough, not known."""
+        parts = self.split(text)
+        return parts is not None and parts[1].lower() not in self.rank
 
     @cached_property
     def rank(self) -> dict[str, int]:
@@ -164,8 +173,10 @@ def pick_lexicon(lexicons: list[Lexicon], texts: list[str], min_coverage: float 
                  ) -> Lexicon | None:
     """The lexicon that knows most of the line's words, if it knows at least min_coverage of them;
     None for a line in none of their languages (names, numbers, another language)."""
-    best = max(lexicons, key=lambda lx: lx.coverage(texts), default=None)
-    return best if best is not None and best.coverage(texts) >= min_coverage else None
+    coverage = [lx.coverage(texts) for lx in lexicons]
+    if not coverage or max(coverage) < min_coverage:
+        return None
+    return lexicons[coverage.index(max(coverage))]            # ties: the first listed
 
 
 def _ctc_scores(texts: list[str], log_probs: torch.Tensor, lengths: torch.Tensor, samples: list[int],
