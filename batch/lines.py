@@ -13,7 +13,8 @@ import math
 
 import numpy as np
 
-from batch.schema import Line, Word
+from batch.schema import Line, Point, Word
+from transforms.line_geometry import line_quad
 
 TALL = 1.3  # a word taller than this times the median height is placed after the others
 
@@ -93,3 +94,15 @@ def group_lines(words: list[Word]) -> list[Line]:
             line_words.append(w)
         out.append(Line(li, line_words))
     return out
+
+
+def outline(line: Line) -> None:
+    """Set a line's polygon (the rotated rectangle around its words) and baseline (that rectangle's
+    bottom edge, left to right: where the words' boxes end, at or a little below the written
+    baseline), in the coordinates of its words. Lines without words are left as they are."""
+    pts = np.array([[p.x, p.y] for w in line.words for p in w.polygon], np.float32)
+    if len(pts) < 3:
+        return
+    quad = line_quad(pts)
+    line.polygon = [Point(float(x), float(y)) for x, y in quad]
+    line.baseline = [line.polygon[3], line.polygon[2]]

@@ -61,8 +61,8 @@ import pyarrow.parquet as pq
 from batch import storage
 from batch.errors import HtrError, StorageError
 from batch.ledger import PENDING, WRITERS, Ledger, LedgerState, Shard, tag_of
-from batch.schema import (DocumentRecord, ErrorRecord, PARTITION_COLUMN, TABLES, error_rows, iso,
-                          iter_word_rows, now_ms, page_rows, run_date, to_table)
+from batch.schema import (DocumentRecord, ErrorRecord, PARTITION_COLUMN, TABLES, conform, error_rows,
+                          iso, iter_word_rows, now_ms, page_rows, run_date, to_table)
 
 COMPRESSIONS = ("zstd", "snappy")
 DOCUMENTS = "documents"
@@ -105,8 +105,7 @@ def parquet_bytes(table: pa.Table, compression: str = "zstd") -> bytes:
 
 
 def _read_parquet(uri: str, table: str) -> pa.Table:
-    schema = TABLES[table]
-    return pq.read_table(io.BytesIO(storage.read_bytes(uri))).select(schema.names).cast(schema)
+    return conform(pq.read_table(io.BytesIO(storage.read_bytes(uri))), table)  # older versions too
 
 
 def _by_date(table: pa.Table) -> dict[str, pa.Table]:

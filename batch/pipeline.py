@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from batch.schema import DocumentRecord, Line, Page, Point, Word, doc_id_for, now_ms
-from batch.lines import group_lines
+from batch.lines import group_lines, outline
 from models import checkpoints
 from models.charset import Codec
 from models.fuse import fuse_batchnorm
@@ -434,6 +434,7 @@ class Pipeline:
         if not images:
             return []
         scales = [source_scale(img) for img in images]
+        dpis = [getattr(img, "dpi", None) for img in images]   # set by rasterise where known
         images = [np.asarray(img) for img in images]
         fixes = [PageFix.identity(img.shape[1], img.shape[0]) for img in images]
         if self.config.fix_pages:
@@ -442,8 +443,11 @@ class Pipeline:
         pages = self._read_pages(images)
         if self.config.fix_pages:
             self._retry_upside_down(images, pages, fixes)
-        for page, fix, scale in zip(pages, fixes, scales):
+        for page, fix, scale, dpi in zip(pages, fixes, scales, dpis):
             _to_source(page, fix, scale)
+            page.dpi = dpi
+            for line in page.lines:
+                outline(line)
         return pages
 
     def _retry_upside_down(self, images: list[np.ndarray], pages: list[Page], fixes: list[PageFix]) -> None:

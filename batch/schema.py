@@ -15,7 +15,7 @@ from typing import Any, Iterable, Iterator
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: line polygon + baseline, page dpi (all nullable; version 1 outputs still read)
 PARTITION_COLUMN = "run_date"  # Hive partition: OUT/<table>/run_date=YYYY-MM-DD/
 
 
@@ -58,6 +58,9 @@ class Word:
 class Line:
     line_idx: int
     words: list[Word]
+    # The line's outline and baseline in page pixels; empty where unknown (version 1 outputs).
+    polygon: list[Point] = field(default_factory=list)    # clockwise from top-left
+    baseline: list[Point] = field(default_factory=list)   # left to right
 
     @property
     def text(self) -> str:
@@ -70,6 +73,7 @@ class Page:
     width: int
     height: int
     lines: list[Line] = field(default_factory=list)
+    dpi: float | None = None  # pixels per inch: the rasterising dpi of a PDF, an image's own tag
 
     @property
     def words(self) -> list[Word]:
@@ -119,8 +123,9 @@ class DocumentRecord:
                          line_idx=ln["line_idx"])
                     for w in ln["words"]
                 ]
-                lines.append(Line(ln["line_idx"], words))
-            pages.append(Page(p["page"], p["width"], p["height"], lines))
+                lines.append(Line(ln["line_idx"], words, _points(ln.get("polygon")),
+                                  _points(ln.get("baseline"))))
+            pages.append(Page(p["page"], p["width"], p["height"], lines, p.get("dpi")))
         t = dt.datetime.fromisoformat(d["processed_at"])  # integer arithmetic: floats lose 1 ms
         processed = (t - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)) // dt.timedelta(milliseconds=1)
         return cls(d["doc_id"], d["source_uri"], pages, d["model_version"], d["run_id"], processed,
@@ -134,6 +139,15 @@ class DocumentRecord:
         return head[:-len("[]\n}")] + "[\n" + pages + "\n]\n}" if pages else head
 
 
+def _points(pts: list[dict[str, float]] | None) -> list[Point]:
+    return [Point(**pt) for pt in pts or []]
+
+
+def _xy_list(pts: list[Point]) -> list[dict[str, float]] | None:
+    """Points as JSON/Parquet values; None (null) for an unknown outline."""
+    return [{"x": _xy(pt.x), "y": _xy(pt.y)} for pt in pts] if pts else None
+
+
 def _xy(v: float) -> float:
     return round(v, 1)      # 0.1 px: finer than any scan, and JSON and Parquet agree exactly
 
@@ -144,9 +158,10 @@ def _score(v: float) -> float:
 
 def _page_json(p: Page) -> dict[str, Any]:
     return {
-        "page": p.page, "width": p.width, "height": p.height, "text": p.text,
+        "page": p.page, "width": p.width, "height": p.height, "dpi": p.dpi, "text": p.text,
         "lines": [
             {"line_idx": ln.line_idx, "text": ln.text,
+             "polygon": _xy_list(ln.polygon), "baseline": _xy_list(ln.baseline),
              "words": [
                  {"word_idx": w.word_idx, "text": w.text,
                   "confidence": _score(w.confidence), "det_score": _score(w.det_score),
@@ -177,6 +192,8 @@ class ErrorRecord:
 
 POLYGON_TYPE = pa.list_(pa.struct([("x", pa.float64()), ("y", pa.float64())]))
 TS = pa.timestamp("ms", tz="UTC")
+# Written into every Parquet part's footer, so a reader can tell which version wrote it.
+_META = {b"htr.schema_version": str(SCHEMA_VERSION).encode()}
 
 WORDS_SCHEMA = pa.schema([
     ("doc_id", pa.string()), ("source_uri", pa.string()), ("page", pa.int32()),
@@ -185,7 +202,9 @@ WORDS_SCHEMA = pa.schema([
     ("x0", pa.float32()), ("y0", pa.float32()), ("x1", pa.float32()), ("y1", pa.float32()),
     ("page_width", pa.int32()), ("page_height", pa.int32()),
     ("model_version", pa.string()), ("run_id", pa.string()), ("processed_at", TS),
-])
+    # version 2 (null in version 1 parts): the word's line, repeated on each of its words
+    ("line_polygon", POLYGON_TYPE), ("line_baseline", POLYGON_TYPE),
+], metadata=_META)
 
 PAGES_SCHEMA = pa.schema([
     ("doc_id", pa.string()), ("source_uri", pa.string()), ("page", pa.int32()),
@@ -193,13 +212,14 @@ PAGES_SCHEMA = pa.schema([
     ("word_count", pa.int32()), ("mean_confidence", pa.float32()),
     ("page_width", pa.int32()), ("page_height", pa.int32()),
     ("model_version", pa.string()), ("run_id", pa.string()), ("processed_at", TS),
-])
+    ("dpi", pa.float64()),   # version 2 (null in version 1 parts, and for images without a tag)
+], metadata=_META)
 
 ERRORS_SCHEMA = pa.schema([
     ("doc_id", pa.string()), ("source_uri", pa.string()), ("stage", pa.string()),
     ("error_type", pa.string()), ("message", pa.string()),
     ("run_id", pa.string()), ("processed_at", TS),
-])
+], metadata=_META)
 
 TABLES: dict[str, pa.Schema] = {"words": WORDS_SCHEMA, "pages": PAGES_SCHEMA, "errors": ERRORS_SCHEMA}
 
@@ -210,7 +230,7 @@ def word_rows(doc: DocumentRecord) -> list[dict[str, Any]]:
 
 def iter_word_rows(doc: DocumentRecord) -> Iterator[dict[str, Any]]:
     for p in doc.pages:
-        for w in p.words:
+        for ln, w in ((ln, w) for ln in p.lines for w in ln.words):
             x0, y0, x1, y1 = w.bbox
             yield {
                 "doc_id": doc.doc_id, "source_uri": doc.source_uri, "page": p.page,
@@ -221,6 +241,7 @@ def iter_word_rows(doc: DocumentRecord) -> Iterator[dict[str, Any]]:
                 "page_width": p.width, "page_height": p.height,
                 "model_version": doc.model_version, "run_id": doc.run_id,
                 "processed_at": doc.processed_at,
+                "line_polygon": _xy_list(ln.polygon), "line_baseline": _xy_list(ln.baseline),
             }
 
 
@@ -235,7 +256,7 @@ def page_rows(doc: DocumentRecord) -> list[dict[str, Any]]:
             "word_count": len(words), "mean_confidence": conf,
             "page_width": p.width, "page_height": p.height,
             "model_version": doc.model_version, "run_id": doc.run_id,
-            "processed_at": doc.processed_at,
+            "processed_at": doc.processed_at, "dpi": p.dpi,
         })
     return rows
 
@@ -255,6 +276,16 @@ def to_table(name: str, rows: Iterable[dict[str, Any]], chunk: int = 10_000) -> 
             buf = []
     tables.append(pa.Table.from_pylist(buf, schema=TABLES[name]))
     return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
+
+def conform(table: pa.Table, name: str) -> pa.Table:
+    """A part read back, in the current schema of table `name`: columns a part written by an older
+    schema version lacks (all added columns are nullable) come back as nulls."""
+    schema = TABLES[name]
+    for f in schema:
+        if f.name not in table.column_names:
+            table = table.append_column(f.name, pa.nulls(table.num_rows, f.type))
+    return table.select(schema.names).cast(schema)
 
 
 def run_date(ms: int) -> str:

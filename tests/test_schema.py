@@ -10,9 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from batch.outputs import parquet_bytes
-from batch.schema import (ERRORS_SCHEMA, PAGES_SCHEMA, POLYGON_TYPE, TABLES, WORDS_SCHEMA,
-                          DocumentRecord, ErrorRecord, Line, Page, Point, Word, doc_id_for,
-                          error_rows, iso, page_rows, run_date, to_table, word_rows)
+from batch.outputs import read_documents, read_table
+from batch.schema import (ERRORS_SCHEMA, PAGES_SCHEMA, POLYGON_TYPE, SCHEMA_VERSION, TABLES,
+                          WORDS_SCHEMA, DocumentRecord, ErrorRecord, Line, Page, Point, Word,
+                          conform, doc_id_for, error_rows, iso, page_rows, run_date, to_table,
+                          word_rows)
 
 PROCESSED = int(dt.datetime(2026, 3, 1, 23, 59, 58, 125000, tzinfo=dt.timezone.utc).timestamp() * 1000)
 
@@ -26,9 +28,11 @@ def sample_doc() -> DocumentRecord:
     # values already at the JSON's precision (4 decimals, polygons 0.1 px) so equality is exact
     p1 = Page(1, 1654, 2339, [
         Line(0, [w("Dear", 100.5, 200, 180, 240, 0.9, 0.75, 0, 0),
-                 w("café,", 190, 201.5, 300.2, 241, 0.4375, 0.6, 0, 1)]),
-        Line(1, [w("£5 — ok", 100, 260, 260, 300, 1.0, 0.99, 1, 2)]),
-    ])
+                 w("café,", 190, 201.5, 300.2, 241, 0.4375, 0.6, 0, 1)],
+             [Point(100.5, 198), Point(300.2, 198), Point(300.2, 242), Point(100.5, 242)],
+             [Point(100.5, 235.5), Point(300.2, 236)]),
+        Line(1, [w("£5 — ok", 100, 260, 260, 300, 1.0, 0.99, 1, 2)]),   # no outline (version 1)
+    ], dpi=200.0)
     p2 = Page(2, 800, 600, [])
     return DocumentRecord(doc_id=doc_id_for(b"document bytes"), source_uri="s3://in/a b/ü.pdf",
                           pages=[p1, p2], model_version="seg-abc+rec-def", run_id="run-1",
@@ -48,17 +52,21 @@ def test_document_json_round_trip():
 
 def test_document_json_layout():
     d = sample_doc().to_json()
-    assert d["schema_version"] == 1 and d["page_count"] == 2
+    assert d["schema_version"] == SCHEMA_VERSION == 2 and d["page_count"] == 2
     assert d["processed_at"] == "2026-03-01T23:59:58.125+00:00"
     p1, p2 = d["pages"]
-    assert (p1["page"], p1["width"], p1["height"]) == (1, 1654, 2339)
+    assert (p1["page"], p1["width"], p1["height"], p1["dpi"]) == (1, 1654, 2339, 200.0)
+    line0, line1 = p1["lines"]
+    assert line0["polygon"][2] == {"x": 300.2, "y": 242} and len(line0["polygon"]) == 4
+    assert line0["baseline"] == [{"x": 100.5, "y": 235.5}, {"x": 300.2, "y": 236}]
+    assert line1["polygon"] is None and line1["baseline"] is None
     assert p1["text"] == "Dear café,\n£5 — ok"
     assert [ln["text"] for ln in p1["lines"]] == ["Dear café,", "£5 — ok"]
     first = p1["lines"][0]["words"][0]
     assert first["polygon"] == [{"x": 100.5, "y": 200}, {"x": 180, "y": 200},
                                 {"x": 180, "y": 240}, {"x": 100.5, "y": 240}]
     assert first["bbox"] == [100.5, 200, 180, 240]
-    assert p2 == {"page": 2, "width": 800, "height": 600, "text": "", "lines": []}
+    assert p2 == {"page": 2, "width": 800, "height": 600, "dpi": None, "text": "", "lines": []}
 
 
 def test_json_rounds_floats():
@@ -108,6 +116,10 @@ def test_word_rows_to_parquet_and_back():
     assert [(r["text"], r["line_idx"], r["word_idx"]) for r in back] == \
         [("Dear", 0, 0), ("café,", 0, 1), ("£5 — ok", 1, 2)]
     assert (back[1]["x0"], back[1]["y0"], back[1]["x1"]) == (190, 201.5, pytest.approx(300.2))
+    assert back[1]["line_baseline"] == [{"x": 100.5, "y": 235.5}, {"x": 300.2, "y": 236}]
+    assert back[0]["line_polygon"] == back[1]["line_polygon"] and len(back[0]["line_polygon"]) == 4
+    assert back[2]["line_polygon"] is None and back[2]["line_baseline"] is None
+    assert pf.schema_arrow.metadata[b"htr.schema_version"] == b"2"
     # what Athena sees: INT64 timestamps in ms, adjusted to UTC; a LIST of x/y structs
     ts = pf.schema_arrow.field("processed_at")
     assert ts.type.unit == "ms" and ts.type.tz == "UTC"
@@ -125,7 +137,7 @@ def test_page_rows_to_parquet_and_back():
     assert (p1["page"], p1["page_count"], p1["line_count"], p1["word_count"]) == (1, 2, 2, 3)
     assert p1["text"] == "Dear café,\n£5 — ok"
     assert p1["mean_confidence"] == pytest.approx(round((0.9 + 0.4375 + 1.0) / 3, 4), abs=1e-6)
-    assert (p1["page_width"], p1["page_height"]) == (1654, 2339)
+    assert (p1["page_width"], p1["page_height"], p1["dpi"], p2["dpi"]) == (1654, 2339, 200.0, None)
     assert (p2["page"], p2["word_count"], p2["line_count"], p2["text"]) == (2, 0, 0, "")
     assert p2["mean_confidence"] is None                  # no words: null, not 0
 
@@ -175,3 +187,40 @@ def test_run_date_is_the_utc_day():
     assert run_date(PROCESSED) == "2026-03-01"
     assert run_date(PROCESSED + 2000) == "2026-03-02"       # 2 s later, past midnight UTC
     assert run_date(0) == "1970-01-01"
+
+
+# ---- older outputs stay readable -------------------------------------------------------------------
+
+def _version1(schema: pa.Schema, new: tuple[str, ...]) -> pa.Schema:
+    """The schema as version 1 wrote it: without the columns version 2 added."""
+    return pa.schema([f for f in schema if f.name not in new])
+
+
+def test_version1_parts_and_documents_read_with_the_new_columns_null(tmp_path):
+    """A version 1 output (parts without line_polygon/line_baseline/dpi, JSON without outlines)
+    reads through read_table / read_documents and DocumentRecord.from_json."""
+    doc = sample_doc()
+    for name, rows, new in (("words", word_rows(doc), ("line_polygon", "line_baseline")),
+                            ("pages", page_rows(doc), ("dpi",))):
+        old = _version1(TABLES[name], new)
+        table = pa.Table.from_pylist([{k: v for k, v in r.items() if k not in new} for r in rows],
+                                     schema=old)
+        part = tmp_path / name / "run_date=2026-03-01" / "part-old.parquet"
+        part.parent.mkdir(parents=True)
+        part.write_bytes(parquet_bytes(table))
+        back = read_table(str(tmp_path), name)
+        assert back.schema.equals(TABLES[name]) and back.num_rows == len(rows)
+        assert all(back.column(c).null_count == len(rows) for c in new)
+        assert conform(table, name).column_names == TABLES[name].names
+    d = doc.to_json()
+    d["schema_version"] = 1
+    for p in d["pages"]:
+        p.pop("dpi")
+        for ln in p["lines"]:
+            ln.pop("polygon"), ln.pop("baseline")
+    (tmp_path / "documents").mkdir()
+    (tmp_path / "documents" / "old.json").write_text(json.dumps(d))
+    [old_doc] = read_documents(str(tmp_path))
+    back = DocumentRecord.from_json(old_doc)
+    assert back.pages[0].dpi is None and back.pages[0].lines[0].polygon == []
+    assert back.pages[0].text == doc.pages[0].text

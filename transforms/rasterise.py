@@ -98,10 +98,24 @@ class Raster(np.ndarray):
 
     source_size: tuple[int, int] | None = None
     decoded_shape: tuple[int, int] | None = None
+    dpi: float | None = None   # the source's resolution: a PDF's rendering dpi, an image's own tag
 
     def __array_finalize__(self, obj) -> None:
         self.source_size = getattr(obj, "source_size", None)
         self.decoded_shape = getattr(obj, "decoded_shape", None)
+        self.dpi = getattr(obj, "dpi", None)
+
+
+def _with_dpi(page: np.ndarray, dpi) -> np.ndarray:
+    """The page as a Raster that knows its source's resolution (None: unknown or implausible)."""
+    if isinstance(dpi, (tuple, list)):
+        dpi = dpi[0] if dpi else None
+    page = page if isinstance(page, Raster) else page.view(Raster)
+    try:
+        page.dpi = round(float(dpi), 2) if dpi is not None and float(dpi) >= 10 else None
+    except (TypeError, ValueError):
+        page.dpi = None
+    return page
 
 
 def source_scale(page: np.ndarray) -> tuple[float, float]:
@@ -236,7 +250,7 @@ def _pdf_pages(data: Buffer, dpi: int, limits: Limits) -> Iterator[np.ndarray]:
         for first in range(1, len(sizes) + 1, max(1, limits.pdf_chunk)):
             last = min(first + max(1, limits.pdf_chunk) - 1, len(sizes))
             for im in _render_range(path, first, last, dpi):
-                yield to_rgb_array(im)
+                yield _with_dpi(to_rgb_array(im), dpi)
 
 
 # ---- Images ------------------------------------------------------------------------------------
@@ -384,7 +398,7 @@ def _image_pages(data: Buffer, limits: Limits, content_type: str,
                 page = page.view(Raster)
                 page.source_size = (h, w) if turned else (w, h)
                 page.decoded_shape = page.shape[:2]
-            yield page
+            yield _with_dpi(page, im.info.get("dpi"))
 
 
 def _upright(frame: Image.Image) -> Image.Image:
