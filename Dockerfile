@@ -13,7 +13,8 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     SAGEMAKER_SUPPRESS_V2_WARNING=1
 
-# poppler-utils for PDFs, and the fonts the synthetic training data is drawn with
+# poppler-utils for PDFs (pypdfium2 is the fallback where it is missing), and the fonts the
+# synthetic training data is drawn with
 COPY apt-packages.txt /tmp/apt-packages.txt
 RUN apt-get update \
  && grep -v -E '^\s*(#|$)' /tmp/apt-packages.txt | xargs apt-get install -y --no-install-recommends \
@@ -21,10 +22,11 @@ RUN apt-get update \
 
 WORKDIR /opt/program
 
-# Runtime pins (torch from PyPI brings its CUDA libraries); test-only pins stay out.
-COPY requirements.txt ./
-RUN grep -v -E '^(pytest|moto)\b' requirements.txt > /tmp/requirements.txt \
- && pip install -r /tmp/requirements.txt
+# Runtime pins (torch from PyPI brings its CUDA libraries); test-only pins stay out. The filtered
+# copy stays beside requirements-fonts.txt, which its `-r` line names relative to itself.
+COPY requirements.txt requirements-fonts.txt ./
+RUN grep -v -E '^(pytest|moto|sagemaker-inference)\b' requirements.txt > requirements-runtime.txt \
+ && pip install -r requirements-runtime.txt
 
 # SageMaker's training toolkit provides `train`: it fetches the job's source, sets SM_CHANNEL_*
 # and SM_MODEL_DIR, passes hyperparameters as --key value, and runs torchrun for

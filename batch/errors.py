@@ -62,3 +62,11 @@ class ModelError(HtrError):
 
 class CheckpointError(HtrError):
     stage = "load-models"
+
+
+class MissingDependency(HtrError):
+    """The machine lacks a tool or library every document of a kind needs (no PDF renderer):
+    the environment's fault, not the document's, so it stops the job at start-up instead of
+    becoming one error row per document."""
+
+    stage = "environment"

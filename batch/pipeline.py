@@ -29,7 +29,7 @@ from transforms import crops as crops_mod
 from transforms.line_geometry import expand_quad, line_quad, span_polygon
 from transforms.page_normalise import PageFix, normalise_page
 from transforms.rasterise import (DEFAULT_IMAGE_SIDE, DEFAULT_LIMITS, Limits, iter_pages, sniff,
-                                  source_scale)
+                                  pdf_renderer, source_scale)
 
 
 def keep_freed_memory() -> None:
@@ -240,6 +240,7 @@ class Pipeline:
     @classmethod
     def load(cls, models_dir: str | Path | None = None, device: str = "auto",
              config: PipelineConfig | None = None) -> "Pipeline":
+        pdf_renderer()  # a machine that cannot render PDFs stops here, not at every PDF
         models_dir = Path(models_dir) if models_dir else checkpoints.DEFAULT_DIR
         seg, seg_meta = checkpoints.load(models_dir, "segmenter")
         rec, rec_meta = checkpoints.load(models_dir, "recogniser")

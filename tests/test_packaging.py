@@ -2,12 +2,16 @@
 
 The handlers are imported in a fresh interpreter (`python -I`: no PYTHONPATH, no current
 folder on sys.path) from the unpacked archive, the way the PyTorch framework container loads
-them, and must find the project's packages inside code/, not in this checkout.
+them, and must find the project's packages inside code/, not in this checkout. The same
+archive is then served through the real sagemaker-inference toolkit's Transformer, and its
+code/requirements.txt read by pip's own parser from inside the unpacked folder, as the
+container does at start-up. The Dockerfile's COPY and `-r` sources are checked the same way.
 """
 from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -18,7 +22,8 @@ from PIL import Image, ImageDraw
 
 from batch.cli import main as htr
 from batch.errors import EXIT_FATAL, EXIT_OK
-from batch.packaging import MODEL_FILES, container_requirements
+from batch.packaging import MODEL_FILES, container_requirements, requirement_specs
+from tests.s3_server import s3_client
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,8 +47,9 @@ out["record"] = json.loads(inference.output_fn(prediction, "application/json"))
 def answer(body, content_type):
     try:
         return inference.predict_fn(inference.input_fn(body, content_type), service)
-    except inference.InvocationError as e:
-        return {"status": e.status_code, **e.body}
+    except Exception as e:  # InvocationError, or the toolkit's error where it is installed
+        body = e.body if isinstance(e, inference.InvocationError) else json.loads(e.message)
+        return {"status": e.status_code, **body}
 
 out["corrupt"] = answer(data[:200], "application/pdf")
 out["csv"] = answer(b"a,b\n", "text/csv")
@@ -80,7 +86,10 @@ def test_archive_layout(archive: Path) -> None:
     assert sorted(weights) == ["recogniser.safetensors", "segmenter.safetensors"]  # once, at the root
     assert not [n for n in names if "__pycache__" in n or n.startswith("code/models/default")]
     assert requirements == container_requirements()
-    assert "torch" not in {line.split("==")[0] for line in requirements.split()}
+    pins = {line.split("==")[0] for line in requirements.split()}
+    assert not pins & {"torch", "pytest", "moto", "sagemaker-inference"}
+    assert {"pypdfium2", "fontpkg-caveat"} <= pins     # the fonts' -r include, inlined
+    assert not [line for line in requirements.splitlines() if line.startswith("-")]
 
 
 def test_handlers_run_from_the_unpacked_archive(archive: Path, tmp_path: Path) -> None:
@@ -89,11 +98,13 @@ def test_handlers_run_from_the_unpacked_archive(archive: Path, tmp_path: Path) -
         tar.extractall(model_dir, filter="data")
     pdf = tmp_path / "doc.pdf"
     pdf.write_bytes(_pdf())
-    proc = subprocess.run([sys.executable, "-I", "-c", HANDLER_SCRIPT, str(model_dir), str(pdf)],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={"PATH": "/usr/bin:/bin", "HTR_DEVICE": "cpu"})
+    proc = subprocess.run([sys.executable, "-I", "-c", HANDLER_SCRIPT + TOOLKIT_SCRIPT, str(model_dir),
+                           str(pdf)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={"PATH": "/usr/bin:/bin", "HTR_DEVICE": "cpu",
+                               "SAGEMAKER_PROGRAM": "inference.py"})
     assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout.splitlines()[-1])
+    out = json.loads(proc.stdout.splitlines()[-2])
+    _check_toolkit_answers(json.loads(proc.stdout.splitlines()[-1]), proc.stderr)
 
     assert out["batch_from"].startswith(str(model_dir / "code"))  # not this checkout
     record = out["record"]
@@ -110,3 +121,151 @@ def test_missing_checkpoints_are_a_clear_error(tmp_path: Path, capsys) -> None:
     assert code == EXIT_FATAL
     assert "segmenter.safetensors" in capsys.readouterr().err
     assert not (tmp_path / "m.tar.gz").exists()
+
+
+# Runs with cwd = the unpacked archive, as `pip install -r code/requirements.txt` does in the container.
+PIP_PARSE = r"""
+import json
+from pip._internal.network.session import PipSession
+from pip._internal.req.req_file import parse_requirements
+print(json.dumps([r.requirement for r in parse_requirements("code/requirements.txt", session=PipSession())]))
+"""
+
+
+def _unpack(archive: Path, dest: Path) -> Path:
+    dest.mkdir()
+    with tarfile.open(archive) as tar:
+        tar.extractall(dest, filter="data")
+    return dest
+
+
+def test_requirements_resolve_inside_the_unpacked_archive(archive: Path, tmp_path: Path) -> None:
+    """Every `-r` is resolvable from the archive alone (pip's own parser, in an empty folder)."""
+    model_dir = _unpack(archive, tmp_path / "model")
+    proc = subprocess.run([sys.executable, "-I", "-c", PIP_PARSE], cwd=model_dir,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    parsed = json.loads(proc.stdout)
+    assert parsed == list(requirement_specs(model_dir / "code" / "requirements.txt"))
+    assert "pypdfium2==5.15.2" in parsed and len(parsed) > 20
+
+
+# Then the sagemaker-inference toolkit's Transformer, as the framework container's model server runs it. Context: the parts of the model server's request context it uses.
+TOOLKIT_SCRIPT = r"""
+sys.path.insert(0, os.path.join(model_dir, "code"))  # the container: SAGEMAKER_SUBMIT_DIRECTORY
+from sagemaker_inference.transformer import Transformer
+
+class Request:
+    def __init__(self, content_type):
+        self.content_type = content_type
+    def get_request_properties(self):
+        return {"Content-Type": self.content_type, "Accept": "application/json"}
+
+class Context:
+    def __init__(self, content_type):
+        self.system_properties = {"model_dir": model_dir}
+        self.request_processor = [Request(content_type)]
+        self.status, self.phrase = 200, "OK"
+    def set_response_status(self, code, phrase, idx=0):
+        self.status, self.phrase = code, phrase
+    def set_response_content_type(self, idx, content_type):
+        pass
+
+transformer = Transformer()
+def call(body, content_type):
+    context = Context(content_type)
+    answer = transformer.transform([{"body": body}], context)[0]
+    return {"status": context.status, "phrase": context.phrase, "body": json.loads(answer)}
+
+data = open(pdf_path, "rb").read()
+print(json.dumps({"ok": call(data, "application/pdf"), "corrupt": call(data[:200], "application/pdf"),
+                  "csv": call(b"a,b\n", "text/csv")}))
+"""
+
+
+def _check_toolkit_answers(out: dict, log: str) -> None:
+    """Outside batch mode the toolkit would append a traceback to the body: it must stay JSON."""
+    assert out["ok"]["status"] == 200 and out["ok"]["body"]["page_count"] == 1
+    corrupt = out["corrupt"]
+    assert corrupt["status"] == 400 and corrupt["phrase"] == "Bad Request"
+    assert corrupt["body"]["error"]["type"] == "CorruptDocument"
+    assert out["csv"]["status"] == 415 and out["csv"]["body"]["error"]["stage"] == "request"
+    assert "Traceback" in log  # logged, not sent
+
+
+def _dockerfile_image(dockerfile: Path) -> dict[str, Path]:
+    """Files of the image's build steps that come from the repo: COPY sources, and files a RUN
+    derives from one (`grep ... SRC > DEST`), by their path in the image."""
+    workdir, files = "/", {}
+    text = dockerfile.read_text().replace("\\\n", " ")
+    for line in text.splitlines():
+        words = line.split()
+        if not words or words[0].startswith("#"):
+            continue
+        if words[0] == "WORKDIR":
+            workdir = words[1]
+        elif words[0] == "COPY":
+            *sources, dest = words[1:]
+            for src in sources:
+                assert (REPO / src).exists(), f"Dockerfile: COPY {src}: not in the repo"
+                target = dest if not dest.endswith("/") and len(sources) == 1 and dest != "./" \
+                    else str(Path(workdir, dest, Path(src).name))
+                files[str(Path(workdir, target))] = REPO / src
+        elif words[0] == "RUN":
+            for derived in re.finditer(r"(\S+)\s*>\s*(\S+)", line):
+                src = files.get(str(Path(workdir, derived.group(1))))
+                if src:
+                    files[str(Path(workdir, derived.group(2)))] = src
+            for req in re.findall(r"-r\s+(\S+)", line):
+                _check_includes(Path(workdir, req), files)
+    return files
+
+
+def _check_includes(path: Path, files: dict[str, Path]) -> None:
+    """`path` exists in the image, and so does every file it includes with -r, recursively."""
+    assert str(path) in files, f"Dockerfile: pip install -r {path}: never copied into the image"
+    for line in files[str(path)].read_text().splitlines():
+        m = re.match(r"\s*(?:-r|--requirement)[\s=]+(\S+)", line)
+        if m:
+            _check_includes(path.parent / m.group(1), files)
+
+
+def test_dockerfile_copies_every_file_it_uses() -> None:
+    files = _dockerfile_image(REPO / "Dockerfile")
+    assert "/opt/program/requirements-runtime.txt" in files  # the filtered copy, beside the fonts
+    assert "/opt/program/requirements-fonts.txt" in files
+
+
+def _training_output(src: Path, kind: str, dest: Path) -> bytes:
+    """A training job's model.tar.gz: SM_MODEL_DIR's files at the archive root."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for suffix in (".safetensors", ".json"):
+            tar.add(src / f"{kind}{suffix}", arcname=f"{kind}{suffix}")
+    dest.write_bytes(buf.getvalue())
+    return (src / f"{kind}.safetensors").read_bytes()
+
+
+def test_package_joins_two_training_outputs(tiny_models: Path, tiny_line_models: Path,
+                                            s3_endpoint: str, s3_bucket: str, tmp_path: Path) -> None:
+    """Segmenter from one job's s3://.../model.tar.gz, recogniser from another's local copy."""
+    seg_weights = _training_output(tiny_models, "segmenter", tmp_path / "seg.tar.gz")
+    s3_client(s3_endpoint).upload_file(str(tmp_path / "seg.tar.gz"), s3_bucket, "seg/output/model.tar.gz")
+    rec_weights = _training_output(tiny_line_models, "recogniser", tmp_path / "rec.tar.gz")
+    out = tmp_path / "joined.tar.gz"
+    assert htr(["package-model", "--out", str(out), "--models", str(tmp_path / "nowhere"),
+                "--segmenter", f"s3://{s3_bucket}/seg/output/model.tar.gz",
+                "--recogniser", str(tmp_path / "rec.tar.gz")]) == EXIT_OK
+    with tarfile.open(out) as tar:
+        assert tar.extractfile("segmenter.safetensors").read() == seg_weights
+        assert tar.extractfile("recogniser.safetensors").read() == rec_weights
+        assert json.load(tar.extractfile("recogniser.json")) == json.loads(
+            (tiny_line_models / "recogniser.json").read_text())
+
+
+def test_package_refuses_an_output_without_the_model(tiny_models: Path, tmp_path: Path,
+                                                     capsys) -> None:
+    _training_output(tiny_models, "segmenter", tmp_path / "seg.tar.gz")
+    code = htr(["package-model", "--out", str(tmp_path / "m.tar.gz"), "--models", str(tiny_models),
+                "--recogniser", str(tmp_path / "seg.tar.gz")])
+    assert code == EXIT_FATAL and "lacks recogniser.safetensors" in capsys.readouterr().err

@@ -18,14 +18,15 @@ import shutil
 import struct
 import subprocess
 import tempfile
+import threading
 from dataclasses import dataclass
 from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from batch.errors import (CorruptDocument, EmptyDocument, EncryptedDocument, TooLarge,
-                          UnsupportedType)
+from batch.errors import (CorruptDocument, EmptyDocument, EncryptedDocument, InputError,
+                          MissingDependency, TooLarge, UnsupportedType)
 
 PDF = "application/pdf"
 IMAGE_TYPES = {"image/jpeg", "image/png", "image/tiff", "image/bmp", "image/webp"}
@@ -235,18 +236,79 @@ def _render_range(path: str, first: int, last: int, dpi: int) -> list[Image.Imag
         shutil.rmtree(out_dir, ignore_errors=True)
 
 
+def pdf_renderer() -> str:
+    """'poppler' when its tools are on PATH (our Dockerfile), else 'pdfium' (the pypdfium2 wheel:
+    the stock SageMaker PyTorch images have no poppler and no apt at start-up). Neither is an
+    environment error (MissingDependency): entry points call this at start-up to fail fast."""
+    if shutil.which("pdftoppm") and shutil.which("pdfinfo"):
+        return "poppler"
+    try:
+        import pypdfium2  # noqa: F401
+    except ImportError as e:
+        raise MissingDependency("no PDF renderer: install poppler-utils, or the pypdfium2 wheel "
+                                "(requirements.txt)") from e
+    return "pdfium"
+
+
+# PDFium is not thread-safe (global state across documents): one call at a time, process-wide.
+_PDFIUM_LOCK = threading.Lock()
+
+
+def _pdfium_error(e: Exception) -> InputError:
+    text = str(e)
+    if "password" in text.lower():
+        return EncryptedDocument("PDF is encrypted and needs a password to open")
+    return CorruptDocument(f"PDF could not be read (pdfium): {text[:300]}")
+
+
+def _pdfium_pages(path: str, dpi: int, limits: Limits) -> Iterator[np.ndarray]:
+    """The fallback renderer: same limits and page sizes (crop box at `dpi`) as poppler's path."""
+    import pypdfium2 as pdfium
+
+    with _PDFIUM_LOCK:
+        try:
+            doc = pdfium.PdfDocument(path)
+            sizes = [doc.get_page_size(i) for i in range(len(doc))]
+        except pdfium.PdfiumError as e:
+            raise _pdfium_error(e) from e
+    try:
+        _check_pdf_limits(sizes, dpi, limits)
+        for i in range(len(sizes)):
+            with _PDFIUM_LOCK:  # released between pages: other documents' threads take turns
+                try:
+                    page = doc[i]
+                    image = page.render(scale=dpi / 72).to_pil()
+                    page.close()
+                except pdfium.PdfiumError as e:
+                    raise _pdfium_error(e) from e
+            yield _with_dpi(to_rgb_array(image), dpi)
+    finally:
+        with _PDFIUM_LOCK:
+            doc.close()
+
+
+def _check_pdf_limits(sizes: list[tuple[float, float]], dpi: int, limits: Limits) -> None:
+    if not sizes:
+        raise EmptyDocument("PDF has no pages")
+    if len(sizes) > limits.max_pages:
+        raise TooLarge(f"PDF has {len(sizes)} pages, over the {limits.max_pages} page limit")
+    for i, (w, h) in enumerate(sizes, 1):
+        px_w, px_h = w * dpi / 72, h * dpi / 72
+        if px_w < 1 or px_h < 1:
+            raise EmptyDocument(f"page {i} has zero size ({w} x {h} pt)")
+        if px_w * px_h > limits.max_pixels:
+            raise TooLarge(f"page {i} would be {px_w:.0f}x{px_h:.0f} px at {dpi} dpi, "
+                           f"over the {limits.max_pixels} pixel limit")
+
+
 def _pdf_pages(data: Buffer, dpi: int, limits: Limits) -> Iterator[np.ndarray]:
+    renderer = pdf_renderer()
     with _pdf_file(data) as path:
+        if renderer == "pdfium":
+            yield from _pdfium_pages(path, dpi, limits)
+            return
         sizes = _pdf_page_sizes(path)
-        if len(sizes) > limits.max_pages:
-            raise TooLarge(f"PDF has {len(sizes)} pages, over the {limits.max_pages} page limit")
-        for i, (w, h) in enumerate(sizes, 1):
-            px_w, px_h = w * dpi / 72, h * dpi / 72
-            if px_w < 1 or px_h < 1:
-                raise EmptyDocument(f"page {i} has zero size ({w} x {h} pt)")
-            if px_w * px_h > limits.max_pixels:
-                raise TooLarge(f"page {i} would be {px_w:.0f}x{px_h:.0f} px at {dpi} dpi, "
-                               f"over the {limits.max_pixels} pixel limit")
+        _check_pdf_limits(sizes, dpi, limits)
         for first in range(1, len(sizes) + 1, max(1, limits.pdf_chunk)):
             last = min(first + max(1, limits.pdf_chunk) - 1, len(sizes))
             for im in _render_range(path, first, last, dpi):

@@ -1,0 +1,95 @@
+"""PDFs without poppler: pypdfium2 (a wheel) renders them, with poppler's page sizes and errors.
+
+The stock SageMaker PyTorch images have no poppler-utils and nothing may apt-get there, so
+transforms.rasterise falls back to pypdfium2 when pdftoppm/pdfinfo are not on PATH. These tests
+take poppler off PATH (an empty folder) and compare the fallback with poppler's output. With
+neither renderer the job stops at start-up (MissingDependency), never one error row per PDF.
+"""
+from __future__ import annotations
+
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from batch.cli import main as htr
+from batch.errors import EXIT_FATAL, CorruptDocument, EncryptedDocument, MissingDependency, TooLarge
+from tests.test_rasterise import ink, make_pdf, rect
+from transforms.rasterise import Limits, iter_pages, pdf_renderer
+
+PAGES = [(72, 144, rect(0, 72, 72, 72)),                       # 1 x 2 inch, top half black
+         (200, 100, rect(0, 0, 200, 20)),                      # a bar along the bottom
+         (300, 120, rect(100, 20, 50, 50))]
+
+
+@pytest.fixture
+def no_poppler(tmp_path: Path, monkeypatch) -> None:
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+
+
+def _pages(data: bytes, **kw) -> list[np.ndarray]:
+    return [np.asarray(p) for p in iter_pages(data, **kw)]
+
+
+def test_poppler_is_preferred_when_installed() -> None:
+    assert pdf_renderer() == "poppler"
+
+
+def test_pdfium_renders_what_poppler_renders(no_poppler, monkeypatch) -> None:
+    data = make_pdf(PAGES)
+    assert pdf_renderer() == "pdfium"
+    fallback = _pages(data, dpi=100)
+    monkeypatch.undo()                              # poppler back on PATH
+    assert pdf_renderer() == "poppler"
+    reference = _pages(data, dpi=100)
+    assert [p.shape for p in fallback] == [p.shape for p in reference] == \
+        [(200, 100, 3), (139, 278, 3), (167, 417, 3)]
+    for ours, theirs in zip(fallback, reference):
+        assert (ink(ours) != ink(theirs)).mean() < 0.01   # anti-aliased edges may differ
+
+
+def test_pdfium_crop_box_and_rotation(no_poppler) -> None:
+    cropped = make_pdf([(20000, 20000, rect(0, 0, 50, 50))], extra_page_keys="/CropBox [0 0 100 50]")
+    (page,) = _pages(cropped, dpi=72)
+    assert page.shape == (50, 100, 3) and ink(page)[:, :50].mean() > 0.97
+    turned = make_pdf([(200, 100, rect(0, 0, 200, 20))], extra_page_keys="/Rotate 90")
+    (page,) = _pages(turned, dpi=72)
+    assert page.shape == (200, 100, 3) and ink(page)[:, :20].mean() > 0.97
+
+
+def test_pdfium_errors_are_the_documents(no_poppler) -> None:
+    data = make_pdf(PAGES)
+    with pytest.raises(CorruptDocument):
+        _pages(data[:200])
+    with pytest.raises(EncryptedDocument):
+        _pages(make_pdf([(100, 50, rect(0, 0, 25, 50))], user_password="s3cret"))
+    with pytest.raises(TooLarge):
+        _pages(data, limits=Limits(max_pages=2))
+    (page,) = _pages(make_pdf([(100, 50, rect(0, 0, 25, 50))], user_password=""), dpi=72)
+    assert abs(ink(page).mean() - 0.25) < 0.03       # owner password only: opens
+
+
+def test_pdfium_from_threads(no_poppler) -> None:
+    """The worker decodes on threads; PDFium is not thread-safe (a lock serialises its calls)."""
+    docs = [make_pdf(PAGES[k % 3:]) for k in range(6)]
+    with ThreadPoolExecutor(3) as pool:
+        shapes = list(pool.map(lambda d: [p.shape for p in _pages(d, dpi=72)], docs))
+    assert shapes == [[(h, w, 3) for w, h, _ in PAGES[k % 3:]] for k in range(6)]
+
+
+def test_no_renderer_stops_the_run_at_start(no_poppler, monkeypatch, tiny_models, tmp_path,
+                                            capsys) -> None:
+    monkeypatch.setitem(sys.modules, "pypdfium2", None)  # `import pypdfium2` fails
+    with pytest.raises(MissingDependency, match="no PDF renderer"):
+        pdf_renderer()
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.pdf").write_bytes(make_pdf(PAGES))
+    out = tmp_path / "out"
+    assert htr(["run", str(docs), str(out), "--models", str(tiny_models), "--no-progress"]) == EXIT_FATAL
+    assert "no PDF renderer" in capsys.readouterr().err
+    assert not (out / "errors").exists()               # not an error row per document
