@@ -1,0 +1,174 @@
+"""`htr deploy-template`: the CloudFormation template of the whole service, ready to deploy.
+
+infra/htr-batch.template.yaml is written by hand, except for a few "{{htr:NAME}}" tokens
+that this module fills from the code they must agree with, so they cannot drift:
+
+* `table_input:<table>`: the Glue tables, translated from the statements `htr athena-ddl`
+  prints (batch/athena.py over batch/schema.py): same columns, partition key and projection;
+* `transform_*`: Batch Transform settings and container environment of `htr sagemaker
+  transform`'s defaults (jobs/sagemaker_launch.py);
+* `lambda:<name>`: the handlers in infra/lambdas/, inlined as the functions' code
+  (docstrings and comments dropped: inline code is limited to 4096 characters).
+
+Each token is the whole quoted value of a YAML key; it is replaced by JSON (valid YAML), or
+by a block literal for code, so the rest of the file keeps its comments and short-form tags.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from batch.errors import EXIT_FATAL, EXIT_OK
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TEMPLATE = REPO_ROOT / "infra" / "htr-batch.template.yaml"
+LAMBDAS = REPO_ROOT / "infra" / "lambdas"
+INLINE_CODE_LIMIT = 4096          # CloudFormation's Code.ZipFile maximum
+OUTPUT_PREFIX = "htr/"            # OUT is s3://<output bucket>/htr/
+_PLACEHOLDER_OUT = "s3://htr-output-placeholder/" + OUTPUT_PREFIX
+_TOKEN_LINE = re.compile(r'^(?P<indent>[ -]*)(?P<key>[\w.]+): "\{\{htr:(?P<name>[\w:.-]+)\}\}"[ \t]*$',
+                         re.MULTILINE)
+PARQUET_STORAGE = {
+    "InputFormat": "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat",
+    "OutputFormat": "org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat",
+    "SerdeInfo": {"SerializationLibrary": "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"},
+}
+
+
+class TemplateError(Exception):
+    """The template source and the code disagree (unknown token, code too long)."""
+
+
+# ---- Glue tables from the Athena DDL -----------------------------------------------------------
+
+def _tblproperties(ddl: str) -> dict[str, str]:
+    body = ddl[ddl.upper().index("TBLPROPERTIES"):]
+    return dict(re.findall(r"'([^']*)'\s*=\s*'([^']*)'", body))
+
+
+def _sub(value: str) -> dict[str, str]:
+    """A DDL string as Fn::Sub: literal ${...} escaped, the placeholder bucket made a Ref."""
+    escaped = value.replace("${", "${!")
+    return {"Fn::Sub": escaped.replace(_PLACEHOLDER_OUT, "s3://${OutputBucket}/" + OUTPUT_PREFIX)}
+
+
+def table_input(table: str) -> dict[str, Any]:
+    """AWS::Glue::Table TableInput equal to `htr athena-ddl`'s CREATE EXTERNAL TABLE."""
+    from batch import athena, storage
+
+    ddl = athena.ddl_for(table, athena.TABLES[table], storage.join(_PLACEHOLDER_OUT, table))
+    columns, partitions = athena.parse_ddl_columns(ddl)
+    location = re.search(r"LOCATION '([^']*)'", ddl).group(1)
+    parameters = {"classification": "parquet", "EXTERNAL": "TRUE"}
+    parameters.update({k: _sub(v) if _PLACEHOLDER_OUT in v else v for k, v in _tblproperties(ddl).items()})
+    return {
+        "Name": {"Fn::Sub": "${TablePrefix}" + table},
+        "TableType": "EXTERNAL_TABLE",
+        "Parameters": parameters,
+        "PartitionKeys": [{"Name": n, "Type": t} for n, t in partitions.items()],
+        "StorageDescriptor": {"Columns": [{"Name": n, "Type": t} for n, t in columns.items()],
+                              "Location": _sub(location), **PARQUET_STORAGE},
+    }
+
+
+# ---- Batch Transform settings from the launcher ------------------------------------------------
+
+def transform_settings() -> dict[str, Any]:
+    """`htr sagemaker transform`'s defaults, as the state machine's CreateTransformJob needs them."""
+    from jobs.sagemaker_launch import CONTENT_TYPES, TransformSpec, transform_env
+
+    spec = TransformSpec(model_data="", input="", output="", instance_type="", role="")
+    return {"transform_max_payload_mb": str(spec.max_payload_mb),
+            "transform_max_concurrent": str(spec.max_concurrent),
+            "transform_invocation_timeout_s": str(spec.invocation_timeout_s),
+            "transform_content_type": CONTENT_TYPES[spec.content_type],
+            "transform_environment_json": json.dumps(transform_env(spec), sort_keys=True)}
+
+
+# ---- Lambda handlers inlined -------------------------------------------------------------------
+
+def _drop_docstrings(tree: ast.Module) -> ast.Module:
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def inline_code(name: str) -> str:
+    """infra/lambdas/<name>.py without docstrings and comments, as CloudFormation inlines it."""
+    source = (LAMBDAS / f"{name}.py").read_text()
+    code = ast.unparse(_drop_docstrings(ast.parse(source))) + "\n"
+    if len(code) > INLINE_CODE_LIMIT:
+        raise TemplateError(f"infra/lambdas/{name}.py inlines to {len(code)} characters; "
+                            f"CloudFormation takes at most {INLINE_CODE_LIMIT}")
+    return code
+
+
+# ---- rendering ---------------------------------------------------------------------------------
+
+def token_values() -> dict[str, Callable[[], Any]]:
+    """Every {{htr:NAME}} the template may use -> how to compute its value."""
+    from batch.schema import TABLES
+
+    values: dict[str, Callable[[], Any]] = {
+        f"table_input:{t}": (lambda t=t: table_input(t)) for t in TABLES}
+    settings = transform_settings()
+    values.update({k: (lambda v=v: v) for k, v in settings.items()})
+    values.update({f"lambda:{p.stem}": (lambda s=p.stem: inline_code(s))
+                   for p in sorted(LAMBDAS.glob("*.py"))})
+    return values
+
+
+def _block_literal(indent: str, key: str, code: str) -> str:
+    pad = " " * (len(indent) + 2)
+    lines = "\n".join(pad + line if line else "" for line in code.rstrip("\n").split("\n"))
+    return f"{indent}{key}: |\n{lines}"
+
+
+def render(template: Path = TEMPLATE) -> str:
+    """The deployable template: every token replaced, or TemplateError."""
+    values = token_values()
+
+    def replace(m: re.Match) -> str:
+        name = m.group("name")
+        if name not in values:
+            raise TemplateError(f"{template.name}: unknown token {{{{htr:{name}}}}}")
+        value = values[name]()
+        if name.startswith("lambda:"):
+            return _block_literal(m.group("indent"), m.group("key"), value)
+        return f"{m.group('indent')}{m.group('key')}: {json.dumps(value)}"
+
+    text = _TOKEN_LINE.sub(replace, template.read_text())
+    if any("{{htr:" in line for line in text.splitlines() if not line.lstrip().startswith("#")):
+        raise TemplateError(f"{template.name}: a {{{{htr:...}}}} token is not the whole value of a key")
+    return text
+
+
+# ---- CLI ---------------------------------------------------------------------------------------
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=None,
+                        help="write the template here (default: print it)")
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        text = render()
+    except (TemplateError, OSError) as e:
+        print(f"htr deploy-template: {e}", file=sys.stderr)
+        return EXIT_FATAL
+    if args.out is None:
+        sys.stdout.write(text)
+        return EXIT_OK
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(f"wrote {args.out}; deploy it with aws cloudformation deploy (README: Deploy on AWS)",
+          file=sys.stderr)
+    return EXIT_OK
