@@ -6,7 +6,7 @@ HTR   := $(VENV)/bin/htr
 SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OUT   ?= out
 
-.PHONY: setup apt venv run test test-fast train-default samples bench bench-gpu clean
+.PHONY: setup apt venv run test test-fast infra-check train-default samples bench bench-gpu clean
 
 setup: apt venv
 
@@ -33,6 +33,13 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# The AWS deployment (infra/): render the template, cfn-lint it, deploy it on moto and test the
+# Lambda handlers (no AWS calls). The rendered template is left in $(OUT)/htr-batch.yaml.
+infra-check: setup
+	$(HTR) deploy-template --out $(OUT)/htr-batch.yaml
+	$(VENV)/bin/cfn-lint $(OUT)/htr-batch.yaml
+	$(PY) -m pytest -q tests/test_infra.py tests/test_infra_lambda.py
 
 # Reproduce the shipped models from scratch (synthetic data + the real line sets at DATA, fixed
 # seeds); CPU, about 5 hours: make train-default DATA=../shared/data/train

@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "package-model": ("batch.packaging", "build a SageMaker model.tar.gz"),
     "athena-ddl": ("batch.athena", "print CREATE EXTERNAL TABLE statements for an output"),
     "query": ("batch.query", "run SQL over an output with DuckDB"),
+    "export": ("batch.exports.cli", "write ALTO, PAGE XML, hOCR or searchable PDF for an output"),
     "sagemaker": ("jobs.sagemaker_launch", "launch SageMaker training / transform jobs, collect outputs"),
     "bench": ("jobs.bench", "benchmark against Tesseract and RapidOCR"),
     "deploy-template": ("jobs.infra", "print the CloudFormation template of the whole service (infra/)"),

@@ -60,6 +60,7 @@ import pyarrow.parquet as pq
 
 from batch import storage
 from batch.errors import HtrError, StorageError
+from batch.exports import stale_uris
 from batch.ledger import PENDING, WRITERS, Ledger, LedgerState, Shard, tag_of
 from batch.schema import (DocumentRecord, ErrorRecord, PARTITION_COLUMN, TABLES, conform, error_rows,
                           iso, iter_word_rows, now_ms, page_rows, run_date, to_table)
@@ -67,6 +68,7 @@ from batch.schema import (DocumentRecord, ErrorRecord, PARTITION_COLUMN, TABLES,
 COMPRESSIONS = ("zstd", "snappy")
 DOCUMENTS = "documents"
 MARKER = "_batch"
+EXPORTS = "exports"   # pending/<batch>/exports/<doc_id>/<path under OUT>: archive formats (batch.exports)
 CRASH_ENV = "HTR_CRASH_AT"
 _MAX_CONFLICTS = 50  # commit attempts lost to other writers before giving up
 
@@ -181,6 +183,9 @@ class OutputWriter:
     docs_per_part: int = 1000             # documents per batch: also the most a kill can undo
     shard: Shard = field(default_factory=Shard)
     model_version: str = ""               # recorded for error rows (they have no model output)
+    # archive formats: doc -> {path under OUT: bytes} (batch.exports.renderer), staged and
+    # published with the document's JSON
+    exports: Callable[[DocumentRecord], dict[str, bytes]] | None = None
     written: list[str] = field(default_factory=list)   # part URIs this writer wrote
     committed: int = 0                    # sources committed by this writer
 
@@ -202,6 +207,9 @@ class OutputWriter:
         """Stage the document; it is committed with its batch."""
         self.open()
         uri = doc.source_uri or doc.doc_id
+        files = self.exports(doc) if self.exports else {}   # first: a failed export fails only this document
+        for rel, data in files.items():
+            self._io.submit(storage.write_bytes, self._pending_uri(f"{EXPORTS}/{doc.doc_id}/{rel}"), data)
         self._io.submit(storage.write_bytes, self._pending_uri(f"{doc.doc_id}.json"),
                         doc.dumps().encode(), "application/json")
         words = to_table("words", iter_word_rows(doc))
@@ -431,9 +439,11 @@ def finish_commit(ledger: Ledger, entry: dict[str, Any], run: Callable = map) ->
     doc_ids = {s["doc_id"] for s in entry["sources"] if s["status"] == "ok"
                and getattr(state.sources.get(s["uri"]), "seq", None) == entry["seq"]}
     list(run(lambda d: _publish(pending, out, d), sorted(doc_ids)))  # superseded ones excluded
+    _publish_exports(pending, out, doc_ids, run)
     gone = [storage.join(out, rel) for rel in entry["removed"]]
     gone += [storage.join(out, DOCUMENTS, f"{d}.json") for d in entry["dead_docs"]
              if not state.doc_refs.get(d)]
+    gone += [u for d in entry["dead_docs"] if not state.doc_refs.get(d) for u in stale_uris(out, d)]
     gone += [u for u in _list(pending) if posixpath.basename(u.replace(os.sep, "/")) != MARKER]
     list(run(storage.delete, gone))
     storage.delete(storage.join(pending, MARKER))
@@ -450,6 +460,15 @@ def _publish(pending: str, out: str, doc_id: str) -> None:
     crash_point("publish-after")
 
 
+def _publish_exports(pending: str, out: str, doc_ids: set[str], run: Callable = map) -> None:
+    """Staged exports of the batch's live documents -> their paths under OUT (idempotent, like
+    _publish: the staged copies are deleted only after everything is published)."""
+    root = storage.join(pending, EXPORTS)
+    staged = [(u, _relative(root, u).split("/", 1)) for u in _list(root)]
+    list(run(lambda s: storage.write_bytes(storage.join(out, s[1][1]), storage.read_bytes(s[0])),
+             [s for s in staged if len(s[1]) == 2 and s[1][0] in doc_ids]))
+
+
 def _list(prefix_uri: str) -> list[str]:
     try:
         return list(storage.list_uris(prefix_uri))
@@ -460,10 +479,12 @@ def _list(prefix_uri: str) -> list[str]:
 def _remove_empty_folder(uri: str) -> None:
     """Local folders outlive their files (S3 prefixes do not)."""
     if not storage.is_s3(uri):
-        try:
-            os.rmdir(uri[len("file://"):] if uri.startswith("file://") else uri)
-        except OSError:
-            pass
+        path = uri[len("file://"):] if uri.startswith("file://") else uri
+        for folder in [f for f, _, _ in os.walk(path, topdown=False)] or [path]:  # staged exports nest
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass
 
 
 def _relative(out_uri: str, uri: str) -> str:

@@ -37,7 +37,7 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from batch import storage
+from batch import exports, storage
 from batch.errors import EXIT_BAD_ARGS, EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, HtrError
 from batch.ledger import LedgerState, Policy, Shard
 from batch.outputs import COMPRESSIONS, CommitFailed, OutputWriter
@@ -101,6 +101,9 @@ def configure(p: argparse.ArgumentParser) -> None:
     g.add_argument("--part-rows", type=int, default=200_000,
                    help="word rows per commit (and per Parquet part), if reached first")
     g.add_argument("--compression", choices=COMPRESSIONS, default="zstd", help="Parquet codec")
+    g.add_argument("--formats", type=exports.formats_arg, default=(), metavar="LIST",
+                   help="json,parquet (always written) and any of alto,page,hocr,pdf (batch.exports), "
+                        "committed with the tables, e.g. json,parquet,alto,pdf")
     storage.add_arguments(p)
 
 
@@ -409,7 +412,8 @@ def main(args) -> int:
         return EXIT_FATAL
     writer = OutputWriter(args.output, run_id, rows_per_part=args.part_rows,
                           compression=args.compression, docs_per_part=args.part_docs,
-                          shard=args.shard, model_version=pipe.model_version)
+                          shard=args.shard, model_version=pipe.model_version,
+                          exports=exports.renderer(args.formats))
     policy = Policy(pipe.model_version, reprocess=args.reprocess,
                     on_model_change=args.reprocess_on_model_change,
                     retry_failed=not args.skip_failed)

@@ -113,7 +113,7 @@ def _with_dpi(page: np.ndarray, dpi) -> np.ndarray:
         dpi = dpi[0] if dpi else None
     page = page if isinstance(page, Raster) else page.view(Raster)
     try:
-        page.dpi = round(float(dpi), 2) if dpi is not None and float(dpi) >= 10 else None
+        page.dpi = round(float(dpi), 1) if dpi is not None and float(dpi) >= 10 else None  # PNG: px/m
     except (TypeError, ValueError):
         page.dpi = None
     return page
