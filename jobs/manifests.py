@@ -8,8 +8,13 @@ Our manifest is JSON lines, one page per line:
 batch.storage reads it). Polygons run clockwise from top-left in page pixels; "type" is "H"
 (handwritten) or "P" (printed).
 
-Converters bring other formats to it: GNHK (one JSON per image) and Ground Truth output manifests
-(bounding-box and polygon tasks). `labeling_job_request` builds a CreateLabelingJob request for
+Converters bring other formats to it: GNHK (one JSON per image), Ground Truth output manifests
+(bounding-box and polygon tasks), and the PAGE XML and ALTO that Transkribus, eScriptorium, kraken
+and OCR-D export (`convert_xml`: a line-level manifest of line polygons, baselines and transcriptions,
+or a word-level one where the files have words), so `htr train` fine-tunes on an archive's own
+corrected pages:
+
+    python -m jobs.manifests from-xml data/archive-export        # -> data/archive-export/manifest.jsonl `labeling_job_request` builds a CreateLabelingJob request for
 new images in S3 without calling AWS.
 """
 from __future__ import annotations
@@ -28,6 +33,7 @@ from batch.errors import InputError
 # GNHK special tokens: the region is text-like (keep it for detection) but has no transcription.
 SPECIAL_TOKENS = ("%math%", "%SC%", "%NA%")
 TYPES = ("H", "P")
+LEVELS = ("line", "word")
 
 
 class ManifestError(InputError):
@@ -42,20 +48,28 @@ class Annotation:
     polygon: list[dict[str, float]]   # [{"x", "y"}, ...], page pixels, clockwise from top-left
     line_idx: int = 0
     type: str = "H"
+    baseline: list[dict[str, float]] | None = None   # a line's baseline, left to right, if known
 
     def to_json(self) -> dict[str, Any]:
-        return {"text": self.text, "polygon": [{"x": p["x"], "y": p["y"]} for p in self.polygon],
-                "line_idx": self.line_idx, "type": self.type}
+        d: dict[str, Any] = {"text": self.text, "polygon": [{"x": p["x"], "y": p["y"]} for p in self.polygon],
+                             "line_idx": self.line_idx, "type": self.type}
+        if self.baseline:
+            d["baseline"] = [{"x": p["x"], "y": p["y"]} for p in self.baseline]
+        return d
 
 
 @dataclass
 class Sample:
     source_ref: str
     annotations: list[Annotation] = field(default_factory=list)
+    level: str | None = None   # "line" | "word": what each annotation is (None: not said)
 
     def to_json(self) -> dict[str, Any]:
-        return {"source-ref": self.source_ref,
-                "annotations": {"texts": [a.to_json() for a in self.annotations]}}
+        d: dict[str, Any] = {"source-ref": self.source_ref,
+                             "annotations": {"texts": [a.to_json() for a in self.annotations]}}
+        if self.level:
+            d["level"] = self.level
+        return d
 
 
 def is_recognition_target(text: str) -> bool:
@@ -88,7 +102,9 @@ def parse_annotation(d: Any, where: str) -> Annotation:
         line_idx = int(d.get("line_idx", 0))
     except (TypeError, ValueError) as e:
         raise ManifestError(f"{where}: line_idx must be an integer") from e
-    return Annotation(str(d["text"]), [_point(p, where) for p in poly], line_idx, kind)
+    base = d.get("baseline")
+    baseline = [_point(p, where) for p in base] if isinstance(base, list) and len(base) >= 2 else None
+    return Annotation(str(d["text"]), [_point(p, where) for p in poly], line_idx, kind, baseline)
 
 
 def parse_sample(obj: Any, where: str) -> Sample:
@@ -98,7 +114,9 @@ def parse_sample(obj: Any, where: str) -> Sample:
     texts = anns.get("texts") if isinstance(anns, dict) else None
     if not isinstance(texts, list):
         raise ManifestError(f"{where}: 'annotations' must be {{\"texts\": [...]}}")
-    return Sample(obj["source-ref"], [parse_annotation(t, f"{where} text {i}") for i, t in enumerate(texts)])
+    level = obj.get("level") if obj.get("level") in LEVELS else None
+    return Sample(obj["source-ref"], [parse_annotation(t, f"{where} text {i}") for i, t in enumerate(texts)],
+                  level)
 
 
 def _read_text(path: str | Path) -> str:
@@ -252,6 +270,235 @@ def samples_to_gnhk(sample: Sample) -> list[dict[str, Any]]:
         poly = {f"{c}{k}": pts[k][c] for k in range(len(pts)) for c in ("x", "y")}
         out.append({"text": a.text, "polygon": poly, "line_idx": a.line_idx, "type": a.type})
     return out
+
+
+# ---- PAGE XML and ALTO (Transkribus, eScriptorium, kraken, OCR-D exports) ---------------------------
+#
+# Read by local element names, so every PAGE version (2010..2019, Transkribus writes 2013-07-15) and
+# ALTO v2..v4 (or no namespace) parse alike.
+
+def _local(el: Any) -> str:
+    return el.tag.rsplit("}", 1)[-1] if isinstance(el.tag, str) else ""
+
+
+def _kids(el: Any, name: str) -> list[Any]:
+    return [c for c in el if _local(c) == name]
+
+
+def _kid(el: Any, name: str) -> Any:
+    return next(iter(_kids(el, name)), None)
+
+
+def _descendants(el: Any, name: str) -> list[Any]:
+    return [c for c in el.iter() if _local(c) == name]
+
+
+def _points(text: str | None, where: str) -> list[dict[str, float]]:
+    """'x1,y1 x2,y2 ...' (PAGE, ALTO) or 'x1 y1 x2 y2 ...' (older ALTO) -> points."""
+    nums = (text or "").replace(",", " ").split()
+    try:
+        values = [float(v) for v in nums]
+    except ValueError as e:
+        raise ManifestError(f"{where}: bad points {text!r}") from e
+    if len(values) % 2:
+        raise ManifestError(f"{where}: odd number of coordinates in {text!r}")
+    return [{"x": values[k], "y": values[k + 1]} for k in range(0, len(values), 2)]
+
+
+def _box(x: float, y: float, w: float, h: float) -> list[dict[str, float]]:
+    return _box_polygon(x, y, w, h)
+
+
+@dataclass
+class XmlLine:
+    """One text line of an archive's XML, in page pixels."""
+    text: str
+    polygon: list[dict[str, float]]
+    baseline: list[dict[str, float]] | None
+    words: list[tuple[str, list[dict[str, float]]]]   # (text, polygon), where the file has words
+
+
+@dataclass
+class XmlPage:
+    image: str                 # as the file names it
+    width: int
+    height: int
+    lines: list[XmlLine]
+
+
+# ---- PAGE
+
+def _page_text(el: Any) -> str:
+    """The element's own TextEquiv (the lowest index when there are several)."""
+    equivs = _kids(el, "TextEquiv")
+    equivs.sort(key=lambda e: int(e.get("index", 0)) if str(e.get("index", "0")).lstrip("-").isdigit() else 0)
+    for te in equivs:
+        u = _kid(te, "Unicode")
+        if u is not None and u.text is not None:
+            return u.text
+    return ""
+
+
+def _page_coords(el: Any, where: str) -> list[dict[str, float]]:
+    c = _kid(el, "Coords")
+    if c is None:
+        return []
+    if c.get("points") is not None:
+        return _points(c.get("points"), where)
+    return [{"x": float(p.get("x")), "y": float(p.get("y"))} for p in _kids(c, "Point")]   # PAGE 2010
+
+
+def _custom_index(el: Any) -> int | None:
+    import re
+    m = re.search(r"readingOrder\s*\{\s*index\s*:\s*(\d+)", el.get("custom", ""))
+    return int(m.group(1)) if m else None
+
+
+def _reading_order(page: Any) -> dict[str, int]:
+    """Region id -> position in the page's ReadingOrder (nested groups flattened)."""
+    ro = _kid(page, "ReadingOrder")
+    refs = [r for r in ro.iter() if _local(r) in ("RegionRefIndexed", "RegionRef")] if ro is not None else []
+    return {r.get("regionRef"): k for k, r in enumerate(refs)}
+
+
+def _read_page_xml(root: Any, where: str) -> list[XmlPage]:
+    page = _kid(root, "Page")
+    if page is None:
+        raise ManifestError(f"{where}: PAGE XML without a Page")
+    order = _reading_order(page)
+    regions = _descendants(page, "TextRegion")
+    regions = sorted(enumerate(regions), key=lambda kr: (order.get(kr[1].get("id"), len(order) + kr[0])))
+    lines = []
+    for _, region in regions:
+        own = list(enumerate(_kids(region, "TextLine")))   # Transkribus' index first, else file order
+        own.sort(key=lambda kl: (_custom_index(kl[1]) is None, _custom_index(kl[1]) or 0, kl[0]))
+        for _, ln in own:
+            text = _page_text(ln)
+            words = [(_page_text(w), _page_coords(w, where)) for w in _kids(ln, "Word")]
+            if not text and words:
+                text = " ".join(t for t, _ in words if t)
+            base = _kid(ln, "Baseline")
+            lines.append(XmlLine(text, _page_coords(ln, where),
+                                 _points(base.get("points"), where) if base is not None else None, words))
+    try:
+        size = int(float(page.get("imageWidth"))), int(float(page.get("imageHeight")))
+    except (TypeError, ValueError) as e:
+        raise ManifestError(f"{where}: Page needs imageWidth and imageHeight") from e
+    return [XmlPage(page.get("imageFilename", ""), *size, lines)]
+
+
+# ---- ALTO
+
+def _alto_box(el: Any, where: str) -> list[dict[str, float]]:
+    shape = _kid(el, "Shape")
+    poly = _kid(shape, "Polygon") if shape is not None else None
+    if poly is not None and poly.get("POINTS"):
+        return _points(poly.get("POINTS"), where)
+    try:
+        return _box(*(float(el.get(k)) for k in ("HPOS", "VPOS", "WIDTH", "HEIGHT")))
+    except (TypeError, ValueError):
+        return []
+
+
+def _alto_baseline(el: Any, box: list[dict[str, float]], where: str) -> list[dict[str, float]] | None:
+    """ALTO 4's BASELINE points; ALTO 2/3's single number: a level line at that height."""
+    value = (el.get("BASELINE") or "").strip()
+    if not value:
+        return None
+    try:
+        y = float(value)
+    except ValueError:
+        return _points(value, where)
+    xs = [p["x"] for p in box] or [0.0]
+    return [{"x": min(xs), "y": y}, {"x": max(xs), "y": y}]
+
+
+def _read_alto(root: Any, where: str) -> list[XmlPage]:
+    unit = (root.findtext(".//{*}MeasurementUnit") or "pixel").strip()
+    if unit != "pixel":
+        raise ManifestError(f"{where}: ALTO in {unit!r}; only pixel coordinates can be read")
+    image = (root.findtext(".//{*}sourceImageInformation/{*}fileName") or "").strip()
+    pages = []
+    for page in _descendants(root, "Page"):
+        lines = []
+        for ln in _descendants(page, "TextLine"):
+            box = _alto_box(ln, where)
+            words = [(s.get("CONTENT", ""), _alto_box(s, where)) for s in _kids(ln, "String")]
+            text = " ".join(t for t, _ in words if t)
+            lines.append(XmlLine(text, box, _alto_baseline(ln, box, where), words))
+        try:
+            size = int(float(page.get("WIDTH"))), int(float(page.get("HEIGHT")))
+        except (TypeError, ValueError) as e:
+            raise ManifestError(f"{where}: ALTO Page needs WIDTH and HEIGHT in pixels") from e
+        pages.append(XmlPage(image, *size, lines))
+    return pages
+
+
+def read_archive_xml(data: bytes, where: str = "xml") -> list[XmlPage]:
+    """A PAGE XML or ALTO file's pages (PAGE: one; ALTO: one per Page element)."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.fromstring(data)
+    except ET.ParseError as e:
+        raise ManifestError(f"{where}: not XML ({e})") from e
+    kind = _local(root)
+    if kind == "PcGts":
+        return _read_page_xml(root, where)
+    if kind == "alto":
+        return _read_alto(root, where)
+    raise ManifestError(f"{where}: neither PAGE XML (PcGts) nor ALTO (alto) but <{kind}>")
+
+
+def xml_page_sample(page: XmlPage, source_ref: str, level: str = "line") -> Sample:
+    """Our manifest entry for one page: its lines (polygon, baseline, text) or, at word level, the
+    words the file has (lines without words are left out: there is nothing to place them by).
+    Lines without a transcription or a polygon are dropped."""
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {LEVELS}, not {level!r}")
+    anns: list[Annotation] = []
+    for idx, ln in enumerate(page.lines):
+        if level == "line":
+            if ln.text.strip() and len(ln.polygon) >= 3:
+                anns.append(Annotation(ln.text, ln.polygon, idx, "H", ln.baseline))
+            continue
+        anns += [Annotation(t, poly, idx) for t, poly in ln.words if t.strip() and len(poly) >= 3]
+    return Sample(source_ref, anns, level)
+
+
+XML_IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".jp2", ".bmp", ".webp")
+
+
+def _find_image(xml_path: Path, named: str) -> Path:
+    """The page image an XML file names: next to it, one folder up (Transkribus puts its XML in
+    page/, eScriptorium and kraken next to the images), or by the XML's own stem."""
+    name = Path(named.replace("\\", "/")).name if named else ""
+    folders = [xml_path.parent, xml_path.parent.parent]
+    candidates = [f / named for f in folders if named] + [f / name for f in folders if name]
+    candidates += [f / (xml_path.stem + e) for f in folders for e in XML_IMAGE_EXTS]
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        raise ManifestError(f"{xml_path}: its image {named or xml_path.stem!r} is not next to it")
+    return found
+
+
+def convert_xml(root: str | Path, manifest_path: str | Path | None = None, level: str = "line"
+                ) -> list[Sample]:
+    """Every PAGE XML / ALTO file under `root` (a folder, or one file) as manifest samples, written
+    to manifest_path (default root/manifest.jsonl) with source-refs relative to it."""
+    root = Path(root)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*.xml") if p.is_file())
+    if not files:
+        raise ManifestError(f"no .xml files under {root}")
+    out = Path(manifest_path) if manifest_path else (root.parent if root.is_file() else root) / "manifest.jsonl"
+    samples = []
+    for xml_path in files:
+        for page in read_archive_xml(xml_path.read_bytes(), str(xml_path)):
+            image = _find_image(xml_path, page.image)
+            ref = Path(os.path.relpath(image.resolve(), out.parent.resolve())).as_posix()
+            samples.append(xml_page_sample(page, ref, level))
+    write_manifest(samples, out)
+    return samples
 
 
 # ---- SageMaker Ground Truth ----------------------------------------------------------------------
@@ -459,3 +706,29 @@ BOUNDING_BOX_TEMPLATE = """<script src="https://assets.crowd.aws/crowd-html-elem
   </crowd-bounding-box>
 </crowd-form>
 """
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m jobs.manifests", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    x = sub.add_parser("from-xml", help="PAGE XML / ALTO files (Transkribus, eScriptorium, kraken) -> manifest")
+    x.add_argument("root", help="a folder of .xml files and their images, or one .xml file")
+    x.add_argument("--out", help="manifest path (default: ROOT/manifest.jsonl)")
+    x.add_argument("--level", choices=LEVELS, default="line",
+                   help="line: a line-level manifest for the line recogniser (jobs.line_data); "
+                        "word: the files' words, for the segmenter")
+    a = p.parse_args(argv)
+    try:
+        samples = convert_xml(a.root, a.out, a.level)
+    except ManifestError as e:
+        print(f"manifests: {e}")
+        return 2
+    n = sum(len(s.annotations) for s in samples)
+    print(f"manifests: {len(samples)} pages, {n} {a.level}s -> {a.out or 'manifest.jsonl'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -170,3 +171,139 @@ def test_labeling_job_request_is_a_complete_pure_request():
     with pytest.raises(ManifestError):
         input_manifest(["/tmp/1.jpg"])
     assert label_category_config(["word"])["labels"] == [{"label": "word"}]
+
+
+# ---- PAGE XML and ALTO imports ----------------------------------------------------------------------
+
+from batch.exports import render  # noqa: E402
+from batch.exports.common import image_name  # noqa: E402
+from batch.schema import DocumentRecord, Line, Page, Point, Word  # noqa: E402
+from jobs.manifests import ManifestError, convert_xml, main as manifests_main, read_archive_xml  # noqa: E402
+
+
+def _record(image: str) -> DocumentRecord:
+    def word(t, x0, y0, x1, y1, k, li):
+        return Word(t, 0.9, 0.8, [Point(x0, y0), Point(x1, y0), Point(x1, y1), Point(x0, y1)], k, li)
+    l0 = Line(0, [word("Dear", 20, 30, 90, 60, 0, 0), word("Ann,", 100, 32, 160, 62, 1, 0)],
+              [Point(18, 28), Point(162, 28), Point(162, 64), Point(18, 64)], [Point(18, 58), Point(162, 60)])
+    l1 = Line(1, [word("thank", 20, 90, 110, 120, 2, 1), word("you", 120, 90, 170, 120, 3, 1)],
+              [Point(18, 88), Point(172, 88), Point(172, 122), Point(18, 122)], [Point(18, 118), Point(172, 118)])
+    return DocumentRecord("d" * 24, image, [Page(1, 200, 150, [l0, l1], dpi=300.0)], "m", "r", 0)
+
+
+@pytest.mark.parametrize("fmt", ["page", "alto"])
+def test_our_export_imports_back_to_the_same_lines(tmp_path, fmt):
+    """Round trip: our PAGE / ALTO export -> convert_xml -> the same lines, text, polygons, baselines
+    and (at word level) words."""
+    Image.new("RGB", (200, 150), "white").save(tmp_path / "scan.png")
+    doc = _record(str(tmp_path / "scan.png"))
+    for rel, data in render(doc, fmt).items():
+        (tmp_path / Path(rel).name).write_bytes(data)
+    lines = convert_xml(tmp_path, level="line")
+    (sample,) = lines
+    assert sample.source_ref == "scan.png" and sample.level == "line"
+    assert [a.text for a in sample.annotations] == ["Dear Ann,", "thank you"]
+    for a, ln in zip(sample.annotations, doc.pages[0].lines):
+        assert a.polygon == [{"x": p.x, "y": p.y} for p in ln.polygon]
+        assert a.baseline == [{"x": p.x, "y": p.y} for p in ln.baseline]
+        assert a.line_idx == ln.line_idx
+    assert read_manifest(tmp_path / "manifest.jsonl") == lines            # written, and read back
+    words = convert_xml(tmp_path, tmp_path / "words.jsonl", level="word")[0].annotations
+    assert [(a.text, a.line_idx) for a in words] == [(w.text, w.line_idx) for w in doc.pages[0].words]
+    assert words[2].polygon == [{"x": 20, "y": 90}, {"x": 110, "y": 90}, {"x": 110, "y": 120},
+                                {"x": 20, "y": 120}]
+
+
+TRANSKRIBUS = """<?xml version="1.0" encoding="UTF-8"?>
+<PcGts xmlns="http://schema.primaresearch.org/PAGE/gts/pagecontent/2013-07-15">
+  <Metadata><Creator>Transkribus</Creator><Created>2020-01-01T00:00:00</Created>
+    <LastChange>2020-01-01T00:00:00</LastChange></Metadata>
+  <Page imageFilename="folio_1.jpg" imageWidth="300" imageHeight="200">
+    <ReadingOrder><OrderedGroup id="ro1" caption="Regions reading order">
+      <RegionRefIndexed index="0" regionRef="r2"/><RegionRefIndexed index="1" regionRef="r1"/>
+    </OrderedGroup></ReadingOrder>
+    <TextRegion id="r1" custom="readingOrder {index:1;}">
+      <Coords points="10,120 290,120 290,190 10,190"/>
+      <TextLine id="r1l2" custom="readingOrder {index:1;}">
+        <Coords points="10,160 200,160 200,185 10,185"/><Baseline points="10,180 200,181"/>
+        <TextEquiv><Unicode>second of r1</Unicode></TextEquiv></TextLine>
+      <TextLine id="r1l1" custom="readingOrder {index:0;}">
+        <Coords points="10,125 200,125 200,150 10,150"/><Baseline points="10,145 200,146"/>
+        <TextEquiv><Unicode>first of r1</Unicode></TextEquiv></TextLine>
+      <TextLine id="r1l3"><Coords points="10,186 50,186 50,189 10,189"/></TextLine>
+    </TextRegion>
+    <TextRegion id="r2"><Coords points="10,10 290,10 290,60 10,60"/>
+      <TextLine id="r2l1"><Coords points="12,12 280,14 280,50 12,48"/><Baseline points="12,44 280,46"/>
+        <Word id="w1"><Coords points="12,12 100,12 100,48 12,48"/><TextEquiv><Unicode>Anno</Unicode></TextEquiv></Word>
+        <Word id="w2"><Coords points="110,12 280,14 280,50 110,48"/><TextEquiv><Unicode>1858</Unicode></TextEquiv></Word>
+        <TextEquiv index="1"><Unicode>alternative</Unicode></TextEquiv>
+        <TextEquiv index="0"><Unicode>Anno 1858</Unicode></TextEquiv></TextLine>
+    </TextRegion>
+  </Page>
+</PcGts>"""
+
+ESCRIPTORIUM = """<?xml version="1.0" encoding="UTF-8"?>
+<alto xmlns="http://www.loc.gov/standards/alto/ns-v4#">
+  <Description><MeasurementUnit>pixel</MeasurementUnit>
+    <sourceImageInformation><fileName>folio_1.jpg</fileName></sourceImageInformation></Description>
+  <Layout><Page WIDTH="300" HEIGHT="200" PHYSICAL_IMG_NR="1" ID="p1"><PrintSpace>
+    <TextBlock ID="b1"><TextLine ID="l1" BASELINE="12 44 280 46" HPOS="12" VPOS="12" WIDTH="268" HEIGHT="38">
+      <Shape><Polygon POINTS="12 12 280 14 280 50 12 48"/></Shape>
+      <String CONTENT="Anno" HPOS="12" VPOS="12" WIDTH="88" HEIGHT="36"/><SP/>
+      <String CONTENT="1858" HPOS="110" VPOS="12" WIDTH="170" HEIGHT="38"/></TextLine>
+    <TextLine ID="l2" HPOS="10" VPOS="125" WIDTH="190" HEIGHT="25" BASELINE="145">
+      <String CONTENT="older" HPOS="10" VPOS="125" WIDTH="60" HEIGHT="25"/><SP/>
+      <String CONTENT="ALTO" HPOS="80" VPOS="125" WIDTH="60" HEIGHT="25"/></TextLine>
+    </TextBlock></PrintSpace></Page></Layout>
+</alto>"""
+
+
+def test_transkribus_page_xml_in_reading_order(tmp_path):
+    (tmp_path / "page").mkdir()
+    (tmp_path / "page" / "folio_1.xml").write_text(TRANSKRIBUS)
+    Image.new("RGB", (300, 200)).save(tmp_path / "folio_1.jpg")       # Transkribus: XML in page/
+    (sample,) = convert_xml(tmp_path)
+    assert sample.source_ref == "folio_1.jpg"
+    assert [a.text for a in sample.annotations] == ["Anno 1858", "first of r1", "second of r1"]
+    assert sample.annotations[1].baseline == [{"x": 10, "y": 145}, {"x": 200, "y": 146}]
+    assert [a.line_idx for a in sample.annotations] == [0, 1, 2]    # the untranscribed line: dropped
+    words = convert_xml(tmp_path, tmp_path / "w.jsonl", level="word")[0].annotations
+    assert [a.text for a in words] == ["Anno", "1858"]
+
+
+def test_escriptorium_alto_with_polygons_and_old_baselines(tmp_path):
+    (tmp_path / "folio_1.xml").write_text(ESCRIPTORIUM)
+    Image.new("RGB", (300, 200)).save(tmp_path / "folio_1.jpg")
+    (page,) = read_archive_xml(ESCRIPTORIUM.encode())
+    assert (page.image, page.width, page.height) == ("folio_1.jpg", 300, 200)
+    (sample,) = convert_xml(tmp_path)
+    a, b = sample.annotations
+    assert (a.text, len(a.polygon), a.baseline) == ("Anno 1858", 4, [{"x": 12, "y": 44}, {"x": 280, "y": 46}])
+    assert b.text == "older ALTO" and b.polygon[2] == {"x": 200, "y": 150}     # from HPOS/VPOS/...
+    assert b.baseline == [{"x": 10, "y": 145}, {"x": 200, "y": 145}]             # ALTO 2/3: a height
+
+
+def test_imported_lines_feed_the_line_recogniser_cache(tmp_path):
+    """The path `htr train recogniser --lines` takes: manifest -> jobs.line_data cache."""
+    from jobs.line_data import build_cache
+    data = tmp_path / "archive"
+    data.mkdir()
+    (data / "folio_1.xml").write_text(ESCRIPTORIUM)
+    Image.new("RGB", (300, 200), "white").save(data / "folio_1.jpg")
+    assert manifests_main(["from-xml", str(data)]) == 0
+    summary = build_cache(data, tmp_path / "cache", split_file=tmp_path / "validation.txt")
+    assert summary["lines"] == 2
+    index = json.loads((tmp_path / "cache" / "index.json").read_text())
+    assert [ln["text"] for ln in index["lines"]] == ["Anno 1858", "older ALTO"]
+
+
+def test_bad_archive_xml(tmp_path):
+    with pytest.raises(ManifestError, match="neither"):
+        read_archive_xml(b"<html/>")
+    with pytest.raises(ManifestError, match="not XML"):
+        read_archive_xml(b"<alto")
+    with pytest.raises(ManifestError, match="mm10"):
+        read_archive_xml(ESCRIPTORIUM.replace(">pixel<", ">mm10<").encode())
+    (tmp_path / "x.xml").write_text(ESCRIPTORIUM)
+    with pytest.raises(ManifestError, match="image"):
+        convert_xml(tmp_path)                                            # no folio_1.jpg
