@@ -2,8 +2,8 @@
 
 moto's CloudFormation creates buckets (encryption and tags only), roles, keys, functions,
 ECS, SageMaker, Step Functions and API Gateway resources, but skips AWS::S3::BucketPolicy,
-AWS::Glue::*, AWS::Athena::WorkGroup, AWS::CloudWatch::Alarm, AWS::Logs::MetricFilter and
-AWS::ApiGateway::Stage, and
+AWS::SNS::TopicPolicy, AWS::Glue::*, AWS::Athena::WorkGroup, AWS::CloudWatch::Alarm,
+AWS::Logs::MetricFilter and AWS::ApiGateway::Stage, and
 ignores a bucket's versioning, public access block and lifecycle. Each adapter below takes
 the resolved template properties (moto has already substituted Ref/Sub/GetAtt) and calls the
 same backend method moto's own HTTP API calls, so the test inspects the result through boto3
@@ -23,9 +23,10 @@ from moto.core.common_models import CloudFormationModel
 from moto.glue.models import glue_backends
 from moto.logs.models import logs_backends
 from moto.s3.models import FakeBucket, s3_backends
+from moto.sns.models import sns_backends
 
 # Resource types of the template that stay placeholders in moto (checked statically instead).
-MOTO_SKIPS = {"AWS::SNS::TopicPolicy"}
+MOTO_SKIPS: set[str] = set()
 
 
 def _flag(value: Any) -> str:
@@ -101,6 +102,21 @@ class BucketPolicy(_Created, CloudFormationModel):
         policy = json.dumps(props["PolicyDocument"]).encode()
         s3_backends[account_id]["aws"].put_bucket_policy(props["Bucket"], policy)
         return cls(props["Bucket"])
+
+
+class TopicPolicy(_Created, CloudFormationModel):
+    @staticmethod
+    def cloudformation_type() -> str:
+        return "AWS::SNS::TopicPolicy"
+
+    @classmethod
+    def create_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id,
+                                        region_name, **kwargs):
+        props = cloudformation_json["Properties"]
+        policy = json.dumps(props["PolicyDocument"])
+        for topic in props["Topics"]:
+            sns_backends[account_id][region_name].set_topic_attribute(topic, "policy", policy)
+        return cls(resource_name)
 
 
 class GlueDatabase(_Created, CloudFormationModel):

@@ -430,6 +430,9 @@ def test_alarms_watch_failed_runs_error_documents_bulk_and_api(stack: Stack) -> 
     assert pattern["detail"]["containers"]["exitCode"] == [{"anything-but": [0, 3]}]
     filters = stack.client("logs").describe_metric_filters(logGroupName=f"/htr/{STACK}/tasks")["metricFilters"]
     assert len(filters) == 3
+    topic_policy = json.loads(stack.client("sns").get_topic_attributes(
+        TopicArn=stack.physical("AlarmTopic"))["Attributes"]["Policy"])
+    assert topic_policy["Statement"][0]["Principal"]["Service"] == ["events.amazonaws.com", "cloudwatch.amazonaws.com"]
 
 
 def test_api_gateway_posts_documents_to_the_lambda(stack: Stack) -> None:
@@ -481,14 +484,19 @@ def test_bulk_marker_starts_one_transform_over_exactly_the_new_objects(stack: St
     new = ["letters/1.pdf", "letters/2.jpg", "p 3.png"]
     for key in new:
         s3.put_object(Bucket=bucket, Key=f"bulk/2026-11-29/{key}", Body=b"%PDF-1.7")
-    s3.put_object(Bucket=bucket, Key="bulk/2026-11-29.ready", Body=b"")
-    event = {"detail": {"bucket": {"name": bucket}, "object": {"key": "bulk/2026-11-29.ready"}}}
+    marker = s3.put_object(Bucket=bucket, Key="bulk/2026-11-29.ready", Body=b"")
+    event = {"detail": {"bucket": {"name": bucket}, "object": {
+        "key": "bulk/2026-11-29.ready", "version-id": marker["VersionId"], "sequencer": "0A1"}}}
 
     handler = _bulk_handler()
     first = handler(event, None, s3=s3, sfn=sfn)
-    again = handler(event, None, s3=s3, sfn=sfn)
+    again = handler(event, None, s3=s3, sfn=sfn)            # EventBridge delivered it twice
+    rerun_marker = s3.put_object(Bucket=bucket, Key="bulk/2026-11-29.ready", Body=b"")
+    event["detail"]["object"].update({"version-id": rerun_marker["VersionId"], "sequencer": "0A2"})
+    rerun = handler(event, None, s3=s3, sfn=sfn)            # the uploader asks again on purpose
 
     assert first["started"] and first["documents"] == 3 and not again["started"]
+    assert rerun["started"] and rerun["execution"] != first["execution"]
     manifest_bucket, manifest_key = first["manifest"][5:].split("/", 1)
     manifest = json.loads(s3.get_object(Bucket=manifest_bucket, Key=manifest_key)["Body"].read())
     assert manifest == [{"prefix": f"s3://{bucket}/bulk/2026-11-29/"}, *sorted(new)]

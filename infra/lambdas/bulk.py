@@ -4,8 +4,10 @@ Uploaders put many documents under `bulk/<batch>/` in the input bucket, then an 
 `bulk/<batch>.ready` beside the folder (not in it: collect would count it as a document).
 That marker's EventBridge event calls this function, which lists
 the batch folder, writes a SageMaker manifest of exactly those keys and starts the state
-machine (Batch Transform over the manifest, then `htr sagemaker collect`). The manifest is
-written with If-None-Match, so a repeated event never starts a second transform.
+machine (Batch Transform over the manifest, then `htr sagemaker collect`). Each upload of
+the marker is one attempt (its version id); the manifest is written with If-None-Match, so
+a repeated delivery of the same event never starts a second transform, while putting the
+marker again deliberately runs the batch again.
 Inlined into the stack by `htr deploy-template`: standard library and boto3 only.
 """
 import hashlib
@@ -20,10 +22,10 @@ MARKER = ".ready"
 BATCH_NAME = re.compile(r"^[A-Za-z0-9._-]{1,80}$")
 
 
-def _job_name(batch: str) -> str:
-    """SageMaker job names: [a-zA-Z0-9-], at most 63; the hash keeps similar names apart."""
+def _job_name(batch: str, attempt: str) -> str:
+    """SageMaker job names: [a-zA-Z0-9-], at most 63, unique per attempt."""
     slug = re.sub(r"[^a-zA-Z0-9]+", "-", batch).strip("-")[:40] or "batch"
-    return f"htr-bulk-{slug}-{hashlib.sha256(batch.encode()).hexdigest()[:8]}"
+    return f"htr-bulk-{slug}-{hashlib.sha256(f'{batch}/{attempt}'.encode()).hexdigest()[:10]}"
 
 
 def new_objects(s3, bucket: str, prefix: str, max_bytes: int) -> tuple[list[str], list[str]]:
@@ -39,7 +41,9 @@ def new_objects(s3, bucket: str, prefix: str, max_bytes: int) -> tuple[list[str]
 
 def handler(event: dict, context, s3=None, sfn=None) -> dict:
     s3, sfn = s3 or boto3.client("s3"), sfn or boto3.client("stepfunctions")
-    bucket, key = event["detail"]["bucket"]["name"], event["detail"]["object"]["key"]
+    bucket, marker = event["detail"]["bucket"]["name"], event["detail"]["object"]
+    key = marker["key"]
+    attempt = str(marker.get("version-id") or marker.get("sequencer") or marker.get("etag") or "1")
     root = os.environ.get("BULK_PREFIX", "bulk/")
     batch = key[len(root):-len(MARKER)] if key.startswith(root) and key.endswith(MARKER) else ""
     if not BATCH_NAME.match(batch):
@@ -50,17 +54,17 @@ def handler(event: dict, context, s3=None, sfn=None) -> dict:
     if not keys:
         return {"started": False, "reason": f"nothing to transform under {prefix}", "too_large": too_large}
     scratch, out = os.environ["SCRATCH_URI"].rstrip("/"), os.environ["OUTPUT_URI"]
-    manifest_uri = f"{scratch}/manifests/{batch}.manifest"
+    job = _job_name(batch, attempt)
+    manifest_uri = f"{scratch}/manifests/{batch}/{job}.manifest"
     manifest = json.dumps([{"prefix": f"s3://{bucket}/{prefix}"}, *keys])
     scratch_bucket, scratch_key = manifest_uri[5:].split("/", 1)
     try:  # put-if-absent: the first event for a batch wins, repeats stop here
         s3.put_object(Bucket=scratch_bucket, Key=scratch_key, Body=manifest.encode(), IfNoneMatch="*")
     except ClientError as e:
         if e.response.get("Error", {}).get("Code") in ("PreconditionFailed", "ConditionalRequestConflict"):
-            return {"started": False, "reason": f"{manifest_uri} exists: batch already started"}
+            return {"started": False, "reason": f"{manifest_uri} exists: this attempt has started"}
         raise
-    transform_out = f"{scratch}/transform-out/{batch}/"
-    job = _job_name(batch)
+    transform_out = f"{scratch}/transform-out/{batch}/{job}/"
     execution = sfn.start_execution(stateMachineArn=os.environ["STATE_MACHINE_ARN"], name=job, input=json.dumps({
         "job_name": job, "manifest_uri": manifest_uri, "transform_output": transform_out,
         "collect_command": ["htr", "sagemaker", "collect", transform_out, out,
