@@ -7,11 +7,19 @@
 One PNG per page. Handwritten words are outlined in red, printed ones in green, model words
 coloured by confidence (red = unsure, green = sure); each word's text is written above it and
 line numbers are shown at the left of each line.
+
+And one HTML page per document (or manifest image), for review in a browser: the page images with
+every word's box over them; hovering a word shows its text and confidence, and words below
+--low-confidence are highlighted. Each file stands alone (images inlined), so it can be mailed or
+put on a share as it is.
 """
 from __future__ import annotations
 
 import argparse
+import base64
 import functools
+import html
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +40,7 @@ class Box:
     text: str
     line_idx: int
     colour: tuple[int, int, int]
+    confidence: float | None = None   # model output; None for ground truth
 
 
 @dataclass
@@ -40,6 +49,8 @@ class PageView:
     image: np.ndarray         # RGB uint8
     boxes: list[Box]
     scale: float = 1.0        # image pixels per polygon unit
+    document: str = ""        # the HTML file (stem) the page belongs to
+    title: str = ""           # shown at the top of that file
 
 
 # ---- sources --------------------------------------------------------------------------------------
@@ -64,7 +75,8 @@ def _sample_views(i: int, sample, path: Path) -> list[PageView]:
     image = next(_read_image(resolve_source(sample, path)))
     boxes = [Box([(p["x"], p["y"]) for p in a.polygon], a.text, a.line_idx,
                  (220, 30, 30) if a.type == "H" else (20, 150, 40)) for a in sample.annotations]
-    return [PageView(f"{i:05d}_{Path(sample.source_ref).stem}", image, boxes)]
+    name = f"{i:05d}_{Path(sample.source_ref).stem}"
+    return [PageView(name, image, boxes, document=name, title=sample.source_ref)]
 
 
 def _confidence_colour(c: float) -> tuple[int, int, int]:
@@ -82,10 +94,11 @@ def document_views(path: Path) -> list[PageView]:
         raise InputError(f"{path}: not an htr output document ({e})", stage="visualise") from e
     out = []
     for page, image in zip(doc.pages, _read_image(doc.source_uri.removeprefix("file://"))):
-        boxes = [Box([(p.x, p.y) for p in w.polygon], w.text, w.line_idx, _confidence_colour(w.confidence))
-                 for w in page.words]
+        boxes = [Box([(p.x, p.y) for p in w.polygon], w.text, w.line_idx, _confidence_colour(w.confidence),
+                     w.confidence) for w in page.words]
         scale = image.shape[1] / page.width if page.width else 1.0
-        out.append(PageView(f"{doc.doc_id}_p{page.page:03d}", image, boxes, scale))
+        out.append(PageView(f"{doc.doc_id}_p{page.page:03d}", image, boxes, scale, doc.doc_id,
+                            f"{doc.source_uri} ({doc.model_version})"))
     return out
 
 
@@ -140,8 +153,80 @@ def draw(view: PageView) -> Image.Image:
     return Image.alpha_composite(img.convert("RGBA"), overlay).convert("RGB")
 
 
-def visualise(source: str, out_dir: str | Path) -> tuple[int, int]:
-    """Write one PNG per page; returns (pages written, images or documents that failed)."""
+# ---- HTML review page ------------------------------------------------------------------------------
+
+LOW_CONFIDENCE = 0.5
+
+_STYLE = """
+body { font: 14px sans-serif; margin: 12px; background: #eee; }
+.page { position: relative; display: inline-block; margin: 0 12px 12px 0; box-shadow: 0 1px 4px #888; }
+.page img { display: block; }
+.page svg { position: absolute; left: 0; top: 0; }
+polygon.word { fill: rgba(30, 110, 230, 0.10); stroke: rgb(30, 110, 230); stroke-width: 2; }
+polygon.word.low { fill: rgba(255, 0, 0, 0.35); stroke: rgb(220, 0, 0); stroke-width: 3; }
+polygon.word:hover { fill: rgba(255, 200, 0, 0.45); }
+#tip { position: fixed; display: none; pointer-events: none; background: #111; color: #fff;
+       padding: 4px 8px; border-radius: 3px; font-size: 16px; white-space: pre; }
+"""
+
+_SCRIPT = """
+const tip = document.getElementById("tip");
+for (const w of document.querySelectorAll("polygon.word")) {
+  w.addEventListener("mousemove", e => {
+    const conf = w.dataset.conf === "" ? "" : "  confidence " + Number(w.dataset.conf).toFixed(2);
+    tip.textContent = w.dataset.text + conf;
+    tip.style.left = (e.clientX + 14) + "px";
+    tip.style.top = (e.clientY + 14) + "px";
+    tip.style.display = "block";
+  });
+  w.addEventListener("mouseleave", () => { tip.style.display = "none"; });
+}
+"""
+
+
+def _data_uri(view: PageView) -> tuple[str, int, int]:
+    """The page image, shrunk to at most MAX_SIDE, as an inline JPEG."""
+    img = Image.fromarray(view.image).convert("RGB")
+    f = min(1.0, MAX_SIDE / max(img.size))
+    if f < 1.0:
+        img = img.resize((max(1, int(img.width * f)), max(1, int(img.height * f))), Image.LANCZOS)
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode(), img.width, img.height
+
+
+def _page_html(view: PageView, low: float) -> str:
+    uri, w, h = _data_uri(view)
+    s = w / view.image.shape[1] * view.scale      # polygon units -> displayed pixels
+    words = []
+    for b in view.boxes:
+        unsure = b.confidence is not None and b.confidence < low
+        pts = " ".join(f"{x * s:.1f},{y * s:.1f}" for x, y in b.polygon)
+        conf = "" if b.confidence is None else f"{b.confidence:.4f}"
+        label = b.text + (f" ({b.confidence:.2f})" if b.confidence is not None else "")
+        words.append(f'<polygon class="word{" low" if unsure else ""}" points="{pts}" '
+                     f'data-text="{html.escape(b.text)}" data-conf="{conf}" data-line="{b.line_idx}">'
+                     f"<title>{html.escape(label)}</title></polygon>")
+    return (f'<div class="page" id="{html.escape(view.name)}"><img src="{uri}" width="{w}" height="{h}" alt="">'
+            f'<svg width="{w}" height="{h}" viewBox="0 0 {w} {h}">{"".join(words)}</svg></div>')
+
+
+def document_html(views: list[PageView], low: float = LOW_CONFIDENCE) -> str:
+    """One document's review page (see the module doc)."""
+    boxes = [b for v in views for b in v.boxes]
+    unsure = sum(b.confidence is not None and b.confidence < low for b in boxes)
+    title = html.escape(views[0].title or views[0].document) if views else ""
+    head = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>"
+            f"<style>{_STYLE}</style></head><body>\n<h1>{title}</h1>\n"
+            f"<p>{len(views)} pages, {len(boxes)} words, {unsure} below confidence {low:.2f} "
+            f"(highlighted red); hover a word for its text and confidence.</p>\n")
+    pages = "\n".join(_page_html(v, low) for v in views)
+    return f"{head}{pages}\n<div id=\"tip\"></div>\n<script>{_SCRIPT}</script>\n</body></html>\n"
+
+
+def visualise(source: str, out_dir: str | Path, low: float = LOW_CONFIDENCE) -> tuple[int, int]:
+    """Write one PNG per page and one HTML page per document; returns (pages written, images or
+    documents that failed)."""
     from tqdm import tqdm
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -156,18 +241,23 @@ def visualise(source: str, out_dir: str | Path) -> tuple[int, int]:
         for view in views:
             draw(view).save(out / f"{view.name}.png")
             written += 1
+        if views:
+            (out / f"{views[0].document or views[0].name}.html").write_text(document_html(views, low),
+                                                                           encoding="utf-8")
     return written, failed
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("source", metavar="MANIFEST_OR_OUTPUT",
                         help="manifest.jsonl, an htr output folder, or one documents/*.json")
-    parser.add_argument("--out", required=True, help="folder for the PNGs")
+    parser.add_argument("--out", required=True, help="folder for the PNGs and HTML pages")
+    parser.add_argument("--low-confidence", type=float, default=LOW_CONFIDENCE,
+                        help="words below this confidence are highlighted in the HTML (default: %(default)s)")
 
 
 def main(args: argparse.Namespace) -> int:
     try:
-        written, failed = visualise(args.source, args.out)
+        written, failed = visualise(args.source, args.out, args.low_confidence)
     except HtrError as e:
         print(f"visualise: {e.kind}: {e}")
         return EXIT_BAD_ARGS
