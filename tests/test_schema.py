@@ -224,3 +224,27 @@ def test_version1_parts_and_documents_read_with_the_new_columns_null(tmp_path):
     back = DocumentRecord.from_json(old_doc)
     assert back.pages[0].dpi is None and back.pages[0].lines[0].polygon == []
     assert back.pages[0].text == doc.pages[0].text
+
+
+def test_athena_ddl_and_duckdb_views_have_the_version2_columns(tmp_path):
+    """Athena's DDL is generated from the schema; DuckDB's views read old and new parts together
+    (union by name: old rows null in the new columns)."""
+    from batch.athena import all_ddl, parse_ddl_columns
+    from batch.query import query
+
+    ddl = {s.split("`")[3]: s for s in all_ddl("s3://b/out/")[1:]}
+    words, _ = parse_ddl_columns(ddl["words"])
+    pages, _ = parse_ddl_columns(ddl["pages"])
+    assert words["line_polygon"] == words["line_baseline"] == "array<struct<x:double,y:double>>"
+    assert pages["dpi"] == "double"
+    rows = word_rows(sample_doc())
+    folder = tmp_path / "words" / "run_date=2026-03-01"
+    folder.mkdir(parents=True)
+    new = ("line_polygon", "line_baseline")
+    old = pa.Table.from_pylist([{k: v for k, v in r.items() if k not in new} for r in rows],
+                               schema=_version1(WORDS_SCHEMA, new))
+    (folder / "part-v1.parquet").write_bytes(parquet_bytes(old))
+    (folder / "part-v2.parquet").write_bytes(parquet_bytes(to_table("words", rows)))
+    got = query(str(tmp_path), "SELECT count(*) AS n, count(line_polygon) AS outlined, "
+                               "max(len(line_baseline)) AS points FROM words").to_pylist()
+    assert got == [{"n": 6, "outlined": 2, "points": 2}]
