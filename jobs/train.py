@@ -3,9 +3,14 @@
 Follows the SageMaker training contract, so the same script runs locally and as a
 SageMaker training job:
   data     SM_CHANNEL_TRAIN / SM_CHANNEL_TEST (a manifest.jsonl + images), or --synthetic
+  init     SM_CHANNEL_INIT or --init (fine-tuning: a model folder, a model.tar.gz, s3://...)
   model    SM_MODEL_DIR      (<kind>.safetensors + <kind>.json: the best model so far)
   extras   SM_OUTPUT_DATA_DIR (metrics.json)
-  resume   /opt/ml/checkpoints or --checkpoint-dir (state.pt, loaded with weights_only=True)
+  resume   /opt/ml/checkpoints or --checkpoint-dir (state.pt, loaded with weights_only=True);
+           it holds the best weights too, so a spot restart (whose SM_MODEL_DIR starts empty)
+           still ends with the best model
+  GPUs     under torchrun (torch_distributed) one process per GPU: LOCAL_RANK picks the device,
+           each rank draws its own data, rank 0 evaluates, logs metrics and writes the files
 Log lines are `key=value` pairs (`step=120 train_loss=0.53`, `step=500 test_cer=0.071`) so
 SageMaker metric regexes can read them (see jobs.sagemaker_launch).
 
@@ -15,11 +20,14 @@ SageMaker metric regexes can read them (see jobs.sagemaker_launch).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
 import sys
+import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a plain script (SageMaker entry point)
@@ -28,7 +36,7 @@ if __package__ in (None, ""):  # run as a plain script (SageMaker entry point)
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
 from jobs import datasets as ds
 from jobs.metrics import DetectionScore, ErrorRate, match
@@ -67,7 +75,10 @@ def configure(p: argparse.ArgumentParser, with_model_positional: bool = True) ->
     p.add_argument("--checkpoint-dir", default=None,
                    help="resume/save state here (default /opt/ml/checkpoints when present)")
     p.add_argument("--output-data-dir", default=os.environ.get("SM_OUTPUT_DATA_DIR"))
-    p.add_argument("--init", help="start from this model dir's weights (fine-tuning)")
+    p.add_argument("--init", default=os.environ.get("SM_CHANNEL_INIT"),
+                   help="start from these weights (fine-tuning): a model folder, a model.tar.gz "
+                        "or a folder holding one (a SageMaker channel), or s3://.../model.tar.gz "
+                        "(default: $SM_CHANNEL_INIT)")
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--eval-size", type=int, default=None, help="synthetic test pages / crops")
@@ -90,29 +101,45 @@ def _log(**kv) -> None:
 def _checkpoint_dir(args) -> Path:
     if args.checkpoint_dir:
         return Path(args.checkpoint_dir)
-    if Path("/opt/ml/checkpoints").is_dir():
+    # On SageMaker never inside SM_MODEL_DIR: state.pt would ship in model.tar.gz
+    if Path("/opt/ml/checkpoints").is_dir() or os.environ.get("SM_MODEL_DIR"):
         return Path("/opt/ml/checkpoints")
     return Path(args.model_dir) / "checkpoints"
 
 
-def _save_state(path: Path, model, opt, sched, step: int, best: float) -> None:
+@dataclass
+class Best:
+    """The best model so far: its error, metrics and weights (a CPU copy), kept in state.pt."""
+    error: float = math.inf
+    metrics: dict = field(default_factory=dict)
+    weights: dict | None = None
+
+    def take(self, net: torch.nn.Module, error: float, metrics: dict) -> None:
+        self.error, self.metrics = error, dict(metrics)
+        self.weights = {k: v.detach().to("cpu", copy=True) for k, v in net.state_dict().items()}
+
+
+def _save_state(path: Path, model, opt, sched, step: int, best: Best) -> None:
     path.mkdir(parents=True, exist_ok=True)
     tmp = path / "state.pt.tmp"
     torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                "step": step, "best": best}, tmp)
+                "step": step, "best": best.error, "best_metrics": json.dumps(best.metrics),
+                "best_weights": best.weights}, tmp)
     os.replace(tmp, path / "state.pt")  # atomic: a kill mid-save keeps the previous state
 
 
-def _load_state(path: Path, model, opt, sched) -> tuple[int, float]:
+def _load_state(path: Path, model, opt, sched) -> tuple[int, Best]:
     f = path / "state.pt"
     if not f.is_file():
-        return 0, math.inf
+        return 0, Best()
     state = torch.load(f, map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["opt"])
     sched.load_state_dict(state["sched"])
     print(f"resumed from {f} at step {state['step']}", flush=True)
-    return int(state["step"]), float(state["best"])
+    best = Best(float(state["best"]), json.loads(state.get("best_metrics") or "{}"),
+                state.get("best_weights"))
+    return int(state["step"]), best
 
 
 def _schedule(opt, steps: int, warmup: int = 200):
@@ -127,18 +154,39 @@ def _schedule(opt, steps: int, warmup: int = 200):
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
-def _device(name: str) -> torch.device:
+@dataclass(frozen=True)
+class Dist:
+    """This process's place under torchrun (one process per GPU); rank 0 of 1 otherwise."""
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> "Dist":
+        return cls(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
+                   int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _device(name: str, dist: Dist = Dist()) -> torch.device:
+    """auto: this rank's own GPU (LOCAL_RANK), else the CPU. Set as the current CUDA device so
+    NCCL and every bare .cuda() land on it, not on cuda:0 for all ranks."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        name = f"cuda:{dist.local_rank}" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
 
 
-def _distributed() -> tuple[int, int]:
-    """(rank, world) under torchrun; (0, 1) otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return int(os.environ.get("RANK", "0")), world
+def _init_distributed(dist: Dist, device: torch.device) -> None:
+    if dist.world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def _ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    ids = [device.index] if device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, output_device=device.index
+                                                     if ids else None)
 
 
 def _worker_init(_: int) -> None:
@@ -157,9 +205,13 @@ def _loader(data, workers: int, **kwargs) -> DataLoader:
                       multiprocessing_context="spawn", **kwargs)
 
 
-def _infinite(loader):
+def _infinite(loader, sampler: DistributedSampler | None = None):
+    epoch = 0
     while True:
+        if sampler is not None:
+            sampler.set_epoch(epoch)  # a new shuffle each epoch, the same on every rank
         yield from loader
+        epoch += 1
 
 
 def _code_version() -> str:
@@ -191,10 +243,10 @@ def _export(model, kind: str, arch: str, cfg: dict, args, metrics: dict) -> None
 
 class Bookkeeper:
     """What both training loops do after each step: log the mean loss, evaluate now and then,
-    export the best model so far, and save resumable state."""
+    export the best model so far, and save resumable state (best weights included). Rank 0 only."""
 
     def __init__(self, args, kind: str, arch: str, cfg: dict, model, opt, sched, ckpt_dir: Path,
-                 best: float, evaluate, rank: int):
+                 best: Best, evaluate, rank: int):
         self.args, self.kind, self.arch, self.cfg = args, kind, arch, cfg
         self.net = model.module if hasattr(model, "module") else model
         self.opt, self.sched, self.ckpt_dir, self.best = opt, sched, ckpt_dir, best
@@ -215,10 +267,19 @@ class Bookkeeper:
             metrics, error = self.evaluate(self.net)
             self.metrics = {"step": step, **metrics}
             _log(**self.metrics)
-            if error <= self.best:
-                self.best = error
+            if error <= self.best.error:
+                self.best.take(self.net, error, self.metrics)
                 _export(self.net, self.kind, self.arch, self.cfg, a, self.metrics)
             _save_state(self.ckpt_dir, self.net, self.opt, self.sched, step, self.best)
+
+    def export_best(self) -> None:
+        """The best weights into the model dir: after a resume the dir may be empty (a new spot
+        instance) or hold nothing newer, and the job must still end with its best model."""
+        if self.rank != 0 or self.best.weights is None:
+            return
+        net = copy.deepcopy(self.net).cpu()
+        net.load_state_dict(self.best.weights)
+        _export(net, self.kind, self.arch, self.cfg, self.args, self.best.metrics)
 
 
 def _warm_start(model: torch.nn.Module, source: torch.nn.Module) -> None:
@@ -232,17 +293,37 @@ def _warm_start(model: torch.nn.Module, source: torch.nn.Module) -> None:
         raise ValueError("--init model shares no tensors with this arch")
 
 
+def _resolve_init(args, kind: str) -> None:
+    """--init as a model folder: a model.tar.gz, a channel folder holding one, or an s3:// URI
+    is unpacked first (batch.packaging.unpack_model)."""
+    if not args.init or Path(args.init, f"{kind}.json").is_file():
+        return
+    from batch.packaging import unpack_model
+
+    source = str(args.init)
+    if Path(source).is_dir():
+        tarballs = sorted(Path(source).glob("*.tar.gz"))
+        if not tarballs:
+            raise ValueError(f"--init {source}: no {kind}.json and no model.tar.gz in it")
+        source = str(tarballs[0])
+    args.init = str(unpack_model(source, kind, Path(tempfile.mkdtemp(prefix="htr-init-"))))
+
+
 def _prepare(model, kind: str, args) -> tuple:
     """Seed, optional warm start (--init), device, and DDP under torchrun: the same for both jobs.
-    Returns (model, device, rank, world)."""
-    device, (rank, world) = _device(args.device), _distributed()
-    torch.manual_seed(args.seed + rank)
+    Returns (model, device, dist)."""
+    dist = Dist.from_env()
+    device = _device(args.device, dist)
+    _init_distributed(dist, device)
+    torch.manual_seed(args.seed + dist.rank)
     if args.init:
         _warm_start(model, checkpoints.load(args.init, kind)[0])
     model.to(device).train()
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model)
-    return model, device, rank, world
+    if dist.world > 1:
+        model = _ddp(model, device)
+    print(f"rank={dist.rank} world={dist.world} local_rank={dist.local_rank} device={device}",
+          flush=True)
+    return model, device, dist
 
 
 # ---- segmenter ---------------------------------------------------------------------------------
@@ -301,9 +382,11 @@ def evaluate_segmenter(model, pages, long_side: int, device) -> DetectionScore:
 
 
 def train_segmenter(args) -> dict:
+    _resolve_init(args, "segmenter")
     arch = _arch(args, "segmenter")
     cfg = dict(segmenter.CONFIGS[arch])
-    model, device, rank, world = _prepare(segmenter.build(arch, cfg), "segmenter", args)
+    model, device, dist = _prepare(segmenter.build(arch, cfg), "segmenter", args)
+    rank = dist.rank
     bs = args.batch_size or 8
     if args.train and not args.synthetic:
         data = ds.ManifestPages(args.train, args.seed + rank, args.crop_size, cfg["input_long_side"])
@@ -323,6 +406,7 @@ def train_segmenter(args) -> dict:
         return {"test_precision": sc.precision, "test_recall": sc.recall, "test_f1": sc.f1}, 1 - sc.f1
 
     book = Bookkeeper(args, "segmenter", arch, cfg, model, opt, sched, ckpt_dir, best, evaluate, rank)
+    book.export_best()  # resumed: the model dir holds the best model from the start
     for batch in _infinite(loader):
         if step >= args.steps:
             break
@@ -339,7 +423,7 @@ def train_segmenter(args) -> dict:
         sched.step()
         step += 1
         book.after_step(step, loss.item())
-    return book.metrics
+    return _finish(book, model)
 
 
 # ---- recogniser --------------------------------------------------------------------------------
@@ -372,18 +456,22 @@ def _recogniser_test_samples(args, codec: Codec, max_width: int) -> list:
 
 
 def train_recogniser(args) -> dict:
+    _resolve_init(args, "recogniser")
     arch = _arch(args, "recogniser")
     cfg = dict(recogniser.CONFIGS[arch])
     codec = Codec()
-    model, device, rank, world = _prepare(recogniser.build(arch, cfg, codec.charset), "recogniser", args)
+    model, device, dist = _prepare(recogniser.build(arch, cfg, codec.charset), "recogniser", args)
+    rank, sampler = dist.rank, None
     bs = args.batch_size or 64
     if args.lines:
         data = ds.LineCrops(args.lines, codec, cfg["max_width"], bs, args.seed + rank, args.synthetic_share)
         loader = _loader(data, args.workers, batch_size=None)
     elif args.train and not args.synthetic:
         data = ds.ManifestCrops(args.train, cfg["max_width"], codec, seed=args.seed + rank)
-        loader = _loader(data, args.workers, batch_size=bs, shuffle=True,
-                         collate_fn=ds.collate_crops, drop_last=len(data) > bs)
+        # each rank its own share of the crops (the iterable datasets draw per-rank seeds instead)
+        sampler = DistributedSampler(data, dist.world, rank, seed=args.seed) if dist.world > 1 else None
+        loader = _loader(data, args.workers, batch_size=bs, shuffle=sampler is None, sampler=sampler,
+                         collate_fn=ds.collate_crops, drop_last=len(data) > bs * dist.world)
     else:
         data = ds.SyntheticCrops(args.seed + rank, cfg["max_width"], codec, batch_size=bs)
         loader = _loader(data, args.workers, batch_size=None)
@@ -399,7 +487,8 @@ def train_recogniser(args) -> dict:
         return {"test_cer": cer, "test_wer": wer}, cer
 
     book = Bookkeeper(args, "recogniser", arch, cfg, model, opt, sched, ckpt_dir, best, evaluate, rank)
-    for x, widths, targets, target_lengths, _ in _infinite(loader):
+    book.export_best()  # resumed: the model dir holds the best model from the start
+    for x, widths, targets, target_lengths, _ in _infinite(loader, sampler):
         if step >= args.steps:
             break
         lp = model(x.to(device))                                    # B x T x C
@@ -412,7 +501,29 @@ def train_recogniser(args) -> dict:
         sched.step()
         step += 1
         book.after_step(step, loss.item())
-    return book.metrics
+    return _finish(book, model)
+
+
+def _weights_digest(model: torch.nn.Module) -> str:
+    """A short hash of the parameters: equal on every rank when DDP kept them in sync (not the
+    BatchNorm statistics: each rank's last forward pass updates its own)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, value in sorted(model.named_parameters()):
+        h.update(name.encode())
+        h.update(value.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def _finish(book: Bookkeeper, model: torch.nn.Module) -> dict:
+    """The best model into the model dir (rank 0), every rank's weights digest, and DDP's end."""
+    book.export_best()
+    if torch.distributed.is_initialized():
+        _log(rank=book.rank, weights=_weights_digest(book.net))
+        torch.distributed.barrier()  # no rank leaves while rank 0 still writes the model
+        torch.distributed.destroy_process_group()
+    return book.metrics or book.best.metrics
 
 
 def main(args) -> int:

@@ -130,3 +130,81 @@ def test_init_keeps_the_init_models_arch_and_weights(manifest_dir, tmp_path, cap
     assert meta["arch"] == "crnn_tiny"
     n = len(checkpoints.load(tmp_path / "a", "recogniser")[0].state_dict())
     assert f"warm start: {n} of {n} tensors copied" in out
+
+
+def test_resumed_job_ends_with_the_best_model(manifest_dir, tmp_path, capsys, monkeypatch):
+    """A spot restart: new instance, empty SM_MODEL_DIR, same checkpoint dir. The best model
+    (step 5 here: its CER is the lowest) must come back from the checkpoint, not stay lost."""
+    cers = iter([0.2, 0.5, 0.6])   # evaluations at steps 5, 10 and 15: the first is the best
+    monkeypatch.setattr(train, "evaluate_recogniser", lambda *a, **k: (next(cers), 1.0))
+    common = ["recogniser", "--arch", "crnn_tiny", "--train", str(manifest_dir), "--test",
+              str(manifest_dir), "--batch-size", "8", "--log-every", "5", "--eval-every", "5",
+              "--workers", "0", "--checkpoint-dir", str(tmp_path / "ckpt")]
+    assert train.main(_args(common + ["--steps", "10", "--model-dir", str(tmp_path / "first")])) == 0
+    best_weights = (tmp_path / "first" / "recogniser.safetensors").read_bytes()
+    assert checkpoints.read_meta(tmp_path / "first", "recogniser")["train"]["steps"] == 5
+    capsys.readouterr()
+    # interrupted after step 10; the restarted job has a fresh, empty model dir
+    assert train.main(_args(common + ["--steps", "15", "--model-dir", str(tmp_path / "second")])) == 0
+    assert "at step 10" in capsys.readouterr().out
+    assert (tmp_path / "second" / "recogniser.safetensors").read_bytes() == best_weights
+    meta = checkpoints.read_meta(tmp_path / "second", "recogniser")
+    assert meta["train"]["steps"] == 5 and meta["train"]["metrics"]["test_cer"] == 0.2
+
+
+def test_killed_job_resumes_from_its_checkpoint(manifest_dir, tmp_path, subprocess_env):
+    """A real kill -9 mid-run (as a spot interruption), then the same command again."""
+    import signal
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "jobs/train.py", "--model", "recogniser", "--arch", "crnn_tiny",
+            "--train", str(manifest_dir), "--test", str(manifest_dir), "--batch-size", "4",
+            "--steps", "400", "--log-every", "2", "--eval-every", "2", "--eval-size", "4",
+            "--workers", "0", "--threads", "1", "--checkpoint-dir", str(tmp_path / "ckpt")]
+    state = tmp_path / "ckpt" / "state.pt"
+    proc = subprocess.Popen(argv + ["--model-dir", str(tmp_path / "a")], cwd=train.Path(__file__).parents[1],
+                            env=subprocess_env, stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout:   # the first evaluation has saved its state: interrupt now
+        if line.startswith("step=2 test_cer") and _wait_for(state):
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = subprocess.run(argv[:argv.index("--steps") + 1] + ["8"] + argv[argv.index("--steps") + 2:]
+                          + ["--model-dir", str(tmp_path / "b")], cwd=train.Path(__file__).parents[1],
+                          env=subprocess_env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"resumed from .* at step \d+", done.stdout)
+    checkpoints.load(tmp_path / "b", "recogniser")
+
+
+def _wait_for(path: Path) -> bool:
+    import time
+
+    while not path.is_file():
+        time.sleep(0.05)
+    return True
+
+
+def test_torchrun_two_ranks_one_model(tmp_path, subprocess_env):
+    """torch_distributed on the CPU: 2 processes (gloo), each on its own data, weights kept in
+    sync by DDP, one model written (by rank 0)."""
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            "jobs/train.py", "--model", "recogniser", "--arch", "crnn_tiny", "--synthetic",
+            "--steps", "4", "--batch-size", "4", "--log-every", "2", "--eval-every", "4",
+            "--eval-size", "8", "--workers", "0", "--threads", "1",
+            "--model-dir", str(tmp_path / "model"), "--checkpoint-dir", str(tmp_path / "ckpt")]
+    proc = subprocess.run(argv, cwd=train.Path(__file__).parents[1], env=subprocess_env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert {int(r) for r in re.findall(r"^rank=(\d) world=2 ", out, re.M)} == {0, 1}
+    digests = dict(re.findall(r"^rank=(\d) weights=(\w+)$", out, re.M))
+    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]    # in sync
+    assert len(re.findall(r"^step=4 test_cer", out, re.M)) == 1             # rank 0 evaluates
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [
+        "recogniser.json", "recogniser.safetensors"]
+    checkpoints.load(tmp_path / "model", "recogniser")
