@@ -35,6 +35,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from batch import exports
 from batch.errors import EXIT_FATAL, EXIT_OK, HtrError, InputError, UnsupportedType
 from batch.schema import doc_id_for
 
@@ -304,11 +305,12 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt: str, *args: Any) -> None:
         log.info("%s %s", self.address_string(), fmt % args)
 
-    def _send_json(self, status: int, body: dict[str, Any] | str) -> None:
-        payload = body.encode() if isinstance(body, str) else \
+    def _send_json(self, status: int, body: dict[str, Any] | str | tuple[str, bytes]) -> None:
+        media, body = body if isinstance(body, tuple) else ("application/json", body)  # (type, bytes): batch.exports
+        payload = body if isinstance(body, bytes) else body.encode() if isinstance(body, str) else \
             json.dumps(body, ensure_ascii=False).encode("utf-8")
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", media)
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()
         self.wfile.write(payload)
@@ -395,6 +397,9 @@ class Handler(BaseHTTPRequestHandler):
             if not isinstance(e, InputError):
                 log.error("invocation failed:\n%s", traceback.format_exc())
             return status_for(e, service.settings.batch), error_body(e, error_doc_id(data))
+        fmt = exports.negotiate(self.headers.get("Accept"))   # ALTO, PAGE, hOCR or PDF by Accept
+        if fmt:
+            return exports.response(record, fmt, data)
         return 200, json.dumps(record.to_json(), ensure_ascii=False)
 
 

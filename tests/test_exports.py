@@ -425,3 +425,47 @@ def test_a_killed_run_leaves_exports_the_rerun_completes(tmp_path, one_word_mode
     assert htr_inprocess(capsys, *argv)[0] == 0
     assert _export_files(out) == _expected(out) and len(_expected(out)) == 9
     assert {d.doc_id for d in old} - {d.doc_id for d in _docs(out)}
+
+
+# ---- htr serve: the format the Accept header asks for ------------------------------------------------
+
+def test_serve_answers_in_the_format_accept_asks_for(one_word_models, alto_schema, page_schema, tmp_path):
+    import http.client
+    import threading
+
+    from batch.serve import Server, ServeSettings, Service
+    from tests.worker_helpers import pdf as two_page_pdf
+
+    service = Service(ServeSettings.from_env({}))
+    service.load(str(one_word_models), "cpu")
+    server = Server(("127.0.0.1", 0), service)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    host, port = server.server_address[:2]
+
+    def post(data: bytes, ctype: str, accept: str | None) -> tuple[int, str, bytes]:
+        conn = http.client.HTTPConnection(host, port, timeout=60)
+        conn.request("POST", "/invocations", data, {"Content-Type": ctype, **({"Accept": accept} if accept else {})})
+        r = conn.getresponse()
+        out = (r.status, r.getheader("Content-Type"), r.read())
+        conn.close()
+        return out
+
+    try:
+        page = png(7, (120, 160))
+        status, ctype, body = post(page, "image/png", None)
+        assert (status, ctype) == (200, "application/json") and json.loads(body)["pages"][0]["lines"]
+        status, ctype, body = post(page, "image/png", "application/alto+xml")
+        assert (status, ctype) == (200, "application/alto+xml")
+        valid(alto_schema, body)
+        status, ctype, body = post(page, "image/png", "text/html;q=0.9, application/vnd.prima.page+xml")
+        assert (status, ctype) == (200, "application/vnd.prima.page+xml")
+        valid(page_schema, body)
+        status, ctype, body = post(page, "image/png", "application/pdf")
+        assert (status, ctype) == (200, "application/pdf")
+        record = DocumentRecord.from_json(json.loads(post(page, "image/png", "*/*")[2]))
+        check_pdf_words(body, record, tmp_path)
+        status, ctype, body = post(two_page_pdf(3), "application/pdf", "application/vnd.prima.page+xml")
+        assert (status, ctype) == (406, "application/json") and "alto" in json.loads(body)["error"]["message"]
+    finally:
+        server.shutdown()
+        service.close()

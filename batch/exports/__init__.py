@@ -105,3 +105,29 @@ def formats_arg(text: str) -> tuple[str, ...]:
         return parse_formats(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from e
+
+
+# ---- one document answered in a format (htr serve, by Accept header) ---------------------------------
+
+def negotiate(accept: str | None) -> str | None:
+    """The archive format an Accept header asks for first, or None (JSON: absent, */*, JSON or
+    anything we do not write)."""
+    by_type = {f.media_type: f.name for f in FORMATS.values()}
+    for item in (accept or "").split(","):
+        media = item.split(";", 1)[0].strip().lower()
+        if media in by_type:
+            return by_type[media]
+        if media in ("application/json", "*/*"):
+            return None
+    return None
+
+
+def response(doc: DocumentRecord, fmt: str, source: bytes) -> tuple[int, tuple[str, bytes] | dict]:
+    """(HTTP status, (media type, body)) for one document in `fmt`; PAGE XML holds one page, so a
+    longer document answers 406 with a JSON error naming the formats that hold it."""
+    if fmt == "page" and len(doc.pages) != 1:
+        return 406, {"error": {"type": "NotAcceptable", "stage": "export",
+                               "message": f"PAGE XML holds one page and this document has {len(doc.pages)}; "
+                                          "ask for application/alto+xml, text/vnd.hocr+html or application/pdf"}}
+    (data,) = render(DocumentRecord.from_json(doc.to_json()), fmt, source).values()
+    return 200, (FORMATS[fmt].media_type, data)
