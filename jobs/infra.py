@@ -11,7 +11,8 @@ that this module fills from the code they must agree with, so they cannot drift:
   (docstrings and comments dropped: inline code is limited to 4096 characters).
 
 Each token is the whole quoted value of a YAML key; it is replaced by JSON (valid YAML), or
-by a block literal for code, so the rest of the file keeps its comments and short-form tags.
+by a block literal for code, so the rest of the file keeps its short-form tags. Comment lines
+are left out of the rendered file (it must stay under the 51,200 bytes of an inline deploy).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ LAMBDAS = REPO_ROOT / "infra" / "lambdas"
 INLINE_CODE_LIMIT = 4096          # CloudFormation's Code.ZipFile maximum
 OUTPUT_PREFIX = "htr/"            # OUT is s3://<output bucket>/htr/
 _PLACEHOLDER_OUT = "s3://htr-output-placeholder/" + OUTPUT_PREFIX
+RENDERED_HEADER = "# Rendered by `htr deploy-template` from infra/htr-batch.template.yaml: edit that.\n"
 _TOKEN_LINE = re.compile(r'^(?P<indent>[ -]*)(?P<key>[\w.]+): "\{\{htr:(?P<name>[\w:.-]+)\}\}"[ \t]*$',
                          re.MULTILINE)
 PARQUET_STORAGE = {
@@ -145,10 +147,12 @@ def render(template: Path = TEMPLATE) -> str:
             return _block_literal(m.group("indent"), m.group("key"), value)
         return f"{m.group('indent')}{m.group('key')}: {json.dumps(value)}"
 
-    text = _TOKEN_LINE.sub(replace, template.read_text())
-    if any("{{htr:" in line for line in text.splitlines() if not line.lstrip().startswith("#")):
+    # Comments stay in the source: the rendered file must fit an inline deploy (51,200 bytes).
+    lines = [ln for ln in _TOKEN_LINE.sub(replace, template.read_text()).splitlines()
+             if not ln.lstrip().startswith("#")]
+    if any("{{htr:" in line for line in lines):
         raise TemplateError(f"{template.name}: a {{{{htr:...}}}} token is not the whole value of a key")
-    return text
+    return RENDERED_HEADER + "\n".join(lines) + "\n"
 
 
 # ---- CLI ---------------------------------------------------------------------------------------
