@@ -172,8 +172,9 @@ class Pipeline:
         self.device = device
         self.config = config or PipelineConfig()
         keep_freed_memory()
-        self.segmenter = segmenter.to(device).eval()
-        self.recogniser = recogniser.to(device).eval()
+        # torch modules, or ONNX Runtime runners already made from a checkpoint (Pipeline.load)
+        self.segmenter = segmenter.to(device).eval() if isinstance(segmenter, torch.nn.Module) else segmenter
+        self.recogniser = recogniser.to(device).eval() if isinstance(recogniser, torch.nn.Module) else recogniser
         self.seg_meta, self.rec_meta = seg_meta, rec_meta
         self.codec = Codec(rec_meta.get("charset") or Codec().charset)
         self.long_side = self.config.long_side or seg_meta["config"]["input_long_side"]
@@ -185,10 +186,11 @@ class Pipeline:
         self.backend = self._pick_backend(self.config.backend, device, self.bf16_cpu)
         self.bf16_cpu = self.bf16_cpu and self.backend == "torch"
         if self.backend == "onnxruntime":
-            from models.onnx_backend import to_onnxruntime
+            if isinstance(self.segmenter, torch.nn.Module):
+                from models.onnx_backend import to_onnxruntime
 
-            self.segmenter, self.recogniser = to_onnxruntime(self.segmenter, self.recogniser,
-                                                             self.crop_height, torch.get_num_threads())
+                self.segmenter, self.recogniser = to_onnxruntime(self.segmenter, self.recogniser,
+                                                                 self.crop_height, torch.get_num_threads())
         else:
             fuse_batchnorm(self.segmenter)
             fuse_batchnorm(self.recogniser)
@@ -242,9 +244,19 @@ class Pipeline:
              config: PipelineConfig | None = None) -> "Pipeline":
         pdf_renderer()  # a machine that cannot render PDFs stops here, not at every PDF
         models_dir = Path(models_dir) if models_dir else checkpoints.DEFAULT_DIR
-        seg, seg_meta = checkpoints.load(models_dir, "segmenter")
-        rec, rec_meta = checkpoints.load(models_dir, "recogniser")
-        return cls(seg, seg_meta, rec, rec_meta, pick_device(device), config)
+        config, dev = config or PipelineConfig(), pick_device(device)
+        bf16_cpu = dev.type == "cpu" and cls._cpu_bf16(config.precision)
+        if cls._pick_backend(config.backend, dev, bf16_cpu) == "onnxruntime":
+            from models.onnx_backend import from_checkpoints   # exported graphs are cached on disk
+
+            seg_meta = checkpoints.read_meta(models_dir, "segmenter")
+            rec_meta = checkpoints.read_meta(models_dir, "recogniser")
+            height = rec_meta.get("config", {}).get("height", crops_mod.CROP_HEIGHT)
+            seg, rec = from_checkpoints(models_dir, height, torch.get_num_threads())
+        else:
+            seg, seg_meta = checkpoints.load(models_dir, "segmenter")
+            rec, rec_meta = checkpoints.load(models_dir, "recogniser")
+        return cls(seg, seg_meta, rec, rec_meta, dev, config)
 
     def _autocast(self):
         if self.device.type == "cuda" and self.config.precision != "fp32":

@@ -1,13 +1,24 @@
-"""CPU inference with ONNX Runtime: the same checkpoint weights, exported to ONNX in memory when the
-Pipeline is built (a few seconds), run by onnxruntime. Outputs match torch to ~1e-6; on the 2-core dev
-machine both models ran 2.5-3x faster than eager PyTorch (BENCHMARKS.md, htr-ort)."""
+"""CPU inference with ONNX Runtime: the same checkpoint weights, exported to ONNX and run by
+onnxruntime. Outputs match torch to ~1e-6; on the 2-core dev machine both models ran 2.5-3x faster
+than eager PyTorch (BENCHMARKS.md, htr-ort).
+
+Exporting costs ~2 s of CPU per model, so the exported graph is cached on disk, keyed by a hash of
+the weights, the export shapes and the torch/onnxruntime versions: only the first run after a model
+or library change pays it. Cache folder: $HTR_CACHE_DIR, else $XDG_CACHE_HOME/htr-batch, else
+~/.cache/htr-batch; an unwritable cache only means exporting in memory every time."""
 from __future__ import annotations
 
+import hashlib
 import io
+import os
 import threading
 import warnings
+from pathlib import Path
+from typing import Callable
 
 import torch
+
+EXPORT_FORMAT = 1   # bump when the export call below changes, so old cached graphs are not reused
 
 
 class _Prob(torch.nn.Module):
@@ -24,26 +35,99 @@ class _Prob(torch.nn.Module):
 _EXPORT_LOCK = threading.Lock()  # torch.onnx.export keeps global state: one export at a time
 
 
-def _session(model: torch.nn.Module, example: torch.Tensor, dynamic: dict[int, str], threads: int):
+def cache_dir() -> Path:
+    if os.environ.get("HTR_CACHE_DIR"):
+        return Path(os.environ["HTR_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "htr-batch"
+
+
+def _versions() -> str:
     import onnxruntime as ort
 
+    return f"{EXPORT_FORMAT}|{torch.__version__}|{ort.__version__}"
+
+
+def graph_key(model: torch.nn.Module, example: torch.Tensor, dynamic: dict[int, str]) -> str:
+    """A module's graph: its weights (and buffers), architecture and example shape."""
+    h = hashlib.sha256(f"{_versions()}|{type(model).__name__}|{tuple(example.shape)}|"
+                       f"{sorted(dynamic.items())}".encode())
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().contiguous().cpu().numpy().tobytes())
+    h.update(repr(model).encode())   # layer hyper-parameters that the weights alone do not show
+    return h.hexdigest()[:24]
+
+
+def checkpoint_key(model_dir: Path, kind: str, example: torch.Tensor, dynamic: dict[int, str]) -> str:
+    """A checkpoint's graph, from its files' bytes: no network is built to look it up, and replaced
+    weights never hit an old graph (they miss, are loaded and so are checked)."""
+    h = hashlib.sha256(f"{_versions()}|{kind}|{tuple(example.shape)}|{sorted(dynamic.items())}".encode())
+    for suffix in (".json", ".safetensors"):
+        h.update((model_dir / f"{kind}{suffix}").read_bytes())
+    return h.hexdigest()[:24]
+
+
+def _export(model: torch.nn.Module, example: torch.Tensor, dynamic: dict[int, str]) -> bytes:
     buf = io.BytesIO()
     with _EXPORT_LOCK, warnings.catch_warnings():  # LSTM batch-size warning: no h0/c0 inputs here
         warnings.simplefilter("ignore")
         torch.onnx.export(model.eval(), example, buf, input_names=["x"], output_names=["y"],
                           dynamic_axes={"x": dynamic, "y": {0: "b"}}, opset_version=17, dynamo=False)
+    return buf.getvalue()
+
+
+def _cached(key: str, make: Callable[[], bytes]) -> bytes:
+    path = cache_dir() / "onnx" / f"{key}.onnx"
+    try:
+        return path.read_bytes()
+    except OSError:
+        pass
+    graph = make()
+    try:   # write-then-rename: a concurrent run or a kill never leaves a half graph under the name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_bytes(graph)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return graph
+
+
+def exported_graph(model: torch.nn.Module, example: torch.Tensor, dynamic: dict[int, str]) -> bytes:
+    """The ONNX bytes for `model`, from the cache when an identical export is there."""
+    return _cached(graph_key(model, example, dynamic), lambda: _export(model, example, dynamic))
+
+
+def _session(graph: bytes, threads: int):
+    import onnxruntime as ort
+
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     opts.enable_cpu_mem_arena = False  # the arena keeps a buffer per input shape seen: RSS grew past 2 GiB
-    return ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
+
+
+# Example inputs of the two exports (only their shapes and the dynamic axes matter).
+def _segmenter_input() -> tuple[torch.Tensor, dict[int, str]]:
+    return torch.rand(1, 3, 256, 192), {0: "b", 2: "h", 3: "w"}
+
+
+def _recogniser_input(height: int) -> tuple[torch.Tensor, dict[int, str]]:
+    return torch.rand(2, 1, height, 64), {0: "b", 3: "w"}
 
 
 class OrtSegmenter:
     """Called like the DBNet at inference: (x, with_threshold=False) -> {"prob": tensor}."""
 
-    def __init__(self, net: torch.nn.Module, threads: int):
+    def __init__(self, graph: bytes, threads: int):
+        self.session = _session(graph, threads)
+
+    @classmethod
+    def from_module(cls, net: torch.nn.Module, threads: int) -> "OrtSegmenter":
         net = net.to(memory_format=torch.contiguous_format)
-        self.session = _session(_Prob(net), torch.rand(1, 3, 256, 192), {0: "b", 2: "h", 3: "w"}, threads)
+        return cls(exported_graph(_Prob(net), *_segmenter_input()), threads)
 
     def __call__(self, x: torch.Tensor, with_threshold: bool = False) -> dict[str, torch.Tensor]:
         return {"prob": torch.from_numpy(self.session.run(None, {"x": x.contiguous().numpy()})[0])}
@@ -52,8 +136,12 @@ class OrtSegmenter:
 class OrtRecogniser:
     """Called like the CRNN: B x 1 x H x W -> B x T x classes log-probabilities."""
 
-    def __init__(self, net: torch.nn.Module, height: int, threads: int):
-        self.session = _session(net, torch.rand(2, 1, height, 64), {0: "b", 3: "w"}, threads)
+    def __init__(self, graph: bytes, threads: int):
+        self.session = _session(graph, threads)
+
+    @classmethod
+    def from_module(cls, net: torch.nn.Module, height: int, threads: int) -> "OrtRecogniser":
+        return cls(exported_graph(net, *_recogniser_input(height)), threads)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(self.session.run(None, {"x": x.contiguous().numpy()})[0])
@@ -61,4 +149,26 @@ class OrtRecogniser:
 
 def to_onnxruntime(segmenter: torch.nn.Module, recogniser: torch.nn.Module, crop_height: int,
                    threads: int) -> tuple[OrtSegmenter, OrtRecogniser]:
-    return OrtSegmenter(segmenter, threads), OrtRecogniser(recogniser, crop_height, threads)
+    return OrtSegmenter.from_module(segmenter, threads), OrtRecogniser.from_module(recogniser, crop_height, threads)
+
+
+def from_checkpoints(model_dir: str | Path, crop_height: int, threads: int
+                     ) -> tuple[OrtSegmenter, OrtRecogniser]:
+    """Both runners straight from a checkpoint folder. On a cache hit no network is built (and
+    torchvision is never imported): start-up is reading two files."""
+    from models import checkpoints
+
+    model_dir = Path(model_dir)
+
+    def graph(kind: str, example: torch.Tensor, dynamic: dict[int, str]) -> bytes:
+        def export() -> bytes:
+            net = checkpoints.load(model_dir, kind)[0]
+            return _export(_Prob(net) if kind == "segmenter" else net, example, dynamic)
+        try:
+            key = checkpoint_key(model_dir, kind, example, dynamic)
+        except OSError:   # a missing file: loading names it (CheckpointError)
+            return export()
+        return _cached(key, export)
+
+    return (OrtSegmenter(graph("segmenter", *_segmenter_input()), threads),
+            OrtRecogniser(graph("recogniser", *_recogniser_input(crop_height)), threads))

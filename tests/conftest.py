@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 pytest_plugins = ["tests.s3_server"]
+# Exported ONNX graphs are cached (models/onnx_backend.py): tests and their subprocesses share one
+# throw-away cache instead of the user's.
+os.environ.setdefault("HTR_CACHE_DIR", tempfile.mkdtemp(prefix="htr-test-cache-"))
 
 
 @pytest.fixture(scope="session")

@@ -4,9 +4,10 @@ Pick a variant by name; the config is stored with the checkpoint so it rebuilds 
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from models.segmenter.db import DBNet
+if TYPE_CHECKING:   # the network (torchvision, ~1.5 s to import) only when a model is built
+    from models.segmenter.db import DBNet
 
 CONFIGS: dict[str, dict[str, Any]] = {
     # CPU default: small backbone, narrow FPN and heads (their stride-4 3x3 convolutions dominate
@@ -28,6 +29,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
-def build(arch: str, config: dict[str, Any] | None = None) -> DBNet:
+def build(arch: str, config: dict[str, Any] | None = None) -> "DBNet":
+    from models.segmenter.db import DBNet
+
     cfg = dict(CONFIGS[arch]) if config is None else dict(config)
     return DBNet(**{k: v for k, v in cfg.items() if k != "input_long_side"})
