@@ -3,7 +3,6 @@
   OUT/_ledger/entries/0000000001.json       one entry per committed batch (the commit point)
   OUT/_ledger/checkpoints/0000000100.json.gz  the folded state after entry 100 (for loading fast)
   OUT/_ledger/pending/<batch>/...           a batch's staged document JSON + marker (batch.outputs)
-  OUT/_ledger/writers/<shard tag>.json      which writer holds a shard now (batch.outputs)
 
 An entry records, for each source of its batch, the object's uri/ETag/size, doc_id, model
 version, run id and status (ok | error), the part files holding its rows, and for the whole
@@ -16,6 +15,19 @@ hard link locally). A writer computes entry N+1 against the state after entry N;
 writer took N+1 first, the create fails, the writer reads the new entries and plans again
 (optimistic concurrency, as in Delta Lake's log). So every entry sees the full history, and
 two shards committing into one output at once can never lose each other's changes.
+
+Leases (fencing). Which writer may commit for a shard is itself in the log: an entry with
+`"lease": key` hands the shard (`key` = its tag, or "*" for an unsharded writer, which takes
+every shard) to its writer; the lease's epoch is that entry's seq. `try_commit` checks the
+writer's claim against the state after entry N before it creates entry N+1, so the check and
+the put-if-absent are one atomic step: a run that lost its lease can never commit, however long
+its request was stalled, and a part that a later run deleted as an orphan can never be listed.
+A writer takes the lease before it deletes anything (start-up recovery), or with its first
+commit if the epoch is still the one it saw when it started (else someone may have cleaned
+its parts away, and it stops).
+
+Status "lost" marks a source whose committed rows are gone (a live part missing from storage,
+found by start-up recovery): it is processed again by the next run, whatever the policy.
 
 Sources are identified by their URI (S3 uri, or absolute local path); `Shard` assigns each
 one to a worker by a stable hash of that URI.
@@ -38,7 +50,7 @@ LEDGER_DIR = "_ledger"
 ENTRIES = f"{LEDGER_DIR}/entries"
 CHECKPOINTS = f"{LEDGER_DIR}/checkpoints"
 PENDING = f"{LEDGER_DIR}/pending"
-WRITERS = f"{LEDGER_DIR}/writers"
+ALL_SHARDS = "*"   # the lease key of an unsharded writer: it takes over every shard
 FORMAT_VERSION = 1
 _SEQ_DIGITS = 10
 
@@ -68,6 +80,11 @@ class Shard:
     def tag(self) -> str:
         """Goes into the names of everything this shard writes (parts, pending batches)."""
         return f"s{self.index}of{self.count}"
+
+    @property
+    def lease_key(self) -> str:
+        """An unsharded writer cleans up after every shard, so it leases them all."""
+        return ALL_SHARDS if self.count == 1 else self.tag
 
     def owns(self, source_uri: str) -> bool:
         if self.count == 1:
@@ -111,7 +128,7 @@ class SourceState:
     etag: str
     size: int
     doc_id: str
-    status: str           # ok | error
+    status: str           # ok | error | lost (rows missing from storage: process again)
     model_version: str
     run_id: str
     seq: int = 0          # the entry that committed it: its rows carry this generation
@@ -127,6 +144,19 @@ class LedgerState:
     batches: dict[str, int] = field(default_factory=dict)          # committed batch id -> seq
     where: dict[str, set[str]] = field(default_factory=dict)       # derived: uri -> live parts
     doc_refs: Counter = field(default_factory=Counter)             # derived: doc_id -> ok sources
+    leases: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> {writer, seq}
+
+    def lease_epoch(self, key: str) -> int:
+        """Seq of the last lease entry that took `key` (an unsharded lease takes every key)."""
+        own = int(self.leases.get(key, {}).get("seq", 0))
+        return own if key == ALL_SHARDS else max(own, int(self.leases.get(ALL_SHARDS, {}).get("seq", 0)))
+
+    def lease_holder(self, key: str) -> str | None:
+        """The writer that holds `key` now, None if nobody (or an unsharded run took it)."""
+        lease = self.leases.get(key)
+        if lease is None or int(lease["seq"]) != self.lease_epoch(key):
+            return None
+        return lease["writer"]
 
     def apply(self, entry: dict[str, Any]) -> None:
         """Fold one entry in (entries must come in sequence order)."""
@@ -144,6 +174,8 @@ class LedgerState:
             self.parts[part] = {u: int(g) for u, g in contents.items()}
             for uri in contents:
                 self.where.setdefault(uri, set()).add(part)
+        if entry.get("lease"):
+            self.leases[entry["lease"]] = {"writer": entry["writer"], "seq": seq}
         self.batches[entry["batch"]] = seq
         self.seq = seq
 
@@ -166,6 +198,8 @@ class LedgerState:
             return "forced"
         if old.etag != etag:
             return "changed"       # also for a failed source: new bytes deserve a new try
+        if old.status == "lost":
+            return "lost"          # committed once, rows gone since: never skipped
         if old.status == "error":
             return "retry" if policy.retry_failed else None
         if policy.on_model_change and old.model_version != policy.model_version:
@@ -186,11 +220,11 @@ class LedgerState:
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT_VERSION, "seq": self.seq,
                 "sources": [asdict(s) for s in self.sources.values()],
-                "parts": self.parts, "batches": self.batches}
+                "parts": self.parts, "batches": self.batches, "leases": self.leases}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> "LedgerState":
-        state = cls(seq=int(d["seq"]), batches=dict(d["batches"]))
+        state = cls(seq=int(d["seq"]), batches=dict(d["batches"]), leases=dict(d.get("leases", {})))
         for s in d["sources"]:
             state._set_source(SourceState(**s))
         for part, contents in d["parts"].items():
@@ -198,6 +232,41 @@ class LedgerState:
             for uri in contents:
                 state.where.setdefault(uri, set()).add(part)
         return state
+
+
+# ---- leases -------------------------------------------------------------------------------------
+
+class LeaseLost(StorageError):
+    """Another run took this writer's shard: it must not commit (its parts may be gone)."""
+
+    stage = "commit"
+    transient = False
+
+
+@dataclass
+class Claim:
+    """What a writer may commit as: it holds `key`, or (take=True) takes it over, which is only
+    allowed while the lease epoch is still the one it saw before writing anything."""
+
+    key: str
+    writer: str
+    epoch: int = 0         # the lease epoch this writer's files are safe under
+    held: bool = False     # it took the lease (then every entry must find it still the holder)
+
+    def check(self, state: LedgerState) -> None:
+        """Raise LeaseLost unless an entry after `state` may be committed under this claim."""
+        if self.held:
+            holder = state.lease_holder(self.key)
+            if holder != self.writer:
+                raise LeaseLost(f"another run ({holder or 'an unsharded run'}) took over shard "
+                                f"{self.key} at ledger entry {state.lease_epoch(self.key)}; "
+                                "this run stops without committing")
+        elif state.lease_epoch(self.key) != self.epoch:
+            holder = state.lease_holder(self.key)
+            raise LeaseLost(f"another run ({holder or 'an unsharded run'}) took over shard "
+                            f"{self.key} at ledger entry {state.lease_epoch(self.key)} after this "
+                            "run started (it may have cleaned up this run's files); this run "
+                            "stops without committing")
 
 
 # ---- the ledger in storage ---------------------------------------------------------------------
@@ -238,9 +307,14 @@ class Ledger:
         except storage.NotFound:
             return None
 
-    def try_commit(self, entry: dict[str, Any]) -> dict[str, Any] | None:
+    def try_commit(self, entry: dict[str, Any], claim: Claim | None = None) -> dict[str, Any] | None:
         """Create entry state.seq+1 unless another writer did first (then None); on success
-        fold it in and return it as written."""
+        fold it in and return it as written. With a claim, the lease is checked against the
+        very state the entry extends (LeaseLost if lost), and taken if not held yet."""
+        if claim is not None:
+            claim.check(self.state)
+            if not claim.held:
+                entry = {**entry, "lease": claim.key}
         entry = {**entry, "seq": self.state.seq + 1, "token": uuid.uuid4().hex}
         body = json.dumps(entry, ensure_ascii=False, indent=1).encode()
         if not storage.create_if_absent(self.entry_uri(entry["seq"]), body):
@@ -248,6 +322,8 @@ class Ledger:
             if theirs is None or theirs.get("token") != entry["token"]:
                 return None
         self.state.apply(entry)
+        if claim is not None and not claim.held:
+            claim.held, claim.epoch = True, entry["seq"]
         if self.checkpoint_every and self.state.seq % self.checkpoint_every == 0:
             self.write_checkpoint()
         return entry

@@ -25,17 +25,28 @@ whichever comes first; one batch = one part per table and day, sized for Athena)
 
 `OutputWriter.open()` (first thing in every run) recovers: a pending batch that has an entry
 gets step 6 again (every step is idempotent); one without an entry is deleted; a part that
-no entry lists (an orphan from a killed run) is deleted. Parquet parts hold many documents,
+no entry lists (an orphan from a killed run) is deleted; a part that the ledger lists but
+storage has lost is dropped by a repair entry that marks its sources "lost", so this very run
+processes them again (nothing marked done is ever silently missing). Parquet parts hold many documents,
 so superseding rewrites whole parts (step 3) instead of tombstoning rows: what Athena reads
 is then simply every file under words/, pages/, errors/. Between a kill and the next run's
 recovery, orphans and removed parts may still be there; `read_table(..., committed=True)`
 reads exactly the committed parts at any time.
 
 Shards (`--shard i/n`) share one OUT: names carry the shard tag, so a shard only ever
-deletes its own uncommitted files; an unsharded writer assumes it is the only one and
-cleans up after anyone. A writer takes its shard's lease (_ledger/writers/<tag>.json) before
-recovering and checks it before each commit, so when two runs of one shard overlap, the
-older one stops instead of committing parts the newer one has just cleaned away.
+deletes its own uncommitted files; an unsharded writer cleans up after anyone. Overlapping
+runs of one shard (a cron job starting while last night's still runs) are fenced by leases
+in the ledger itself (batch.ledger.Claim): a run commits a lease entry before it deletes
+anything, and every entry is checked against the lease in the same put-if-absent that
+creates it, so the older run can never commit parts the newer one has cleaned away; it stops
+with CommitFailed. Recovery deletes only what the state after its own lease entry does not
+list, so it never deletes a part of a committed (or still committable) entry.
+
+Storage faults: each storage call retries transient errors itself (batch.storage); a batch
+whose commit still fails is tried again as a whole a few times (`_ROUNDS`: same part names,
+staged JSON re-sent, and an entry that did land is recognised by its batch id), then the run
+stops with CommitFailed (exit 4) with nothing half-published: the next run's recovery
+deletes or finishes whatever the batch left.
 
 Test hook: HTR_CRASH_AT=<point>:<n> SIGKILLs the process the n-th time it reaches <point>,
 one of part-before, part-after, rewrite-after, commit-before, commit-after, publish-after.
@@ -46,8 +57,10 @@ import io
 import json
 import os
 import posixpath
+import random
 import signal
 import threading
+import time
 import uuid
 from collections import Counter
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -61,7 +74,7 @@ import pyarrow.parquet as pq
 from batch import storage
 from batch.errors import HtrError, StorageError
 from batch.exports import stale_uris
-from batch.ledger import PENDING, WRITERS, Ledger, LedgerState, Shard, tag_of
+from batch.ledger import PENDING, Claim, LeaseLost, Ledger, LedgerState, Shard, tag_of
 from batch.schema import (DocumentRecord, ErrorRecord, PARTITION_COLUMN, TABLES, conform, error_rows,
                           iso, iter_word_rows, now_ms, page_rows, run_date, to_table)
 
@@ -71,11 +84,14 @@ MARKER = "_batch"
 EXPORTS = "exports"   # pending/<batch>/exports/<doc_id>/<path under OUT>: archive formats (batch.exports)
 CRASH_ENV = "HTR_CRASH_AT"
 _MAX_CONFLICTS = 50  # commit attempts lost to other writers before giving up
+_ROUNDS = 4          # whole commit (or publish) attempts, once storage's own retries ran out
 
 
 class CommitFailed(HtrError):
-    """A batch could not be committed (storage failing after retries): the run stops; the
-    next run recovers and redoes the batch."""
+    """A batch could not be committed (storage failing after retries, or the shard taken over
+    by another run): the run stops; the next run recovers and redoes the batch. Stage
+    "publish" when the batch did commit and only its publishing failed (the next run
+    finishes it)."""
 
     stage = "commit"
 
@@ -123,20 +139,23 @@ class _Uploads:
     def __init__(self, threads: int = 8, queued: int = 32):
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="out-io")
         self.slots = threading.BoundedSemaphore(queued)
-        self.futures: list[Future] = []
+        self.futures: list[tuple[Future, Callable, tuple]] = []
 
     def submit(self, fn: Callable, *args: Any) -> None:
         self.slots.acquire()
         future = self.pool.submit(fn, *args)
         future.add_done_callback(lambda _: self.slots.release())
-        self.futures.append(future)
+        self.futures.append((future, fn, args))
 
     def wait(self) -> None:
-        """Until everything submitted is written; raises the first failure."""
-        futures, self.futures = self.futures, []
-        errors = [e for e in (f.exception() for f in futures) if e is not None]
-        if errors:
-            raise errors[0]
+        """Until everything submitted is written; raises the first failure. Failed writes
+        stay listed, so a later wait() (a retried commit round) submits them again."""
+        jobs, self.futures = self.futures, []
+        failed = [(fn, args, f.exception()) for f, fn, args in jobs if f.exception() is not None]
+        for fn, args, _ in failed:
+            self.submit(fn, *args)
+        if failed:
+            raise failed[0][2]
 
     def map(self, fn: Callable, items: Iterable) -> list:
         return list(self.pool.map(fn, items))
@@ -159,13 +178,18 @@ class Recovery:
     abandoned: int = 0     # uncommitted batches whose staged files were deleted
     orphans: int = 0       # uncommitted parts deleted
     foreign: int = 0       # Parquet files no ledger ever knew (left alone)
+    missing: int = 0       # committed parts that storage lost (their sources: "lost")
+    lost: int = 0          # sources marked "lost", to be processed again
 
     def __bool__(self) -> bool:
-        return bool(self.finished or self.abandoned or self.orphans or self.foreign)
+        return bool(self.finished or self.abandoned or self.orphans or self.foreign or self.missing)
 
     def summary(self) -> str:
         text = (f"recovered: {self.finished} committed batches finished, {self.abandoned} "
                 f"uncommitted batches and {self.orphans} orphan parts removed")
+        if self.missing:
+            text += (f"; {self.missing} committed parts were missing from storage: their "
+                     f"{self.lost} sources are processed again")
         if self.foreign:
             text += (f"; {self.foreign} Parquet files not written by a ledger-aware run were "
                      "left alone (their rows are outside the exactly-once guarantee)")
@@ -200,6 +224,11 @@ class OutputWriter:
         self._word_rows = 0
         self._opened = False
         self._io = _Uploads()
+        self._claim = Claim(self.shard.lease_key, self.writer_id)
+        self._parts: dict[str, pa.Table] | None = None   # the batch's new parts, named once
+        self._parts_written: set[str] = set()
+        self._rewrites: dict[tuple[str, frozenset[str]], str | None] = {}  # (old, dropped) -> new
+        self._repairs = 0
 
     # ---- adding records ------------------------------------------------------------------
 
@@ -249,33 +278,78 @@ class OutputWriter:
     # ---- one batch: parts, rewrites, commit, publish --------------------------------------
 
     def flush(self) -> None:
-        """Commit the buffered batch (no-op if empty). Raises CommitFailed."""
+        """Commit the buffered batch (no-op if empty). Raises CommitFailed: "not committed"
+        before the commit point, stage "publish" after it."""
         if not self._items:
             return
         self.open()
-        try:
-            self._io.wait()  # the batch's staged JSON
-            added = self._write_new_parts()
-            storage.write_bytes(self._pending_uri(MARKER), b"")
-            entry = self._commit(added)
-            crash_point("commit-after")
-            finish_commit(self.ledger, entry, self._io.map)
-        except StorageError as e:
-            raise CommitFailed(f"batch {self._batch_id()} not committed: {e}") from e
+        batch = self._batch_id()
+        entry = self._in_rounds(self._commit_once, f"batch {batch} not committed")
         self.committed += len(self._items)
         self._items, self._word_rows = {}, 0
+        self._parts, self._parts_written, self._rewrites = None, set(), {}
         self._batch_no += 1
+        crash_point("commit-after")
+        self._in_rounds(lambda: finish_commit(self.ledger, entry, self._io.map),
+                        f"batch {batch} is committed, but publishing its documents failed "
+                        "(the next run finishes it)", stage="publish")
+
+    def _in_rounds(self, step: Callable[[], Any], failure: str, stage: str = "commit") -> Any:
+        """`step` (idempotent), tried again after a pause while it fails transiently; any
+        failure in the end is CommitFailed. A lost lease is final at once."""
+        cfg = storage.get_config()
+        for round_no in range(1, _ROUNDS + 1):
+            try:
+                return step()
+            except LeaseLost as e:
+                self._abandon_batch()
+                raise CommitFailed(f"{failure}: {e}", stage) from e
+            except StorageError as e:
+                if not e.transient or round_no == _ROUNDS:
+                    raise CommitFailed(f"{failure}: {e}", stage) from e
+                time.sleep(min(30.0, cfg.backoff_base * 4 * 2 ** round_no) * (0.5 + random.random() / 2))
+            except Exception as e:  # noqa: BLE001 - e.g. a part that is not Parquet
+                raise CommitFailed(f"{failure}: {type(e).__name__}: {e}", stage) from e
+
+    def _abandon_batch(self) -> None:
+        """The lease is gone, so this batch can never commit: delete what it wrote (its parts,
+        rewrites, staged JSON) rather than leave orphans until the next run's recovery.
+        Best effort: whatever stays, that recovery deletes."""
+        rels = set(self._parts_written) | {r for r in self._rewrites.values() if r}
+        uris = [storage.join(self.out_uri, rel) for rel in rels]
+        uris += _list(storage.join(self.out_uri, PENDING, self._batch_id()))
+        try:
+            self._io.wait()
+        except Exception:  # noqa: BLE001 - a staged write that failed has nothing to delete
+            pass
+        try:
+            self._io.map(storage.delete, sorted(set(uris)))
+            _remove_empty_folder(storage.join(self.out_uri, PENDING, self._batch_id()))
+        except StorageError:
+            pass
+
+    def _commit_once(self) -> dict[str, Any]:
+        """Steps 1-5 for the buffered batch; safe to call again after any failure."""
+        self._io.wait()  # the batch's staged JSON (failed writes are sent again)
+        added = self._write_new_parts()
+        storage.write_bytes(self._pending_uri(MARKER), b"")
+        return self._commit(added)
 
     def _write_new_parts(self) -> dict[str, set[str]]:
-        """The batch's rows as new parts, written in parallel: {relative path: source URIs}."""
-        parts: dict[str, pa.Table] = {}
-        for table in TABLES:
-            tables = [i.tables[table] for i in self._items.values()
-                      if table in i.tables and i.tables[table].num_rows]
-            if tables:
-                for day, rows in _by_date(pa.concat_tables(tables)).items():
-                    parts[self._part_name(f"{table}/{PARTITION_COLUMN}={day}")] = rows
-        self._io.map(lambda rel: self._write_part(rel, parts[rel], "part"), parts)
+        """The batch's rows as new parts, written in parallel: {relative path: source URIs}.
+        Named once per batch, so a retried round writes the same parts again."""
+        if self._parts is None:
+            self._parts = {}
+            for table in TABLES:
+                tables = [i.tables[table] for i in self._items.values()
+                          if table in i.tables and i.tables[table].num_rows]
+                if tables:
+                    for day, rows in _by_date(pa.concat_tables(tables)).items():
+                        self._parts[self._part_name(f"{table}/{PARTITION_COLUMN}={day}")] = rows
+        parts = self._parts
+        todo = [rel for rel in parts if rel not in self._parts_written]
+        self._parts_written.update(self._io.map(lambda rel: self._write_part(rel, parts[rel], "part"),
+                                                todo))
         return {rel: set(rows.column("source_uri").to_pylist()) for rel, rows in parts.items()}
 
     def _part_name(self, folder: str) -> str:
@@ -292,47 +366,80 @@ class OutputWriter:
 
     def _commit(self, added: dict[str, set[str]]) -> dict[str, Any]:
         """Append the batch's ledger entry, re-planning the rewrites whenever another writer
-        committed first. Returns the entry as committed."""
-        rewrites: dict[tuple[str, frozenset[str]], str | None] = {}   # (old, dropped) -> new
+        committed first. The lease is checked against the state each attempt extends (in
+        Ledger.try_commit). Returns the entry as committed."""
+        rewrites = self._rewrites
         for _ in range(_MAX_CONFLICTS):
-            self._check_lease()
             self.ledger.refresh()
-            plan = self.ledger.state.superseded(set(self._items))
-            try:
-                for old, stale in plan.items():
-                    key = (old, frozenset(stale))
-                    if key not in rewrites:
+            state = self.ledger.state
+            if self._batch_id() in state.batches:  # an earlier round's entry did land
+                return self.ledger.read_entry(state.batches[self._batch_id()]) or {}
+            self._claim.check(state)  # stop before rewriting anything if the lease is gone
+            plan = state.superseded(set(self._items))
+            missing = set()
+            for old, stale in plan.items():
+                key = (old, frozenset(stale))
+                if key not in rewrites:
+                    try:
                         rewrites[key] = self._rewrite(old, stale)
-            except storage.NotFound:
-                continue  # another writer removed that part just now: re-plan on its entry
+                    except storage.NotFound:
+                        missing.add(old)
+            if missing:  # removed by another writer just now, or lost: re-plan either way
+                self._repair(missing)
+                continue
             crash_point("commit-before")
-            entry = self.ledger.try_commit(self._entry(added, plan, rewrites))
+            entry = self.ledger.try_commit(self._entry(added, plan, rewrites), self._claim)
             if entry is not None:
                 used = {rewrites[(old, frozenset(stale))] for old, stale in plan.items()}
                 for rel in set(rewrites.values()) - used - {None}:  # from plans that lost a race
                     storage.delete(storage.join(self.out_uri, rel))
                 return entry
-        raise StorageError(f"gave up after {_MAX_CONFLICTS} commit conflicts on {self.out_uri}")
+        raise StorageError(f"gave up after {_MAX_CONFLICTS} commit conflicts on {self.out_uri}",
+                           "commit")
 
-    def _lease_uri(self) -> str:
-        return storage.join(self.out_uri, WRITERS, f"{self.shard.tag}.json")
+    def _commit_entry(self, build: Callable[[LedgerState], dict[str, Any]],
+                      before_any_write: bool = False) -> dict[str, Any]:
+        """Commit a housekeeping entry (lease, repair) built against the latest state.
+        before_any_write: this writer has written nothing yet, so it may take the lease at
+        whatever epoch it finds now."""
+        for _ in range(_MAX_CONFLICTS):
+            self.ledger.refresh()
+            if before_any_write and not self._claim.held:
+                self._claim.epoch = self.ledger.state.lease_epoch(self._claim.key)
+            entry = self.ledger.try_commit(build(self.ledger.state), self._claim)
+            if entry is not None:
+                return entry
+        raise StorageError(f"gave up after {_MAX_CONFLICTS} commit conflicts on {self.out_uri}",
+                           "commit")
 
-    def _take_lease(self) -> None:
-        """Say that this writer is now the one for its shard (before recovery deletes the
-        uncommitted files of any earlier one)."""
-        storage.write_bytes(self._lease_uri(), json.dumps({"writer": self.writer_id}).encode(),
-                            "application/json")
+    def _housekeeping(self, state: LedgerState, missing: set[str], name: str) -> dict[str, Any]:
+        """An entry that takes the lease and drops `missing` parts (those still live), marking
+        every source with rows in them "lost" so it is processed again."""
+        gone = sorted(p for p in missing if p in state.parts)
+        lost = sorted({u for p in gone for u in state.parts[p] if u in state.sources})
+        sources = [{**{k: v for k, v in vars(state.sources[u]).items() if k != "seq"},
+                    "status": "lost", "run_id": self.run_id} for u in lost]
+        refs = Counter(state.doc_refs)
+        for u in lost:
+            if state.sources[u].status == "ok":
+                refs[state.sources[u].doc_id] -= 1
+        dead = sorted({state.sources[u].doc_id for u in lost if refs[state.sources[u].doc_id] <= 0})
+        return {"batch": f"{self.writer_id}-{name}", "writer": self.writer_id, "run_id": self.run_id,
+                "shard": str(self.shard), "committed_at": iso(now_ms()), "sources": sources,
+                "added": {}, "removed": gone, "dead_docs": dead}
 
-    def _check_lease(self) -> None:
-        """An overlapping run of the same shard (a cron job starting while last night's still
-        runs) has taken over and deleted our uncommitted parts: stop before committing them."""
-        try:
-            holder = json.loads(storage.read_bytes(self._lease_uri())).get("writer")
-        except storage.NotFound:
-            holder = None
-        if holder != self.writer_id:
-            raise StorageError(f"another run ({holder}) took over shard {self.shard} of "
-                               f"{self.out_uri}; this run stops without committing")
+    def _repair(self, missing: set[str], before_any_write: bool = False) -> int:
+        """Drop committed parts that are not in storage (after a refresh shows them still
+        live); returns how many sources were marked lost."""
+        self.ledger.refresh()
+        live = {p for p in missing if p in self.ledger.state.parts}
+        if not live:
+            return 0
+        self._repairs += 1
+        entry = self._commit_entry(lambda st: self._housekeeping(st, live, f"repair{self._repairs}"),
+                                   before_any_write)
+        finish_commit(self.ledger, entry, self._io.map)  # their documents' JSON goes too
+        return len(entry["sources"])
 
     def _rewrite(self, old: str, stale: set[str]) -> str | None:
         """`old` without the rows of `stale` sources, as a new part; None if nothing is left."""
@@ -379,15 +486,47 @@ class OutputWriter:
     # ---- recovery ------------------------------------------------------------------------
 
     def open(self) -> Recovery:
-        """Load the ledger and clean up after interrupted runs (once; before any write)."""
+        """Load the ledger and clean up after interrupted runs (once; before any write).
+
+        What is committed is judged from the ledger around one listing of the output: a
+        part live both before and after the listing but not listed is lost; a part of this
+        writer's scope that no entry lists is an orphan, and a pending batch without an
+        entry is abandoned. Deleting those needs the lease: a lease entry goes first (with
+        the repair of lost parts), and the deletes are re-judged against the state after it,
+        which no run that lost the lease can extend."""
         if self._opened:
             return Recovery()
         self._opened = True
-        self._take_lease()
-        self.ledger.load()
-        rec = Recovery()
-        self._recover_pending(rec)
-        self._recover_parts(rec)
+        state = self.ledger.load()
+        self._claim.epoch = state.lease_epoch(self._claim.key)
+        live_before = set(state.parts)
+        physical = self._list_parts()
+        pending = self._list_pending()
+        self.ledger.refresh()
+        state = self.ledger.state
+        missing = {p for p in live_before if p in state.parts and p not in physical}
+        names = {rel: _unwrap_tmp(posixpath.basename(rel)) for rel in physical}
+        rec = Recovery(foreign=sum(1 for rel, name in names.items()
+                                   if tag_of(name) is None and rel not in state.parts))
+        for batch in [b for b in pending if b in state.batches]:  # committed: finish publishing
+            finish_commit(self.ledger, self.ledger.read_entry(state.batches[batch]) or {}, self._io.map)
+            rec.finished += 1
+        orphans = {rel for rel, name in names.items() if rel not in state.parts and self._mine(name)}
+        abandoned = {b for b in pending if b not in state.batches}
+        if not (orphans or abandoned or missing):
+            return rec
+        entry = self._commit_entry(lambda st: self._housekeeping(st, missing, "lease"),
+                                   before_any_write=True)
+        finish_commit(self.ledger, entry, self._io.map)  # dead documents of lost sources
+        rec.missing, rec.lost = len(entry["removed"]), len(entry["sources"])
+        state = self.ledger.state  # no run that lost the lease can add to this
+        gone = [physical[rel] for rel in orphans if rel not in state.parts]
+        self._io.map(storage.delete, gone)
+        rec.orphans = len(gone)
+        for batch in sorted(b for b in abandoned if b not in state.batches):
+            self._io.map(storage.delete, pending[batch])
+            _remove_empty_folder(storage.join(self.out_uri, PENDING, batch))
+            rec.abandoned += 1
         return rec
 
     def _mine(self, name: str) -> bool:
@@ -396,36 +535,25 @@ class OutputWriter:
         return (tag is not None and self.writer_id not in name
                 and (self.shard.count == 1 or tag == self.shard.tag))
 
-    def _recover_pending(self, rec: Recovery) -> None:
+    def _list_pending(self) -> dict[str, list[str]]:
+        """This writer's scope of pending batches -> their files."""
         batches: dict[str, list[str]] = {}
         for uri in _list(storage.join(self.out_uri, PENDING)):
             batch = _relative(self.out_uri, uri)[len(PENDING) + 1:].split("/", 1)[0]
-            batches.setdefault(batch, []).append(uri)
-        for batch, uris in sorted(batches.items()):
-            if not self._mine(batch):
-                continue
-            seq = self.ledger.state.batches.get(batch)
-            if seq is not None:
-                finish_commit(self.ledger, self.ledger.read_entry(seq) or {}, self._io.map)
-                rec.finished += 1
-            else:
-                self._io.map(storage.delete, uris)
-                _remove_empty_folder(storage.join(self.out_uri, PENDING, batch))
-                rec.abandoned += 1
+            if self._mine(batch):
+                batches.setdefault(batch, []).append(uri)
+        return batches
 
-    def _recover_parts(self, rec: Recovery) -> None:
-        live = self.ledger.state.parts
+    def _list_parts(self) -> dict[str, str]:
+        """Every Parquet part (or a local temp file of one) under words/, pages/, errors/:
+        relative path -> URI. A temp file is keyed by its own path, so it is never 'live'."""
+        found: dict[str, str] = {}
         for table in TABLES:
             for uri in _list(storage.join(self.out_uri, table)):
                 rel = _relative(self.out_uri, uri)
-                name = _unwrap_tmp(posixpath.basename(rel))
-                if rel in live or not name.endswith(".parquet"):
-                    continue
-                if tag_of(name) is None:
-                    rec.foreign += 1
-                elif self._mine(name):
-                    storage.delete(uri)
-                    rec.orphans += 1
+                if _unwrap_tmp(posixpath.basename(rel)).endswith(".parquet"):
+                    found[rel] = uri
+        return found
 
 
 def finish_commit(ledger: Ledger, entry: dict[str, Any], run: Callable = map) -> None:

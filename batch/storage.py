@@ -10,11 +10,16 @@ retries, server-side encryption and path safety live in one place:
   atomic (temp file in the same folder + os.replace); S3 writes carry the SSE
   settings of the process-wide `StorageConfig`.
 * Failures surface as `batch.errors.StorageError` naming the URI (never the
-  credentials); a missing object is `NotFound`, raised at once, not retried.
+  credentials) and the stage (`fetch` for reads and listings, `write` for writes and
+  deletes); a missing object is `NotFound`, raised at once, not retried.
 
-Transient S3 faults (5xx, throttling, resets, timeouts) are retried twice over:
-botocore's own retry mode covers each API call, and `_S3Reader` resumes a body
-that breaks mid-stream with a ranged GET pinned to the same ETag.
+Every error the S3 client stack can raise (botocore, urllib3, http.client, socket, SSL,
+a body shorter than its Content-Length) is classified by `is_transient`: 5xx, throttling,
+resets, timeouts and truncated bodies are retried here, in one loop per API call
+(`_s3_call`: exponential backoff with full jitter, `max_attempts` tries; botocore's own
+retries are off so the two never multiply), and `_S3Reader` resumes a body that breaks
+mid-stream with a ranged GET pinned to the same ETag. Anything else is permanent and
+raised at once.
 """
 from __future__ import annotations
 
@@ -25,6 +30,8 @@ import io
 import os
 import random
 import shutil
+import stat
+import sys
 import threading
 import time
 import uuid
@@ -36,15 +43,28 @@ import urllib3.exceptions
 from boto3.exceptions import Boto3Error
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config as BotoConfig
+from botocore import exceptions as boto_errors
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.parsers import ResponseParserError
 
 from batch.errors import StorageError
 
 S3_SCHEME = "s3://"
 SSE_MODES = ("AES256", "aws:kms")
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
-# What a body read can raise when the connection breaks after the headers arrived.
-_STREAM_ERRORS = (BotoCoreError, urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
+# Error codes / HTTP statuses worth another try (AWS's own retryable list, and 5xx / 429).
+_TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "Throttling",
+                    "ThrottlingException", "ThrottledException", "RequestThrottled",
+                    "RequestThrottledException", "TooManyRequestsException", "RequestTimeout",
+                    "RequestTimeoutException", "RequestLimitExceeded", "BandwidthLimitExceeded",
+                    "PriorRequestNotComplete", "OperationAborted", "IDPCommunicationError",
+                    "ConditionalRequestConflict"}
+# botocore errors that are the network's fault, not the request's.
+_TRANSIENT_BOTO = (boto_errors.ConnectionError, boto_errors.HTTPClientError,
+                   boto_errors.IncompleteReadError, ResponseParserError,
+                   boto_errors.ChecksumError)
+_PERMANENT_WORDS = ("AccessDenied", "NoSuchBucket", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+                    "NoSuchKey", "InvalidBucketName", "AllAccessDisabled")
 MiB = 1024 * 1024
 
 
@@ -61,7 +81,8 @@ class StorageConfig:
     sse: str | None = None               # None | "AES256" | "aws:kms", applied to every write
     sse_kms_key_id: str | None = None    # implies sse="aws:kms"
     max_attempts: int = 5                # per API call and per body resume, first try included
-    retry_mode: str = "standard"         # botocore: "standard" or "adaptive" (client-side rate limit)
+    retry_mode: str = "standard"         # botocore: "standard" or "adaptive" (client-side rate
+                                         # limit); botocore itself makes one attempt, we retry
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
     backoff_base: float = 0.25           # seconds; body-resume backoff = base * 2**n * jitter
@@ -86,7 +107,10 @@ class StorageConfig:
         env = os.environ
         return cls(sse=env.get("HTR_S3_SSE") or None,
                    sse_kms_key_id=env.get("HTR_S3_SSE_KMS_KEY_ID") or None,
-                   max_attempts=int(env.get("HTR_S3_MAX_ATTEMPTS", "5")))
+                   max_attempts=int(env.get("HTR_S3_MAX_ATTEMPTS", "5")),
+                   connect_timeout=float(env.get("HTR_S3_CONNECT_TIMEOUT", "10")),
+                   read_timeout=float(env.get("HTR_S3_READ_TIMEOUT", "60")),
+                   backoff_base=float(env.get("HTR_S3_BACKOFF_BASE", "0.25")))
 
     def sse_args(self) -> dict[str, str]:
         """boto3 ExtraArgs for PutObject / CreateMultipartUpload."""
@@ -155,7 +179,7 @@ def _thread_client():
     key = (_generation, endpoint, cfg.region)
     if getattr(_local, "key", None) != key:
         boto_cfg = BotoConfig(
-            retries={"mode": cfg.retry_mode, "total_max_attempts": cfg.max_attempts},
+            retries={"mode": cfg.retry_mode, "total_max_attempts": 1},  # _s3_call retries
             connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout,
             max_pool_connections=cfg.max_pool_connections,
             # Custom endpoints (moto, MinIO) rarely resolve <bucket>.<host>: use path-style there.
@@ -223,24 +247,54 @@ def local_path_for(root: str, key: str) -> str:
 
 # ---- errors -----------------------------------------------------------------------------------
 
+class TruncatedBody(Exception):
+    """A response body ended before its Content-Length / range (a dropped connection)."""
+
+
+_STAGES = {"read": "fetch", "head": "fetch", "list": "fetch", "write": "write", "delete": "write"}
+
+
+def stage_of(op: str) -> str:
+    return _STAGES.get(op, "fetch")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth another try? 5xx, 429, throttling, connection resets and timeouts, socket and SSL
+    errors, truncated bodies: yes. Missing, denied, invalid, local-file errors: no."""
+    if isinstance(exc, StorageError):
+        return exc.transient
+    if isinstance(exc, ClientError):
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        return _error_code(exc) in _TRANSIENT_CODES or status >= 500 or status == 429
+    if isinstance(exc, _TRANSIENT_BOTO):
+        return True
+    if isinstance(exc, (BotoCoreError, FileNotFoundError, PermissionError)):
+        return False  # no credentials, bad parameters, ...; a local file's own problem
+    if isinstance(exc, Boto3Error):  # s3transfer wraps the real cause in its message
+        return not any(w in str(exc) for w in _PERMANENT_WORDS)
+    return isinstance(exc, (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError,
+                            TruncatedBody))
+
+
 def _error(op: str, uri: str, exc: BaseException) -> StorageError:
-    """A StorageError naming the operation and URI; messages come from error codes, never
-    from request data, so credentials cannot leak into them."""
+    """A StorageError naming the operation, URI and stage, classified transient or not;
+    messages come from error codes, and are scrubbed of URL credentials anyway."""
     if isinstance(exc, StorageError):
         return exc
+    stage, transient = stage_of(op), is_transient(exc)
     if isinstance(exc, FileNotFoundError):
-        return NotFound(f"{op}: no such file {uri}")
+        return NotFound(f"{op}: no such file {uri}", stage)
     if isinstance(exc, ClientError):
-        err, meta = exc.response.get("Error", {}), exc.response.get("ResponseMetadata", {})
+        err = exc.response.get("Error", {})
         code = _error_code(exc)
         if code in _NOT_FOUND_CODES:
-            return NotFound(f"{op}: no such object {uri} ({code})")
-        retries = meta.get("RetryAttempts", 0)
-        return StorageError(f"{op} {uri} failed: {code} {err.get('Message', '')}".rstrip()
-                            + (f" (after {retries} retries)" if retries else ""))
+            return NotFound(f"{op}: no such object {uri} ({code})", stage)
+        return StorageError(f"{op} {uri} failed: {code} {err.get('Message', '')}".rstrip(),
+                            stage, transient)
     if isinstance(exc, OSError) and not is_s3(uri):
-        return StorageError(f"{op} {uri} failed: {exc.strerror or type(exc).__name__}")
-    return StorageError(f"{op} {uri} failed: {type(exc).__name__}: {exc}")
+        return StorageError(f"{op} {uri} failed: {exc.strerror or type(exc).__name__}", stage,
+                            transient=False)
+    return StorageError(f"{op} {uri} failed: {type(exc).__name__}: {exc}", stage, transient)
 
 
 def _error_code(exc: ClientError) -> str:
@@ -249,11 +303,27 @@ def _error_code(exc: ClientError) -> str:
 
 
 def _s3_call(op: str, uri: str, fn: Callable, **kwargs):
-    """One S3 API call (botocore retries transient faults inside) with errors mapped."""
-    try:
-        return fn(**kwargs)
-    except (ClientError, BotoCoreError, Boto3Error) as e:
-        raise _error(op, uri, e) from e
+    """One S3 API call, retried while its failures are transient (whatever layer of the
+    client stack raised them), with errors mapped to StorageError."""
+    cfg = get_config()
+    for attempt in range(1, cfg.max_attempts + 1):
+        try:
+            return fn(**kwargs)
+        except Exception as e:  # noqa: BLE001 - every error is classified, none escapes raw
+            err = _error(op, uri, e)
+            if not err.transient:
+                raise err from e
+            if attempt == cfg.max_attempts:
+                raise _exhausted(err, attempt) from e
+            _backoff(attempt, cfg)
+
+
+def _exhausted(err: StorageError, attempts: int) -> StorageError:
+    """The last transient error, saying how often it was tried (still transient: a later
+    round, or the next run, may well succeed)."""
+    if attempts <= 1:
+        return err
+    return type(err)(f"{err} (after {attempts} attempts)", err.stage, transient=True)
 
 
 def _backoff(attempt: int, cfg: StorageConfig) -> None:
@@ -309,18 +379,49 @@ def _list_local(root_uri: str) -> Iterator[SourceObject]:
 
 def _walk_sorted(folder: str, rel: str) -> Iterator[SourceObject]:
     """Depth-first walk whose output is in full-key order: a folder sorts as 'name/',
-    exactly where its keys fall among its siblings ('a.txt' < 'a/x' < 'a0')."""
+    exactly where its keys fall among its siblings ('a.txt' < 'a/x' < 'a0').
+
+    Nothing in the tree stops the walk: symlinked folders are not followed (no loops); a
+    link that cannot be resolved (dangling, a loop, no permission) is still listed, so its
+    read fails and it gets an error record naming it; FIFOs, sockets and devices are
+    skipped (reading one could block forever); an unreadable sub-folder is skipped with a
+    warning. Only an unreadable root is an error."""
     try:
         entries = list(os.scandir(folder))
     except OSError as e:
-        raise _error("list", folder, e) from e
-    is_dir = {e.name: e.is_dir(follow_symlinks=False) for e in entries}  # no symlink loops
-    for entry in sorted(entries, key=lambda e: e.name + "/" if is_dir[e.name] else e.name):
-        key = rel + entry.name
-        if is_dir[entry.name]:
+        if not rel:
+            raise _error("list", folder, e) from e
+        print(f"htr: warning: skipped folder {folder}: {e.strerror or type(e).__name__}",
+              file=sys.stderr)
+        return
+    kinds = {e.name: _entry_kind(e) for e in entries}
+    for entry in sorted(entries, key=lambda e: e.name + "/" if kinds[e.name][0] == "dir" else e.name):
+        key, (kind, st) = rel + entry.name, kinds[entry.name]
+        if kind == "dir":
             yield from _walk_sorted(entry.path, key + "/")
-        elif entry.is_file():
-            yield _local_object(entry.path, key, entry.stat())
+        elif kind == "file":
+            yield _local_object(entry.path, key, st)
+        elif kind == "broken":  # size 0 and a fixed etag: it fails at fetch, every run
+            yield SourceObject(uri=entry.path, key=key, size=0, etag="unresolvable-link",
+                               last_modified=0.0)
+
+
+def _entry_kind(entry: os.DirEntry) -> tuple[str, os.stat_result | None]:
+    """('dir' | 'file' | 'broken' | 'skip', stat of the target)."""
+    try:
+        if entry.is_dir(follow_symlinks=False):
+            return "dir", None
+        st = entry.stat()  # follows a symlink: ELOOP, ENOENT, EACCES surface here
+    except OSError:
+        return ("broken", None) if _is_link(entry) else ("skip", None)
+    return ("file", st) if stat.S_ISREG(st.st_mode) else ("skip", None)
+
+
+def _is_link(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_symlink()
+    except OSError:
+        return False
 
 
 def _local_object(path: str, key: str, st: os.stat_result) -> SourceObject:
@@ -468,18 +569,23 @@ class _S3Reader(io.RawIOBase):
             if self._at_end() or len(buf) == 0:
                 return 0
             if self._body is None:
-                self._open_body()
+                self._open_body()  # retried inside; a StorageError here is final
                 if self._at_end():
                     return 0
             try:
                 n = self._body.readinto(buf)
+                if n == 0 and self._limit() is not None:  # EOF before the promised end
+                    raise TruncatedBody(f"body ended at byte {self.pos} of {self._limit()}")
                 self.pos += n
                 return n
-            except _STREAM_ERRORS as e:
+            except Exception as e:  # noqa: BLE001 - classified: transient ones resume
                 self._close_body()
+                err = _error("read", self.uri, e)
                 failures += 1
+                if not err.transient:
+                    raise err from e
                 if failures >= cfg.max_attempts:
-                    raise _error("read", self.uri, e) from e
+                    raise _exhausted(err, failures) from e
                 _backoff(failures, cfg)
 
     def readall(self) -> bytes:
@@ -523,25 +629,31 @@ class _S3Reader(io.RawIOBase):
             kwargs["Range"] = f"bytes={self.pos}-{'' if self.end is None else self.end - 1}"
         if self.etag:
             kwargs["IfMatch"] = self.etag
-        try:
-            resp = client().get_object(**kwargs)
-        except ClientError as e:
-            code = _error_code(e)
-            if code == "InvalidRange":  # started at/after EOF: nothing left to read
-                self.size = self.pos
-                return
-            if code == "PreconditionFailed":
-                raise StorageError(f"read {self.uri} failed: object changed while being read") from e
-            raise _error("read", self.uri, e) from e
-        except (BotoCoreError, Boto3Error) as e:
-            raise _error("read", self.uri, e) from e
+        resp = _s3_call("read", self.uri, self._get, **kwargs)
+        if resp is None:  # started at/after EOF: nothing left to read
+            self.size = self.pos
+            return
         self.etag = self.etag or resp["ETag"]
         self.size = _total_size(resp)
         self._body = resp["Body"]
 
+    def _get(self, **kwargs) -> dict | None:
+        try:
+            return client().get_object(**kwargs)
+        except ClientError as e:
+            code = _error_code(e)
+            if code == "InvalidRange":
+                return None
+            if code == "PreconditionFailed":
+                raise StorageError(f"read {self.uri} failed: object changed while being read") from e
+            raise
+
     def _close_body(self) -> None:
         if self._body is not None:
-            self._body.close()
+            try:
+                self._body.close()
+            except Exception:  # noqa: BLE001 - a broken connection may fail to close too
+                pass
             self._body = None
 
 
@@ -579,11 +691,12 @@ def write_file(uri: str, local_path: str, content_type: str | None = None) -> No
     transfer = TransferConfig(multipart_threshold=cfg.multipart_threshold,
                               multipart_chunksize=cfg.multipart_chunksize)
     try:
-        client().upload_file(local_path, bucket, key, ExtraArgs=extra, Config=transfer)
-    except OSError as e:  # the local source
+        with open(local_path, "rb"):
+            pass  # the local source's own problems are permanent, and not S3's
+    except OSError as e:
         raise _error("write", local_path, e) from e
-    except (ClientError, BotoCoreError, Boto3Error) as e:
-        raise _error("write", uri, e) from e
+    _s3_call("write", uri, client().upload_file, Filename=local_path, Bucket=bucket, Key=key,
+             ExtraArgs=extra, Config=transfer)
 
 
 def delete(uri: str) -> None:
@@ -654,7 +767,7 @@ def create_if_absent(uri: str, data: bytes) -> bool:
     except FileExistsError:
         return False
     except OSError as e:
-        raise StorageError(f"write {uri} failed: {e.strerror or type(e).__name__}") from e
+        raise StorageError(f"write {uri} failed: {e.strerror or type(e).__name__}", "write") from e
     finally:
         try:
             os.remove(tmp)
@@ -663,14 +776,17 @@ def create_if_absent(uri: str, data: bytes) -> bool:
 
 
 def _create_s3(uri: str, data: bytes) -> bool:
+    """A retried PUT whose first try did land answers 412: the caller tells its own entry
+    from another writer's by the token inside (batch.ledger)."""
     bucket, key = split_s3(uri)
-    try:
-        client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*",
-                            ContentType="application/json", **get_config().sse_args())
-        return True
-    except ClientError as e:
-        if _error_code(e) in _CONFLICT_CODES:
-            return False
-        raise _error("write", uri, e) from e
-    except BotoCoreError as e:
-        raise _error("write", uri, e) from e
+
+    def put() -> bool:
+        try:
+            client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*",
+                                ContentType="application/json", **get_config().sse_args())
+            return True
+        except ClientError as e:
+            if _error_code(e) in _CONFLICT_CODES:
+                return False
+            raise
+    return _s3_call("write", uri, put)

@@ -9,7 +9,11 @@ and the bounded page queue keeps memory flat however long a PDF is: at most
 `decode_workers + 1` documents are in flight, each yielding pages one render chunk at a
 time, and objects over --stream-mb are downloaded to a temp file and memory-mapped instead
 of held in RAM. A document that fails at any stage (storage retries exhausted, object
-deleted since the listing, corrupt, ...) becomes an error record; the run goes on.
+deleted since the listing, corrupt, ...) becomes an error record; the run goes on. Only an
+outage stops it: `OUTAGE_AFTER` documents in a row whose fetch failed transiently after all
+retries (their error rows are not committed), a failed listing, or a commit that storage
+refuses after its retry rounds (batch.outputs.CommitFailed); each exits 4 with everything
+committed so far intact and nothing half-published, and the next run picks up from there.
 
 Which sources a run processes (new, changed, failed before, --reprocess, ...) is decided
 against the ledger (batch.ledger); how results are committed exactly once, superseding
@@ -38,7 +42,8 @@ import numpy as np
 from tqdm import tqdm
 
 from batch import exports, storage
-from batch.errors import EXIT_BAD_ARGS, EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, HtrError
+from batch.errors import (EXIT_BAD_ARGS, EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, HtrError, StorageError,
+                          scrub)
 from batch.ledger import LedgerState, Policy, Shard
 from batch.outputs import COMPRESSIONS, CommitFailed, OutputWriter
 from batch.pipeline import Pipeline, PipelineConfig
@@ -46,6 +51,7 @@ from batch.schema import ErrorRecord, Page, doc_id_for, now_ms
 from transforms.rasterise import DEFAULT_IMAGE_SIDE, Limits, iter_pages, sniff
 
 MiB = 1024 * 1024
+OUTAGE_AFTER = 8   # documents in a row failing to fetch transiently: storage is down, stop
 _RUN_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # goes into object names
 
 
@@ -149,6 +155,13 @@ class SourcePicker:
             yield src
 
 
+class Outage(StorageError):
+    """Storage keeps failing for document after document: stop rather than record them all
+    as failed (the next run processes them)."""
+
+    transient = True
+
+
 def canonical(src: storage.SourceObject) -> storage.SourceObject:
     """A local source by its absolute path: the ledger must not see 'in/a.pdf' and
     '/data/in/a.pdf' as two documents."""
@@ -226,6 +239,7 @@ class Run:
         self.pending: list[tuple[str, int, np.ndarray]] = []
         self.stop = threading.Event()
         self.feed_error: BaseException | None = None
+        self.fetch_failures = 0   # documents in a row whose fetch failed transiently
         self.bar = tqdm(unit="doc", desc="documents", disable=not progress, file=sys.stderr)
 
     def run(self, sources: Iterable[storage.SourceObject]) -> RunStats:
@@ -305,6 +319,7 @@ class Run:
             if not doc.failed:
                 self.pending.append((uri, rest[0], rest[1]))
         elif kind == "end":
+            self.fetch_failures = 0
             doc.expected = rest[0]
             slots.release()
             if doc.failed:  # failed in the models while still rasterising: now it can go
@@ -313,10 +328,20 @@ class Run:
                 self._maybe_finish(uri)
         elif kind == "error":
             slots.release()
+            self._count_fetch_failure(rest[1])
             if doc.failed:
                 del self.docs[uri]
             else:
                 self._fail(uri, rest[0], rest[1], producer_done=True)
+
+    def _count_fetch_failure(self, exc: BaseException) -> None:
+        if not (isinstance(exc, StorageError) and exc.transient):
+            self.fetch_failures = 0
+            return
+        self.fetch_failures += 1
+        if self.fetch_failures >= OUTAGE_AFTER:
+            raise Outage(f"{self.fetch_failures} documents in a row could not be fetched; storage "
+                         f"looks down (last: {exc}); this run stops, the next one resumes")
 
     def _run_models(self) -> None:
         batch = [(u, i, img) for u, i, img in self.pending if not self.docs[u].failed]
@@ -368,10 +393,11 @@ class Run:
         doc.failed = True
         self.pending = [p for p in self.pending if p[0] != uri]
         doc_id = doc.doc_id or hashlib.sha256(uri.encode()).hexdigest()[:24]
+        message = scrub(str(exc))
         err = ErrorRecord(doc_id=doc_id, source_uri=uri, stage=stage, error_type=type(exc).__name__,
-                          message=str(exc)[:2000], run_id=self.run_id, processed_at=now_ms())
+                          message=message[:2000], run_id=self.run_id, processed_at=now_ms())
         self.writer.add_error(err, doc.src)
-        tqdm.write(f"error: {uri}: {stage}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        tqdm.write(f"error: {uri}: {stage}: {type(exc).__name__}: {message}", file=sys.stderr)
         if producer_done or doc.expected is not None:
             del self.docs[uri]  # else keep it, marked failed, until its producer's last item
         self.stats.documents += 1
@@ -408,7 +434,7 @@ def main(args) -> int:
                                             fix_pages=not args.no_page_fixes, backend=args.backend,
                                             precision=args.precision, image_side=args.image_side))
     except Exception as e:
-        print(f"htr run: cannot load models: {e}", file=sys.stderr)
+        print(f"htr run: cannot load models: {scrub(str(e))}", file=sys.stderr)
         return EXIT_FATAL
     writer = OutputWriter(args.output, run_id, rows_per_part=args.part_rows,
                           compression=args.compression, docs_per_part=args.part_docs,

@@ -19,11 +19,12 @@ import random
 import socket
 import struct
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import boto3
 import pytest
@@ -97,7 +98,7 @@ def read_object(endpoint: str, bucket: str, key: str) -> bytes:
 
 # ---- fault injection ------------------------------------------------------------------------------
 
-FAULTS = ("500", "503", "reset", "truncate")
+FAULTS = ("500", "503", "reset", "truncate", "error-reset", "stall")
 _ERROR_XML = {
     "500": (500, "InternalError", "We encountered an internal error. Please try again."),
     "503": (503, "SlowDown", "Please reduce your request rate."),
@@ -106,15 +107,41 @@ _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connectio
 
 
 @dataclass
+class Gate:
+    """Holds the requests `match` picks until `release()`: before they reach moto
+    (forward_first=False: the request may never land) or after moto answered but before the
+    client hears it (True: it landed, the client does not know yet). `arrived` is set when
+    the first one is held, so a test can act while it hangs, deterministically."""
+
+    match: Callable[[str, str], bool]
+    forward_first: bool = False
+    arrived: threading.Event = field(default_factory=threading.Event)
+    released: threading.Event = field(default_factory=threading.Event)
+    held: list[tuple[str, str]] = field(default_factory=list)
+
+    def release(self) -> None:
+        self.released.set()
+
+    def wait(self, method: str, path: str) -> None:
+        self.held.append((method, path))
+        self.arrived.set()
+        self.released.wait(120)
+
+
+@dataclass
 class FaultProxy:
     """An HTTP proxy on 127.0.0.1 in front of moto that breaks some requests on purpose.
 
     Faults: '500' / '503' (S3 error replies, as from an overloaded S3), 'reset' (TCP
     RST before any reply), 'truncate' (the reply's headers promise the full body,
-    half of it arrives, then the connection drops). Either script them with
-    `fail_next(...)`, or set `rate` for a seeded random fraction of requests; at most
-    `max_consecutive` faults in a row, so a client that retries enough always wins.
-    Deterministic for sequential clients.
+    half of it arrives, then the connection drops), 'error-reset' (a 500 whose XML body
+    breaks off half-way: urllib3 raises ProtocolError while botocore parses it),
+    'stall' (the request reaches moto, the reply is held `stall_s` seconds - past the
+    client's read timeout - and then dropped: the write landed, the client never heard).
+    Either script them with `fail_next(...)`, or set `rate` for a seeded random fraction
+    of requests; at most `max_consecutive` faults in a row, so a client that retries
+    enough always wins. Deterministic for sequential clients. `gate(...)` holds chosen
+    requests until the test releases them.
     """
 
     upstream: str
@@ -122,8 +149,10 @@ class FaultProxy:
     kinds: tuple[str, ...] = ("500", "503", "reset")
     seed: int = 0
     max_consecutive: int = 2
+    stall_s: float = 1.5
     requests: list[tuple[str, str]] = field(default_factory=list)   # (method, path) seen
     faults: list[str] = field(default_factory=list)                 # faults injected, in order
+    gates: list[Gate] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
@@ -151,6 +180,27 @@ class FaultProxy:
         with self._lock:
             self.rate, self.seed, self.kinds = rate, seed, kinds or self.kinds
             self._rng = random.Random(seed)
+
+    def gate(self, match: Callable[[str, str], bool], forward_first: bool = False,
+             once: bool = True) -> Gate:
+        """Hold the requests `match(method, path)` picks (only the first if once) until the
+        returned Gate is released."""
+        if once:
+            inner, fired = match, []
+
+            def match(method: str, path: str) -> bool:
+                if not fired and inner(method, path):
+                    fired.append(path)
+                    return True
+                return False
+        g = Gate(match, forward_first)
+        with self._lock:
+            self.gates.append(g)
+        return g
+
+    def _gate_for(self, method: str, path: str) -> Gate | None:
+        with self._lock:
+            return next((g for g in self.gates if g.match(method, path)), None)
 
     def fail_next(self, *kinds: str) -> None:
         """The next len(kinds) requests fail with these faults, in order."""
@@ -186,12 +236,22 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
 
         def _any(self) -> None:
             body = self._read_request_body()
-            fault = proxy._decide(self.command, self.path)
+            gate = proxy._gate_for(self.command, self.path)
+            if gate is not None and not gate.forward_first:
+                gate.wait(self.command, self.path)
+            fault = None if gate else proxy._decide(self.command, self.path)
             if fault in _ERROR_XML:
                 return self._send_error_xml(*_ERROR_XML[fault])
+            if fault == "error-reset":
+                return self._send_error_xml(*_ERROR_XML["500"], cut=True)
             if fault == "reset":
                 return self._reset()
             status, headers, payload = self._forward(body)
+            if gate is not None and gate.forward_first:
+                gate.wait(self.command, self.path)
+            if fault == "stall":
+                time.sleep(proxy.stall_s)
+                return self._reset()
             if fault == "truncate" and len(payload) > 1:
                 self._send(status, headers, payload[: len(payload) // 2], len(payload))
                 return self._reset()
@@ -236,10 +296,13 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
                 self.wfile.write(payload)
             self.wfile.flush()
 
-        def _send_error_xml(self, status: int, code: str, message: str) -> None:
+        def _send_error_xml(self, status: int, code: str, message: str, cut: bool = False) -> None:
             xml = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
                    f"<Message>{message}</Message><RequestId>fault</RequestId></Error>").encode()
-            self._send(status, [("Content-Type", "application/xml")], xml, len(xml))
+            self._send(status, [("Content-Type", "application/xml")],
+                       xml[: len(xml) // 2] if cut else xml, len(xml))
+            if cut:
+                self._reset()
 
         def _reset(self) -> None:
             """Close with RST (SO_LINGER 0): the client sees 'connection reset by peer'."""

@@ -11,7 +11,9 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from batch.outputs import OutputWriter
+from batch.errors import EXIT_FATAL
+from batch.ledger import Policy
+from batch.outputs import CommitFailed, OutputWriter
 from batch.storage import SourceObject
 from batch.schema import DocumentRecord, ErrorRecord, Line, Page, Point, Word, doc_id_for, now_ms
 
@@ -72,9 +74,8 @@ def write_phase(out: str, phase: str, run_id: str, docs_per_part: int = 3) -> in
     writer = OutputWriter(out, run_id, docs_per_part=docs_per_part)
     writer.open()
     state, n = writer.ledger.state, 0
-    for x in phase_versions(phase):
-        done = state.sources.get(x.uri)
-        if done is not None and done.etag == x.etag:
+    for x in phase_versions(phase):  # like `htr run --skip-failed`
+        if state.reason_to_process(x.uri, x.etag, Policy(retry_failed=False)) is None:
             continue
         rec, src = record(x, run_id), SourceObject(x.uri, x.uri, 100, x.etag, 0.0)
         if isinstance(rec, DocumentRecord):
@@ -88,4 +89,8 @@ def write_phase(out: str, phase: str, run_id: str, docs_per_part: int = 3) -> in
 
 if __name__ == "__main__":
     out_uri, phase_name = sys.argv[1], sys.argv[2]
-    write_phase(out_uri, phase_name, f"child-{phase_name}")
+    try:
+        write_phase(out_uri, phase_name, f"child-{phase_name}")
+    except CommitFailed as e:  # as `htr run` does: exit 4, the next run resumes
+        print(f"writer_child: {e.stage}: {e}", file=sys.stderr)
+        sys.exit(EXIT_FATAL)

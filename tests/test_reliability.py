@@ -1,0 +1,205 @@
+"""Overlapping runs, lost parts, S3 faults and outages, against moto's real server behind a
+real HTTP proxy (tests.s3_server.FaultProxy): the README's "Reliability" guarantees.
+
+* A run whose ledger write hangs while a second run takes over can never publish, and the
+  second run never deletes a part that a committed entry lists (both orders of the race).
+* A part that the ledger lists but storage lost is detected; its sources are done again.
+* 30 % of S3 requests failing (500/503, resets before and mid-body, error replies cut off,
+  replies lost after the write landed) still gives every good document exactly once.
+* An outage mid-run stops it with exit 4 and nothing half-published; the next run finishes.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from batch import storage
+from batch.errors import EXIT_FATAL
+from batch.ledger import Ledger
+from batch.outputs import read_ledger
+from tests.s3_server import FaultProxy, s3_client
+from tests.worker_helpers import one_word_models  # noqa: F401 (a fixture)
+from tests.worker_helpers import (BAD, DOCS, assert_clean, assert_exactly_once, child_env,
+                                  htr_inprocess, pdf, png, upload)
+from tests.writer_child import expected_after, write_phase
+
+
+def _entry_put(method: str, path: str) -> bool:
+    return method == "PUT" and "/_ledger/entries/" in path
+
+
+def _start_writer_child(out: str, endpoint: str) -> subprocess.Popen:
+    """`python -m tests.writer_child OUT base` (3 sources per commit) talking to `endpoint`."""
+    env = child_env(AWS_ENDPOINT_URL=endpoint, HTR_S3_READ_TIMEOUT="300")
+    return subprocess.Popen([sys.executable, "-m", "tests.writer_child", out, "base"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+# ---- overlapping runs -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("lands", [False, True], ids=["entry-held-before-s3", "entry-landed-reply-held"])
+def test_overlapped_run_with_a_stalled_commit_loses_nothing(lands, s3_endpoint, s3_bucket,
+                                                            fresh_storage):
+    """Run A's first ledger entry hangs in the proxy, either before it reaches S3 or after it
+    landed; meanwhile run B starts, recovers and commits everything. Then A's request goes
+    on. Either way A stops (exit 4) without publishing, and every source is exactly once."""
+    out = f"s3://{s3_bucket}/out/"
+    proxy = FaultProxy(upstream=s3_endpoint).start()
+    gate = proxy.gate(_entry_put, forward_first=lands)
+    try:
+        a = _start_writer_child(out, proxy.url)
+        assert gate.arrived.wait(120), a.communicate(timeout=60)
+        # B: straight to S3, while A hangs holding a written batch (parts + staged JSON)
+        write_phase(out, "base", "run-b")
+        b_state = read_ledger(out)
+        if lands:  # A's batch was committed before B started: B kept it and did the rest
+            assert {s.run_id for s in b_state.sources.values()} == {"child-base", "run-b"}
+        else:      # B took the lease first and cleaned A's uncommitted batch away
+            assert {s.run_id for s in b_state.sources.values()} == {"run-b"}
+            assert Ledger(out).read_entry(1)["lease"] == "*"
+        gate.release()
+        _, err = a.communicate(timeout=120)
+    finally:
+        gate.release()
+        proxy.stop()
+    assert a.returncode == EXIT_FATAL, err[-3000:]
+    assert "took over" in err and "not committed" in err
+    assert read_ledger(out).sources == b_state.sources  # A added nothing after B took over
+    assert_exactly_once(out, *expected_after("base"))
+
+    assert write_phase(out, "base", "run-c") == 0   # nothing to redo; cleans A's leftovers
+    assert_exactly_once(out, *expected_after("base"))
+    assert_clean(out)
+
+
+def test_lost_parts_are_found_and_their_sources_done_again(s3_endpoint, s3_bucket, fresh_storage):
+    """A committed part vanishes from storage (deleted by hand, a lifecycle rule, a bug): the
+    next run drops it from the ledger, marks its sources "lost" and processes them again,
+    instead of skipping documents that have no rows."""
+    out = f"s3://{s3_bucket}/out/"
+    write_phase(out, "base", "r1", docs_per_part=3)
+    state = read_ledger(out)
+    victim = sorted(p for p in state.parts if p.startswith("words/"))[0]
+    lost = set(state.parts[victim])
+    bucket_key = storage.split_s3(storage.join(out, victim))
+    s3_client(s3_endpoint).delete_object(Bucket=bucket_key[0], Key=bucket_key[1])
+
+    assert write_phase(out, "base", "r2") == len(lost)
+    state = read_ledger(out)
+    assert {u for u, s in state.sources.items() if s.run_id == "r2"} == lost
+    assert victim not in state.parts
+    assert_exactly_once(out, *expected_after("base"))
+    assert_clean(out)
+
+
+# ---- S3 faults --------------------------------------------------------------------------------------
+
+ALL_FAULTS = ("500", "503", "reset", "truncate", "error-reset", "stall")
+
+
+def test_thirty_percent_faults_every_good_document_exactly_once(s3_endpoint, s3_bucket,
+                                                                one_word_models, capsys,
+                                                                monkeypatch, fresh_storage):
+    inp, out = f"s3://{s3_bucket}/in/", f"s3://{s3_bucket}/out/"
+    docs = DOCS
+    upload(s3_endpoint, s3_bucket, "in/", docs)
+    proxy = FaultProxy(upstream=s3_endpoint, stall_s=1.0, max_consecutive=4).start()
+    proxy.set_random(0.3, seed=12, kinds=ALL_FAULTS)
+    for name, value in {"HTR_S3_MAX_ATTEMPTS": "12", "HTR_S3_READ_TIMEOUT": "0.5",
+                        "HTR_S3_CONNECT_TIMEOUT": "2", "HTR_S3_BACKOFF_BASE": "0.01"}.items():
+        monkeypatch.setenv(name, value)
+    try:
+        rc, s = htr_inprocess(capsys, "run", inp, out, "--models", one_word_models, "--no-progress",
+                              "--s3-endpoint-url", proxy.url, "--part-docs", 2, "--stream-mb", 0)
+    finally:
+        proxy.stop()
+        storage.configure(storage.StorageConfig())  # the checks below go straight to moto
+    assert set(proxy.faults) == set(ALL_FAULTS), proxy.faults  # every kind was hit
+    assert rc == 3 and (s["documents"], s["errors"]) == (len(docs), 1)
+    sources = {inp + k: v for k, v in docs.items()}
+    assert_exactly_once(out, sources, {inp + k for k, v in docs.items() if v == BAD})
+    assert_clean(out)
+
+
+def test_error_reply_cut_mid_body_is_retried(s3_endpoint, s3_bucket, fresh_storage):
+    """A 500 whose body breaks off raises urllib3's ProtocolError inside botocore's parser:
+    retried like any transient fault, for reads, listings, writes and conditional writes."""
+    proxy = FaultProxy(upstream=s3_endpoint, stall_s=1.0).start()
+    storage.configure(storage.StorageConfig(endpoint_url=proxy.url, backoff_base=0.01,
+                                            read_timeout=0.5))
+    uri = f"s3://{s3_bucket}/x/a.bin"
+    try:
+        proxy.fail_next("error-reset", "error-reset")
+        storage.write_bytes(uri, b"abc" * 1000)
+        proxy.fail_next("error-reset", "truncate")
+        assert storage.read_bytes(uri) == b"abc" * 1000
+        proxy.fail_next("error-reset")
+        assert [o.key for o in storage.list_objects(f"s3://{s3_bucket}/x/")] == ["a.bin"]
+        proxy.fail_next("error-reset")
+        assert storage.create_if_absent(f"s3://{s3_bucket}/x/b.json", b"{}")
+        assert not storage.create_if_absent(f"s3://{s3_bucket}/x/b.json", b"{}")
+        # the reply to a write that landed is lost: the retry finds it there (412), and
+        # the ledger tells its own entry by the token inside (batch.ledger.try_commit)
+        proxy.fail_next("stall")
+        assert not storage.create_if_absent(f"s3://{s3_bucket}/x/c.json", b"[]")
+        assert storage.read_bytes(f"s3://{s3_bucket}/x/c.json") == b"[]"
+        proxy.fail_next(*["error-reset"] * 5)
+        with pytest.raises(storage.StorageError) as failed:
+            storage.read_bytes(uri)
+        assert failed.value.transient and failed.value.stage == "fetch"
+        assert "after 5 attempts" in str(failed.value)
+        proxy.fail_next(*["503"] * 5)
+        with pytest.raises(storage.StorageError) as failed:
+            storage.write_bytes(uri, b"x")
+        assert failed.value.stage == "write"
+    finally:
+        proxy.stop()
+    assert proxy.faults.count("error-reset") == 10
+
+
+class _GoesDown(FaultProxy):
+    """Healthy until the first ledger entry is written, then every request fails (503)."""
+
+    down = False
+
+    def _decide(self, method: str, path: str) -> str | None:
+        if _entry_put(method, path):
+            self.down = True
+        if self.down:
+            with self._lock:
+                self.faults.append("503")
+            return "503"
+        return super()._decide(method, path)
+
+
+def test_outage_mid_run_stops_cleanly_and_the_next_run_finishes(s3_endpoint, s3_bucket,
+                                                                one_word_models, capsys,
+                                                                monkeypatch, fresh_storage):
+    inp, out = f"s3://{s3_bucket}/in/", f"s3://{s3_bucket}/out/"
+    upload(s3_endpoint, s3_bucket, "in/", DOCS)
+    proxy = _GoesDown(upstream=s3_endpoint).start()
+    monkeypatch.setenv("HTR_S3_MAX_ATTEMPTS", "2")
+    monkeypatch.setenv("HTR_S3_BACKOFF_BASE", "0.01")
+    args = ["run", inp, out, "--models", one_word_models, "--no-progress", "--part-docs", 2]
+    try:
+        from batch.cli import main
+        capsys.readouterr()
+        rc = main([str(a) for a in [*args, "--s3-endpoint-url", proxy.url]])
+        err = capsys.readouterr().err
+    finally:
+        proxy.stop()
+        storage.configure(storage.StorageConfig())  # the checks below go straight to moto
+    assert rc == EXIT_FATAL, err[-3000:]
+    assert "htr run: commit: batch" in err and "not committed" in err
+    # nothing half-published: no entry, so no document JSON and no part anyone reads as live
+    assert read_ledger(out).seq == 0
+    assert not [u for u in storage.list_uris(out) if "/documents/" in u]
+
+    monkeypatch.setenv("HTR_S3_MAX_ATTEMPTS", "5")
+    rc, s = htr_inprocess(capsys, *args)
+    assert rc == 3 and s["documents"] == len(DOCS)
+    sources = {inp + k: v for k, v in DOCS.items()}
+    assert_exactly_once(out, sources, {inp + k for k, v in DOCS.items() if v == BAD})
+    assert_clean(out)
