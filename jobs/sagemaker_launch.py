@@ -459,8 +459,8 @@ def record_from_out(body: bytes, source_uri: str, source_etag: str, run_id: str)
     return record
 
 
-def collect(transform_output: str, out: str, run_id: str, input_uri: str | None = None
-            ) -> CollectStats:
+def collect(transform_output: str, out: str, run_id: str, input_uri: str | None = None,
+            formats: tuple[str, ...] = ()) -> CollectStats:
     """Write documents/, words/, pages/, errors/ from a transform's .out files.
 
     With `input_uri` each record gets the source URI and ETag the local worker would have
@@ -470,8 +470,10 @@ def collect(transform_output: str, out: str, run_id: str, input_uri: str | None 
     from batch.outputs import OutputWriter
     from batch.schema import DocumentRecord
 
+    from batch.exports import renderer   # archive formats, committed with the tables (--formats)
+
     sources = {o.key: o for o in storage.list_objects(input_uri)} if input_uri else {}
-    writer, stats, seen = OutputWriter(out, run_id), CollectStats(), set()
+    writer, stats, seen = OutputWriter(out, run_id, exports=renderer(formats)), CollectStats(), set()
     for obj in storage.list_objects(transform_output):
         if not obj.key.endswith(OUT_SUFFIX):
             continue
@@ -506,7 +508,7 @@ def _collect_main(args: argparse.Namespace) -> int:
 
     run_id = args.run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     try:
-        stats = collect(args.transform_output, args.out, run_id, args.input)
+        stats = collect(args.transform_output, args.out, run_id, args.input, args.formats)
     except HtrError as e:
         print(f"htr sagemaker collect: {e.stage}: {e}", file=sys.stderr)
         return EXIT_FATAL
@@ -581,6 +583,9 @@ def _configure_collect(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", default=None,
                    help="the transform's --input prefix: restores each record's source_uri")
     p.add_argument("--run-id", default=None, help="run id for the written rows (default: new)")
+    from batch.exports import formats_arg
+    p.add_argument("--formats", type=formats_arg, default=(), metavar="LIST",
+                   help="as htr run --formats: also alto,page,hocr,pdf (pdf needs --input)")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

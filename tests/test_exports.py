@@ -469,3 +469,19 @@ def test_serve_answers_in_the_format_accept_asks_for(one_word_models, alto_schem
     finally:
         server.shutdown()
         service.close()
+
+
+def test_sagemaker_collect_writes_the_formats(real_run, alto_schema, tmp_path):
+    """A transform job's .out files (the serve JSON) -> the tables and the archive formats."""
+    transform = tmp_path / "transform-out"
+    transform.mkdir()
+    inputs = real_run.parent / "in"
+    for d in _docs(real_run):
+        (transform / f"{Path(d.source_uri).name}.out").write_text(json.dumps(d.to_json()))
+    out = tmp_path / "collected"
+    assert htr(["sagemaker", "collect", str(transform), str(out), "--input", str(inputs),
+                "--formats", "alto,pdf"]) == EXIT_OK
+    for d in _docs(out):
+        valid(alto_schema, (out / "alto" / f"{d.doc_id}.xml").read_bytes())
+        check_pdf_words((out / "pdf" / f"{d.doc_id}.pdf").read_bytes(), d, tmp_path)
+    assert len(_docs(out)) == 3
