@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
+import os
 import sys
 
 from batch.errors import EXIT_BAD_ARGS
@@ -43,7 +45,32 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run one command and return its exit code. Called without arguments (the `htr`
+    executable, `python -m batch.cli`) it ends the process itself: see exit_now."""
+    if argv is None:
+        exit_now(_run(sys.argv[1:]))
+    return _run(list(argv))
+
+
+def exit_now(code: int) -> None:
+    """Flush what we wrote, then end the process with exactly `code`.
+
+    A normal interpreter exit finalises modules while native thread pools (pyarrow's,
+    onnxruntime's, torch's, boto3's transfer threads) may still be alive, and now and then
+    one aborts ("terminate called without an active exception", SIGABRT, rc 134): an exit
+    status a cron job, SageMaker or a shell `&&` would then misread. Every command has
+    committed, written and closed what it owns before it returns its code, so nothing
+    after this point needs the interpreter's teardown."""
+    try:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except Exception:  # noqa: BLE001 - a closed pipe must not change the exit code
+        pass
+    os._exit(code)
+
+
+def _run(argv: list[str]) -> int:
     parser = build_parser(argv)
     try:
         args = parser.parse_args(argv)
@@ -57,4 +84,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
