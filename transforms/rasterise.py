@@ -10,6 +10,7 @@ in whatever the decoder happened to raise.
 """
 from __future__ import annotations
 
+import ctypes
 import io
 import mmap
 import os
@@ -17,8 +18,10 @@ import re
 import shutil
 import struct
 import subprocess
+import sys
 import tempfile
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -421,6 +424,95 @@ def _frame_count(im: Image.Image, content_type: str) -> int:
         raise CorruptDocument(f"TIFF page list could not be read: {_reason(e)}") from e
 
 
+class _LibtiffErrors:
+    """libtiff reports some corrupt data only to its error handler and then carries on: a
+    fax (CCITT G3/G4) page with bad code words decodes "fine", partly blank, with "Bad code
+    word" on stderr. This handler, installed once into the libtiff that Pillow loaded,
+    collects those messages for the thread decoding a page (`collect`), so the page fails
+    as corrupt instead of passing silently; outside `collect` they still go to stderr."""
+
+    _HANDLER = ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p)
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._callback = None   # kept alive as long as libtiff may call it
+        self._vsnprintf = None
+
+    @contextmanager
+    def collect(self) -> Iterator[list[str]]:
+        self._install()
+        errors: list[str] = []
+        self._local.errors = errors
+        try:
+            yield errors
+        finally:
+            self._local.errors = None
+
+    def _install(self) -> None:
+        with self._lock:
+            if self._callback is not None:
+                return
+            self._callback = self._HANDLER(self._on_error)  # also marks "tried" if none found
+            path = _loaded_library("libtiff")
+            if path is None:
+                return
+            try:
+                libtiff, libc = ctypes.CDLL(path), ctypes.CDLL(None)
+                self._vsnprintf = libc.vsnprintf
+                libtiff.TIFFSetErrorHandler.restype = ctypes.c_void_p
+                libtiff.TIFFSetErrorHandler.argtypes = [self._HANDLER]
+                libtiff.TIFFSetErrorHandler(self._callback)
+            except (OSError, AttributeError):  # no such symbol: keep libtiff's own handler
+                pass
+
+    def _on_error(self, module: bytes | None, fmt: bytes | None, args: int | None) -> None:
+        buf = ctypes.create_string_buffer(512)
+        if self._vsnprintf is not None and fmt:
+            self._vsnprintf(buf, len(buf), fmt, ctypes.c_void_p(args))
+        text = f"{(module or b'libtiff').decode(errors='replace')}: {buf.value.decode(errors='replace')}"
+        errors = getattr(self._local, "errors", None)
+        if errors is None:
+            print(text, file=sys.stderr)
+        else:
+            errors.append(text)
+
+
+def _loaded_library(name: str) -> str | None:
+    """Path of a shared library already mapped into this process (Linux), e.g. the libtiff
+    that Pillow's _imaging module links (loaded once any TIFF was opened)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split()[-1]
+                if os.path.basename(path).startswith(name) and ".so" in path:
+                    return path
+    except OSError:
+        pass
+    return None
+
+
+_LIBTIFF = _LibtiffErrors()
+
+
+def _load_frame(im: Image.Image, i: int, n: int) -> None:
+    """Decode page i (of n); corrupt data, including what libtiff only reports, is an error."""
+    with _LIBTIFF.collect() if im.format == "TIFF" else _no_errors() as errors:
+        try:
+            im.load()  # truncated or corrupt data surfaces here, at decode time
+        except Exception as e:
+            detail = f" ({errors[0]})" if errors else ""
+            raise CorruptDocument(f"page {i} could not be decoded: {_reason(e)}{detail}") from e
+    if errors:
+        more = f" (and {len(errors) - 1} more errors)" if len(errors) > 1 else ""
+        raise CorruptDocument(f"page {i} of {n} is corrupt: {errors[0]}{more}")
+
+
+@contextmanager
+def _no_errors() -> Iterator[list[str]]:
+    yield []
+
+
 def _reduce_jpeg(im: Image.Image, image_side: int | None) -> bool:
     """Ask libjpeg for a scaled decode (Image.draft) when the page is at least twice image_side."""
     w, h = im.size
@@ -449,10 +541,7 @@ def _image_pages(data: Buffer, limits: Limits, content_type: str,
             if w * h > limits.max_pixels:
                 raise TooLarge(f"page {i} is {w}x{h} px, over the {limits.max_pixels} pixel limit")
             reduced = _reduce_jpeg(im, image_side)
-            try:
-                im.load()  # truncated or corrupt data surfaces here, at decode time
-            except Exception as e:
-                raise CorruptDocument(f"page {i} could not be decoded: {_reason(e)}") from e
+            _load_frame(im, i, n)
             upright = _upright(im)
             page = to_rgb_array(upright)
             if reduced:
