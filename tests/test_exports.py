@@ -485,3 +485,19 @@ def test_sagemaker_collect_writes_the_formats(real_run, alto_schema, tmp_path):
         valid(alto_schema, (out / "alto" / f"{d.doc_id}.xml").read_bytes())
         check_pdf_words((out / "pdf" / f"{d.doc_id}.pdf").read_bytes(), d, tmp_path)
     assert len(_docs(out)) == 3
+
+
+def test_a_failing_export_fails_only_its_document(tmp_path):
+    """The writer renders before it stages anything: the worker turns the exception into the
+    document's error row, and nothing of the document is committed."""
+    from batch.outputs import OutputWriter, read_documents, read_table
+
+    def broken(doc):
+        raise ExportError("source gone")
+
+    writer = OutputWriter(str(tmp_path / "out"), "run-1", exports=broken)
+    with pytest.raises(ExportError):
+        writer.add_document(record())
+    writer.close()
+    assert read_documents(str(tmp_path / "out")) == [] and read_table(str(tmp_path / "out"), "words").num_rows == 0
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file() and "exports" in p.parts]

@@ -176,7 +176,7 @@ def _image_xobject(pdf, im, source: bytes):
     import pikepdf
     from PIL import ImageOps
 
-    if im.format == "JPEG" and im.mode in ("L", "RGB"):
+    if im.format in ("JPEG", "MPO") and im.mode in ("L", "RGB"):   # MPO: a camera JPEG + preview; readers take the first
         orientation = im.getexif().get(0x0112, 1)
         stream = pikepdf.Stream(pdf, source, Type=pikepdf.Name.XObject, Subtype=pikepdf.Name.Image,
                                 Width=im.width, Height=im.height, BitsPerComponent=8,
