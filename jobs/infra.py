@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import argparse
 import ast
+import importlib
 import json
 import re
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable
 
 from batch.errors import EXIT_FATAL, EXIT_OK
@@ -80,16 +82,27 @@ def table_input(table: str) -> dict[str, Any]:
 
 # ---- Batch Transform settings from the launcher ------------------------------------------------
 
+def transform_module() -> ModuleType:
+    """Where TransformSpec, transform_env and CONTENT_TYPES live: jobs.sagemaker.transform once
+    the launcher is split into jobs/sagemaker/ (issue #11), jobs.sagemaker_launch before."""
+    try:
+        return importlib.import_module("jobs.sagemaker.transform")
+    except ModuleNotFoundError:
+        return importlib.import_module("jobs.sagemaker_launch")
+
+
+def default_transform_spec() -> Any:
+    return transform_module().TransformSpec(model_data="", input="", output="", instance_type="", role="")
+
+
 def transform_settings() -> dict[str, Any]:
     """`htr sagemaker transform`'s defaults, as the state machine's CreateTransformJob needs them."""
-    from jobs.sagemaker_launch import CONTENT_TYPES, TransformSpec, transform_env
-
-    spec = TransformSpec(model_data="", input="", output="", instance_type="", role="")
+    launcher, spec = transform_module(), default_transform_spec()
     return {"transform_max_payload_mb": str(spec.max_payload_mb),
             "transform_max_concurrent": str(spec.max_concurrent),
             "transform_invocation_timeout_s": str(spec.invocation_timeout_s),
-            "transform_content_type": CONTENT_TYPES[spec.content_type],
-            "transform_environment_json": json.dumps(transform_env(spec), sort_keys=True)}
+            "transform_content_type": launcher.CONTENT_TYPES[spec.content_type],
+            "transform_environment_json": json.dumps(launcher.transform_env(spec), sort_keys=True)}
 
 
 # ---- Lambda handlers inlined -------------------------------------------------------------------

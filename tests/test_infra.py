@@ -243,8 +243,8 @@ def _collect_summary(tmp_path: Path, capsys) -> str:
     from jobs.sagemaker_launch import _collect_main
 
     (tmp_path / "transform").mkdir()
-    _collect_main(argparse.Namespace(transform_output=str(tmp_path / "transform"),
-                                     out=str(tmp_path / "out"), input=None, run_id="r1"))
+    _collect_main(_parses_as_htr(["htr", "sagemaker", "collect", str(tmp_path / "transform"),
+                                  str(tmp_path / "out"), "--run-id", "r1"]))
     return capsys.readouterr().out.strip()
 
 
@@ -472,41 +472,83 @@ def without_bucket_policies(stack: Stack) -> Iterator[None]:
         s3.put_bucket_policy(Bucket=b, Policy=policy)
 
 
-def test_bulk_marker_starts_one_transform_over_exactly_the_new_objects(stack: Stack, monkeypatch,
-                                                                       without_bucket_policies) -> None:
+BATCH_KEYS = ["letters/1.pdf", "letters/2.jpg", "p 3.png"]
+
+
+def _bulk_upload(stack: Stack, monkeypatch, attempt: str = "1") -> tuple[dict, dict]:
+    """Upload a batch and its marker (again: a new attempt), run the bulk Lambda's handler with
+    the deployed function's settings; returns (the marker's event, the handler's answer)."""
     s3, sfn = stack.client("s3"), stack.client("stepfunctions")
     config = stack.client("lambda").get_function_configuration(FunctionName=stack.physical("BulkFunction"))
-    for name, value in config["Environment"]["Variables"].items():   # the deployed function's settings
+    for name, value in config["Environment"]["Variables"].items():
         monkeypatch.setenv(name, value)
     bucket = stack.outputs["InputBucketName"]
     s3.put_object(Bucket=bucket, Key="bulk/older/a.png", Body=b"x")          # an earlier batch
     s3.put_object(Bucket=bucket, Key="scans/nightly.png", Body=b"x")         # the nightly path
-    new = ["letters/1.pdf", "letters/2.jpg", "p 3.png"]
-    for key in new:
+    for key in BATCH_KEYS:
         s3.put_object(Bucket=bucket, Key=f"bulk/2026-11-29/{key}", Body=b"%PDF-1.7")
     marker = s3.put_object(Bucket=bucket, Key="bulk/2026-11-29.ready", Body=b"")
     event = {"detail": {"bucket": {"name": bucket}, "object": {
-        "key": "bulk/2026-11-29.ready", "version-id": marker["VersionId"], "sequencer": "0A1"}}}
+        "key": "bulk/2026-11-29.ready", "version-id": marker["VersionId"], "sequencer": attempt}}}
+    return event, _bulk_handler()(event, None, s3=s3, sfn=sfn)
 
-    handler = _bulk_handler()
-    first = handler(event, None, s3=s3, sfn=sfn)
-    again = handler(event, None, s3=s3, sfn=sfn)            # EventBridge delivered it twice
-    rerun_marker = s3.put_object(Bucket=bucket, Key="bulk/2026-11-29.ready", Body=b"")
-    event["detail"]["object"].update({"version-id": rerun_marker["VersionId"], "sequencer": "0A2"})
-    rerun = handler(event, None, s3=s3, sfn=sfn)            # the uploader asks again on purpose
+
+def _execution_input(stack: Stack, started: dict) -> dict:
+    execution = stack.client("stepfunctions").describe_execution(executionArn=started["execution"])
+    assert execution["stateMachineArn"] == stack.outputs["BulkStateMachineArn"]
+    return json.loads(execution["input"])
+
+
+def test_bulk_marker_starts_one_transform_over_exactly_the_new_objects(stack: Stack, monkeypatch,
+                                                                       without_bucket_policies) -> None:
+    s3, sfn = stack.client("s3"), stack.client("stepfunctions")
+    event, first = _bulk_upload(stack, monkeypatch, "0A1")
+    again = _bulk_handler()(event, None, s3=s3, sfn=sfn)      # EventBridge delivered it twice
+    _, rerun = _bulk_upload(stack, monkeypatch, "0A2")        # the uploader asks again on purpose
 
     assert first["started"] and first["documents"] == 3 and not again["started"]
     assert rerun["started"] and rerun["execution"] != first["execution"]
+    bucket = stack.outputs["InputBucketName"]
     manifest_bucket, manifest_key = first["manifest"][5:].split("/", 1)
     manifest = json.loads(s3.get_object(Bucket=manifest_bucket, Key=manifest_key)["Body"].read())
-    assert manifest == [{"prefix": f"s3://{bucket}/bulk/2026-11-29/"}, *sorted(new)]
-    execution = sfn.describe_execution(executionArn=first["execution"])
-    assert execution["stateMachineArn"] == stack.outputs["BulkStateMachineArn"]
-    job = json.loads(execution["input"])
+    assert manifest == [{"prefix": f"s3://{bucket}/bulk/2026-11-29/"}, *sorted(BATCH_KEYS)]
+    job = _execution_input(stack, first)
     collect = _parses_as_htr(job["collect_command"])
     assert (collect.transform_output, collect.out, collect.input) == (
         job["transform_output"], stack.outputs["OutputUri"], f"s3://{bucket}/bulk/2026-11-29/")
     assert re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}", job["job_name"])
+
+
+def _transform_outputs(s3, job: dict, keys: list[str]) -> None:
+    """What Batch Transform leaves for a manifest: <output path>/<key relative to the
+    manifest's prefix>.out, one JSON document record each (here: no pages)."""
+    from batch.schema import DocumentRecord, doc_id_for, now_ms
+
+    bucket, prefix = job["transform_output"][5:].split("/", 1)
+    for key in keys:
+        record = DocumentRecord(doc_id_for(key.encode()), "", [], "seg-x+rec-y", job["job_name"], now_ms())
+        s3.put_object(Bucket=bucket, Key=f"{prefix}{key}.out", Body=record.dumps().encode())
+
+
+def test_collect_command_turns_the_transform_output_into_the_tables(
+        stack: Stack, monkeypatch, without_bucket_policies, fresh_storage, capsys) -> None:
+    """The state machine's last step, `htr sagemaker collect` as the Lambda wrote it, run for
+    real over what the transform would leave: every new object is one document, none missing."""
+    from jobs.sagemaker_launch import _collect_main
+
+    _, started = _bulk_upload(stack, monkeypatch, "0B1")
+    job, keys = _execution_input(stack, started), BATCH_KEYS
+    s3 = stack.client("s3")
+    _transform_outputs(s3, job, keys)
+    code = _collect_main(_parses_as_htr(job["collect_command"]))
+    assert code == 0, capsys.readouterr()
+    assert "collected 3 documents, 0 error records, 0 inputs without output" in capsys.readouterr().out
+    out_bucket, out_prefix = stack.outputs["OutputUri"][5:].split("/", 1)
+    written = s3.list_objects_v2(Bucket=out_bucket, Prefix=f"{out_prefix}documents/")["Contents"]
+    sources = {json.loads(s3.get_object(Bucket=out_bucket, Key=o["Key"])["Body"].read())["source_uri"]
+               for o in written}
+    bulk = f"s3://{stack.outputs['InputBucketName']}/bulk/2026-11-29/"
+    assert {bulk + k for k in keys} <= sources
 
 
 def test_bulk_handler_ignores_other_keys(stack: Stack, monkeypatch) -> None:
@@ -518,13 +560,11 @@ def test_bulk_handler_ignores_other_keys(stack: Stack, monkeypatch) -> None:
 
 
 def test_state_machine_transforms_the_manifest_with_the_launcher_settings(stack: Stack) -> None:
-    from jobs.sagemaker_launch import TransformSpec, transform_env
-
     definition = json.loads(stack.client("stepfunctions").describe_state_machine(
         stateMachineArn=stack.outputs["BulkStateMachineArn"])["definition"])
     transform = definition["States"]["Transform"]["Parameters"]
-    spec = TransformSpec(model_data="", input="", output="", instance_type="", role="")
-    assert transform["Environment"] == transform_env(spec)
+    spec = infra.default_transform_spec()
+    assert transform["Environment"] == infra.transform_module().transform_env(spec)
     assert (transform["MaxPayloadInMB"], transform["MaxConcurrentTransforms"]) == (spec.max_payload_mb, spec.max_concurrent)
     assert transform["TransformInput"]["DataSource"]["S3DataSource"]["S3DataType"] == "ManifestFile"
     assert transform["TransformOutput"]["KmsKeyId"] == stack.outputs["KmsKeyArn"]
