@@ -10,6 +10,11 @@ For s3:// the httpfs extension is LOADed straight from the duckdb-extension-http
 wheel: never downloaded, never INSTALLed into ~/.duckdb (which may be read-only in
 a container), and DuckDB's extension auto-install is switched off so a missing
 extension fails loudly instead of reaching for the network.
+
+Read-only and confined to the output: only SELECT (and EXPLAIN) statements run; once the
+views exist, DuckDB may open files only under OUT (`allowed_directories`), external access
+is off and the configuration is locked, so a query cannot read `/etc/passwd`, glob or
+ATTACH outside OUT, COPY anything anywhere, or switch those settings back.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import csv
 import datetime as dt
 import importlib.resources
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -34,6 +40,7 @@ from batch.schema import PARTITION_COLUMN, TABLES
 
 FORMATS = ("table", "csv", "json")
 MAX_CELL = 60  # characters shown per cell in --format table
+READ_ONLY = {"SELECT", "EXPLAIN"}  # DESCRIBE, SHOW, SUMMARIZE, PRAGMA version, VALUES parse as SELECT
 
 
 class QueryError(HtrError):
@@ -46,6 +53,7 @@ def query(out_uri: str, sql: str, database: str = DEFAULT_DATABASE, table_prefix
     """Run `sql` over the output at `out_uri`; the result as an Arrow table."""
     con = connect(out_uri, database, table_prefix)
     try:
+        check_read_only(con, sql)
         return con.execute(sql).to_arrow_table()
     except (duckdb.IOException, duckdb.HTTPException) as e:
         raise StorageError(f"query over {out_uri} could not read its files: {e}") from e
@@ -55,12 +63,26 @@ def query(out_uri: str, sql: str, database: str = DEFAULT_DATABASE, table_prefix
         con.close()
 
 
+def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """QueryError unless every statement of `sql` only reads (SELECT / EXPLAIN)."""
+    try:
+        kinds = [s.type.name for s in con.extract_statements(sql)]
+    except duckdb.Error as e:
+        raise QueryError(f"query failed: {e}") from e
+    refused = sorted({k for k in kinds if k not in READ_ONLY})
+    if refused:
+        raise QueryError(f"htr query is read-only: {', '.join(refused)} statements are refused "
+                         "(use SELECT over words, pages, errors)")
+
+
 def connect(out_uri: str, database: str = DEFAULT_DATABASE, table_prefix: str = "") -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with the output's tables as views."""
+    """An in-memory DuckDB connection with the output's tables as views, confined to them."""
     try:
         check_names(database, table_prefix)
     except ValueError as e:
         raise QueryError(str(e)) from e
+    if not storage.is_s3(out_uri):
+        out_uri = os.path.abspath(out_uri[len("file://"):] if out_uri.startswith("file://") else out_uri)
     con = duckdb.connect(config={"autoinstall_known_extensions": False,
                                  "autoload_known_extensions": False})
     try:
@@ -71,10 +93,20 @@ def connect(out_uri: str, database: str = DEFAULT_DATABASE, table_prefix: str = 
             con.execute(f'CREATE SCHEMA IF NOT EXISTS "{database}"')
         for table, schema in TABLES.items():
             _create_view(con, out_uri, table, schema, database, table_prefix)
+        _confine(con, out_uri)
     except duckdb.Error as e:
         con.close()
         raise QueryError(f"cannot set up DuckDB over {out_uri}: {e}") from e
     return con
+
+
+def _confine(con: duckdb.DuckDBPyConnection, out_uri: str) -> None:
+    """From here on DuckDB opens only files under OUT, and nothing can undo that."""
+    root = out_uri.rstrip("/") + "/"
+    con.execute(f"SET allowed_directories = [{_sql_str(root)}]")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET TimeZone = 'UTC'")  # timestamps as Athena shows them, whatever the machine's TZ
+    con.execute("SET lock_configuration = true")
 
 
 def httpfs_extension_path(con: duckdb.DuckDBPyConnection) -> Path:

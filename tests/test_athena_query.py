@@ -162,12 +162,11 @@ def test_query_s3_answers_the_same(s3_out: str):
 
 def test_httpfs_is_loaded_from_the_wheel_not_installed(s3_out: str):
     con = q.connect(s3_out)
-    try:
-        loaded, installed, path = con.execute(
-            "SELECT loaded, installed, install_path FROM duckdb_extensions() "
-            "WHERE extension_name = 'httpfs'").fetchone()
-        assert loaded and not installed and not path  # LOADed from the file, no ~/.duckdb copy
+    try:  # httpfs's own setting exists: it is loaded; duckdb_extensions() would scan ~/.duckdb,
+        # which the confined connection may not (the subprocess test below sees none made)
+        assert con.execute("SELECT current_setting('s3_url_style')").fetchone() is not None
         assert con.execute("SELECT current_setting('autoinstall_known_extensions')").fetchone() == (False,)
+        assert con.execute("SELECT current_setting('enable_external_access')").fetchone() == (False,)
     finally:
         con.close()
 
@@ -221,3 +220,49 @@ def test_ddl_names_and_bad_args(capsys):
     assert htr(["athena-ddl", "/local/out"]) == EXIT_BAD_ARGS
     assert "must be s3://" in capsys.readouterr().err
     assert htr(["athena-ddl", "s3://b/out", "--database", "My-DB"]) == EXIT_BAD_ARGS
+
+
+# ---- read-only, confined to the output ------------------------------------------------------------
+
+ESCAPES = [
+    "SELECT * FROM read_csv('/etc/passwd')",
+    "SELECT * FROM read_text('/etc/hostname')",
+    "SELECT * FROM glob('/root/*')",
+    "SELECT * FROM read_parquet('{out}/../*/**/*.parquet')",
+    "COPY (SELECT 1) TO '{tmp}/copied.csv'",
+    "COPY (SELECT * FROM words) TO '{out}/words/run_date=2024-05-01/evil.parquet'",
+    "ATTACH '{tmp}/other.duckdb' AS other",
+    "CREATE TABLE evil AS SELECT 1",
+    "SET enable_external_access = true",
+    "INSTALL httpfs",
+    "SELECT 1; COPY (SELECT 1) TO '{tmp}/second.csv'",
+]
+
+
+@pytest.mark.parametrize("sql", ESCAPES)
+def test_query_cannot_read_or_write_outside_the_output(sql: str, capsys, local_out: str, tmp_path: Path):
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    rc = htr(["query", local_out, sql.format(out=local_out, tmp=tmp_path)])
+    _, err = capsys.readouterr()
+    assert rc != 0 and "htr query: error:" in err
+    assert "root:" not in err  # nothing of /etc/passwd in the message either
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_query_may_still_read_its_own_output_any_way(capsys, local_out: str):
+    sql = (f"SELECT count(*) AS n FROM read_parquet('{local_out}/words/**/*.parquet') "
+           "UNION ALL SELECT count(*) FROM words")
+    assert [r["n"] for r in run_json(capsys, local_out, sql)] == [11, 11]
+
+
+def test_endpoint_credentials_never_reach_a_message(capsys, monkeypatch, tmp_path: Path, tiny_models,
+                                                   s3_endpoint, fresh_storage):
+    """`--s3-endpoint-url http://KEY:SECRET@host`: whatever fails, neither half is printed."""
+    monkeypatch.setenv("HTR_S3_MAX_ATTEMPTS", "1")
+    url = "http://AKIDLEAKYKEY:VERYSECRETVALUE@127.0.0.1:9"
+    assert htr(["query", "s3://bucket/out/", "SELECT 1", "--s3-endpoint-url", url]) != 0
+    assert htr(["run", str(tmp_path), "s3://bucket/out/", "--s3-endpoint-url", url,
+                "--models", str(tiny_models), "--no-progress"]) != 0
+    out, err = capsys.readouterr()
+    assert "AKIDLEAKYKEY" not in out + err and "VERYSECRETVALUE" not in out + err
+    assert "***@127.0.0.1:9" in err
