@@ -41,7 +41,10 @@ from batch.schema import doc_id_for
 
 log = logging.getLogger("htr.serve")
 
-DOCUMENT_TYPES = {"application/pdf", "image/jpeg", "image/png", "image/tiff"}
+# Every type `htr run` reads (transforms.rasterise.SUPPORTED), and common aliases of them.
+DOCUMENT_TYPES = {"application/pdf", "image/jpeg", "image/png", "image/tiff", "image/bmp",
+                  "image/webp", "image/jpg", "image/pjpeg", "image/tif", "image/x-ms-bmp",
+                  "image/x-bmp"}
 SNIFFED_TYPES = {"application/x-image", "application/octet-stream"}  # the bytes decide
 REALTIME_MAX_PAYLOAD_MB = 6      # SageMaker real-time endpoints cap requests at 6 MB
 BATCH_MAX_PAYLOAD_MB = 100       # Batch Transform's ceiling
@@ -68,6 +71,8 @@ class ServeSettings:
     max_batch_pages: int = 16            # page budget of one process_pages call
     batch_wait_ms: float = 5.0           # how long the model thread waits for more pages
     dpi: int = 200
+    max_pages: int = 500                 # per document (HTR_SERVE_MAX_PAGES): bounds its time
+    chunk_pages: int = 4                 # pages rasterised ahead of the model, per request
 
     @property
     def max_payload_bytes(self) -> int:
@@ -80,9 +85,11 @@ class ServeSettings:
         default_mb = BATCH_MAX_PAYLOAD_MB if batch else REALTIME_MAX_PAYLOAD_MB
         payload = float(env.get("SAGEMAKER_MAX_PAYLOAD_IN_MB") or default_mb)
         concurrent = int(env.get("SAGEMAKER_MAX_CONCURRENT_TRANSFORMS") or _default_concurrency())
-        if payload <= 0 or concurrent < 1:
-            raise ValueError("SAGEMAKER_MAX_PAYLOAD_IN_MB and SAGEMAKER_MAX_CONCURRENT_TRANSFORMS "
-                             "must be positive")
+        if env.get("HTR_SERVE_MAX_PAGES"):
+            overrides.setdefault("max_pages", int(env["HTR_SERVE_MAX_PAGES"]))
+        if payload <= 0 or concurrent < 1 or overrides.get("max_pages", 1) < 1:
+            raise ValueError("SAGEMAKER_MAX_PAYLOAD_IN_MB, SAGEMAKER_MAX_CONCURRENT_TRANSFORMS and "
+                             "HTR_SERVE_MAX_PAGES must be positive")
         return cls(batch=batch, max_payload_mb=payload, max_concurrent=concurrent, **overrides)
 
     def execution_parameters(self) -> dict[str, Any]:
@@ -255,14 +262,26 @@ class Service:
         self.ready.set()
 
     def process(self, data: bytes, content_type: str | None, source_uri: str = ""):
-        """One document -> DocumentRecord. Raises InputError subclasses for bad documents."""
-        from transforms.rasterise import iter_pages
+        """One document -> DocumentRecord. Raises InputError subclasses for bad documents
+        (TooLarge over `max_pages`, counted before any page is rendered).
+
+        Pages stream: at most `chunk_pages` rasterised pages of a request wait for the model
+        at a time, and only their (small) results are kept, so memory does not grow with
+        the page count; at most max_concurrent requests rasterise at once."""
+        from transforms.rasterise import Limits, iter_pages
 
         ctype = resolve_content_type(content_type, data)
-        with self._slots:  # bounds memory: at most max_concurrent documents rasterised at once
-            images = list(iter_pages(data, self.settings.dpi, content_type=ctype,
-                                     image_side=self.pipe.config.image_side))
-            pages = self.batcher.submit(images)
+        limits = Limits(max_pages=self.settings.max_pages)
+        pages, chunk = [], []
+        with self._slots:
+            for image in iter_pages(data, self.settings.dpi, limits, ctype,
+                                    image_side=self.pipe.config.image_side):
+                chunk.append(image)
+                if len(chunk) >= self.settings.chunk_pages:
+                    pages.extend(self.batcher.submit(chunk))
+                    chunk = []
+            pages.extend(self.batcher.submit(chunk))
+            del chunk
         return self.pipe.make_record(pages, doc_id_for(data), source_uri, self.run_id, ctype)
 
     def __enter__(self) -> "Service":

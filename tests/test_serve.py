@@ -128,7 +128,7 @@ def servers(htr_cmd, constant_models, subprocess_env, tmp_path_factory) -> Itera
     logs = tmp_path_factory.mktemp("serve-logs")
     started = {
         "realtime": _start(htr_cmd, constant_models, subprocess_env, logs / "realtime.log",
-                           {"SAGEMAKER_MAX_PAYLOAD_IN_MB": "1"}),
+                           {"SAGEMAKER_MAX_PAYLOAD_IN_MB": "1", "HTR_SERVE_MAX_PAGES": "3"}),
         "batch": _start(htr_cmd, constant_models, subprocess_env, logs / "batch.log",
                         {"SAGEMAKER_BATCH": "TRUE", "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "3"}),
     }
@@ -191,6 +191,49 @@ def test_each_content_type(server: ServerProcess, docs, name, content_type, snif
         assert word["text"] == "x" and 0 <= x0 < x1 <= page["width"] + 0.1
         assert 0 <= y0 < y1 <= page["height"] + 0.1
     assert DocumentRecord.from_json(record).to_json() == record  # the documents/*.json schema
+
+
+@pytest.mark.parametrize("fmt,content_type", [
+    ("BMP", "image/bmp"), ("WEBP", "image/webp"), ("BMP", "image/x-ms-bmp"), ("WEBP", "application/x-image"),
+])
+def test_every_type_the_batch_job_reads(server: ServerProcess, fmt, content_type) -> None:
+    data = _save([_page("a note")], fmt)
+    status, record = server.invoke(data, content_type)
+    assert status == 200, record
+    assert record["content_type"] == f"image/{fmt.lower()}" and record["page_count"] == 1
+
+
+def test_page_cap_is_a_400_before_rendering(server: ServerProcess) -> None:
+    status, body = server.invoke(_save([_page(f"p{i}") for i in range(4)], "PDF"), "application/pdf")
+    assert status == 400 and body["error"]["type"] == "TooLarge"
+    assert "3 page limit" in body["error"]["message"] and body["error"]["stage"] == "decode"
+
+
+def test_pages_stream_through_the_model_a_few_at_a_time(tmp_path: Path) -> None:
+    """A long document never has more than chunk_pages rasterised pages waiting for the model,
+    however many it has (the whole document used to be rendered first)."""
+    from batch.serve import PageBatcher, Service, ServeSettings
+
+    calls = []
+
+    def process_pages(images: list) -> list:
+        calls.append(len(images))
+        return [f"page{len(calls)}-{i}" for i in range(len(images))]
+
+    class Pipe:
+        class config:
+            image_side = None
+
+        def make_record(self, pages, doc_id, source_uri, run_id, ctype):
+            return pages
+
+    service = Service(ServeSettings(max_pages=50, chunk_pages=4, dpi=36))
+    service.pipe, service.batcher = Pipe(), PageBatcher(process_pages, max_pages=16, wait_s=0)
+    try:
+        pages = service.process(_save([_page(f"p{i}") for i in range(11)], "PDF"), "application/pdf")
+    finally:
+        service.close()
+    assert len(pages) == 11 and calls == [4, 4, 3]
 
 
 def test_pdf_pages_are_rendered_at_200_dpi(server: ServerProcess, docs) -> None:
