@@ -176,7 +176,6 @@ def test_labeling_job_request_is_a_complete_pure_request():
 # ---- PAGE XML and ALTO imports ----------------------------------------------------------------------
 
 from batch.exports import render  # noqa: E402
-from batch.exports.common import image_name  # noqa: E402
 from batch.schema import DocumentRecord, Line, Page, Point, Word  # noqa: E402
 from jobs.manifests import ManifestError, convert_xml, main as manifests_main, read_archive_xml  # noqa: E402
 
