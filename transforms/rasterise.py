@@ -554,40 +554,63 @@ def _image_pages(data: Buffer, limits: Limits, content_type: str,
 
 def _upright(frame: Image.Image) -> Image.Image:
     """The frame as a person sees it: EXIF / TIFF orientation applied (each TIFF page has its
-    own). Polygons then refer to the upright page. A broken orientation tag is ignored."""
+    own). Polygons then refer to the upright page. A broken orientation tag is ignored.
+    An upright frame is returned itself, not copied (a 120 MP page is 480 MB in Pillow)."""
     try:
+        orientation = frame.getexif().get(_ORIENTATION, 1)
+        if orientation not in range(2, 9):
+            return frame
         return ImageOps.exif_transpose(frame)
     except Exception:
-        return frame.copy()
+        return frame
+
+
+_ORIENTATION = 0x0112
+_STRIP_PIXELS = 4_000_000  # huge pages convert in strips: temporaries stay ~12 MB, not 2x the page
 
 
 def to_rgb_array(im: Image.Image) -> np.ndarray:
-    """Normalise any Pillow mode (1, L, P, RGBA, LA, CMYK, I;16, I, F, ...) to HxWx3 uint8 RGB."""
+    """Normalise any Pillow mode (1, L, P, RGBA, LA, CMYK, I;16, I, F, ...) to HxWx3 uint8 RGB.
+
+    A large page is converted a strip of rows at a time into one preallocated array: peak
+    memory is the decoded image plus the result, not plus two more full-page copies (Pillow's
+    converted image, then its bytes) - what keeps a page at the pixel limit under 2 GiB."""
     try:
-        if im.mode.startswith("I;16") or im.mode in ("I", "F"):
+        if im.mode.startswith("I;16") or im.mode in ("I", "F"):  # needs the whole page's range
             gray = _to_uint8(np.asarray(im), im.mode)
             return np.repeat(gray[:, :, None], 3, axis=2)
-        if im.mode == "P":
-            im = im.convert("RGBA")
-        if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-            rgba = im.convert("RGBA")
-            white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(white, rgba)  # transparent scans read as white paper
-        if im.mode != "RGB":
-            im = im.convert("RGB")
-        return np.asarray(im, dtype=np.uint8).copy()
+        w, h = im.size
+        if w * h <= _STRIP_PIXELS:
+            return _rgb(im)
+        out = np.empty((h, w, 3), np.uint8)
+        rows = max(1, _STRIP_PIXELS // w)
+        for y0 in range(0, h, rows):
+            y1 = min(h, y0 + rows)
+            out[y0:y1] = _rgb(im.crop((0, y0, w, y1)))
+        return out
     except (ValueError, OSError) as e:  # e.g. LAB or multi-channel float TIFFs
         raise UnsupportedType(f"image mode {im.mode} cannot be converted to RGB: {_reason(e)}") from e
+
+
+def _rgb(im: Image.Image) -> np.ndarray:
+    """One image (or strip) of a non-high-bit-depth mode as a writable HxWx3 uint8 array."""
+    if im.mode == "P":
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(white, rgba)  # transparent scans read as white paper
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    return np.array(im, dtype=np.uint8)
 
 
 def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
     """High-bit-depth gray to 8 bits. 16-bit data keeps its meaning (65535 is white), so a
     blank page stays white and faint ink stays faint; 32-bit int / float data is read as
-    8-bit, 16-bit or [0, 1] data when its values fit, else stretched to its own range."""
-    arr = arr.astype(np.float64)
-    finite = arr[np.isfinite(arr)]
-    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
-    arr = np.nan_to_num(arr, nan=hi, posinf=hi, neginf=lo)
+    8-bit, 16-bit or [0, 1] data when its values fit, else stretched to its own range.
+    Converted a strip of rows at a time: no full-page float64 copy (8 bytes a pixel)."""
+    lo, hi = _finite_range(arr)
     if mode.startswith("I;16"):
         scale, offset = 1 / 257.0, 0.0
     elif mode == "F" and lo >= 0 and hi <= 1:
@@ -600,4 +623,29 @@ def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
         scale, offset = 255.0 / (hi - lo), lo
     else:
         return np.full(arr.shape, 255, np.uint8)
-    return np.round((arr - offset) * scale).clip(0, 255).astype(np.uint8)
+    out = np.empty(arr.shape, np.uint8)
+    for rows in _row_strips(arr):
+        part = np.nan_to_num(arr[rows].astype(np.float64), nan=hi, posinf=hi, neginf=lo)
+        out[rows] = np.round((part - offset) * scale).clip(0, 255).astype(np.uint8)
+    return out
+
+
+def _finite_range(arr: np.ndarray) -> tuple[float, float]:
+    """(min, max) of the finite values; (0, 0) if there are none."""
+    if arr.size == 0:
+        return 0.0, 0.0
+    if arr.dtype.kind in "iub":
+        return float(arr.min()), float(arr.max())
+    lo, hi = np.inf, -np.inf
+    for rows in _row_strips(arr):
+        part = arr[rows]
+        finite = part[np.isfinite(part)]
+        if finite.size:
+            lo, hi = min(lo, float(finite.min())), max(hi, float(finite.max()))
+    return (lo, hi) if lo <= hi else (0.0, 0.0)
+
+
+def _row_strips(arr: np.ndarray) -> Iterator[slice]:
+    rows = max(1, _STRIP_PIXELS // max(1, int(np.prod(arr.shape[1:]))))
+    for y0 in range(0, arr.shape[0], rows):
+        yield slice(y0, y0 + rows)
