@@ -501,3 +501,31 @@ def test_a_failing_export_fails_only_its_document(tmp_path):
     writer.close()
     assert read_documents(str(tmp_path / "out")) == [] and read_table(str(tmp_path / "out"), "words").num_rows == 0
     assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file() and "exports" in p.parts]
+
+
+def test_run_formats_on_s3_publish_and_retire_exports(s3_endpoint, s3_bucket, one_word_models, capsys,
+                                                      fresh_storage):
+    from batch import storage
+    from tests.s3_server import s3_client
+
+    client = s3_client(s3_endpoint)
+    for k in range(2):
+        client.put_object(Bucket=s3_bucket, Key=f"in/p{k}.png", Body=png(10 + k))
+    out = f"s3://{s3_bucket}/out/"
+    argv = ["run", f"s3://{s3_bucket}/in/", out, "--models", one_word_models, "--formats", "alto,page",
+            "--no-progress", "--backend", "torch"]
+
+    def exported() -> set[str]:
+        keys = {o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket)
+                for o in page.get("Contents", [])}
+        assert not [k for k in keys if "/_ledger/pending/" in k]
+        return {k[len("out/"):] for k in keys if k.startswith(("out/alto/", "out/page/"))}
+
+    assert htr_inprocess(capsys, *argv)[0] == 0
+    docs = [json.loads(storage.read_bytes(u)) for u in storage.list_uris(out + "documents/")]
+    assert exported() == {f"alto/{d['doc_id']}.xml" for d in docs} | {f"page/{d['doc_id']}/0001.xml" for d in docs}
+    client.put_object(Bucket=s3_bucket, Key="in/p0.png", Body=png(99))      # a changed source
+    assert htr_inprocess(capsys, *argv)[0] == 0
+    now = [json.loads(storage.read_bytes(u)) for u in storage.list_uris(out + "documents/")]
+    assert exported() == {f"alto/{d['doc_id']}.xml" for d in now} | {f"page/{d['doc_id']}/0001.xml" for d in now}
+    assert len(now) == 2 and {d["doc_id"] for d in docs} != {d["doc_id"] for d in now}
