@@ -65,3 +65,17 @@ def test_ctc_scores_match_a_full_width_reference():
         ref = torch.nn.functional.ctc_loss(lp[s:s + 1, :int(lengths[s])].transpose(0, 1), torch.tensor([target]),
                                            lengths[s:s + 1], torch.tensor([len(target)]), reduction="none")
         assert abs(score + float(ref[0])) < 1e-4, text
+
+
+def test_scan_and_index_find_the_same_candidates():
+    """Short runs scan the word list, long ones build the delete index: same answers."""
+    from models.recogniser.lexicon import Lexicon
+
+    words = ["house", "horse", "mouse", "hose", "letter", "better", "lettre", "the", "they"]
+    queries = ["hause", "hourse", "leter", "tke", "bettre", "xyzzy"]
+    scanned = Lexicon(list(words))
+    found = {q: sorted(scanned.candidates(q)) for q in queries}
+    assert "_index" not in scanned.__dict__ and found["hause"] == ["horse", "hose", "house", "mouse"]
+    indexed = Lexicon(list(words))
+    indexed._index  # built up front: every lookup goes through it
+    assert {q: sorted(indexed.candidates(q)) for q in queries} == found
