@@ -55,11 +55,30 @@ OUTAGE_AFTER = 8   # documents in a row failing to fetch transiently: storage is
 _RUN_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # goes into object names
 
 
+# A SageMaker job's host list (Processing and training): {"current_host": "algo-2", "hosts": [...]}.
+RESOURCE_CONFIG = "/opt/ml/config/resourceconfig.json"
+
+
+def shard_from_resource_config(path: str) -> Shard:
+    """--shard auto: this host's place in the job's host list; one shard where there is none."""
+    import json
+
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except FileNotFoundError:
+        return Shard()
+    hosts = list(config["hosts"])
+    return Shard(hosts.index(config["current_host"]), len(hosts))
+
+
 def _shard_arg(text: str) -> Shard:
     try:
+        if text.strip() == "auto":
+            return shard_from_resource_config(os.environ.get("HTR_RESOURCE_CONFIG", RESOURCE_CONFIG))
         return Shard.parse(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from e
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        raise argparse.ArgumentTypeError(f"--shard {text}: {e}") from e
 
 
 def configure(p: argparse.ArgumentParser) -> None:
@@ -101,7 +120,8 @@ def configure(p: argparse.ArgumentParser) -> None:
     g.add_argument("--skip-failed", action="store_true",
                    help="do not retry sources that failed before (changed ones still run)")
     g.add_argument("--shard", type=_shard_arg, default=Shard(), metavar="I/N",
-                   help="process only shard I of N (stable hash of the source URI)")
+                   help="process only shard I of N (stable hash of the source URI); auto: this "
+                        "host's place in a SageMaker job's hosts (/opt/ml/config/resourceconfig.json)")
     g.add_argument("--part-docs", type=int, default=1000,
                    help="documents per commit (and per Parquet part)")
     g.add_argument("--part-rows", type=int, default=200_000,

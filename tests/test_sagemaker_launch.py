@@ -17,14 +17,16 @@ import pytest
 
 from batch.cli import main as htr
 from batch.errors import EXIT_BAD_ARGS, EXIT_OK
-from jobs import sagemaker_launch as sl
+from jobs.sagemaker import session as sm_session
+from jobs.sagemaker import training
 
 
 ROLE = "arn:aws:iam::123456789012:role/htr-sagemaker"
 TRAIN_LOG = [  # lines as jobs/train.py prints them
     ("step=120 train_loss=0.53", {"train_loss": 0.53}),
-    ("step=5000 train_loss=5.3e-05 lr=1.2e-06 sec_per_step=0.8", {"train_loss": 5.3e-05}),
-    ("epoch=3 test_cer=0.071", {"epoch": 3, "test_cer": 0.071}),
+    ("step=5000 train_loss=5.3e-05 lr=1.2e-06 sec_per_step=0.8",
+     {"train_loss": 5.3e-05, "lr": 1.2e-06, "sec_per_step": 0.8}),
+    ("step=7000 test_cer=0.2447 test_wer=0.6687", {"test_cer": 0.2447, "test_wer": 0.6687}),
     ("step=500 test_cer=0.071 test_wer=0.2", {"test_cer": 0.071, "test_wer": 0.2}),
     ("test_wer=0.2", {"test_wer": 0.2}),
     ("test_f1=0.91", {"test_f1": 0.91}),
@@ -75,7 +77,7 @@ def _transform_args(bucket: str) -> list[str]:
 
 @pytest.mark.parametrize("line,expected", TRAIN_LOG)
 def test_metric_regexes_read_training_log_lines(line: str, expected: dict) -> None:
-    assert _scrape(sl.METRIC_DEFINITIONS, line) == pytest.approx(expected)
+    assert _scrape(training.METRIC_DEFINITIONS, line) == pytest.approx(expected)
 
 
 def test_train_job_on_moto(s3_endpoint: str, s3_bucket: str, capsys) -> None:
@@ -85,7 +87,7 @@ def test_train_job_on_moto(s3_endpoint: str, s3_bucket: str, capsys) -> None:
     job = _sagemaker(s3_endpoint).describe_training_job(TrainingJobName=request["TrainingJobName"])
 
     assert job["AlgorithmSpecification"]["TrainingImage"].endswith(
-        f"/pytorch-training:{sl.FRAMEWORK_VERSION}-gpu-{sl.PY_VERSION}")
+        f"/pytorch-training:{sm_session.FRAMEWORK_VERSION}-gpu-{sm_session.PY_VERSION}")
     hp = _decode(job["HyperParameters"])
     assert hp["sagemaker_program"] == "jobs/train.py"
     assert hp["model"] == "recogniser" and hp["steps"] == "100" and hp["batch-size"] == "32"
@@ -146,7 +148,7 @@ def test_transform_job_on_moto(s3_endpoint: str, s3_bucket: str, capsys) -> None
 
     model = sm.describe_model(ModelName=job["ModelName"])
     container = model["PrimaryContainer"]
-    assert container["Image"].endswith(f"/pytorch-inference:{sl.FRAMEWORK_VERSION}-gpu-{sl.PY_VERSION}")
+    assert container["Image"].endswith(f"/pytorch-inference:{sm_session.FRAMEWORK_VERSION}-gpu-{sm_session.PY_VERSION}")
     assert container["ModelDataUrl"] == f"s3://{s3_bucket}/m/model.tar.gz"
     assert container["Environment"]["SAGEMAKER_PROGRAM"] == "inference.py"
     assert container["Environment"]["SAGEMAKER_SUBMIT_DIRECTORY"] == "/opt/ml/model/code"
@@ -186,11 +188,11 @@ def test_dry_run_needs_no_credentials(monkeypatch, capsys) -> None:
     assert code == EXIT_OK and printed["region"] == "us-east-1"
     request = printed["CreateTrainingJob"]
     assert request["AlgorithmSpecification"]["TrainingImage"].endswith(
-        f"/pytorch-training:{sl.FRAMEWORK_VERSION}-cpu-{sl.PY_VERSION}")
+        f"/pytorch-training:{sm_session.FRAMEWORK_VERSION}-cpu-{sm_session.PY_VERSION}")
     assert "sagemaker_torch_distributed_enabled" not in request["HyperParameters"]
     assert "EnableManagedSpotTraining" not in request or not request["EnableManagedSpotTraining"]
     # no --output-path: the SDK's default bucket, named after the (dry-run) account
-    assert printed["uploads"][0].startswith(f"s3://sagemaker-us-east-1-{sl.DRY_RUN_ACCOUNT}/")
+    assert printed["uploads"][0].startswith(f"s3://sagemaker-us-east-1-{sm_session.DRY_RUN_ACCOUNT}/")
 
 
 def test_bring_your_own_image(capsys) -> None:
@@ -220,7 +222,7 @@ def test_bad_combinations_are_refused(argv: list[str], message: str, capsys) -> 
 
 
 def test_gpu_counts() -> None:
-    assert sl.distribution_for("ml.g5.xlarge", 1) is None
-    assert sl.distribution_for("ml.p4d.24xlarge", 1) == {"torch_distributed": {"enabled": True}}
-    assert sl.distribution_for("ml.g5.2xlarge", 2) == {"torch_distributed": {"enabled": True}}
-    assert sl.distribution_for("ml.m5.xlarge", 1) is None
+    assert training.distribution_for("ml.g5.xlarge", 1) is None
+    assert training.distribution_for("ml.p4d.24xlarge", 1) == {"torch_distributed": {"enabled": True}}
+    assert training.distribution_for("ml.g5.2xlarge", 2) == {"torch_distributed": {"enabled": True}}
+    assert training.distribution_for("ml.m5.xlarge", 1) is None
