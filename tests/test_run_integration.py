@@ -218,7 +218,7 @@ def test_one_json_per_good_document_with_pages_and_sizes(mixed_run):
         assert d["page_count"] == len(sizes) == len(d["pages"])
         assert [p["page"] for p in d["pages"]] == list(range(1, len(sizes) + 1))
         assert [(p["width"], p["height"]) for p in d["pages"]] == sizes, name
-        assert d["run_id"] == "mixed-run" and d["schema_version"] == 1
+        assert d["run_id"] == "mixed-run" and d["schema_version"] == 2
         assert d["model_version"].startswith("seg-") and "+rec-" in d["model_version"]
         dt.datetime.fromisoformat(d["processed_at"])
         for p in d["pages"]:
