@@ -36,7 +36,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, replace
-from typing import BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
 
 import boto3
 import urllib3.exceptions
@@ -89,7 +89,7 @@ class StorageConfig:
     list_page_size: int = 1000           # ListObjectsV2 MaxKeys
     multipart_threshold: int = 64 * MiB
     multipart_chunksize: int = 16 * MiB
-    max_pool_connections: int = 16
+    max_pool_connections: int = 32          # one client for all threads (I/O pool, decoders, main)
 
     def __post_init__(self) -> None:
         if self.sse_kms_key_id and self.sse is None:
@@ -124,7 +124,8 @@ class StorageConfig:
 
 _config: StorageConfig | None = None
 _generation = 0                # bumped by configure(): per-thread clients rebuild lazily
-_local = threading.local()     # boto3 sessions are not thread-safe, so one per thread
+_client: tuple[tuple, boto3.session.Session, Any] | None = None   # (settings key, session, client)
+_client_lock = threading.Lock()
 
 
 def configure(cfg: StorageConfig) -> None:
@@ -164,31 +165,38 @@ def endpoint_url() -> str | None:
 
 
 def session() -> boto3.session.Session:
-    """This thread's boto3 session (credentials and region from boto3's usual chain)."""
-    _thread_client()
-    return _local.session
+    """The process's boto3 session (credentials and region from boto3's usual chain)."""
+    return _shared_client()[0]
 
 
 def client():
-    """This thread's S3 client, with the retry, timeout and endpoint settings in force."""
-    return _thread_client()
+    """The S3 client, with the retry, timeout and endpoint settings in force."""
+    return _shared_client()[1]
 
 
-def _thread_client():
+def _shared_client() -> tuple[boto3.session.Session, Any]:
+    """One session and client for all threads: botocore clients are thread-safe, while
+    creating one costs ~0.3 s of CPU (service model loading), which a client per thread
+    paid again in every pool thread. Built under a lock (sessions themselves are not
+    thread-safe), again whenever the settings change."""
+    global _client
     cfg, endpoint = get_config(), endpoint_url()
     key = (_generation, endpoint, cfg.region)
-    if getattr(_local, "key", None) != key:
-        boto_cfg = BotoConfig(
-            retries={"mode": cfg.retry_mode, "total_max_attempts": 1},  # _s3_call retries
-            connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout,
-            max_pool_connections=cfg.max_pool_connections,
-            # Custom endpoints (moto, MinIO) rarely resolve <bucket>.<host>: use path-style there.
-            s3={"addressing_style": "path"} if endpoint else None,
-            user_agent_extra="htr-batch")
-        _local.session = boto3.session.Session(region_name=cfg.region)
-        _local.client = _local.session.client("s3", endpoint_url=endpoint, config=boto_cfg)
-        _local.key = key
-    return _local.client
+    current = _client
+    if current is not None and current[0] == key:
+        return current[1], current[2]
+    with _client_lock:
+        if _client is None or _client[0] != key:
+            boto_cfg = BotoConfig(
+                retries={"mode": cfg.retry_mode, "total_max_attempts": 1},  # _s3_call retries
+                connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout,
+                max_pool_connections=cfg.max_pool_connections,
+                # Custom endpoints (moto, MinIO) rarely resolve <bucket>.<host>: path-style there.
+                s3={"addressing_style": "path"} if endpoint else None,
+                user_agent_extra="htr-batch")
+            sess = boto3.session.Session(region_name=cfg.region)
+            _client = (key, sess, sess.client("s3", endpoint_url=endpoint, config=boto_cfg))
+        return _client[1], _client[2]
 
 
 # ---- URIs -------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from batch import storage
+from batch import outputs, storage
 from batch.errors import EXIT_FATAL
 from batch.ledger import Ledger
 from batch.outputs import read_ledger
@@ -160,18 +160,44 @@ def test_error_reply_cut_mid_body_is_retried(s3_endpoint, s3_bucket, fresh_stora
 
 
 class _GoesDown(FaultProxy):
-    """Healthy until the first ledger entry is written, then every request fails (503)."""
+    """Healthy until the first ledger entry is written (after=False: that write fails too;
+    after=True: it lands), then every request fails (503)."""
 
     down = False
+    after = False
 
     def _decide(self, method: str, path: str) -> str | None:
-        if _entry_put(method, path):
-            self.down = True
         if self.down:
             with self._lock:
                 self.faults.append("503")
             return "503"
+        if _entry_put(method, path):
+            self.down = True
+            if not self.after:
+                return self._decide(method, path)
         return super()._decide(method, path)
+
+
+def test_outage_right_after_the_commit_point_says_committed(s3_endpoint, s3_bucket, fresh_storage):
+    """S3 goes down just after a batch's entry landed: the batch is committed, so the error
+    says so (stage publish, never "not committed"), and the next run publishes it."""
+    out = f"s3://{s3_bucket}/out/"
+    proxy = _GoesDown(upstream=s3_endpoint)
+    proxy.after = True
+    proxy.start()
+    storage.configure(storage.StorageConfig(endpoint_url=proxy.url, max_attempts=2, backoff_base=0.01))
+    try:
+        with pytest.raises(outputs.CommitFailed) as failed:
+            write_phase(out, "base", "r1", docs_per_part=8)
+    finally:
+        proxy.stop()
+        storage.configure(storage.StorageConfig())
+    assert failed.value.stage == "publish" and "not committed" not in str(failed.value)
+    assert "is committed, but publishing" in str(failed.value)
+    assert len(read_ledger(out).sources) == 8  # committed, just not published
+    assert write_phase(out, "base", "r2") == 0
+    assert_exactly_once(out, *expected_after("base"))
+    assert_clean(out)
 
 
 def test_outage_mid_run_stops_cleanly_and_the_next_run_finishes(s3_endpoint, s3_bucket,

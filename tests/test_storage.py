@@ -275,3 +275,39 @@ def test_s3_resumed_read_never_splices_two_versions(s3_bucket: str):
         f.seek(size - 100)  # past the buffer: a new ranged GET, pinned to the first ETag
         with pytest.raises(StorageError, match="changed while being read"):
             f.read(10)
+
+
+def test_every_client_stack_error_is_classified():
+    """Transient: the network's or S3's momentary fault. Permanent: the request's own."""
+    import http.client
+    import socket
+    import ssl
+
+    import urllib3.exceptions
+    from botocore import exceptions as be
+    from botocore.exceptions import ClientError
+
+    def client_error(code: str, status: int) -> ClientError:
+        return ClientError({"Error": {"Code": code, "Message": "m"},
+                            "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+
+    transient = [client_error("SlowDown", 503), client_error("InternalError", 500),
+                 client_error("RequestTimeout", 400), client_error("Throttling", 400),
+                 client_error("Whatever", 502), client_error("TooManyRequests", 429),
+                 be.EndpointConnectionError(endpoint_url="http://x"), be.ReadTimeoutError(endpoint_url="x"),
+                 be.ConnectionClosedError(endpoint_url="x"), be.ResponseStreamingError(error="x"),
+                 be.IncompleteReadError(actual_bytes=1, expected_bytes=2),
+                 urllib3.exceptions.ProtocolError("Connection broken"), urllib3.exceptions.ReadTimeoutError(None, "", ""),
+                 http.client.IncompleteRead(b""), http.client.RemoteDisconnected("x"),
+                 ConnectionResetError(104, "reset"), socket.timeout("t"), ssl.SSLError("bad record"),
+                 storage.TruncatedBody("short")]
+    permanent = [client_error("AccessDenied", 403), client_error("NoSuchBucket", 404),
+                 client_error("InvalidAccessKeyId", 403), client_error("PreconditionFailed", 412),
+                 be.NoCredentialsError(), be.ParamValidationError(report="bad"),
+                 FileNotFoundError(2, "no"), PermissionError(13, "no"), ValueError("bug")]
+    assert [e for e in transient if not storage.is_transient(e)] == []
+    assert [e for e in permanent if storage.is_transient(e)] == []
+    for op, stage in (("read", "fetch"), ("list", "fetch"), ("write", "write"), ("delete", "write")):
+        err = storage._error(op, "s3://b/k", transient[0])
+        assert (err.stage, err.transient) == (stage, True)
+    assert isinstance(storage._error("read", "s3://b/k", client_error("NoSuchKey", 404)), NotFound)
