@@ -226,3 +226,146 @@ def test_gpu_counts() -> None:
     assert training.distribution_for("ml.p4d.24xlarge", 1) == {"torch_distributed": {"enabled": True}}
     assert training.distribution_for("ml.g5.2xlarge", 2) == {"torch_distributed": {"enabled": True}}
     assert training.distribution_for("ml.m5.xlarge", 1) is None
+
+
+# ---- the API's limits, security options, payload pre-check (issue #11 item 6) -------------------
+
+def _train_log_lines(capsys) -> list[str]:
+    """Log lines as jobs/train.py's own _log writes them (its %.4g formatting included)."""
+    from jobs import train
+
+    train._log(step=7000, test_cer=0.24469, test_wer=0.66871)
+    train._log(step=50, train_loss=5.3e-05, lr=0.0012, sec_per_step=0.81234)
+    train._log(step=500, test_precision=0.9, test_recall=0.92, test_f1=0.91)
+    train._log(rank=1, weights="ab12cd34ef56")
+    return capsys.readouterr().out.splitlines()
+
+
+def test_metric_regexes_read_train_py_log_lines(capsys) -> None:
+    lines = _train_log_lines(capsys)
+    assert lines[0] == "step=7000 test_cer=0.2447 test_wer=0.6687"
+    scraped = [_scrape(training.METRIC_DEFINITIONS, line) for line in lines]
+    assert scraped[0] == pytest.approx({"test_cer": 0.2447, "test_wer": 0.6687})
+    assert scraped[1] == pytest.approx({"train_loss": 5.3e-05, "lr": 0.0012, "sec_per_step": 0.8123})
+    assert scraped[2] == pytest.approx({"test_precision": 0.9, "test_recall": 0.92, "test_f1": 0.91})
+    assert scraped[3] == {}
+    every = {d["Name"] for d in training.METRIC_DEFINITIONS}
+    assert every == set().union(*scraped)    # each definition matches some real line
+
+
+TRANSFORM = ["transform", "--model-data", "s3://b/m/model.tar.gz", "--input", "s3://b/in/",
+             "--output", "s3://b/out/", "--instance-type", "ml.g5.xlarge", "--role", ROLE]
+KMS = "arn:aws:kms:us-east-1:123456789012:key/0f3c6a4e-1b2c-4d5e-8f90-123456789abc"
+NETWORK = ["--subnets", "subnet-0123456789abcdef0,subnet-0fedcba9876543210",
+           "--security-group-ids", "sg-0123456789abcdef0"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (TRANSFORM + ["--invocation-timeout", "7200"], "allows 1..3600"),
+    (TRANSFORM[:-4] + ["--instance-type", "ml.t2.medium", "--role", ROLE], "not a transform instance"),
+    (TRANSFORM + ["--max-payload-mb", "150", "--max-concurrent", "1"], "at most 100 MB"),
+    (TRANSFORM + ["--output-kms-key", "my-key"], "not a KMS key"),
+    (TRANSFORM + ["--subnets", "subnet-0123456789abcdef0"], "go together"),
+    (TRANSFORM + ["--subnets", "subnet-1", "--security-group-ids", "sg-0123456789abcdef0"],
+     "not a subnet"),
+    (TRANSFORM + ["--tags", "aws:team=x"], "reserved"),
+    (TRANSFORM + ["--tags", *[f"k{i}=v" for i in range(51)]], "at most 50"),
+    (["train", "recogniser", "--train", "s3://b/t", "--role", ROLE, "--instance-type",
+      "ml.g5.xlarge", "--init", "runs/rec"], "--init"),
+    (["train", "recogniser", "--train", "s3://b/t", "--role", ROLE, "--instance-type",
+      "ml.t2.medium"], "not a training instance"),
+])
+def test_api_limits_are_refused_before_anything_is_sent(argv: list[str], message: str, capsys) -> None:
+    assert htr(["sagemaker", *argv, "--dry-run", "--region", "us-east-1"]) == EXIT_BAD_ARGS
+    assert message in capsys.readouterr().err
+
+
+def test_transform_security_options_reach_the_requests(capsys) -> None:
+    code, printed = _run(capsys, *TRANSFORM, "--output-kms-key", KMS, "--volume-kms-key", "alias/htr",
+                         *NETWORK, "--tags", "team=archive", "cost-centre=42",
+                         "--model-server-workers", "2", "--dry-run", "--region", "us-east-1")
+    assert code == EXIT_OK
+    job, model = printed["CreateTransformJob"], printed["CreateModel"]
+    assert job["TransformOutput"]["KmsKeyId"] == KMS
+    assert job["TransformResources"]["VolumeKmsKeyId"] == "alias/htr"
+    assert job["Tags"] == [{"Key": "team", "Value": "archive"}, {"Key": "cost-centre", "Value": "42"}]
+    assert model["VpcConfig"] == {"Subnets": ["subnet-0123456789abcdef0", "subnet-0fedcba9876543210"],
+                                  "SecurityGroupIds": ["sg-0123456789abcdef0"]}
+    assert model["PrimaryContainer"]["Environment"]["SAGEMAKER_MODEL_SERVER_WORKERS"] == "2"
+    assert job["ModelClientConfig"]["InvocationsTimeoutInSeconds"] == 3600
+
+
+def test_train_security_and_init_reach_the_request(capsys) -> None:
+    base = ["train", "recogniser", "--train", "s3://b/train", "--role", ROLE, "--instance-type",
+            "ml.g5.xlarge", "--output-path", "s3://b/models", "--code-location", "s3://b/code",
+            "--dry-run", "--region", "us-east-1"]
+    code, printed = _run(capsys, *base, "--init", "s3://b/models/rec-job/output/model.tar.gz",
+                         "--output-kms-key", KMS, "--volume-kms-key", KMS, *NETWORK,
+                         "--tags", "team=archive")
+    assert code == EXIT_OK
+    request = printed["CreateTrainingJob"]
+    channels = {c["ChannelName"]: c["DataSource"]["S3DataSource"]["S3Uri"]
+                for c in request["InputDataConfig"]}
+    assert channels["init"] == "s3://b/models/rec-job/output/model.tar.gz"   # SM_CHANNEL_INIT
+    assert request["OutputDataConfig"]["KmsKeyId"] == KMS
+    assert request["ResourceConfig"]["VolumeKmsKeyId"] == KMS
+    assert request["VpcConfig"]["SecurityGroupIds"] == ["sg-0123456789abcdef0"]
+    assert request["Tags"] == [{"Key": "team", "Value": "archive"}]
+    code, printed = _run(capsys, *base, "--init", "default")
+    hp = _decode(printed["CreateTrainingJob"]["HyperParameters"])
+    assert hp["init"] == "/opt/ml/code/models/default"       # shipped in the source_dir
+    assert "init" not in {c["ChannelName"] for c in printed["CreateTrainingJob"]["InputDataConfig"]}
+
+
+def test_source_dir_carries_the_default_models_only_when_asked(tmp_path) -> None:
+    from batch.packaging import stage_code
+
+    with_models = stage_code(tmp_path / "a", default_models=True)
+    assert (with_models / "models" / "default" / "recogniser.safetensors").is_file()
+    assert not (stage_code(tmp_path / "b") / "models" / "default").exists()
+
+
+def test_payload_precheck_lists_objects_too_large(s3_endpoint: str, s3_bucket: str, capsys) -> None:
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    s3.put_object(Bucket=s3_bucket, Key="docs/small.pdf", Body=b"%PDF-1.4 small")
+    s3.put_object(Bucket=s3_bucket, Key="docs/big scan.tiff", Body=b"\0" * (2 * 1024 * 1024 + 1))
+    argv = [*_transform_args(s3_bucket), "--no-wait"]
+    argv[argv.index("--max-payload-mb") + 1] = "2"
+    assert htr(["sagemaker", *argv]) == EXIT_BAD_ARGS
+    err = capsys.readouterr().err
+    too_large = err.split("Too large:", 1)[1]
+    assert f"s3://{s3_bucket}/docs/big scan.tiff  2.0 MB" in too_large and "small" not in too_large
+    assert f"htr run s3://{s3_bucket}/docs/ OUT --include 'big scan.tiff'" in err
+    sm = _sagemaker(s3_endpoint)
+    assert not sm.list_transform_jobs()["TransformJobSummaries"]      # nothing was started
+    assert htr(["sagemaker", *argv, "--no-payload-check"]) == EXIT_OK
+
+
+def test_collect_with_sse_and_query_in_utc(s3_endpoint: str, s3_bucket: str, tmp_path, capsys,
+                                           monkeypatch) -> None:
+    """collect --sse encrypts what it writes; htr query shows processed_at in UTC (as Athena)
+    whatever the machine's time zone."""
+    import time
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    error = {"error": {"type": "CorruptDocument", "stage": "decode", "message": "bad"}, "doc_id": "d1"}
+    s3.put_object(Bucket=s3_bucket, Key="t-out/a.pdf.out", Body=json.dumps(error).encode())
+    out = f"s3://{s3_bucket}/collected/"
+    assert htr(["sagemaker", "collect", f"s3://{s3_bucket}/t-out/", out, "--sse", "AES256",
+                "--run-id", "r1"]) == 3     # EXIT_PARTIAL: one error record
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix="collected/")["Contents"]]
+    assert keys and all(s3.head_object(Bucket=s3_bucket, Key=k).get("ServerSideEncryption") == "AES256"
+                        for k in keys if "/errors/" in k or k.endswith(".json"))
+    local = tmp_path / "collected"
+    assert htr(["sagemaker", "collect", f"s3://{s3_bucket}/t-out/", str(local), "--run-id", "r1"]) == 3
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        capsys.readouterr()
+        assert htr(["query", str(local), "SELECT current_setting('TimeZone') AS tz, "
+                    "strftime(processed_at, '%z') AS z FROM errors"]) == 0
+        out_text = capsys.readouterr().out
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert "UTC" in out_text and "+00" in out_text and "-05" not in out_text
