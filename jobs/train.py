@@ -12,7 +12,7 @@ SageMaker training job:
   GPUs     under torchrun (torch_distributed) one process per GPU: LOCAL_RANK picks the device,
            each rank draws its own data, rank 0 evaluates, logs metrics and writes the files
 Log lines are `key=value` pairs (`step=120 train_loss=0.53`, `step=500 test_cer=0.071`) so
-SageMaker metric regexes can read them (see jobs.sagemaker_launch).
+SageMaker metric regexes can read them (see jobs.sagemaker.training).
 
   htr train segmenter --synthetic --steps 5000 --model-dir runs/seg
   python jobs/train.py --model recogniser --train data/train --test data/test

@@ -208,3 +208,25 @@ def test_torchrun_two_ranks_one_model(tmp_path, subprocess_env):
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [
         "recogniser.json", "recogniser.safetensors"]
     checkpoints.load(tmp_path / "model", "recogniser")
+
+
+def test_init_from_a_training_output(tmp_path):
+    """--init as SageMaker hands it over: an `init` channel folder holding a model.tar.gz."""
+    import tarfile
+
+    from models.checkpoints import make_tiny_models
+
+    models = make_tiny_models(tmp_path / "tiny")
+    channel = tmp_path / "input" / "data" / "init"
+    channel.mkdir(parents=True)
+    with tarfile.open(channel / "model.tar.gz", "w:gz") as tar:
+        for name in ("recogniser.safetensors", "recogniser.json"):
+            tar.add(models / name, arcname=name)
+    args = argparse.Namespace(init=str(channel))
+    train._resolve_init(args, "recogniser")
+    assert (Path(args.init) / "recogniser.safetensors").read_bytes() == \
+        (models / "recogniser.safetensors").read_bytes()
+    train._resolve_init(args, "recogniser")          # a model folder stays as it is
+    assert Path(args.init).parent != channel
+    with pytest.raises(ValueError, match="no recogniser.json"):
+        train._resolve_init(argparse.Namespace(init=str(tmp_path / "input")), "recogniser")
