@@ -2,7 +2,9 @@
 # `make bench`: install the bench extras when missing (Tesseract from Debian, RapidOCR into the venv),
 # then `htr bench` -> BENCHMARKS.md. Arguments (or BENCH_ARGS) go to `htr bench`, e.g.
 #   BENCH_ARGS="--synthetic-pages 6 --memory-pages 200" make bench
-# The real-data table reads ../shared/data/train (--real DIR, --real-limit N pages per set, --no-real).
+# The headline times `htr run` end to end against the peers' commands (--e2e-pages N for the mixed
+# set, --no-e2e to skip it; jobs/bench_e2e.py). The real-data table reads ../shared/data/train
+# (--real DIR, --real-limit N pages per set, --no-real).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
