@@ -203,14 +203,20 @@ def test_object_deleted_after_listing_is_an_error_record(s3_endpoint, s3_bucket,
 
 # ---- shards -----------------------------------------------------------------------------------------
 
-def test_two_shards_at_once_write_the_union_exactly_once(s3_io, models, capsys):
+def test_two_shards_at_once_write_the_union_exactly_once(s3_endpoint, s3_io, models, capsys):
     """Two workers (threads here, each with its own pipeline and writer) split one input and
     commit into one OUT at the same time, one document per commit, so they contend for
     ledger entries."""
-    inp, out, put = s3_io
-    put(DOCS)
+    _, out, _ = s3_io
+    bucket = storage.split_s3(out)[0]
+
+    def split(prefix: str) -> list[int]:  # the bucket name is random: so is the hash split
+        return [sum(Shard(i, 2).owns(f"s3://{bucket}/{prefix}{k}") for k in DOCS) for i in (0, 1)]
+    prefix = next(p for p in (f"in{n}/" for n in range(200)) if all(split(p)))
+    upload(s3_endpoint, bucket, prefix, DOCS)
+    inp = f"s3://{bucket}/{prefix}"
     sources, bad = sources_of(inp, DOCS)
-    mine = [sum(Shard(i, 2).owns(u) for u in sources) for i in (0, 1)]
+    mine = split(prefix)
     assert all(mine) and sum(mine) == len(sources)  # both shards have work, none shared
 
     stats: dict[int, worker.RunStats] = {}
