@@ -229,3 +229,25 @@ def test_outage_mid_run_stops_cleanly_and_the_next_run_finishes(s3_endpoint, s3_
     sources = {inp + k: v for k, v in DOCS.items()}
     assert_exactly_once(out, sources, {inp + k for k, v in DOCS.items() if v == BAD})
     assert_clean(out)
+
+
+def test_documents_failing_transiently_in_a_row_are_an_outage():
+    """One object that fails after all retries is that document's error; OUTAGE_AFTER of them
+    in a row (nothing fetched in between) means storage is down: the run stops (exit 4)
+    instead of writing an error row for every document of the night."""
+    from batch.errors import CorruptDocument, StorageError
+    from batch.worker import OUTAGE_AFTER, Outage, Run
+
+    run = Run(pipe=None, writer=None, run_id="r", progress=False)
+    down = StorageError("read failed: SlowDown (after 5 attempts)", transient=True)
+    for _ in range(OUTAGE_AFTER - 1):
+        run._count_fetch_failure(down)
+    run._count_fetch_failure(CorruptDocument("a bad document in between"))  # not storage: reset
+    for _ in range(OUTAGE_AFTER - 1):
+        run._count_fetch_failure(down)
+    run._count_fetch_failure(StorageError("AccessDenied"))  # permanent: that document's own
+    for _ in range(OUTAGE_AFTER - 1):
+        run._count_fetch_failure(down)
+    with pytest.raises(Outage, match=f"{OUTAGE_AFTER} documents in a row") as stopped:
+        run._count_fetch_failure(down)
+    assert stopped.value.stage == "fetch"
