@@ -155,14 +155,16 @@ def _create_view(con: duckdb.DuckDBPyConnection, out_uri: str, table: str, schem
                  database: str, prefix: str) -> None:
     name = table_name(table, prefix)
     folder = storage.join(out_uri, table)
+    # The schema's own columns, no rows: the view has every current column even where the output
+    # holds only older parts (a version-1 output: line_polygon, dpi, ... come out null).
+    empty = schema.empty_table().append_column(PARTITION_COLUMN, pa.array([], pa.string()))
+    con.register(f"_empty_{name}", empty)
+    source = f'"_empty_{name}"'
     if _has_parquet(folder):
         glob = storage.join(folder, "**", "*.parquet")
-        source = (f"read_parquet({_sql_str(glob)}, hive_partitioning = true, union_by_name = true, "
-                  f"hive_types = {{'{PARTITION_COLUMN}': 'VARCHAR'}})")
-    else:  # nothing written yet: same columns, no rows
-        empty = schema.empty_table().append_column(PARTITION_COLUMN, pa.array([], pa.string()))
-        con.register(f"_empty_{name}", empty)
-        source = f'"_empty_{name}"'
+        parts = (f"read_parquet({_sql_str(glob)}, hive_partitioning = true, union_by_name = true, "
+                 f"hive_types = {{'{PARTITION_COLUMN}': 'VARCHAR'}})")
+        source = f"(SELECT * FROM {source} UNION ALL BY NAME SELECT * FROM {parts})"
     con.execute(f'CREATE VIEW main."{name}" AS SELECT * FROM {source}')
     if database != "main":
         con.execute(f'CREATE VIEW "{database}"."{name}" AS SELECT * FROM main."{name}"')
