@@ -351,9 +351,10 @@ def mixed_page_set(n: int, seed: int, work: Path, distinct: int = MIXED_DISTINCT
         done.write_text(json.dumps({"pages": n, "documents": doc}))
     docs = input_files(folder)
     by_kind = {k: sum(p.suffix == f".{k}" for p in docs) for k in ("pdf", "jpg", "png", "tif")}
-    kinds = ", ".join(f"{v} {k.upper()}" for k, v in by_kind.items())
+    kinds = ", ".join(f"{v} {k.upper()}" + (" (2-12 pages each)" if k == "pdf" else "")
+                      for k, v in by_kind.items() if v)
     return PageSet(f"{n} mixed pages", folder, n,
-                   f"{len(docs)} documents ({kinds}; PDFs of 2-12 pages), synthetic, seed {seed}; "
+                   f"{len(docs)} documents ({kinds}), synthetic, seed {seed}; "
                    f"{min(n, distinct)} rendered pages, the rest rescaled variants of them")
 
 
@@ -428,7 +429,7 @@ def target_rows(run: E2eRun) -> list[list[str]]:
         ratio = t.seconds / h.seconds if ok and t is not None and not t.error else None
         add(f"{ps.name}: Tesseract wall ÷ `htr run` wall", ratio, WALL_TARGET)
         if ok and h.steady_pps and t is not None and not t.error:
-            add(f"{ps.name}: steady state (htr run's own pages/s) ÷ Tesseract pages/s",
+            add(f"{ps.name}: steady state (htr run's own pages/s) ÷ Tesseract's pages/s",
                 h.steady_pps / t.pages_per_s, STEADY_TARGET)
     return rows
 
