@@ -113,7 +113,7 @@ def _configure_deploy(p: argparse.ArgumentParser) -> None:
     g.add_argument("--autoscale-max", type=int, default=None, help="enables autoscaling")
     g.add_argument("--autoscale-target", type=float, default=10.0,
                    help="invocations per instance per minute to keep")
-    add_security_arguments(p, kms=True)
+    add_security_arguments(p, output_kms=False)
     _add_common(p)
 
 

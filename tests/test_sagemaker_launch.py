@@ -329,7 +329,7 @@ def test_payload_precheck_lists_objects_too_large(s3_endpoint: str, s3_bucket: s
     s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
     s3.put_object(Bucket=s3_bucket, Key="docs/small.pdf", Body=b"%PDF-1.4 small")
     s3.put_object(Bucket=s3_bucket, Key="docs/big scan.tiff", Body=b"\0" * (2 * 1024 * 1024 + 1))
-    argv = [*_transform_args(s3_bucket), "--no-wait"]
+    argv = [*_transform_args(s3_bucket), "--no-wait", "--job-name", f"precheck-{s3_bucket}"]
     argv[argv.index("--max-payload-mb") + 1] = "2"
     assert htr(["sagemaker", *argv]) == EXIT_BAD_ARGS
     err = capsys.readouterr().err
@@ -337,7 +337,8 @@ def test_payload_precheck_lists_objects_too_large(s3_endpoint: str, s3_bucket: s
     assert f"s3://{s3_bucket}/docs/big scan.tiff  2.0 MB" in too_large and "small" not in too_large
     assert f"htr run s3://{s3_bucket}/docs/ OUT --include 'big scan.tiff'" in err
     sm = _sagemaker(s3_endpoint)
-    assert not sm.list_transform_jobs()["TransformJobSummaries"]      # nothing was started
+    started = {j["TransformJobName"] for j in sm.list_transform_jobs()["TransformJobSummaries"]}
+    assert f"precheck-{s3_bucket}" not in started                     # nothing was started
     assert htr(["sagemaker", *argv, "--no-payload-check"]) == EXIT_OK
 
 

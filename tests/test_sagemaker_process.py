@@ -25,8 +25,8 @@ from batch.ledger import Shard
 from batch.worker import _shard_arg, shard_from_resource_config
 from jobs.sagemaker.process import BOOTSTRAP, CODE_DIR
 from tests.s3_server import s3_client
-from tests.worker_helpers import (DOCS, assert_exactly_once, child_env, one_word_models,  # noqa: F401
-                                  summary, upload)
+from tests.worker_helpers import (DOCS, assert_exactly_once, child_env, htr_inprocess,
+                                  one_word_models, summary, upload)  # noqa: F401 (a fixture)
 
 ROLE = "arn:aws:iam::123456789012:role/htr-sagemaker"
 HOSTS = ["algo-1", "algo-2"]
@@ -66,7 +66,8 @@ def _run_shards(inp: str, out: str, models: Path, configs: list[Path]) -> list[d
 
 
 def test_two_auto_shards_write_every_document_once(s3_endpoint: str, s3_bucket: str,
-                                                   one_word_models: Path, tmp_path: Path) -> None:
+                                                   one_word_models: Path, tmp_path: Path,
+                                                   monkeypatch, capsys) -> None:
     upload(s3_endpoint, s3_bucket, "in/", DOCS)
     inp, out = f"s3://{s3_bucket}/in/", f"s3://{s3_bucket}/out/"
     configs = [_resource_config(tmp_path / f"{h}.json", h) for h in HOSTS]
@@ -76,7 +77,11 @@ def test_two_auto_shards_write_every_document_once(s3_endpoint: str, s3_bucket: 
     assert sum(s["errors"] for s in first) == 1
     sources = {inp + key: data for key, data in DOCS.items()}
     assert_exactly_once(out, sources, bad={inp + "zz-bad.pdf"})
-    again = _run_shards(inp, out, one_word_models, configs)                 # the next night
+    again = []                                                              # the next night
+    for config in configs:   # in this process: the same command, without two more start-ups
+        monkeypatch.setenv("HTR_RESOURCE_CONFIG", str(config))
+        again.append(htr_inprocess(capsys, "run", inp, out, "--shard", "auto", "--models",
+                                   one_word_models, "--no-progress")[1])
     assert sum(s["skipped"] for s in again) == len(DOCS) - 1                # the bad one is retried
     assert sum(s["documents"] for s in again) == 1
     assert_exactly_once(out, sources, bad={inp + "zz-bad.pdf"})

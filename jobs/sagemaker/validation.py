@@ -168,11 +168,12 @@ def key_values(items: Iterable[str], what: str) -> dict[str, str]:
     return out
 
 
-def add_security_arguments(p, kms: bool = True) -> None:
+def add_security_arguments(p, output_kms: bool = True) -> None:
+    """output_kms: the command writes S3 output of its own (an endpoint does not)."""
     g = p.add_argument_group("security and tags")
-    if kms:
+    if output_kms:
         g.add_argument("--output-kms-key", default=None, help="KMS key for the job's S3 output")
-        g.add_argument("--volume-kms-key", default=None, help="KMS key for the instances' volumes")
+    g.add_argument("--volume-kms-key", default=None, help="KMS key for the instances' volumes")
     g.add_argument("--subnets", default="", help="comma-separated subnet ids: run inside a VPC")
     g.add_argument("--security-group-ids", default="", help="comma-separated sg- ids (with --subnets)")
     g.add_argument("--tags", nargs="*", default=[], metavar="KEY=VALUE")
