@@ -14,10 +14,10 @@ ENV PYTHONUNBUFFERED=1 \
     SAGEMAKER_SUPPRESS_V2_WARNING=1
 
 # poppler-utils for PDFs (pypdfium2 is the fallback where it is missing), and the fonts the
-# synthetic training data is drawn with
+# synthetic training data is drawn with (the bench peers and the test browser stay out)
 COPY apt-packages.txt /tmp/apt-packages.txt
 RUN apt-get update \
- && grep -v -E '^\s*(#|$)' /tmp/apt-packages.txt | xargs apt-get install -y --no-install-recommends \
+ && grep -v -E '^\s*(#|$)|^(tesseract|chromium)' /tmp/apt-packages.txt | xargs apt-get install -y --no-install-recommends \
  && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/program
@@ -25,7 +25,7 @@ WORKDIR /opt/program
 # Runtime pins (torch from PyPI brings its CUDA libraries); test-only pins stay out. The filtered
 # copy stays beside requirements-fonts.txt, which its `-r` line names relative to itself.
 COPY requirements.txt requirements-fonts.txt ./
-RUN grep -v -E '^(pytest|moto|sagemaker-inference)\b' requirements.txt > requirements-runtime.txt \
+RUN grep -v -E '^(pytest|moto|sagemaker-inference|cfn-lint)\b' requirements.txt > requirements-runtime.txt \
  && pip install -r requirements-runtime.txt
 
 # SageMaker's training toolkit provides `train`: it fetches the job's source, sets SM_CHANNEL_*

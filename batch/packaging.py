@@ -36,7 +36,7 @@ INFERENCE_SCRIPT = REPO_ROOT / "batch" / "sagemaker_code" / "inference.py"
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".onnx")
 # Already in the SageMaker PyTorch image, or only needed to launch/test from a workstation.
 CONTAINER_EXCLUDES = {"torch", "torchvision", "pytest", "moto", "sagemaker", "sagemaker-inference",
-                      "duckdb", "duckdb-extension-httpfs", "duckdb-extensions"}
+                      "duckdb", "duckdb-extension-httpfs", "duckdb-extensions", "cfn-lint"}
 MODEL_KINDS = ("segmenter", "recogniser")
 MODEL_FILES = ("segmenter.safetensors", "segmenter.json", "recogniser.safetensors",
                "recogniser.json")

@@ -93,8 +93,11 @@ class ServeSettings:
         return cls(batch=batch, max_payload_mb=payload, max_concurrent=concurrent, **overrides)
 
     def execution_parameters(self) -> dict[str, Any]:
-        return {"MaxConcurrentTransforms": self.max_concurrent, "BatchStrategy": "SINGLE_RECORD",
-                "MaxPayloadInMB": max(1, int(self.max_payload_mb))}
+        # The API's own limits: MaxPayloadInMB <= 100, and x MaxConcurrentTransforms <= 100 too
+        concurrent = min(self.max_concurrent, BATCH_MAX_PAYLOAD_MB)
+        payload = min(int(self.max_payload_mb), BATCH_MAX_PAYLOAD_MB // concurrent)
+        return {"MaxConcurrentTransforms": concurrent, "BatchStrategy": "SINGLE_RECORD",
+                "MaxPayloadInMB": max(1, payload)}
 
 
 # ---- errors as HTTP answers --------------------------------------------------------------------

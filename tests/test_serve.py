@@ -164,7 +164,24 @@ def test_ping_and_execution_parameters(server: ServerProcess, servers) -> None:
                                 "BatchStrategy": "SINGLE_RECORD", "MaxPayloadInMB": 1}
     status, body = servers["batch"].request("GET", "/execution-parameters")
     assert json.loads(body) == {"MaxConcurrentTransforms": 3, "BatchStrategy": "SINGLE_RECORD",
-                                "MaxPayloadInMB": 100}
+                                "MaxPayloadInMB": 33}   # 3 x 33 <= 100, the API's limit
+
+
+@pytest.mark.parametrize("env,expected", [
+    ({"SAGEMAKER_BATCH": "true", "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "1"}, (1, 100)),
+    ({"SAGEMAKER_BATCH": "true", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "200",
+      "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "1"}, (1, 100)),
+    ({"SAGEMAKER_BATCH": "true", "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "4"}, (4, 25)),
+    ({"SAGEMAKER_BATCH": "true", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "6",
+      "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "8"}, (8, 6)),
+    ({"SAGEMAKER_BATCH": "true", "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "400"}, (100, 1)),
+])
+def test_execution_parameters_stay_within_the_api_limits(env, expected) -> None:
+    from batch.serve import ServeSettings
+
+    p = ServeSettings.from_env(env).execution_parameters()
+    assert (p["MaxConcurrentTransforms"], p["MaxPayloadInMB"]) == expected
+    assert p["MaxPayloadInMB"] <= 100 and p["MaxPayloadInMB"] * p["MaxConcurrentTransforms"] <= 100
 
 
 @pytest.mark.parametrize("name,content_type,sniffed,pages", [
