@@ -106,6 +106,10 @@ def _session(graph: bytes, threads: int):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     opts.enable_cpu_mem_arena = False  # the arena keeps a buffer per input shape seen: RSS grew past 2 GiB
+    # Idle intra-op threads sleep instead of spinning: between model calls `htr run`'s main thread
+    # runs Python (lexicon, lines: half its time) and the decode/output threads need the other
+    # core; spinning burned it (a 24-page run: 32.7 -> 26.7 CPU s, the same words; #15).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
 
 
