@@ -166,6 +166,16 @@ def _to_source(page: Page, fix: PageFix, scale: tuple[float, float]) -> None:
     page.width, page.height = round(fix.source_size[0] * sx), round(fix.source_size[1] * sy)
 
 
+@dataclass
+class PreparedPage:
+    """A page already put right (Pipeline.prepare_page), with what reporting in source pixels needs;
+    process_pages reads it as is. htr run prepares pages on its decode threads, off the model thread."""
+    image: np.ndarray
+    fix: PageFix
+    scale: tuple[float, float]       # source pixels per pixel of the decoded page (transforms.rasterise)
+    dpi: float | None
+
+
 class Pipeline:
     def __init__(self, segmenter: torch.nn.Module, seg_meta: dict, recogniser: torch.nn.Module,
                  rec_meta: dict, device: torch.device, config: PipelineConfig | None = None):
@@ -446,13 +456,10 @@ class Pipeline:
         reported in each page's source pixels (the fix undone, a reduced Raster scaled back up)."""
         if not images:
             return []
-        scales = [source_scale(img) for img in images]
-        dpis = [getattr(img, "dpi", None) for img in images]   # set by rasterise where known
-        images = [np.asarray(img) for img in images]
-        fixes = [PageFix.identity(img.shape[1], img.shape[0]) for img in images]
-        if self.config.fix_pages:
-            for k, img in enumerate(images):
-                images[k], fixes[k] = normalise_page(img, guess_upside_down=False)
+        prepared = [img if isinstance(img, PreparedPage) else self.prepare_page(img) for img in images]
+        images = [p.image for p in prepared]
+        fixes = [p.fix for p in prepared]
+        scales, dpis = [p.scale for p in prepared], [p.dpi for p in prepared]
         pages = self._read_pages(images)
         if self.config.fix_pages:
             self._retry_upside_down(images, pages, fixes)
@@ -462,6 +469,17 @@ class Pipeline:
             for line in page.lines:
                 outline(line)
         return pages
+
+    def prepare_page(self, img: np.ndarray) -> PreparedPage:
+        """The page-geometry fix of process_pages (negatives inverted, quarter turns and skew undone;
+        no models, safe on any thread). The dpi comes from rasterise where known."""
+        scale, dpi = source_scale(img), getattr(img, "dpi", None)
+        img = np.asarray(img)
+        if self.config.fix_pages:
+            img, fix = normalise_page(img, guess_upside_down=False)
+        else:
+            fix = PageFix.identity(img.shape[1], img.shape[0])
+        return PreparedPage(img, fix, scale, dpi)
 
     def _retry_upside_down(self, images: list[np.ndarray], pages: list[Page], fixes: list[PageFix]) -> None:
         """Read pages whose words are mostly unsure once more turned by 180 degrees (geometry alone

@@ -199,3 +199,20 @@ def test_words_take_the_segmenter_boxes_inside_their_ctc_stretch():
     assert (x0, y0, x1, y1) == pytest.approx((80, 2, 150, 18), abs=0.5) and placed[1][3] == pytest.approx(0.6)
     assert np.allclose(placed[2][2], [[170, 0], [198, 0], [198, 20], [170, 20]])   # no box: its stretch
     assert placed[2][3] == pytest.approx(0.7)
+
+
+def test_a_page_prepared_ahead_reads_like_the_page_itself(tiny_line_models):
+    """htr run puts pages right on its decode threads (prepare_page): the same Page, in source
+    pixels and with the source dpi, as when process_pages does it."""
+    from dataclasses import asdict
+
+    from transforms.rasterise import Raster
+
+    pipe = Pipeline.load(tiny_line_models, "cpu", PipelineConfig(lexicon="off", backend="torch",
+                                                                   precision="fp32"))
+    img = np.ascontiguousarray(np.rot90(_text_page(), 3)).view(Raster)
+    img.source_size, img.decoded_shape, img.dpi = (img.shape[1] * 2, img.shape[0] * 2), img.shape[:2], 150.0
+    (direct,) = pipe.process_pages([img])
+    (ahead,) = pipe.process_pages([pipe.prepare_page(img)])
+    assert asdict(ahead) == asdict(direct)
+    assert (ahead.width, ahead.height, ahead.dpi) == (img.shape[1] * 2, img.shape[0] * 2, 150.0)
