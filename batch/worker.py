@@ -212,8 +212,10 @@ def fetch(src: storage.SourceObject, stream_above: int) -> bytes | mmap.mmap:
 
 
 def _produce(src: storage.SourceObject, put: Callable[[tuple], None], dpi: int, limits: Limits,
-             stream_above: int, image_side: int | None = None) -> None:
-    """Put ('meta'), ('page', i, image)..., ('end', n) or ('error', stage, exc) for one source."""
+             stream_above: int, image_side: int | None = None,
+             prepare: Callable[[np.ndarray], object] | None = None) -> None:
+    """Put ('meta'), ('page', i, image)..., ('end', n) or ('error', stage, exc) for one source.
+    prepare: Pipeline.prepare_page, run here so the page fix is off the model thread (#15)."""
     stage, data = "fetch", b""
     try:
         data = fetch(src, stream_above)
@@ -222,7 +224,7 @@ def _produce(src: storage.SourceObject, put: Callable[[tuple], None], dpi: int, 
         put((src.uri, "meta", doc_id_for(data), content_type))
         n = 0
         for n, image in enumerate(iter_pages(data, dpi, limits, content_type, image_side), 1):
-            put((src.uri, "page", n, image))
+            put((src.uri, "page", n, prepare(image) if prepare else image))
         if n == 0:
             raise HtrError("document has no pages", "decode")
         put((src.uri, "end", n))
@@ -315,7 +317,7 @@ class Run:
                             return
                     put((src.uri, "start", src))
                     pool.submit(_produce, src, put, self.dpi, self.limits, self.stream_above,
-                                self.pipe.config.image_side)
+                                self.pipe.config.image_side, getattr(self.pipe, "prepare_page", None))
         except _Stopped:
             return
         except Exception as e:  # listing failed

@@ -89,7 +89,8 @@ class StageClock:
 STAGES = ("decode", "seg_resize", "seg_model", "postprocess", "crop", "rec_pack", "rec_model",
           "ctc_decode", "lexicon", "lines", "other", "write")
 STAGE_NOTES = {
-    "decode": "read + rasterise the page file (transforms.rasterise.iter_pages)",
+    "decode": "read + rasterise the page file and put it right (iter_pages, Pipeline.prepare_page), on the "
+              "decode threads",
     "seg_resize": "resize each page for the segmenter",
     "seg_model": "segmenter forward (DB probability map)",
     "postprocess": "DB post-processing: probability map -> word quads",
@@ -288,10 +289,14 @@ class HtrHost:
 
     def ocr(self, uris: list[str]) -> list:
         with self.clock.stage("decode"):   # on the thread budget, as `htr run`'s decode workers do
-            images = list(self.decoders.map(lambda u: decode(u, self.pipe.config.image_side), uris))
+            images = list(self.decoders.map(self._decode, uris))
         pages = self.pipe.process_pages(images)
         self.last = list(zip(uris, pages))
         return pages
+
+    def _decode(self, uri: str):
+        """A page as `htr run`'s decode workers hand it over: decoded, then put right (prepare_page)."""
+        return self.pipe.prepare_page(decode(uri, self.pipe.config.image_side))
 
     def write(self, _=None) -> None:
         from batch.schema import doc_id_for
