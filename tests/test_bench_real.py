@@ -103,8 +103,8 @@ def test_htr_bench_real_table(tmp_path, real_dir, constant_models, capsys):
     root, split = real_dir
     out = tmp_path / "BENCH.md"
     systems = "htr-batch" + (",tesseract" if TESSERACT else "")
-    rc = main(["bench", "--synthetic-pages", "0", "--no-dev", "--skip-memory", "--threads", "1",
-               "--systems", systems, "--models", str(constant_models), "--real", str(root),
+    rc = main(["bench", "--synthetic-pages", "0", "--no-dev", "--skip-memory", "--no-e2e",
+               "--threads", "1", "--systems", systems, "--models", str(constant_models), "--real", str(root),
                "--real-split", str(split), "--out", str(out)])
     assert rc == 0
     md = out.read_text()
