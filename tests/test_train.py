@@ -197,10 +197,14 @@ def test_torchrun_two_ranks_one_model(tmp_path, subprocess_env):
             "--steps", "4", "--batch-size", "4", "--log-every", "2", "--eval-every", "4",
             "--eval-size", "8", "--workers", "0", "--threads", "1",
             "--model-dir", str(tmp_path / "model"), "--checkpoint-dir", str(tmp_path / "ckpt")]
+    # each rank's stdout to its own file: on one shared pipe the ranks' lines can interleave
+    argv[3:3] = ["--log-dir", str(tmp_path / "logs"), "--redirects", "1"]
     proc = subprocess.run(argv, cwd=train.Path(__file__).parents[1], env=subprocess_env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout
+    logs = sorted((tmp_path / "logs").rglob("stdout.log"))
+    assert len(logs) == 2, logs
+    out = "".join(p.read_text() for p in logs)
     assert {int(r) for r in re.findall(r"^rank=(\d) world=2 ", out, re.M)} == {0, 1}
     digests = dict(re.findall(r"^rank=(\d) weights=(\w+)$", out, re.M))
     assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]    # in sync
