@@ -14,7 +14,7 @@ import numpy as np
 import pikepdf
 import pytest
 from lxml import etree
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from batch.cli import main as htr
 from batch.errors import EXIT_BAD_ARGS, EXIT_OK
@@ -276,17 +276,9 @@ def test_pdf_refuses_a_changed_source():
 
 # ---- the real pipeline: htr run --formats, htr export --------------------------------------------
 
-def _font(size: int):
-    for path in ("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",
-                 "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"):
-        if Path(path).exists():
-            return ImageFont.truetype(path, size)
-    return ImageFont.load_default(size=size)
-
-
 def _printed_page() -> Image.Image:
     page = Image.new("RGB", (1100, 700), "white")
-    draw, font, y = ImageDraw.Draw(page), _font(64), 120
+    draw, font, y = ImageDraw.Draw(page), bold_font(64), 120
     for words in (["Meeting", "notes"], ["call", "Anna"]):
         x = 100
         for text in words:
@@ -386,7 +378,8 @@ def test_export_command_reads_and_writes_s3(real_run, s3_bucket, fresh_storage):
 
 # ---- exactly once: a killed run leaves no export the next run does not finish ----------------------
 
-from tests.worker_helpers import htr_inprocess, htr_subprocess, one_word_models, png  # noqa: E402,F401
+from tests.worker_helpers import (bold_font, htr_inprocess, htr_subprocess, one_word_models,  # noqa: E402,F401
+                                 png)
 
 
 def _export_files(out: Path) -> dict[str, bytes]:

@@ -12,13 +12,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from batch.schema import ERRORS_SCHEMA, PAGES_SCHEMA, WORDS_SCHEMA, doc_id_for
 from models import checkpoints
 from models.charset import CHARSET
 from tests.test_rasterise import (_noise, encode, jpeg_with_orientation, make_pdf, multipage_tiff,
                                   page_with_box, rect, tiff_with_corrupt_page)
+from tests.worker_helpers import bold_font
 
 DPI = 72  # 1 pt = 1 px: PDF page sizes are exact and pages stay small
 DEFAULT_MODELS = checkpoints.DEFAULT_DIR
@@ -318,14 +319,6 @@ def test_word_path_end_to_end_with_constant_models(mixed_run, tmp_path, constant
 
 # ---- the shipped models, when they are there -------------------------------------------------------------
 
-def _font(size: int):
-    for path in ("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",
-                 "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"):
-        if Path(path).exists():
-            return ImageFont.truetype(path, size)
-    return ImageFont.load_default(size=size)
-
-
 @pytest.mark.skipif(not (DEFAULT_MODELS / "segmenter.safetensors").is_file()
                     or not (DEFAULT_MODELS / "recogniser.safetensors").is_file(),
                     reason="the shipped models (models/default/*.safetensors) are not in this checkout")
@@ -333,7 +326,7 @@ def test_default_models_find_large_printed_words(tmp_path, htr_cmd, env):
     lines = [["Meeting", "notes"], ["please", "call", "Anna"], ["before", "Friday"]]
     page = Image.new("RGB", (1400, 1000), "white")
     draw = ImageDraw.Draw(page)
-    font = _font(72)
+    font = bold_font(72)
     boxes = []                                           # (text, line, x0, y0, x1, y1)
     y = 120
     for li, words in enumerate(lines):

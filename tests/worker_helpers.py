@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFont
 
 from batch import storage
 from batch.outputs import read_documents, read_ledger, read_table
@@ -26,6 +26,15 @@ SUMMARY = re.compile(r"htr run: (?P<documents>\d+) documents, (?P<pages>\d+) pag
 
 
 # ---- inputs ------------------------------------------------------------------------------------
+
+def bold_font(size: int):
+    """DejaVu (Debian fonts-dejavu-core) for printed test pages; Pillow's own font without it."""
+    for path in ("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",
+                 "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"):
+        if Path(path).exists():
+            return ImageFont.truetype(path, size)
+    return ImageFont.load_default(size=size)
+
 
 def png(seed: int, size: tuple[int, int] = (48, 72)) -> bytes:
     """A small noise page: distinct bytes (so a distinct doc_id) for every seed."""

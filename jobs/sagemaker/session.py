@@ -37,6 +37,17 @@ TELEMETRY_OPT_OUT = ("SageMaker", "PythonSDK", "Modules", "TelemetryOptOut")
 REPORTED_SERVICES = ("sagemaker", "application-autoscaling", "sagemaker-runtime")
 
 
+# Create* operation -> (ARN key of its answer, ARN resource kind, request key holding the name)
+_CREATED = {
+    "CreateTrainingJob": ("TrainingJobArn", "training-job", "TrainingJobName"),
+    "CreateModel": ("ModelArn", "model", "ModelName"),
+    "CreateTransformJob": ("TransformJobArn", "transform-job", "TransformJobName"),
+    "CreateProcessingJob": ("ProcessingJobArn", "processing-job", "ProcessingJobName"),
+    "CreateEndpointConfig": ("EndpointConfigArn", "endpoint-config", "EndpointConfigName"),
+    "CreateEndpoint": ("EndpointArn", "endpoint", "EndpointName"),
+}
+
+
 class LaunchError(Exception):
     """A launch that cannot be built as asked (bad combination of arguments)."""
 
@@ -90,18 +101,9 @@ class ApiRecorder:
         """Just enough of each answer for the SDK to carry on."""
         arn = f"arn:aws:sagemaker:{self.region}:{DRY_RUN_ACCOUNT}"
         request = self.requests().get(operation, {})
-        if operation == "CreateTrainingJob":
-            return {"TrainingJobArn": f"{arn}:training-job/{request.get('TrainingJobName')}"}
-        if operation == "CreateModel":
-            return {"ModelArn": f"{arn}:model/{request.get('ModelName')}"}
-        if operation == "CreateTransformJob":
-            return {"TransformJobArn": f"{arn}:transform-job/{request.get('TransformJobName')}"}
-        if operation == "CreateProcessingJob":
-            return {"ProcessingJobArn": f"{arn}:processing-job/{request.get('ProcessingJobName')}"}
-        if operation == "CreateEndpointConfig":
-            return {"EndpointConfigArn": f"{arn}:endpoint-config/{request.get('EndpointConfigName')}"}
-        if operation == "CreateEndpoint":
-            return {"EndpointArn": f"{arn}:endpoint/{request.get('EndpointName')}"}
+        if operation in _CREATED:   # Create* answers the new resource's ARN
+            key, kind, name = _CREATED[operation]
+            return {key: f"{arn}:{kind}/{request.get(name)}"}
         if operation == "DescribeEndpoint":
             return {"EndpointName": request.get("EndpointName", ""), "EndpointStatus": "InService"}
         if operation == "InvokeEndpoint":
