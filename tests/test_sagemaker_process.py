@@ -68,12 +68,18 @@ def _run_shards(inp: str, out: str, models: Path, configs: list[Path]) -> list[d
 def test_two_auto_shards_write_every_document_once(s3_endpoint: str, s3_bucket: str,
                                                    one_word_models: Path, tmp_path: Path,
                                                    monkeypatch, capsys) -> None:
-    upload(s3_endpoint, s3_bucket, "in/", DOCS)
-    inp, out = f"s3://{s3_bucket}/in/", f"s3://{s3_bucket}/out/"
+    # The split hashes the full URI, bucket name included (random per test): pick a prefix that
+    # gives both shards work, so "both took part" is checked on every run, not by luck.
+    prefix = next(p for p in (f"in{i}/" for i in range(64))
+                  if all(any(Shard(k, 2).owns(f"s3://{s3_bucket}/{p}{key}") for key in DOCS)
+                         for k in range(2)))
+    upload(s3_endpoint, s3_bucket, prefix, DOCS)
+    inp, out = f"s3://{s3_bucket}/{prefix}", f"s3://{s3_bucket}/out/"
+    owned = [sum(Shard(k, 2).owns(inp + key) for key in DOCS) for k in range(2)]
     configs = [_resource_config(tmp_path / f"{h}.json", h) for h in HOSTS]
     first = _run_shards(inp, out, one_word_models, configs)
-    assert all(s["documents"] for s in first)                               # both took part
-    assert sum(s["documents"] for s in first) == len(DOCS)                  # none twice
+    assert [s["documents"] for s in first] == owned                         # each its own, none twice
+    assert sum(owned) == len(DOCS) and all(owned)
     assert sum(s["errors"] for s in first) == 1
     sources = {inp + key: data for key, data in DOCS.items()}
     assert_exactly_once(out, sources, bad={inp + "zz-bad.pdf"})
