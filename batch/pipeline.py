@@ -24,7 +24,7 @@ from models.charset import Codec
 from models.fuse import fuse_batchnorm
 from models.recogniser.crnn import greedy_decode, word_spans
 from models.recogniser.lexicon import Lexicon, pick_lexicon
-from models.segmenter.postprocess import PostConfig, boxes_from_prob
+from models.segmenter.postprocess import LINE_POST, PostConfig, boxes_from_prob, order_quad
 from transforms import crops as crops_mod
 from transforms.line_geometry import expand_quad, line_quad, span_polygon
 from transforms.page_normalise import PageFix, normalise_page
@@ -72,6 +72,7 @@ class PipelineConfig:
     image_side: int = DEFAULT_IMAGE_SIDE  # large JPEGs decoded reduced, to about this long side; 0: never
     fix_pages: bool = True        # invert negatives, undo quarter turns and skew, retry upside down
     post: PostConfig = field(default_factory=PostConfig)
+    line_post: PostConfig = LINE_POST   # the line head's kernels (segmenters that have one)
 
 
 def _resize_for_segmenter(page: np.ndarray, long_side: int) -> tuple[np.ndarray, float]:
@@ -93,6 +94,19 @@ SEG_RESCALE = (0.5, 2.5)   # a second pass changes the segmenter's input size by
 LINE_BUCKETS = (64, 128, 256, 384, 512, 768, 1024, 1536, 2048)
 LINE_MARGIN = 0.08     # line quads from word boxes grown by this share of their height on each side
 SEGMENT_GAP = 2.5      # a gap wider than this many line heights splits a line into two crops
+
+Detection = tuple[np.ndarray, float]   # a 4x2 quad in page pixels and its score
+
+
+@dataclass
+class PageDetections:
+    """What the segmenter found on one page: word boxes, and text lines where it has a line head."""
+
+    words: list[Detection]
+    lines: list[Detection] | None = None
+
+    def __len__(self) -> int:
+        return len(self.words)
 
 
 def split_segments(words: list[Word]) -> list[list[Word]]:
@@ -136,6 +150,40 @@ def place_words(words: list[tuple[str, float, float, float]], quad: np.ndarray, 
         else:
             out.append((text, conf, span_polygon(quad, u0, u1), mean_det))
     return out
+
+
+def _box_word(quad: np.ndarray, score: float) -> Word:
+    return Word("", 0.0, score, [Point(float(x), float(y)) for x, y in quad])
+
+
+def _inside(quad: np.ndarray, word: Word) -> bool:
+    cx = sum(p.x for p in word.polygon) / len(word.polygon)
+    cy = sum(p.y for p in word.polygon) / len(word.polygon)
+    return cv2.pointPolygonTest(quad.astype(np.float32).reshape(-1, 1, 2), (cx, cy), False) >= 0
+
+
+def line_pieces(dets: PageDetections) -> list[tuple[int, np.ndarray, list[Word]]]:
+    """A page's text as pieces of lines to read, each (row in reading order, quad, word boxes in it).
+
+    Pieces are the line head's lines where the segmenter has one; word boxes no line covers (a
+    line it missed) are grouped into lines and cut at wide gaps, as for segmenters without one.
+    All pieces are then ordered into rows (pieces side by side on one row: two columns, a date)."""
+    words = [_box_word(q, s) for q, s in dets.words]
+    pieces: list[tuple[np.ndarray, float, list[Word]]] = []
+    for quad, score in dets.lines or []:
+        quad = order_quad(quad)
+        members = [w for w in words if _inside(quad, w)]
+        pieces.append((quad, score, members))
+    taken = {id(w) for _, _, m in pieces for w in m}
+    for line in group_lines([w for w in words if id(w) not in taken]):
+        for segment in split_segments(line.words):
+            pts = np.array([[p.x, p.y] for w in segment for p in w.polygon], np.float32)
+            quad = expand_quad(line_quad(pts), LINE_MARGIN, LINE_MARGIN, LINE_MARGIN)
+            pieces.append((quad, float(np.mean([w.det_score for w in segment])), segment))
+    stand_ins = [_box_word(q, s) for q, s, _ in pieces]
+    piece_of = {id(w): p for w, p in zip(stand_ins, pieces)}
+    return [(row.line_idx, piece_of[id(w)][0], piece_of[id(w)][2])
+            for row in group_lines(stand_ins) for w in row.words]
 
 
 def number_lines(lines: dict[int, list[Word]]) -> list[Line]:
@@ -278,15 +326,15 @@ class Pipeline:
 
     # ---- segmentation ------------------------------------------------------------------------
 
-    def segment(self, pages: list[np.ndarray]) -> list[list[tuple[np.ndarray, float]]]:
-        """Word quads (page pixels) with detection scores, for each page. A page whose text came
+    def segment(self, pages: list[np.ndarray]) -> list[PageDetections]:
+        """Word (and line) quads in page pixels with detection scores, for each page. A page whose text came
         out far smaller or larger than the sizes the segmenter learned is segmented once more at
         the scale that brings it there (a 100-dpi form, a 450-px paragraph, a close-up photo)."""
         out = []
         for batch in self._seg_batches(pages):
             out.extend(self._segment_batch(batch))
         for k, page in enumerate(pages):
-            side = self._rescaled_side(page, out[k])
+            side = self._rescaled_side(page, out[k].words)
             if side:
                 out[k] = self._segment_batch([page], side)[0]
         return out
@@ -330,7 +378,7 @@ class Pipeline:
         return batches
 
     def _segment_batch(self, pages: list[np.ndarray], long_side: int | None = None
-                       ) -> list[list[tuple[np.ndarray, float]]]:
+                       ) -> list[PageDetections]:
         resized = [_resize_for_segmenter(p, long_side or self.long_side) for p in pages]
         hmax = max(r.shape[0] for r, _ in resized)
         wmax = max(r.shape[1] for r, _ in resized)
@@ -342,11 +390,15 @@ class Pipeline:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.inference_mode(), self._autocast():
-            prob = self.segmenter(x, with_threshold=False)["prob"][:, 0].float().cpu().numpy()
+            prob = self.segmenter(x, with_threshold=False)["prob"].float().cpu().numpy()
         results = []
         for k, (r, scale) in enumerate(resized):
-            boxes = boxes_from_prob(prob[k, :r.shape[0], :r.shape[1]], self.config.post)
-            results.append([(quad / scale, score) for quad, score in boxes])
+            maps = prob[k, :, :r.shape[0], :r.shape[1]]
+            words = [(quad / scale, score) for quad, score in boxes_from_prob(maps[0], self.config.post)]
+            lines = None
+            if len(maps) > 1:   # a line head: channel 1
+                lines = [(quad / scale, score) for quad, score in boxes_from_prob(maps[1], self.config.line_post)]
+            results.append(PageDetections(words, lines))
         return results
 
     # ---- recognition -------------------------------------------------------------------------
@@ -421,25 +473,19 @@ class Pipeline:
             batch, widths = crops_mod.pack([crops[i] for i in part], LINE_BUCKETS)
             yield part, batch, widths
 
-    def _read_by_lines(self, images: list[np.ndarray], detections) -> list[Page]:
-        """Group each page's word detections into lines, read each line segment as one crop, and
-        place the words the recogniser read along it."""
-        crops, owners = [], []       # owners: (page, line index, segment quad, its word boxes)
+    def _read_by_lines(self, images: list[np.ndarray], detections: list[PageDetections]) -> list[Page]:
+        """Read each page line by line (line_pieces), then place the words the recogniser read
+        along each piece."""
+        crops, owners = [], []       # owners: (page, line index, piece quad, its word boxes)
         for k, (img, dets) in enumerate(zip(images, detections)):
             gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
-            boxes = [Word("", 0.0, score, [Point(float(x), float(y)) for x, y in quad])
-                     for quad, score in dets]
-            for line in group_lines(boxes):
-                for segment in split_segments(line.words):
-                    pts = np.array([[p.x, p.y] for w in segment for p in w.polygon], np.float32)
-                    quad = line_quad(pts)
-                    quad = expand_quad(quad, LINE_MARGIN, LINE_MARGIN, LINE_MARGIN)
-                    crops.append(self.line_crop(gray, quad))
-                    owners.append((k, line.line_idx, quad, segment))
+            for li, quad, members in line_pieces(dets):
+                crops.append(self.line_crop(gray, quad))
+                owners.append((k, li, quad, members))
         readings = self.read_lines(crops, [o[0] for o in owners]) if crops else []
         by_page: list[dict[int, list[Word]]] = [{} for _ in images]
-        for (k, li, quad, segment), words in zip(owners, readings):
-            for text, conf, poly, det in place_words(words, quad, segment):
+        for (k, li, quad, members), words in zip(owners, readings):
+            for text, conf, poly, det in place_words(words, quad, members):
                 by_page[k].setdefault(li, []).append(Word(
                     text=text, confidence=conf, det_score=det,
                     polygon=[Point(float(x), float(y)) for x, y in poly]))
@@ -504,12 +550,12 @@ class Pipeline:
         crops = []
         for img, dets in zip(images, detections):
             gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
-            crops += [crops_mod.rectify(gray, quad, self.crop_height, self.max_width) for quad, _ in dets]
+            crops += [crops_mod.rectify(gray, quad, self.crop_height, self.max_width) for quad, _ in dets.words]
         readings = iter(self.recognise(crops) if crops else [])
         pages = []
         for k, (img, dets) in enumerate(zip(images, detections)):
             words = []
-            for (quad, score), (text, conf) in zip(dets, readings):
+            for (quad, score), (text, conf) in zip(dets.words, readings):
                 if text:   # a detection the recogniser reads as nothing is noise
                     words.append(Word(text=text, confidence=conf, det_score=score,
                                       polygon=[Point(float(x), float(y)) for x, y in quad]))

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from models.charset import Codec
-from models.segmenter.targets import make_targets
+from models.segmenter.targets import make_line_targets, make_targets
 from transforms.crops import CROP_HEIGHT, normalise_ink, rectify
 
 
@@ -51,15 +51,18 @@ def _manifest_or_dir(path: str | Path) -> Path:
 
 # ---- segmenter ---------------------------------------------------------------------------------
 
-def segmenter_sample(image: np.ndarray, anns: list[dict], size: int, long_side: int,
-                     rng: np.random.Generator, train: bool = True) -> dict[str, torch.Tensor]:
+def segmenter_sample(image: np.ndarray, anns: list[dict] | None, size: int, long_side: int,
+                     rng: np.random.Generator, train: bool = True,
+                     lines: list[np.ndarray] | None = None) -> dict[str, torch.Tensor]:
     """Scale the page as the pipeline would (long side ~ long_side, jittered in training), take a
-    size x size crop around text, and build DB targets for it."""
+    size x size crop around text, and build DB targets for it.
+
+    anns: the page's words, or None where it has no word boxes (real pages: the word maps are
+    masked out). lines: its line polygons for the line head, or None (that head is masked out)."""
     h, w = image.shape[:2]
     scale = long_side / max(h, w) * (rng.uniform(0.75, 1.25) if train else 1.0)
     img = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
                      interpolation=cv2.INTER_AREA)
-    polys = [a["polygon"] * scale for a in anns]
     ih, iw = img.shape[:2]
     if train:
         x0 = int(rng.integers(0, max(1, iw - size + 1)))
@@ -69,19 +72,49 @@ def segmenter_sample(image: np.ndarray, anns: list[dict], size: int, long_side: 
     canvas = np.full((size, size, 3), 255, np.uint8)
     part = img[y0:y0 + size, x0:x0 + size]
     canvas[:part.shape[0], :part.shape[1]] = part
-    polys = [p - [x0, y0] for p in polys]
-    ignore = [a["text"] in ("%NA%",) for a in anns]
-    t = make_targets(size, size, polys, ignore)
+    shift = np.array([x0, y0], np.float32)
+    if anns is None:
+        t = {"gt": np.zeros((size, size), np.float32), "mask": np.zeros((size, size), np.float32),
+             "thresh": np.zeros((size, size), np.float32),
+             "thresh_mask": np.zeros((size, size), np.float32)}
+    else:
+        ignore = [a["text"] in ("%NA%",) for a in anns]
+        t = make_targets(size, size, [a["polygon"] * scale - shift for a in anns], ignore)
+    if lines is None:
+        t.update(line_gt=np.zeros((size, size), np.float32), line_mask=np.zeros((size, size), np.float32))
+    else:
+        t.update(make_line_targets(size, size, [p * scale - shift for p in lines]))
     x = torch.from_numpy(canvas).permute(2, 0, 1).float().div_(255)
     return {"image": x, **{k: torch.from_numpy(v) for k, v in t.items()}}
+
+
+def word_lines(anns: list[dict], gap: float = 2.5) -> list[np.ndarray]:
+    """Line polygons for synthetic words: each line_idx's word quads, cut where the gap between two
+    words exceeds `gap` word heights (two columns share a line_idx), each piece's convex hull."""
+    by_line: dict[int, list[np.ndarray]] = {}
+    for a in anns:
+        if "line_idx" in a and a["text"] != "%NA%":
+            by_line.setdefault(int(a["line_idx"]), []).append(a["polygon"])
+    out = []
+    for quads in by_line.values():
+        quads.sort(key=lambda q: float(q[:, 0].min()))
+        height = float(np.median([np.ptp(q[:, 1]) for q in quads]))
+        pieces = [[quads[0]]]
+        for prev, q in zip(quads, quads[1:]):
+            if q[:, 0].min() - prev[:, 0].max() > gap * height:
+                pieces.append([])
+            pieces[-1].append(q)
+        out += [cv2.convexHull(np.concatenate(p).astype(np.float32)).reshape(-1, 2) for p in pieces]
+    return out
 
 
 class SyntheticPages(IterableDataset):
     """Rendering a page costs seconds, a crop milliseconds: keep a pool of rendered pages,
     render one new page per `crops_per_render` crops, and take random crops from the pool."""
 
-    def __init__(self, seed: int, size: int, long_side: int, pool: int = 32, crops_per_render: int = 4):
-        self.seed, self.size, self.long_side = seed, size, long_side
+    def __init__(self, seed: int, size: int, long_side: int, pool: int = 32, crops_per_render: int = 4,
+                 lines: bool = False):
+        self.seed, self.size, self.long_side, self.lines = seed, size, long_side, lines
         self.pool_size, self.crops_per_render = pool, crops_per_render
 
     def _render(self, rng: np.random.Generator) -> tuple[np.ndarray, list[dict]]:
@@ -89,7 +122,7 @@ class SyntheticPages(IterableDataset):
 
         page, anns = render_page(rng)
         return np.asarray(page), [
-            {"text": a["text"], "type": a.get("type", "H"),
+            {"text": a["text"], "type": a.get("type", "H"), "line_idx": a.get("line_idx", 0),
              "polygon": np.array([[p["x"], p["y"]] for p in a["polygon"]], np.float32)} for a in anns]
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -101,10 +134,14 @@ class SyntheticPages(IterableDataset):
                 pool.append(page)
             else:
                 pool[int(rng.integers(len(pool)))] = page
-            yield segmenter_sample(*page, self.size, self.long_side, rng)  # the newest page once
+            yield self._sample(page, rng)  # the newest page once
             for _ in range(self.crops_per_render - 1):
-                image, anns = pool[int(rng.integers(len(pool)))]
-                yield segmenter_sample(image, anns, self.size, self.long_side, rng)
+                yield self._sample(pool[int(rng.integers(len(pool)))], rng)
+
+    def _sample(self, page: tuple[np.ndarray, list[dict]], rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        image, anns = page
+        return segmenter_sample(image, anns, self.size, self.long_side, rng,
+                                lines=word_lines(anns) if self.lines else None)
 
 
 class ManifestPages(IterableDataset):
@@ -121,6 +158,41 @@ class ManifestPages(IterableDataset):
             if self.augment:
                 image, anns = _augment_page(image, anns, rng)
             yield segmenter_sample(image, anns, self.size, self.long_side, rng)
+
+
+class RealLinePages(IterableDataset):
+    """Real pages with line polygons only (jobs.page_data cache), mixed with synthetic pages
+    (words and lines) at `synthetic_share`, so the word head keeps learning while the line head
+    learns real layouts. Real pages get photometric jitter (the polygons stay valid)."""
+
+    def __init__(self, cache: str | Path, seed: int, size: int, long_side: int, synthetic_share: float = 0.4):
+        from jobs.page_data import PageCache
+
+        self.pages = PageCache(cache, "train")
+        self.synthetic = SyntheticPages(seed + 500, size, long_side, pool=16, lines=True)
+        self.seed, self.size, self.long_side, self.share = seed, size, long_side, synthetic_share
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        rng = np.random.default_rng(_worker_seed(self.seed))
+        synthetic = iter(self.synthetic)
+        while True:
+            if rng.random() < self.share:
+                yield next(synthetic)
+                continue
+            image, lines = self.pages.page(int(rng.integers(len(self.pages))))
+            yield segmenter_sample(_jitter_colours(image, rng), None, self.size, self.long_side, rng,
+                                   lines=lines)
+
+
+def _jitter_colours(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Contrast, brightness, grey scans and blur: what differs between archives' cameras."""
+    img = image.astype(np.float32) * rng.uniform(0.7, 1.3) + rng.uniform(-40, 40)
+    if rng.random() < 0.3:
+        img[:] = img.mean(2, keepdims=True)
+    img = img.clip(0, 255).astype(np.uint8)
+    if rng.random() < 0.2:
+        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.5, 1.5))
+    return img
 
 
 def _augment_page(image: np.ndarray, anns: list[dict], rng: np.random.Generator):

@@ -43,7 +43,7 @@ from jobs.metrics import DetectionScore, ErrorRate, match
 from models import checkpoints, recogniser, segmenter
 from models.charset import Codec
 from models.recogniser.crnn import greedy_decode
-from models.segmenter.postprocess import boxes_from_prob
+from models.segmenter.postprocess import LINE_POST, boxes_from_prob
 
 DEFAULT_ARCH = {"segmenter": "db_mobilenet_v3_small_lite", "recogniser": "crnn_small"}   # as shipped
 
@@ -85,10 +85,12 @@ def configure(p: argparse.ArgumentParser, with_model_positional: bool = True) ->
     p.add_argument("--workers", type=int, default=1, help="data loader processes")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--pages", help="segmenter: a real page cache (python -m jobs.page_data) for the "
+                   "line head of a *_lines arch, mixed with synthetic pages at --synthetic-share")
     p.add_argument("--lines", help="recogniser: a line-crop cache (python -m jobs.line_data) to train "
                                    "on text lines, mixed with synthetic lines")
     p.add_argument("--synthetic-share", type=float, default=0.3,
-                   help="with --lines: fraction of synthetic lines in each batch")
+                   help="with --lines or --pages: fraction of synthetic lines (pages) in each batch")
 
 
 # ---- shared plumbing ---------------------------------------------------------------------------
@@ -347,6 +349,22 @@ def db_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> tor
     return l_prob + l_bin + 10 * l_thr
 
 
+def line_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The line head (channel 1): balanced BCE (hard negatives 3:1) + dice, where line_mask is set."""
+    gt, mask = batch["line_gt"], batch["line_mask"]
+    logits = out["prob_logits"][:, 1]
+    bce = F.binary_cross_entropy_with_logits(logits, gt, reduction="none")
+    pos, neg = (gt * mask).bool(), ((1 - gt) * mask).bool()
+    n_pos = int(pos.sum())
+    n_neg = min(int(neg.sum()), max(3 * n_pos, 1000))
+    if n_pos + n_neg == 0:
+        return logits.sum() * 0
+    neg_loss = bce[neg].topk(n_neg).values if n_neg else bce.new_zeros(1)
+    prob = torch.sigmoid(logits)
+    dice = 1 - 2 * (prob * gt * mask).sum() / ((prob * mask).sum() + (gt * mask).sum() + 1e-6)
+    return (bce[pos].sum() + neg_loss.sum()) / (n_pos + n_neg) + dice
+
+
 def _segmenter_test_pages(args, long_side: int) -> list[tuple[np.ndarray, list[dict]]]:
     if args.test:
         return ds.load_manifest_pages(ds._manifest_or_dir(args.test))
@@ -361,24 +379,52 @@ def _segmenter_test_pages(args, long_side: int) -> list[tuple[np.ndarray, list[d
     return pages
 
 
-@torch.no_grad()
-def evaluate_segmenter(model, pages, long_side: int, device) -> DetectionScore:
+def _page_maps(model, image: np.ndarray, long_side: int, device) -> tuple[np.ndarray, float]:
+    """The segmenter's maps (C x H x W) for one page at the pipeline's scale, and that scale."""
     from batch.pipeline import _resize_for_segmenter
 
+    small, scale = _resize_for_segmenter(image, long_side)
+    h, w = small.shape[:2]
+    canvas = np.full((-(-h // 32) * 32, -(-w // 32) * 32, 3), 255, np.uint8)
+    canvas[:h, :w] = small
+    x = torch.from_numpy(canvas).permute(2, 0, 1)[None].float().div(255).to(device)
+    return model(x, with_threshold=False)["prob"][0, :, :h, :w].float().cpu().numpy(), scale
+
+
+@torch.no_grad()
+def evaluate_segmenter(model, pages, long_side: int, device) -> DetectionScore:
+    """Word detection on pages with word boxes."""
     model.eval()
     score = DetectionScore()
     for image, anns in pages:
-        small, scale = _resize_for_segmenter(image, long_side)
-        h, w = small.shape[:2]
-        canvas = np.full((-(-h // 32) * 32, -(-w // 32) * 32, 3), 255, np.uint8)
-        canvas[:h, :w] = small
-        x = torch.from_numpy(canvas).permute(2, 0, 1)[None].float().div(255).to(device)
-        prob = model(x, with_threshold=False)["prob"][0, 0, :h, :w].float().cpu().numpy()
-        preds = [q / scale for q, _ in boxes_from_prob(prob)]
+        prob, scale = _page_maps(model, image, long_side, device)
+        preds = [q / scale for q, _ in boxes_from_prob(prob[0])]
         gts = [a["polygon"] for a in anns]
         score.add(len(match(preds, gts, 0.5)), len(preds), len(gts))
     model.train()
     return score
+
+
+@torch.no_grad()
+def evaluate_lines(model, pages, long_side: int, device) -> DetectionScore:
+    """Line detection (the line head) on real pages: (image, [line polygons])."""
+    model.eval()
+    score = DetectionScore()
+    for image, lines in pages:
+        prob, scale = _page_maps(model, image, long_side, device)
+        preds = [q / scale for q, _ in boxes_from_prob(prob[1], LINE_POST)]
+        score.add(len(match(preds, lines, 0.5)), len(preds), len(lines))
+    model.train()
+    return score
+
+
+def _line_test_pages(args) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+    """The page cache's validation pages (whole pages never trained on), up to --eval-size."""
+    from jobs.page_data import PageCache
+
+    cache = PageCache(args.pages, "val")
+    step = max(1, len(cache) // (args.eval_size or 24))
+    return [cache.page(i) for i in range(0, len(cache), step)][: args.eval_size or 24]
 
 
 def train_segmenter(args) -> dict:
@@ -388,7 +434,13 @@ def train_segmenter(args) -> dict:
     model, device, dist = _prepare(segmenter.build(arch, cfg), "segmenter", args)
     rank = dist.rank
     bs = args.batch_size or 8
-    if args.train and not args.synthetic:
+    lines = bool(cfg.get("line_channels"))
+    if lines and not args.pages:
+        raise ValueError(f"--arch {arch} has a line head: give --pages (python -m jobs.page_data)")
+    if lines:
+        data = ds.RealLinePages(args.pages, args.seed + rank, args.crop_size, cfg["input_long_side"],
+                                args.synthetic_share)
+    elif args.train and not args.synthetic:
         data = ds.ManifestPages(args.train, args.seed + rank, args.crop_size, cfg["input_long_side"])
     else:
         data = ds.SyntheticPages(args.seed + rank, args.crop_size, cfg["input_long_side"])
@@ -401,9 +453,16 @@ def train_segmenter(args) -> dict:
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler(enabled=use_amp)
 
+    line_pages = _line_test_pages(args) if rank == 0 and lines else []
+
     def evaluate(net):
         sc = evaluate_segmenter(net, test_pages, cfg["input_long_side"], device)
-        return {"test_precision": sc.precision, "test_recall": sc.recall, "test_f1": sc.f1}, 1 - sc.f1
+        metrics = {"test_precision": sc.precision, "test_recall": sc.recall, "test_f1": sc.f1}
+        if not lines:
+            return metrics, 1 - sc.f1
+        ln = evaluate_lines(net, line_pages, cfg["input_long_side"], device)
+        metrics.update(line_precision=ln.precision, line_recall=ln.recall, line_f1=ln.f1)
+        return metrics, 1 - (sc.f1 + ln.f1) / 2    # both heads count
 
     book = Bookkeeper(args, "segmenter", arch, cfg, model, opt, sched, ckpt_dir, best, evaluate, rank)
     book.export_best()  # resumed: the model dir holds the best model from the start
@@ -413,7 +472,8 @@ def train_segmenter(args) -> dict:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with torch.autocast(device.type, enabled=use_amp):
             out = model(batch["image"], with_threshold=True)
-        loss = db_loss({k: v.float() for k, v in out.items()}, batch)
+        out = {k: v.float() for k, v in out.items()}
+        loss = db_loss(out, batch) + (line_loss(out, batch) if lines else 0)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(opt)

@@ -14,6 +14,10 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # the cost: 30 ms against 62 for the 64/32 variant below, 1024x736 page, bf16, 2 threads).
     "db_mobilenet_v3_small_lite": dict(backbone="mobilenet_v3_small", width_mult=1.0, fpn_channels=32,
                                        head_channels=16, input_long_side=1024),
+    # The lite variant plus a text-line head (channel 1 of "prob"), trained on real line polygons:
+    # the pipeline reads lines from it instead of grouping word boxes.
+    "db_mobilenet_v3_small_lines": dict(backbone="mobilenet_v3_small", width_mult=1.0, fpn_channels=32,
+                                        head_channels=16, line_channels=16, input_long_side=1024),
     "db_mobilenet_v3_small": dict(backbone="mobilenet_v3_small", width_mult=1.0, fpn_channels=64,
                                   head_channels=32, input_long_side=1024),
     # Larger, for GPUs or when accuracy matters more than speed.
@@ -26,6 +30,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # Randomly initialised in tests: same code path, a fraction of the cost.
     "db_tiny": dict(backbone="mobilenet_v3_small", width_mult=0.25, fpn_channels=16,
                     head_channels=8, input_long_side=320),
+    "db_tiny_lines": dict(backbone="mobilenet_v3_small", width_mult=0.25, fpn_channels=16,
+                          head_channels=8, line_channels=8, input_long_side=320),
 }
 
 

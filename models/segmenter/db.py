@@ -4,6 +4,10 @@ Differentiable binarisation (Liao et al., 2020): training learns a per-pixel thr
 next to the text probability map P and supervises the approximate binary map
 1 / (1 + exp(-k (P - T))). At inference only P is needed: threshold it, take contours,
 and grow each shrunk kernel back to the full word (see postprocess.py).
+
+With line_channels > 0 a second head predicts text-line kernels (lines shrunk by LINE_SHRINK):
+it learns from the real pages' line polygons, which have no word boxes. Its map is channel 1 of
+"prob" (channel 0 stays words), so every backend returns both maps in one output.
 """
 from __future__ import annotations
 
@@ -74,7 +78,8 @@ def _up_head(cin: int, mid: int) -> nn.Sequential:
 
 class DBNet(nn.Module):
     def __init__(self, backbone: str = "mobilenet_v3_small", width_mult: float = 1.0,
-                 fpn_channels: int = 64, head_channels: int = 32, k: float = 50.0):
+                 fpn_channels: int = 64, head_channels: int = 32, k: float = 50.0,
+                 line_channels: int = 0):
         super().__init__()
         self.backbone = Backbone(backbone, width_mult)
         self.fpn = FeaturePyramidNetwork(self.backbone.channels, fpn_channels)
@@ -83,10 +88,13 @@ class DBNet(nn.Module):
                                     nn.BatchNorm2d(fpn_channels), nn.ReLU(inplace=True))
         self.prob_head = _up_head(fpn_channels, head_channels)
         self.thresh_head = _up_head(fpn_channels, head_channels)
+        self.line_head = _up_head(fpn_channels, line_channels) if line_channels else None
         self.k = k
         self.register_buffer("mean", torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGE_STD).view(1, 3, 1, 1), persistent=False)
         nn.init.constant_(self.prob_head[-1].bias, -2.0)  # start near "no text": stabler early training
+        if self.line_head is not None:
+            nn.init.constant_(self.line_head[-1].bias, -2.0)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         x = (x - self.mean) / self.std
@@ -100,12 +108,15 @@ class DBNet(nn.Module):
         return self.smooth(fused)
 
     def forward(self, x: torch.Tensor, with_threshold: bool | None = None) -> dict[str, torch.Tensor]:
-        """x: Bx3xHxW floats in [0, 1], H and W multiples of 32. Returns logits and maps."""
+        """x: Bx3xHxW floats in [0, 1], H and W multiples of 32. Returns logits and maps
+        (channel 0 words, channel 1 lines where the model has a line head)."""
         fused = self.features(x)
         logits = self.prob_head(fused)
+        if self.line_head is not None:
+            logits = torch.cat([logits, self.line_head(fused)], 1)
         out = {"prob_logits": logits, "prob": torch.sigmoid(logits)}
         if with_threshold if with_threshold is not None else self.training:
             thresh = torch.sigmoid(self.thresh_head(fused))
             out["thresh"] = thresh
-            out["binary"] = torch.sigmoid(self.k * (out["prob"] - thresh))
+            out["binary"] = torch.sigmoid(self.k * (out["prob"][:, :1] - thresh))
         return out

@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 SHRINK_RATIO = 0.4
+LINE_SHRINK = 0.5   # text lines are shrunk harder: neighbouring lines' polygons often overlap
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,12 @@ class PostConfig:
     shrink_ratio: float = SHRINK_RATIO  # what training shrank words by (models/segmenter/targets.py)
     min_size: float = 3.0       # shorter side in map pixels; smaller kernels are noise
     max_candidates: int = 3000
+    line: bool = False          # kernels are text lines (targets.make_line_targets): grow by unshrink_line
+
+
+# Lines: the same kernel-and-grow steps with the line head's shrink; a line kernel is long and thin,
+# so a lower bar on its mean probability keeps faint lines without admitting specks (min_size).
+LINE_POST = PostConfig(bin_thresh=0.5, box_thresh=0.6, shrink_ratio=LINE_SHRINK, min_size=2.0, line=True)
 
 
 def order_quad(pts: np.ndarray) -> np.ndarray:
@@ -55,6 +62,18 @@ def unshrink(rect: tuple, ratio: float = SHRINK_RATIO) -> tuple:
     return (cx, cy), (w + 2 * d, h + 2 * d), angle
 
 
+def unshrink_line(rect: tuple, contour: np.ndarray, ratio: float = LINE_SHRINK) -> tuple:
+    """Grow a line kernel back to its line. Training eroded each line by D = (1 - r^2) h / 2
+    (h its mean height), leaving a kernel of mean thickness t = r^2 h: so D = (1 - r^2) t / (2 r^2),
+    with t measured as kernel area / kernel length (robust to the ascender peaks that set the
+    kernel rectangle's height)."""
+    (cx, cy), (w, h), angle = rect
+    length = max(w, h) + 1
+    t = (cv2.contourArea(contour) + length) / length   # + length: the contour runs through pixel centres
+    d = (1 - ratio * ratio) * t / (2 * ratio * ratio)
+    return (cx, cy), (w + 1 + 2 * d, h + 1 + 2 * d), angle
+
+
 def _mean_score(prob: np.ndarray, contour: np.ndarray) -> float:
     """Mean probability inside the contour, computed on its bounding box only."""
     x, y, w, h = cv2.boundingRect(contour)
@@ -78,7 +97,7 @@ def boxes_from_prob(prob: np.ndarray, cfg: PostConfig = PostConfig()) -> list[tu
         score = _mean_score(prob, contour)
         if score < cfg.box_thresh:
             continue
-        rect = unshrink(rect, cfg.shrink_ratio)
+        rect = unshrink_line(rect, contour, cfg.shrink_ratio) if cfg.line else unshrink(rect, cfg.shrink_ratio)
         if min(rect[1]) < cfg.min_size + 2:
             continue
         quad = order_quad(cv2.boxPoints(rect))

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pyclipper
 
-from models.segmenter.postprocess import SHRINK_RATIO
+from models.segmenter.postprocess import LINE_SHRINK, SHRINK_RATIO
 
 T_MIN, T_MAX = 0.3, 0.7
 
@@ -71,3 +71,26 @@ def make_targets(height: int, width: int, polygons: list[np.ndarray], ignore: li
             cv2.fillPoly(tmask, [grown], 1)
             _draw_threshold(tmap, poly, grown, max(d, 1e-3))
     return {"gt": gt, "mask": mask, "thresh": tmap * (T_MAX - T_MIN) + T_MIN, "thresh_mask": tmask}
+
+
+def make_line_targets(height: int, width: int, polygons: list[np.ndarray],
+                      shrink_ratio: float = LINE_SHRINK) -> dict[str, np.ndarray]:
+    """Line-head targets: each line polygon (any number of points) shrunk by the DB offset; a
+    line too thin to shrink is masked out rather than taught as background."""
+    gt = np.zeros((height, width), np.float32)
+    mask = np.ones((height, width), np.float32)
+    for poly in polygons:
+        poly = np.asarray(poly, np.float32).reshape(-1, 2)
+        # D from the line's mean-height rectangle, not the outline: annotated line outlines are
+        # jagged (every ascender a peak), which inflates the perimeter and would shrink too little;
+        # postprocess.unshrink inverts exactly this rectangle relation.
+        _, (rw, rh), _ = cv2.minAreaRect(poly)
+        long_side = max(rw, rh)
+        height = abs(cv2.contourArea(poly)) / long_side if long_side else 0.0
+        d = long_side * height * (1 - shrink_ratio ** 2) / (2 * (long_side + height)) if height else 0.0
+        shrunk = _offset(poly, -d) if d > 0 else None
+        if shrunk is None or len(shrunk) < 3:
+            cv2.fillPoly(mask, [np.round(poly).astype(np.int32)], 0)
+            continue
+        cv2.fillPoly(gt, [shrunk], 1)
+    return {"line_gt": gt, "line_mask": mask}
