@@ -1,6 +1,6 @@
 """`htr athena-ddl OUT`: CREATE EXTERNAL TABLE statements for an output on S3.
 
-The column lists are generated from the Arrow schemas in batch.schema, so the DDL
+The column lists are generated from the Arrow schemas in batch.core.schema, so the DDL
 cannot drift from what the writer puts in Parquet. Tables are partitioned by
 `run_date` (a string 'YYYY-MM-DD', as in the Hive folder names) and use partition
 projection, so new days are queryable without MSCK REPAIR or crawlers.
@@ -17,8 +17,8 @@ import sys
 import pyarrow as pa
 
 from batch import storage
-from batch.errors import EXIT_BAD_ARGS, EXIT_OK
-from batch.schema import PARTITION_COLUMN, TABLES
+from batch.core.errors import EXIT_BAD_ARGS, EXIT_OK
+from batch.core.schema import PARTITION_COLUMN, TABLES
 
 DEFAULT_DATABASE = "htr"
 PROJECTION_START = "2020-01-01"

@@ -13,7 +13,7 @@ import logging
 import os
 import sys
 
-from batch.errors import EXIT_BAD_ARGS
+from batch.core.errors import EXIT_BAD_ARGS
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {

@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from batch import storage
-from batch.errors import StorageError
+from batch.core.errors import StorageError
 
 LEDGER_DIR = "_ledger"
 ENTRIES = f"{LEDGER_DIR}/entries"

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from batch.schema import Line, Point, Word
+from batch.core.schema import Line, Point, Word
 from transforms.line_geometry import line_quad
 
 TALL = 1.3  # a word taller than this times the median height is placed after the others

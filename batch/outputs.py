@@ -1,6 +1,6 @@
 """Writers for a run's outputs, local folder or s3:// prefix alike (through batch.storage):
 
-  OUT/documents/<doc_id>.json                               one per document (batch.schema)
+  OUT/documents/<doc_id>.json                               one per document (batch.core.schema)
   OUT/words/run_date=YYYY-MM-DD/part-<writer>-<n>.parquet   one row per word
   OUT/pages/run_date=YYYY-MM-DD/part-<writer>-<n>.parquet   one row per page
   OUT/errors/run_date=YYYY-MM-DD/part-<writer>-<n>.parquet  one row per failed document
@@ -72,10 +72,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batch import storage
-from batch.errors import HtrError, StorageError
+from batch.core.errors import HtrError, StorageError
 from batch.exports import stale_uris
 from batch.ledger import PENDING, Claim, LeaseLost, Ledger, LedgerState, Shard, tag_of
-from batch.schema import (DocumentRecord, ErrorRecord, PARTITION_COLUMN, TABLES, conform, error_rows,
+from batch.core.schema import (DocumentRecord, ErrorRecord, PARTITION_COLUMN, TABLES, conform, error_rows,
                           iso, iter_word_rows, now_ms, page_rows, run_date, to_table)
 
 COMPRESSIONS = ("zstd", "snappy")

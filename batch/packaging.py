@@ -27,7 +27,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from batch.errors import EXIT_FATAL, EXIT_OK, CheckpointError
+from batch.core.errors import EXIT_FATAL, EXIT_OK, CheckpointError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CODE_PACKAGES = ("batch", "jobs", "transforms", "models")
@@ -204,7 +204,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from batch.errors import HtrError
+    from batch.core.errors import HtrError
 
     sources = {kind: getattr(args, kind) for kind in MODEL_KINDS}
     try:

@@ -17,7 +17,8 @@ import cv2
 import numpy as np
 import torch
 
-from batch.schema import DocumentRecord, Line, Page, Point, Word, doc_id_for, now_ms
+from batch.core.ids import doc_id_for
+from batch.core.schema import DocumentRecord, Line, Page, Point, Word, now_ms
 from batch.lines import group_lines, outline
 from models import checkpoints
 from models.charset import Codec

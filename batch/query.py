@@ -35,8 +35,8 @@ import pyarrow as pa
 
 from batch import storage
 from batch.athena import DEFAULT_DATABASE, check_names, table_name
-from batch.errors import EXIT_BAD_ARGS, EXIT_FATAL, EXIT_OK, HtrError, StorageError
-from batch.schema import PARTITION_COLUMN, TABLES
+from batch.core.errors import EXIT_BAD_ARGS, EXIT_FATAL, EXIT_OK, HtrError, StorageError
+from batch.core.schema import PARTITION_COLUMN, TABLES
 
 FORMATS = ("table", "csv", "json")
 MAX_CELL = 60  # characters shown per cell in --format table

@@ -28,7 +28,6 @@ import signal
 import threading
 import time
 import traceback
-import uuid
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -36,8 +35,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from batch import exports
-from batch.errors import EXIT_FATAL, EXIT_OK, HtrError, InputError, UnsupportedType
-from batch.schema import doc_id_for
+from batch.core.errors import EXIT_FATAL, EXIT_OK, HtrError, InputError, UnsupportedType
+from batch.core.ids import doc_id_for, new_run_id
 
 log = logging.getLogger("htr.serve")
 
@@ -241,7 +240,7 @@ class Service:
 
     def __init__(self, settings: ServeSettings):
         self.settings = settings
-        self.run_id = "serve-" + time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+        self.run_id = new_run_id("serve-")
         self.ready = threading.Event()
         self.stopping = threading.Event()
         self.load_error: BaseException | None = None

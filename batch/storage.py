@@ -9,7 +9,7 @@ retries, server-side encryption and path safety live in one place:
 * Writes: `write_bytes`, `write_file` (multipart when large). Local writes are
   atomic (temp file in the same folder + os.replace); S3 writes carry the SSE
   settings of the process-wide `StorageConfig`.
-* Failures surface as `batch.errors.StorageError` naming the URI (never the
+* Failures surface as `batch.core.errors.StorageError` naming the URI (never the
   credentials) and the stage (`fetch` for reads and listings, `write` for writes and
   deletes); a missing object is `NotFound`, raised at once, not retried.
 
@@ -47,7 +47,7 @@ from botocore import exceptions as boto_errors
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.parsers import ResponseParserError
 
-from batch.errors import StorageError
+from batch.core.errors import StorageError
 
 S3_SCHEME = "s3://"
 SSE_MODES = ("AES256", "aws:kms")

@@ -42,12 +42,13 @@ import numpy as np
 from tqdm import tqdm
 
 from batch import exports, storage
-from batch.errors import (EXIT_BAD_ARGS, EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, HtrError, StorageError,
+from batch.core.errors import (EXIT_BAD_ARGS, EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, HtrError, StorageError,
                           scrub)
 from batch.ledger import LedgerState, Policy, Shard
 from batch.outputs import COMPRESSIONS, CommitFailed, OutputWriter
 from batch.pipeline import Pipeline, PipelineConfig
-from batch.schema import ErrorRecord, Page, doc_id_for, now_ms
+from batch.core.ids import doc_id_for
+from batch.core.schema import ErrorRecord, Page, now_ms
 from transforms.rasterise import DEFAULT_IMAGE_SIDE, Limits, iter_pages, sniff
 
 MiB = 1024 * 1024

@@ -299,11 +299,11 @@ class HtrHost:
         return self.pipe.prepare_page(decode(uri, self.pipe.config.image_side))
 
     def write(self, _=None) -> None:
-        from batch.schema import doc_id_for
+        from batch.core.ids import doc_id_for_uri
 
         with self.clock.stage("write"):
             for uri, page in self.last:
-                record = self.pipe.make_record([page], doc_id_for(uri.encode()), uri, "bench")
+                record = self.pipe.make_record([page], doc_id_for_uri(uri), uri, "bench")
                 self.writer.add_document(record)
             self.writer.flush()
 
@@ -888,7 +888,7 @@ def _gpu_throughput(paths: list[str]) -> dict[str, float]:
 
 
 def main(args) -> int:
-    from batch.errors import EXIT_BAD_ARGS
+    from batch.core.errors import EXIT_BAD_ARGS
 
     started = dt.datetime.now(dt.timezone.utc)
     names = _check_systems([s.strip() for s in args.systems.split(",") if s.strip()])

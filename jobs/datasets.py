@@ -268,7 +268,7 @@ class ManifestCrops(Dataset):
 
     def __init__(self, manifest: str | Path, max_width: int, codec: Codec, jitter: bool = True,
                  seed: int = 0):
-        from jobs.manifests import is_recognition_target
+        from batch.core.manifest import is_recognition_target
 
         self.items = []
         for image, anns in load_manifest_pages(_manifest_or_dir(manifest)):

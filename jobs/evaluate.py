@@ -28,10 +28,11 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from batch.schema import Page
+from batch.core.schema import Page
 from jobs.line_data import SPLIT_FILE, clean_transcription, read_page_list
 # _json_lines: parse_sample drops a page's "level", which says what its ground truth is
-from jobs.manifests import _json_lines, find_manifests, is_recognition_target, parse_sample, resolve_source
+from batch.core.manifest import is_recognition_target, parse_sample
+from jobs.manifests import _json_lines, find_manifests, resolve_source
 from jobs.metrics import DetectionScore, ErrorRate, match
 from models.charset import normalise
 from transforms.crops import quad_size, rectify
@@ -529,9 +530,9 @@ def summary_line(name: str, m: dict) -> str:
 
 
 def main(args) -> int:
-    from batch.errors import EXIT_BAD_ARGS
+    from batch.core.errors import EXIT_BAD_ARGS
     from batch.pipeline import Pipeline, PipelineConfig
-    from jobs.manifests import ManifestError
+    from batch.core.manifest import ManifestError
 
     try:
         sets = load_sets(args)

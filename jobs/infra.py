@@ -26,7 +26,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable
 
-from batch.errors import EXIT_FATAL, EXIT_OK
+from batch.core.errors import EXIT_FATAL, EXIT_OK
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO_ROOT / "infra" / "htr-batch.template.yaml"
@@ -130,7 +130,7 @@ def inline_code(name: str) -> str:
 
 def token_values() -> dict[str, Callable[[], Any]]:
     """Every {{htr:NAME}} the template may use -> how to compute its value."""
-    from batch.schema import TABLES
+    from batch.core.schema import TABLES
 
     values: dict[str, Callable[[], Any]] = {
         f"table_input:{t}": (lambda t=t: table_input(t)) for t in TABLES}

@@ -25,7 +25,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
-from batch.schema import Line, Page, Point, Word
+from batch.core.schema import Line, Page, Point, Word
 
 # ---- shared helpers ----------------------------------------------------------------------------
 

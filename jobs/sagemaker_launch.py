@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from batch.errors import EXIT_BAD_ARGS, EXIT_FATAL, EXIT_OK, EXIT_PARTIAL
+from batch.core.errors import EXIT_BAD_ARGS, EXIT_FATAL, EXIT_OK, EXIT_PARTIAL
 from jobs.sagemaker.session import LaunchError, make_session
 from jobs.sagemaker.validation import add_security_arguments, key_values, security_from_args
 
@@ -322,15 +322,13 @@ def _invoke_main(args: argparse.Namespace) -> int:
 
 
 def _collect_main(args: argparse.Namespace) -> int:
-    import time
-    import uuid
-
     from batch import storage
-    from batch.errors import HtrError
+    from batch.core.errors import HtrError
+    from batch.core.ids import new_run_id
     from jobs.sagemaker.collect import collect
 
     storage.configure_from_args(args)
-    run_id = args.run_id or time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    run_id = args.run_id or new_run_id()
     try:
         stats = collect(args.transform_output, args.out, run_id, args.input, args.formats)
     except HtrError as e:

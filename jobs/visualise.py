@@ -28,7 +28,7 @@ from typing import Callable, Iterator
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from batch.errors import EXIT_BAD_ARGS, EXIT_OK, EXIT_PARTIAL, HtrError, InputError
+from batch.core.errors import EXIT_BAD_ARGS, EXIT_OK, EXIT_PARTIAL, HtrError, InputError
 
 MAX_SIDE = 2200   # pages are drawn at most this big: enough to read, small to write
 
@@ -87,7 +87,7 @@ def _confidence_colour(c: float) -> tuple[int, int, int]:
 def document_views(path: Path) -> list[PageView]:
     """Pages of one output document; polygons are in the pipeline's page pixels, which may differ
     from a re-rasterised PDF page, so they are scaled by the width ratio."""
-    from batch.schema import DocumentRecord
+    from batch.core.schema import DocumentRecord
     try:
         doc = DocumentRecord.from_json(json.loads(path.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from batch.errors import CheckpointError
+from batch.core.errors import CheckpointError
 from models import recogniser, segmenter
 from models.charset import ASCII_CHARSET, CHARSET
 

@@ -15,8 +15,8 @@ import pytest
 
 from batch import athena, query as q, storage
 from batch.cli import main as htr
-from batch.errors import EXIT_BAD_ARGS
-from batch.schema import (TABLES, DocumentRecord, ErrorRecord, Line, Page, Point, Word, error_rows,
+from batch.core.errors import EXIT_BAD_ARGS
+from batch.core.schema import (TABLES, DocumentRecord, ErrorRecord, Line, Page, Point, Word, error_rows,
                           page_rows, to_table, word_rows)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from batch import storage
-from batch.errors import CorruptDocument
+from batch.core.errors import CorruptDocument
 from batch.outputs import read_table
 from tests.worker_helpers import one_word_models  # noqa: F401 (a fixture)
 from tests.worker_helpers import htr_inprocess, png

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from batch.errors import CheckpointError
+from batch.core.errors import CheckpointError
 from batch.pipeline import Pipeline
 from models import checkpoints, recogniser, segmenter
 from models.charset import CHARSET

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from batch.lines import group_lines
-from batch.schema import Page, Point, Word
+from batch.core.schema import Page, Point, Word
 from jobs.evaluate import (EvalPage, GtItem, bow_tokens, chance_bow, clean_text, evaluate, find_manifests,
                            load_eval_set, normalise_text, pipeline_line_reader, read_page_list,
                            reference_text)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from batch.errors import EXIT_BAD_ARGS, EXIT_FATAL
+from batch.core.errors import EXIT_BAD_ARGS, EXIT_FATAL
 from tests.worker_helpers import child_env
 from tests.writer_child import write_phase
 

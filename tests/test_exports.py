@@ -17,10 +17,11 @@ from lxml import etree
 from PIL import Image, ImageDraw
 
 from batch.cli import main as htr
-from batch.errors import EXIT_BAD_ARGS, EXIT_OK
+from batch.core.errors import EXIT_BAD_ARGS, EXIT_OK
 from batch.exports import FORMATS, parse_formats, render
 from batch.exports.pdf import ExportError
-from batch.schema import DocumentRecord, Line, Page, Point, Word, doc_id_for
+from batch.core.schema import DocumentRecord, Line, Page, Point, Word
+from batch.core.ids import doc_id_for
 
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
 DEFAULT_MODELS = Path(__file__).resolve().parents[1] / "models" / "default"

@@ -23,7 +23,7 @@ import boto3
 import pytest
 
 from batch import athena
-from batch.schema import PARTITION_COLUMN, TABLES
+from batch.core.schema import PARTITION_COLUMN, TABLES
 from jobs import infra
 from tests import infra_moto
 from tests.s3_server import REGION
@@ -522,7 +522,8 @@ def test_bulk_marker_starts_one_transform_over_exactly_the_new_objects(stack: St
 def _transform_outputs(s3, job: dict, keys: list[str]) -> None:
     """What Batch Transform leaves for a manifest: <output path>/<key relative to the
     manifest's prefix>.out, one JSON document record each (here: no pages)."""
-    from batch.schema import DocumentRecord, doc_id_for, now_ms
+    from batch.core.schema import DocumentRecord, now_ms
+    from batch.core.ids import doc_id_for
 
     bucket, prefix = job["transform_output"][5:].split("/", 1)
     for key in keys:

@@ -22,7 +22,8 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from batch import serve
-from batch.schema import DocumentRecord, Page, doc_id_for, now_ms
+from batch.core.schema import DocumentRecord, Page, now_ms
+from batch.core.ids import doc_id_for
 from jobs import infra
 from tests.s3_server import TEST_ENV
 

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from batch.lines import group_lines
-from batch.schema import Point, Word
+from batch.core.schema import Point, Word
 
 
 def word(text: str, x0: float, y0: float, x1: float, y1: float) -> Word:

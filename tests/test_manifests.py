@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from batch.errors import InputError
-from jobs.manifests import (Annotation, ManifestError, Sample, convert_ground_truth, convert_gnhk,
-                            ground_truth_sample, input_manifest, is_recognition_target,
+from batch.core.errors import InputError
+from batch.core.manifest import Annotation, ManifestError, Sample, is_recognition_target
+from jobs.manifests import (convert_ground_truth, convert_gnhk, ground_truth_sample, input_manifest,
                             label_category_config, labeling_job_request, read_manifest,
                             resolve_source, samples_to_gnhk, split_manifest, to_ground_truth_line,
                             write_manifest)
@@ -176,8 +176,8 @@ def test_labeling_job_request_is_a_complete_pure_request():
 # ---- PAGE XML and ALTO imports ----------------------------------------------------------------------
 
 from batch.exports import render  # noqa: E402
-from batch.schema import DocumentRecord, Line, Page, Point, Word  # noqa: E402
-from jobs.manifests import ManifestError, convert_xml, main as manifests_main, read_archive_xml  # noqa: E402
+from batch.core.schema import DocumentRecord, Line, Page, Point, Word  # noqa: E402
+from jobs.manifests import convert_xml, main as manifests_main, read_archive_xml  # noqa: E402
 
 
 def _record(image: str) -> DocumentRecord:

@@ -79,7 +79,7 @@ def test_checkpoint_runners_come_from_the_cache_without_building_networks(tmp_pa
 def test_replaced_weights_miss_the_cache_and_are_checked(tmp_path, monkeypatch, tiny_models):
     import shutil
 
-    from batch.errors import CheckpointError
+    from batch.core.errors import CheckpointError
     from models import checkpoints
 
     monkeypatch.setenv("HTR_CACHE_DIR", str(tmp_path / "cache"))

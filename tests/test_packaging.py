@@ -21,7 +21,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from batch.cli import main as htr
-from batch.errors import EXIT_FATAL, EXIT_OK
+from batch.core.errors import EXIT_FATAL, EXIT_OK
 from batch.packaging import MODEL_FILES, container_requirements, requirement_specs
 from tests.s3_server import s3_client
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from batch.cli import main as htr
-from batch.errors import EXIT_FATAL, CorruptDocument, EncryptedDocument, MissingDependency, TooLarge
+from batch.core.errors import EXIT_FATAL, CorruptDocument, EncryptedDocument, MissingDependency, TooLarge
 from tests.test_rasterise import ink, make_pdf, rect
 from transforms.rasterise import Limits, iter_pages, pdf_renderer
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from batch.pipeline import Pipeline, PipelineConfig, number_lines, split_segments
-from batch.schema import Point, Word
+from batch.core.schema import Point, Word
 from models.charset import CHARSET, Codec
 from models.recogniser.lexicon import Lexicon, pick_lexicon
 from transforms.line_geometry import expand_quad, line_quad, span_polygon
@@ -146,7 +146,7 @@ def _text_page() -> np.ndarray:
 
 def test_words_read_on_a_corrected_page_are_reported_in_source_pixels():
     from batch.pipeline import _to_source
-    from batch.schema import Line, Page
+    from batch.core.schema import Line, Page
     from transforms.page_normalise import PageFix, normalise_page
 
     page = _text_page()

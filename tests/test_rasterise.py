@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from batch.errors import (CorruptDocument, EmptyDocument, EncryptedDocument, InputError, TooLarge,
+from batch.core.errors import (CorruptDocument, EmptyDocument, EncryptedDocument, InputError, TooLarge,
                           UnsupportedType)
 from transforms import rasterise
 from transforms.rasterise import Limits, count_pages, iter_pages, sniff, to_rgb_array

@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from batch import outputs, storage
-from batch.errors import EXIT_FATAL
+from batch.core.errors import EXIT_FATAL
 from batch.ledger import Ledger
 from batch.outputs import read_ledger
 from tests.s3_server import FaultProxy, s3_client
@@ -235,7 +235,7 @@ def test_documents_failing_transiently_in_a_row_are_an_outage():
     """One object that fails after all retries is that document's error; OUTAGE_AFTER of them
     in a row (nothing fetched in between) means storage is down: the run stops (exit 4)
     instead of writing an error row for every document of the night."""
-    from batch.errors import CorruptDocument, StorageError
+    from batch.core.errors import CorruptDocument, StorageError
     from batch.worker import OUTAGE_AFTER, Outage, Run
 
     run = Run(pipe=None, writer=None, run_id="r", progress=False)

@@ -14,7 +14,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from batch.schema import ERRORS_SCHEMA, PAGES_SCHEMA, WORDS_SCHEMA, doc_id_for
+from batch.core.schema import ERRORS_SCHEMA, PAGES_SCHEMA, WORDS_SCHEMA
+from batch.core.ids import doc_id_for
 from models import checkpoints
 from models.charset import CHARSET
 from tests.test_rasterise import (_noise, encode, jpeg_with_orientation, make_pdf, multipage_tiff,

@@ -10,7 +10,7 @@ import boto3
 import pytest
 
 from batch.cli import main as htr
-from batch.errors import EXIT_BAD_ARGS, EXIT_OK, EXIT_PARTIAL
+from batch.core.errors import EXIT_BAD_ARGS, EXIT_OK, EXIT_PARTIAL
 from jobs.sagemaker.deploy import SCALABLE_DIMENSION, resource_id
 
 ROLE = "arn:aws:iam::123456789012:role/htr-sagemaker"

@@ -16,7 +16,7 @@ import boto3
 import pytest
 
 from batch.cli import main as htr
-from batch.errors import EXIT_BAD_ARGS, EXIT_OK
+from batch.core.errors import EXIT_BAD_ARGS, EXIT_OK
 from jobs.sagemaker import session as sm_session
 from jobs.sagemaker import training
 

@@ -20,7 +20,7 @@ import boto3
 import pytest
 
 from batch.cli import main as htr
-from batch.errors import EXIT_BAD_ARGS, EXIT_OK, EXIT_PARTIAL
+from batch.core.errors import EXIT_BAD_ARGS, EXIT_OK, EXIT_PARTIAL
 from batch.ledger import Shard
 from batch.worker import _shard_arg, shard_from_resource_config
 from jobs.sagemaker.process import BOOTSTRAP, CODE_DIR

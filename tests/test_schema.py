@@ -1,4 +1,4 @@
-"""batch.schema: document JSON round trip, Parquet tables, ids and partition dates."""
+"""batch.core.schema (and batch.core.ids): document JSON round trip, Parquet tables, ids and partition dates."""
 from __future__ import annotations
 
 import datetime as dt
@@ -11,10 +11,11 @@ import pytest
 
 from batch.outputs import parquet_bytes
 from batch.outputs import read_documents, read_table
-from batch.schema import (ERRORS_SCHEMA, PAGES_SCHEMA, POLYGON_TYPE, SCHEMA_VERSION, TABLES,
+from batch.core.schema import (ERRORS_SCHEMA, PAGES_SCHEMA, POLYGON_TYPE, SCHEMA_VERSION, TABLES,
                           WORDS_SCHEMA, DocumentRecord, ErrorRecord, Line, Page, Point, Word,
-                          conform, doc_id_for, error_rows, iso, page_rows, run_date, to_table,
+                          conform, error_rows, iso, page_rows, run_date, to_table,
                           word_rows)
+from batch.core.ids import doc_id_for
 
 PROCESSED = int(dt.datetime(2026, 3, 1, 23, 59, 58, 125000, tzinfo=dt.timezone.utc).timestamp() * 1000)
 

@@ -25,9 +25,10 @@ import pytest
 from PIL import Image, ImageDraw
 
 from batch.cli import main as htr
-from batch.errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL
+from batch.core.errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL
 from batch.outputs import read_documents, read_table
-from batch.schema import DocumentRecord, doc_id_for
+from batch.core.schema import DocumentRecord
+from batch.core.ids import doc_id_for
 
 STARTUP_LIMIT_S = 180  # a bound for a hung server, not a performance expectation
 

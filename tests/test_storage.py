@@ -9,7 +9,7 @@ import boto3
 import pytest
 
 from batch import storage
-from batch.errors import StorageError
+from batch.core.errors import StorageError
 from batch.storage import NotFound, StorageConfig
 from tests.s3_server import REGION, FaultProxy, s3_client, upload_folder
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from batch.cli import main as htr
-from batch.errors import EXIT_BAD_ARGS
+from batch.core.errors import EXIT_BAD_ARGS
 from transforms import augment as A
 from transforms import text_source as T
 from transforms.fonts import CHARSET, library
@@ -31,7 +31,7 @@ def test_enough_handwriting_fonts_and_no_tofu():
 
 
 def test_missing_fonts_are_a_typed_error():
-    from batch.errors import HtrError
+    from batch.core.errors import HtrError
     from transforms.fonts import FontsUnavailable
     with pytest.raises(FontsUnavailable, match="apt-packages.txt") as e:
         library(min_hand=10_000)

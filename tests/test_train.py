@@ -11,7 +11,8 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from jobs import train
-from jobs.manifests import Annotation, Sample, write_manifest
+from batch.core.manifest import Annotation, Sample
+from jobs.manifests import write_manifest
 from models import checkpoints
 
 WORDS = ["ink", "paper", "letter", "Dear", "1905", "from", "the", "archive", "£12", "notes"]

@@ -8,9 +8,10 @@ import numpy as np
 from PIL import Image
 
 from batch.cli import main as htr
-from batch.errors import EXIT_BAD_ARGS, EXIT_OK, EXIT_PARTIAL
-from batch.schema import DocumentRecord, Line, Page, Point, Word
-from jobs.manifests import Annotation, Sample, write_manifest
+from batch.core.errors import EXIT_BAD_ARGS, EXIT_OK, EXIT_PARTIAL
+from batch.core.schema import DocumentRecord, Line, Page, Point, Word
+from batch.core.manifest import Annotation, Sample
+from jobs.manifests import write_manifest
 
 
 def _page(path, size=(400, 300)):

@@ -18,7 +18,7 @@ from PIL import Image, ImageFont
 
 from batch import storage
 from batch.outputs import read_documents, read_ledger, read_table
-from batch.schema import doc_id_for as doc_id
+from batch.core.ids import doc_id_for as doc_id
 from tests.s3_server import s3_client
 
 SUMMARY = re.compile(r"htr run: (?P<documents>\d+) documents, (?P<pages>\d+) pages, (?P<words>\d+) "

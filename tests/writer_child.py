@@ -11,11 +11,12 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from batch.errors import EXIT_FATAL
+from batch.core.errors import EXIT_FATAL
 from batch.ledger import Policy
 from batch.outputs import CommitFailed, OutputWriter
 from batch.storage import SourceObject
-from batch.schema import DocumentRecord, ErrorRecord, Line, Page, Point, Word, doc_id_for, now_ms
+from batch.core.schema import DocumentRecord, ErrorRecord, Line, Page, Point, Word, now_ms
+from batch.core.ids import doc_id_for
 
 N_SOURCES = 8
 SOURCE = "s3://archive/scans/doc-{}.pdf"   # only a name: the writer never reads sources

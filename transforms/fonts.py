@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from batch.errors import HtrError
+from batch.core.errors import HtrError
 
 # Recogniser charset: printable ASCII plus £ € °.
 CHARSET = "".join(chr(c) for c in range(32, 127)) + "£€°"

@@ -4,7 +4,7 @@ The type is decided by magic bytes, never by the file name, so a mislabelled fil
 still read correctly (or refused with a reason). PDFs are rendered a few pages at a
 time through poppler so memory does not grow with page count.
 
-Every way a document can be unreadable ends in a typed error from batch.errors
+Every way a document can be unreadable ends in a typed error from batch.core.errors
 (EmptyDocument, CorruptDocument, EncryptedDocument, TooLarge, UnsupportedType), never
 in whatever the decoder happened to raise.
 """
@@ -28,7 +28,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, ImageOps
 
-from batch.errors import (CorruptDocument, EmptyDocument, EncryptedDocument, InputError,
+from batch.core.errors import (CorruptDocument, EmptyDocument, EncryptedDocument, InputError,
                           MissingDependency, TooLarge, UnsupportedType)
 
 PDF = "application/pdf"

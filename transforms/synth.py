@@ -6,7 +6,7 @@ aged and captured as a scan or a phone photo. Every word comes with a tight poly
 
     render_page(rng)            -> (PIL RGB page, [{"text", "polygon", "line_idx", "type"}])
     WordCropSampler(seed)       -> .sample() -> (uint8 grayscale word crop, text), fast
-    write_pages / write_crops   -> JPEGs + manifest.jsonl (see jobs.manifests)
+    write_pages / write_crops   -> JPEGs + manifest.jsonl (batch.core.manifest's format)
     htr synth --pages N --out DIR --seed S [--crops N]
 """
 from __future__ import annotations
@@ -22,6 +22,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageDraw
 
+from batch.core.errors import EXIT_BAD_ARGS, EXIT_FATAL, HtrError
+from batch.core.manifest import Annotation, Sample, dumps_manifest
 from transforms import augment as A
 from transforms import text_source as T
 from transforms.fonts import Font, FontLibrary, library, truetype
@@ -924,11 +926,17 @@ def _stamp(canvas: np.ndarray, alpha: np.ndarray, x: int, y: int) -> None:
 
 # ---- files + command ---------------------------------------------------------------------------------
 
+def _write_manifest(samples: list[Sample], path: Path) -> Path:
+    """The manifest beside the rendered files (always a local folder: the images are written there)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(dumps_manifest(samples), encoding="utf-8")
+    return path
+
+
 def write_pages(n: int, out_dir: str | Path, seed: int) -> Path:
     """Render n pages as JPEGs under out_dir/pages and write out_dir/manifest.jsonl (same seed, same bytes)."""
     from tqdm import tqdm
 
-    from jobs.manifests import Annotation, Sample, write_manifest
     out = Path(out_dir)
     (out / "pages").mkdir(parents=True, exist_ok=True)
     samples, t0, n_words = [], time.time(), 0
@@ -939,7 +947,7 @@ def write_pages(n: int, out_dir: str | Path, seed: int) -> Path:
         samples.append(Sample(name, [Annotation(w["text"], w["polygon"], w["line_idx"], w["type"])
                                      for w in words]))
         n_words += len(words)
-    path = write_manifest(samples, out / "manifest.jsonl")
+    path = _write_manifest(samples, out / "manifest.jsonl")
     print(f"synth: {n} pages, {n_words} words in {time.time() - t0:.1f}s -> {path}")
     return path
 
@@ -949,7 +957,6 @@ def write_crops(n: int, out_dir: str | Path, seed: int) -> Path:
     annotation per crop (its text, and the word's ink box inside the crop)."""
     from tqdm import tqdm
 
-    from jobs.manifests import Annotation, Sample, write_manifest
     out = Path(out_dir)
     (out / "crops").mkdir(parents=True, exist_ok=True)
     sampler, t0, samples = WordCropSampler(seed), time.time(), []
@@ -959,7 +966,7 @@ def write_crops(n: int, out_dir: str | Path, seed: int) -> Path:
         cv2.imwrite(str(out / name), img)
         box = [{"x": float(x), "y": float(y)} for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))]
         samples.append(Sample(name, [Annotation(text, box, 0, "H")]))
-    path = write_manifest(samples, out / "crops.jsonl")
+    path = _write_manifest(samples, out / "crops.jsonl")
     print(f"synth: {n} word crops in {time.time() - t0:.1f}s -> {path}")
     return path
 
@@ -972,7 +979,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from batch.errors import EXIT_BAD_ARGS, EXIT_FATAL, HtrError
     if args.pages < 0 or args.crops < 0 or (args.pages == 0 and args.crops == 0):
         print("synth: give --pages N and/or --crops N (N > 0)")
         return EXIT_BAD_ARGS

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from batch.schema import DocumentRecord
+from batch.core.schema import DocumentRecord
 
 TABLE_FORMATS = ("json", "parquet")   # always written: they are what the ledger commits
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 from batch.exports.common import SOFTWARE, box_of, conf, image_name, line_outline, points_text
-from batch.schema import DocumentRecord, Page, Point, iso
+from batch.core.schema import DocumentRecord, Page, Point, iso
 
 NS = "http://www.loc.gov/standards/alto/ns-v4#"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"

@@ -12,9 +12,9 @@ import json
 import sys
 
 from batch import storage
-from batch.errors import EXIT_BAD_ARGS, EXIT_OK, EXIT_PARTIAL, HtrError
+from batch.core.errors import EXIT_BAD_ARGS, EXIT_OK, EXIT_PARTIAL, HtrError
 from batch.exports import FORMATS, formats_arg, render
-from batch.schema import DocumentRecord
+from batch.core.schema import DocumentRecord
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

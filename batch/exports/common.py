@@ -4,7 +4,7 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 
-from batch.schema import DocumentRecord, Line, Page, Point
+from batch.core.schema import DocumentRecord, Line, Page, Point
 
 SOFTWARE = "htr-batch"
 

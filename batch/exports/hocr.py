@@ -6,7 +6,7 @@ from __future__ import annotations
 from html import escape
 
 from batch.exports.common import SOFTWARE, box_of, image_name, line_confidence, line_outline
-from batch.schema import DocumentRecord, Page
+from batch.core.schema import DocumentRecord, Page
 
 
 def _bbox(b) -> str:

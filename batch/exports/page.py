@@ -10,7 +10,7 @@ import xml.etree.ElementTree as ET
 
 from batch.exports.common import (SOFTWARE, box_of, conf, image_name, line_confidence, line_outline,
                                   points_text)
-from batch.schema import DocumentRecord, Page, Point, iso
+from batch.core.schema import DocumentRecord, Page, Point, iso
 
 NS = "http://schema.primaresearch.org/PAGE/gts/pagecontent/2019-07-15"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"

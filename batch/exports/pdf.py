@@ -14,8 +14,9 @@ import zlib
 
 import numpy as np
 
-from batch.errors import HtrError
-from batch.schema import DocumentRecord, Page, doc_id_for
+from batch.core.errors import HtrError
+from batch.core.schema import DocumentRecord, Page
+from batch.core.ids import doc_id_for
 
 DEFAULT_DPI = 300.0          # images that carry no resolution are placed as 300 dpi scans
 ADVANCE = 0.6                # Courier: every glyph advances 0.6 em

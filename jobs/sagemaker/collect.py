@@ -21,34 +21,28 @@ class CollectStats:
 
 def _error_record(doc_id: str, source_uri: str, stage: str, error_type: str, message: str,
                   run_id: str):
-    from batch.schema import ErrorRecord, now_ms
+    from batch.core.schema import ErrorRecord, now_ms
 
     return ErrorRecord(doc_id=doc_id, source_uri=source_uri, stage=stage, error_type=error_type,
                        message=message[:2000], run_id=run_id, processed_at=now_ms())
 
 
-def _uri_id(uri: str) -> str:
-    """The worker's doc_id for a document whose bytes were never read: a hash of its URI."""
-    import hashlib
-
-    return hashlib.sha256(uri.encode()).hexdigest()[:24]
-
-
 def record_from_out(body: bytes, source_uri: str, source_etag: str, run_id: str):
     """One .out body -> a DocumentRecord, or an ErrorRecord (error body or unreadable)."""
-    from batch.schema import DocumentRecord
+    from batch.core.ids import doc_id_for_uri
+    from batch.core.schema import DocumentRecord
 
     try:
         data = json.loads(body)
         if isinstance(data, dict) and isinstance(data.get("error"), dict):
             err = data["error"]
-            return _error_record(data.get("doc_id") or _uri_id(source_uri), source_uri,
+            return _error_record(data.get("doc_id") or doc_id_for_uri(source_uri), source_uri,
                                  str(err.get("stage", "unknown")),
                                  str(err.get("type", "Error")), str(err.get("message", "")),
                                  run_id)
         record = DocumentRecord.from_json(data)
     except (ValueError, KeyError, TypeError) as e:
-        return _error_record(_uri_id(source_uri), source_uri, "collect", "InvalidTransformOutput",
+        return _error_record(doc_id_for_uri(source_uri), source_uri, "collect", "InvalidTransformOutput",
                              f"transform output is not a document record: {e}", run_id)
     record.source_uri = source_uri or record.source_uri
     record.source_etag = source_etag or record.source_etag
@@ -64,8 +58,9 @@ def collect(transform_output: str, out: str, run_id: str, input_uri: str | None 
     given it, and inputs without a .out file become error rows.
     """
     from batch import storage
+    from batch.core.ids import doc_id_for_uri
+    from batch.core.schema import DocumentRecord
     from batch.outputs import OutputWriter
-    from batch.schema import DocumentRecord
 
     from batch.exports import renderer   # archive formats, committed with the tables (--formats)
 
@@ -89,7 +84,7 @@ def collect(transform_output: str, out: str, run_id: str, input_uri: str | None 
             stats.errors += 1
     for key in sorted(set(sources) - seen):
         writer.add_error(_error_record(
-            _uri_id(sources[key].uri), sources[key].uri, "transform", "MissingTransformOutput",
+            doc_id_for_uri(sources[key].uri), sources[key].uri, "transform", "MissingTransformOutput",
             "no .out file for this input: the transform job failed on it (see its logs)", run_id),
             sources[key])
         stats.missing += 1

@@ -110,7 +110,7 @@ def content_type_of(data: bytes, declared: str) -> str:
     """`auto`: the type sniffed from the bytes, as `htr run` would read them."""
     if declared != "auto":
         return declared
-    from batch.errors import InputError
+    from batch.core.errors import InputError
     from transforms.rasterise import sniff
 
     try:

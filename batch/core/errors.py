@@ -1,6 +1,6 @@
 """Typed errors that carry the pipeline stage, and the process exit codes.
 
-A document-level error becomes an error record (see batch.schema.ErrorRecord);
+A document-level error becomes an error record (see batch.core.schema.ErrorRecord);
 it never stops the run. Only bad arguments or an unusable environment do.
 """
 from __future__ import annotations

@@ -8,7 +8,6 @@ are UTC milliseconds so Athena reads them as-is.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Iterator
@@ -17,11 +16,6 @@ import pyarrow as pa
 
 SCHEMA_VERSION = 2  # 2: line polygon + baseline, page dpi (all nullable; version 1 outputs still read)
 PARTITION_COLUMN = "run_date"  # Hive partition: OUT/<table>/run_date=YYYY-MM-DD/
-
-
-def doc_id_for(content: bytes) -> str:
-    """Stable id for the same source content: reruns and re-uploads compare equal."""
-    return hashlib.sha256(content).hexdigest()[:24]
 
 
 def now_ms() -> int:
