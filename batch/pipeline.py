@@ -6,24 +6,29 @@ pre-processing (resize/pad pages) -> segmenter -> DB post-processing -> then, by
   word recogniser (older models): one crop per word -> CTC -> line grouping.
 Pages from many documents are segmented together, and all their crops are recognised together,
 so batches stay full.
+
+torch is imported only where it runs something: the torch backend, a GPU, or an ONNX export on a
+cache miss. On ONNX Runtime with cached graphs (the CPU default) the models take and give numpy
+arrays and decoding and lexicon are numpy: `htr run` never imports torch (~3 s of start-up, #15).
 """
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
-import torch
 
 from batch.core.ids import doc_id_for
 from batch.core.schema import DocumentRecord, Line, Page, Point, Word, now_ms
 from batch.lines import group_lines, outline
 from models import checkpoints
 from models.charset import Codec
-from models.fuse import fuse_batchnorm
-from models.recogniser.crnn import greedy_decode, word_spans
+from models.recogniser.ctc import as_numpy, greedy_decode, word_spans
 from models.recogniser.lexicon import Lexicon, pick_lexicon
 from models.segmenter.postprocess import LINE_POST, PostConfig, boxes_from_prob, order_quad
 from transforms import crops as crops_mod
@@ -31,6 +36,9 @@ from transforms.line_geometry import expand_quad, line_quad, span_polygon
 from transforms.page_normalise import PageFix, normalise_page
 from transforms.rasterise import (DEFAULT_IMAGE_SIDE, DEFAULT_LIMITS, Limits, iter_pages, sniff,
                                   pdf_renderer, source_scale)
+
+if TYPE_CHECKING:
+    import torch
 
 
 def keep_freed_memory() -> None:
@@ -51,12 +59,71 @@ def keep_freed_memory() -> None:
     mallopt(m_trim_threshold, 512 << 20)
 
 
-def pick_device(device: str = "auto") -> torch.device:
+@dataclass(frozen=True)
+class CpuDevice:
+    """The CPU, as far as the pipeline asks (`.type`), without importing torch for a torch.device."""
+    type: str = "cpu"
+    index: None = None
+
+    def __str__(self) -> str:
+        return "cpu"
+
+
+def _cuda_possible() -> bool:
+    """False where torch cannot see a GPU: no NVIDIA driver library to load, no AMD GPU driver.
+    Spares a CPU machine importing torch only to hear torch.cuda.is_available() say no."""
+    import ctypes
+
+    for name in ("libcuda.so.1", "libcuda.so", "nvcuda.dll"):
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            pass
+    return os.path.exists("/dev/kfd")   # ROCm builds of torch answer torch.cuda too
+
+
+def pick_device(device: str = "auto") -> "torch.device | CpuDevice":
+    if device == "cpu" or (device == "auto" and not _cuda_possible()):
+        return CpuDevice()
+    import torch
+
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device("cuda") if torch.cuda.is_available() else CpuDevice()
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda asked for, but no CUDA device is available")
     return torch.device(device)
+
+
+def _is_torch_module(obj: Any) -> bool:
+    return "torch" in sys.modules and isinstance(obj, sys.modules["torch"].nn.Module)
+
+
+def _cpu_flags() -> set[str] | None:
+    """The x86 CPU's feature flags (Linux), None where they cannot be read."""
+    import platform
+
+    if sys.platform != "linux" or platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def native_cpu_bf16() -> bool:
+    """Whether oneDNN runs bf16 natively here (AVX512-BF16 / AMX, AVX-NE-CONVERT): torch's answer,
+    asked only where the CPU's flags leave it possible (torch costs ~3 s to import)."""
+    flags = _cpu_flags()
+    if flags is not None and not any(f.startswith(("avx512", "amx", "avx_ne_convert")) for f in flags):
+        return False
+    import torch
+
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 @dataclass
@@ -183,8 +250,29 @@ def line_pieces(dets: PageDetections) -> list[tuple[int, np.ndarray, list[Word]]
             pieces.append((quad, float(np.mean([w.det_score for w in segment])), segment))
     stand_ins = [_box_word(q, s) for q, s, _ in pieces]
     piece_of = {id(w): p for w, p in zip(stand_ins, pieces)}
-    return [(row.line_idx, piece_of[id(w)][0], piece_of[id(w)][2])
-            for row in group_lines(stand_ins) for w in row.words]
+    out = []
+    for row in group_lines(stand_ins):
+        merged = _join_close([(piece_of[id(w)][0], piece_of[id(w)][2]) for w in row.words])
+        out += [(row.line_idx, quad, members) for quad, members in merged]
+    return out
+
+
+JOIN_GAP = 0.8   # pieces of one row closer than this many line heights are one line broken in two
+
+
+def _join_close(row: list[tuple[np.ndarray, list[Word]]]) -> list[tuple[np.ndarray, list[Word]]]:
+    """One row's pieces (left to right) with the pieces of a line the segmenter broke apart joined
+    again: read as one crop, the recogniser keeps the context across the break."""
+    out = [row[0]] if row else []
+    for quad, members in row[1:]:
+        last, last_members = out[-1]
+        height = min(crops_mod.quad_size(last)[1], crops_mod.quad_size(quad)[1])
+        gap = float(quad[:, 0].min() - last[:, 0].max())
+        if gap < JOIN_GAP * height:
+            out[-1] = (line_quad(np.concatenate([last, quad]).astype(np.float32)), last_members + members)
+        else:
+            out.append((quad, members))
+    return out
 
 
 def number_lines(lines: dict[int, list[Word]]) -> list[Line]:
@@ -226,14 +314,22 @@ class PreparedPage:
 
 
 class Pipeline:
-    def __init__(self, segmenter: torch.nn.Module, seg_meta: dict, recogniser: torch.nn.Module,
-                 rec_meta: dict, device: torch.device, config: PipelineConfig | None = None):
+    def __init__(self, segmenter: Any, seg_meta: dict, recogniser: Any,
+                 rec_meta: dict, device: "torch.device | CpuDevice | str", config: PipelineConfig | None = None):
+        """segmenter, recogniser: torch modules, or ONNX Runtime runners already made from a
+        checkpoint (Pipeline.load)."""
+        if isinstance(device, str):
+            device = CpuDevice() if device == "cpu" else pick_device(device)
         self.device = device
         self.config = config or PipelineConfig()
         keep_freed_memory()
-        # torch modules, or ONNX Runtime runners already made from a checkpoint (Pipeline.load)
-        self.segmenter = segmenter.to(device).eval() if isinstance(segmenter, torch.nn.Module) else segmenter
-        self.recogniser = recogniser.to(device).eval() if isinstance(recogniser, torch.nn.Module) else recogniser
+        if _is_torch_module(segmenter) or _is_torch_module(recogniser):
+            import torch
+
+            device = self.device = torch.device(str(device))
+            segmenter = segmenter.to(device).eval() if _is_torch_module(segmenter) else segmenter
+            recogniser = recogniser.to(device).eval() if _is_torch_module(recogniser) else recogniser
+        self.segmenter, self.recogniser = segmenter, recogniser
         self.seg_meta, self.rec_meta = seg_meta, rec_meta
         self.codec = Codec(rec_meta.get("charset") or Codec().charset)
         self.long_side = self.config.long_side or seg_meta["config"]["input_long_side"]
@@ -245,12 +341,17 @@ class Pipeline:
         self.backend = self._pick_backend(self.config.backend, device, self.bf16_cpu)
         self.bf16_cpu = self.bf16_cpu and self.backend == "torch"
         if self.backend == "onnxruntime":
-            if isinstance(self.segmenter, torch.nn.Module):
-                from models.onnx_backend import to_onnxruntime
+            if _is_torch_module(self.segmenter):
+                from models.onnx_backend import default_threads, to_onnxruntime
 
                 self.segmenter, self.recogniser = to_onnxruntime(self.segmenter, self.recogniser,
-                                                                 self.crop_height, torch.get_num_threads())
+                                                                 self.crop_height, default_threads())
         else:
+            import torch
+
+            from models.fuse import fuse_batchnorm
+
+            self.device = torch.device(str(self.device))
             fuse_batchnorm(self.segmenter)
             fuse_batchnorm(self.recogniser)
         # oneDNN's convolutions and pooling are fastest on NHWC (2x for the recogniser in bf16)
@@ -278,20 +379,25 @@ class Pipeline:
         ~1.7x faster than fp32 for our convolutions; elsewhere it would be emulated and slower."""
         if precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be auto, fp32 or bf16, not {precision!r}")
-        native = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        if precision == "fp32":
+            return False
+        native = native_cpu_bf16()
         if precision == "bf16" and not native:
             raise ValueError("--precision bf16 asked for, but this CPU has no native bf16 (AVX512-BF16/AMX)")
         return precision != "fp32" and native
 
     @staticmethod
-    def _pick_backend(wanted: str, device: torch.device, bf16_cpu: bool = False) -> str:
+    def _pick_backend(wanted: str, device: Any, bf16_cpu: bool = False) -> str:
         """CPU: PyTorch with bf16 autocast where the CPU has native bf16 (fastest, BENCHMARKS.md),
         otherwise ONNX Runtime in fp32 (faster than eager fp32 PyTorch). GPUs stay on PyTorch."""
         if device.type != "cpu" or wanted == "torch" or (wanted == "auto" and bf16_cpu):
             return "torch"
+        import importlib.util
+
         try:
-            import onnx  # noqa: F401  (the exporter needs it)
             import onnxruntime  # noqa: F401
+            if importlib.util.find_spec("onnx") is None:   # the exporter needs it (found, not imported:
+                raise ImportError("No module named 'onnx'")  # a cached graph never loads it)
         except ImportError:
             if wanted == "onnxruntime":
                 raise
@@ -306,24 +412,50 @@ class Pipeline:
         config, dev = config or PipelineConfig(), pick_device(device)
         bf16_cpu = dev.type == "cpu" and cls._cpu_bf16(config.precision)
         if cls._pick_backend(config.backend, dev, bf16_cpu) == "onnxruntime":
-            from models.onnx_backend import from_checkpoints   # exported graphs are cached on disk
+            # exported graphs are cached on disk: a hit builds no network and imports no torch
+            from models.onnx_backend import default_threads, from_checkpoints
 
             seg_meta = checkpoints.read_meta(models_dir, "segmenter")
             rec_meta = checkpoints.read_meta(models_dir, "recogniser")
             height = rec_meta.get("config", {}).get("height", crops_mod.CROP_HEIGHT)
-            seg, rec = from_checkpoints(models_dir, height, torch.get_num_threads())
+            seg, rec = from_checkpoints(models_dir, height, default_threads())
         else:
             seg, seg_meta = checkpoints.load(models_dir, "segmenter")
             rec, rec_meta = checkpoints.load(models_dir, "recogniser")
         return cls(seg, seg_meta, rec, rec_meta, dev, config)
 
     def _autocast(self):
+        if self.backend != "torch":
+            return contextlib.nullcontext()
+        import torch
+
         if self.device.type == "cuda" and self.config.precision != "fp32":
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
             return torch.autocast("cuda", dtype=dtype)
         if self.bf16_cpu:
             return torch.autocast("cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def _inference(self):
+        """Around a model call: torch's inference mode and autocast on the torch backend."""
+        if self.backend != "torch":
+            yield
+            return
+        import torch
+
+        with torch.inference_mode(), self._autocast():
+            yield
+
+    def _input(self, batch: np.ndarray) -> Any:
+        """A float32 NCHW batch as the model takes it: as is for ONNX Runtime, a torch tensor on
+        the device (channels-last on the CPU) for torch."""
+        if self.backend != "torch":
+            return batch
+        import torch
+
+        x = torch.from_numpy(batch).to(self.device)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     # ---- segmentation ------------------------------------------------------------------------
 
@@ -387,11 +519,9 @@ class Pipeline:
         batch = np.full((len(pages), hpad, wpad, 3), 255, np.uint8)  # pad with white paper
         for k, (r, _) in enumerate(resized):
             batch[k, :r.shape[0], :r.shape[1]] = r
-        x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float().div_(255)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), self._autocast():
-            prob = self.segmenter(x, with_threshold=False)["prob"].float().cpu().numpy()
+        x = self._seg_input(batch)
+        with self._inference():
+            prob = as_numpy(self.segmenter(x, with_threshold=False)["prob"])
         results = []
         for k, (r, scale) in enumerate(resized):
             maps = prob[k, :, :r.shape[0], :r.shape[1]]
@@ -402,6 +532,17 @@ class Pipeline:
             results.append(PageDetections(words, lines))
         return results
 
+    def _seg_input(self, batch: np.ndarray) -> Any:
+        """N x H x W x 3 uint8 pages -> the segmenter's N x 3 x H x W float input in [0, 1]."""
+        if self.backend == "torch":   # converted on the device: a quarter of the bytes to move
+            import torch
+
+            x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float().div_(255)
+            return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        x = np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32)
+        x /= 255
+        return x
+
     # ---- recognition -------------------------------------------------------------------------
 
     def recognise(self, crops: list[np.ndarray]) -> list[tuple[str, float]]:
@@ -410,13 +551,10 @@ class Pipeline:
         plan = crops_mod.plan_batches([c.shape[1] for c in crops], self.config.rec_batch)
         for idx in plan:
             batch, widths = crops_mod.pack([crops[i] for i in idx])
-            x = torch.from_numpy(batch).to(self.device)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode(), self._autocast():
-                log_probs = self.recogniser(x).float()
-            frames = torch.from_numpy(-(-widths // 4)).clamp(max=log_probs.shape[1])
-            log_probs = log_probs.cpu()
+            x = self._input(batch)
+            with self._inference():
+                log_probs = as_numpy(self.recogniser(x))
+            frames = np.minimum(-(-np.asarray(widths) // 4), log_probs.shape[1])
             seqs, confs = greedy_decode(log_probs, frames)
             texts = [self.codec.decode_greedy(seq) for seq in seqs]
             if self.lexicon:
@@ -439,14 +577,12 @@ class Pipeline:
         pages: the page each crop comes from. The lexicon's language is chosen per page from all its
         lines (one badly read line is no evidence of a language); without pages, per line."""
         space = self.codec.index.get(" ", -1)
-        read: list[tuple[list, torch.Tensor]] = [([], torch.zeros(0))] * len(crops)
+        read: list[tuple[list, np.ndarray]] = [([], np.zeros((0, 0), np.float32))] * len(crops)
         for idx, batch, widths in self._line_batches(crops):
-            x = torch.from_numpy(batch).to(self.device)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode(), self._autocast():
-                log_probs = self.recogniser(x).float().cpu()
-            frames = torch.from_numpy(-(-widths // 4)).clamp(max=log_probs.shape[1])
+            x = self._input(batch)
+            with self._inference():
+                log_probs = as_numpy(self.recogniser(x))
+            frames = np.minimum(-(-np.asarray(widths) // 4), log_probs.shape[1])
             for row, i in enumerate(idx):
                 lp = log_probs[row, :int(frames[row])]
                 read[i] = ([(self.codec.decode_greedy(cls), conf, f0, f1)
@@ -457,7 +593,7 @@ class Pipeline:
         return [[(t, c, max(0.0, (f0 - 0.5) / len(lp)), min(1.0, (f1 + 0.5) / len(lp)))
                  for t, c, f0, f1 in words if t] for words, lp in read]
 
-    def _rescore(self, read: list[tuple[list, torch.Tensor]], groups: list[int]) -> list[tuple[list, torch.Tensor]]:
+    def _rescore(self, read: list[tuple[list, np.ndarray]], groups: list[int]) -> list[tuple[list, np.ndarray]]:
         """Lexicon rescoring with one language per group of lines (see read_lines)."""
         texts: dict[int, list[str]] = {}
         for (words, _), g in zip(read, groups):
