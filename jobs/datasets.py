@@ -53,14 +53,15 @@ def _manifest_or_dir(path: str | Path) -> Path:
 
 def segmenter_sample(image: np.ndarray, anns: list[dict] | None, size: int, long_side: int,
                      rng: np.random.Generator, train: bool = True,
-                     lines: list[np.ndarray] | None = None) -> dict[str, torch.Tensor]:
+                     lines: list[np.ndarray] | None = None,
+                     jitter: tuple[float, float] = (0.75, 1.25)) -> dict[str, torch.Tensor]:
     """Scale the page as the pipeline would (long side ~ long_side, jittered in training), take a
     size x size crop around text, and build DB targets for it.
 
     anns: the page's words, or None where it has no word boxes (real pages: the word maps are
     masked out). lines: its line polygons for the line head, or None (that head is masked out)."""
     h, w = image.shape[:2]
-    scale = long_side / max(h, w) * (rng.uniform(0.75, 1.25) if train else 1.0)
+    scale = long_side / max(h, w) * (rng.uniform(*jitter) if train else 1.0)
     img = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
                      interpolation=cv2.INTER_AREA)
     ih, iw = img.shape[:2]
@@ -160,6 +161,11 @@ class ManifestPages(IterableDataset):
             yield segmenter_sample(image, anns, self.size, self.long_side, rng)
 
 
+# Real pages are scaled wider than synthetic ones: archives' line heights at the segmenter's input
+# range over 2x (24-53 px page medians at 1024 px on the training sets), other archives' further.
+REAL_SCALES = (0.6, 1.5)
+
+
 class RealLinePages(IterableDataset):
     """Real pages with line polygons only (jobs.page_data cache), mixed with synthetic pages
     (words and lines) at `synthetic_share`, so the word head keeps learning while the line head
@@ -181,7 +187,7 @@ class RealLinePages(IterableDataset):
                 continue
             image, lines = self.pages.page(int(rng.integers(len(self.pages))))
             yield segmenter_sample(_jitter_colours(image, rng), None, self.size, self.long_side, rng,
-                                   lines=lines)
+                                   lines=lines, jitter=REAL_SCALES)
 
 
 def _jitter_colours(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:

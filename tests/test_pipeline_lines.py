@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from batch.pipeline import Pipeline, PipelineConfig, number_lines, split_segments
+from batch.pipeline import PageDetections, Pipeline, PipelineConfig, number_lines, split_segments
 from batch.core.schema import Point, Word
 from models.charset import CHARSET, Codec
 from models.recogniser.lexicon import Lexicon, pick_lexicon
@@ -115,22 +115,26 @@ def test_pipeline_reads_lines_with_a_line_recogniser(tiny_line_models):
     assert all(0.0 <= u0 <= u1 <= 1.0 for _, _, u0, u1 in read)
 
 
-def _dets(height: float, n: int = 5):
-    return [(np.array([[0, 0], [50, 0], [50, height], [0, height]], np.float32), 0.9)] * n
+def _dets(height: float, n: int = 5, lines: bool = False) -> PageDetections:
+    found = [(np.array([[0, 0], [50, 0], [50, height], [0, height]], np.float32), 0.9)] * n
+    return PageDetections([], found) if lines else PageDetections(found)
 
 
 def test_text_far_from_the_learned_size_is_segmented_again_at_a_better_scale(tiny_line_models):
     pipe = Pipeline.load(tiny_line_models, "cpu", PipelineConfig(lexicon="off", backend="torch",
                                                                    precision="fp32"))
-    page = np.zeros((4 * pipe.long_side, 3 * pipe.long_side, 3), np.uint8)   # segmenter scale 1/4
+    page = np.zeros((4 * pipe.long_side, 3 * pipe.long_side, 3), np.uint8)   # the segmenter sees it at 1/4
     assert pipe._rescaled_side(page, _dets(96)) is None         # 24 px at the segmenter: as learned
     small = pipe._rescaled_side(page, _dets(16))                # 4 px: a 100-dpi form, tiny print
     assert small is not None and small > pipe.long_side
     large = pipe._rescaled_side(page, _dets(400))               # 100 px: a close-up photo
     assert large is not None and large < pipe.long_side
-    assert pipe._rescaled_side(page, []) == 2 * pipe.long_side  # nothing found on a big page: look closer
+    assert pipe._rescaled_side(page, _dets(0, 0)) == 2 * pipe.long_side  # nothing found on a big page: look closer
+    # a line head's lines are measured against the line heights it learned (36 px, not 24)
+    assert pipe._rescaled_side(page, _dets(160, lines=True)) is None       # 40 px lines: as learned
+    assert pipe._rescaled_side(page, _dets(320, lines=True)) < pipe.long_side   # 80 px lines
     tiny_page = np.zeros((pipe.long_side, pipe.long_side // 2, 3), np.uint8)
-    assert pipe._rescaled_side(tiny_page, []) is None           # no pixels to gain
+    assert pipe._rescaled_side(tiny_page, _dets(0, 0)) is None           # no pixels to gain
 
 
 def _text_page() -> np.ndarray:
