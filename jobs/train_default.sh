@@ -9,7 +9,7 @@
 #   segmenter:  1800 steps, batch 8 of 256 px crops (64-channel FPN), then the narrow variant
 #               (db_mobilenet_v3_small_lite, 32-channel FPN) for 1800 steps from that one's backbone,
 #               then the shipped variant with a text-line head (db_mobilenet_v3_small_lines) from that
-#               one: 2400 steps, batch 8 of 384 px crops, 60 % real pages (their line polygons;
+#               one: 1500 steps, batch 8 of 384 px crops, 60 % real pages (their line polygons;
 #               jobs/page_data.py, timeus left out) and 40 % synthetic pages (words and lines), lr 1e-3
 #   recogniser: 5000 steps (batch 32), then 2500 more from that model at half the learning rate,
 #               then 12000 more from that one at the same rate (a fresh cosine cycle), then 6000 more
@@ -29,7 +29,7 @@ PY=${PY:-.venv/bin/python}
 OUT=${OUT:-runs/default}
 SEG_STEPS=${SEG_STEPS:-1800}
 SEG2_STEPS=${SEG2_STEPS:-1800}
-SEG3_STEPS=${SEG3_STEPS:-2400}
+SEG3_STEPS=${SEG3_STEPS:-1500}
 REC_STEPS=${REC_STEPS:-5000}
 REC2_STEPS=${REC2_STEPS:-2500}
 REC3_STEPS=${REC3_STEPS:-12000}
