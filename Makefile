@@ -6,7 +6,7 @@ HTR   := $(VENV)/bin/htr
 SUDO  := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 OUT   ?= out
 
-.PHONY: setup apt venv run test test-fast infra-check train-default samples bench bench-gpu clean
+.PHONY: setup apt venv run test test-fast lint infra-check train-default samples bench bench-gpu clean
 
 setup: apt venv
 
@@ -20,10 +20,11 @@ apt:
 
 # The virtualenv, rebuilt when requirements change. torch/torchvision come from the local wheel store.
 venv: $(VENV)/.installed
-$(VENV)/.installed: requirements.txt requirements-fonts.txt requirements-bench.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-fonts.txt requirements-bench.txt requirements-lint.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip install -q --no-deps -r requirements-bench.txt
+	$(PY) -m pip install -q -r requirements-lint.txt
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
@@ -33,6 +34,18 @@ run: setup
 
 test: setup
 	$(PY) -m pytest -q
+
+# The inner loop: everything but the tests marked slow (subprocesses, the moto server, training,
+# benchmarks); under a minute on 2 cores.
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+# Lint, format and types (settings in pyproject.toml); CI runs it before the tests.
+LINT_PATHS := batch jobs models transforms tests
+lint: setup
+	$(VENV)/bin/ruff check $(LINT_PATHS)
+	$(VENV)/bin/ruff format --check $(LINT_PATHS)
+	$(VENV)/bin/mypy $(LINT_PATHS)
 
 # The AWS deployment (infra/): render the template, cfn-lint it, deploy it on moto and test the
 # Lambda handlers (no AWS calls). The rendered template is left in $(OUT)/htr-batch.yaml.

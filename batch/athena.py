@@ -8,6 +8,7 @@ projection, so new days are queryable without MSCK REPAIR or crawlers.
 Naming is shared with `htr query` (batch.query): table `<prefix><name>` in database
 `<database>`, so SQL tested locally with DuckDB runs unchanged in Athena.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,9 +26,16 @@ PROJECTION_START = "2020-01-01"
 _IDENTIFIER = re.compile(r"^[a-z0-9_]*$")  # what Athena (Glue) accepts without surprises
 
 _SCALAR_TYPES: dict[pa.DataType, str] = {
-    pa.string(): "string", pa.large_string(): "string", pa.bool_(): "boolean",
-    pa.int8(): "tinyint", pa.int16(): "smallint", pa.int32(): "int", pa.int64(): "bigint",
-    pa.float32(): "float", pa.float64(): "double", pa.date32(): "date",
+    pa.string(): "string",
+    pa.large_string(): "string",
+    pa.bool_(): "boolean",
+    pa.int8(): "tinyint",
+    pa.int16(): "smallint",
+    pa.int32(): "int",
+    pa.int64(): "bigint",
+    pa.float32(): "float",
+    pa.float64(): "double",
+    pa.date32(): "date",
 }
 
 
@@ -59,8 +67,13 @@ def check_names(database: str, prefix: str) -> None:
             raise ValueError(f"{what} {value!r} must be lowercase letters, digits and '_'")
 
 
-def ddl_for(table_name: str, schema: pa.Schema, location: str, database: str = DEFAULT_DATABASE,
-            projection_start: str = PROJECTION_START) -> str:
+def ddl_for(
+    table_name: str,
+    schema: pa.Schema,
+    location: str,
+    database: str = DEFAULT_DATABASE,
+    projection_start: str = PROJECTION_START,
+) -> str:
     """CREATE EXTERNAL TABLE for one Hive-partitioned Parquet table at `location` (s3://.../)."""
     location = location.rstrip("/") + "/"
     if "'" in location or "\\" in location:
@@ -77,11 +90,13 @@ def ddl_for(table_name: str, schema: pa.Schema, location: str, database: str = D
         "storage.location.template": f"{location}{p}=${{{p}}}/",
     }
     tblprops = ",\n".join(f"  '{k}'='{v}'" for k, v in props.items())
-    return (f"CREATE EXTERNAL TABLE IF NOT EXISTS `{database}`.`{table_name}` (\n{columns}\n)\n"
-            f"PARTITIONED BY (`{p}` string)\n"
-            f"STORED AS PARQUET\n"
-            f"LOCATION '{location}'\n"
-            f"TBLPROPERTIES (\n{tblprops}\n);")
+    return (
+        f"CREATE EXTERNAL TABLE IF NOT EXISTS `{database}`.`{table_name}` (\n{columns}\n)\n"
+        f"PARTITIONED BY (`{p}` string)\n"
+        f"STORED AS PARQUET\n"
+        f"LOCATION '{location}'\n"
+        f"TBLPROPERTIES (\n{tblprops}\n);"
+    )
 
 
 def all_ddl(out_uri: str, database: str = DEFAULT_DATABASE, prefix: str = "") -> list[str]:
@@ -94,6 +109,7 @@ def all_ddl(out_uri: str, database: str = DEFAULT_DATABASE, prefix: str = "") ->
 
 
 # ---- parsing DDL back (tests compare it with written Parquet files) --------------------------
+
 
 def parse_ddl_columns(ddl: str) -> tuple[dict[str, str], dict[str, str]]:
     """(columns, partition columns) as {name: type} from a CREATE EXTERNAL TABLE statement."""
@@ -110,7 +126,7 @@ def _bracketed(text: str, open_at: int) -> tuple[str, int]:
     for i in range(open_at, len(text)):
         depth += {"(": 1, ")": -1}.get(text[i], 0)
         if depth == 0:
-            return text[open_at + 1:i], i + 1
+            return text[open_at + 1 : i], i + 1
     raise ValueError("unbalanced parentheses in DDL")
 
 
@@ -136,6 +152,7 @@ def _split_top_level(text: str) -> list[str]:
 
 # ---- CLI --------------------------------------------------------------------------------------
 
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", metavar="OUT", help="the output root, s3://bucket/prefix/")
     parser.add_argument("--database", default=DEFAULT_DATABASE, help="Athena database (default: %(default)s)")
@@ -144,8 +161,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     if not storage.is_s3(args.out):
-        print("htr athena-ddl: error: Athena reads only from S3; OUT must be s3://bucket/prefix/",
-              file=sys.stderr)
+        print(
+            "htr athena-ddl: error: Athena reads only from S3; OUT must be s3://bucket/prefix/",
+            file=sys.stderr,
+        )
         return EXIT_BAD_ARGS
     try:
         statements = all_ddl(args.out, args.database, args.table_prefix)

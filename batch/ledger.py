@@ -32,6 +32,7 @@ found by start-up recovery): it is processed again by the next run, whatever the
 Sources are identified by their URI (S3 uri, or absolute local path); `Shard` assigns each
 one to a worker by a stable hash of that URI.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -50,12 +51,13 @@ LEDGER_DIR = "_ledger"
 ENTRIES = f"{LEDGER_DIR}/entries"
 CHECKPOINTS = f"{LEDGER_DIR}/checkpoints"
 PENDING = f"{LEDGER_DIR}/pending"
-ALL_SHARDS = "*"   # the lease key of an unsharded writer: it takes over every shard
+ALL_SHARDS = "*"  # the lease key of an unsharded writer: it takes over every shard
 FORMAT_VERSION = 1
 _SEQ_DIGITS = 10
 
 
 # ---- shards ------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Shard:
@@ -69,7 +71,7 @@ class Shard:
             raise ValueError(f"bad shard {self.index}/{self.count}: need 0 <= i < n")
 
     @classmethod
-    def parse(cls, text: str) -> "Shard":
+    def parse(cls, text: str) -> Shard:
         """'i/n' -> Shard(i, n) (argparse type)."""
         m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text or "")
         if not m:
@@ -108,17 +110,19 @@ def tag_of(name: str) -> str | None:
 
 # ---- what to process ---------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Policy:
     """Which listed sources a run processes, given what the ledger says about them."""
 
     model_version: str = ""
-    reprocess: bool = False           # --reprocess: everything
-    on_model_change: bool = False     # --reprocess-on-model-change
-    retry_failed: bool = True         # off with --skip-failed
+    reprocess: bool = False  # --reprocess: everything
+    on_model_change: bool = False  # --reprocess-on-model-change
+    retry_failed: bool = True  # off with --skip-failed
 
 
 # ---- the folded state --------------------------------------------------------------------------
+
 
 @dataclass
 class SourceState:
@@ -128,22 +132,22 @@ class SourceState:
     etag: str
     size: int
     doc_id: str
-    status: str           # ok | error | lost (rows missing from storage: process again)
+    status: str  # ok | error | lost (rows missing from storage: process again)
     model_version: str
     run_id: str
-    seq: int = 0          # the entry that committed it: its rows carry this generation
+    seq: int = 0  # the entry that committed it: its rows carry this generation
     pages: int = 0
     words: int = 0
 
 
 @dataclass
 class LedgerState:
-    seq: int = 0                                                   # last entry folded in
+    seq: int = 0  # last entry folded in
     sources: dict[str, SourceState] = field(default_factory=dict)  # by source uri
     parts: dict[str, dict[str, int]] = field(default_factory=dict)  # live part -> {uri: seq}
-    batches: dict[str, int] = field(default_factory=dict)          # committed batch id -> seq
-    where: dict[str, set[str]] = field(default_factory=dict)       # derived: uri -> live parts
-    doc_refs: Counter = field(default_factory=Counter)             # derived: doc_id -> ok sources
+    batches: dict[str, int] = field(default_factory=dict)  # committed batch id -> seq
+    where: dict[str, set[str]] = field(default_factory=dict)  # derived: uri -> live parts
+    doc_refs: Counter = field(default_factory=Counter)  # derived: doc_id -> ok sources
     leases: dict[str, dict[str, Any]] = field(default_factory=dict)  # key -> {writer, seq}
 
     def lease_epoch(self, key: str) -> int:
@@ -164,9 +168,20 @@ class LedgerState:
         if seq != self.seq + 1:
             raise StorageError(f"ledger entry {seq} read after entry {self.seq}: the log has a gap")
         for s in entry["sources"]:
-            self._set_source(SourceState(s["uri"], s["etag"], int(s["size"]), s["doc_id"],
-                                         s["status"], s["model_version"], s["run_id"], seq,
-                                         int(s.get("pages", 0)), int(s.get("words", 0))))
+            self._set_source(
+                SourceState(
+                    s["uri"],
+                    s["etag"],
+                    int(s["size"]),
+                    s["doc_id"],
+                    s["status"],
+                    s["model_version"],
+                    s["run_id"],
+                    seq,
+                    int(s.get("pages", 0)),
+                    int(s.get("words", 0)),
+                )
+            )
         for part in entry["removed"]:
             for uri in self.parts.pop(part, {}):
                 self.where.get(uri, set()).discard(part)
@@ -197,9 +212,9 @@ class LedgerState:
         if policy.reprocess:
             return "forced"
         if old.etag != etag:
-            return "changed"       # also for a failed source: new bytes deserve a new try
+            return "changed"  # also for a failed source: new bytes deserve a new try
         if old.status == "lost":
-            return "lost"          # committed once, rows gone since: never skipped
+            return "lost"  # committed once, rows gone since: never skipped
         if old.status == "error":
             return "retry" if policy.retry_failed else None
         if policy.on_model_change and old.model_version != policy.model_version:
@@ -218,12 +233,17 @@ class LedgerState:
         return plan
 
     def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT_VERSION, "seq": self.seq,
-                "sources": [asdict(s) for s in self.sources.values()],
-                "parts": self.parts, "batches": self.batches, "leases": self.leases}
+        return {
+            "format": FORMAT_VERSION,
+            "seq": self.seq,
+            "sources": [asdict(s) for s in self.sources.values()],
+            "parts": self.parts,
+            "batches": self.batches,
+            "leases": self.leases,
+        }
 
     @classmethod
-    def from_json(cls, d: dict[str, Any]) -> "LedgerState":
+    def from_json(cls, d: dict[str, Any]) -> LedgerState:
         state = cls(seq=int(d["seq"]), batches=dict(d["batches"]), leases=dict(d.get("leases", {})))
         for s in d["sources"]:
             state._set_source(SourceState(**s))
@@ -235,6 +255,7 @@ class LedgerState:
 
 
 # ---- leases -------------------------------------------------------------------------------------
+
 
 class LeaseLost(StorageError):
     """Another run took this writer's shard: it must not commit (its parts may be gone)."""
@@ -250,26 +271,31 @@ class Claim:
 
     key: str
     writer: str
-    epoch: int = 0         # the lease epoch this writer's files are safe under
-    held: bool = False     # it took the lease (then every entry must find it still the holder)
+    epoch: int = 0  # the lease epoch this writer's files are safe under
+    held: bool = False  # it took the lease (then every entry must find it still the holder)
 
     def check(self, state: LedgerState) -> None:
         """Raise LeaseLost unless an entry after `state` may be committed under this claim."""
         if self.held:
             holder = state.lease_holder(self.key)
             if holder != self.writer:
-                raise LeaseLost(f"another run ({holder or 'an unsharded run'}) took over shard "
-                                f"{self.key} at ledger entry {state.lease_epoch(self.key)}; "
-                                "this run stops without committing")
+                raise LeaseLost(
+                    f"another run ({holder or 'an unsharded run'}) took over shard "
+                    f"{self.key} at ledger entry {state.lease_epoch(self.key)}; "
+                    "this run stops without committing"
+                )
         elif state.lease_epoch(self.key) != self.epoch:
             holder = state.lease_holder(self.key)
-            raise LeaseLost(f"another run ({holder or 'an unsharded run'}) took over shard "
-                            f"{self.key} at ledger entry {state.lease_epoch(self.key)} after this "
-                            "run started (it may have cleaned up this run's files); this run "
-                            "stops without committing")
+            raise LeaseLost(
+                f"another run ({holder or 'an unsharded run'}) took over shard "
+                f"{self.key} at ledger entry {state.lease_epoch(self.key)} after this "
+                "run started (it may have cleaned up this run's files); this run "
+                "stops without committing"
+            )
 
 
 # ---- the ledger in storage ---------------------------------------------------------------------
+
 
 class Ledger:
     """Reads and extends the commit log under OUT/_ledger/."""
@@ -331,8 +357,11 @@ class Ledger:
     def write_checkpoint(self) -> None:
         """Same bytes whoever writes it, so a plain (idempotent) write is enough."""
         body = json.dumps(self.state.to_json(), ensure_ascii=False, separators=(",", ":"))
-        storage.write_bytes(self.uri(CHECKPOINTS, f"{self.state.seq:0{_SEQ_DIGITS}d}.json.gz"),
-                            gzip.compress(body.encode(), mtime=0), "application/gzip")
+        storage.write_bytes(
+            self.uri(CHECKPOINTS, f"{self.state.seq:0{_SEQ_DIGITS}d}.json.gz"),
+            gzip.compress(body.encode(), mtime=0),
+            "application/gzip",
+        )
 
     def _latest_checkpoint(self) -> LedgerState | None:
         try:
@@ -342,5 +371,3 @@ class Ledger:
         if not names:
             return None
         return LedgerState.from_json(json.loads(gzip.decompress(storage.read_bytes(max(names)))))
-
-

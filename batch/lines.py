@@ -7,6 +7,7 @@ then each unusually tall word (a tall capital, a long descender, two lines' stro
 one box) joins the line whose nearest word it overlaps most vertically, so it can neither
 pull two lines together nor start a line of its own when it belongs to one.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,10 +22,12 @@ TALL = 1.3  # a word taller than this times the median height is placed after th
 
 def _skew(quads: np.ndarray) -> float:
     """The page's skew angle (radians) from the top edges of its wide words."""
-    heights = (np.linalg.norm(quads[:, 3] - quads[:, 0], axis=1)
-               + np.linalg.norm(quads[:, 2] - quads[:, 1], axis=1)) / 2
-    widths = (np.linalg.norm(quads[:, 1] - quads[:, 0], axis=1)
-              + np.linalg.norm(quads[:, 2] - quads[:, 3], axis=1)) / 2
+    heights = (
+        np.linalg.norm(quads[:, 3] - quads[:, 0], axis=1) + np.linalg.norm(quads[:, 2] - quads[:, 1], axis=1)
+    ) / 2
+    widths = (
+        np.linalg.norm(quads[:, 1] - quads[:, 0], axis=1) + np.linalg.norm(quads[:, 2] - quads[:, 3], axis=1)
+    ) / 2
     top = quads[:, 1] - quads[:, 0]
     angles = np.arctan2(top[:, 1], top[:, 0])
     wide = (widths > 1.5 * heights) & (np.abs(angles) < math.radians(30))
@@ -38,7 +41,7 @@ def group_lines(words: list[Word]) -> list[Line]:
     quads = np.array([[[p.x, p.y] for p in w.polygon] for w in words], dtype=np.float64)
     skew = _skew(quads)
     c, s = math.cos(-skew), math.sin(-skew)
-    xs = quads[..., 0] * c - quads[..., 1] * s          # deskewed corners
+    xs = quads[..., 0] * c - quads[..., 1] * s  # deskewed corners
     ys = quads[..., 0] * s + quads[..., 1] * c
     x, y = xs.mean(1), ys.mean(1)
     top, bottom = ys.min(1), ys.max(1)

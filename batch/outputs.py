@@ -51,6 +51,7 @@ deletes or finishes whatever the batch left.
 Test hook: HTR_CRASH_AT=<point>:<n> SIGKILLs the process the n-th time it reaches <point>,
 one of part-before, part-after, rewrite-after, commit-before, commit-after, publish-after.
 """
+
 from __future__ import annotations
 
 import io
@@ -63,9 +64,10 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -73,18 +75,30 @@ import pyarrow.parquet as pq
 
 from batch import storage
 from batch.core.errors import HtrError, StorageError
+from batch.core.schema import (
+    PARTITION_COLUMN,
+    TABLES,
+    DocumentRecord,
+    ErrorRecord,
+    conform,
+    error_rows,
+    iso,
+    iter_word_rows,
+    now_ms,
+    page_rows,
+    run_date,
+    to_table,
+)
 from batch.exports import stale_uris
 from batch.ledger import PENDING, Claim, LeaseLost, Ledger, LedgerState, Shard, tag_of
-from batch.core.schema import (DocumentRecord, ErrorRecord, PARTITION_COLUMN, TABLES, conform, error_rows,
-                          iso, iter_word_rows, now_ms, page_rows, run_date, to_table)
 
 COMPRESSIONS = ("zstd", "snappy")
 DOCUMENTS = "documents"
 MARKER = "_batch"
-EXPORTS = "exports"   # pending/<batch>/exports/<doc_id>/<path under OUT>: archive formats (batch.exports)
+EXPORTS = "exports"  # pending/<batch>/exports/<doc_id>/<path under OUT>: archive formats (batch.exports)
 CRASH_ENV = "HTR_CRASH_AT"
 _MAX_CONFLICTS = 50  # commit attempts lost to other writers before giving up
-_ROUNDS = 4          # whole commit (or publish) attempts, once storage's own retries ran out
+_ROUNDS = 4  # whole commit (or publish) attempts, once storage's own retries ran out
 
 
 class CommitFailed(HtrError):
@@ -115,6 +129,7 @@ def crash_point(name: str) -> None:
 
 
 # ---- helpers -----------------------------------------------------------------------------------
+
 
 def parquet_bytes(table: pa.Table, compression: str = "zstd") -> bytes:
     buf = io.BytesIO()
@@ -167,51 +182,60 @@ class _Uploads:
 @dataclass
 class _Item:
     """One source's contribution to the batch being assembled."""
-    source: dict[str, Any]                 # its ledger record (batch.ledger.SourceState fields)
-    tables: dict[str, pa.Table]            # its rows, by table
+
+    source: dict[str, Any]  # its ledger record (batch.ledger.SourceState fields)
+    tables: dict[str, pa.Table]  # its rows, by table
 
 
 @dataclass
 class Recovery:
     """What `OutputWriter.open` cleaned up after an earlier, interrupted run."""
-    finished: int = 0      # committed batches whose publish step was redone
-    abandoned: int = 0     # uncommitted batches whose staged files were deleted
-    orphans: int = 0       # uncommitted parts deleted
-    foreign: int = 0       # Parquet files no ledger ever knew (left alone)
-    missing: int = 0       # committed parts that storage lost (their sources: "lost")
-    lost: int = 0          # sources marked "lost", to be processed again
+
+    finished: int = 0  # committed batches whose publish step was redone
+    abandoned: int = 0  # uncommitted batches whose staged files were deleted
+    orphans: int = 0  # uncommitted parts deleted
+    foreign: int = 0  # Parquet files no ledger ever knew (left alone)
+    missing: int = 0  # committed parts that storage lost (their sources: "lost")
+    lost: int = 0  # sources marked "lost", to be processed again
 
     def __bool__(self) -> bool:
         return bool(self.finished or self.abandoned or self.orphans or self.foreign or self.missing)
 
     def summary(self) -> str:
-        text = (f"recovered: {self.finished} committed batches finished, {self.abandoned} "
-                f"uncommitted batches and {self.orphans} orphan parts removed")
+        text = (
+            f"recovered: {self.finished} committed batches finished, {self.abandoned} "
+            f"uncommitted batches and {self.orphans} orphan parts removed"
+        )
         if self.missing:
-            text += (f"; {self.missing} committed parts were missing from storage: their "
-                     f"{self.lost} sources are processed again")
+            text += (
+                f"; {self.missing} committed parts were missing from storage: their "
+                f"{self.lost} sources are processed again"
+            )
         if self.foreign:
-            text += (f"; {self.foreign} Parquet files not written by a ledger-aware run were "
-                     "left alone (their rows are outside the exactly-once guarantee)")
+            text += (
+                f"; {self.foreign} Parquet files not written by a ledger-aware run were "
+                "left alone (their rows are outside the exactly-once guarantee)"
+            )
         return text
 
 
 # ---- the writer --------------------------------------------------------------------------------
 
+
 @dataclass
 class OutputWriter:
     out_uri: str
     run_id: str
-    rows_per_part: int = 200_000          # word rows per batch (~ tens of MB of Parquet)
+    rows_per_part: int = 200_000  # word rows per batch (~ tens of MB of Parquet)
     compression: str = "zstd"
-    docs_per_part: int = 1000             # documents per batch: also the most a kill can undo
+    docs_per_part: int = 1000  # documents per batch: also the most a kill can undo
     shard: Shard = field(default_factory=Shard)
-    model_version: str = ""               # recorded for error rows (they have no model output)
+    model_version: str = ""  # recorded for error rows (they have no model output)
     # archive formats: doc -> {path under OUT: bytes} (batch.exports.renderer), staged and
     # published with the document's JSON
     exports: Callable[[DocumentRecord], dict[str, bytes]] | None = None
-    written: list[str] = field(default_factory=list)   # part URIs this writer wrote
-    committed: int = 0                    # sources committed by this writer
+    written: list[str] = field(default_factory=list)  # part URIs this writer wrote
+    committed: int = 0  # sources committed by this writer
 
     def __post_init__(self) -> None:
         if self.compression not in COMPRESSIONS:
@@ -225,7 +249,7 @@ class OutputWriter:
         self._opened = False
         self._io = _Uploads()
         self._claim = Claim(self.shard.lease_key, self.writer_id)
-        self._parts: dict[str, pa.Table] | None = None   # the batch's new parts, named once
+        self._parts: dict[str, pa.Table] | None = None  # the batch's new parts, named once
         self._parts_written: set[str] = set()
         self._rewrites: dict[tuple[str, frozenset[str]], str | None] = {}  # (old, dropped) -> new
         self._repairs = 0
@@ -236,30 +260,68 @@ class OutputWriter:
         """Stage the document; it is committed with its batch."""
         self.open()
         uri = doc.source_uri or doc.doc_id
-        files = self.exports(doc) if self.exports else {}   # first: a failed export fails only this document
+        files = self.exports(doc) if self.exports else {}  # first: a failed export fails only this document
         for rel, data in files.items():
             self._io.submit(storage.write_bytes, self._pending_uri(f"{EXPORTS}/{doc.doc_id}/{rel}"), data)
-        self._io.submit(storage.write_bytes, self._pending_uri(f"{doc.doc_id}.json"),
-                        doc.dumps().encode(), "application/json")
+        self._io.submit(
+            storage.write_bytes,
+            self._pending_uri(f"{doc.doc_id}.json"),
+            doc.dumps().encode(),
+            "application/json",
+        )
         words = to_table("words", iter_word_rows(doc))
-        self._add(uri, _Item(
-            self._source(uri, source, doc.source_etag, doc.doc_id, "ok", doc.model_version,
-                         doc.run_id, pages=len(doc.pages), words=words.num_rows),
-            {"words": words, "pages": to_table("pages", page_rows(doc))}))
+        self._add(
+            uri,
+            _Item(
+                self._source(
+                    uri,
+                    source,
+                    doc.source_etag,
+                    doc.doc_id,
+                    "ok",
+                    doc.model_version,
+                    doc.run_id,
+                    pages=len(doc.pages),
+                    words=words.num_rows,
+                ),
+                {"words": words, "pages": to_table("pages", page_rows(doc))},
+            ),
+        )
 
     def add_error(self, err: ErrorRecord, source: storage.SourceObject | None = None) -> None:
         self.open()
         uri = err.source_uri or err.doc_id
-        self._add(uri, _Item(
-            self._source(uri, source, "", err.doc_id, "error", self.model_version, err.run_id),
-            {"errors": to_table("errors", error_rows(err))}))
+        self._add(
+            uri,
+            _Item(
+                self._source(uri, source, "", err.doc_id, "error", self.model_version, err.run_id),
+                {"errors": to_table("errors", error_rows(err))},
+            ),
+        )
 
-    def _source(self, uri: str, src: storage.SourceObject | None, etag: str, doc_id: str,
-                status: str, model_version: str, run_id: str, pages: int = 0,
-                words: int = 0) -> dict[str, Any]:
-        return {"uri": uri, "etag": src.etag if src else etag, "size": src.size if src else -1,
-                "doc_id": doc_id, "status": status, "model_version": model_version,
-                "run_id": run_id, "pages": pages, "words": words}
+    def _source(
+        self,
+        uri: str,
+        src: storage.SourceObject | None,
+        etag: str,
+        doc_id: str,
+        status: str,
+        model_version: str,
+        run_id: str,
+        pages: int = 0,
+        words: int = 0,
+    ) -> dict[str, Any]:
+        return {
+            "uri": uri,
+            "etag": src.etag if src else etag,
+            "size": src.size if src else -1,
+            "doc_id": doc_id,
+            "status": status,
+            "model_version": model_version,
+            "run_id": run_id,
+            "pages": pages,
+            "words": words,
+        }
 
     def _add(self, uri: str, item: _Item) -> None:
         """Buffer a source's rows (a second record for one source replaces the first)."""
@@ -290,9 +352,11 @@ class OutputWriter:
         self._parts, self._parts_written, self._rewrites = None, set(), {}
         self._batch_no += 1
         crash_point("commit-after")
-        self._in_rounds(lambda: finish_commit(self.ledger, entry, self._io.map),
-                        f"batch {batch} is committed, but publishing its documents failed "
-                        "(the next run finishes it)", stage="publish")
+        self._in_rounds(
+            lambda: finish_commit(self.ledger, entry, self._io.map),
+            f"batch {batch} is committed, but publishing its documents failed (the next run finishes it)",
+            stage="publish",
+        )
 
     def _in_rounds(self, step: Callable[[], Any], failure: str, stage: str = "commit") -> Any:
         """`step` (idempotent), tried again after a pause while it fails transiently; any
@@ -307,7 +371,7 @@ class OutputWriter:
             except StorageError as e:
                 if not e.transient or round_no == _ROUNDS:
                     raise CommitFailed(f"{failure}: {e}", stage) from e
-                time.sleep(min(30.0, cfg.backoff_base * 4 * 2 ** round_no) * (0.5 + random.random() / 2))
+                time.sleep(min(30.0, cfg.backoff_base * 4 * 2**round_no) * (0.5 + random.random() / 2))
             except Exception as e:  # noqa: BLE001 - e.g. a part that is not Parquet
                 raise CommitFailed(f"{failure}: {type(e).__name__}: {e}", stage) from e
 
@@ -341,15 +405,17 @@ class OutputWriter:
         if self._parts is None:
             self._parts = {}
             for table in TABLES:
-                tables = [i.tables[table] for i in self._items.values()
-                          if table in i.tables and i.tables[table].num_rows]
+                tables = [
+                    i.tables[table]
+                    for i in self._items.values()
+                    if table in i.tables and i.tables[table].num_rows
+                ]
                 if tables:
                     for day, rows in _by_date(pa.concat_tables(tables)).items():
                         self._parts[self._part_name(f"{table}/{PARTITION_COLUMN}={day}")] = rows
         parts = self._parts
         todo = [rel for rel in parts if rel not in self._parts_written]
-        self._parts_written.update(self._io.map(lambda rel: self._write_part(rel, parts[rel], "part"),
-                                                todo))
+        self._parts_written.update(self._io.map(lambda rel: self._write_part(rel, parts[rel], "part"), todo))
         return {rel: set(rows.column("source_uri").to_pylist()) for rel, rows in parts.items()}
 
     def _part_name(self, folder: str) -> str:
@@ -394,11 +460,11 @@ class OutputWriter:
                 for rel in set(rewrites.values()) - used - {None}:  # from plans that lost a race
                     storage.delete(storage.join(self.out_uri, rel))
                 return entry
-        raise StorageError(f"gave up after {_MAX_CONFLICTS} commit conflicts on {self.out_uri}",
-                           "commit")
+        raise StorageError(f"gave up after {_MAX_CONFLICTS} commit conflicts on {self.out_uri}", "commit")
 
-    def _commit_entry(self, build: Callable[[LedgerState], dict[str, Any]],
-                      before_any_write: bool = False) -> dict[str, Any]:
+    def _commit_entry(
+        self, build: Callable[[LedgerState], dict[str, Any]], before_any_write: bool = False
+    ) -> dict[str, Any]:
         """Commit a housekeeping entry (lease, repair) built against the latest state.
         before_any_write: this writer has written nothing yet, so it may take the lease at
         whatever epoch it finds now."""
@@ -409,24 +475,37 @@ class OutputWriter:
             entry = self.ledger.try_commit(build(self.ledger.state), self._claim)
             if entry is not None:
                 return entry
-        raise StorageError(f"gave up after {_MAX_CONFLICTS} commit conflicts on {self.out_uri}",
-                           "commit")
+        raise StorageError(f"gave up after {_MAX_CONFLICTS} commit conflicts on {self.out_uri}", "commit")
 
     def _housekeeping(self, state: LedgerState, missing: set[str], name: str) -> dict[str, Any]:
         """An entry that takes the lease and drops `missing` parts (those still live), marking
         every source with rows in them "lost" so it is processed again."""
         gone = sorted(p for p in missing if p in state.parts)
         lost = sorted({u for p in gone for u in state.parts[p] if u in state.sources})
-        sources = [{**{k: v for k, v in vars(state.sources[u]).items() if k != "seq"},
-                    "status": "lost", "run_id": self.run_id} for u in lost]
+        sources = [
+            {
+                **{k: v for k, v in vars(state.sources[u]).items() if k != "seq"},
+                "status": "lost",
+                "run_id": self.run_id,
+            }
+            for u in lost
+        ]
         refs = Counter(state.doc_refs)
         for u in lost:
             if state.sources[u].status == "ok":
                 refs[state.sources[u].doc_id] -= 1
         dead = sorted({state.sources[u].doc_id for u in lost if refs[state.sources[u].doc_id] <= 0})
-        return {"batch": f"{self.writer_id}-{name}", "writer": self.writer_id, "run_id": self.run_id,
-                "shard": str(self.shard), "committed_at": iso(now_ms()), "sources": sources,
-                "added": {}, "removed": gone, "dead_docs": dead}
+        return {
+            "batch": f"{self.writer_id}-{name}",
+            "writer": self.writer_id,
+            "run_id": self.run_id,
+            "shard": str(self.shard),
+            "committed_at": iso(now_ms()),
+            "sources": sources,
+            "added": {},
+            "removed": gone,
+            "dead_docs": dead,
+        }
 
     def _repair(self, missing: set[str], before_any_write: bool = False) -> int:
         """Drop committed parts that are not in storage (after a refresh shows them still
@@ -436,8 +515,9 @@ class OutputWriter:
         if not live:
             return 0
         self._repairs += 1
-        entry = self._commit_entry(lambda st: self._housekeeping(st, live, f"repair{self._repairs}"),
-                                   before_any_write)
+        entry = self._commit_entry(
+            lambda st: self._housekeeping(st, live, f"repair{self._repairs}"), before_any_write
+        )
         finish_commit(self.ledger, entry, self._io.map)  # their documents' JSON goes too
         return len(entry["sources"])
 
@@ -450,8 +530,12 @@ class OutputWriter:
             return None
         return self._write_part(self._part_name(posixpath.dirname(old)), keep, "rewrite")
 
-    def _entry(self, added: dict[str, set[str]], plan: dict[str, set[str]],
-               rewrites: dict[tuple[str, frozenset[str]], str | None]) -> dict[str, Any]:
+    def _entry(
+        self,
+        added: dict[str, set[str]],
+        plan: dict[str, set[str]],
+        rewrites: dict[tuple[str, frozenset[str]], str | None],
+    ) -> dict[str, Any]:
         state = self.ledger.state
         seq = state.seq + 1
         entry_added = {rel: {u: seq for u in sorted(uris)} for rel, uris in added.items()}
@@ -459,11 +543,21 @@ class OutputWriter:
             new = rewrites[(old, frozenset(stale))]
             if new:  # the surviving rows keep their generation
                 entry_added[new] = {u: g for u, g in state.parts[old].items() if u not in stale}
-        sources = [{**i.source, "parts": sorted(r for r, us in added.items() if uri in us)}
-                   for uri, i in self._items.items()]
-        return {"batch": self._batch_id(), "writer": self.writer_id, "run_id": self.run_id,
-                "shard": str(self.shard), "committed_at": iso(now_ms()), "sources": sources,
-                "added": entry_added, "removed": sorted(plan), "dead_docs": self._dead_docs(state)}
+        sources = [
+            {**i.source, "parts": sorted(r for r, us in added.items() if uri in us)}
+            for uri, i in self._items.items()
+        ]
+        return {
+            "batch": self._batch_id(),
+            "writer": self.writer_id,
+            "run_id": self.run_id,
+            "shard": str(self.shard),
+            "committed_at": iso(now_ms()),
+            "sources": sources,
+            "added": entry_added,
+            "removed": sorted(plan),
+            "dead_docs": self._dead_docs(state),
+        }
 
     def _dead_docs(self, state: LedgerState) -> list[str]:
         """Documents whose JSON must go once this batch commits: no source refers to them."""
@@ -506,8 +600,9 @@ class OutputWriter:
         state = self.ledger.state
         missing = {p for p in live_before if p in state.parts and p not in physical}
         names = {rel: _unwrap_tmp(posixpath.basename(rel)) for rel in physical}
-        rec = Recovery(foreign=sum(1 for rel, name in names.items()
-                                   if tag_of(name) is None and rel not in state.parts))
+        rec = Recovery(
+            foreign=sum(1 for rel, name in names.items() if tag_of(name) is None and rel not in state.parts)
+        )
         for batch in [b for b in pending if b in state.batches]:  # committed: finish publishing
             finish_commit(self.ledger, self.ledger.read_entry(state.batches[batch]) or {}, self._io.map)
             rec.finished += 1
@@ -515,8 +610,7 @@ class OutputWriter:
         abandoned = {b for b in pending if b not in state.batches}
         if not (orphans or abandoned or missing):
             return rec
-        entry = self._commit_entry(lambda st: self._housekeeping(st, missing, "lease"),
-                                   before_any_write=True)
+        entry = self._commit_entry(lambda st: self._housekeeping(st, missing, "lease"), before_any_write=True)
         finish_commit(self.ledger, entry, self._io.map)  # dead documents of lost sources
         rec.missing, rec.lost = len(entry["removed"]), len(entry["sources"])
         state = self.ledger.state  # no run that lost the lease can add to this
@@ -532,14 +626,17 @@ class OutputWriter:
     def _mine(self, name: str) -> bool:
         """May this writer clean up `name`? Its shard's files, or anyone's if unsharded."""
         tag = tag_of(name)
-        return (tag is not None and self.writer_id not in name
-                and (self.shard.count == 1 or tag == self.shard.tag))
+        return (
+            tag is not None
+            and self.writer_id not in name
+            and (self.shard.count == 1 or tag == self.shard.tag)
+        )
 
     def _list_pending(self) -> dict[str, list[str]]:
         """This writer's scope of pending batches -> their files."""
         batches: dict[str, list[str]] = {}
         for uri in _list(storage.join(self.out_uri, PENDING)):
-            batch = _relative(self.out_uri, uri)[len(PENDING) + 1:].split("/", 1)[0]
+            batch = _relative(self.out_uri, uri)[len(PENDING) + 1 :].split("/", 1)[0]
             if self._mine(batch):
                 batches.setdefault(batch, []).append(uri)
         return batches
@@ -564,13 +661,17 @@ def finish_commit(ledger: Ledger, entry: dict[str, Any], run: Callable = map) ->
         return
     out, state = ledger.out_uri, ledger.state
     pending = storage.join(out, PENDING, entry["batch"])
-    doc_ids = {s["doc_id"] for s in entry["sources"] if s["status"] == "ok"
-               and getattr(state.sources.get(s["uri"]), "seq", None) == entry["seq"]}
+    doc_ids = {
+        s["doc_id"]
+        for s in entry["sources"]
+        if s["status"] == "ok" and getattr(state.sources.get(s["uri"]), "seq", None) == entry["seq"]
+    }
     list(run(lambda d: _publish(pending, out, d), sorted(doc_ids)))  # superseded ones excluded
     _publish_exports(pending, out, doc_ids, run)
     gone = [storage.join(out, rel) for rel in entry["removed"]]
-    gone += [storage.join(out, DOCUMENTS, f"{d}.json") for d in entry["dead_docs"]
-             if not state.doc_refs.get(d)]
+    gone += [
+        storage.join(out, DOCUMENTS, f"{d}.json") for d in entry["dead_docs"] if not state.doc_refs.get(d)
+    ]
     gone += [u for d in entry["dead_docs"] if not state.doc_refs.get(d) for u in stale_uris(out, d)]
     gone += [u for u in _list(pending) if posixpath.basename(u.replace(os.sep, "/")) != MARKER]
     list(run(storage.delete, gone))
@@ -593,8 +694,12 @@ def _publish_exports(pending: str, out: str, doc_ids: set[str], run: Callable = 
     _publish: the staged copies are deleted only after everything is published)."""
     root = storage.join(pending, EXPORTS)
     staged = [(u, _relative(root, u).split("/", 1)) for u in _list(root)]
-    list(run(lambda s: storage.write_bytes(storage.join(out, s[1][1]), storage.read_bytes(s[0])),
-             [s for s in staged if len(s[1]) == 2 and s[1][0] in doc_ids]))
+    list(
+        run(
+            lambda s: storage.write_bytes(storage.join(out, s[1][1]), storage.read_bytes(s[0])),
+            [s for s in staged if len(s[1]) == 2 and s[1][0] in doc_ids],
+        )
+    )
 
 
 def _list(prefix_uri: str) -> list[str]:
@@ -607,7 +712,7 @@ def _list(prefix_uri: str) -> list[str]:
 def _remove_empty_folder(uri: str) -> None:
     """Local folders outlive their files (S3 prefixes do not)."""
     if not storage.is_s3(uri):
-        path = uri[len("file://"):] if uri.startswith("file://") else uri
+        path = uri[len("file://") :] if uri.startswith("file://") else uri
         for folder in [f for f, _, _ in os.walk(path, topdown=False)] or [path]:  # staged exports nest
             try:
                 os.rmdir(folder)
@@ -618,8 +723,8 @@ def _remove_empty_folder(uri: str) -> None:
 def _relative(out_uri: str, uri: str) -> str:
     """'words/run_date=.../part-x.parquet' for a URI under OUT ('/'-separated everywhere)."""
     if storage.is_s3(out_uri):
-        return uri[len(out_uri.rstrip("/")) + 1:]
-    root = out_uri[len("file://"):] if out_uri.startswith("file://") else out_uri
+        return uri[len(out_uri.rstrip("/")) + 1 :]
+    root = out_uri[len("file://") :] if out_uri.startswith("file://") else out_uri
     return os.path.relpath(uri, root).replace(os.sep, "/")
 
 
@@ -632,6 +737,7 @@ def _unwrap_tmp(name: str) -> str:
 
 # ---- reading -----------------------------------------------------------------------------------
 
+
 def read_table(out_uri: str, table: str, committed: bool = False) -> pa.Table:
     """All parts of one output table (for tests and tools); empty table if none.
 
@@ -639,8 +745,7 @@ def read_table(out_uri: str, table: str, committed: bool = False) -> pa.Table:
     is writing or after one was killed (before the next run's recovery)."""
     if committed:
         state = Ledger(out_uri).load()
-        parts = [storage.join(out_uri, rel) for rel in sorted(state.parts)
-                 if rel.startswith(table + "/")]
+        parts = [storage.join(out_uri, rel) for rel in sorted(state.parts) if rel.startswith(table + "/")]
     else:
         parts = [u for u in _list(storage.join(out_uri, table)) if u.endswith(".parquet")]
     if not parts:
@@ -649,11 +754,13 @@ def read_table(out_uri: str, table: str, committed: bool = False) -> pa.Table:
 
 
 def read_documents(out_uri: str) -> list[dict]:
-    return [json.loads(storage.read_bytes(u)) for u in _list(storage.join(out_uri, DOCUMENTS))
-            if u.endswith(".json")]
+    return [
+        json.loads(storage.read_bytes(u))
+        for u in _list(storage.join(out_uri, DOCUMENTS))
+        if u.endswith(".json")
+    ]
 
 
 def read_ledger(out_uri: str) -> LedgerState:
     """The folded ledger of an output (what is committed, source by source)."""
     return Ledger(out_uri).load()
-

@@ -16,6 +16,7 @@ the weights. `stage_code` is shared with the training launcher, which uploads th
 Each model may come from its own training job: `--segmenter` and `--recogniser` take a folder,
 a model.tar.gz, or an s3://.../model.tar.gz (a training job's output) and override `--models`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,8 @@ import shutil
 import sys
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from batch.core.errors import EXIT_FATAL, EXIT_OK, CheckpointError
 
@@ -35,18 +36,27 @@ INFERENCE_SCRIPT = REPO_ROOT / "batch" / "sagemaker_code" / "inference.py"
 # Weights travel once, at the archive root; never inside code/.
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt", ".onnx")
 # Already in the SageMaker PyTorch image, or only needed to launch/test from a workstation.
-CONTAINER_EXCLUDES = {"torch", "torchvision", "pytest", "moto", "sagemaker", "sagemaker-inference",
-                      "duckdb", "duckdb-extension-httpfs", "duckdb-extensions", "cfn-lint"}
+CONTAINER_EXCLUDES = {
+    "torch",
+    "torchvision",
+    "pytest",
+    "moto",
+    "sagemaker",
+    "sagemaker-inference",
+    "duckdb",
+    "duckdb-extension-httpfs",
+    "duckdb-extensions",
+    "cfn-lint",
+}
 MODEL_KINDS = ("segmenter", "recogniser")
-MODEL_FILES = ("segmenter.safetensors", "segmenter.json", "recogniser.safetensors",
-               "recogniser.json")
+MODEL_FILES = ("segmenter.safetensors", "segmenter.json", "recogniser.safetensors", "recogniser.json")
 
 
 def _include(spec: str) -> str | None:
     """The file of a `-r FILE` / `--requirement FILE` line, else None."""
     for flag in ("-r", "--requirement"):
-        if spec.startswith(flag) and spec[len(flag):][:1] in (" ", "="):
-            return spec[len(flag) + 1:].strip()
+        if spec.startswith(flag) and spec[len(flag) :][:1] in (" ", "="):
+            return spec[len(flag) + 1 :].strip()
     return None
 
 
@@ -76,8 +86,7 @@ def requirement_name(spec: str) -> str:
 def container_requirements(requirements: Path = REPO_ROOT / "requirements.txt") -> str:
     """The repo's pins, includes inlined, minus what the framework container already has (torch,
     the inference toolkit) or never needs (tests, launching from a workstation)."""
-    keep = [s for s in requirement_specs(requirements)
-            if requirement_name(s) not in CONTAINER_EXCLUDES]
+    keep = [s for s in requirement_specs(requirements) if requirement_name(s) not in CONTAINER_EXCLUDES]
     return "\n".join(keep) + "\n"
 
 
@@ -164,8 +173,9 @@ def check_kind(models_dir: Path, kind: str) -> None:
         raise CheckpointError(f"{models_dir} lacks {', '.join(missing)}")
 
 
-def gather_models(dest: Path, models_dir: Path | None = None,
-                  sources: dict[str, str | None] | None = None) -> Path:
+def gather_models(
+    dest: Path, models_dir: Path | None = None, sources: dict[str, str | None] | None = None
+) -> Path:
     """Both models in dest: each kind from its own source when given, else from models_dir."""
     from models.checkpoints import DEFAULT_DIR  # lazy: torch is slow to import
 
@@ -175,8 +185,9 @@ def gather_models(dest: Path, models_dir: Path | None = None,
     return dest
 
 
-def build_model_archive(out: Path, models_dir: Path | None = None,
-                        sources: dict[str, str | None] | None = None) -> Path:
+def build_model_archive(
+    out: Path, models_dir: Path | None = None, sources: dict[str, str | None] | None = None
+) -> Path:
     """Write model.tar.gz (weights at the root, code/ beside them); returns its path."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="htr-package-") as tmp:
@@ -195,12 +206,17 @@ def build_model_archive(out: Path, models_dir: Path | None = None,
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="where to write model.tar.gz")
-    parser.add_argument("--models", type=Path, default=None,
-                        help="checkpoint folder (default: the shipped models/default)")
+    parser.add_argument(
+        "--models", type=Path, default=None, help="checkpoint folder (default: the shipped models/default)"
+    )
     for kind in MODEL_KINDS:
-        parser.add_argument(f"--{kind}", default=None, metavar="SRC",
-                            help=f"the {kind} from a folder, model.tar.gz or s3://.../model.tar.gz "
-                                 "(a training job's output); overrides --models for it")
+        parser.add_argument(
+            f"--{kind}",
+            default=None,
+            metavar="SRC",
+            help=f"the {kind} from a folder, model.tar.gz or s3://.../model.tar.gz "
+            "(a training job's output); overrides --models for it",
+        )
 
 
 def main(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ views exist, DuckDB may open files only under OUT (`allowed_directories`), exter
 is off and the configuration is locked, so a query cannot read `/etc/passwd`, glob or
 ATTACH outside OUT, COPY anything anywhere, or switch those settings back.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,20 +72,23 @@ def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
         raise QueryError(f"query failed: {e}") from e
     refused = sorted({k for k in kinds if k not in READ_ONLY})
     if refused:
-        raise QueryError(f"htr query is read-only: {', '.join(refused)} statements are refused "
-                         "(use SELECT over words, pages, errors)")
+        raise QueryError(
+            f"htr query is read-only: {', '.join(refused)} statements are refused "
+            "(use SELECT over words, pages, errors)"
+        )
 
 
-def connect(out_uri: str, database: str = DEFAULT_DATABASE, table_prefix: str = "") -> duckdb.DuckDBPyConnection:
+def connect(
+    out_uri: str, database: str = DEFAULT_DATABASE, table_prefix: str = ""
+) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection with the output's tables as views, confined to them."""
     try:
         check_names(database, table_prefix)
     except ValueError as e:
         raise QueryError(str(e)) from e
     if not storage.is_s3(out_uri):
-        out_uri = os.path.abspath(out_uri[len("file://"):] if out_uri.startswith("file://") else out_uri)
-    con = duckdb.connect(config={"autoinstall_known_extensions": False,
-                                 "autoload_known_extensions": False})
+        out_uri = os.path.abspath(out_uri[len("file://") :] if out_uri.startswith("file://") else out_uri)
+    con = duckdb.connect(config={"autoinstall_known_extensions": False, "autoload_known_extensions": False})
     try:
         if storage.is_s3(out_uri):
             _load_httpfs(con)
@@ -118,8 +122,10 @@ def httpfs_extension_path(con: duckdb.DuckDBPyConnection) -> Path:
         raise QueryError("s3:// needs the duckdb-extension-httpfs package") from e
     path = Path(str(package)) / "extensions" / version / "httpfs.duckdb_extension"
     if not path.is_file():
-        raise QueryError(f"no httpfs extension for DuckDB {version} at {path}: "
-                         f"install duckdb-extension-httpfs=={version.lstrip('v')}")
+        raise QueryError(
+            f"no httpfs extension for DuckDB {version} at {path}: "
+            f"install duckdb-extension-httpfs=={version.lstrip('v')}"
+        )
     return path
 
 
@@ -134,7 +140,8 @@ def _create_s3_secret(con: duckdb.DuckDBPyConnection, out_uri: str) -> None:
     bucket, _ = storage.split_s3(out_uri)
     session = storage.session()
     params: dict[str, Any] = {
-        "TYPE": "s3", "SCOPE": f"s3://{bucket}",
+        "TYPE": "s3",
+        "SCOPE": f"s3://{bucket}",
         "REGION": storage.get_config().region or session.region_name or "us-east-1",
     }
     creds = session.get_credentials()
@@ -151,8 +158,9 @@ def _create_s3_secret(con: duckdb.DuckDBPyConnection, out_uri: str) -> None:
     con.execute(f"CREATE OR REPLACE TEMPORARY SECRET htr_s3 ({body})")
 
 
-def _create_view(con: duckdb.DuckDBPyConnection, out_uri: str, table: str, schema: pa.Schema,
-                 database: str, prefix: str) -> None:
+def _create_view(
+    con: duckdb.DuckDBPyConnection, out_uri: str, table: str, schema: pa.Schema, database: str, prefix: str
+) -> None:
     name = table_name(table, prefix)
     folder = storage.join(out_uri, table)
     # The schema's own columns, no rows: the view has every current column even where the output
@@ -162,8 +170,10 @@ def _create_view(con: duckdb.DuckDBPyConnection, out_uri: str, table: str, schem
     source = f'"_empty_{name}"'
     if _has_parquet(folder):
         glob = storage.join(folder, "**", "*.parquet")
-        parts = (f"read_parquet({_sql_str(glob)}, hive_partitioning = true, union_by_name = true, "
-                 f"hive_types = {{'{PARTITION_COLUMN}': 'VARCHAR'}})")
+        parts = (
+            f"read_parquet({_sql_str(glob)}, hive_partitioning = true, union_by_name = true, "
+            f"hive_types = {{'{PARTITION_COLUMN}': 'VARCHAR'}})"
+        )
         source = f"(SELECT * FROM {source} UNION ALL BY NAME SELECT * FROM {parts})"
     con.execute(f'CREATE VIEW main."{name}" AS SELECT * FROM {source}')
     if database != "main":
@@ -182,6 +192,7 @@ def _sql_str(value: str) -> str:
 
 
 # ---- output formats ---------------------------------------------------------------------------
+
 
 def rows_for_output(table: pa.Table) -> list[dict[str, Any]]:
     """Plain JSON-able rows: float32 at its own precision (0.87, not 0.8700000047683716),
@@ -217,9 +228,11 @@ def format_table(names: list[str], rows: list[dict[str, Any]]) -> str:
 
 
 def _cell(v: Any) -> str:
-    text = "NULL" if v is None else json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else str(v)
+    text = (
+        "NULL" if v is None else json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else str(v)
+    )
     text = text.replace("\n", "\\n")
-    return text if len(text) <= MAX_CELL else text[:MAX_CELL - 1] + "…"
+    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
 
 
 def write_output(table: pa.Table, fmt: str, out: TextIO | None = None) -> None:
@@ -231,8 +244,16 @@ def write_output(table: pa.Table, fmt: str, out: TextIO | None = None) -> None:
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(names)
         for r in rows:
-            writer.writerow(["" if r[n] is None else json.dumps(r[n], ensure_ascii=False)
-                             if isinstance(r[n], (list, dict)) else r[n] for n in names])
+            writer.writerow(
+                [
+                    ""
+                    if r[n] is None
+                    else json.dumps(r[n], ensure_ascii=False)
+                    if isinstance(r[n], (list, dict))
+                    else r[n]
+                    for n in names
+                ]
+            )
     else:  # json: an array, one row object per line (valid JSON, still greppable)
         body = ",\n".join(json.dumps(r, ensure_ascii=False) for r in rows)
         print(f"[\n{body}\n]" if rows else "[]", file=out)
@@ -240,12 +261,16 @@ def write_output(table: pa.Table, fmt: str, out: TextIO | None = None) -> None:
 
 # ---- CLI --------------------------------------------------------------------------------------
 
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", metavar="OUT", help="the output root: a folder or s3://bucket/prefix/")
     parser.add_argument("sql", metavar="SQL", help="the query, over views words, pages, errors")
     parser.add_argument("--format", choices=FORMATS, default="table", help="default: %(default)s")
-    parser.add_argument("--database", default=DEFAULT_DATABASE,
-                        help="schema the views also live in, as in Athena (default: %(default)s)")
+    parser.add_argument(
+        "--database",
+        default=DEFAULT_DATABASE,
+        help="schema the views also live in, as in Athena (default: %(default)s)",
+    )
     parser.add_argument("--table-prefix", default="", help="prefix of the view names, as in athena-ddl")
     storage.add_arguments(parser, writes=False)
 

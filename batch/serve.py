@@ -17,6 +17,7 @@ model thread that gathers pages from concurrent requests (for a few ms, up to a 
 and calls `Pipeline.process_pages` once for all of them, so the GPU stays busy when SageMaker
 sends several documents at a time (MaxConcurrentTransforms > 1).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,11 +29,12 @@ import signal
 import threading
 import time
 import traceback
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from batch import exports
 from batch.core.errors import EXIT_FATAL, EXIT_OK, HtrError, InputError, UnsupportedType
@@ -41,18 +43,29 @@ from batch.core.ids import doc_id_for, new_run_id
 log = logging.getLogger("htr.serve")
 
 # Every type `htr run` reads (transforms.rasterise.SUPPORTED), and common aliases of them.
-DOCUMENT_TYPES = {"application/pdf", "image/jpeg", "image/png", "image/tiff", "image/bmp",
-                  "image/webp", "image/jpg", "image/pjpeg", "image/tif", "image/x-ms-bmp",
-                  "image/x-bmp"}
+DOCUMENT_TYPES = {
+    "application/pdf",
+    "image/jpeg",
+    "image/png",
+    "image/tiff",
+    "image/bmp",
+    "image/webp",
+    "image/jpg",
+    "image/pjpeg",
+    "image/tif",
+    "image/x-ms-bmp",
+    "image/x-bmp",
+}
 SNIFFED_TYPES = {"application/x-image", "application/octet-stream"}  # the bytes decide
-REALTIME_MAX_PAYLOAD_MB = 6      # SageMaker real-time endpoints cap requests at 6 MB
-BATCH_MAX_PAYLOAD_MB = 100       # Batch Transform's ceiling
-DRAIN_LIMIT = 64 * 1024 * 1024   # an oversize body up to this is read and dropped, so the
-                                 # client sees the 413 rather than a reset connection
+REALTIME_MAX_PAYLOAD_MB = 6  # SageMaker real-time endpoints cap requests at 6 MB
+BATCH_MAX_PAYLOAD_MB = 100  # Batch Transform's ceiling
+DRAIN_LIMIT = 64 * 1024 * 1024  # an oversize body up to this is read and dropped, so the
+# client sees the 413 rather than a reset connection
 MB = 1024 * 1024
 
 
 # ---- settings ----------------------------------------------------------------------------------
+
 
 def _env_true(value: str | None) -> bool:
     return (value or "").strip().lower() == "true"
@@ -64,21 +77,21 @@ def _default_concurrency() -> int:
 
 @dataclass(frozen=True)
 class ServeSettings:
-    batch: bool = False                  # running under Batch Transform
+    batch: bool = False  # running under Batch Transform
     max_payload_mb: float = REALTIME_MAX_PAYLOAD_MB
-    max_concurrent: int = 4              # documents processed at once (the rest wait)
-    max_batch_pages: int = 16            # page budget of one process_pages call
-    batch_wait_ms: float = 5.0           # how long the model thread waits for more pages
+    max_concurrent: int = 4  # documents processed at once (the rest wait)
+    max_batch_pages: int = 16  # page budget of one process_pages call
+    batch_wait_ms: float = 5.0  # how long the model thread waits for more pages
     dpi: int = 200
-    max_pages: int = 500                 # per document (HTR_SERVE_MAX_PAGES): bounds its time
-    chunk_pages: int = 4                 # pages rasterised ahead of the model, per request
+    max_pages: int = 500  # per document (HTR_SERVE_MAX_PAGES): bounds its time
+    chunk_pages: int = 4  # pages rasterised ahead of the model, per request
 
     @property
     def max_payload_bytes(self) -> int:
         return int(self.max_payload_mb * MB)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ, **overrides: Any) -> "ServeSettings":
+    def from_env(cls, env: Mapping[str, str] = os.environ, **overrides: Any) -> ServeSettings:
         """SAGEMAKER_BATCH, SAGEMAKER_MAX_PAYLOAD_IN_MB, SAGEMAKER_MAX_CONCURRENT_TRANSFORMS."""
         batch = _env_true(env.get("SAGEMAKER_BATCH"))
         default_mb = BATCH_MAX_PAYLOAD_MB if batch else REALTIME_MAX_PAYLOAD_MB
@@ -87,19 +100,25 @@ class ServeSettings:
         if env.get("HTR_SERVE_MAX_PAGES"):
             overrides.setdefault("max_pages", int(env["HTR_SERVE_MAX_PAGES"]))
         if payload <= 0 or concurrent < 1 or overrides.get("max_pages", 1) < 1:
-            raise ValueError("SAGEMAKER_MAX_PAYLOAD_IN_MB, SAGEMAKER_MAX_CONCURRENT_TRANSFORMS and "
-                             "HTR_SERVE_MAX_PAGES must be positive")
+            raise ValueError(
+                "SAGEMAKER_MAX_PAYLOAD_IN_MB, SAGEMAKER_MAX_CONCURRENT_TRANSFORMS and "
+                "HTR_SERVE_MAX_PAGES must be positive"
+            )
         return cls(batch=batch, max_payload_mb=payload, max_concurrent=concurrent, **overrides)
 
     def execution_parameters(self) -> dict[str, Any]:
         # The API's own limits: MaxPayloadInMB <= 100, and x MaxConcurrentTransforms <= 100 too
         concurrent = min(self.max_concurrent, BATCH_MAX_PAYLOAD_MB)
         payload = min(int(self.max_payload_mb), BATCH_MAX_PAYLOAD_MB // concurrent)
-        return {"MaxConcurrentTransforms": concurrent, "BatchStrategy": "SINGLE_RECORD",
-                "MaxPayloadInMB": max(1, payload)}
+        return {
+            "MaxConcurrentTransforms": concurrent,
+            "BatchStrategy": "SINGLE_RECORD",
+            "MaxPayloadInMB": max(1, payload),
+        }
 
 
 # ---- errors as HTTP answers --------------------------------------------------------------------
+
 
 class UnsupportedMediaType(UnsupportedType):
     """The request's Content-Type is not one we take (HTTP 415)."""
@@ -111,8 +130,7 @@ class PayloadTooLarge(InputError):
 
 def error_body(exc: BaseException, doc_id: str = "") -> dict[str, Any]:
     stage = exc.stage if isinstance(exc, HtrError) else "model"
-    body: dict[str, Any] = {"error": {"type": type(exc).__name__, "stage": stage,
-                                      "message": str(exc)[:2000]}}
+    body: dict[str, Any] = {"error": {"type": type(exc).__name__, "stage": stage, "message": str(exc)[:2000]}}
     if doc_id:
         body["doc_id"] = doc_id
     return body
@@ -147,7 +165,9 @@ def check_content_type(header: str | None) -> None:
     if declared and declared not in DOCUMENT_TYPES | SNIFFED_TYPES:
         raise UnsupportedMediaType(
             f"content type {declared!r} not supported: send one of "
-            f"{', '.join(sorted(DOCUMENT_TYPES | SNIFFED_TYPES))}", stage="request")
+            f"{', '.join(sorted(DOCUMENT_TYPES | SNIFFED_TYPES))}",
+            stage="request",
+        )
 
 
 def resolve_content_type(header: str | None, data: bytes) -> str:
@@ -159,6 +179,7 @@ def resolve_content_type(header: str | None, data: bytes) -> str:
 
 
 # ---- dynamic batching --------------------------------------------------------------------------
+
 
 @dataclass
 class _Job:
@@ -174,10 +195,9 @@ class PageBatcher:
     page only fails its own request.
     """
 
-    def __init__(self, process_pages: Callable[[list], list], max_pages: int = 16,
-                 wait_s: float = 0.005):
+    def __init__(self, process_pages: Callable[[list], list], max_pages: int = 16, wait_s: float = 0.005):
         self.process_pages, self.max_pages, self.wait_s = process_pages, max_pages, wait_s
-        self.batches: list[tuple[int, int]] = []   # (requests, pages) of each call, for logs
+        self.batches: list[tuple[int, int]] = []  # (requests, pages) of each call, for logs
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="htr-model", daemon=True)
         self._thread.start()
@@ -229,11 +249,12 @@ class PageBatcher:
         log.debug("model batch: %d requests, %d pages", len(jobs), len(images))
         start = 0
         for job in jobs:
-            job.result.set_result(pages[start:start + len(job.images)])
+            job.result.set_result(pages[start : start + len(job.images)])
             start += len(job.images)
 
 
 # ---- the service: models + batching, shared with code/inference.py -----------------------------
+
 
 class Service:
     """Loaded models and the page batcher; thread-safe `process` of one document."""
@@ -255,8 +276,9 @@ class Service:
 
         try:
             self.pipe = Pipeline.load(models_dir, device)
-            self.batcher = PageBatcher(self.pipe.process_pages, self.settings.max_batch_pages,
-                                       self.settings.batch_wait_ms / 1000)
+            self.batcher = PageBatcher(
+                self.pipe.process_pages, self.settings.max_batch_pages, self.settings.batch_wait_ms / 1000
+            )
         except BaseException as e:
             self.load_error = e
             raise
@@ -276,8 +298,9 @@ class Service:
         limits = Limits(max_pages=self.settings.max_pages)
         pages, chunk = [], []
         with self._slots:
-            for image in iter_pages(data, self.settings.dpi, limits, ctype,
-                                    image_side=self.pipe.config.image_side):
+            for image in iter_pages(
+                data, self.settings.dpi, limits, ctype, image_side=self.pipe.config.image_side
+            ):
                 chunk.append(image)
                 if len(chunk) >= self.settings.chunk_pages:
                     pages.extend(self.batcher.submit(chunk))
@@ -286,7 +309,7 @@ class Service:
             del chunk
         return self.pipe.make_record(pages, doc_id_for(data), source_uri, self.run_id, ctype)
 
-    def __enter__(self) -> "Service":
+    def __enter__(self) -> Service:
         with self._idle:
             self._active += 1
         return self
@@ -308,8 +331,9 @@ class Service:
 
 # ---- HTTP --------------------------------------------------------------------------------------
 
+
 class Server(ThreadingHTTPServer):
-    daemon_threads = True        # idle keep-alive connections never hold up shutdown
+    daemon_threads = True  # idle keep-alive connections never hold up shutdown
     allow_reuse_address = True
     request_queue_size = 128
 
@@ -319,17 +343,24 @@ class Server(ThreadingHTTPServer):
 
 
 class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"   # keep-alive, as SageMaker's front end uses
+    protocol_version = "HTTP/1.1"  # keep-alive, as SageMaker's front end uses
     server: Server
-    timeout = 300                   # an idle or stalled client frees its thread eventually
+    timeout = 300  # an idle or stalled client frees its thread eventually
 
     def log_message(self, fmt: str, *args: Any) -> None:
         log.info("%s %s", self.address_string(), fmt % args)
 
     def _send_json(self, status: int, body: dict[str, Any] | str | tuple[str, bytes]) -> None:
-        media, body = body if isinstance(body, tuple) else ("application/json", body)  # (type, bytes): batch.exports
-        payload = body if isinstance(body, bytes) else body.encode() if isinstance(body, str) else \
-            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        media, body = (
+            body if isinstance(body, tuple) else ("application/json", body)
+        )  # (type, bytes): batch.exports
+        payload = (
+            body
+            if isinstance(body, bytes)
+            else body.encode()
+            if isinstance(body, str)
+            else json.dumps(body, ensure_ascii=False).encode("utf-8")
+        )
         self.send_response(status)
         self.send_header("Content-Type", media)
         self.send_header("Content-Length", str(len(payload)))
@@ -348,13 +379,16 @@ class Handler(BaseHTTPRequestHandler):
             return self._send_empty(200 if healthy else 503)
         if self.path == "/execution-parameters":
             return self._send_json(200, service.settings.execution_parameters())
-        self._send_json(404, {"error": {"type": "NotFound", "stage": "request",
-                                        "message": f"no route GET {self.path}"}})
+        self._send_json(
+            404, {"error": {"type": "NotFound", "stage": "request", "message": f"no route GET {self.path}"}}
+        )
 
     def do_POST(self) -> None:  # noqa: N802
         if self.path != "/invocations":
-            self._send_json(404, {"error": {"type": "NotFound", "stage": "request",
-                                            "message": f"no route POST {self.path}"}})
+            self._send_json(
+                404,
+                {"error": {"type": "NotFound", "stage": "request", "message": f"no route POST {self.path}"}},
+            )
             return self._drain(self._content_length() or 0)
         self._invoke()
 
@@ -378,10 +412,12 @@ class Handler(BaseHTTPRequestHandler):
     def handle_expect_100(self) -> bool:
         """`Expect: 100-continue`: refuse an oversize body before the client sends it."""
         length = self._content_length()
-        if self.path == "/invocations" and length is not None and \
-                length > self.server.service.settings.max_payload_bytes:
-            self._reject(PayloadTooLarge(f"payload is {length} bytes, over the limit",
-                                         stage="request"))
+        if (
+            self.path == "/invocations"
+            and length is not None
+            and length > self.server.service.settings.max_payload_bytes
+        ):
+            self._reject(PayloadTooLarge(f"payload is {length} bytes, over the limit", stage="request"))
             self.close_connection = True
             return False
         return super().handle_expect_100()
@@ -394,31 +430,44 @@ class Handler(BaseHTTPRequestHandler):
         length = self._content_length()
         if length is None or length < 0:
             self.close_connection = True  # we cannot tell where this body ends
-            return self._send_json(411, {"error": {"type": "LengthRequired", "stage": "request",
-                                                   "message": "send a Content-Length header"}})
+            return self._send_json(
+                411,
+                {
+                    "error": {
+                        "type": "LengthRequired",
+                        "stage": "request",
+                        "message": "send a Content-Length header",
+                    }
+                },
+            )
         if length > service.settings.max_payload_bytes:  # decided before reading any body
-            self._reject(PayloadTooLarge(
-                f"payload is {length} bytes, over the {service.settings.max_payload_mb:g} MB "
-                "limit (SAGEMAKER_MAX_PAYLOAD_IN_MB)", stage="request"))
+            self._reject(
+                PayloadTooLarge(
+                    f"payload is {length} bytes, over the {service.settings.max_payload_mb:g} MB "
+                    "limit (SAGEMAKER_MAX_PAYLOAD_IN_MB)",
+                    stage="request",
+                )
+            )
             return self._drain(length)  # keeps the connection usable, or closes it
         data = self.rfile.read(length)
         if not service.ready.is_set() or service.stopping.is_set():
-            return self._send_json(503, {"error": {"type": "NotReady", "stage": "load-models",
-                                                   "message": "models are not loaded"}})
+            return self._send_json(
+                503,
+                {"error": {"type": "NotReady", "stage": "load-models", "message": "models are not loaded"}},
+            )
         with service:
             status, body = self._process(service, data)
         self._send_json(status, body)
 
     def _process(self, service: Service, data: bytes) -> tuple[int, dict[str, Any] | str]:
-        source_uri = _custom_attribute(self.headers.get("X-Amzn-SageMaker-Custom-Attributes"),
-                                       "source_uri")
+        source_uri = _custom_attribute(self.headers.get("X-Amzn-SageMaker-Custom-Attributes"), "source_uri")
         try:
             record = service.process(data, self.headers.get("Content-Type"), source_uri)
         except Exception as e:  # noqa: BLE001 - every failure is an answer, never a crash
             if not isinstance(e, InputError):
                 log.error("invocation failed:\n%s", traceback.format_exc())
             return status_for(e, service.settings.batch), error_body(e, error_doc_id(data))
-        fmt = exports.negotiate(self.headers.get("Accept"))   # ALTO, PAGE, hOCR or PDF by Accept
+        fmt = exports.negotiate(self.headers.get("Accept"))  # ALTO, PAGE, hOCR or PDF by Accept
         if fmt:
             return exports.response(record, fmt, data)
         return 200, json.dumps(record.to_json(), ensure_ascii=False)
@@ -435,23 +484,29 @@ def _custom_attribute(header: str | None, name: str) -> str:
 
 # ---- command line ------------------------------------------------------------------------------
 
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8080, help="0 = any free port (logged)")
     parser.add_argument("--host", default="0.0.0.0")
     parser.add_argument("--models", default=None, help="checkpoint folder (default: shipped models)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--max-batch-pages", type=int, default=16,
-                        help="pages per model call when requests are batched together")
-    parser.add_argument("--batch-wait-ms", type=float, default=5.0,
-                        help="how long the model thread waits to fill a batch")
+    parser.add_argument(
+        "--max-batch-pages",
+        type=int,
+        default=16,
+        help="pages per model call when requests are batched together",
+    )
+    parser.add_argument(
+        "--batch-wait-ms", type=float, default=5.0, help="how long the model thread waits to fill a batch"
+    )
     parser.add_argument("--dpi", type=int, default=200, help="PDF rendering resolution")
-    parser.add_argument("--grace", type=float, default=30.0,
-                        help="seconds in-flight requests get to finish after SIGTERM")
+    parser.add_argument(
+        "--grace", type=float, default=30.0, help="seconds in-flight requests get to finish after SIGTERM"
+    )
     parser.add_argument("--log-level", default="INFO")
 
 
-def _load_in_background(service: Service, args: argparse.Namespace,
-                        stop: threading.Event) -> None:
+def _load_in_background(service: Service, args: argparse.Namespace, stop: threading.Event) -> None:
     def load() -> None:
         try:
             service.load(args.models, args.device)
@@ -463,14 +518,17 @@ def _load_in_background(service: Service, args: argparse.Namespace,
 
 
 def main(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         if args.models:  # missing files: say so now, not after binding a port and loading torch
             from batch.packaging import check_models_dir
+
             check_models_dir(Path(args.models))
-        settings = ServeSettings.from_env(max_batch_pages=args.max_batch_pages,
-                                          batch_wait_ms=args.batch_wait_ms, dpi=args.dpi)
+        settings = ServeSettings.from_env(
+            max_batch_pages=args.max_batch_pages, batch_wait_ms=args.batch_wait_ms, dpi=args.dpi
+        )
         service = Service(settings)
         server = Server((args.host, args.port), service)
     except (ValueError, OSError, HtrError) as e:
@@ -479,11 +537,18 @@ def main(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                     name="htr-http", daemon=True).start()
+    threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.2}, name="htr-http", daemon=True
+    ).start()
     host, port = server.server_address[:2]
-    log.info("listening on http://%s:%d (batch=%s, max payload %g MB, max concurrent %d)",
-             host, port, settings.batch, settings.max_payload_mb, settings.max_concurrent)
+    log.info(
+        "listening on http://%s:%d (batch=%s, max payload %g MB, max concurrent %d)",
+        host,
+        port,
+        settings.batch,
+        settings.max_payload_mb,
+        settings.max_concurrent,
+    )
     _load_in_background(service, args, stop)
     while not stop.wait(0.5):  # a bare wait() may not wake for the signal handler
         pass

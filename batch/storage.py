@@ -21,6 +21,7 @@ retries are off so the two never multiply), and `_S3Reader` resumes a body that 
 mid-stream with a ranged GET pinned to the same ETag. Anything else is permanent and
 raised at once.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,15 +36,16 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO
 
 import boto3
 import urllib3.exceptions
 from boto3.exceptions import Boto3Error
 from boto3.s3.transfer import TransferConfig
-from botocore.config import Config as BotoConfig
 from botocore import exceptions as boto_errors
+from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 from botocore.parsers import ResponseParserError
 
@@ -53,18 +55,42 @@ S3_SCHEME = "s3://"
 SSE_MODES = ("AES256", "aws:kms")
 _NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
 # Error codes / HTTP statuses worth another try (AWS's own retryable list, and 5xx / 429).
-_TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "Throttling",
-                    "ThrottlingException", "ThrottledException", "RequestThrottled",
-                    "RequestThrottledException", "TooManyRequestsException", "RequestTimeout",
-                    "RequestTimeoutException", "RequestLimitExceeded", "BandwidthLimitExceeded",
-                    "PriorRequestNotComplete", "OperationAborted", "IDPCommunicationError",
-                    "ConditionalRequestConflict"}
+_TRANSIENT_CODES = {
+    "InternalError",
+    "ServiceUnavailable",
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottled",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "RequestTimeout",
+    "RequestTimeoutException",
+    "RequestLimitExceeded",
+    "BandwidthLimitExceeded",
+    "PriorRequestNotComplete",
+    "OperationAborted",
+    "IDPCommunicationError",
+    "ConditionalRequestConflict",
+}
 # botocore errors that are the network's fault, not the request's.
-_TRANSIENT_BOTO = (boto_errors.ConnectionError, boto_errors.HTTPClientError,
-                   boto_errors.IncompleteReadError, ResponseParserError,
-                   boto_errors.ChecksumError)
-_PERMANENT_WORDS = ("AccessDenied", "NoSuchBucket", "InvalidAccessKeyId", "SignatureDoesNotMatch",
-                    "NoSuchKey", "InvalidBucketName", "AllAccessDisabled")
+_TRANSIENT_BOTO = (
+    boto_errors.ConnectionError,
+    boto_errors.HTTPClientError,
+    boto_errors.IncompleteReadError,
+    ResponseParserError,
+    boto_errors.ChecksumError,
+)
+_PERMANENT_WORDS = (
+    "AccessDenied",
+    "NoSuchBucket",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "NoSuchKey",
+    "InvalidBucketName",
+    "AllAccessDisabled",
+)
 MiB = 1024 * 1024
 
 
@@ -74,22 +100,23 @@ class NotFound(StorageError):
 
 # ---- configuration ----------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class StorageConfig:
-    endpoint_url: str | None = None      # else AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL / AWS
-    region: str | None = None            # else boto3's chain (AWS_REGION, ~/.aws/config, ...)
-    sse: str | None = None               # None | "AES256" | "aws:kms", applied to every write
-    sse_kms_key_id: str | None = None    # implies sse="aws:kms"
-    max_attempts: int = 5                # per API call and per body resume, first try included
-    retry_mode: str = "standard"         # botocore: "standard" or "adaptive" (client-side rate
-                                         # limit); botocore itself makes one attempt, we retry
+    endpoint_url: str | None = None  # else AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL / AWS
+    region: str | None = None  # else boto3's chain (AWS_REGION, ~/.aws/config, ...)
+    sse: str | None = None  # None | "AES256" | "aws:kms", applied to every write
+    sse_kms_key_id: str | None = None  # implies sse="aws:kms"
+    max_attempts: int = 5  # per API call and per body resume, first try included
+    retry_mode: str = "standard"  # botocore: "standard" or "adaptive" (client-side rate
+    # limit); botocore itself makes one attempt, we retry
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
-    backoff_base: float = 0.25           # seconds; body-resume backoff = base * 2**n * jitter
-    list_page_size: int = 1000           # ListObjectsV2 MaxKeys
+    backoff_base: float = 0.25  # seconds; body-resume backoff = base * 2**n * jitter
+    list_page_size: int = 1000  # ListObjectsV2 MaxKeys
     multipart_threshold: int = 64 * MiB
     multipart_chunksize: int = 16 * MiB
-    max_pool_connections: int = 32          # one client for all threads (I/O pool, decoders, main)
+    max_pool_connections: int = 32  # one client for all threads (I/O pool, decoders, main)
 
     def __post_init__(self) -> None:
         if self.sse_kms_key_id and self.sse is None:
@@ -102,15 +129,17 @@ class StorageConfig:
             raise StorageError("max_attempts must be >= 1")
 
     @classmethod
-    def from_env(cls) -> "StorageConfig":
+    def from_env(cls) -> StorageConfig:
         """Defaults for processes configured only by environment (e.g. SageMaker containers)."""
         env = os.environ
-        return cls(sse=env.get("HTR_S3_SSE") or None,
-                   sse_kms_key_id=env.get("HTR_S3_SSE_KMS_KEY_ID") or None,
-                   max_attempts=int(env.get("HTR_S3_MAX_ATTEMPTS", "5")),
-                   connect_timeout=float(env.get("HTR_S3_CONNECT_TIMEOUT", "10")),
-                   read_timeout=float(env.get("HTR_S3_READ_TIMEOUT", "60")),
-                   backoff_base=float(env.get("HTR_S3_BACKOFF_BASE", "0.25")))
+        return cls(
+            sse=env.get("HTR_S3_SSE") or None,
+            sse_kms_key_id=env.get("HTR_S3_SSE_KMS_KEY_ID") or None,
+            max_attempts=int(env.get("HTR_S3_MAX_ATTEMPTS", "5")),
+            connect_timeout=float(env.get("HTR_S3_CONNECT_TIMEOUT", "10")),
+            read_timeout=float(env.get("HTR_S3_READ_TIMEOUT", "60")),
+            backoff_base=float(env.get("HTR_S3_BACKOFF_BASE", "0.25")),
+        )
 
     def sse_args(self) -> dict[str, str]:
         """boto3 ExtraArgs for PutObject / CreateMultipartUpload."""
@@ -123,8 +152,8 @@ class StorageConfig:
 
 
 _config: StorageConfig | None = None
-_generation = 0                # bumped by configure(): per-thread clients rebuild lazily
-_client: tuple[tuple, boto3.session.Session, Any] | None = None   # (settings key, session, client)
+_generation = 0  # bumped by configure(): per-thread clients rebuild lazily
+_client: tuple[tuple, boto3.session.Session, Any] | None = None  # (settings key, session, client)
 _client_lock = threading.Lock()
 
 
@@ -153,9 +182,14 @@ def add_arguments(parser: argparse.ArgumentParser, writes: bool = True) -> None:
 
 def configure_from_args(args: argparse.Namespace) -> None:
     base = StorageConfig.from_env()
-    configure(replace(base, endpoint_url=getattr(args, "s3_endpoint_url", None) or base.endpoint_url,
-                      sse=getattr(args, "sse", None) or base.sse,
-                      sse_kms_key_id=getattr(args, "sse_kms_key_id", None) or base.sse_kms_key_id))
+    configure(
+        replace(
+            base,
+            endpoint_url=getattr(args, "s3_endpoint_url", None) or base.endpoint_url,
+            sse=getattr(args, "sse", None) or base.sse,
+            sse_kms_key_id=getattr(args, "sse_kms_key_id", None) or base.sse_kms_key_id,
+        )
+    )
 
 
 def endpoint_url() -> str | None:
@@ -189,17 +223,20 @@ def _shared_client() -> tuple[boto3.session.Session, Any]:
         if _client is None or _client[0] != key:
             boto_cfg = BotoConfig(
                 retries={"mode": cfg.retry_mode, "total_max_attempts": 1},  # _s3_call retries
-                connect_timeout=cfg.connect_timeout, read_timeout=cfg.read_timeout,
+                connect_timeout=cfg.connect_timeout,
+                read_timeout=cfg.read_timeout,
                 max_pool_connections=cfg.max_pool_connections,
                 # Custom endpoints (moto, MinIO) rarely resolve <bucket>.<host>: path-style there.
                 s3={"addressing_style": "path"} if endpoint else None,
-                user_agent_extra="htr-batch")
+                user_agent_extra="htr-batch",
+            )
             sess = boto3.session.Session(region_name=cfg.region)
             _client = (key, sess, sess.client("s3", endpoint_url=endpoint, config=boto_cfg))
         return _client[1], _client[2]
 
 
 # ---- URIs -------------------------------------------------------------------------------------
+
 
 def is_s3(uri: str) -> bool:
     return uri.startswith(S3_SCHEME)
@@ -209,7 +246,7 @@ def split_s3(uri: str) -> tuple[str, str]:
     """'s3://bucket/a/b' -> ('bucket', 'a/b')."""
     if not is_s3(uri):
         raise StorageError(f"not an s3:// URI: {uri}")
-    bucket, _, key = uri[len(S3_SCHEME):].partition("/")
+    bucket, _, key = uri[len(S3_SCHEME) :].partition("/")
     if not bucket:
         raise StorageError(f"no bucket in {uri}")
     return bucket, key
@@ -226,7 +263,7 @@ def join(base: str, *parts: str) -> str:
 
 
 def _local_path(uri: str) -> str:
-    return uri[len("file://"):] if uri.startswith("file://") else uri
+    return uri[len("file://") :] if uri.startswith("file://") else uri
 
 
 def safe_local_name(key: str) -> str:
@@ -255,6 +292,7 @@ def local_path_for(root: str, key: str) -> str:
 
 # ---- errors -----------------------------------------------------------------------------------
 
+
 class TruncatedBody(Exception):
     """A response body ended before its Content-Length / range (a dropped connection)."""
 
@@ -280,8 +318,7 @@ def is_transient(exc: BaseException) -> bool:
         return False  # no credentials, bad parameters, ...; a local file's own problem
     if isinstance(exc, Boto3Error):  # s3transfer wraps the real cause in its message
         return not any(w in str(exc) for w in _PERMANENT_WORDS)
-    return isinstance(exc, (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError,
-                            TruncatedBody))
+    return isinstance(exc, (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError, TruncatedBody))
 
 
 def _error(op: str, uri: str, exc: BaseException) -> StorageError:
@@ -297,11 +334,11 @@ def _error(op: str, uri: str, exc: BaseException) -> StorageError:
         code = _error_code(exc)
         if code in _NOT_FOUND_CODES:
             return NotFound(f"{op}: no such object {uri} ({code})", stage)
-        return StorageError(f"{op} {uri} failed: {code} {err.get('Message', '')}".rstrip(),
-                            stage, transient)
+        return StorageError(f"{op} {uri} failed: {code} {err.get('Message', '')}".rstrip(), stage, transient)
     if isinstance(exc, OSError) and not is_s3(uri):
-        return StorageError(f"{op} {uri} failed: {exc.strerror or type(exc).__name__}", stage,
-                            transient=False)
+        return StorageError(
+            f"{op} {uri} failed: {exc.strerror or type(exc).__name__}", stage, transient=False
+        )
     return StorageError(f"{op} {uri} failed: {type(exc).__name__}: {exc}", stage, transient)
 
 
@@ -336,22 +373,24 @@ def _exhausted(err: StorageError, attempts: int) -> StorageError:
 
 def _backoff(attempt: int, cfg: StorageConfig) -> None:
     """Exponential backoff with full jitter, capped at 20 s like botocore's."""
-    time.sleep(min(20.0, cfg.backoff_base * 2 ** attempt) * random.random())
+    time.sleep(min(20.0, cfg.backoff_base * 2**attempt) * random.random())
 
 
 # ---- listing ----------------------------------------------------------------------------------
 
+
 @dataclass
 class SourceObject:
     uri: str
-    key: str              # relative to the listed root, '/'-separated
+    key: str  # relative to the listed root, '/'-separated
     size: int
-    etag: str             # S3 ETag (unquoted); local: f"{mtime_ns}-{size}", cheap change detector
+    etag: str  # S3 ETag (unquoted); local: f"{mtime_ns}-{size}", cheap change detector
     last_modified: float  # POSIX seconds
 
 
-def list_objects(root_uri: str, include: list[str] | None = None,
-                 exclude: list[str] | None = None) -> Iterator[SourceObject]:
+def list_objects(
+    root_uri: str, include: list[str] | None = None, exclude: list[str] | None = None
+) -> Iterator[SourceObject]:
     """Every object under a folder / S3 prefix, recursively, sorted by key.
 
     `include` / `exclude` are fnmatch globs on the relative key ('*' also matches '/',
@@ -399,8 +438,7 @@ def _walk_sorted(folder: str, rel: str) -> Iterator[SourceObject]:
     except OSError as e:
         if not rel:
             raise _error("list", folder, e) from e
-        print(f"htr: warning: skipped folder {folder}: {e.strerror or type(e).__name__}",
-              file=sys.stderr)
+        print(f"htr: warning: skipped folder {folder}: {e.strerror or type(e).__name__}", file=sys.stderr)
         return
     kinds = {e.name: _entry_kind(e) for e in entries}
     for entry in sorted(entries, key=lambda e: e.name + "/" if kinds[e.name][0] == "dir" else e.name):
@@ -410,8 +448,7 @@ def _walk_sorted(folder: str, rel: str) -> Iterator[SourceObject]:
         elif kind == "file":
             yield _local_object(entry.path, key, st)
         elif kind == "broken":  # size 0 and a fixed etag: it fails at fetch, every run
-            yield SourceObject(uri=entry.path, key=key, size=0, etag="unresolvable-link",
-                               last_modified=0.0)
+            yield SourceObject(uri=entry.path, key=key, size=0, etag="unresolvable-link", last_modified=0.0)
 
 
 def _entry_kind(entry: os.DirEntry) -> tuple[str, os.stat_result | None]:
@@ -433,8 +470,9 @@ def _is_link(entry: os.DirEntry) -> bool:
 
 
 def _local_object(path: str, key: str, st: os.stat_result) -> SourceObject:
-    return SourceObject(uri=path, key=key, size=st.st_size,
-                        etag=f"{st.st_mtime_ns}-{st.st_size}", last_modified=st.st_mtime)
+    return SourceObject(
+        uri=path, key=key, size=st.st_size, etag=f"{st.st_mtime_ns}-{st.st_size}", last_modified=st.st_mtime
+    )
 
 
 def _list_s3(root_uri: str, include: list[str] | None) -> Iterator[SourceObject]:
@@ -444,12 +482,16 @@ def _list_s3(root_uri: str, include: list[str] | None) -> Iterator[SourceObject]
     for item in _list_pages(bucket, folder + _include_prefix(include), root_uri):
         found = True
         if not item["Key"].endswith("/"):  # skip console-made "folder" markers
-            yield _s3_object(bucket, item, item["Key"][len(folder):])
+            yield _s3_object(bucket, item, item["Key"][len(folder) :])
     if not found and folder != prefix:  # the root may be a single object
         head = _head_or_none(root_uri)
         if head is not None:
-            item = {"Key": prefix, "Size": head["ContentLength"], "ETag": head["ETag"],
-                    "LastModified": head["LastModified"]}
+            item = {
+                "Key": prefix,
+                "Size": head["ContentLength"],
+                "ETag": head["ETag"],
+                "LastModified": head["LastModified"],
+            }
             yield _s3_object(bucket, item, prefix.rsplit("/", 1)[-1])
 
 
@@ -468,16 +510,22 @@ def _include_prefix(include: list[str] | None) -> str:
     """The literal key prefix every include glob shares, to narrow the S3 listing."""
     if not include:
         return ""
-    literal = [p[:min((p.find(c) for c in "*?[" if c in p), default=len(p))] for p in include]
+    literal = [p[: min((p.find(c) for c in "*?[" if c in p), default=len(p))] for p in include]
     return os.path.commonprefix(literal)
 
 
 def _s3_object(bucket: str, item: dict, key: str) -> SourceObject:
-    return SourceObject(uri=f"{S3_SCHEME}{bucket}/{item['Key']}", key=key, size=int(item["Size"]),
-                        etag=item["ETag"].strip('"'), last_modified=item["LastModified"].timestamp())
+    return SourceObject(
+        uri=f"{S3_SCHEME}{bucket}/{item['Key']}",
+        key=key,
+        size=int(item["Size"]),
+        etag=item["ETag"].strip('"'),
+        last_modified=item["LastModified"].timestamp(),
+    )
 
 
 # ---- reads ------------------------------------------------------------------------------------
+
 
 def read_bytes(uri: str) -> bytes:
     if not is_s3(uri):
@@ -545,7 +593,7 @@ class _S3Reader(io.RawIOBase):
         self._body = None
         self.uri = uri
         self.bucket, self.key = split_s3(uri)
-        self.pos, self.end = start, end     # end: exclusive bound, None = to EOF
+        self.pos, self.end = start, end  # end: exclusive bound, None = to EOF
         self.size: int | None = None
         self.etag: str | None = None
         self._open_body()  # fail fast (e.g. NotFound) at open time
@@ -675,36 +723,56 @@ def _total_size(resp: dict) -> int:
 
 # ---- writes -----------------------------------------------------------------------------------
 
+
 def write_bytes(uri: str, data: bytes, content_type: str | None = None) -> None:
     if not is_s3(uri):
         _atomic_local_write(uri, lambda f: f.write(data))
         return
     bucket, key = split_s3(uri)
     extra = {"ContentType": content_type} if content_type else {}
-    _s3_call("write", uri, client().put_object, Bucket=bucket, Key=key, Body=data,
-             **extra, **get_config().sse_args())
+    _s3_call(
+        "write",
+        uri,
+        client().put_object,
+        Bucket=bucket,
+        Key=key,
+        Body=data,
+        **extra,
+        **get_config().sse_args(),
+    )
 
 
 def write_file(uri: str, local_path: str, content_type: str | None = None) -> None:
     """Upload/copy a local file; S3 switches to multipart above cfg.multipart_threshold."""
     if not is_s3(uri):
+
         def copy(f: BinaryIO) -> None:
             with open(local_path, "rb") as src:
                 shutil.copyfileobj(src, f, MiB)
+
         _atomic_local_write(uri, copy)
         return
     cfg = get_config()
     bucket, key = split_s3(uri)
     extra = {**cfg.sse_args(), **({"ContentType": content_type} if content_type else {})}
-    transfer = TransferConfig(multipart_threshold=cfg.multipart_threshold,
-                              multipart_chunksize=cfg.multipart_chunksize)
+    transfer = TransferConfig(
+        multipart_threshold=cfg.multipart_threshold, multipart_chunksize=cfg.multipart_chunksize
+    )
     try:
         with open(local_path, "rb"):
             pass  # the local source's own problems are permanent, and not S3's
     except OSError as e:
         raise _error("write", local_path, e) from e
-    _s3_call("write", uri, client().upload_file, Filename=local_path, Bucket=bucket, Key=key,
-             ExtraArgs=extra, Config=transfer)
+    _s3_call(
+        "write",
+        uri,
+        client().upload_file,
+        Filename=local_path,
+        Bucket=bucket,
+        Key=key,
+        ExtraArgs=extra,
+        Config=transfer,
+    )
 
 
 def delete(uri: str) -> None:
@@ -762,7 +830,7 @@ def create_if_absent(uri: str, data: bytes) -> bool:
     hard-link it into place, which fails atomically if the name exists."""
     if is_s3(uri):
         return _create_s3(uri, data)
-    path = uri[len("file://"):] if uri.startswith("file://") else uri
+    path = uri[len("file://") :] if uri.startswith("file://") else uri
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.{uuid.uuid4().hex[:12]}.tmp"
     try:
@@ -790,11 +858,18 @@ def _create_s3(uri: str, data: bytes) -> bool:
 
     def put() -> bool:
         try:
-            client().put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*",
-                                ContentType="application/json", **get_config().sse_args())
+            client().put_object(
+                Bucket=bucket,
+                Key=key,
+                Body=data,
+                IfNoneMatch="*",
+                ContentType="application/json",
+                **get_config().sse_args(),
+            )
             return True
         except ClientError as e:
             if _error_code(e) in _CONFLICT_CODES:
                 return False
             raise
+
     return _s3_call("write", uri, put)

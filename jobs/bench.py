@@ -15,6 +15,7 @@
 - Memory: `htr run` on a long PDF in a subprocess, its peak RSS against the 2 GiB target.
 - Cost per 1000 pages from measured throughput and a small list-price table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,12 +34,13 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -47,9 +49,9 @@ REPO = Path(__file__).resolve().parents[1]
 DEV_MANIFEST = REPO.parent / "shared" / "data" / "stanford_memorials" / "manifest.jsonl"
 # htr-onnx / htr-torch: our same weights on ONNX Runtime fp32 / eager PyTorch fp32 (before/after references)
 SYSTEMS = ("htr-batch", "tesseract", "rapidocr", "htr-onnx", "htr-torch")
-PROTOTYPES: tuple[str, ...] = ()   # only when named in --systems
+PROTOTYPES: tuple[str, ...] = ()  # only when named in --systems
 MEMORY_TARGET_MB = 2048
-MEMORY_DISTINCT, MEMORY_LONG_SIDE = 4, 2339   # memory-run pages: A4 at 200 dpi
+MEMORY_DISTINCT, MEMORY_LONG_SIDE = 4, 2339  # memory-run pages: A4 at 200 dpi
 
 # ---- stage timing (also used by jobs/bench_gpu.py) ---------------------------------------------------
 
@@ -57,10 +59,11 @@ MEMORY_DISTINCT, MEMORY_LONG_SIDE = 4, 2339   # memory-run pages: A4 at 200 dpi
 @dataclass
 class StageClock:
     """Seconds spent per named stage, summed over calls."""
-    sync: Callable[[], None] | None = None          # e.g. torch.cuda.synchronize for device work
+
+    sync: Callable[[], None] | None = None  # e.g. torch.cuda.synchronize for device work
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     enabled: bool = True
-    lock: threading.Lock = field(default_factory=threading.Lock)   # decode threads time stages too
+    lock: threading.Lock = field(default_factory=threading.Lock)  # decode threads time stages too
 
     @contextmanager
     def stage(self, name: str, sync: bool = False):
@@ -79,6 +82,7 @@ class StageClock:
         def timed(*args, **kwargs):
             with self.stage(name, sync):
                 return fn(*args, **kwargs)
+
         return timed
 
     def reset(self) -> None:
@@ -86,11 +90,23 @@ class StageClock:
 
 
 # Leaf stages inside Pipeline.process_pages, in pipeline order; "other" is the rest of its time.
-STAGES = ("decode", "seg_resize", "seg_model", "postprocess", "crop", "rec_pack", "rec_model",
-          "ctc_decode", "lexicon", "lines", "other", "write")
+STAGES = (
+    "decode",
+    "seg_resize",
+    "seg_model",
+    "postprocess",
+    "crop",
+    "rec_pack",
+    "rec_model",
+    "ctc_decode",
+    "lexicon",
+    "lines",
+    "other",
+    "write",
+)
 STAGE_NOTES = {
     "decode": "read + rasterise the page file and put it right (iter_pages, Pipeline.prepare_page), on the "
-              "decode threads",
+    "decode threads",
     "seg_resize": "resize each page for the segmenter",
     "seg_model": "segmenter forward (DB probability map)",
     "postprocess": "DB post-processing: probability map -> word quads",
@@ -117,9 +133,14 @@ def instrument(pipe, clock: StageClock) -> Callable[[], None]:
     pipe.process_pages = clock.wrap(pipe.process_pages, "_process_pages")
     if getattr(pipe, "lexicon", None) is not None:
         pipe.lexicon.rescore = clock.wrap(pipe.lexicon.rescore, "lexicon")
-    patches = [(bp, "_resize_for_segmenter", "seg_resize"), (bp, "boxes_from_prob", "postprocess"),
-               (bp, "greedy_decode", "ctc_decode"), (bp, "group_lines", "lines"),
-               (crops_mod, "rectify", "crop"), (crops_mod, "pack", "rec_pack")]
+    patches = [
+        (bp, "_resize_for_segmenter", "seg_resize"),
+        (bp, "boxes_from_prob", "postprocess"),
+        (bp, "greedy_decode", "ctc_decode"),
+        (bp, "group_lines", "lines"),
+        (crops_mod, "rectify", "crop"),
+        (crops_mod, "pack", "rec_pack"),
+    ]
     originals = [(mod, attr, getattr(mod, attr)) for mod, attr, _ in patches]
     for mod, attr, stage in patches:
         setattr(mod, attr, clock.wrap(getattr(mod, attr), stage))
@@ -127,6 +148,7 @@ def instrument(pipe, clock: StageClock) -> Callable[[], None]:
     def undo() -> None:
         for mod, attr, fn in originals:
             setattr(mod, attr, fn)
+
     return undo
 
 
@@ -194,12 +216,13 @@ class RssMonitor(threading.Thread):
         self.interval = interval
         self.watch: dict[str, tuple[Any, bool]] = {}
         self.peak: dict[str, int] = defaultdict(int)
-        self.trace: list[tuple[float, int]] = []     # (seconds, bytes) of the first watched tree
+        self.trace: list[tuple[float, int]] = []  # (seconds, bytes) of the first watched tree
         self._stop_evt = threading.Event()
         self.t0 = time.perf_counter()
 
     def add(self, name: str, pid: int, include_self: bool = True) -> None:
         import psutil
+
         self.watch[name] = (psutil.Process(pid), include_self)
 
     def run(self) -> None:
@@ -220,6 +243,7 @@ def md_table(head: list[str], rows: list[list[Any]]) -> str:
         if isinstance(v, float):
             return f"{v:.3f}" if abs(v) < 100 else f"{v:.0f}"
         return str(v)
+
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
     return "\n".join(lines)
@@ -227,10 +251,12 @@ def md_table(head: list[str], rows: list[list[Any]]) -> str:
 
 def git_commit() -> str:
     try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                             text=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True).stdout.strip()
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True
+        ).stdout.strip()
         return sha + (" (tree has uncommitted changes)" if dirty else "")
     except OSError:
         return "unknown"
@@ -248,11 +274,16 @@ def machine_info() -> dict[str, str]:
                 break
     except OSError:
         pass
-    info = {"cpu": cpu, "cores": str(os.cpu_count()),
-            "ram": f"{psutil.virtual_memory().total / 2**30:.1f} GiB",
-            "os": platform.platform(), "python": platform.python_version(),
-            "torch": torch.__version__, "git commit": git_commit(),
-            "load average (1/5/15 min) at start": " / ".join(f"{v:.2f}" for v in os.getloadavg())}
+    info = {
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "ram": f"{psutil.virtual_memory().total / 2**30:.1f} GiB",
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "git commit": git_commit(),
+        "load average (1/5/15 min) at start": " / ".join(f"{v:.2f}" for v in os.getloadavg()),
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
@@ -276,7 +307,9 @@ class HtrHost:
         torch.set_num_threads(threads)
         cv2.setNumThreads(threads)
         self.clock = StageClock()
-        self.pipe = Pipeline.load(models, "cpu", PipelineConfig(backend=self.backend, precision=self.precision))
+        self.pipe = Pipeline.load(
+            models, "cpu", PipelineConfig(backend=self.backend, precision=self.precision)
+        )
         instrument(self.pipe, self.clock)
         self.decoders = ThreadPoolExecutor(threads, thread_name_prefix="decode")
         self.out = tempfile.mkdtemp(prefix="htr-bench-out-")
@@ -288,7 +321,7 @@ class HtrHost:
         return f"{self.pipe.model_version} ({self.pipe.backend} {precision})"
 
     def ocr(self, uris: list[str]) -> list:
-        with self.clock.stage("decode"):   # on the thread budget, as `htr run`'s decode workers do
+        with self.clock.stage("decode"):  # on the thread budget, as `htr run`'s decode workers do
             images = list(self.decoders.map(self._decode, uris))
         pages = self.pipe.process_pages(images)
         self.last = list(zip(uris, pages))
@@ -318,7 +351,7 @@ class HtrHost:
         self.clock.reset()
 
     def read_crops(self, crops: list[np.ndarray]) -> list[str]:
-        self.clock.enabled = False   # scoring work is not a stage of the timed run
+        self.clock.enabled = False  # scoring work is not a stage of the timed run
         try:
             return [t for t, _ in self.pipe.recognise(crops)]
         finally:
@@ -339,11 +372,13 @@ class HtrHost:
 
 class HtrOnnxHost(HtrHost):
     """The same weights on ONNX Runtime in fp32: the shipped CPU path before bf16 PyTorch."""
+
     backend, precision = "onnxruntime", "fp32"
 
 
 class HtrTorchHost(HtrHost):
     """The same weights on eager PyTorch in fp32: the first CPU path."""
+
     backend, precision = "torch", "fp32"
 
 
@@ -374,19 +409,22 @@ class TesseractHost(PeerLines):
 
     def version(self, _=None) -> str:
         from jobs.peers import tesseract_version
+
         return tesseract_version()
 
     def ocr(self, uris: list[str]) -> list:
         from jobs.peers import tesseract_page
+
         return list(self.pool.map(lambda u: tesseract_page(decode(u)), uris))
 
     def read_crops(self, crops: list[np.ndarray]) -> list[str]:
         from jobs.peers import tesseract_read_crops
-        parts = [crops[i::self.threads] for i in range(self.threads)]
+
+        parts = [crops[i :: self.threads] for i in range(self.threads)]
         texts = list(self.pool.map(tesseract_read_crops, parts))
         out: list[str] = [""] * len(crops)
         for i, part in enumerate(texts):
-            out[i::self.threads] = part
+            out[i :: self.threads] = part
         return out
 
 
@@ -397,11 +435,13 @@ class RapidHost(PeerLines):
         import cv2
 
         from jobs.peers import RapidPeer
+
         cv2.setNumThreads(threads)
         self.peer = RapidPeer(threads)
 
     def version(self, _=None) -> str:
         from jobs.peers import rapidocr_version
+
         return rapidocr_version()
 
     def ocr(self, uris: list[str]) -> list:
@@ -411,8 +451,13 @@ class RapidHost(PeerLines):
         return self.peer.read_crops(crops)
 
 
-HOSTS = {"htr-batch": HtrHost, "htr-onnx": HtrOnnxHost, "htr-torch": HtrTorchHost, "tesseract": TesseractHost,
-         "rapidocr": RapidHost}
+HOSTS = {
+    "htr-batch": HtrHost,
+    "htr-onnx": HtrOnnxHost,
+    "htr-torch": HtrTorchHost,
+    "tesseract": TesseractHost,
+    "rapidocr": RapidHost,
+}
 
 
 def _serve(system: str, conn, threads: int, models: str | None) -> None:
@@ -444,7 +489,7 @@ class Worker:
         self.conn, child = ctx.Pipe()
         env_threads = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         old = {k: os.environ.get(k) for k in env_threads}
-        os.environ.update(env_threads)   # inherited by the spawned interpreter at start
+        os.environ.update(env_threads)  # inherited by the spawned interpreter at start
         try:
             self.proc = ctx.Process(target=_serve, args=(system, child, threads, models), daemon=True)
             self.proc.start()
@@ -479,7 +524,7 @@ class Worker:
 @dataclass
 class Dataset:
     name: str
-    pages: list          # jobs.evaluate.EvalPage
+    pages: list  # jobs.evaluate.EvalPage
     note: str
 
 
@@ -494,13 +539,14 @@ class Timing:
         return self.pages / self.seconds if self.seconds else 0.0
 
 
-def time_systems(ds: Dataset, workers: dict[str, Worker], chunk: int, warm: bool = True
-                 ) -> tuple[dict[str, Timing], dict[str, list], dict[str, dict[str, float]]]:
+def time_systems(
+    ds: Dataset, workers: dict[str, Worker], chunk: int, warm: bool = True
+) -> tuple[dict[str, Timing], dict[str, list], dict[str, dict[str, float]]]:
     """Run every system on every page, chunk by chunk, order rotated per chunk; returns timings,
     each system's pages (in order) and our stage seconds. warm: one untimed page first."""
     uris = [p.uri for p in ds.pages]
     names = list(workers)
-    for w in workers.values() if warm else ():   # warm-up on the first page: lazy init, first-call allocations
+    for w in workers.values() if warm else ():  # warm-up on the first page: lazy init, first-call allocations
         w.call("ocr", uris[:1])
     for name in our_systems(workers):
         workers[name].call("reset")
@@ -510,15 +556,15 @@ def time_systems(ds: Dataset, workers: dict[str, Worker], chunk: int, warm: bool
     monitor.start()
     timing = {n: Timing() for n in names}
     outputs: dict[str, list] = {n: [] for n in names}
-    chunks = [uris[i:i + chunk] for i in range(0, len(uris), chunk)]
+    chunks = [uris[i : i + chunk] for i in range(0, len(uris), chunk)]
     for k, part in enumerate(tqdm(chunks, desc=f"{ds.name}: timed runs", unit="chunk", file=sys.stderr)):
-        for name in names[k % len(names):] + names[:k % len(names)]:
+        for name in names[k % len(names) :] + names[: k % len(names)]:
             t = time.perf_counter()
             outputs[name].extend(workers[name].call("ocr", part))
             timing[name].seconds += time.perf_counter() - t
             timing[name].pages += len(part)
             if name.startswith("htr"):
-                workers[name].call("write")   # timed as a stage, outside the head-to-head
+                workers[name].call("write")  # timed as a stage, outside the head-to-head
     monitor.stop()
     for n in names:
         timing[n].peak_rss = monitor.peak[n]
@@ -539,10 +585,13 @@ def system_scores(ds: Dataset, workers: dict[str, Worker], outputs: dict[str, li
     scores = {}
     for name, w in workers.items():
         replay = iter(outputs[name])
-        scores[name] = score_pages(ds.pages, lambda _image, replay=replay: next(replay),
-                                   lambda crops, w=w: w.call("read_crops", crops),
-                                   lambda gray, quads, w=w: w.call("read_lines", (gray, quads)),
-                                   desc=f"{ds.name}: score {name}")
+        scores[name] = score_pages(
+            ds.pages,
+            lambda _image, replay=replay: next(replay),
+            lambda crops, w=w: w.call("read_crops", crops),
+            lambda gray, quads, w=w: w.call("read_lines", (gray, quads)),
+            desc=f"{ds.name}: score {name}",
+        )
     return scores
 
 
@@ -552,7 +601,7 @@ def summarise_scores(ds: Dataset, scores: dict[str, Any]) -> dict[str, dict]:
     results = {}
     for name, s in scores.items():
         metrics = summarise(s, ds.pages)
-        metrics.pop("seconds_per_page", None)   # replayed predictions: timed above instead
+        metrics.pop("seconds_per_page", None)  # replayed predictions: timed above instead
         results[name] = metrics
     return results
 
@@ -564,19 +613,25 @@ def score_systems(ds: Dataset, workers: dict[str, Worker], outputs: dict[str, li
 
 def speed_rows(timing: dict[str, Timing], load: dict[str, float]) -> list[list[Any]]:
     ours = timing.get("htr-batch")
-    rows = [["pages", *[t.pages for t in timing.values()]],
-            ["wall time (s)", *[t.seconds for t in timing.values()]],
-            ["pages/s", *[t.pages_per_s for t in timing.values()]],
-            ["s/page", *[t.seconds / max(1, t.pages) for t in timing.values()]]]
+    rows = [
+        ["pages", *[t.pages for t in timing.values()]],
+        ["wall time (s)", *[t.seconds for t in timing.values()]],
+        ["pages/s", *[t.pages_per_s for t in timing.values()]],
+        ["s/page", *[t.seconds / max(1, t.pages) for t in timing.values()]],
+    ]
     if ours:
-        rows.append(["our pages/s ÷ theirs", *[ours.pages_per_s / t.pages_per_s if t.pages_per_s else "-"
-                                               for t in timing.values()]])
+        rows.append(
+            [
+                "our pages/s ÷ theirs",
+                *[ours.pages_per_s / t.pages_per_s if t.pages_per_s else "-" for t in timing.values()],
+            ]
+        )
     rows.append(["peak RSS (MiB)", *[t.peak_rss / 2**20 for t in timing.values()]])
     rows.append(["start-up (s)", *[load[n] for n in timing]])
     return rows
 
 
-TYPED_KEY = re.compile(r"(crop_cer|bow_f1)_(?!chance$)([a-z]+?)(_chance)?")   # crop_cer_printed, ...
+TYPED_KEY = re.compile(r"(crop_cer|bow_f1)_(?!chance$)([a-z]+?)(_chance)?")  # crop_cer_printed, ...
 TYPED_LABEL = {"crop_cer": "crop CER (GT line crops)", "bow_f1": "BoW F1 (words in its GT lines)"}
 
 
@@ -585,15 +640,23 @@ def metric_rows(results: dict[str, dict], typed: bool = False) -> list[list[Any]
     bow_f1_<type>[_chance]) only with typed=True, as (type, metric) rows, the others without."""
     keys: list[str] = []
     for r in results.values():
-        keys += [k for k in r if k not in keys and k not in ("pages", "level")
-                 and bool(TYPED_KEY.fullmatch(k)) == typed]
+        keys += [
+            k
+            for k in r
+            if k not in keys and k not in ("pages", "level") and bool(TYPED_KEY.fullmatch(k)) == typed
+        ]
     if not typed:
         return [[k, *[r.get(k, "") for r in results.values()]] for k in keys]
     rows = []
     for k in sorted(keys, key=lambda k: (TYPED_KEY.fullmatch(k)[2], k.startswith("bow"), k)):
         metric, kind, chance = TYPED_KEY.fullmatch(k).groups()
-        rows.append([kind, TYPED_LABEL[metric] + (", chance" if chance else ""),
-                     *[r.get(k, "") for r in results.values()]])
+        rows.append(
+            [
+                kind,
+                TYPED_LABEL[metric] + (", chance" if chance else ""),
+                *[r.get(k, "") for r in results.values()],
+            ]
+        )
     return rows
 
 
@@ -607,17 +670,22 @@ def synthetic_set(n: int, seed: int, work: Path) -> Dataset:
     manifest = work / "manifest.jsonl"
     if not manifest.is_file() or len(manifest.read_text().splitlines()) != n:
         write_pages(n, work, seed)
-    return Dataset(f"synthetic-{seed}", load_eval_set(manifest),
-                   f"{n} synthetic pages, seed {seed} (training used seeds 0-5 and +10000), "
-                   "word-level ground truth")
+    return Dataset(
+        f"synthetic-{seed}",
+        load_eval_set(manifest),
+        f"{n} synthetic pages, seed {seed} (training used seeds 0-5 and +10000), word-level ground truth",
+    )
 
 
 def dev_set(manifest: Path, limit: int | None) -> Dataset:
     from jobs.evaluate import load_eval_set
 
     pages = load_eval_set(manifest, limit=limit)
-    return Dataset("dev", pages, f"{len(pages)} real handwritten letter pages (1905, {manifest.parent.name}), "
-                                 "line-level ground truth")
+    return Dataset(
+        "dev",
+        pages,
+        f"{len(pages)} real handwritten letter pages (1905, {manifest.parent.name}), line-level ground truth",
+    )
 
 
 # ---- memory: htr run on a long PDF -------------------------------------------------------------
@@ -626,21 +694,27 @@ def dev_set(manifest: Path, limit: int | None) -> Dataset:
 def repeated_pdf(jpegs: list[tuple[bytes, int, int]], n_pages: int, path: Path, dpi: int = 200) -> Path:
     """A PDF of n_pages cycling through a few JPEG pages; each image is stored once and shared by
     its pages, so the file stays small however many pages it has. Page size = image at `dpi`."""
-    objs: list[bytes] = [b"<< /Type /Catalog /Pages 2 0 R >>", b""]   # 1, 2 (pages: filled below)
+    objs: list[bytes] = [b"<< /Type /Catalog /Pages 2 0 R >>", b""]  # 1, 2 (pages: filled below)
     shared = []
-    for i, (data, w, h) in enumerate(jpegs):
-        img = (b"<< /Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceRGB "
-               b"/BitsPerComponent 8 /Filter /DCTDecode /Length %d >>\nstream\n" % (w, h, len(data))
-               + data + b"\nendstream")
+    for data, w, h in jpegs:
+        img = (
+            b"<< /Type /XObject /Subtype /Image /Width %d /Height %d /ColorSpace /DeviceRGB "
+            b"/BitsPerComponent 8 /Filter /DCTDecode /Length %d >>\nstream\n"
+            % (w, h, len(data))
+            + data
+            + b"\nendstream"
+        )
         pw, ph = w * 72 / dpi, h * 72 / dpi
         content = b"q %.2f 0 0 %.2f 0 0 cm /Im0 Do Q" % (pw, ph)
         objs += [img, b"<< /Length %d >>\nstream\n%s\nendstream" % (len(content), content)]
-        shared.append((len(objs) - 1, len(objs), pw, ph))    # object numbers of image, content
+        shared.append((len(objs) - 1, len(objs), pw, ph))  # object numbers of image, content
     kids = []
     for k in range(n_pages):
         img_no, content_no, pw, ph = shared[k % len(shared)]
-        objs.append(b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 %.2f %.2f] /Resources << /XObject "
-                    b"<< /Im0 %d 0 R >> >> /Contents %d 0 R >>" % (pw, ph, img_no, content_no))
+        objs.append(
+            b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 %.2f %.2f] /Resources << /XObject "
+            b"<< /Im0 %d 0 R >> >> /Contents %d 0 R >>" % (pw, ph, img_no, content_no)
+        )
         kids.append(b"%d 0 R" % len(objs))
     objs[1] = b"<< /Type /Pages /Kids [" + b" ".join(kids) + b"] /Count %d >>" % n_pages
     out = io.BytesIO()
@@ -684,7 +758,7 @@ class MemoryResult:
     seconds: float
     returncode: int
     summary: str
-    rss_at: list[tuple[str, float]]       # (fraction of the run, MiB)
+    rss_at: list[tuple[str, float]]  # (fraction of the run, MiB)
 
 
 def memory_run(pdf: Path, models: str | None, threads: int, timeout: float) -> MemoryResult:
@@ -695,7 +769,9 @@ def memory_run(pdf: Path, models: str | None, threads: int, timeout: float) -> M
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     monitor = RssMonitor(interval=0.2)
     t = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     monitor.add("htr run", proc.pid)
     monitor.start()
     try:
@@ -714,7 +790,9 @@ def memory_run(pdf: Path, models: str | None, threads: int, timeout: float) -> M
         rss_at.append((f"{int(frac * 100)} %", max(upto) / 2**20))
     summary = next((ln for ln in text.splitlines()[::-1] if ln.startswith("htr run:")), text.strip()[-300:])
     n = int(re.search(r"(\d+) pages", summary).group(1)) if re.search(r"(\d+) pages", summary) else 0
-    return MemoryResult(n, pdf.stat().st_size, monitor.peak["htr run"], seconds, proc.returncode, summary, rss_at)
+    return MemoryResult(
+        n, pdf.stat().st_size, monitor.peak["htr run"], seconds, proc.returncode, summary, rss_at
+    )
 
 
 # ---- cost ---------------------------------------------------------------------------------------------
@@ -728,9 +806,12 @@ INSTANCES = [  # name, vCPUs, GPU, USD/hour
     ("ml.g4dn.xlarge", 4, "T4", 0.736),
     ("ml.g5.xlarge", 4, "A10G", 1.408),
 ]
-TEXTRACT = ("Amazon Textract DetectDocumentText", 1.50,
-            "published list price, USD 1.50 per 1000 pages for the first million pages a month "
-            "(0.60 after), us-east-1, 2025: check current")
+TEXTRACT = (
+    "Amazon Textract DetectDocumentText",
+    1.50,
+    "published list price, USD 1.50 per 1000 pages for the first million pages a month "
+    "(0.60 after), us-east-1, 2025: check current",
+)
 
 
 def usd_per_1000(usd_hour: float, pages_per_s: float) -> float:
@@ -744,7 +825,7 @@ def cost_rows(throughput: dict[str, float], threads: int, gpu: dict[str, float])
     for name, vcpu, gpu_name, price in INSTANCES:
         if gpu_name is None:
             cells = []
-            for sys_name, pps in throughput.items():
+            for pps in throughput.values():
                 guess = pps * vcpu / threads
                 cells.append(f"{usd_per_1000(price, guess):.3f} (guess: {guess:.2f} p/s)" if pps else "-")
             basis = f"CPU guess: this machine's pages/s x {vcpu}/{threads} vCPU"
@@ -769,90 +850,152 @@ class Report:
     versions: dict[str, str]
     sections: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    headline: list[str] = field(default_factory=list)    # jobs.bench_e2e: before the notes
+    headline: list[str] = field(default_factory=list)  # jobs.bench_e2e: before the notes
 
     def markdown(self) -> str:
         head = [
-            "# Benchmarks", "",
-            f"Generated by `{self.command}` on {self.started} (UTC). Rerun with `make bench`.", "",
-            md_table(["machine", ""], [[k, v] for k, v in self.machine.items()]
-                     + [["thread budget", f"{self.threads} per system"]]
-                     + [[f"{k} version", v] for k, v in self.versions.items()]), "",
+            "# Benchmarks",
+            "",
+            f"Generated by `{self.command}` on {self.started} (UTC). Rerun with `make bench`.",
+            "",
+            md_table(
+                ["machine", ""],
+                [[k, v] for k, v in self.machine.items()]
+                + [["thread budget", f"{self.threads} per system"]]
+                + [[f"{k} version", v] for k, v in self.versions.items()],
+            ),
+            "",
         ]
         notes = ["## Notes", ""] + [f"- {n}" for n in self.notes] + [""]
         return "\n".join(head + self.headline + notes + self.sections) + "\n"
 
 
-def run_dataset(ds: Dataset, workers: dict[str, Worker], chunk: int, threads: int, report: Report
-                ) -> tuple[dict[str, Timing], dict[str, dict[str, float]], dict[str, dict]]:
+def run_dataset(
+    ds: Dataset, workers: dict[str, Worker], chunk: int, threads: int, report: Report
+) -> tuple[dict[str, Timing], dict[str, dict[str, float]], dict[str, dict]]:
     timing, outputs, stages = time_systems(ds, workers, chunk)
     results = score_systems(ds, workers, outputs)
     load = {n: w.load_seconds for n, w in workers.items()}
     names = list(workers)
     from jobs.evaluate import format_table
+
     print(f"\n{ds.name}: {ds.note}")
-    print(format_table({n: {**results[n], "pages_per_s": timing[n].pages_per_s,
-                            "peak_rss_mib": timing[n].peak_rss / 2**20} for n in names}))
-    sec = [f"## {ds.name}: {ds.note}", "",
-           f"Speed: {threads} threads per system, page files decoded by each system's timed code.", "",
-           md_table(["speed", *names], speed_rows(timing, load)), "",
-           "Accuracy (jobs.evaluate, the same scoring for every system):", "",
-           md_table(["metric", *names], metric_rows(results)), ""]
+    print(
+        format_table(
+            {
+                n: {
+                    **results[n],
+                    "pages_per_s": timing[n].pages_per_s,
+                    "peak_rss_mib": timing[n].peak_rss / 2**20,
+                }
+                for n in names
+            }
+        )
+    )
+    sec = [
+        f"## {ds.name}: {ds.note}",
+        "",
+        f"Speed: {threads} threads per system, page files decoded by each system's timed code.",
+        "",
+        md_table(["speed", *names], speed_rows(timing, load)),
+        "",
+        "Accuracy (jobs.evaluate, the same scoring for every system):",
+        "",
+        md_table(["metric", *names], metric_rows(results)),
+        "",
+    ]
     if typed := metric_rows(results, typed=True):
-        sec += ["By line type (line_types.jsonl; printed = Print and Typewritten lines): recognition "
-                "alone on the GT line crops of each type, and the bag of words of each system's page "
-                "reading inside the GT lines of that type (chance: another page's lines of that type).", "",
-                md_table(["line type", "metric", *names], typed), ""]
+        sec += [
+            "By line type (line_types.jsonl; printed = Print and Typewritten lines): recognition "
+            "alone on the GT line crops of each type, and the bag of words of each system's page "
+            "reading inside the GT lines of that type (chance: another page's lines of that type).",
+            "",
+            md_table(["line type", "metric", *names], typed),
+            "",
+        ]
     for name, st in stages.items():
         rows = stage_rows(st, timing[name].pages)
-        print(f"\n{name} stages:\n" + "\n".join(f"  {r[0]:<12} {r[1]:>8} s {r[2]:>8} {r[3]:>6} ms/page"
-                                                 for r in rows))
-        sec += [f"Where {name}'s time goes ({ds.name}, {timing[name].pages} pages):", "",
-                md_table(["stage", "seconds", "share", "ms/page", "what"], rows), ""]
+        print(
+            f"\n{name} stages:\n"
+            + "\n".join(f"  {r[0]:<12} {r[1]:>8} s {r[2]:>8} {r[3]:>6} ms/page" for r in rows)
+        )
+        sec += [
+            f"Where {name}'s time goes ({ds.name}, {timing[name].pages} pages):",
+            "",
+            md_table(["stage", "seconds", "share", "ms/page", "what"], rows),
+            "",
+        ]
     report.sections += sec
     return timing, stages, results
 
 
 def memory_section(res: MemoryResult, requested: int) -> list[str]:
     ok = "within" if res.peak_rss <= MEMORY_TARGET_MB * 2**20 else "OVER"
-    rows = [["pages in the PDF", requested], ["PDF size (MB)", res.pdf_bytes / 1e6],
-            ["pages processed", res.pages], ["wall time (s)", res.seconds],
-            ["peak RSS, process tree (MiB)", res.peak_rss / 2**20],
-            ["target (MiB)", f"{MEMORY_TARGET_MB} ({ok} target)"], ["exit code", res.returncode]]
+    rows = [
+        ["pages in the PDF", requested],
+        ["PDF size (MB)", res.pdf_bytes / 1e6],
+        ["pages processed", res.pages],
+        ["wall time (s)", res.seconds],
+        ["peak RSS, process tree (MiB)", res.peak_rss / 2**20],
+        ["target (MiB)", f"{MEMORY_TARGET_MB} ({ok} target)"],
+        ["exit code", res.returncode],
+    ]
     rows += [[f"peak RSS up to {frac} of the run (MiB)", mib] for frac, mib in res.rss_at]
-    return [f"## Memory: `htr run` on a {requested}-page PDF", "",
-            f"One PDF of {MEMORY_DISTINCT} synthetic pages (long side up to {MEMORY_LONG_SIDE} px) repeated, each "
-            "image stored once, rasterised at 200 dpi; "
-            "RSS of `htr run` and its children (pdftoppm) polled every 0.2 s with psutil.", "",
-            md_table(["", "value"], rows), "", f"Its summary line: `{res.summary}`", ""]
+    return [
+        f"## Memory: `htr run` on a {requested}-page PDF",
+        "",
+        f"One PDF of {MEMORY_DISTINCT} synthetic pages (long side up to {MEMORY_LONG_SIDE} px) repeated, each "
+        "image stored once, rasterised at 200 dpi; "
+        "RSS of `htr run` and its children (pdftoppm) polled every 0.2 s with psutil.",
+        "",
+        md_table(["", "value"], rows),
+        "",
+        f"Its summary line: `{res.summary}`",
+        "",
+    ]
 
 
 # ---- command --------------------------------------------------------------------------------------
 
 
 def configure(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--synthetic-pages", type=int, default=24,
-                   help="synthetic test pages (0: none); 24 keep the speed ratios steadier than 12 did")
+    p.add_argument(
+        "--synthetic-pages",
+        type=int,
+        default=24,
+        help="synthetic test pages (0: none); 24 keep the speed ratios steadier than 12 did",
+    )
     p.add_argument("--seed", type=int, default=777, help="synthetic seed; training used 0-5 and +10000")
-    p.add_argument("--dev", help=f"folder with manifest.jsonl of a real dev set (default: {DEV_MANIFEST.parent} "
-                                  "when present)")
+    p.add_argument(
+        "--dev",
+        help=f"folder with manifest.jsonl of a real dev set (default: {DEV_MANIFEST.parent} when present)",
+    )
     p.add_argument("--no-dev", action="store_true", help="skip the real dev set")
     p.add_argument("--dev-limit", type=int, help="first N dev pages only")
     from jobs.bench_e2e import configure_e2e
     from jobs.bench_real import configure_real
+
     configure_e2e(p)
     configure_real(p)
     p.add_argument("--out", default="BENCHMARKS.md", help="report file")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="thread budget per system")
     p.add_argument("--chunk", type=int, help="pages per interleaved turn (default max(threads, 4))")
     p.add_argument("--models", help="model folder (default: the shipped models/default)")
-    p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated, from " + ",".join(SYSTEMS + PROTOTYPES))
+    p.add_argument(
+        "--systems", default=",".join(SYSTEMS), help="comma-separated, from " + ",".join(SYSTEMS + PROTOTYPES)
+    )
     p.add_argument("--work", help="folder for the generated test data (default: a temporary folder)")
     p.add_argument("--skip-memory", action="store_true", help="skip the long-PDF memory run")
     p.add_argument("--memory-pages", type=int, default=1000, help="pages in the memory-run PDF")
-    p.add_argument("--memory-timeout", type=float, default=3600, help="seconds before the memory run is stopped")
-    p.add_argument("--gpu-json", action="append", default=[],
-                   help="bench-gpu result JSON (repeatable): fills the GPU cost rows")
+    p.add_argument(
+        "--memory-timeout", type=float, default=3600, help="seconds before the memory run is stopped"
+    )
+    p.add_argument(
+        "--gpu-json",
+        action="append",
+        default=[],
+        help="bench-gpu result JSON (repeatable): fills the GPU cost rows",
+    )
     p.add_argument("--note", action="append", default=[], help="extra line for the report's notes")
 
 
@@ -890,7 +1033,7 @@ def _gpu_throughput(paths: list[str]) -> dict[str, float]:
 def main(args) -> int:
     from batch.core.errors import EXIT_BAD_ARGS
 
-    started = dt.datetime.now(dt.timezone.utc)
+    started = dt.datetime.now(dt.UTC)
     names = _check_systems([s.strip() for s in args.systems.split(",") if s.strip()])
     if not names:
         print("htr bench: no system can run", file=sys.stderr)
@@ -900,10 +1043,16 @@ def main(args) -> int:
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="htr-bench-"))
     dev = Path(args.dev) / "manifest.jsonl" if args.dev else DEV_MANIFEST
     headline = [] if args.no_e2e else _headline(args, work, None if args.no_dev else dev)
-    workers = {n: Worker(n, threads, args.models) for n in tqdm(names, desc="starting systems", file=sys.stderr)}
-    report = Report("htr " + shlex.join(sys.argv[1:]) if "bench" in sys.argv else "htr bench",
-                    started.strftime("%Y-%m-%d %H:%M"), machine_info(), threads,
-                    {n: w.call("version") for n, w in workers.items()})
+    workers = {
+        n: Worker(n, threads, args.models) for n in tqdm(names, desc="starting systems", file=sys.stderr)
+    }
+    report = Report(
+        "htr " + shlex.join(sys.argv[1:]) if "bench" in sys.argv else "htr bench",
+        started.strftime("%Y-%m-%d %H:%M"),
+        machine_info(),
+        threads,
+        {n: w.call("version") for n, w in workers.items()},
+    )
     report.notes += list(args.note) + [
         "Each system runs in its own process on the same page files; systems take turns chunk by chunk "
         f"({chunk} pages), their order rotated each chunk, so background load hits all of them alike.",
@@ -924,11 +1073,13 @@ def main(args) -> int:
         "64 px with a margin, `--psm 7`; RapidOCR's recogniser alone, no detection).",
     ]
     if "htr-onnx" in names or "htr-torch" in names:
-        report.notes.append("htr-batch picks its CPU engine itself: PyTorch with bf16 autocast where the CPU "
-                            "has native bf16 (AVX512-BF16/AMX), else ONNX Runtime fp32 (its version row says "
-                            "which). htr-onnx (ONNX Runtime fp32, exported from the same weights at start-up) "
-                            "and htr-torch (eager PyTorch fp32) are the same Pipeline and weights, kept as "
-                            "before/after references.")
+        report.notes.append(
+            "htr-batch picks its CPU engine itself: PyTorch with bf16 autocast where the CPU "
+            "has native bf16 (AVX512-BF16/AMX), else ONNX Runtime fp32 (its version row says "
+            "which). htr-onnx (ONNX Runtime fp32, exported from the same weights at start-up) "
+            "and htr-torch (eager PyTorch fp32) are the same Pipeline and weights, kept as "
+            "before/after references."
+        )
     timings: dict[str, dict[str, Timing]] = {}
     try:
         sets = []
@@ -945,6 +1096,7 @@ def main(args) -> int:
             timings[ds.name], _, results[ds.name] = run_dataset(ds, workers, chunk, threads, report)
         if not args.no_real:
             from jobs.bench_real import bench_real
+
             dev_run = (timings["dev"], results["dev"]) if "dev" in results else None
             if real := bench_real(args, workers, chunk, report, dev_run, warm=not sets):
                 timings["real validation"] = real
@@ -956,31 +1108,44 @@ def main(args) -> int:
         print(f"\nmemory run: htr run on {pdf} ({args.memory_pages} pages) ...", file=sys.stderr)
         res = memory_run(pdf, args.models, threads, args.memory_timeout)
         report.sections += memory_section(res, args.memory_pages)
-        print(f"memory: peak RSS {res.peak_rss / 2**20:.0f} MiB over {res.pages} pages "
-              f"(target {MEMORY_TARGET_MB} MiB); {res.summary}")
+        print(
+            f"memory: peak RSS {res.peak_rss / 2**20:.0f} MiB over {res.pages} pages "
+            f"(target {MEMORY_TARGET_MB} MiB); {res.summary}"
+        )
     if timings:
         main_set = next(iter(timings.values()))
         pps = {n: t.pages_per_s for n, t in main_set.items()}
         rows = cost_rows(pps, threads, _gpu_throughput(args.gpu_json))
         report.sections += [
-            f"## Cost per 1000 pages (USD) from the {next(iter(timings))} throughput", "",
+            f"## Cost per 1000 pages (USD) from the {next(iter(timings))} throughput",
+            "",
             f"Instance prices: {PRICES_AS_OF}. Cost = price per hour / pages per hour x 1000, "
             "compute only (no start-up, storage or requests). CPU rows are a guess: this machine's "
-            "pages/s scaled linearly by vCPU count. GPU rows only from a real `make bench-gpu` run.", "",
-            md_table(["instance", "USD/hour", *[f"{n} USD/1000 pages" for n in pps], "basis"], rows), "",
-            f"For comparison, {TEXTRACT[0]}: USD {TEXTRACT[1]:.2f} per 1000 pages ({TEXTRACT[2]}).", ""]
+            "pages/s scaled linearly by vCPU count. GPU rows only from a real `make bench-gpu` run.",
+            "",
+            md_table(["instance", "USD/hour", *[f"{n} USD/1000 pages" for n in pps], "basis"], rows),
+            "",
+            f"For comparison, {TEXTRACT[0]}: USD {TEXTRACT[1]:.2f} per 1000 pages ({TEXTRACT[2]}).",
+            "",
+        ]
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
     if headline and report.sections:
-        report.sections[:0] = ["## In process: where `htr run`'s time goes", "",
-                               "The pipeline loop alone, after start-up and a warm-up, outputs written "
-                               "outside the timed loop (its `write` stage), against the peers in their "
-                               "own processes: what the headline's wall clocks are made of.", ""]
+        report.sections[:0] = [
+            "## In process: where `htr run`'s time goes",
+            "",
+            "The pipeline loop alone, after start-up and a warm-up, outputs written "
+            "outside the timed loop (its `write` stage), against the peers in their "
+            "own processes: what the headline's wall clocks are made of.",
+            "",
+        ]
     report.headline = headline
     report.machine["load average (1/5/15 min) at end"] = " / ".join(f"{v:.2f}" for v in os.getloadavg())
     Path(args.out).write_text(report.markdown())
-    took = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
-    summary = ", ".join(f"{ds}: " + " ".join(f"{n} {t.pages_per_s:.3f} p/s" for n, t in tm.items())
-                        for ds, tm in timings.items())
+    took = (dt.datetime.now(dt.UTC) - started).total_seconds()
+    summary = ", ".join(
+        f"{ds}: " + " ".join(f"{n} {t.pages_per_s:.3f} p/s" for n, t in tm.items())
+        for ds, tm in timings.items()
+    )
     print(f"htr bench: {summary}; report -> {args.out} ({took:.0f} s)")
     return 0

@@ -9,6 +9,7 @@ decode seconds are summed over the decode threads, so they overlap the model wor
 
 Writes bench-out/bench-gpu.json (`htr bench --gpu-json FILE` turns it into GPU cost rows).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,6 +50,7 @@ class GpuSampler(threading.Thread):
     def _reader(self):
         try:
             import pynvml
+
             pynvml.nvmlInit()
             handle = pynvml.nvmlDeviceGetHandleByIndex(0)
             return lambda: float(pynvml.nvmlDeviceGetUtilizationRates(handle).gpu)
@@ -56,7 +58,9 @@ class GpuSampler(threading.Thread):
             pass
         if shutil.which("nvidia-smi"):
             cmd = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", "0"]
-            return lambda: float(subprocess.run(cmd, capture_output=True, text=True, timeout=5).stdout.split()[0])
+            return lambda: float(
+                subprocess.run(cmd, capture_output=True, text=True, timeout=5).stdout.split()[0]
+            )
         return None
 
     def run(self) -> None:
@@ -92,8 +96,13 @@ def render_ahead(n: int, seed: int, out: Path, workers: int) -> Path:
     todo = [(seed, i, str(out)) for i in range(n) if not (out / f"page_{i:05d}.jpg").is_file()]
     if todo:
         with get_context("spawn").Pool(workers) as pool:
-            for _ in tqdm(pool.imap_unordered(_render_one, todo, chunksize=2), total=len(todo),
-                          desc="render pages", unit="page", file=sys.stderr):
+            for _ in tqdm(
+                pool.imap_unordered(_render_one, todo, chunksize=2),
+                total=len(todo),
+                desc="render pages",
+                unit="page",
+                file=sys.stderr,
+            ):
                 pass
     return out
 
@@ -109,7 +118,7 @@ class Result:
     seconds: float
     gpu_busy: float | None
     gpu_mem_gib: float
-    stages_ms: dict[str, float] = field(default_factory=dict)   # per page
+    stages_ms: dict[str, float] = field(default_factory=dict)  # per page
 
     @property
     def pages_per_s(self) -> float:
@@ -139,8 +148,9 @@ def _time_write(clock: StageClock, writer) -> None:
     writer.flush = clock.wrap(writer.flush, "write")
 
 
-def run_config(pipe, clock: StageClock, pages_dir: Path, seg_batch: int, rec_batch: int,
-               decode_workers: int) -> Result:
+def run_config(
+    pipe, clock: StageClock, pages_dir: Path, seg_batch: int, rec_batch: int, decode_workers: int
+) -> Result:
     import torch
 
     from batch import storage
@@ -151,8 +161,14 @@ def run_config(pipe, clock: StageClock, pages_dir: Path, seg_batch: int, rec_bat
     out = tempfile.mkdtemp(prefix="htr-bench-gpu-")
     writer = OutputWriter(out, "bench-gpu")
     _time_write(clock, writer)
-    run = Run(pipe, writer, "bench-gpu", batch_pages=max(16, 2 * seg_batch),
-              decode_workers=decode_workers, progress=False)
+    run = Run(
+        pipe,
+        writer,
+        "bench-gpu",
+        batch_pages=max(16, 2 * seg_batch),
+        decode_workers=decode_workers,
+        progress=False,
+    )
     clock.reset()
     cuda = pipe.device.type == "cuda"
     if cuda:
@@ -182,14 +198,19 @@ def gpu_short(name: str) -> str:
 
 
 def table(results: list[Result]) -> str:
-    head = (f"{'seg':>4} {'rec':>5} {'pages':>5} {'wall s':>7} {'pages/s':>8} {'GPU busy':>8} {'GPU GiB':>7}  "
-            + " ".join(f"{k:>11}" for k in STAGE_COLS) + "   (stage columns: ms per page)")
+    head = (
+        f"{'seg':>4} {'rec':>5} {'pages':>5} {'wall s':>7} {'pages/s':>8} {'GPU busy':>8} {'GPU GiB':>7}  "
+        + " ".join(f"{k:>11}" for k in STAGE_COLS)
+        + "   (stage columns: ms per page)"
+    )
     lines = [head]
     for r in results:
         busy = f"{100 * r.gpu_busy:.0f} %" if r.gpu_busy is not None else "n/a"
-        lines.append(f"{r.seg_batch:>4} {r.rec_batch:>5} {r.pages:>5} {r.seconds:>7.1f} {r.pages_per_s:>8.2f} "
-                     f"{busy:>8} {r.gpu_mem_gib:>7.2f}  "
-                     + " ".join(f"{r.stages_ms.get(k, 0.0):>11.1f}" for k in STAGE_COLS))
+        lines.append(
+            f"{r.seg_batch:>4} {r.rec_batch:>5} {r.pages:>5} {r.seconds:>7.1f} {r.pages_per_s:>8.2f} "
+            f"{busy:>8} {r.gpu_mem_gib:>7.2f}  "
+            + " ".join(f"{r.stages_ms.get(k, 0.0):>11.1f}" for k in STAGE_COLS)
+        )
     return "\n".join(lines)
 
 
@@ -206,7 +227,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--budget-s", type=float, default=420, help="stop starting configurations after this")
     p.add_argument("--work", default="bench-out/gpu-pages", help="rendered pages (kept for reruns)")
     p.add_argument("--json", default="bench-out/bench-gpu.json")
-    p.add_argument("--cpu-smoke", action="store_true", help="run on CPU to check the script (numbers meaningless)")
+    p.add_argument(
+        "--cpu-smoke", action="store_true", help="run on CPU to check the script (numbers meaningless)"
+    )
     return p.parse_args(argv)
 
 
@@ -215,9 +238,11 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     if not torch.cuda.is_available() and not args.cpu_smoke:
-        print("bench-gpu: no CUDA device here (torch.cuda.is_available() is False). Run it on a machine "
-              "with an NVIDIA GPU and a CUDA build of torch; CPU numbers come from `make bench`.",
-              file=sys.stderr)
+        print(
+            "bench-gpu: no CUDA device here (torch.cuda.is_available() is False). Run it on a machine "
+            "with an NVIDIA GPU and a CUDA build of torch; CPU numbers come from `make bench`.",
+            file=sys.stderr,
+        )
         return 2
     from batch.pipeline import Pipeline
 
@@ -231,12 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     _time_decode(clock)
     seg = [int(x) for x in args.seg_batches.split(",")]
     rec = [int(x) for x in args.rec_batches.split(",")]
-    run_config(pipe, clock, pages_dir, seg[0], rec[0], cores)   # warm-up: CUDA context, kernels
+    run_config(pipe, clock, pages_dir, seg[0], rec[0], cores)  # warm-up: CUDA context, kernels
     results: list[Result] = []
     skipped = []
     rec_default = 512 if 512 in rec else rec[0]
     for s, r in tqdm(plan(seg, rec, rec_default), desc="configurations", file=sys.stderr):
-        if s == -1:   # the recogniser sweep runs at the best segmenter batch so far
+        if s == -1:  # the recogniser sweep runs at the best segmenter batch so far
             swept = [x for x in results if x.rec_batch == rec_default]
             s = max(swept, key=lambda x: x.pages_per_s).seg_batch if swept else seg[0]
         if any((x.seg_batch, x.rec_batch) == (s, r) for x in results):
@@ -248,22 +273,34 @@ def main(argv: list[str] | None = None) -> int:
         results.append(run_config(pipe, clock, pages_dir, s, r, cores))
     info = machine_info()
     best = max(results, key=lambda x: x.pages_per_s)
-    print(f"\nbench-gpu: {info.get('gpu')}, {cores} cores, torch {info['torch']}, commit {info['git commit']}, "
-          f"models {pipe.model_version}, {args.pages} synthetic pages (seed {args.seed}) per row, "
-          f"decode threads {cores}")
+    print(
+        f"\nbench-gpu: {info.get('gpu')}, {cores} cores, torch {info['torch']}, commit {info['git commit']}, "
+        f"models {pipe.model_version}, {args.pages} synthetic pages (seed {args.seed}) per row, "
+        f"decode threads {cores}"
+    )
     print(table(results))
     if skipped:
         print(f"(skipped for time: {', '.join(f'seg {s}/rec {r}' for s, r in skipped)})")
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": info, "gpu_short": gpu_short(info.get("gpu", "")),
-                               "model_version": pipe.model_version, "pages": args.pages,
-                               "best_pages_per_s": best.pages_per_s,
-                               "best": {"seg_batch": best.seg_batch, "rec_batch": best.rec_batch},
-                               "results": [{**asdict(x), "pages_per_s": x.pages_per_s} for x in results]},
-                              indent=1))
-    print(f"bench-gpu: best {best.pages_per_s:.2f} pages/s at seg batch {best.seg_batch}, rec batch "
-          f"{best.rec_batch} ({len(results)} configurations in {time.perf_counter() - t0:.0f} s) -> {out}")
+    out.write_text(
+        json.dumps(
+            {
+                "machine": info,
+                "gpu_short": gpu_short(info.get("gpu", "")),
+                "model_version": pipe.model_version,
+                "pages": args.pages,
+                "best_pages_per_s": best.pages_per_s,
+                "best": {"seg_batch": best.seg_batch, "rec_batch": best.rec_batch},
+                "results": [{**asdict(x), "pages_per_s": x.pages_per_s} for x in results],
+            },
+            indent=1,
+        )
+    )
+    print(
+        f"bench-gpu: best {best.pages_per_s:.2f} pages/s at seg batch {best.seg_batch}, rec batch "
+        f"{best.rec_batch} ({len(results)} configurations in {time.perf_counter() - t0:.0f} s) -> {out}"
+    )
     return 0
 
 

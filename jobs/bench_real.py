@@ -11,6 +11,7 @@ One table per metric, sets as rows, systems as columns.
   micro-average over their pages (jobs.evaluate.Scores.merge: every character and word counts
   once), its pages/s their pages over their seconds. The dev row repeats the dev section's numbers.
 """
+
 from __future__ import annotations
 
 import sys
@@ -30,9 +31,9 @@ METRICS = [  # (key, table title)
 ]
 SET_NOTES = {
     "timeus": "timeus's polygons are automatic and loose, and the facing page is unannotated: its line "
-              "detection F1 says little.",
+    "detection F1 says little.",
     "copiste_dun_jour": "copiste_dun_jour's `imp_*` pages carry an unannotated printed consent paragraph: "
-                        "a system that reads it loses page CER and BoW precision there.",
+    "a system that reads it loses page CER and BoW precision there.",
     "tables_decennales": "tables_decennales's printed headers are unannotated.",
 }
 
@@ -40,10 +41,16 @@ SET_NOTES = {
 def configure_real(p) -> None:
     from jobs.line_data import SPLIT_FILE
 
-    p.add_argument("--real", help="folder of real line-level sets (*/manifest.jsonl) for the real-data table "
-                                   f"(default: {REAL_DIR} when present)")
-    p.add_argument("--real-split", default=str(SPLIT_FILE),
-                   help="the sets' validation pages (`set/image_file` lines, '#' comments)")
+    p.add_argument(
+        "--real",
+        help="folder of real line-level sets (*/manifest.jsonl) for the real-data table "
+        f"(default: {REAL_DIR} when present)",
+    )
+    p.add_argument(
+        "--real-split",
+        default=str(SPLIT_FILE),
+        help="the sets' validation pages (`set/image_file` lines, '#' comments)",
+    )
     p.add_argument("--real-limit", type=int, help="first N validation pages of each set (default: all)")
     p.add_argument("--no-real", action="store_true", help="skip the real-data table")
 
@@ -69,8 +76,9 @@ def real_sets(root: Path, split: Path, limit: int | None = None) -> tuple[list[D
     return sets, notes
 
 
-def run_real(sets: list[Dataset], workers: dict[str, Any], chunk: int, warm: bool = True
-             ) -> tuple[dict[str, dict[str, dict]], dict[str, dict[str, Timing]]]:
+def run_real(
+    sets: list[Dataset], workers: dict[str, Any], chunk: int, warm: bool = True
+) -> tuple[dict[str, dict[str, dict]], dict[str, dict[str, Timing]]]:
     """Metrics and timings per set (and ALL, micro-averaged, when there are several), per system."""
     from jobs.evaluate import Scores, summarise
 
@@ -86,18 +94,23 @@ def run_real(sets: list[Dataset], workers: dict[str, Any], chunk: int, warm: boo
         for n in names:
             total[n].merge(scores[n])
             t = timings[ds.name][n]
-            total_t[n] = Timing(total_t[n].pages + t.pages, total_t[n].seconds + t.seconds,
-                                max(total_t[n].peak_rss, t.peak_rss))
+            total_t[n] = Timing(
+                total_t[n].pages + t.pages,
+                total_t[n].seconds + t.seconds,
+                max(total_t[n].peak_rss, t.peak_rss),
+            )
     if len(sets) > 1:
         every = [p for ds in sets for p in ds.pages]
-        results[ALL] = {n: {k: v for k, v in summarise(total[n], every).items() if k != "seconds_per_page"}
-                        for n in names}
+        results[ALL] = {
+            n: {k: v for k, v in summarise(total[n], every).items() if k != "seconds_per_page"} for n in names
+        }
         timings[ALL] = total_t
     return results, timings
 
 
-def real_tables(results: dict[str, dict[str, dict]], timings: dict[str, dict[str, Timing]],
-                names: list[str]) -> list[str]:
+def real_tables(
+    results: dict[str, dict[str, dict]], timings: dict[str, dict[str, Timing]], names: list[str]
+) -> list[str]:
     """One markdown table per metric: sets as rows (with their page count), systems as columns."""
     out = []
     for key, title in METRICS:
@@ -109,14 +122,26 @@ def real_tables(results: dict[str, dict[str, dict]], timings: dict[str, dict[str
                 cells = [timings[set_name][n].pages_per_s for n in names]
             else:
                 cells = [by_system[n].get(key, "-") for n in names]
-            rows.append([set_name, first["pages"], *cells] + ([first.get("bow_f1_chance", "-")] if chance else []))
-        out += [f"{title}:", "", md_table(["set", "pages", *names] + (["chance"] if chance else []), rows), ""]
+            rows.append(
+                [set_name, first["pages"], *cells] + ([first.get("bow_f1_chance", "-")] if chance else [])
+            )
+        out += [
+            f"{title}:",
+            "",
+            md_table(["set", "pages", *names] + (["chance"] if chance else []), rows),
+            "",
+        ]
     return out
 
 
-def bench_real(args, workers: dict[str, Any], chunk: int, report: Report,
-               dev: tuple[dict[str, Timing], dict[str, dict]] | None = None,
-               warm: bool = True) -> dict[str, Timing] | None:
+def bench_real(
+    args,
+    workers: dict[str, Any],
+    chunk: int,
+    report: Report,
+    dev: tuple[dict[str, Timing], dict[str, dict]] | None = None,
+    warm: bool = True,
+) -> dict[str, Timing] | None:
     """The real-data section of the report; returns the timings over all its validation pages
     (None when there are no sets)."""
     root = Path(args.real) if args.real else REAL_DIR
@@ -130,7 +155,7 @@ def bench_real(args, workers: dict[str, Any], chunk: int, report: Report,
         report.notes.append(f"Real-data table skipped: no validation pages of {split} found under {root}.")
         return None
     results, timings = run_real(sets, workers, chunk, warm)
-    ours = (timings.get(ALL) or timings[sets[0].name])
+    ours = timings.get(ALL) or timings[sets[0].name]
     if dev is not None:
         timings, results = {"dev": dev[0], **timings}, {"dev": dev[1], **results}
     names = list(workers)
@@ -140,10 +165,15 @@ def bench_real(args, workers: dict[str, Any], chunk: int, report: Report,
     except ValueError:
         where = split
     text = [
-        "## Real data: line-level sets (" + ("the dev set and " if dev is not None else "")
-        + "the training sets' validation pages)", "",
-        ("The dev set (its section above: stanford_memorials, never trained on) and, per training set, "
-         if dev is not None else "Per training set, ")
+        "## Real data: line-level sets ("
+        + ("the dev set and " if dev is not None else "")
+        + "the training sets' validation pages)",
+        "",
+        (
+            "The dev set (its section above: stanford_memorials, never trained on) and, per training set, "
+            if dev is not None
+            else "Per training set, "
+        )
         + f"the validation pages listed in `{where}` (whole pages, never trained on){limit}. "
         "Every system is timed like the sets above and scored by the same jobs.evaluate code; texts are "
         "compared after its normalisation (accents folded into the recogniser's alphabet for the "

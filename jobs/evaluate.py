@@ -12,6 +12,7 @@ crop CER and bag-of-words F1 per type (handwritten / printed / signature / other
 `evaluate(pages, predict)` takes any `predict(image) -> Page`, so peers (Tesseract, RapidOCR)
 converted to our records are scored by exactly the same code (jobs/bench.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,18 +21,19 @@ import sys
 import time
 import unicodedata
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import numpy as np
 from tqdm import tqdm
 
-from batch.core.schema import Page
-from jobs.line_data import SPLIT_FILE, clean_transcription, read_page_list
 # _json_lines: parse_sample drops a page's "level", which says what its ground truth is
 from batch.core.manifest import is_recognition_target, parse_sample
+from batch.core.schema import Page
+from jobs.line_data import SPLIT_FILE, clean_transcription, read_page_list
 from jobs.manifests import _json_lines, find_manifests, resolve_source
 from jobs.metrics import DetectionScore, ErrorRate, match
 from models.charset import normalise
@@ -47,10 +49,10 @@ CropReader = Callable[[list[np.ndarray]], list[str]]
 
 @dataclass
 class GtItem:
-    text: str                  # as transcribed, markup included
-    polygon: np.ndarray        # Nx2 source pixels, every annotated point (4 for words, 10-200 for lines)
+    text: str  # as transcribed, markup included
+    polygon: np.ndarray  # Nx2 source pixels, every annotated point (4 for words, 10-200 for lines)
     handwritten: bool = True
-    kind: str | None = None    # line type from line_types.jsonl; None: from `handwritten`
+    kind: str | None = None  # line type from line_types.jsonl; None: from `handwritten`
 
     @property
     def line_type(self) -> str:
@@ -61,9 +63,9 @@ class GtItem:
 class EvalPage:
     uri: str
     items: list[GtItem]
-    level: str                 # "word" | "line"
+    level: str  # "word" | "line"
     _image: np.ndarray | None = field(default=None, repr=False)
-    image_side: int | None = None   # decode as `htr run` would (a reduced Raster for large JPEGs)
+    image_side: int | None = None  # decode as `htr run` would (a reduced Raster for large JPEGs)
     set_name: str = ""
     _loaded: bool = field(default=False, repr=False)
 
@@ -86,12 +88,17 @@ class EvalPage:
 
 # ---- reading manifests -------------------------------------------------------------------------
 
+
 def line_type_group(label: str) -> str:
     """An ALTO line type ("DefaultLine:Handwritten", "InterlinearLine:Handwritten",
     "DefaultLine:Signature", "DefaultLine:Print", "DefaultLine:Typewritten", "untyped") -> a group.
     Signatures are their own group: usually a name that is not legible as text."""
-    for key, group in (("Handwritten", "handwritten"), ("Signature", "signature"),
-                       ("Print", "printed"), ("Typewritten", "printed")):
+    for key, group in (
+        ("Handwritten", "handwritten"),
+        ("Signature", "signature"),
+        ("Print", "printed"),
+        ("Typewritten", "printed"),
+    ):
         if key in label:
             return group
     return "other"
@@ -116,17 +123,22 @@ def _auto_level(items: list[GtItem]) -> str:
 def _items(sample, kinds: list[str] | None) -> list[GtItem]:
     items = []
     for k, a in enumerate(sample.annotations):
-        poly = np.array([[p["x"], p["y"]] for p in a.polygon], np.float32)   # every point
+        poly = np.array([[p["x"], p["y"]] for p in a.polygon], np.float32)  # every point
         kind = line_type_group(kinds[k]) if kinds and k < len(kinds) else None
         hw = kind == "handwritten" if kind else a.type != "P"
         items.append(GtItem(a.text, poly, hw, kind))
     return items
 
 
-def load_eval_set(manifest: str | Path, line_types: str | Path | None = None,
-                  level: str = "auto", limit: int | None = None,
-                  image_side: int | None = None, pages: set[str] | None = None,
-                  set_name: str | None = None) -> list[EvalPage]:
+def load_eval_set(
+    manifest: str | Path,
+    line_types: str | Path | None = None,
+    level: str = "auto",
+    limit: int | None = None,
+    image_side: int | None = None,
+    pages: set[str] | None = None,
+    set_name: str | None = None,
+) -> list[EvalPage]:
     """Pages of one manifest. `pages`: keep only these image file names (a validation split)."""
     manifest = Path(manifest)
     if line_types is None and (manifest.parent / "line_types.jsonl").is_file():
@@ -141,17 +153,40 @@ def load_eval_set(manifest: str | Path, line_types: str | Path | None = None,
             continue
         items = _items(sample, types.get(sample.source_ref))
         lvl = level if level != "auto" else obj.get("level") or _auto_level(items)
-        out.append(EvalPage(resolve_source(sample, manifest), items, lvl, image_side=image_side,
-                            set_name=set_name or manifest.parent.name))
+        out.append(
+            EvalPage(
+                resolve_source(sample, manifest),
+                items,
+                lvl,
+                image_side=image_side,
+                set_name=set_name or manifest.parent.name,
+            )
+        )
     return out
 
 
 # ---- normalisation -----------------------------------------------------------------------------
 
 # Typographic look-alikes the recogniser and the transcribers choose between freely.
-_TYPOGRAPHIC = str.maketrans({"’": "'", "‘": "'", "‚": "'", "‛": "'", "ʼ": "'", "′": "'",
-                              "“": '"', "”": '"', "„": '"', "″": '"',
-                              "–": "-", "—": "-", "‐": "-", "‑": "-", "−": "-"})
+_TYPOGRAPHIC = str.maketrans(
+    {
+        "’": "'",
+        "‘": "'",
+        "‚": "'",
+        "‛": "'",
+        "ʼ": "'",
+        "′": "'",
+        "“": '"',
+        "”": '"',
+        "„": '"',
+        "″": '"',
+        "–": "-",
+        "—": "-",
+        "‐": "-",
+        "‑": "-",
+        "−": "-",
+    }
+)
 _EDGE_PUNCT = re.compile(r"^[^\w£$€]+|[^\w%°]+$")
 
 
@@ -190,25 +225,25 @@ def bow_tokens(text: str) -> list[str]:
 
 # ---- scoring -----------------------------------------------------------------------------------
 
-BowPairs = list[tuple[list[str], list[str]]]   # (predicted words, reference words) per page
+BowPairs = list[tuple[list[str], list[str]]]  # (predicted words, reference words) per page
 
 
 @dataclass
 class Scores:
-    det: dict[str, DetectionScore] = field(default_factory=dict)     # by level: "word" / "line"
+    det: dict[str, DetectionScore] = field(default_factory=dict)  # by level: "word" / "line"
     page_cer: ErrorRate = field(default_factory=ErrorRate)
     page_wer: ErrorRate = field(default_factory=ErrorRate)
     bow: BowPairs = field(default_factory=list)
     crop_cer: ErrorRate = field(default_factory=ErrorRate)
     crop_wer: ErrorRate = field(default_factory=ErrorRate)
     crop_cer_by_type: dict[str, ErrorRate] = field(default_factory=dict)
-    bow_by_type: dict[str, BowPairs] = field(default_factory=dict)   # end to end, words in GT lines
+    bow_by_type: dict[str, BowPairs] = field(default_factory=dict)  # end to end, words in GT lines
     ref_by_type: dict[str, list[list[str]]] = field(default_factory=dict)  # per page: chance baseline
     unusable_lines: int = 0
     pages: int = 0
     seconds: float = 0.0
 
-    def merge(self, other: "Scores") -> None:
+    def merge(self, other: Scores) -> None:
         """Add another set's counts: overall numbers are micro-averages (every character counts once)."""
         for f in fields(self):
             setattr(self, f.name, _merged(getattr(self, f.name), getattr(other, f.name)))
@@ -218,9 +253,11 @@ def _merged(a: Any, b: Any) -> Any:
     if isinstance(a, (ErrorRate, DetectionScore)):
         return type(a)(**{f.name: getattr(a, f.name) + getattr(b, f.name) for f in fields(a)})
     if isinstance(a, dict):
-        return {k: _merged(a[k], b[k]) if k in a and k in b else a.get(k, b.get(k))
-                for k in [*a, *[k for k in b if k not in a]]}
-    return a + b   # lists, counts, seconds
+        return {
+            k: _merged(a[k], b[k]) if k in a and k in b else a.get(k, b.get(k))
+            for k in [*a, *[k for k in b if k not in a]]
+        }
+    return a + b  # lists, counts, seconds
 
 
 def _bow_f1(pairs: BowPairs) -> float:
@@ -238,15 +275,22 @@ def predicted_line_regions(page: Page) -> list[np.ndarray]:
     outline the ink tightly; the hull follows a line's slanted or stepped word boxes where the
     minimum-area rectangle (line_geometry.line_quad) adds empty corners that push IoUs under 0.5
     (cremma_mss20, same predictions: line F1 0.55 with rectangles, 0.67 with hulls)."""
-    return [cv2.convexHull(np.array([[p.x, p.y] for w in line.words for p in w.polygon],
-                                    np.float32)).reshape(-1, 2)
-            for line in page.lines if line.words]
+    return [
+        cv2.convexHull(np.array([[p.x, p.y] for w in line.words for p in w.polygon], np.float32)).reshape(
+            -1, 2
+        )
+        for line in page.lines
+        if line.words
+    ]
 
 
 def _score_detection(ep: EvalPage, page: Page, s: Scores) -> None:
     gts = [it.polygon for it in ep.items]
-    preds = (predicted_line_regions(page) if ep.level == "line"
-             else [np.array([[p.x, p.y] for p in w.polygon], np.float32) for w in page.words])
+    preds = (
+        predicted_line_regions(page)
+        if ep.level == "line"
+        else [np.array([[p.x, p.y] for p in w.polygon], np.float32) for w in page.words]
+    )
     s.det.setdefault(ep.level, DetectionScore()).add(len(match(preds, gts, 0.5)), len(preds), len(gts))
 
 
@@ -300,9 +344,8 @@ def gt_line_quads(ep: EvalPage) -> list[np.ndarray]:
     """The crop quad of every GT line, in the decoded image's pixels: the rotated rectangle around
     the polygon with the margins the line recogniser is trained with (5% of the height above and
     below, 2% at the ends)."""
-    sx, sy = source_scale(ep.image)   # ground truth is in source pixels
-    return [expand_quad(line_quad(it.polygon), 0.05, 0.05, 0.02) / np.float32([sx, sy])
-            for it in ep.items]
+    sx, sy = source_scale(ep.image)  # ground truth is in source pixels
+    return [expand_quad(line_quad(it.polygon), 0.05, 0.05, 0.02) / np.float32([sx, sy]) for it in ep.items]
 
 
 def _score_line_crops(ep: EvalPage, read_lines: LineReader, refs: list[str | None], s: Scores) -> None:
@@ -326,8 +369,9 @@ def _score_word_crops(ep: EvalPage, recognise: CropReader, refs: list[str | None
         return
     gray = cv2.cvtColor(np.asarray(ep.image), cv2.COLOR_RGB2GRAY)
     sx, sy = source_scale(ep.image)
-    quads = [ep.items[k].polygon if len(ep.items[k].polygon) == 4 else line_quad(ep.items[k].polygon)
-             for k in keep]
+    quads = [
+        ep.items[k].polygon if len(ep.items[k].polygon) == 4 else line_quad(ep.items[k].polygon) for k in keep
+    ]
     texts = recognise([rectify(gray, q / np.float32([sx, sy])) for q in quads])
     for k, text in zip(keep, texts):
         pred = normalise_text(text)
@@ -335,8 +379,13 @@ def _score_word_crops(ep: EvalPage, recognise: CropReader, refs: list[str | None
         s.crop_wer.add([pred], [refs[k]])
 
 
-def score_page(ep: EvalPage, page: Page, s: Scores, recognise: CropReader | None = None,
-               read_lines: LineReader | None = None) -> None:
+def score_page(
+    ep: EvalPage,
+    page: Page,
+    s: Scores,
+    recognise: CropReader | None = None,
+    read_lines: LineReader | None = None,
+) -> None:
     refs = _references(ep)
     _score_detection(ep, page, s)
     _score_page_text(ep, page, refs, s)
@@ -353,20 +402,32 @@ def score_page(ep: EvalPage, page: Page, s: Scores, recognise: CropReader | None
 def chance_bow(pages: list[EvalPage], line_type: str | None = "handwritten") -> float:
     """Bag-of-words F1 of each page's transcription (lines of `line_type`; None: all) scored
     against the next page's: what common words alone earn, the floor any real reading must clear."""
-    refs = [[w for it in p.items if line_type is None or it.line_type == line_type
-             for w in bow_tokens(reference_text(it.text, p.level) or "")] for p in pages]
+    refs = [
+        [
+            w
+            for it in p.items
+            if line_type is None or it.line_type == line_type
+            for w in bow_tokens(reference_text(it.text, p.level) or "")
+        ]
+        for p in pages
+    ]
     return _chance(refs) or 0.0
 
 
 def _chance(refs: list[list[str]]) -> float | None:
     if len(refs) < 2:
-        return None   # one page: there is no other page to draw chance from
+        return None  # one page: there is no other page to draw chance from
     return _bow_f1([(refs[(i + 1) % len(refs)], refs[i]) for i in range(len(refs))])
 
 
-def score_pages(pages: list[EvalPage], predict: Callable[[np.ndarray], Page],
-                recognise: CropReader | None = None, read_lines: LineReader | None = None,
-                progress: bool = True, desc: str = "eval") -> Scores:
+def score_pages(
+    pages: list[EvalPage],
+    predict: Callable[[np.ndarray], Page],
+    recognise: CropReader | None = None,
+    read_lines: LineReader | None = None,
+    progress: bool = True,
+    desc: str = "eval",
+) -> Scores:
     s = Scores()
     for ep in tqdm(pages, desc=desc, unit="page", disable=not progress, file=sys.stderr):
         t = time.perf_counter()
@@ -377,9 +438,14 @@ def score_pages(pages: list[EvalPage], predict: Callable[[np.ndarray], Page],
     return s
 
 
-def evaluate(pages: list[EvalPage], predict: Callable[[np.ndarray], Page],
-             recognise: CropReader | None = None, progress: bool = True, desc: str = "eval",
-             read_lines: LineReader | None = None) -> dict:
+def evaluate(
+    pages: list[EvalPage],
+    predict: Callable[[np.ndarray], Page],
+    recognise: CropReader | None = None,
+    progress: bool = True,
+    desc: str = "eval",
+    read_lines: LineReader | None = None,
+) -> dict:
     """Metrics for one set of pages. `recognise` reads word crops (word-level pages),
     `read_lines` GT line crops (line-level pages); without them there is no crop CER."""
     return summarise(score_pages(pages, predict, recognise, read_lines, progress, desc), pages)
@@ -392,9 +458,10 @@ def _level(pages: list[EvalPage]) -> str:
 
 def summarise(s: Scores, pages: list[EvalPage]) -> dict:
     out: dict = {"pages": s.pages, "level": _level(pages)}
-    for lvl, det in sorted(s.det.items(), reverse=True):   # "word" before "line" if both
-        out.update({f"{lvl}_det_precision": det.precision, f"{lvl}_det_recall": det.recall,
-                    f"{lvl}_det_f1": det.f1})
+    for lvl, det in sorted(s.det.items(), reverse=True):  # "word" before "line" if both
+        out.update(
+            {f"{lvl}_det_precision": det.precision, f"{lvl}_det_recall": det.recall, f"{lvl}_det_f1": det.f1}
+        )
     if s.crop_cer.length:
         out.update(crop_cer=s.crop_cer.rate, crop_wer=s.crop_wer.rate)
     out.update(page_cer=s.page_cer.rate, page_wer=s.page_wer.rate, bow_f1=_bow_f1(s.bow))
@@ -402,7 +469,7 @@ def summarise(s: Scores, pages: list[EvalPage]) -> dict:
         out["unusable_lines"] = s.unusable_lines
         if (chance := _chance([ref for _, ref in s.bow])) is not None:
             out["bow_f1_chance"] = chance
-    if len(s.bow_by_type) > 1:   # a split only where a set mixes line types (the dev set)
+    if len(s.bow_by_type) > 1:  # a split only where a set mixes line types (the dev set)
         for kind in sorted(s.bow_by_type):
             if kind in s.crop_cer_by_type:
                 out[f"crop_cer_{kind}"] = s.crop_cer_by_type[kind].rate
@@ -433,8 +500,9 @@ def format_table(results: dict[str, dict]) -> str:
 
 # ---- the pipeline as a reader of GT line crops ----------------------------------------------------
 
+
 def _chunks(crop: np.ndarray, width: int) -> list[np.ndarray]:
-    return [crop[:, x:x + width] for x in range(0, crop.shape[1], width)] or [crop]
+    return [crop[:, x : x + width] for x in range(0, crop.shape[1], width)] or [crop]
 
 
 def pipeline_line_reader(pipe) -> LineReader:
@@ -465,30 +533,42 @@ def pipeline_predictor(pipe) -> tuple[Callable, CropReader, LineReader]:
 
 # ---- command -----------------------------------------------------------------------------------
 
-SPLITS = {"val": SPLIT_FILE}   # jobs/splits/validation.txt
+SPLITS = {"val": SPLIT_FILE}  # jobs/splits/validation.txt
 
 
 def configure(p) -> None:
-    p.add_argument("--manifest", required=True, action="append",
-                   help="manifest.jsonl, or a folder holding one set or several (*/manifest.jsonl); "
-                        "repeat for more sets. A set is named after the manifest's folder")
+    p.add_argument(
+        "--manifest",
+        required=True,
+        action="append",
+        help="manifest.jsonl, or a folder holding one set or several (*/manifest.jsonl); "
+        "repeat for more sets. A set is named after the manifest's folder",
+    )
     p.add_argument("--models", help="model folder (default: models/default)")
     p.add_argument("--device", default="auto")
     p.add_argument("--level", choices=["auto", "word", "line"], default="auto")
     p.add_argument("--line-types", help="line_types.jsonl (default: beside each manifest, if any)")
     p.add_argument("--limit", type=int, help="first N pages of each set only")
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--pages-from", help="only the pages listed here (lines `set/image_file`, "
-                                            "'#' comments); sets not listed are kept whole")
-    which.add_argument("--split", choices=sorted(SPLITS),
-                       help="val: the validation pages of jobs/splits/validation.txt")
+    which.add_argument(
+        "--pages-from",
+        help="only the pages listed here (lines `set/image_file`, "
+        "'#' comments); sets not listed are kept whole",
+    )
+    which.add_argument(
+        "--split", choices=sorted(SPLITS), help="val: the validation pages of jobs/splits/validation.txt"
+    )
     p.add_argument("--json", help="write every number here")
     p.add_argument("--no-lexicon", action="store_true", help="score the raw recogniser readings")
     p.add_argument("--long-side", type=int, help="segmenter input size (default: the checkpoint's)")
     p.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
-    p.add_argument("--image-side", type=int, default=DEFAULT_IMAGE_SIDE,
-                   help="decode large JPEGs reduced as htr run does (0: full size)")
+    p.add_argument(
+        "--image-side",
+        type=int,
+        default=DEFAULT_IMAGE_SIDE,
+        help="decode large JPEGs reduced as htr run does (0: full size)",
+    )
 
 
 def load_sets(args) -> dict[str, list[EvalPage]]:
@@ -501,14 +581,19 @@ def load_sets(args) -> dict[str, list[EvalPage]]:
         wanted = listed.get(name) if listed is not None else None
         if listed is not None and wanted is None:
             print(f"htr eval: {name}: not in {page_list}, scored whole", file=sys.stderr)
-        sets[name] = load_eval_set(manifest, args.line_types, args.level, args.limit,
-                                   args.image_side, wanted, name)
+        sets[name] = load_eval_set(
+            manifest, args.line_types, args.level, args.limit, args.image_side, wanted, name
+        )
     return sets
 
 
-def evaluate_sets(sets: dict[str, list[EvalPage]], predict: Callable[[np.ndarray], Page],
-                  recognise: CropReader | None = None, read_lines: LineReader | None = None,
-                  progress: bool = True) -> dict[str, dict]:
+def evaluate_sets(
+    sets: dict[str, list[EvalPage]],
+    predict: Callable[[np.ndarray], Page],
+    recognise: CropReader | None = None,
+    read_lines: LineReader | None = None,
+    progress: bool = True,
+) -> dict[str, dict]:
     """Metrics per set, and "overall" (micro-averaged over every page) when there are several."""
     results, total = {}, Scores()
     for name, pages in sets.items():
@@ -522,8 +607,13 @@ def evaluate_sets(sets: dict[str, list[EvalPage]], predict: Callable[[np.ndarray
 
 def summary_line(name: str, m: dict) -> str:
     parts = [f"{m['pages']} pages"]
-    for key, label in (("line_det_f1", "line F1"), ("word_det_f1", "word F1"),
-                       ("crop_cer", "crop CER"), ("page_cer", "page CER"), ("bow_f1", "BoW F1")):
+    for key, label in (
+        ("line_det_f1", "line F1"),
+        ("word_det_f1", "word F1"),
+        ("crop_cer", "crop CER"),
+        ("page_cer", "page CER"),
+        ("bow_f1", "BoW F1"),
+    ):
         if key in m:
             parts.append(f"{label} {m[key]:.3f}")
     return f"htr eval: {name}: " + ", ".join(parts)
@@ -531,25 +621,40 @@ def summary_line(name: str, m: dict) -> str:
 
 def main(args) -> int:
     from batch.core.errors import EXIT_BAD_ARGS
-    from batch.pipeline import Pipeline, PipelineConfig
     from batch.core.manifest import ManifestError
+    from batch.pipeline import Pipeline, PipelineConfig
 
     try:
         sets = load_sets(args)
-    except (FileNotFoundError, ManifestError) as e:   # say which file, not a traceback
+    except (FileNotFoundError, ManifestError) as e:  # say which file, not a traceback
         print(f"htr eval: {e}", file=sys.stderr)
         return EXIT_BAD_ARGS
-    pipe = Pipeline.load(args.models, args.device, PipelineConfig(
-        lexicon=not args.no_lexicon, long_side=args.long_side, backend=args.backend,
-        precision=args.precision, image_side=args.image_side))
+    pipe = Pipeline.load(
+        args.models,
+        args.device,
+        PipelineConfig(
+            lexicon=not args.no_lexicon,
+            long_side=args.long_side,
+            backend=args.backend,
+            precision=args.precision,
+            image_side=args.image_side,
+        ),
+    )
     predict, recognise, read_lines = pipeline_predictor(pipe)
     results = evaluate_sets(sets, predict, recognise, read_lines)
     print(format_table(results))
     if args.json:
-        Path(args.json).write_text(json.dumps(
-            {"model_version": pipe.model_version, "split": args.split or args.pages_from,
-             "sets": {n: m for n, m in results.items() if n != "overall"},
-             "overall": results.get("overall") or next(iter(results.values()), {})}, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "model_version": pipe.model_version,
+                    "split": args.split or args.pages_from,
+                    "sets": {n: m for n, m in results.items() if n != "overall"},
+                    "overall": results.get("overall") or next(iter(results.values()), {}),
+                },
+                indent=1,
+            )
+        )
     name = "overall" if "overall" in results else next(iter(results), "")
     if name:
         print(f"{summary_line(name, results[name])} ({pipe.model_version}, {len(sets)} set(s))")

@@ -14,6 +14,7 @@ Each token is the whole quoted value of a YAML key; it is replaced by JSON (vali
 by a block literal for code, so the rest of the file keeps its short-form tags. Comment lines
 are left out of the rendered file (it must stay under the 51,200 bytes of an inline deploy).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,21 +23,23 @@ import importlib
 import json
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 from batch.core.errors import EXIT_FATAL, EXIT_OK
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = REPO_ROOT / "infra" / "htr-batch.template.yaml"
 LAMBDAS = REPO_ROOT / "infra" / "lambdas"
-INLINE_CODE_LIMIT = 4096          # CloudFormation's Code.ZipFile maximum
-OUTPUT_PREFIX = "htr/"            # OUT is s3://<output bucket>/htr/
+INLINE_CODE_LIMIT = 4096  # CloudFormation's Code.ZipFile maximum
+OUTPUT_PREFIX = "htr/"  # OUT is s3://<output bucket>/htr/
 _PLACEHOLDER_OUT = "s3://htr-output-placeholder/" + OUTPUT_PREFIX
 RENDERED_HEADER = "# Rendered by `htr deploy-template` from infra/htr-batch.template.yaml: edit that.\n"
-_TOKEN_LINE = re.compile(r'^(?P<indent>[ -]*)(?P<key>[\w.]+): "\{\{htr:(?P<name>[\w:.-]+)\}\}"[ \t]*$',
-                         re.MULTILINE)
+_TOKEN_LINE = re.compile(
+    r'^(?P<indent>[ -]*)(?P<key>[\w.]+): "\{\{htr:(?P<name>[\w:.-]+)\}\}"[ \t]*$', re.MULTILINE
+)
 PARQUET_STORAGE = {
     "InputFormat": "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat",
     "OutputFormat": "org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat",
@@ -50,8 +53,9 @@ class TemplateError(Exception):
 
 # ---- Glue tables from the Athena DDL -----------------------------------------------------------
 
+
 def _tblproperties(ddl: str) -> dict[str, str]:
-    body = ddl[ddl.upper().index("TBLPROPERTIES"):]
+    body = ddl[ddl.upper().index("TBLPROPERTIES") :]
     return dict(re.findall(r"'([^']*)'\s*=\s*'([^']*)'", body))
 
 
@@ -75,12 +79,16 @@ def table_input(table: str) -> dict[str, Any]:
         "TableType": "EXTERNAL_TABLE",
         "Parameters": parameters,
         "PartitionKeys": [{"Name": n, "Type": t} for n, t in partitions.items()],
-        "StorageDescriptor": {"Columns": [{"Name": n, "Type": t} for n, t in columns.items()],
-                              "Location": _sub(location), **PARQUET_STORAGE},
+        "StorageDescriptor": {
+            "Columns": [{"Name": n, "Type": t} for n, t in columns.items()],
+            "Location": _sub(location),
+            **PARQUET_STORAGE,
+        },
     }
 
 
 # ---- Batch Transform settings from the launcher ------------------------------------------------
+
 
 def transform_module() -> ModuleType:
     """Where TransformSpec, transform_env and CONTENT_TYPES live: jobs.sagemaker.transform once
@@ -98,20 +106,28 @@ def default_transform_spec() -> Any:
 def transform_settings() -> dict[str, Any]:
     """`htr sagemaker transform`'s defaults, as the state machine's CreateTransformJob needs them."""
     launcher, spec = transform_module(), default_transform_spec()
-    return {"transform_max_payload_mb": str(spec.max_payload_mb),
-            "transform_max_concurrent": str(spec.max_concurrent),
-            "transform_invocation_timeout_s": str(spec.invocation_timeout_s),
-            "transform_content_type": launcher.CONTENT_TYPES[spec.content_type],
-            "transform_environment_json": json.dumps(launcher.transform_env(spec), sort_keys=True)}
+    return {
+        "transform_max_payload_mb": str(spec.max_payload_mb),
+        "transform_max_concurrent": str(spec.max_concurrent),
+        "transform_invocation_timeout_s": str(spec.invocation_timeout_s),
+        "transform_content_type": launcher.CONTENT_TYPES[spec.content_type],
+        "transform_environment_json": json.dumps(launcher.transform_env(spec), sort_keys=True),
+    }
 
 
 # ---- Lambda handlers inlined -------------------------------------------------------------------
 
+
 def _drop_docstrings(tree: ast.Module) -> ast.Module:
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
-        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
-                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+        if (
+            isinstance(body, list)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+            and isinstance(body[0].value.value, str)
+        ):
             node.body = body[1:] or [ast.Pass()]
     return tree
 
@@ -121,23 +137,26 @@ def inline_code(name: str) -> str:
     source = (LAMBDAS / f"{name}.py").read_text()
     code = ast.unparse(_drop_docstrings(ast.parse(source))) + "\n"
     if len(code) > INLINE_CODE_LIMIT:
-        raise TemplateError(f"infra/lambdas/{name}.py inlines to {len(code)} characters; "
-                            f"CloudFormation takes at most {INLINE_CODE_LIMIT}")
+        raise TemplateError(
+            f"infra/lambdas/{name}.py inlines to {len(code)} characters; "
+            f"CloudFormation takes at most {INLINE_CODE_LIMIT}"
+        )
     return code
 
 
 # ---- rendering ---------------------------------------------------------------------------------
 
+
 def token_values() -> dict[str, Callable[[], Any]]:
     """Every {{htr:NAME}} the template may use -> how to compute its value."""
     from batch.core.schema import TABLES
 
-    values: dict[str, Callable[[], Any]] = {
-        f"table_input:{t}": (lambda t=t: table_input(t)) for t in TABLES}
+    values: dict[str, Callable[[], Any]] = {f"table_input:{t}": (lambda t=t: table_input(t)) for t in TABLES}
     settings = transform_settings()
     values.update({k: (lambda v=v: v) for k, v in settings.items()})
-    values.update({f"lambda:{p.stem}": (lambda s=p.stem: inline_code(s))
-                   for p in sorted(LAMBDAS.glob("*.py"))})
+    values.update(
+        {f"lambda:{p.stem}": (lambda s=p.stem: inline_code(s)) for p in sorted(LAMBDAS.glob("*.py"))}
+    )
     return values
 
 
@@ -161,8 +180,11 @@ def render(template: Path = TEMPLATE) -> str:
         return f"{m.group('indent')}{m.group('key')}: {json.dumps(value)}"
 
     # Comments stay in the source: the rendered file must fit an inline deploy (51,200 bytes).
-    lines = [ln for ln in _TOKEN_LINE.sub(replace, template.read_text()).splitlines()
-             if not ln.lstrip().startswith("#")]
+    lines = [
+        ln
+        for ln in _TOKEN_LINE.sub(replace, template.read_text()).splitlines()
+        if not ln.lstrip().startswith("#")
+    ]
     if any("{{htr:" in line for line in lines):
         raise TemplateError(f"{template.name}: a {{{{htr:...}}}} token is not the whole value of a key")
     return RENDERED_HEADER + "\n".join(lines) + "\n"
@@ -170,9 +192,9 @@ def render(template: Path = TEMPLATE) -> str:
 
 # ---- CLI ---------------------------------------------------------------------------------------
 
+
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=None,
-                        help="write the template here (default: print it)")
+    parser.add_argument("--out", type=Path, default=None, help="write the template here (default: print it)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -186,6 +208,7 @@ def main(args: argparse.Namespace) -> int:
         return EXIT_OK
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
-    print(f"wrote {args.out}; deploy it with aws cloudformation deploy (README: Deploy on AWS)",
-          file=sys.stderr)
+    print(
+        f"wrote {args.out}; deploy it with aws cloudformation deploy (README: Deploy on AWS)", file=sys.stderr
+    )
     return EXIT_OK

@@ -14,6 +14,7 @@ The validation split is fixed: whole pages listed in jobs/splits/validation.txt,
 
   python -m jobs.line_data ../shared/data/train --out runs/lines          # build the cache
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,9 +22,9 @@ import hashlib
 import json
 import re
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 import numpy as np
@@ -31,14 +32,28 @@ import numpy as np
 from transforms.line_geometry import expand_quad, line_quad
 
 SPLIT_FILE = Path(__file__).resolve().parent / "splits" / "validation.txt"
-CACHE_HEIGHT = 48         # crops are cached taller than the model's 32 px so training can jitter margins
-CACHE_MARGIN = 0.25       # extra height above and below the line quad, as a fraction of its height
+CACHE_HEIGHT = 48  # crops are cached taller than the model's 32 px so training can jitter margins
+CACHE_MARGIN = 0.25  # extra height above and below the line quad, as a fraction of its height
 # Sets whose line polygons must not teach a segmenter (automatic and loose, per the set's README).
 RECOGNISER_ONLY = {"timeus"}
 
-_DROP = re.compile(r"><|<>|\{|displaystyle")      # unreadable / untranscribed ink, LaTeX debris
-_MARKERS = str.maketrans({"^": None, "⋎": None, "#": None, "⟦": None, "⟧": None, "[": None,
-                          "]": None, "<": None, ">": None, "¬": "-", "→": None, "─": "-"})
+_DROP = re.compile(r"><|<>|\{|displaystyle")  # unreadable / untranscribed ink, LaTeX debris
+_MARKERS = str.maketrans(
+    {
+        "^": None,
+        "⋎": None,
+        "#": None,
+        "⟦": None,
+        "⟧": None,
+        "[": None,
+        "]": None,
+        "<": None,
+        ">": None,
+        "¬": "-",
+        "→": None,
+        "─": "-",
+    }
+)
 
 
 def clean_transcription(text: str) -> str | None:
@@ -63,6 +78,7 @@ def cut_line(gray: np.ndarray, quad: np.ndarray, height: int, max_width: int = 4
 
 
 # ---- the fixed validation split ------------------------------------------------------------------
+
 
 def _rank(name: str) -> str:
     return hashlib.sha1(name.encode()).hexdigest()
@@ -95,13 +111,14 @@ def read_validation(path: Path = SPLIT_FILE) -> set[str]:
 
 # ---- reading the sets ----------------------------------------------------------------------------
 
+
 @dataclass
 class RealLine:
     set_name: str
-    page: str              # source-ref inside the set
-    quad: np.ndarray       # 4x2, page pixels
-    polygon: np.ndarray    # Nx2, page pixels
-    text: str              # cleaned
+    page: str  # source-ref inside the set
+    quad: np.ndarray  # 4x2, page pixels
+    polygon: np.ndarray  # Nx2, page pixels
+    text: str  # cleaned
 
 
 def iter_pages(root: str | Path) -> Iterator[tuple[str, Path, list[RealLine], int]]:
@@ -124,8 +141,9 @@ def iter_pages(root: str | Path) -> Iterator[tuple[str, Path, list[RealLine], in
             yield set_name, manifest.parent / obj["source-ref"], lines, dropped
 
 
-def build_cache(root: str | Path, out: str | Path, height: int = CACHE_HEIGHT,
-                split_file: Path = SPLIT_FILE) -> dict:
+def build_cache(
+    root: str | Path, out: str | Path, height: int = CACHE_HEIGHT, split_file: Path = SPLIT_FILE
+) -> dict:
     """Cut every cleaned line of every set into out/crops.npy + out/index.json. Writes the split
     file when it does not exist yet (first build), and tags each line train or val from it."""
     from tqdm import tqdm
@@ -138,8 +156,10 @@ def build_cache(root: str | Path, out: str | Path, height: int = CACHE_HEIGHT,
         for set_name, img, _, _ in pages:
             by_set.setdefault(set_name, []).append(img.name)
         split_file.parent.mkdir(parents=True, exist_ok=True)
-        split_file.write_text("# Validation pages (set/image), chosen once by jobs.line_data.choose_validation;"
-                              " never trained on.\n" + "\n".join(choose_validation(by_set)) + "\n")
+        split_file.write_text(
+            "# Validation pages (set/image), chosen once by jobs.line_data.choose_validation;"
+            " never trained on.\n" + "\n".join(choose_validation(by_set)) + "\n"
+        )
     val = read_validation(split_file)
     chunks, index, offset, dropped = [], [], 0, 0
     for set_name, img_path, lines, n_drop in tqdm(pages, desc="cutting lines", unit="page"):
@@ -153,16 +173,30 @@ def build_cache(root: str | Path, out: str | Path, height: int = CACHE_HEIGHT,
             quad = expand_quad(ln.quad, CACHE_MARGIN, CACHE_MARGIN, 0.02)
             crop = cut_line(gray, quad, height)
             chunks.append(crop.ravel())
-            index.append({"set": set_name, "page": img_path.name, "split": split, "text": ln.text,
-                          "offset": offset, "w": int(crop.shape[1])})
+            index.append(
+                {
+                    "set": set_name,
+                    "page": img_path.name,
+                    "split": split,
+                    "text": ln.text,
+                    "offset": offset,
+                    "w": int(crop.shape[1]),
+                }
+            )
             offset += crop.size
     np.save(out / "crops.npy", np.concatenate(chunks) if chunks else np.zeros(0, np.uint8))
     meta = {"height": height, "margin": CACHE_MARGIN, "lines": index}
     (out / "index.json").write_text(json.dumps(meta, ensure_ascii=False))
-    summary = {"lines": len(index), "dropped": dropped,
-               "val": sum(i["split"] == "val" for i in index), "bytes": offset}
-    print(f"line_data: {summary['lines']} lines ({summary['val']} validation, {dropped} dropped for "
-          f"markup) -> {out} ({offset / 2**20:.0f} MiB)")
+    summary = {
+        "lines": len(index),
+        "dropped": dropped,
+        "val": sum(i["split"] == "val" for i in index),
+        "bytes": offset,
+    }
+    print(
+        f"line_data: {summary['lines']} lines ({summary['val']} validation, {dropped} dropped for "
+        f"markup) -> {out} ({offset / 2**20:.0f} MiB)"
+    )
     return summary
 
 

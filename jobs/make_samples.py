@@ -1,6 +1,7 @@
 """Write the bundled sample documents (`make samples`): synthetic handwritten pages saved as
 the formats users bring (PDF, multi-page TIFF, JPEG photo, PNG), deterministic by seed,
 small enough to commit (< 2 MB in all). Seeds differ from every training seed."""
+
 from __future__ import annotations
 
 import io

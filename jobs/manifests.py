@@ -14,30 +14,42 @@ and OCR-D export (`convert_xml`: a line-level manifest of line polygons, baselin
 or a word-level one where the files have words), so `htr train` fine-tunes on an archive's own
 corrected pages:
 
-    python -m jobs.manifests from-xml data/archive-export        # -> data/archive-export/manifest.jsonl `labeling_job_request` builds a CreateLabelingJob request for
-new images in S3 without calling AWS.
+    python -m jobs.manifests from-xml data/archive-export        # -> data/archive-export/manifest.jsonl
+
+`labeling_job_request` builds a CreateLabelingJob request for new images in S3 without calling AWS.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import posixpath
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Iterable
+from typing import Any
 
 import numpy as np
 
-from batch.core.manifest import (LEVELS, SPECIAL_TOKENS, TYPES, Annotation, ManifestError, Sample,
-                                 dumps_manifest, is_recognition_target, parse_annotation, parse_point,
-                                 parse_sample)
+from batch.core.manifest import (
+    LEVELS,
+    TYPES,
+    Annotation,
+    ManifestError,
+    Sample,
+    dumps_manifest,
+    parse_point,
+    parse_sample,
+)
 
 # ---- our manifest --------------------------------------------------------------------------------
+
 
 def _read_text(path: str | Path) -> str:
     p = str(path)
     if p.startswith("s3://"):
         from batch import storage
+
         return storage.read_bytes(p).decode("utf-8")
     try:
         return Path(p.removeprefix("file://")).read_text(encoding="utf-8")
@@ -68,6 +80,7 @@ def write_manifest(samples: Iterable[Sample], path: str | Path) -> Path | str:
     text = dumps_manifest(samples)
     if str(path).startswith("s3://"):
         from batch import storage
+
         storage.write_bytes(str(path), text.encode("utf-8"), "application/jsonlines")
         return str(path)
     p = Path(str(path).removeprefix("file://"))
@@ -93,21 +106,26 @@ def find_manifests(paths: list[str | Path]) -> dict[str, Path]:
     found: dict[str, Path] = {}
     for p in map(Path, paths):
         if p.is_dir():
-            manifests = ([p / "manifest.jsonl"] if (p / "manifest.jsonl").is_file()
-                         else sorted(p.glob("*/manifest.jsonl")))
+            manifests = (
+                [p / "manifest.jsonl"]
+                if (p / "manifest.jsonl").is_file()
+                else sorted(p.glob("*/manifest.jsonl"))
+            )
             if not manifests:
                 raise FileNotFoundError(f"no manifest.jsonl in {p} or its sub-folders")
         else:
             manifests = [p]
         for m in manifests:
             name, n = m.parent.resolve().name, 2
-            while name in found:   # two sets in folders of the same name stay apart
+            while name in found:  # two sets in folders of the same name stay apart
                 name, n = f"{m.parent.resolve().name}#{n}", n + 1
             found[name] = m
     return found
 
 
-def split_manifest(samples: list[Sample], test_fraction: float = 0.2, seed: int = 0) -> tuple[list[Sample], list[Sample]]:
+def split_manifest(
+    samples: list[Sample], test_fraction: float = 0.2, seed: int = 0
+) -> tuple[list[Sample], list[Sample]]:
     """Deterministic (train, test) split by seed; at least one test sample when there are two or more."""
     if not 0.0 <= test_fraction < 1.0:
         raise ValueError("test_fraction must be in [0, 1)")
@@ -136,7 +154,9 @@ def gnhk_annotations(items: Any, where: str) -> list[Annotation]:
             poly = it["polygon"]
             pts = [{"x": float(poly[f"x{k}"]), "y": float(poly[f"y{k}"])} for k in range(4)]
             kind = it.get("type", "H")
-            out.append(Annotation(str(it["text"]), pts, int(it.get("line_idx", 0)), kind if kind in TYPES else "H"))
+            out.append(
+                Annotation(str(it["text"]), pts, int(it.get("line_idx", 0)), kind if kind in TYPES else "H")
+            )
         except (KeyError, TypeError, ValueError) as e:
             raise ManifestError(f"{where} word {i}: not a GNHK word ({e})") from e
     return out
@@ -188,6 +208,7 @@ def samples_to_gnhk(sample: Sample) -> list[dict[str, Any]]:
 # Read by local element names, so every PAGE version (2010..2019, Transkribus writes 2013-07-15) and
 # ALTO v2..v4 (or no namespace) parse alike.
 
+
 def _local(el: Any) -> str:
     return el.tag.rsplit("}", 1)[-1] if isinstance(el.tag, str) else ""
 
@@ -223,21 +244,23 @@ def _box(x: float, y: float, w: float, h: float) -> list[dict[str, float]]:
 @dataclass
 class XmlLine:
     """One text line of an archive's XML, in page pixels."""
+
     text: str
     polygon: list[dict[str, float]]
     baseline: list[dict[str, float]] | None
-    words: list[tuple[str, list[dict[str, float]]]]   # (text, polygon), where the file has words
+    words: list[tuple[str, list[dict[str, float]]]]  # (text, polygon), where the file has words
 
 
 @dataclass
 class XmlPage:
-    image: str                 # as the file names it
+    image: str  # as the file names it
     width: int
     height: int
     lines: list[XmlLine]
 
 
 # ---- PAGE
+
 
 def _page_text(el: Any) -> str:
     """The element's own TextEquiv (the lowest index when there are several)."""
@@ -256,11 +279,12 @@ def _page_coords(el: Any, where: str) -> list[dict[str, float]]:
         return []
     if c.get("points") is not None:
         return _points(c.get("points"), where)
-    return [{"x": float(p.get("x")), "y": float(p.get("y"))} for p in _kids(c, "Point")]   # PAGE 2010
+    return [{"x": float(p.get("x")), "y": float(p.get("y"))} for p in _kids(c, "Point")]  # PAGE 2010
 
 
 def _custom_index(el: Any) -> int | None:
     import re
+
     m = re.search(r"readingOrder\s*\{\s*index\s*:\s*(\d+)", el.get("custom", ""))
     return int(m.group(1)) if m else None
 
@@ -278,10 +302,10 @@ def _read_page_xml(root: Any, where: str) -> list[XmlPage]:
         raise ManifestError(f"{where}: PAGE XML without a Page")
     order = _reading_order(page)
     regions = _descendants(page, "TextRegion")
-    regions = sorted(enumerate(regions), key=lambda kr: (order.get(kr[1].get("id"), len(order) + kr[0])))
+    regions = sorted(enumerate(regions), key=lambda kr: order.get(kr[1].get("id"), len(order) + kr[0]))
     lines = []
     for _, region in regions:
-        own = list(enumerate(_kids(region, "TextLine")))   # Transkribus' index first, else file order
+        own = list(enumerate(_kids(region, "TextLine")))  # Transkribus' index first, else file order
         own.sort(key=lambda kl: (_custom_index(kl[1]) is None, _custom_index(kl[1]) or 0, kl[0]))
         for _, ln in own:
             text = _page_text(ln)
@@ -289,8 +313,14 @@ def _read_page_xml(root: Any, where: str) -> list[XmlPage]:
             if not text and words:
                 text = " ".join(t for t, _ in words if t)
             base = _kid(ln, "Baseline")
-            lines.append(XmlLine(text, _page_coords(ln, where),
-                                 _points(base.get("points"), where) if base is not None else None, words))
+            lines.append(
+                XmlLine(
+                    text,
+                    _page_coords(ln, where),
+                    _points(base.get("points"), where) if base is not None else None,
+                    words,
+                )
+            )
     try:
         size = int(float(page.get("imageWidth"))), int(float(page.get("imageHeight")))
     except (TypeError, ValueError) as e:
@@ -299,6 +329,7 @@ def _read_page_xml(root: Any, where: str) -> list[XmlPage]:
 
 
 # ---- ALTO
+
 
 def _alto_box(el: Any, where: str) -> list[dict[str, float]]:
     shape = _kid(el, "Shape")
@@ -393,15 +424,18 @@ def _find_image(xml_path: Path, named: str) -> Path:
     return found
 
 
-def convert_xml(root: str | Path, manifest_path: str | Path | None = None, level: str = "line"
-                ) -> list[Sample]:
+def convert_xml(
+    root: str | Path, manifest_path: str | Path | None = None, level: str = "line"
+) -> list[Sample]:
     """Every PAGE XML / ALTO file under `root` (a folder, or one file) as manifest samples, written
     to manifest_path (default root/manifest.jsonl) with source-refs relative to it."""
     root = Path(root)
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*.xml") if p.is_file())
     if not files:
         raise ManifestError(f"no .xml files under {root}")
-    out = Path(manifest_path) if manifest_path else (root.parent if root.is_file() else root) / "manifest.jsonl"
+    out = (
+        Path(manifest_path) if manifest_path else (root.parent if root.is_file() else root) / "manifest.jsonl"
+    )
     samples = []
     for xml_path in files:
         for page in read_archive_xml(xml_path.read_bytes(), str(xml_path)):
@@ -414,9 +448,14 @@ def convert_xml(root: str | Path, manifest_path: str | Path | None = None, level
 
 # ---- SageMaker Ground Truth ----------------------------------------------------------------------
 
+
 def _box_polygon(left: float, top: float, width: float, height: float) -> list[dict[str, float]]:
-    return [{"x": left, "y": top}, {"x": left + width, "y": top},
-            {"x": left + width, "y": top + height}, {"x": left, "y": top + height}]
+    return [
+        {"x": left, "y": top},
+        {"x": left + width, "y": top},
+        {"x": left + width, "y": top + height},
+        {"x": left, "y": top + height},
+    ]
 
 
 def _label_attribute(obj: dict[str, Any], label_attribute: str | None) -> str:
@@ -469,8 +508,12 @@ def _worker_output(value: Any, where: str) -> dict[str, Any]:
     return value
 
 
-def ground_truth_sample(obj: dict[str, Any], label_attribute: str | None = None,
-                        text_attribute: str = "transcription", where: str = "line") -> Sample:
+def ground_truth_sample(
+    obj: dict[str, Any],
+    label_attribute: str | None = None,
+    text_attribute: str = "transcription",
+    where: str = "line",
+) -> Sample:
     """One Ground Truth output line (bounding-box, polygon or crowd-polygon result) as a Sample.
 
     Boxes become 4-point polygons; polygon vertices are kept as drawn. Without a transcription
@@ -489,23 +532,38 @@ def ground_truth_sample(obj: dict[str, Any], label_attribute: str | None = None,
     for i, a in enumerate(anns):
         if not isinstance(a, dict):
             raise ManifestError(f"{where}: annotation {i} is not an object")
-        out.append(Annotation(_gt_text(a, class_map, text_attribute), _gt_vertices(a, f"{where} annotation {i}"),
-                              int(a.get("line_idx", 0)), str(a.get("type", "H")) if a.get("type") in TYPES else "H"))
+        out.append(
+            Annotation(
+                _gt_text(a, class_map, text_attribute),
+                _gt_vertices(a, f"{where} annotation {i}"),
+                int(a.get("line_idx", 0)),
+                str(a.get("type", "H")) if a.get("type") in TYPES else "H",
+            )
+        )
     return Sample(obj["source-ref"], out)
 
 
-def convert_ground_truth(path: str | Path, out_path: str | Path | None = None, label_attribute: str | None = None,
-                         text_attribute: str = "transcription") -> list[Sample]:
+def convert_ground_truth(
+    path: str | Path,
+    out_path: str | Path | None = None,
+    label_attribute: str | None = None,
+    text_attribute: str = "transcription",
+) -> list[Sample]:
     """Read a Ground Truth output.manifest; optionally write it as our manifest."""
-    samples = [ground_truth_sample(obj, label_attribute, text_attribute, where)
-               for obj, where in _json_lines(path)]
+    samples = [
+        ground_truth_sample(obj, label_attribute, text_attribute, where) for obj, where in _json_lines(path)
+    ]
     if out_path is not None:
         write_manifest(samples, out_path)
     return samples
 
 
-def to_ground_truth_line(sample: Sample, label_attribute: str = "words", job_name: str = "htr-words",
-                         image_size: tuple[int, int] | None = None) -> dict[str, Any]:
+def to_ground_truth_line(
+    sample: Sample,
+    label_attribute: str = "words",
+    job_name: str = "htr-words",
+    image_size: tuple[int, int] | None = None,
+) -> dict[str, Any]:
     """A sample as a Ground Truth bounding-box output line (classes = distinct texts): for tests,
     or to pre-fill an adjustment job from our synthetic or predicted labels."""
     classes = sorted({a.text for a in sample.annotations})
@@ -513,26 +571,47 @@ def to_ground_truth_line(sample: Sample, label_attribute: str = "words", job_nam
     anns = []
     for a in sample.annotations:
         xs, ys = [p["x"] for p in a.polygon], [p["y"] for p in a.polygon]
-        anns.append({"class_id": ids[a.text], "left": round(min(xs)), "top": round(min(ys)),
-                     "width": round(max(xs) - min(xs)), "height": round(max(ys) - min(ys))})
+        anns.append(
+            {
+                "class_id": ids[a.text],
+                "left": round(min(xs)),
+                "top": round(min(ys)),
+                "width": round(max(xs) - min(xs)),
+                "height": round(max(ys) - min(ys)),
+            }
+        )
     value: dict[str, Any] = {"annotations": anns}
     if image_size:
         value["image_size"] = [{"width": image_size[0], "height": image_size[1], "depth": 3}]
-    return {"source-ref": sample.source_ref, label_attribute: value,
-            f"{label_attribute}-metadata": {
-                "objects": [{"confidence": 0.0} for _ in anns],
-                "class-map": {str(i): t for t, i in ids.items()},
-                "type": "groundtruth/object-detection", "human-annotated": "yes",
-                "creation-date": "1970-01-01T00:00:00", "job-name": f"labeling-job/{job_name}"}}
+    return {
+        "source-ref": sample.source_ref,
+        label_attribute: value,
+        f"{label_attribute}-metadata": {
+            "objects": [{"confidence": 0.0} for _ in anns],
+            "class-map": {str(i): t for t, i in ids.items()},
+            "type": "groundtruth/object-detection",
+            "human-annotated": "yes",
+            "creation-date": "1970-01-01T00:00:00",
+            "job-name": f"labeling-job/{job_name}",
+        },
+    }
 
 
 # Accounts that host Ground Truth's built-in pre-annotation / consolidation Lambdas, per region
 # (SageMaker API reference, HumanTaskConfig.PreHumanTaskLambdaArn).
 GT_LAMBDA_ACCOUNTS = {
-    "us-east-1": "432418664414", "us-east-2": "266458841044", "us-west-2": "081040173940",
-    "ca-central-1": "918755190332", "eu-west-1": "568282634449", "eu-west-2": "487402164563",
-    "eu-central-1": "203001061592", "ap-northeast-1": "477331159723", "ap-northeast-2": "845288260483",
-    "ap-south-1": "565803892007", "ap-southeast-1": "377565633583", "ap-southeast-2": "454466003867",
+    "us-east-1": "432418664414",
+    "us-east-2": "266458841044",
+    "us-west-2": "081040173940",
+    "ca-central-1": "918755190332",
+    "eu-west-1": "568282634449",
+    "eu-west-2": "487402164563",
+    "eu-central-1": "203001061592",
+    "ap-northeast-1": "477331159723",
+    "ap-northeast-2": "845288260483",
+    "ap-south-1": "565803892007",
+    "ap-southeast-1": "377565633583",
+    "ap-southeast-2": "454466003867",
 }
 GT_TASKS = {"BoundingBox": "BoundingBox", "SemanticSegmentation": "SemanticSegmentation"}
 
@@ -547,30 +626,47 @@ def input_manifest(image_uris: Iterable[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def label_category_config(labels: Iterable[str] = ("word", "printed-word", "illegible"),
-                          text_attribute: str | None = "transcription") -> dict[str, Any]:
+def label_category_config(
+    labels: Iterable[str] = ("word", "printed-word", "illegible"),
+    text_attribute: str | None = "transcription",
+) -> dict[str, Any]:
     """The label category file (uploaded to S3) with, optionally, a free-text transcription attribute."""
     cfg: dict[str, Any] = {"document-version": "2018-11-28", "labels": [{"label": lab} for lab in labels]}
     if text_attribute:
-        cfg["categoryGlobalAttributes"] = [{"name": text_attribute, "type": "string",
-                                            "description": "exactly what is written, no spaces"}]
+        cfg["categoryGlobalAttributes"] = [
+            {"name": text_attribute, "type": "string", "description": "exactly what is written, no spaces"}
+        ]
     return cfg
 
 
-def labeling_job_request(job_name: str, manifest_s3_uri: str, output_s3_uri: str, role_arn: str,
-                         workteam_arn: str, label_categories_s3_uri: str, ui_template_s3_uri: str,
-                         region: str, task: str = "BoundingBox", label_attribute: str = "words",
-                         workers_per_object: int = 1, task_time_limit_s: int = 600,
-                         title: str = "Draw a box around every handwritten or printed word",
-                         description: str = "Box each word tightly; type what it says") -> dict[str, Any]:
+def labeling_job_request(
+    job_name: str,
+    manifest_s3_uri: str,
+    output_s3_uri: str,
+    role_arn: str,
+    workteam_arn: str,
+    label_categories_s3_uri: str,
+    ui_template_s3_uri: str,
+    region: str,
+    task: str = "BoundingBox",
+    label_attribute: str = "words",
+    workers_per_object: int = 1,
+    task_time_limit_s: int = 600,
+    title: str = "Draw a box around every handwritten or printed word",
+    description: str = "Box each word tightly; type what it says",
+) -> dict[str, Any]:
     """kwargs for boto3 sagemaker.create_labeling_job(**request): pure, nothing is sent."""
     if task not in GT_TASKS:
         raise ValueError(f"task must be one of {sorted(GT_TASKS)}, got {task!r}")
     account = GT_LAMBDA_ACCOUNTS.get(region)
     if account is None:
         raise ValueError(f"Ground Truth built-in Lambdas are not listed for region {region!r}")
-    for name, uri in (("manifest", manifest_s3_uri), ("output", output_s3_uri),
-                      ("label categories", label_categories_s3_uri), ("UI template", ui_template_s3_uri)):
+    for name, uri in (
+        ("manifest", manifest_s3_uri),
+        ("output", output_s3_uri),
+        ("label categories", label_categories_s3_uri),
+        ("UI template", ui_template_s3_uri),
+    ):
         if not uri.startswith("s3://"):
             raise ValueError(f"{name} must be an s3:// URI, got {uri!r}")
     if task == "SemanticSegmentation" and not label_attribute.endswith("-ref"):
@@ -598,7 +694,8 @@ def labeling_job_request(job_name: str, manifest_s3_uri: str, output_s3_uri: str
             "TaskAvailabilityLifetimeInSeconds": 10 * 24 * 3600,
             "MaxConcurrentTaskCount": 1000,
             "AnnotationConsolidationConfig": {
-                "AnnotationConsolidationLambdaArn": f"arn:aws:lambda:{region}:{account}:function:ACS-{fn}"},
+                "AnnotationConsolidationLambdaArn": f"arn:aws:lambda:{region}:{account}:function:ACS-{fn}"
+            },
         },
         "Tags": [{"Key": "project", "Value": "htr-batch"}],
     }
@@ -624,12 +721,18 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m jobs.manifests", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
-    x = sub.add_parser("from-xml", help="PAGE XML / ALTO files (Transkribus, eScriptorium, kraken) -> manifest")
+    x = sub.add_parser(
+        "from-xml", help="PAGE XML / ALTO files (Transkribus, eScriptorium, kraken) -> manifest"
+    )
     x.add_argument("root", help="a folder of .xml files and their images, or one .xml file")
     x.add_argument("--out", help="manifest path (default: ROOT/manifest.jsonl)")
-    x.add_argument("--level", choices=LEVELS, default="line",
-                   help="line: a line-level manifest for the line recogniser (jobs.line_data); "
-                        "word: the files' words, for the segmenter")
+    x.add_argument(
+        "--level",
+        choices=LEVELS,
+        default="line",
+        help="line: a line-level manifest for the line recogniser (jobs.line_data); "
+        "word: the files' words, for the segmenter",
+    )
     a = p.parse_args(argv)
     try:
         samples = convert_xml(a.root, a.out, a.level)

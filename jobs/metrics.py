@@ -1,4 +1,5 @@
 """Metrics shared by training and evaluation: edit distances, IoU matching, bag-of-words F1."""
+
 from __future__ import annotations
 
 from collections import Counter
@@ -18,6 +19,7 @@ def levenshtein(a: str | list, b: str | list) -> int:
 @dataclass
 class ErrorRate:
     """Accumulates edits / reference length (CER on characters, WER on words)."""
+
     edits: int = 0
     length: int = 0
 
@@ -30,7 +32,7 @@ class ErrorRate:
         return self.edits / self.length if self.length else 0.0
 
 
-_CLIP_SCALE = 256.0   # page pixels -> Clipper's integer grid: 1/256 px is far below annotation noise
+_CLIP_SCALE = 256.0  # page pixels -> Clipper's integer grid: 1/256 px is far below annotation noise
 
 
 def _clip_path(poly: np.ndarray) -> list[tuple[int, int]]:
@@ -39,7 +41,7 @@ def _clip_path(poly: np.ndarray) -> list[tuple[int, int]]:
 
 def _area(paths: list) -> float:
     """Net area of Clipper output (outer rings are positive, holes negative), in page pixels²."""
-    return abs(sum(pyclipper.Area(p) for p in paths)) / _CLIP_SCALE ** 2
+    return abs(sum(pyclipper.Area(p) for p in paths)) / _CLIP_SCALE**2
 
 
 def _filled_area(path: list[tuple[int, int]]) -> float:
@@ -47,7 +49,7 @@ def _filled_area(path: list[tuple[int, int]]) -> float:
     polygons from ALTO/PAGE exports do both): the union of the polygon with itself."""
     try:
         return _area(pyclipper.SimplifyPolygon(path, pyclipper.PFT_NONZERO))
-    except pyclipper.ClipperException:   # fewer than 3 distinct points: no area
+    except pyclipper.ClipperException:  # fewer than 3 distinct points: no area
         return 0.0
 
 
@@ -59,7 +61,7 @@ def polygon_iou(a: np.ndarray, b: np.ndarray) -> float:
     (ax0, ay0), (ax1, ay1) = a.min(0), a.max(0)
     (bx0, by0), (bx1, by1) = b.min(0), b.max(0)
     if ax1 <= bx0 or bx1 <= ax0 or ay1 <= by0 or by1 <= ay0:
-        return 0.0                       # bounding boxes apart: skip the clipping
+        return 0.0  # bounding boxes apart: skip the clipping
     pa, pb = _clip_path(a), _clip_path(b)
     area_a, area_b = _filled_area(pa), _filled_area(pb)
     if area_a <= 0 or area_b <= 0:
@@ -68,7 +70,7 @@ def polygon_iou(a: np.ndarray, b: np.ndarray) -> float:
     try:
         pc.AddPath(pa, pyclipper.PT_SUBJECT, True)
         pc.AddPath(pb, pyclipper.PT_CLIP, True)
-    except pyclipper.ClipperException:   # degenerate outline (all points on a line)
+    except pyclipper.ClipperException:  # degenerate outline (all points on a line)
         return 0.0
     inter = _area(pc.Execute(pyclipper.CT_INTERSECTION, pyclipper.PFT_NONZERO, pyclipper.PFT_NONZERO))
     union = area_a + area_b - inter
@@ -79,8 +81,9 @@ def _bbox(q: np.ndarray) -> tuple[float, float, float, float]:
     return float(q[:, 0].min()), float(q[:, 1].min()), float(q[:, 0].max()), float(q[:, 1].max())
 
 
-def match(preds: list[np.ndarray], gts: list[np.ndarray], iou_thresh: float = 0.5
-          ) -> list[tuple[int, int, float]]:
+def match(
+    preds: list[np.ndarray], gts: list[np.ndarray], iou_thresh: float = 0.5
+) -> list[tuple[int, int, float]]:
     """Greedy one-to-one matching by descending IoU; returns (pred_idx, gt_idx, iou)."""
     pairs = []
     gboxes = [_bbox(np.asarray(g)) for g in gts]

@@ -12,15 +12,16 @@ like htr-batch (jobs/bench.py).
 
 Both also read single word crops (`read_crops`) for the recognition-only score.
 """
+
 from __future__ import annotations
 
 import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np
@@ -47,6 +48,7 @@ def number_words(lines: list[Line]) -> list[Line]:
 
 
 # ---- Tesseract -----------------------------------------------------------------------------------
+
 
 def tesseract_available() -> str | None:
     """Why Tesseract cannot run here, or None when it can (binary and English data present)."""
@@ -78,15 +80,17 @@ def run_tesseract_tsv(image: np.ndarray, psm: int = 3, lang: str = "eng", timeou
     cmd = ["tesseract", "stdin", "stdout", "-l", lang, "--psm", str(psm), "tsv"]
     out = subprocess.run(cmd, input=_ppm(image), capture_output=True, env=_tess_env(), timeout=timeout)
     if out.returncode != 0:
-        raise RuntimeError(f"tesseract failed ({out.returncode}): {out.stderr.decode(errors='replace')[-500:]}")
+        raise RuntimeError(
+            f"tesseract failed ({out.returncode}): {out.stderr.decode(errors='replace')[-500:]}"
+        )
     return out.stdout.decode("utf-8", errors="replace")
 
 
 @dataclass
 class TsvWord:
-    key: tuple[int, int, int]   # (block, paragraph, line): Tesseract's own line identity
+    key: tuple[int, int, int]  # (block, paragraph, line): Tesseract's own line identity
     text: str
-    conf: float                 # 0..100
+    conf: float  # 0..100
     left: int
     top: int
     width: int
@@ -108,10 +112,17 @@ def parse_tsv(tsv: str) -> list[TsvWord]:
         text = f[col["text"]].strip()
         if not text:
             continue
-        words.append(TsvWord(
-            key=(int(f[col["block_num"]]), int(f[col["par_num"]]), int(f[col["line_num"]])),
-            text=text, conf=float(f[col["conf"]]), left=int(f[col["left"]]), top=int(f[col["top"]]),
-            width=int(f[col["width"]]), height=int(f[col["height"]])))
+        words.append(
+            TsvWord(
+                key=(int(f[col["block_num"]]), int(f[col["par_num"]]), int(f[col["line_num"]])),
+                text=text,
+                conf=float(f[col["conf"]]),
+                left=int(f[col["left"]]),
+                top=int(f[col["top"]]),
+                width=int(f[col["width"]]),
+                height=int(f[col["height"]]),
+            )
+        )
     return words
 
 
@@ -121,8 +132,12 @@ def tsv_to_page(tsv: str, width: int, height: int, page_no: int = 1) -> Page:
     lines: dict[tuple[int, int, int], Line] = {}
     for tw in parse_tsv(tsv):
         conf = max(0.0, min(1.0, tw.conf / 100))
-        word = Word(text=tw.text, confidence=conf, det_score=conf,
-                    polygon=box_polygon(tw.left, tw.top, tw.left + tw.width, tw.top + tw.height))
+        word = Word(
+            text=tw.text,
+            confidence=conf,
+            det_score=conf,
+            polygon=box_polygon(tw.left, tw.top, tw.left + tw.width, tw.top + tw.height),
+        )
         lines.setdefault(tw.key, Line(0, [])).words.append(word)
     return Page(page=page_no, width=width, height=height, lines=number_words(list(lines.values())))
 
@@ -156,11 +171,12 @@ def tesseract_read_crops(crops: Sequence[np.ndarray], psm: int = 7, lang: str = 
         cmd = ["tesseract", str(listing), "stdout", "-l", lang, "--psm", str(psm)]
         out = subprocess.run(cmd, capture_output=True, env=_tess_env(), timeout=60 + len(crops))
     texts = out.stdout.decode("utf-8", errors="replace").split("\f")
-    texts = [" ".join(t.split()) for t in texts[:len(crops)]]
+    texts = [" ".join(t.split()) for t in texts[: len(crops)]]
     return texts + [""] * (len(crops) - len(texts))
 
 
 # ---- RapidOCR ------------------------------------------------------------------------------------
+
 
 def rapidocr_available() -> str | None:
     """Why RapidOCR cannot run here, or None when it can."""
@@ -173,6 +189,7 @@ def rapidocr_available() -> str | None:
 
 def rapidocr_version() -> str:
     from importlib.metadata import version
+
     return f"rapidocr-onnxruntime {version('rapidocr-onnxruntime')}, onnxruntime {version('onnxruntime')}"
 
 
@@ -188,8 +205,14 @@ def split_line(quad: np.ndarray, text: str, score: float) -> list[Word]:
         top = quad[0] + (quad[1] - quad[0]) * np.array([[fa], [fb]])
         bottom = quad[3] + (quad[2] - quad[3]) * np.array([[fb], [fa]])
         pts = np.concatenate([top, bottom])
-        words.append(Word(text=token, confidence=float(score), det_score=float(score),
-                          polygon=[Point(float(x), float(y)) for x, y in pts]))
+        words.append(
+            Word(
+                text=token,
+                confidence=float(score),
+                det_score=float(score),
+                polygon=[Point(float(x), float(y)) for x, y in pts],
+            )
+        )
     return words
 
 
@@ -208,6 +231,7 @@ class RapidPeer:
 
     def __init__(self, threads: int = 1):
         from rapidocr_onnxruntime import RapidOCR
+
         self.engine = RapidOCR(intra_op_num_threads=threads, inter_op_num_threads=1)
 
     def __call__(self, image: np.ndarray) -> Page:

@@ -13,6 +13,7 @@ every word's box over them; hovering a word shows its text and confidence, and w
 --low-confidence are highlighted. Each file stands alone (images inlined), so it can be mailed or
 put on a share as it is.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,43 +22,46 @@ import functools
 import html
 import io
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from batch.core.errors import EXIT_BAD_ARGS, EXIT_OK, EXIT_PARTIAL, HtrError, InputError
 
-MAX_SIDE = 2200   # pages are drawn at most this big: enough to read, small to write
+MAX_SIDE = 2200  # pages are drawn at most this big: enough to read, small to write
 
 
 @dataclass
 class Box:
     """One word to draw: a polygon in page pixels, its text and a colour."""
+
     polygon: list[tuple[float, float]]
     text: str
     line_idx: int
     colour: tuple[int, int, int]
-    confidence: float | None = None   # model output; None for ground truth
+    confidence: float | None = None  # model output; None for ground truth
 
 
 @dataclass
 class PageView:
-    name: str                 # output file stem
-    image: np.ndarray         # RGB uint8
+    name: str  # output file stem
+    image: np.ndarray  # RGB uint8
     boxes: list[Box]
-    scale: float = 1.0        # image pixels per polygon unit
-    document: str = ""        # the HTML file (stem) the page belongs to
-    title: str = ""           # shown at the top of that file
+    scale: float = 1.0  # image pixels per polygon unit
+    document: str = ""  # the HTML file (stem) the page belongs to
+    title: str = ""  # shown at the top of that file
 
 
 # ---- sources --------------------------------------------------------------------------------------
 
+
 def _read_image(uri: str) -> Iterator[np.ndarray]:
     from batch import storage
     from transforms.rasterise import iter_pages
+
     yield from iter_pages(storage.read_bytes(uri))
 
 
@@ -66,15 +70,24 @@ Loader = Callable[[], list[PageView]]  # reads one image or document when called
 
 def manifest_loaders(path: Path) -> list[Loader]:
     from jobs.manifests import read_manifest
+
     samples = read_manifest(path)  # a broken manifest fails here, as a whole
     return [functools.partial(_sample_views, i, s, path) for i, s in enumerate(samples)]
 
 
 def _sample_views(i: int, sample, path: Path) -> list[PageView]:
     from jobs.manifests import resolve_source
+
     image = next(_read_image(resolve_source(sample, path)))
-    boxes = [Box([(p["x"], p["y"]) for p in a.polygon], a.text, a.line_idx,
-                 (220, 30, 30) if a.type == "H" else (20, 150, 40)) for a in sample.annotations]
+    boxes = [
+        Box(
+            [(p["x"], p["y"]) for p in a.polygon],
+            a.text,
+            a.line_idx,
+            (220, 30, 30) if a.type == "H" else (20, 150, 40),
+        )
+        for a in sample.annotations
+    ]
     name = f"{i:05d}_{Path(sample.source_ref).stem}"
     return [PageView(name, image, boxes, document=name, title=sample.source_ref)]
 
@@ -88,17 +101,34 @@ def document_views(path: Path) -> list[PageView]:
     """Pages of one output document; polygons are in the pipeline's page pixels, which may differ
     from a re-rasterised PDF page, so they are scaled by the width ratio."""
     from batch.core.schema import DocumentRecord
+
     try:
         doc = DocumentRecord.from_json(json.loads(path.read_text(encoding="utf-8")))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
         raise InputError(f"{path}: not an htr output document ({e})", stage="visualise") from e
     out = []
     for page, image in zip(doc.pages, _read_image(doc.source_uri.removeprefix("file://"))):
-        boxes = [Box([(p.x, p.y) for p in w.polygon], w.text, w.line_idx, _confidence_colour(w.confidence),
-                     w.confidence) for w in page.words]
+        boxes = [
+            Box(
+                [(p.x, p.y) for p in w.polygon],
+                w.text,
+                w.line_idx,
+                _confidence_colour(w.confidence),
+                w.confidence,
+            )
+            for w in page.words
+        ]
         scale = image.shape[1] / page.width if page.width else 1.0
-        out.append(PageView(f"{doc.doc_id}_p{page.page:03d}", image, boxes, scale, doc.doc_id,
-                            f"{doc.source_uri} ({doc.model_version})"))
+        out.append(
+            PageView(
+                f"{doc.doc_id}_p{page.page:03d}",
+                image,
+                boxes,
+                scale,
+                doc.doc_id,
+                f"{doc.source_uri} ({doc.model_version})",
+            )
+        )
     return out
 
 
@@ -119,6 +149,7 @@ def loaders(source: str) -> list[Loader]:
 
 
 # ---- drawing --------------------------------------------------------------------------------------
+
 
 def _font(size: int) -> ImageFont.ImageFont:
     try:
@@ -197,18 +228,22 @@ def _data_uri(view: PageView) -> tuple[str, int, int]:
 
 def _page_html(view: PageView, low: float) -> str:
     uri, w, h = _data_uri(view)
-    s = w / view.image.shape[1] * view.scale      # polygon units -> displayed pixels
+    s = w / view.image.shape[1] * view.scale  # polygon units -> displayed pixels
     words = []
     for b in view.boxes:
         unsure = b.confidence is not None and b.confidence < low
         pts = " ".join(f"{x * s:.1f},{y * s:.1f}" for x, y in b.polygon)
         conf = "" if b.confidence is None else f"{b.confidence:.4f}"
         label = b.text + (f" ({b.confidence:.2f})" if b.confidence is not None else "")
-        words.append(f'<polygon class="word{" low" if unsure else ""}" points="{pts}" '
-                     f'data-text="{html.escape(b.text)}" data-conf="{conf}" data-line="{b.line_idx}">'
-                     f"<title>{html.escape(label)}</title></polygon>")
-    return (f'<div class="page" id="{html.escape(view.name)}"><img src="{uri}" width="{w}" height="{h}" alt="">'
-            f'<svg width="{w}" height="{h}" viewBox="0 0 {w} {h}">{"".join(words)}</svg></div>')
+        words.append(
+            f'<polygon class="word{" low" if unsure else ""}" points="{pts}" '
+            f'data-text="{html.escape(b.text)}" data-conf="{conf}" data-line="{b.line_idx}">'
+            f"<title>{html.escape(label)}</title></polygon>"
+        )
+    return (
+        f'<div class="page" id="{html.escape(view.name)}"><img src="{uri}" width="{w}" height="{h}" alt="">'
+        f'<svg width="{w}" height="{h}" viewBox="0 0 {w} {h}">{"".join(words)}</svg></div>'
+    )
 
 
 def document_html(views: list[PageView], low: float = LOW_CONFIDENCE) -> str:
@@ -216,18 +251,21 @@ def document_html(views: list[PageView], low: float = LOW_CONFIDENCE) -> str:
     boxes = [b for v in views for b in v.boxes]
     unsure = sum(b.confidence is not None and b.confidence < low for b in boxes)
     title = html.escape(views[0].title or views[0].document) if views else ""
-    head = (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>"
-            f"<style>{_STYLE}</style></head><body>\n<h1>{title}</h1>\n"
-            f"<p>{len(views)} pages, {len(boxes)} words, {unsure} below confidence {low:.2f} "
-            f"(highlighted red); hover a word for its text and confidence.</p>\n")
+    head = (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+        f"<style>{_STYLE}</style></head><body>\n<h1>{title}</h1>\n"
+        f"<p>{len(views)} pages, {len(boxes)} words, {unsure} below confidence {low:.2f} "
+        f"(highlighted red); hover a word for its text and confidence.</p>\n"
+    )
     pages = "\n".join(_page_html(v, low) for v in views)
-    return f"{head}{pages}\n<div id=\"tip\"></div>\n<script>{_SCRIPT}</script>\n</body></html>\n"
+    return f'{head}{pages}\n<div id="tip"></div>\n<script>{_SCRIPT}</script>\n</body></html>\n'
 
 
 def visualise(source: str, out_dir: str | Path, low: float = LOW_CONFIDENCE) -> tuple[int, int]:
     """Write one PNG per page and one HTML page per document; returns (pages written, images or
     documents that failed)."""
     from tqdm import tqdm
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = failed = 0
@@ -242,17 +280,25 @@ def visualise(source: str, out_dir: str | Path, low: float = LOW_CONFIDENCE) -> 
             draw(view).save(out / f"{view.name}.png")
             written += 1
         if views:
-            (out / f"{views[0].document or views[0].name}.html").write_text(document_html(views, low),
-                                                                           encoding="utf-8")
+            (out / f"{views[0].document or views[0].name}.html").write_text(
+                document_html(views, low), encoding="utf-8"
+            )
     return written, failed
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("source", metavar="MANIFEST_OR_OUTPUT",
-                        help="manifest.jsonl, an htr output folder, or one documents/*.json")
+    parser.add_argument(
+        "source",
+        metavar="MANIFEST_OR_OUTPUT",
+        help="manifest.jsonl, an htr output folder, or one documents/*.json",
+    )
     parser.add_argument("--out", required=True, help="folder for the PNGs and HTML pages")
-    parser.add_argument("--low-confidence", type=float, default=LOW_CONFIDENCE,
-                        help="words below this confidence are highlighted in the HTML (default: %(default)s)")
+    parser.add_argument(
+        "--low-confidence",
+        type=float,
+        default=LOW_CONFIDENCE,
+        help="words below this confidence are highlighted in the HTML (default: %(default)s)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:

@@ -4,18 +4,32 @@ letters and typographic punctuation of real (French, German, Spanish, English) d
 Index 0 is the CTC blank; character i of CHARSET has class i + 1. A model stores its charset in its
 metadata, so older models (ASCII_CHARSET) keep decoding with their own.
 """
+
 from __future__ import annotations
 
 import unicodedata
 
 ASCII_CHARSET = "".join(chr(c) for c in range(32, 127)) + "£€°"
-LATIN_EXTRA = ("àâäáçéèêëíîïñóôöúûüùÿœæßÀÂÄÁÇÉÈÊËÍÎÏÑÓÔÖÚÛÜÙŸŒÆ"   # letters
-               "’«»–—½¼¾")                                             # punctuation, fractions
+LATIN_EXTRA = (
+    "àâäáçéèêëíîïñóôöúûüùÿœæßÀÂÄÁÇÉÈÊËÍÎÏÑÓÔÖÚÛÜÙŸŒÆ"  # letters
+    "’«»–—½¼¾"
+)  # punctuation, fractions
 CHARSET = ASCII_CHARSET + LATIN_EXTRA
 
 # Look-alikes seen in real transcriptions, folded to what the recogniser can emit.
-_FOLD = {"‘": "'", "’": "'", "“": '"', "”": '"', "–": "-", "—": "-", "…": "...", "ſ": "s",
-         "\u00a0": " ", "´": "'", "`": "'"}
+_FOLD = {
+    "‘": "'",
+    "’": "'",
+    "“": '"',
+    "”": '"',
+    "–": "-",
+    "—": "-",
+    "…": "...",
+    "ſ": "s",
+    "\u00a0": " ",
+    "´": "'",
+    "`": "'",
+}
 
 
 def normalise(text: str, charset: str = CHARSET) -> str:

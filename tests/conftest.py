@@ -1,4 +1,6 @@
-"""Shared fixtures: tiny random models, and the S3 server plugin (tests/s3_server.py)."""
+"""Shared fixtures: tiny random models, the S3 server plugin (tests/s3_server.py) and
+tests/worker_helpers.py's one_word_models."""
+
 from __future__ import annotations
 
 import os
@@ -9,7 +11,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-pytest_plugins = ["tests.s3_server"]
+pytest_plugins = ["tests.s3_server", "tests.worker_helpers"]  # worker_helpers: one_word_models
 # Exported ONNX graphs are cached (models/onnx_backend.py): tests and their subprocesses share one
 # throw-away cache instead of the user's.
 os.environ.setdefault("HTR_CACHE_DIR", tempfile.mkdtemp(prefix="htr-test-cache-"))

@@ -10,10 +10,12 @@ same backend method moto's own HTTP API calls, so the test inspects the result t
 exactly as for natively supported types. Nothing here decides what a resource looks like:
 that comes from the template. Types still skipped by moto are listed in MOTO_SKIPS.
 """
+
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from moto.apigateway.models import apigateway_backends
 from moto.athena.models import athena_backends
@@ -35,16 +37,21 @@ def _flag(value: Any) -> str:
 
 def _lifecycle_rule(rule: dict[str, Any]) -> dict[str, Any]:
     """CloudFormation's LifecycleConfiguration.Rules[] -> the S3 API's shape."""
-    api: dict[str, Any] = {"ID": rule.get("Id"), "Status": rule["Status"],
-                           "Filter": {"Prefix": rule.get("Prefix", "")}}
+    api: dict[str, Any] = {
+        "ID": rule.get("Id"),
+        "Status": rule["Status"],
+        "Filter": {"Prefix": rule.get("Prefix", "")},
+    }
     if "ExpirationInDays" in rule:
         api["Expiration"] = {"Days": int(rule["ExpirationInDays"])}
     if "NoncurrentVersionExpiration" in rule:
         api["NoncurrentVersionExpiration"] = {
-            "NoncurrentDays": int(rule["NoncurrentVersionExpiration"]["NoncurrentDays"])}
+            "NoncurrentDays": int(rule["NoncurrentVersionExpiration"]["NoncurrentDays"])
+        }
     if "AbortIncompleteMultipartUpload" in rule:
         api["AbortIncompleteMultipartUpload"] = {
-            "DaysAfterInitiation": int(rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"])}
+            "DaysAfterInitiation": int(rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"])
+        }
     return api
 
 
@@ -96,8 +103,9 @@ class BucketPolicy(_Created, CloudFormationModel):
         return "AWS::S3::BucketPolicy"
 
     @classmethod
-    def create_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id,
-                                        region_name, **kwargs):
+    def create_from_cloudformation_json(
+        cls, resource_name, cloudformation_json, account_id, region_name, **kwargs
+    ):
         props = cloudformation_json["Properties"]
         policy = json.dumps(props["PolicyDocument"]).encode()
         s3_backends[account_id]["aws"].put_bucket_policy(props["Bucket"], policy)
@@ -110,8 +118,9 @@ class TopicPolicy(_Created, CloudFormationModel):
         return "AWS::SNS::TopicPolicy"
 
     @classmethod
-    def create_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id,
-                                        region_name, **kwargs):
+    def create_from_cloudformation_json(
+        cls, resource_name, cloudformation_json, account_id, region_name, **kwargs
+    ):
         props = cloudformation_json["Properties"]
         policy = json.dumps(props["PolicyDocument"])
         for topic in props["Topics"]:
@@ -125,8 +134,9 @@ class GlueDatabase(_Created, CloudFormationModel):
         return "AWS::Glue::Database"
 
     @classmethod
-    def create_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id,
-                                        region_name, **kwargs):
+    def create_from_cloudformation_json(
+        cls, resource_name, cloudformation_json, account_id, region_name, **kwargs
+    ):
         db_input = cloudformation_json["Properties"]["DatabaseInput"]
         glue_backends[account_id][region_name].create_database(db_input["Name"], db_input)
         return cls(db_input["Name"])
@@ -138,12 +148,14 @@ class GlueTable(_Created, CloudFormationModel):
         return "AWS::Glue::Table"
 
     @classmethod
-    def create_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id,
-                                        region_name, **kwargs):
+    def create_from_cloudformation_json(
+        cls, resource_name, cloudformation_json, account_id, region_name, **kwargs
+    ):
         props = cloudformation_json["Properties"]
         table_input = props["TableInput"]
         glue_backends[account_id][region_name].create_table(
-            props["DatabaseName"], table_input["Name"], table_input)
+            props["DatabaseName"], table_input["Name"], table_input
+        )
         return cls(table_input["Name"])
 
 
@@ -153,12 +165,16 @@ class AthenaWorkGroup(_Created, CloudFormationModel):
         return "AWS::Athena::WorkGroup"
 
     @classmethod
-    def create_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id,
-                                        region_name, **kwargs):
+    def create_from_cloudformation_json(
+        cls, resource_name, cloudformation_json, account_id, region_name, **kwargs
+    ):
         props = cloudformation_json["Properties"]
         athena_backends[account_id][region_name].create_work_group(
-            props["Name"], props.get("WorkGroupConfiguration", {}), props.get("Description", ""),
-            props.get("Tags", []))
+            props["Name"],
+            props.get("WorkGroupConfiguration", {}),
+            props.get("Description", ""),
+            props.get("Tags", []),
+        )
         return cls(props["Name"])
 
 
@@ -168,17 +184,25 @@ class Alarm(_Created, CloudFormationModel):
         return "AWS::CloudWatch::Alarm"
 
     @classmethod
-    def create_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id,
-                                        region_name, **kwargs):
+    def create_from_cloudformation_json(
+        cls, resource_name, cloudformation_json, account_id, region_name, **kwargs
+    ):
         p = cloudformation_json["Properties"]
         name = p.get("AlarmName", resource_name)
         cloudwatch_backends[account_id][region_name].put_metric_alarm(
-            name=name, namespace=p["Namespace"], metric_name=p["MetricName"],
+            name=name,
+            namespace=p["Namespace"],
+            metric_name=p["MetricName"],
             comparison_operator=p["ComparisonOperator"],
-            evaluation_periods=int(p["EvaluationPeriods"]), period=int(p["Period"]),
-            threshold=float(p["Threshold"]), statistic=p["Statistic"],
-            description=p.get("AlarmDescription", ""), dimensions=p.get("Dimensions", []),
-            alarm_actions=p.get("AlarmActions", []), treat_missing_data=p.get("TreatMissingData"))
+            evaluation_periods=int(p["EvaluationPeriods"]),
+            period=int(p["Period"]),
+            threshold=float(p["Threshold"]),
+            statistic=p["Statistic"],
+            description=p.get("AlarmDescription", ""),
+            dimensions=p.get("Dimensions", []),
+            alarm_actions=p.get("AlarmActions", []),
+            treat_missing_data=p.get("TreatMissingData"),
+        )
         return cls(name)
 
 
@@ -188,13 +212,21 @@ class MetricFilter(_Created, CloudFormationModel):
         return "AWS::Logs::MetricFilter"
 
     @classmethod
-    def create_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id,
-                                        region_name, **kwargs):
+    def create_from_cloudformation_json(
+        cls, resource_name, cloudformation_json, account_id, region_name, **kwargs
+    ):
         p = cloudformation_json["Properties"]
-        transformations = [{"metricName": t["MetricName"], "metricNamespace": t["MetricNamespace"],
-                            "metricValue": t["MetricValue"]} for t in p["MetricTransformations"]]
+        transformations = [
+            {
+                "metricName": t["MetricName"],
+                "metricNamespace": t["MetricNamespace"],
+                "metricValue": t["MetricValue"],
+            }
+            for t in p["MetricTransformations"]
+        ]
         logs_backends[account_id][region_name].put_metric_filter(
-            resource_name, p["FilterPattern"], p["LogGroupName"], transformations)
+            resource_name, p["FilterPattern"], p["LogGroupName"], transformations
+        )
         return cls(resource_name)
 
 
@@ -204,17 +236,20 @@ class ApiStage(_Created, CloudFormationModel):
         return "AWS::ApiGateway::Stage"
 
     @classmethod
-    def create_from_cloudformation_json(cls, resource_name, cloudformation_json, account_id,
-                                        region_name, **kwargs):
+    def create_from_cloudformation_json(
+        cls, resource_name, cloudformation_json, account_id, region_name, **kwargs
+    ):
         p = cloudformation_json["Properties"]
         apigw = apigateway_backends[account_id][region_name]
         apigw.create_stage(p["RestApiId"], p["StageName"], p["DeploymentId"])
         operations = []
         for s in p.get("MethodSettings", []):
             where = f"/{s['ResourcePath'].lstrip('/') or '~1'}/{s['HttpMethod']}"
-            for key, path in (("ThrottlingRateLimit", "throttling/rateLimit"),
-                              ("ThrottlingBurstLimit", "throttling/burstLimit"),
-                              ("MetricsEnabled", "metrics/enabled")):
+            for key, path in (
+                ("ThrottlingRateLimit", "throttling/rateLimit"),
+                ("ThrottlingBurstLimit", "throttling/burstLimit"),
+                ("MetricsEnabled", "metrics/enabled"),
+            ):
                 if key in s:
                     operations.append({"op": "replace", "path": f"{where}/{path}", "value": str(s[key])})
         apigw.update_stage(p["RestApiId"], p["StageName"], operations)

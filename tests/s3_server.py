@@ -11,6 +11,7 @@ Use it with `pytest_plugins = ["tests.s3_server"]`. Fixtures:
 
 Helpers: `upload_folder`, `read_object`, `s3_client`.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -21,10 +22,10 @@ import struct
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Callable, Iterator
 
 import boto3
 import pytest
@@ -85,8 +86,11 @@ def upload_folder(endpoint: str, folder: Path, bucket: str, prefix: str = "") ->
     """Upload every file under `folder` to s3://bucket/prefix/<relative path>; returns the keys."""
     client, keys = s3_client(endpoint), []
     for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
-        key = prefix.rstrip("/") + "/" + path.relative_to(folder).as_posix() if prefix else \
-            path.relative_to(folder).as_posix()
+        key = (
+            prefix.rstrip("/") + "/" + path.relative_to(folder).as_posix()
+            if prefix
+            else path.relative_to(folder).as_posix()
+        )
         client.upload_file(str(path), bucket, key)
         keys.append(key)
     return keys
@@ -150,8 +154,8 @@ class FaultProxy:
     seed: int = 0
     max_consecutive: int = 2
     stall_s: float = 1.5
-    requests: list[tuple[str, str]] = field(default_factory=list)   # (method, path) seen
-    faults: list[str] = field(default_factory=list)                 # faults injected, in order
+    requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path) seen
+    faults: list[str] = field(default_factory=list)  # faults injected, in order
     gates: list[Gate] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -167,7 +171,7 @@ class FaultProxy:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._server.server_address[1]}"
 
-    def start(self) -> "FaultProxy":
+    def start(self) -> FaultProxy:
         self._thread.start()
         return self
 
@@ -181,8 +185,7 @@ class FaultProxy:
             self.rate, self.seed, self.kinds = rate, seed, kinds or self.kinds
             self._rng = random.Random(seed)
 
-    def gate(self, match: Callable[[str, str], bool], forward_first: bool = False,
-             once: bool = True) -> Gate:
+    def gate(self, match: Callable[[str, str], bool], forward_first: bool = False, once: bool = True) -> Gate:
         """Hold the requests `match(method, path)` picks (only the first if once) until the
         returned Gate is released."""
         if once:
@@ -193,6 +196,7 @@ class FaultProxy:
                     fired.append(path)
                     return True
                 return False
+
         g = Gate(match, forward_first)
         with self._lock:
             self.gates.append(g)
@@ -281,8 +285,7 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             finally:
                 conn.close()
 
-        def _send(self, status: int, headers: list[tuple[str, str]], payload: bytes,
-                  length: int) -> None:
+        def _send(self, status: int, headers: list[tuple[str, str]], payload: bytes, length: int) -> None:
             self.send_response_only(status)
             for k, v in headers:
                 if k.lower() not in _HOP_BY_HOP and k.lower() != "content-length":
@@ -297,10 +300,13 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             self.wfile.flush()
 
         def _send_error_xml(self, status: int, code: str, message: str, cut: bool = False) -> None:
-            xml = (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
-                   f"<Message>{message}</Message><RequestId>fault</RequestId></Error>").encode()
-            self._send(status, [("Content-Type", "application/xml")],
-                       xml[: len(xml) // 2] if cut else xml, len(xml))
+            xml = (
+                f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{code}</Code>'
+                f"<Message>{message}</Message><RequestId>fault</RequestId></Error>"
+            ).encode()
+            self._send(
+                status, [("Content-Type", "application/xml")], xml[: len(xml) // 2] if cut else xml, len(xml)
+            )
             if cut:
                 self._reset()
 

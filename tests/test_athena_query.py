@@ -1,4 +1,5 @@
 """`htr athena-ddl` and `htr query` over small outputs, locally and on S3 (moto over HTTP)."""
+
 from __future__ import annotations
 
 import csv
@@ -13,11 +14,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batch import athena, query as q, storage
+from batch import athena, storage
+from batch import query as q
 from batch.cli import main as htr
 from batch.core.errors import EXIT_BAD_ARGS
-from batch.core.schema import (TABLES, DocumentRecord, ErrorRecord, Line, Page, Point, Word, error_rows,
-                          page_rows, to_table, word_rows)
+from batch.core.schema import (
+    TABLES,
+    DocumentRecord,
+    ErrorRecord,
+    Line,
+    Page,
+    Point,
+    Word,
+    error_rows,
+    page_rows,
+    to_table,
+    word_rows,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DAY1, DAY2 = 1714557600000, 1714644000000  # 2024-05-01 10:00 UTC, 2024-05-02 10:00 UTC
@@ -26,8 +39,12 @@ DAY1, DAY2 = 1714557600000, 1714644000000  # 2024-05-01 10:00 UTC, 2024-05-02 10
 def _line(idx: int, words: list[tuple[str, float]]) -> Line:
     out, x = [], 10.0
     for i, (text, conf) in enumerate(words):
-        poly = [Point(x, 20.0 * idx), Point(x + 50, 20.0 * idx), Point(x + 50, 20.0 * idx + 15),
-                Point(x, 20.0 * idx + 15)]
+        poly = [
+            Point(x, 20.0 * idx),
+            Point(x + 50, 20.0 * idx),
+            Point(x + 50, 20.0 * idx + 15),
+            Point(x, 20.0 * idx + 15),
+        ]
         out.append(Word(text, conf, 0.9, poly, word_idx=i, line_idx=idx))
         x += 60
     return Line(idx, out)
@@ -35,24 +52,40 @@ def _line(idx: int, words: list[tuple[str, float]]) -> Line:
 
 def _doc(doc_id: str, pages: list[list[list[tuple[str, float]]]], at: int) -> DocumentRecord:
     return DocumentRecord(
-        doc_id=doc_id, source_uri=f"s3://scans/{doc_id}.pdf", model_version="test-1", run_id="run-1",
+        doc_id=doc_id,
+        source_uri=f"s3://scans/{doc_id}.pdf",
+        model_version="test-1",
+        run_id="run-1",
         processed_at=at,
-        pages=[Page(n + 1, 1000, 1400, [_line(i, ln) for i, ln in enumerate(lines)])
-               for n, lines in enumerate(pages)])
+        pages=[
+            Page(n + 1, 1000, 1400, [_line(i, ln) for i, ln in enumerate(lines)])
+            for n, lines in enumerate(pages)
+        ],
+    )
 
 
-LETTER = _doc("letter", [[[("Dear", 0.97), ("Sir", 0.95)], [("the", 0.99), ("harvest", 0.31), ("was", 0.9),
-                                                               ("good", 0.88)]],
-                         [[("Yours", 0.93), ("truly", 0.42)]]], DAY1)
+LETTER = _doc(
+    "letter",
+    [
+        [[("Dear", 0.97), ("Sir", 0.95)], [("the", 0.99), ("harvest", 0.31), ("was", 0.9), ("good", 0.88)]],
+        [[("Yours", 0.93), ("truly", 0.42)]],
+    ],
+    DAY1,
+)
 MEMO = _doc("memo", [[[("Meeting", 0.91), ("at", 0.98), ("noon", 0.89)]]], DAY2)
-FAILED = ErrorRecord("broken", "s3://scans/broken.pdf", "decode", "EncryptedDocument",
-                     "PDF is encrypted", "run-1", DAY2)
+FAILED = ErrorRecord(
+    "broken", "s3://scans/broken.pdf", "decode", "EncryptedDocument", "PDF is encrypted", "run-1", DAY2
+)
 
 
 def write_output(out: str, with_errors: bool = True) -> None:
     """Parquet parts as the worker lays them out: OUT/<table>/run_date=YYYY-MM-DD/part-*.parquet."""
-    parts = [("words", "2024-05-01", word_rows(LETTER)), ("pages", "2024-05-01", page_rows(LETTER)),
-             ("words", "2024-05-02", word_rows(MEMO)), ("pages", "2024-05-02", page_rows(MEMO))]
+    parts = [
+        ("words", "2024-05-01", word_rows(LETTER)),
+        ("pages", "2024-05-01", page_rows(LETTER)),
+        ("words", "2024-05-02", word_rows(MEMO)),
+        ("pages", "2024-05-02", page_rows(MEMO)),
+    ]
     if with_errors:
         parts.append(("errors", "2024-05-02", error_rows(FAILED)))
     for table, day, rows in parts:
@@ -87,22 +120,31 @@ PAGES_PER_DOC = "SELECT doc_id, count(*) AS pages FROM pages GROUP BY doc_id ORD
 
 # ---- htr query, local ---------------------------------------------------------------------------
 
+
 def test_query_full_text_search(capsys, local_out: str):
     assert run_json(capsys, local_out, SEARCH) == [
-        {"doc_id": "letter", "page": 1, "line_idx": 1, "text": "harvest"}]
+        {"doc_id": "letter", "page": 1, "line_idx": 1, "text": "harvest"}
+    ]
 
 
 def test_query_low_confidence_words(capsys, local_out: str):
     assert run_json(capsys, local_out, LOW_CONF) == [
         {"doc_id": "letter", "text": "harvest", "confidence": 0.31},
-        {"doc_id": "letter", "text": "truly", "confidence": 0.42}]
+        {"doc_id": "letter", "text": "truly", "confidence": 0.42},
+    ]
 
 
 def test_query_pages_per_document_and_partitions(capsys, local_out: str):
     assert run_json(capsys, local_out, PAGES_PER_DOC) == [
-        {"doc_id": "letter", "pages": 2}, {"doc_id": "memo", "pages": 1}]
-    rows = run_json(capsys, local_out, "SELECT run_date, count(*) AS n FROM htr.words "
-                                       "WHERE run_date >= '2024-05-01' GROUP BY run_date ORDER BY run_date")
+        {"doc_id": "letter", "pages": 2},
+        {"doc_id": "memo", "pages": 1},
+    ]
+    rows = run_json(
+        capsys,
+        local_out,
+        "SELECT run_date, count(*) AS n FROM htr.words "
+        "WHERE run_date >= '2024-05-01' GROUP BY run_date ORDER BY run_date",
+    )
     assert rows == [{"run_date": "2024-05-01", "n": 8}, {"run_date": "2024-05-02", "n": 3}]
 
 
@@ -110,8 +152,12 @@ def test_query_python_api_returns_arrow_with_schema_types(local_out: str):
     table = q.query(local_out, "SELECT * FROM words ORDER BY doc_id, page, line_idx, word_idx")
     assert table.num_rows == 11
     assert table.schema.names == TABLES["words"].names + ["run_date"]
-    assert table.column("polygon")[0].as_py() == [{"x": 10.0, "y": 0.0}, {"x": 60.0, "y": 0.0},
-                                                  {"x": 60.0, "y": 15.0}, {"x": 10.0, "y": 15.0}]
+    assert table.column("polygon")[0].as_py() == [
+        {"x": 10.0, "y": 0.0},
+        {"x": 60.0, "y": 0.0},
+        {"x": 60.0, "y": 15.0},
+        {"x": 10.0, "y": 15.0},
+    ]
 
 
 def test_missing_table_is_an_empty_view_with_the_right_columns(capsys, tmp_path: Path):
@@ -125,8 +171,15 @@ def test_missing_table_is_an_empty_view_with_the_right_columns(capsys, tmp_path:
 
 
 def test_table_prefix_and_database_names(capsys, local_out: str):
-    rows = run_json(capsys, local_out, "SELECT count(*) AS n FROM archive.prod_errors",
-                    "--database", "archive", "--table-prefix", "prod_")
+    rows = run_json(
+        capsys,
+        local_out,
+        "SELECT count(*) AS n FROM archive.prod_errors",
+        "--database",
+        "archive",
+        "--table-prefix",
+        "prod_",
+    )
     assert rows == [{"n": 1}]
 
 
@@ -135,8 +188,12 @@ def test_table_and_csv_formats(capsys, local_out: str):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["doc_id", "pages"] and lines[2].split() == ["letter", "2"]
     assert lines[-1] == "(2 rows)"
-    assert htr(["query", local_out, "SELECT doc_id, polygon, processed_at FROM words LIMIT 1",
-                "--format", "csv"]) == 0
+    assert (
+        htr(
+            ["query", local_out, "SELECT doc_id, polygon, processed_at FROM words LIMIT 1", "--format", "csv"]
+        )
+        == 0
+    )
     (row,) = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
     assert json.loads(row["polygon"])[0] == {"x": 10.0, "y": 0.0}
     assert row["processed_at"].startswith("2024-05-01T10:00:00")
@@ -144,16 +201,18 @@ def test_table_and_csv_formats(capsys, local_out: str):
 
 def test_bad_sql_is_a_clear_error(capsys, local_out: str):
     assert htr(["query", local_out, "SELECT nope FROM words"]) == EXIT_BAD_ARGS
-    assert 'htr query: error: query failed' in capsys.readouterr().err
+    assert "htr query: error: query failed" in capsys.readouterr().err
     with pytest.raises(q.QueryError, match="database"):
         q.query(local_out, "SELECT 1", database="Bad-Name")
 
 
 # ---- htr query, S3 ------------------------------------------------------------------------------
 
+
 def test_query_s3_answers_the_same(s3_out: str):
     def rows(sql: str) -> list[dict]:
         return q.rows_for_output(q.query(s3_out, sql))
+
     assert rows(SEARCH) == [{"doc_id": "letter", "page": 1, "line_idx": 1, "text": "harvest"}]
     assert [r["text"] for r in rows(LOW_CONF)] == ["harvest", "truly"]
     assert rows(PAGES_PER_DOC) == [{"doc_id": "letter", "pages": 2}, {"doc_id": "memo", "pages": 1}]
@@ -174,16 +233,26 @@ def test_httpfs_is_loaded_from_the_wheel_not_installed(s3_out: str):
 def test_query_cli_subprocess_over_s3(s3_out: str, tmp_path: Path):
     """The real entry point in a fresh process, with an empty HOME: nothing cached, nothing fetched."""
     env = {**os.environ, "HOME": str(tmp_path / "home")}
-    proc = subprocess.run([sys.executable, "-m", "batch.cli", "query", s3_out, LOW_CONF, "--format", "csv"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "batch.cli", "query", s3_out, LOW_CONF, "--format", "csv"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert list(csv.reader(io.StringIO(proc.stdout))) == [
-        ["doc_id", "text", "confidence"], ["letter", "harvest", "0.31"], ["letter", "truly", "0.42"]]
+        ["doc_id", "text", "confidence"],
+        ["letter", "harvest", "0.31"],
+        ["letter", "truly", "0.42"],
+    ]
     assert "testing" not in proc.stdout + proc.stderr  # the dummy credentials never surface
     assert not (tmp_path / "home" / ".duckdb").exists()
 
 
 # ---- htr athena-ddl -----------------------------------------------------------------------------
+
 
 def test_ddl_column_types_equal_the_written_parquet_schema(capsys, s3_out: str):
     assert htr(["athena-ddl", s3_out]) == 0
@@ -205,8 +274,12 @@ def test_ddl_column_types_equal_the_written_parquet_schema(capsys, s3_out: str):
 def test_ddl_types_spelled_out():
     columns, _ = athena.parse_ddl_columns(athena.ddl_for("words", TABLES["words"], "s3://b/o/words", "htr"))
     assert columns["polygon"] == "array<struct<x:double,y:double>>"
-    assert (columns["doc_id"], columns["page"], columns["confidence"], columns["processed_at"]) == \
-        ("string", "int", "float", "timestamp")
+    assert (columns["doc_id"], columns["page"], columns["confidence"], columns["processed_at"]) == (
+        "string",
+        "int",
+        "float",
+        "timestamp",
+    )
     assert athena.hive_type(pa.int64()) == "bigint" and athena.hive_type(pa.float64()) == "double"
     with pytest.raises(TypeError, match="no Athena type"):
         athena.hive_type(pa.binary())
@@ -250,19 +323,35 @@ def test_query_cannot_read_or_write_outside_the_output(sql: str, capsys, local_o
 
 
 def test_query_may_still_read_its_own_output_any_way(capsys, local_out: str):
-    sql = (f"SELECT count(*) AS n FROM read_parquet('{local_out}/words/**/*.parquet') "
-           "UNION ALL SELECT count(*) FROM words")
+    sql = (
+        f"SELECT count(*) AS n FROM read_parquet('{local_out}/words/**/*.parquet') "
+        "UNION ALL SELECT count(*) FROM words"
+    )
     assert [r["n"] for r in run_json(capsys, local_out, sql)] == [11, 11]
 
 
-def test_endpoint_credentials_never_reach_a_message(capsys, monkeypatch, tmp_path: Path, tiny_models,
-                                                   s3_endpoint, fresh_storage):
+def test_endpoint_credentials_never_reach_a_message(
+    capsys, monkeypatch, tmp_path: Path, tiny_models, s3_endpoint, fresh_storage
+):
     """`--s3-endpoint-url http://KEY:SECRET@host`: whatever fails, neither half is printed."""
     monkeypatch.setenv("HTR_S3_MAX_ATTEMPTS", "1")
     url = "http://AKIDLEAKYKEY:VERYSECRETVALUE@127.0.0.1:9"
     assert htr(["query", "s3://bucket/out/", "SELECT 1", "--s3-endpoint-url", url]) != 0
-    assert htr(["run", str(tmp_path), "s3://bucket/out/", "--s3-endpoint-url", url,
-                "--models", str(tiny_models), "--no-progress"]) != 0
+    assert (
+        htr(
+            [
+                "run",
+                str(tmp_path),
+                "s3://bucket/out/",
+                "--s3-endpoint-url",
+                url,
+                "--models",
+                str(tiny_models),
+                "--no-progress",
+            ]
+        )
+        != 0
+    )
     out, err = capsys.readouterr()
     assert "AKIDLEAKYKEY" not in out + err and "VERYSECRETVALUE" not in out + err
     assert "***@127.0.0.1:9" in err

@@ -1,6 +1,7 @@
 """Bad input that is not a bad document: an input tree with symlink loops, dangling links,
 FIFOs and unreadable folders, and a multi-page TIFF with one corrupt page. None of it may
 crash a run or pass silently; each becomes a skip or an error record naming it."""
+
 from __future__ import annotations
 
 import io
@@ -13,7 +14,6 @@ from PIL import Image
 from batch import storage
 from batch.core.errors import CorruptDocument
 from batch.outputs import read_table
-from tests.worker_helpers import one_word_models  # noqa: F401 (a fixture)
 from tests.worker_helpers import htr_inprocess, png
 from transforms.rasterise import iter_pages
 
@@ -21,8 +21,10 @@ from transforms.rasterise import iter_pages
 def fax_tiff(pages: int = 3, corrupt: int | None = None) -> bytes:
     """A multi-page CCITT G4 TIFF; page `corrupt` (1-based) has its strip scrambled."""
     rng = np.random.default_rng(0)
-    ims = [Image.fromarray((rng.random((120, 160)) > 0.5).astype(np.uint8) * 255).convert("1")
-           for _ in range(pages)]
+    ims = [
+        Image.fromarray((rng.random((120, 160)) > 0.5).astype(np.uint8) * 255).convert("1")
+        for _ in range(pages)
+    ]
     buf = io.BytesIO()
     ims[0].save(buf, format="TIFF", save_all=True, append_images=ims[1:], compression="group4")
     data = bytearray(buf.getvalue())
@@ -47,21 +49,24 @@ def test_a_hostile_input_tree_never_stops_the_run(tmp_path, one_word_models, cap
     (inp / "sub").mkdir(parents=True)
     (inp / "a.png").write_bytes(png(1))
     (inp / "sub" / "b.png").write_bytes(png(2))
-    os.symlink("loop", inp / "loop")                  # ELOOP on stat
+    os.symlink("loop", inp / "loop")  # ELOOP on stat
     os.symlink(inp / "nowhere.png", inp / "dangling.png")
-    os.symlink(inp, inp / "sub" / "up")               # a folder link: not followed, no cycle
-    os.mkfifo(inp / "pipe.png")                       # reading it would block forever
+    os.symlink(inp, inp / "sub" / "up")  # a folder link: not followed, no cycle
+    os.mkfifo(inp / "pipe.png")  # reading it would block forever
     (inp / "locked").mkdir()
     (inp / "locked" / "c.png").write_bytes(png(3))
     os.chmod(inp / "locked", 0)
     try:
         keys = [o.key for o in storage.list_objects(str(inp))]
         readable_locked = os.access(inp / "locked", os.R_OK)  # root reads it anyway
-        assert keys == ["a.png", "dangling.png"] + (["locked/c.png"] if readable_locked else []) \
-            + ["loop", "sub/b.png"]
+        assert keys == ["a.png", "dangling.png"] + (["locked/c.png"] if readable_locked else []) + [
+            "loop",
+            "sub/b.png",
+        ]
 
-        rc, s = htr_inprocess(capsys, "run", inp, tmp_path / "out", "--models", one_word_models,
-                              "--no-progress")
+        rc, s = htr_inprocess(
+            capsys, "run", inp, tmp_path / "out", "--models", one_word_models, "--no-progress"
+        )
     finally:
         os.chmod(inp / "locked", 0o755)
     assert rc == 3 and s["errors"] == 2 and s["documents"] == len(keys)

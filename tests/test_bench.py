@@ -1,4 +1,5 @@
 """jobs.bench helpers that decide reported numbers (the benchmark itself is `make bench`, not a test)."""
+
 from __future__ import annotations
 
 import os
@@ -13,15 +14,15 @@ from jobs.bench import tree_rss
 
 def test_tree_rss_skips_a_child_that_has_not_exec_d_yet():
     """A forked copy shares the parent's pages; counting its RSS would double the peak."""
-    ballast = np.ones(200 << 20 >> 3)   # 200 MiB, touched
+    ballast = np.ones(200 << 20 >> 3)  # 200 MiB, touched
     me = psutil.Process()
     pid = os.fork()
-    if pid == 0:                        # the copy: never execs, just waits
+    if pid == 0:  # the copy: never execs, just waits
         time.sleep(3)
         os._exit(0)
     try:
         time.sleep(0.3)
-        assert psutil.Process(pid).memory_info().rss > 150 << 20   # psutil alone would count it
+        assert psutil.Process(pid).memory_info().rss > 150 << 20  # psutil alone would count it
         assert tree_rss(me) < me.memory_info().rss + (50 << 20)
     finally:
         os.kill(pid, 9)

@@ -1,5 +1,6 @@
 """jobs.bench_e2e: the `htr run` end-to-end harness runs every available system on the same files
 (no timing assertions: the benchmark itself is `make bench`)."""
+
 from __future__ import annotations
 
 import io
@@ -47,16 +48,16 @@ def test_lanes_read_images_and_every_pdf_page(tmp_path):
 def test_e2e_table_has_a_row_per_available_system(tmp_path, tiny_models, htr_cmd, subprocess_env):
     systems, skipped = available_systems()
     for name in ("tesseract", "rapidocr"):
-        assert name in systems or skipped[name]      # a missing peer is skipped with its reason
+        assert name in systems or skipped[name]  # a missing peer is skipped with its reason
     folder = two_pages(tmp_path / "in")
     env = Env(htr=htr_cmd, run_args=["--models", str(tiny_models)], env=subprocess_env, timeout=300)
     run = run_e2e([PageSet("2 pages", folder, 2, "tiny test pages")], env, warm=False, log=lambda _: None)
     rows = table_rows(run)
     assert [r[1] for r in rows] == systems
     for r in rows:
-        assert r[2] == "2", r                          # every system read both pages, none failed
+        assert r[2] == "2", r  # every system read both pages, none failed
     htr = rows[0]
-    assert htr[6] != "-"                               # steady-state pages/s from htr run's summary
+    assert htr[6] != "-"  # steady-state pages/s from htr run's summary
     text = "\n".join(section(run))
     assert "`htr run` end to end" in text
     assert all(f"{name} not run: {why}" in text for name, why in skipped.items())

@@ -1,5 +1,6 @@
 """`htr bench`'s real-data table (jobs/bench_real.py) and the bench's GT line-crop readers, on tiny
 line-level sets built here (cv2-drawn pages, polygons, a manifest per set, a validation list)."""
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,9 @@ def write_set(folder: Path, pages: dict[str, list[str]]) -> None:
             texts.append({"text": text, "polygon": line_poly(40, 340, top), "line_idx": k})
         (folder / "images").mkdir(exist_ok=True)
         cv2.imwrite(str(folder / "images" / name), img)
-        rows.append(json.dumps({"source-ref": f"images/{name}", "annotations": {"texts": texts},
-                                "level": "line"}))
+        rows.append(
+            json.dumps({"source-ref": f"images/{name}", "annotations": {"texts": texts}, "level": "line"})
+        )
     (folder / "manifest.jsonl").write_text("\n".join(rows) + "\n")
 
 
@@ -63,7 +65,7 @@ def md_table_after(md: str, title: str) -> dict[str, list[str]]:
     lines = md.splitlines()
     start = next(i for i, ln in enumerate(lines) if ln.startswith(title))
     rows = {}
-    for ln in lines[start + 1:]:
+    for ln in lines[start + 1 :]:
         if ln.startswith("|"):
             if not ln.startswith("|---"):
                 cells = [c.strip() for c in ln.strip("|").split("|")]
@@ -76,15 +78,17 @@ def md_table_after(md: str, title: str) -> dict[str, list[str]]:
 def test_real_sets_take_the_listed_validation_pages_only(real_dir):
     root, split = real_dir
     sets, notes = real_sets(root, split)
-    assert [(ds.name, [Path(p.uri).name for p in ds.pages]) for ds in sets] == \
-        [("alpha", ["a1.png"]), ("beta", ["b1.png"])]
+    assert [(ds.name, [Path(p.uri).name for p in ds.pages]) for ds in sets] == [
+        ("alpha", ["a1.png"]),
+        ("beta", ["b1.png"]),
+    ]
     assert all(p.level == "line" for ds in sets for p in ds.pages)
     assert any(n.startswith("gamma:") for n in notes)
     split.write_text("alpha/a1.png\nalpha/a2.png\nbeta/b1.png\nbeta/missing.png\n")
     sets, notes = real_sets(root, split)
     assert [len(ds.pages) for ds in sets] == [2, 1]
     assert any(n.startswith("beta: 1 listed pages are not") for n in notes)
-    sets, _ = real_sets(root, split, limit=1)                  # --real-limit 1
+    sets, _ = real_sets(root, split, limit=1)  # --real-limit 1
     assert [len(ds.pages) for ds in sets] == [1, 1]
 
 
@@ -103,9 +107,28 @@ def test_htr_bench_real_table(tmp_path, real_dir, constant_models, capsys):
     root, split = real_dir
     out = tmp_path / "BENCH.md"
     systems = "htr-batch" + (",tesseract" if TESSERACT else "")
-    rc = main(["bench", "--synthetic-pages", "0", "--no-dev", "--skip-memory", "--no-e2e",
-               "--threads", "1", "--systems", systems, "--models", str(constant_models), "--real", str(root),
-               "--real-split", str(split), "--out", str(out)])
+    rc = main(
+        [
+            "bench",
+            "--synthetic-pages",
+            "0",
+            "--no-dev",
+            "--skip-memory",
+            "--no-e2e",
+            "--threads",
+            "1",
+            "--systems",
+            systems,
+            "--models",
+            str(constant_models),
+            "--real",
+            str(root),
+            "--real-split",
+            str(split),
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     md = out.read_text()
     assert "## Real data: line-level sets (the training sets' validation pages)" in md
@@ -119,17 +142,24 @@ def test_htr_bench_real_table(tmp_path, real_dir, constant_models, capsys):
     for table in (f1, crop, page, speed):
         assert table["set"] == ["pages", *names]
         assert list(table) == ["set", "alpha", "beta", ALL]
-        assert [table[s][0] for s in ("alpha", "beta", ALL)] == ["1", "1", "2"]   # a2 is not validation
+        assert [table[s][0] for s in ("alpha", "beta", ALL)] == ["1", "1", "2"]  # a2 is not validation
     assert bow["set"] == ["pages", *names, "chance"]
-    ours = {name: {s: float(t[s][1]) for s in ("alpha", "beta", ALL)}
-            for name, t in (("f1", f1), ("crop", crop), ("page", page), ("bow", bow), ("speed", speed))}
-    assert ours["crop"] == {"alpha": pytest.approx(0.8, abs=1e-3),    # "x" vs "ax by", "x" vs "cx dx"
-                            "beta": pytest.approx(0.8, abs=1e-3),     # "x" vs "x y", "x" vs "zz"
-                            ALL: pytest.approx(0.8, abs=1e-3)}        # 12 / 15
-    assert ours["page"] == {"alpha": pytest.approx(10 / 11, abs=1e-3), "beta": pytest.approx(5 / 6, abs=1e-3),
-                            ALL: pytest.approx(15 / 17, abs=1e-3)}   # micro-average
+    ours = {
+        name: {s: float(t[s][1]) for s in ("alpha", "beta", ALL)}
+        for name, t in (("f1", f1), ("crop", crop), ("page", page), ("bow", bow), ("speed", speed))
+    }
+    assert ours["crop"] == {
+        "alpha": pytest.approx(0.8, abs=1e-3),  # "x" vs "ax by", "x" vs "cx dx"
+        "beta": pytest.approx(0.8, abs=1e-3),  # "x" vs "x y", "x" vs "zz"
+        ALL: pytest.approx(0.8, abs=1e-3),
+    }  # 12 / 15
+    assert ours["page"] == {
+        "alpha": pytest.approx(10 / 11, abs=1e-3),
+        "beta": pytest.approx(5 / 6, abs=1e-3),
+        ALL: pytest.approx(15 / 17, abs=1e-3),
+    }  # micro-average
     assert ours["bow"]["alpha"] == 0.0 and ours["bow"]["beta"] == pytest.approx(0.5, abs=1e-3)
-    assert ours["f1"][ALL] == 0.0                                      # one box over the whole page
+    assert ours["f1"][ALL] == 0.0  # one box over the whole page
     assert all(v > 0 for v in ours["speed"].values())
     if TESSERACT:
         theirs = [float(crop[s][2]) for s in ("alpha", "beta", ALL)] + [float(page[ALL][2])]
@@ -139,10 +169,15 @@ def test_htr_bench_real_table(tmp_path, real_dir, constant_models, capsys):
 
 
 def _fake_line_pipe(calls: list):
-    return SimpleNamespace(line_mode=True, crop_height=32, max_width=2048,
-                           line_crop=lambda gray, q: np.zeros((32, 300), np.uint8),
-                           read_lines=lambda crops: calls.append(len(crops)) or
-                           [[("Dear", 0.9, 0.0, 0.4), ("Sir", 0.8, 0.5, 1.0)] for _ in crops])
+    return SimpleNamespace(
+        line_mode=True,
+        crop_height=32,
+        max_width=2048,
+        line_crop=lambda gray, q: np.zeros((32, 300), np.uint8),
+        read_lines=lambda crops: (
+            calls.append(len(crops)) or [[("Dear", 0.9, 0.0, 0.4), ("Sir", 0.8, 0.5, 1.0)] for _ in crops]
+        ),
+    )
 
 
 def test_htr_host_reads_gt_lines_with_the_pipelines_line_reader(tiny_line_models):
@@ -152,7 +187,7 @@ def test_htr_host_reads_gt_lines_with_the_pipelines_line_reader(tiny_line_models
     host = SimpleNamespace(pipe=_fake_line_pipe(calls), clock=StageClock())
     quads = [np.float32([[10, 10], [300, 10], [300, 50], [10, 50]])] * 2
     gray = np.full((100, 400), 255, np.uint8)
-    assert HtrHost.read_lines(host, (gray, quads)) == ["Dear Sir", "Dear Sir"]   # words joined by spaces
+    assert HtrHost.read_lines(host, (gray, quads)) == ["Dear Sir", "Dear Sir"]  # words joined by spaces
     assert calls == [2] and host.clock.enabled
 
     pipe = Pipeline.load(tiny_line_models, "cpu", PipelineConfig(lexicon=False, backend="torch"))
@@ -206,15 +241,38 @@ def test_rapidocr_reads_a_gt_line():
 
 
 def test_dev_metrics_split_line_types_into_their_own_rows():
-    results = {"htr-batch": {"pages": 2, "level": "line", "crop_cer": 0.5, "bow_f1": 0.4, "bow_f1_chance": 0.2,
-                             "crop_cer_handwritten": 0.6, "bow_f1_handwritten": 0.3,
-                             "crop_cer_printed": 0.1, "bow_f1_printed": 0.9, "bow_f1_handwritten_chance": 0.25},
-               "tesseract": {"pages": 2, "level": "line", "crop_cer": 0.7, "bow_f1": 0.2, "bow_f1_chance": 0.2,
-                             "crop_cer_handwritten": 0.9, "bow_f1_handwritten": 0.1,
-                             "crop_cer_printed": 0.2, "bow_f1_printed": 0.8, "bow_f1_handwritten_chance": 0.25}}
+    results = {
+        "htr-batch": {
+            "pages": 2,
+            "level": "line",
+            "crop_cer": 0.5,
+            "bow_f1": 0.4,
+            "bow_f1_chance": 0.2,
+            "crop_cer_handwritten": 0.6,
+            "bow_f1_handwritten": 0.3,
+            "crop_cer_printed": 0.1,
+            "bow_f1_printed": 0.9,
+            "bow_f1_handwritten_chance": 0.25,
+        },
+        "tesseract": {
+            "pages": 2,
+            "level": "line",
+            "crop_cer": 0.7,
+            "bow_f1": 0.2,
+            "bow_f1_chance": 0.2,
+            "crop_cer_handwritten": 0.9,
+            "bow_f1_handwritten": 0.1,
+            "crop_cer_printed": 0.2,
+            "bow_f1_printed": 0.8,
+            "bow_f1_handwritten_chance": 0.25,
+        },
+    }
     assert [r[0] for r in metric_rows(results)] == ["crop_cer", "bow_f1", "bow_f1_chance"]
     typed = metric_rows(results, typed=True)
     assert [(r[0], r[1].split(" (")[0] + (" chance" if "chance" in r[1] else ""), *r[2:]) for r in typed] == [
-        ("handwritten", "crop CER", 0.6, 0.9), ("handwritten", "BoW F1", 0.3, 0.1),
+        ("handwritten", "crop CER", 0.6, 0.9),
+        ("handwritten", "BoW F1", 0.3, 0.1),
         ("handwritten", "BoW F1 chance", 0.25, 0.25),
-        ("printed", "crop CER", 0.1, 0.2), ("printed", "BoW F1", 0.9, 0.8)]
+        ("printed", "crop CER", 0.1, 0.2),
+        ("printed", "BoW F1", 0.9, 0.8),
+    ]

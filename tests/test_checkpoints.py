@@ -1,4 +1,5 @@
 """models.checkpoints: safetensors + JSON round trips, and what loading refuses."""
+
 from __future__ import annotations
 
 import json
@@ -70,6 +71,7 @@ def test_tiny_models_are_deterministic_per_seed(tmp_path):
 
 # ---- refusals --------------------------------------------------------------------------------------
 
+
 class _Trap:
     """Unpickling this creates a file: proof that a loader executed code from a checkpoint."""
 
@@ -119,8 +121,7 @@ def test_missing_files_are_refused(model_dir):
 def test_weights_of_another_architecture_are_refused(model_dir, tmp_path):
     # crnn_small weights next to a crnn_tiny config: shapes differ, strict loading refuses
     cfg = dict(recogniser.CONFIGS["crnn_small"])
-    checkpoints.save(recogniser.build("crnn_small", cfg), "recogniser", "crnn_small", cfg,
-                     tmp_path / "small")
+    checkpoints.save(recogniser.build("crnn_small", cfg), "recogniser", "crnn_small", cfg, tmp_path / "small")
     shutil.copy(tmp_path / "small" / "recogniser.safetensors", model_dir / "recogniser.safetensors")
     with pytest.raises(CheckpointError, match="does not match"):
         checkpoints.load(model_dir, "recogniser")
@@ -149,8 +150,10 @@ def test_truncated_safetensors_is_refused(model_dir):
         checkpoints.load(model_dir, "segmenter")
 
 
-@pytest.mark.parametrize("meta", ["{not json", json.dumps({"kind": "segmenter", "arch": "db_tiny",
-                                                           "config": {"no_such_option": 1}})])
+@pytest.mark.parametrize(
+    "meta",
+    ["{not json", json.dumps({"kind": "segmenter", "arch": "db_tiny", "config": {"no_such_option": 1}})],
+)
 def test_corrupt_or_wrong_json_is_a_checkpoint_error(model_dir, meta):
     (model_dir / "segmenter.json").write_text(meta)
     with pytest.raises(CheckpointError):
@@ -166,6 +169,7 @@ def test_weights_swapped_after_saving_are_refused(model_dir, tmp_path):
 
 # ---- through the pipeline ----------------------------------------------------------------------------
 
+
 def test_tiny_models_load_through_pipeline(tiny_models):
     pipe = Pipeline.load(tiny_models, device="cpu")
     seg_v = checkpoints.read_meta(tiny_models, "segmenter")["version"]
@@ -174,8 +178,7 @@ def test_tiny_models_load_through_pipeline(tiny_models):
     assert pipe.long_side == segmenter.CONFIGS["db_tiny"]["input_long_side"]
     assert pipe.max_width == recogniser.CONFIGS["crnn_tiny"]["max_width"]
     assert pipe.codec.charset == CHARSET
-    pages = pipe.process_pages([np.full((300, 200, 3), 255, np.uint8),
-                                np.full((100, 400, 3), 255, np.uint8)])
+    pages = pipe.process_pages([np.full((300, 200, 3), 255, np.uint8), np.full((100, 400, 3), 255, np.uint8)])
     assert [(p.page, p.width, p.height) for p in pages] == [(1, 200, 300), (2, 400, 100)]
 
 

@@ -1,4 +1,5 @@
 """transforms.crops: rectifying word quads, ink normalisation, width-bucketed batches."""
+
 from __future__ import annotations
 
 import math
@@ -7,15 +8,25 @@ import cv2
 import numpy as np
 import pytest
 
-from transforms.crops import (CROP_HEIGHT, WIDTH_BUCKETS, bucket_width, crop_width, ink_levels,
-                              normalise_ink, pack, plan_batches, quad_size, rectify)
+from transforms.crops import (
+    CROP_HEIGHT,
+    WIDTH_BUCKETS,
+    bucket_width,
+    crop_width,
+    ink_levels,
+    normalise_ink,
+    pack,
+    plan_batches,
+    quad_size,
+    rectify,
+)
 
 
 def rotated_quad(cx: float, cy: float, w: float, h: float, degrees: float) -> np.ndarray:
     """TL, TR, BR, BL of a w x h rectangle centred at (cx, cy), turned clockwise on screen."""
     a = math.radians(degrees)
-    ux, uy = math.cos(a), math.sin(a)          # along the text
-    vx, vy = -math.sin(a), math.cos(a)         # down the text
+    ux, uy = math.cos(a), math.sin(a)  # along the text
+    vx, vy = -math.sin(a), math.cos(a)  # down the text
     pts = [(-w / 2, -h / 2), (w / 2, -h / 2), (w / 2, h / 2), (-w / 2, h / 2)]
     return np.array([[cx + x * ux + y * vx, cy + x * uy + y * vy] for x, y in pts], np.float32)
 
@@ -28,14 +39,19 @@ def page_with_left_half_inked(quad_w: float, quad_h: float, degrees: float, size
     cx, cy = w / 2, h / 2
     m = 0.15 * quad_h
     a = math.radians(degrees)
-    left = rotated_quad(cx - quad_w / 4 * math.cos(a), cy - quad_w / 4 * math.sin(a),
-                        quad_w / 2 - 2 * m, quad_h - 2 * m, degrees)
+    left = rotated_quad(
+        cx - quad_w / 4 * math.cos(a),
+        cy - quad_w / 4 * math.sin(a),
+        quad_w / 2 - 2 * m,
+        quad_h - 2 * m,
+        degrees,
+    )
     cv2.fillPoly(gray, [np.round(left).astype(np.int32)], 0)
     return gray, rotated_quad(cx, cy, quad_w, quad_h, degrees)
 
 
 @pytest.mark.parametrize("degrees", [0, 20, -35, 180])
-@pytest.mark.parametrize("quad_h", [32, 120])   # 120: shrunk by area averaging first
+@pytest.mark.parametrize("quad_h", [32, 120])  # 120: shrunk by area averaging first
 def test_rectify_gives_upright_content(degrees, quad_h):
     """The quad's TL corner maps to the crop's top left whatever its angle (180: upside down
     on the page, so the crop turns it back)."""
@@ -45,8 +61,8 @@ def test_rectify_gives_upright_content(degrees, quad_h):
     assert crop.dtype == np.uint8 and crop.shape == (CROP_HEIGHT, 4 * CROP_HEIGHT)
     ink = crop < 128
     w = crop.shape[1]
-    core = ink[6:-6, 6:w // 2 - 6]              # inside the inked half, away from its border
-    paper = ink[:, w // 2 + 4:]                 # the other half
+    core = ink[6:-6, 6 : w // 2 - 6]  # inside the inked half, away from its border
+    paper = ink[:, w // 2 + 4 :]  # the other half
     assert core.mean() > 0.95, core.mean()
     assert paper.mean() < 0.02, paper.mean()
 
@@ -82,7 +98,7 @@ def test_quad_size_and_crop_width():
     w, h = quad_size(trap)
     assert w == pytest.approx(80) and h == pytest.approx(math.hypot(20, 30))
     assert crop_width(rotated_quad(0, 0, 80, 20, 0)) == 128
-    assert crop_width(rotated_quad(0, 0, 80, 0.1, 0)) == 512      # degenerate height: capped
+    assert crop_width(rotated_quad(0, 0, 80, 0.1, 0)) == 512  # degenerate height: capped
 
 
 def test_normalise_ink_maps_paper_to_0_and_ink_to_1():
@@ -103,8 +119,16 @@ def test_normalise_ink_maps_paper_to_0_and_ink_to_1():
 
 
 def test_bucket_width():
-    assert [bucket_width(w) for w in (1, 32, 33, 64, 65, 512, 513, 5000)] == \
-        [32, 32, 64, 64, 96, 512, 512, 512]
+    assert [bucket_width(w) for w in (1, 32, 33, 64, 65, 512, 513, 5000)] == [
+        32,
+        32,
+        64,
+        64,
+        96,
+        512,
+        512,
+        512,
+    ]
     assert WIDTH_BUCKETS == tuple(sorted(WIDTH_BUCKETS))
 
 
@@ -123,11 +147,11 @@ def test_plan_batches_groups_by_bucket_and_splits():
 
 def test_pack_pads_with_zero_to_the_bucket():
     a = np.full((32, 40), 255, np.uint8)
-    a[:, :20] = 0                                # left half ink
-    b = np.zeros((32, 70), np.uint8)             # all ink
+    a[:, :20] = 0  # left half ink
+    b = np.zeros((32, 70), np.uint8)  # all ink
     b[:, 60:] = 255
     batch, widths = pack([a, b])
-    assert batch.shape == (2, 1, 32, 96) and batch.dtype == np.float32   # 70 -> bucket 96
+    assert batch.shape == (2, 1, 32, 96) and batch.dtype == np.float32  # 70 -> bucket 96
     assert widths.tolist() == [40, 70]
     assert (batch[0, 0, :, :20] == 1).all() and (batch[0, 0, :, 20:] == 0).all()
     assert (batch[1, 0, :, :60] == 1).all() and (batch[1, 0, :, 60:] == 0).all()
@@ -151,4 +175,4 @@ def test_ink_levels_equal_numpy_percentiles():
 def test_plan_batches_by_column_budget_puts_fewer_wide_crops_in_a_batch():
     widths = [40] * 5 + [500] * 5
     plan = plan_batches(widths, batch_size=100, columns=1100)
-    assert plan == [[0, 1, 2, 3, 4], [5, 6], [7, 8], [9]]        # 1100 // 64 = 17; 1100 // 512 = 2
+    assert plan == [[0, 1, 2, 3, 4], [5, 6], [7, 8], [9]]  # 1100 // 64 = 17; 1100 // 512 = 2

@@ -1,4 +1,5 @@
 """CTC pieces: the charset codec (encode, best-path decode, normalise) and greedy_decode."""
+
 from __future__ import annotations
 
 import math
@@ -19,11 +20,12 @@ def ids(text: str) -> list[int]:
 
 # ---- Codec ---------------------------------------------------------------------------------------
 
+
 def test_charset_and_classes():
     assert len(set(CHARSET)) == len(CHARSET) == 153
     assert " " in CHARSET and "£" in CHARSET and "€" in CHARSET and "°" in CHARSET
-    assert all(c in CHARSET for c in "éèêàçôûïëüöäßœæ’«»–—½")     # real documents' letters and marks
-    assert codec.num_classes == len(CHARSET) + 1      # + the CTC blank at index 0
+    assert all(c in CHARSET for c in "éèêàçôûïëüöäßœæ’«»–—½")  # real documents' letters and marks
+    assert codec.num_classes == len(CHARSET) + 1  # + the CTC blank at index 0
     assert 0 not in codec.encode(CHARSET)
 
 
@@ -34,10 +36,10 @@ def test_encode_uses_class_index_plus_one():
 
 
 def test_decode_collapses_repeats_and_drops_blanks():
-    h, e, l, o = ids("helo")
+    h, e, l, o = ids("helo")  # noqa: E741 (the letter l)
     assert codec.decode_greedy([h, h, 0, e, e, e, l, l, 0, 0, l, o, o]) == "hello"
-    assert codec.decode_greedy([l, l, l]) == "l"           # a repeat is one letter...
-    assert codec.decode_greedy([l, 0, l]) == "ll"          # ...a blank between makes two
+    assert codec.decode_greedy([l, l, l]) == "l"  # a repeat is one letter...
+    assert codec.decode_greedy([l, 0, l]) == "ll"  # ...a blank between makes two
     assert codec.decode_greedy([0, 0, 0]) == ""
     assert codec.decode_greedy([]) == ""
 
@@ -46,23 +48,26 @@ def test_encode_decode_round_trip_with_blanks_between():
     text = "Meet me at 10:30, by the £5 stall (50% off) -- 'ok'?"
     path = []
     for k in codec.encode(text):
-        path += [k, k, 0]                                   # each letter held 2 frames, then blank
+        path += [k, k, 0]  # each letter held 2 frames, then blank
     assert codec.decode_greedy(path) == text
 
 
-@pytest.mark.parametrize("raw, folded", [
-    ("it’s", "it’s"),                                       # in the charset: kept
-    ("‘quoted’ “twice”", "'quoted’ \"twice\""),
-    ("well…", "well..."),
-    ("1990–2000 — done", "1990–2000 — done"),
-    ("café naïve Ångström", "café naïve Angström"),         # Å is not in the charset: A
-    ("ﬁne", "fine"),                                        # ligature, decomposed by NFKD
-    ("ſome", "some"),
-    ("a\u00a0b", "a b"),
-    ("€5 £3 20°", "€5 £3 20°"),                             # in the charset: kept as is
-    ("日本 ok", " ok"),                                     # nothing to fold to: dropped
-    ("emoji 🙂!", "emoji !"),
-])
+@pytest.mark.parametrize(
+    "raw, folded",
+    [
+        ("it’s", "it’s"),  # in the charset: kept
+        ("‘quoted’ “twice”", '\'quoted’ "twice"'),
+        ("well…", "well..."),
+        ("1990–2000 — done", "1990–2000 — done"),
+        ("café naïve Ångström", "café naïve Angström"),  # Å is not in the charset: A
+        ("ﬁne", "fine"),  # ligature, decomposed by NFKD
+        ("ſome", "some"),
+        ("a\u00a0b", "a b"),
+        ("€5 £3 20°", "€5 £3 20°"),  # in the charset: kept as is
+        ("日本 ok", " ok"),  # nothing to fold to: dropped
+        ("emoji 🙂!", "emoji !"),
+    ],
+)
 def test_normalise_folds_look_alikes_and_drops_unknowns(raw, folded):
     assert normalise(raw) == folded
     assert codec.encode(raw) == ids(folded)
@@ -72,11 +77,12 @@ def test_normalise_folds_look_alikes_and_drops_unknowns(raw, folded):
 def test_codec_with_a_custom_charset():
     small = Codec("abc")
     assert small.num_classes == 4
-    assert small.encode("cab d") == [3, 1, 2]               # space and d are not in this charset
+    assert small.encode("cab d") == [3, 1, 2]  # space and d are not in this charset
     assert small.decode_greedy([3, 3, 0, 1, 2]) == "cab"
 
 
 # ---- greedy_decode -------------------------------------------------------------------------------
+
 
 def log_probs_for(paths: list[list[int]], peak: float, num_classes: int = 10) -> torch.Tensor:
     """B x T x C log-probabilities whose best class at each frame is paths[b][t], with
@@ -110,7 +116,7 @@ def test_confidence_is_geometric_mean_of_emitting_frames():
     lp = p.log()
     (seq,), (conf,) = greedy_decode(lp)
     assert seq == path
-    assert conf == pytest.approx(math.sqrt(0.6 * 0.9), rel=1e-4)   # frames 1 and 4 only
+    assert conf == pytest.approx(math.sqrt(0.6 * 0.9), rel=1e-4)  # frames 1 and 4 only
 
 
 def test_confidence_is_higher_for_a_peaked_distribution():
@@ -165,14 +171,16 @@ def test_pool_is_max_pooling(kernel, width):
 
 def test_normalise_keeps_what_the_charset_has_and_folds_the_rest():
     assert normalise("l’été — « ça »") == "l’été — « ça »"
-    assert normalise("“quoted”") == '"quoted"'                 # not in the charset: folded
-    assert normalise("Ĵ") == "J"                                   # accent stripped when absent
+    assert normalise("“quoted”") == '"quoted"'  # not in the charset: folded
+    assert normalise("Ĵ") == "J"  # accent stripped when absent
     from models.charset import ASCII_CHARSET
-    assert normalise("l’été", ASCII_CHARSET) == "l'ete"            # an older model's charset
+
+    assert normalise("l’été", ASCII_CHARSET) == "l'ete"  # an older model's charset
 
 
 def test_word_spans_split_a_line_at_spaces_with_frames():
     from models.recogniser.crnn import word_spans
+
     space = CHARSET.index(" ") + 1
     seq = [ids("a")[0], ids("a")[0], 0, ids("b")[0], space, space, 0, ids("c")[0], 0]
     lp = torch.full((len(seq), len(CHARSET) + 1), -10.0)
@@ -188,4 +196,5 @@ def test_word_spans_split_a_line_at_spaces_with_frames():
 def test_the_synthetic_engine_probes_fonts_for_every_extra_class():
     from models.charset import LATIN_EXTRA
     from transforms import fonts
-    assert fonts.LATIN_EXTRA == LATIN_EXTRA        # kept apart (transforms do not import models), kept equal
+
+    assert fonts.LATIN_EXTRA == LATIN_EXTRA  # kept apart (transforms do not import models), kept equal

@@ -1,6 +1,7 @@
 """The real `htr` executable's exit status is the command's, never a random abort at
 interpreter exit (native thread pools of pyarrow / boto3 / duckdb / torch still alive), and
 what it printed is all there: batch.cli.exit_now."""
+
 from __future__ import annotations
 
 import subprocess
@@ -17,8 +18,9 @@ HTR = Path(sys.executable).with_name("htr")
 
 
 def htr(*argv: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(HTR), *map(str, argv)], env=child_env(), capture_output=True,
-                          text=True, timeout=300)
+    return subprocess.run(
+        [str(HTR), *map(str, argv)], env=child_env(), capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.mark.skipif(not HTR.exists(), reason="htr is not installed in this environment")

@@ -1,6 +1,7 @@
 """Archive exports (batch.exports): ALTO and PAGE XML valid against the official schemas, hOCR
 that parses with the right boxes, searchable PDFs whose words poppler finds on their boxes, and
 all of them written exactly once by `htr run --formats` and `htr export`."""
+
 from __future__ import annotations
 
 import io
@@ -18,10 +19,10 @@ from PIL import Image, ImageDraw
 
 from batch.cli import main as htr
 from batch.core.errors import EXIT_BAD_ARGS, EXIT_OK
+from batch.core.ids import doc_id_for
+from batch.core.schema import DocumentRecord, Line, Page, Point, Word
 from batch.exports import FORMATS, parse_formats, render
 from batch.exports.pdf import ExportError
-from batch.core.schema import DocumentRecord, Line, Page, Point, Word
-from batch.core.ids import doc_id_for
 
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
 DEFAULT_MODELS = Path(__file__).resolve().parents[1] / "models" / "default"
@@ -39,27 +40,35 @@ def page_schema() -> etree.XMLSchema:
 
 def valid(schema: etree.XMLSchema, data: bytes) -> etree._ElementTree:
     tree = etree.parse(io.BytesIO(data))
-    schema.assertValid(tree)   # raises DocumentInvalid with the line and the reason
+    schema.assertValid(tree)  # raises DocumentInvalid with the line and the reason
     return tree
 
 
 # ---- records built directly --------------------------------------------------------------------
+
 
 def quad(x0, y0, x1, y1, skew=0.0) -> list[Point]:
     return [Point(x0, y0 + skew), Point(x1, y0), Point(x1, y1), Point(x0, y1 + skew)]
 
 
 def record(source: bytes = b"src", source_uri: str = "/archive/box 1/letter&1.png") -> DocumentRecord:
-    l0 = [Word("Dear", 0.91, 0.8, quad(100, 100, 220, 150), 0, 0),
-          Word('"Annie"', 0.42, 0.7, quad(240, 102, 420, 152), 1, 0),
-          Word("&<ça>", 0.05, 0.6, quad(440, 98, 560, 150, 4), 2, 0)]
-    l1 = [Word("£5—½", 1.0, 0.9, quad(-3, 200, 130, 262), 3, 1)]    # past the left edge
-    page1 = Page(1, 1000, 700, [
-        Line(0, l0, quad(95, 95, 565, 155), [Point(95, 148), Point(565, 150)]),
-        Line(1, l1)], dpi=200.0)                                     # line 1: no outline (v1)
+    l0 = [
+        Word("Dear", 0.91, 0.8, quad(100, 100, 220, 150), 0, 0),
+        Word('"Annie"', 0.42, 0.7, quad(240, 102, 420, 152), 1, 0),
+        Word("&<ça>", 0.05, 0.6, quad(440, 98, 560, 150, 4), 2, 0),
+    ]
+    l1 = [Word("£5—½", 1.0, 0.9, quad(-3, 200, 130, 262), 3, 1)]  # past the left edge
+    page1 = Page(
+        1,
+        1000,
+        700,
+        [Line(0, l0, quad(95, 95, 565, 155), [Point(95, 148), Point(565, 150)]), Line(1, l1)],
+        dpi=200.0,
+    )  # line 1: no outline (v1)
     page2 = Page(2, 1000, 700, [])
-    return DocumentRecord(doc_id_for(source), source_uri, [page1, page2], "seg-a+rec-b", "run-1",
-                          1764400000000, "image/png")
+    return DocumentRecord(
+        doc_id_for(source), source_uri, [page1, page2], "seg-a+rec-b", "run-1", 1764400000000, "image/png"
+    )
 
 
 NS_ALTO = {"a": "http://www.loc.gov/standards/alto/ns-v4#"}
@@ -68,7 +77,7 @@ NS_PAGE = {"p": "http://schema.primaresearch.org/PAGE/gts/pagecontent/2019-07-15
 
 def test_alto_is_valid_and_complete(alto_schema):
     doc = record()
-    (name, data), = render(doc, "alto").items()
+    ((name, data),) = render(doc, "alto").items()
     assert name == f"alto/{doc.doc_id}.xml"
     tree = valid(alto_schema, data)
     assert tree.findtext(".//a:MeasurementUnit", namespaces=NS_ALTO) == "pixel"
@@ -76,14 +85,17 @@ def test_alto_is_valid_and_complete(alto_schema):
     pages = tree.findall(".//a:Page", NS_ALTO)
     assert [(p.get("PHYSICAL_IMG_NR"), p.get("WIDTH")) for p in pages] == [("1", "1000"), ("2", "1000")]
     lines = tree.findall(".//a:TextLine", NS_ALTO)
-    assert [" ".join(s.get("CONTENT") for s in ln.findall("a:String", NS_ALTO)) for ln in lines] == \
-        ['Dear "Annie" &<ça>', "£5—½"]
+    assert [" ".join(s.get("CONTENT") for s in ln.findall("a:String", NS_ALTO)) for ln in lines] == [
+        'Dear "Annie" &<ça>',
+        "£5—½",
+    ]
     assert lines[0].get("BASELINE") == "95,148 565,150"
-    assert lines[1].get("BASELINE")            # computed from the words for a version 1 line
+    assert lines[1].get("BASELINE")  # computed from the words for a version 1 line
     strings = tree.findall(".//a:String", NS_ALTO)
-    assert [(s.get("HPOS"), s.get("VPOS"), s.get("WIDTH"), s.get("HEIGHT"), s.get("WC"))
-            for s in strings[:2]] == [("100", "100", "120", "50", "0.91"), ("240", "102", "180", "50", "0.42")]
-    assert strings[3].get("HPOS") == "0"        # clipped to the page
+    assert [
+        (s.get("HPOS"), s.get("VPOS"), s.get("WIDTH"), s.get("HEIGHT"), s.get("WC")) for s in strings[:2]
+    ] == [("100", "100", "120", "50", "0.91"), ("240", "102", "180", "50", "0.42")]
+    assert strings[3].get("HPOS") == "0"  # clipped to the page
     assert len(tree.findall(".//a:TextLine/a:SP", NS_ALTO)) == 2
     assert strings[2].find("a:Shape/a:Polygon", NS_ALTO).get("POINTS") == "440,102 560,98 560,150 440,154"
 
@@ -93,13 +105,17 @@ def test_page_xml_is_valid_per_page(page_schema):
     files = render(doc, "page")
     assert sorted(files) == [f"page/{doc.doc_id}/0001.xml", f"page/{doc.doc_id}/0002.xml"]
     tree = valid(page_schema, files[f"page/{doc.doc_id}/0001.xml"])
-    valid(page_schema, files[f"page/{doc.doc_id}/0002.xml"])           # an empty page too
+    valid(page_schema, files[f"page/{doc.doc_id}/0002.xml"])  # an empty page too
     page = tree.find("p:Page", NS_PAGE)
     assert (page.get("imageFilename"), page.get("imageXResolution")) == ("letter&1.png", "200.0")
-    assert tree.find(".//p:RegionRefIndexed", NS_PAGE).get("regionRef") == tree.find(".//p:TextRegion", NS_PAGE).get("id")
+    assert tree.find(".//p:RegionRefIndexed", NS_PAGE).get("regionRef") == tree.find(
+        ".//p:TextRegion", NS_PAGE
+    ).get("id")
     lines = tree.findall(".//p:TextLine", NS_PAGE)
-    assert [ln.findtext("p:TextEquiv/p:Unicode", namespaces=NS_PAGE) for ln in lines] == \
-        ['Dear "Annie" &<ça>', "£5—½"]
+    assert [ln.findtext("p:TextEquiv/p:Unicode", namespaces=NS_PAGE) for ln in lines] == [
+        'Dear "Annie" &<ça>',
+        "£5—½",
+    ]
     assert lines[0].find("p:Baseline", NS_PAGE).get("points") == "95,148 565,150"
     words = tree.findall(".//p:Word", NS_PAGE)
     assert [w.find("p:TextEquiv", NS_PAGE).get("conf") for w in words] == ["0.91", "0.42", "0.05", "1"]
@@ -109,7 +125,7 @@ def test_page_xml_is_valid_per_page(page_schema):
 class _Hocr(HTMLParser):
     def __init__(self):
         super().__init__()
-        self.items: list[tuple[str, str, str]] = []   # (class, title, text)
+        self.items: list[tuple[str, str, str]] = []  # (class, title, text)
         self._open: list[int] = []
 
     def handle_starttag(self, tag, attrs):
@@ -137,7 +153,7 @@ def _bbox(title: str) -> tuple[int, ...]:
 def test_hocr_parses_and_its_boxes_match():
     doc = record()
     (data,) = render(doc, "hocr").values()
-    etree.fromstring(data)                      # well-formed XHTML
+    etree.fromstring(data)  # well-formed XHTML
     parser = _Hocr()
     parser.feed(data.decode("utf-8"))
     kinds = [c for c, _, _ in parser.items]
@@ -149,7 +165,7 @@ def test_hocr_parses_and_its_boxes_match():
         assert _bbox(title) == (max(0, round(x0)), round(y0), round(x1), round(y1))
         assert f"x_wconf {round(100 * w.confidence)}" in title
     assert "scan_res 200 200" in parser.items[0][1]
-    assert "baseline 0.0043 -" in parser.items[1][1]   # the stored baseline, 2 px over 470
+    assert "baseline 0.0043 -" in parser.items[1][1]  # the stored baseline, 2 px over 470
 
 
 def test_formats_parse():
@@ -161,6 +177,7 @@ def test_formats_parse():
 
 # ---- searchable PDF ----------------------------------------------------------------------------
 
+
 def _poppler_words(pdf: bytes, tmp_path: Path) -> list[list[tuple[str, float, float, float, float]]]:
     """Per page, pdftotext -bbox's words (text, xMin, yMin, xMax, yMax in points); pdfinfo first."""
     path = tmp_path / "doc.pdf"
@@ -171,8 +188,15 @@ def _poppler_words(pdf: bytes, tmp_path: Path) -> list[list[tuple[str, float, fl
     assert out.returncode == 0 and not out.stderr.strip(), out.stderr
     pages = []
     for body in re.findall(r"<page [^>]*>(.*?)</page>", out.stdout, re.S):
-        pages.append([(m[4], *map(float, m[:4])) for m in re.findall(
-            r'<word xMin="([\d.]+)" yMin="([\d.]+)" xMax="([\d.]+)" yMax="([\d.]+)">(.*?)</word>', body)])
+        pages.append(
+            [
+                (m[4], *map(float, m[:4]))
+                for m in re.findall(
+                    r'<word xMin="([\d.]+)" yMin="([\d.]+)" xMax="([\d.]+)" yMax="([\d.]+)">(.*?)</word>',
+                    body,
+                )
+            ]
+        )
     return pages
 
 
@@ -202,17 +226,17 @@ def _png(size=(1000, 700), dpi=200) -> bytes:
 def test_pdf_from_a_png_has_the_words_on_their_boxes(tmp_path):
     source = _png()
     doc = record(source)
-    doc.pages[0].lines[0].words[2].polygon = quad(440, 100, 560, 150)   # pdftotext boxes are upright
+    doc.pages[0].lines[0].words[2].polygon = quad(440, 100, 560, 150)  # pdftotext boxes are upright
     doc.pages = doc.pages[:1]
     (pdf,) = render(doc, "pdf", source).values()
     check_pdf_words(pdf, doc, tmp_path)
     with pikepdf.open(io.BytesIO(pdf)) as p:
-        assert [float(v) for v in p.pages[0].mediabox] == [0, 0, 360, 252]    # 1000 px at 200 dpi
+        assert [float(v) for v in p.pages[0].mediabox] == [0, 0, 360, 252]  # 1000 px at 200 dpi
 
 
 def _jpeg(size=(300, 200), orientation: int | None = None) -> bytes:
     img = Image.new("RGB", size, "white")
-    ImageDraw.Draw(img).rectangle((0, 0, 60, 40), fill=(200, 0, 0))          # red mark top-left
+    ImageDraw.Draw(img).rectangle((0, 0, 60, 40), fill=(200, 0, 0))  # red mark top-left
     exif = Image.Exif()
     if orientation:
         exif[0x0112] = orientation
@@ -224,22 +248,30 @@ def _jpeg(size=(300, 200), orientation: int | None = None) -> bytes:
 @pytest.mark.parametrize("orientation", [1, 6, 3, 8])
 def test_pdf_keeps_a_jpeg_as_it_is_and_turns_it_upright(tmp_path, orientation):
     source = _jpeg(orientation=orientation)
-    upright = np.asarray(Image.open(io.BytesIO(_jpeg())).convert("RGB"))   # what orientation 1 shows
+    upright = np.asarray(Image.open(io.BytesIO(_jpeg())).convert("RGB"))  # what orientation 1 shows
     from PIL import ImageOps
+
     shown = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(source))).convert("RGB"))
     h, w = shown.shape[:2]
-    doc = DocumentRecord(doc_id_for(source), "x.jpg", [Page(1, w, h, [Line(0, [
-        Word("mark", 0.9, 0.9, quad(10, 10, 120, 40), 0, 0)])], dpi=100.0)], "m", "r", 0, "image/jpeg")
+    doc = DocumentRecord(
+        doc_id_for(source),
+        "x.jpg",
+        [Page(1, w, h, [Line(0, [Word("mark", 0.9, 0.9, quad(10, 10, 120, 40), 0, 0)])], dpi=100.0)],
+        "m",
+        "r",
+        0,
+        "image/jpeg",
+    )
     (pdf,) = render(doc, "pdf", source).values()
     with pikepdf.open(io.BytesIO(pdf)) as p:
         (image,) = [v for v in p.pages[0].Resources.XObject.values()]
-        assert image.read_raw_bytes() == source                               # not re-encoded
+        assert image.read_raw_bytes() == source  # not re-encoded
     path = tmp_path / "o.pdf"
     path.write_bytes(pdf)
     subprocess.run(["pdftoppm", "-r", "100", "-png", str(path), str(tmp_path / "r")], check=True)
     rendered = np.asarray(Image.open(next(tmp_path.glob("r*.png"))).convert("RGB")).astype(int)
     assert rendered.shape[:2] == (h, w)
-    assert np.abs(rendered - shown).mean() < 8                               # shown as a viewer would
+    assert np.abs(rendered - shown).mean() < 8  # shown as a viewer would
     assert orientation != 1 or np.abs(rendered - upright).mean() < 8
     check_pdf_words(pdf, doc, tmp_path)
 
@@ -259,10 +291,32 @@ def _pdf_source(rotate: int = 0) -> bytes:
 @pytest.mark.parametrize("rotate", [0, 90])
 def test_pdf_source_keeps_its_pages_and_gains_text(tmp_path, rotate):
     source = _pdf_source(rotate)
-    w, h = (300, 400) if rotate else (400, 300)    # page pixels at 72 dpi, as poppler shows it
-    doc = DocumentRecord(doc_id_for(source), "x.pdf", [Page(1, w, h, [Line(0, [
-        Word("Hello", 0.9, 0.9, quad(20, 30, 140, 60), 0, 0),
-        Word("world", 0.8, 0.9, quad(160, 30, 280, 60), 1, 0)])], dpi=72.0)], "m", "r", 0, "application/pdf")
+    w, h = (300, 400) if rotate else (400, 300)  # page pixels at 72 dpi, as poppler shows it
+    doc = DocumentRecord(
+        doc_id_for(source),
+        "x.pdf",
+        [
+            Page(
+                1,
+                w,
+                h,
+                [
+                    Line(
+                        0,
+                        [
+                            Word("Hello", 0.9, 0.9, quad(20, 30, 140, 60), 0, 0),
+                            Word("world", 0.8, 0.9, quad(160, 30, 280, 60), 1, 0),
+                        ],
+                    )
+                ],
+                dpi=72.0,
+            )
+        ],
+        "m",
+        "r",
+        0,
+        "application/pdf",
+    )
     (pdf,) = render(doc, "pdf", source).values()
     with pikepdf.open(io.BytesIO(source)) as a, pikepdf.open(io.BytesIO(pdf)) as b:
         (img_a,), (img_b,) = list(a.pages[0].get_images().values()), list(b.pages[0].get_images().values())
@@ -276,6 +330,7 @@ def test_pdf_refuses_a_changed_source():
 
 
 # ---- the real pipeline: htr run --formats, htr export --------------------------------------------
+
 
 def _printed_page() -> Image.Image:
     page = Image.new("RGB", (1100, 700), "white")
@@ -294,9 +349,10 @@ def _inputs(folder: Path) -> None:
     page = _printed_page()
     page.save(folder / "printed.png", dpi=(150, 150))
     exif = Image.Exif()
-    exif[0x0112] = 6                                   # stored turned; shown upright
-    page.transpose(Image.Transpose.ROTATE_90).save(folder / "photo.jpg", quality=85, exif=exif.tobytes(),
-                                                   dpi=(96, 96))
+    exif[0x0112] = 6  # stored turned; shown upright
+    page.transpose(Image.Transpose.ROTATE_90).save(
+        folder / "photo.jpg", quality=85, exif=exif.tobytes(), dpi=(96, 96)
+    )
     page.save(folder / "letter.pdf", resolution=100)
 
 
@@ -309,34 +365,52 @@ def real_run(tmp_path_factory) -> Path:
         pytest.skip("the shipped models (models/default/*.safetensors) are not in this checkout")
     root = tmp_path_factory.mktemp("real-run")
     _inputs(root / "in")
-    rc = htr(["run", str(root / "in"), str(root / "out"), "--formats", ALL, "--dpi", "100", "--no-progress",
-              "--no-lexicon"])
+    rc = htr(
+        [
+            "run",
+            str(root / "in"),
+            str(root / "out"),
+            "--formats",
+            ALL,
+            "--dpi",
+            "100",
+            "--no-progress",
+            "--no-lexicon",
+        ]
+    )
     assert rc == EXIT_OK
     return root / "out"
 
 
 def _docs(out: Path) -> list[DocumentRecord]:
-    return [DocumentRecord.from_json(json.loads(p.read_text())) for p in sorted((out / "documents").glob("*.json"))]
+    return [
+        DocumentRecord.from_json(json.loads(p.read_text()))
+        for p in sorted((out / "documents").glob("*.json"))
+    ]
 
 
 def test_run_records_lines_and_resolution(real_run):
     from batch.outputs import read_table
+
     docs = _docs(real_run)
     assert sorted(Path(d.source_uri).name for d in docs) == ["letter.pdf", "photo.jpg", "printed.png"]
     for d in docs:
         (page,) = d.pages
-        assert page.dpi == {"letter.pdf": 100.0, "printed.png": 150.0, "photo.jpg": 96.0}[Path(d.source_uri).name]
+        assert (
+            page.dpi
+            == {"letter.pdf": 100.0, "printed.png": 150.0, "photo.jpg": 96.0}[Path(d.source_uri).name]
+        )
         assert len(page.lines) == 2
         for ln in page.lines:
             assert len(ln.polygon) == 4 and len(ln.baseline) == 2
             ys = [p.y for w in ln.words for p in w.polygon]
-            assert min(ys) - 2 <= ln.baseline[0].y <= max(ys) + 2          # at the words' bottom
+            assert min(ys) - 2 <= ln.baseline[0].y <= max(ys) + 2  # at the words' bottom
             assert ln.baseline[0].x < ln.baseline[1].x
     words = read_table(str(real_run), "words", committed=True).to_pylist()
     assert words and all(len(r["line_polygon"]) == 4 and len(r["line_baseline"]) == 2 for r in words)
     pages = read_table(str(real_run), "pages", committed=True).to_pylist()
     assert sorted(str(r["dpi"]) for r in pages) == ["100.0", "150.0", "96.0"]
-    assert not list((real_run / "_ledger" / "pending").rglob("*"))     # staged exports published
+    assert not list((real_run / "_ledger" / "pending").rglob("*"))  # staged exports published
 
 
 def test_run_writes_every_format_valid(real_run, alto_schema, page_schema, tmp_path):
@@ -367,25 +441,31 @@ def test_export_command_rewrites_the_same_files(real_run, tmp_path):
 
 def test_export_command_reads_and_writes_s3(real_run, s3_bucket, fresh_storage):
     from batch import storage
+
     out = f"s3://{s3_bucket}/out/"
     for p in (real_run / "documents").glob("*.json"):
         storage.write_bytes(storage.join(out, "documents", p.name), p.read_bytes())
     assert htr(["export", out, "--to", "alto,pdf"]) == EXIT_OK
     doc = _docs(real_run)[0]
-    assert storage.read_bytes(storage.join(out, "alto", f"{doc.doc_id}.xml")) == \
-        (real_run / "alto" / f"{doc.doc_id}.xml").read_bytes()
+    assert (
+        storage.read_bytes(storage.join(out, "alto", f"{doc.doc_id}.xml"))
+        == (real_run / "alto" / f"{doc.doc_id}.xml").read_bytes()
+    )
     assert storage.read_bytes(storage.join(out, "pdf", f"{doc.doc_id}.pdf"))[:5] == b"%PDF-"
 
 
 # ---- exactly once: a killed run leaves no export the next run does not finish ----------------------
 
-from tests.worker_helpers import (bold_font, htr_inprocess, htr_subprocess, one_word_models,  # noqa: E402,F401
-                                 png)
+from tests.worker_helpers import bold_font, htr_inprocess, htr_subprocess, png  # noqa: E402
 
 
 def _export_files(out: Path) -> dict[str, bytes]:
-    return {p.relative_to(out).as_posix(): p.read_bytes()
-            for fmt in FORMATS for p in (out / fmt).rglob("*") if p.is_file()}
+    return {
+        p.relative_to(out).as_posix(): p.read_bytes()
+        for fmt in FORMATS
+        for p in (out / fmt).rglob("*")
+        if p.is_file()
+    }
 
 
 def _expected(out: Path) -> dict[str, bytes]:
@@ -405,13 +485,25 @@ def test_a_killed_run_leaves_exports_the_rerun_completes(tmp_path, one_word_mode
     for k in range(3):
         (src / f"p{k}.png").write_bytes(png(k))
     out = tmp_path / "out"
-    argv = ["run", src, out, "--models", one_word_models, "--formats", "alto,page,pdf",
-            "--no-progress", "--part-docs", "1", "--backend", "torch"]
+    argv = [
+        "run",
+        src,
+        out,
+        "--models",
+        one_word_models,
+        "--formats",
+        "alto,page,pdf",
+        "--no-progress",
+        "--part-docs",
+        "1",
+        "--backend",
+        "torch",
+    ]
     killed = htr_subprocess(argv, HTR_CRASH_AT="publish-after:2")
     assert killed.returncode == -9, killed.stderr[-2000:]
-    assert 3 <= len(_export_files(out)) < 9      # batch 1's three files; batch 2's not yet
+    assert 3 <= len(_export_files(out)) < 9  # batch 1's three files; batch 2's not yet
     assert htr_inprocess(capsys, *argv)[0] == 0
-    assert _export_files(out) == _expected(out) and len(_expected(out)) == 9   # 3 docs x 3 files
+    assert _export_files(out) == _expected(out) and len(_expected(out)) == 9  # 3 docs x 3 files
     assert not [p for p in (out / "_ledger" / "pending").rglob("*") if p.is_file()]
     # a changed source: the old document's exports go with its JSON
     old = _docs(out)
@@ -422,6 +514,7 @@ def test_a_killed_run_leaves_exports_the_rerun_completes(tmp_path, one_word_mode
 
 
 # ---- htr serve: the format the Accept header asks for ------------------------------------------------
+
 
 def test_serve_answers_in_the_format_accept_asks_for(one_word_models, alto_schema, page_schema, tmp_path):
     import http.client
@@ -438,7 +531,9 @@ def test_serve_answers_in_the_format_accept_asks_for(one_word_models, alto_schem
 
     def post(data: bytes, ctype: str, accept: str | None) -> tuple[int, str, bytes]:
         conn = http.client.HTTPConnection(host, port, timeout=60)
-        conn.request("POST", "/invocations", data, {"Content-Type": ctype, **({"Accept": accept} if accept else {})})
+        conn.request(
+            "POST", "/invocations", data, {"Content-Type": ctype, **({"Accept": accept} if accept else {})}
+        )
         r = conn.getresponse()
         out = (r.status, r.getheader("Content-Type"), r.read())
         conn.close()
@@ -448,9 +543,12 @@ def test_serve_answers_in_the_format_accept_asks_for(one_word_models, alto_schem
         page = png(7, (120, 160))
         status, ctype, body = post(page, "image/png", None)
         assert (status, ctype) == (200, "application/json")
-        (answer,) = json.loads(body)["pages"]                  # the SageMaker response: schema version 2
-        assert "dpi" in answer and all(len(ln["polygon"]) == 4 and len(ln["baseline"]) == 2
-                                       for ln in answer["lines"]) and answer["lines"]
+        (answer,) = json.loads(body)["pages"]  # the SageMaker response: schema version 2
+        assert (
+            "dpi" in answer
+            and all(len(ln["polygon"]) == 4 and len(ln["baseline"]) == 2 for ln in answer["lines"])
+            and answer["lines"]
+        )
         status, ctype, body = post(page, "image/png", "application/alto+xml")
         assert (status, ctype) == (200, "application/alto+xml")
         valid(alto_schema, body)
@@ -476,8 +574,21 @@ def test_sagemaker_collect_writes_the_formats(real_run, alto_schema, tmp_path):
     for d in _docs(real_run):
         (transform / f"{Path(d.source_uri).name}.out").write_text(json.dumps(d.to_json()))
     out = tmp_path / "collected"
-    assert htr(["sagemaker", "collect", str(transform), str(out), "--input", str(inputs),
-                "--formats", "alto,pdf"]) == EXIT_OK
+    assert (
+        htr(
+            [
+                "sagemaker",
+                "collect",
+                str(transform),
+                str(out),
+                "--input",
+                str(inputs),
+                "--formats",
+                "alto,pdf",
+            ]
+        )
+        == EXIT_OK
+    )
     for d in _docs(out):
         valid(alto_schema, (out / "alto" / f"{d.doc_id}.xml").read_bytes())
         check_pdf_words((out / "pdf" / f"{d.doc_id}.pdf").read_bytes(), d, tmp_path)
@@ -496,12 +607,16 @@ def test_a_failing_export_fails_only_its_document(tmp_path):
     with pytest.raises(ExportError):
         writer.add_document(record())
     writer.close()
-    assert read_documents(str(tmp_path / "out")) == [] and read_table(str(tmp_path / "out"), "words").num_rows == 0
+    assert (
+        read_documents(str(tmp_path / "out")) == []
+        and read_table(str(tmp_path / "out"), "words").num_rows == 0
+    )
     assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file() and "exports" in p.parts]
 
 
-def test_run_formats_on_s3_publish_and_retire_exports(s3_endpoint, s3_bucket, one_word_models, capsys,
-                                                      fresh_storage):
+def test_run_formats_on_s3_publish_and_retire_exports(
+    s3_endpoint, s3_bucket, one_word_models, capsys, fresh_storage
+):
     from batch import storage
     from tests.s3_server import s3_client
 
@@ -509,20 +624,37 @@ def test_run_formats_on_s3_publish_and_retire_exports(s3_endpoint, s3_bucket, on
     for k in range(2):
         client.put_object(Bucket=s3_bucket, Key=f"in/p{k}.png", Body=png(10 + k))
     out = f"s3://{s3_bucket}/out/"
-    argv = ["run", f"s3://{s3_bucket}/in/", out, "--models", one_word_models, "--formats", "alto,page",
-            "--no-progress", "--backend", "torch"]
+    argv = [
+        "run",
+        f"s3://{s3_bucket}/in/",
+        out,
+        "--models",
+        one_word_models,
+        "--formats",
+        "alto,page",
+        "--no-progress",
+        "--backend",
+        "torch",
+    ]
 
     def exported() -> set[str]:
-        keys = {o["Key"] for page in client.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket)
-                for o in page.get("Contents", [])}
+        keys = {
+            o["Key"]
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=s3_bucket)
+            for o in page.get("Contents", [])
+        }
         assert not [k for k in keys if "/_ledger/pending/" in k]
-        return {k[len("out/"):] for k in keys if k.startswith(("out/alto/", "out/page/"))}
+        return {k[len("out/") :] for k in keys if k.startswith(("out/alto/", "out/page/"))}
 
     assert htr_inprocess(capsys, *argv)[0] == 0
     docs = [json.loads(storage.read_bytes(u)) for u in storage.list_uris(out + "documents/")]
-    assert exported() == {f"alto/{d['doc_id']}.xml" for d in docs} | {f"page/{d['doc_id']}/0001.xml" for d in docs}
-    client.put_object(Bucket=s3_bucket, Key="in/p0.png", Body=png(99))      # a changed source
+    assert exported() == {f"alto/{d['doc_id']}.xml" for d in docs} | {
+        f"page/{d['doc_id']}/0001.xml" for d in docs
+    }
+    client.put_object(Bucket=s3_bucket, Key="in/p0.png", Body=png(99))  # a changed source
     assert htr_inprocess(capsys, *argv)[0] == 0
     now = [json.loads(storage.read_bytes(u)) for u in storage.list_uris(out + "documents/")]
-    assert exported() == {f"alto/{d['doc_id']}.xml" for d in now} | {f"page/{d['doc_id']}/0001.xml" for d in now}
+    assert exported() == {f"alto/{d['doc_id']}.xml" for d in now} | {
+        f"page/{d['doc_id']}/0001.xml" for d in now
+    }
     assert len(now) == 2 and {d["doc_id"] for d in docs} != {d["doc_id"] for d in now}

@@ -1,4 +1,5 @@
 """BatchNorm folding and the CPU precision/backend choice."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -61,10 +62,20 @@ def test_bf16_pipeline_agrees_with_fp32(constant_models):
     """Same pages through bf16 and fp32: the constant models give the same words and boxes."""
     page = np.full((200, 160, 3), 255, np.uint8)
     page[60:90, 30:130] = 0
-    runs = [Pipeline.load(constant_models, "cpu", PipelineConfig(precision=p, backend="torch"))
-            .process_pages([page]) for p in ("bf16", "fp32")]
-    words = [[(w.text, [(round(pt.x), round(pt.y)) for pt in w.polygon])
-              for ln in pages[0].lines for w in ln.words] for pages in runs]
+    runs = [
+        Pipeline.load(constant_models, "cpu", PipelineConfig(precision=p, backend="torch")).process_pages(
+            [page]
+        )
+        for p in ("bf16", "fp32")
+    ]
+    words = [
+        [
+            (w.text, [(round(pt.x), round(pt.y)) for pt in w.polygon])
+            for ln in pages[0].lines
+            for w in ln.words
+        ]
+        for pages in runs
+    ]
     assert words[0] and words[0] == words[1]
 
 
@@ -72,7 +83,7 @@ def test_cpu_segmenter_batches_only_pages_of_one_input_shape(tiny_models):
     pipe = Pipeline.load(tiny_models, "cpu", PipelineConfig(seg_batch=2))
     a, b = np.zeros((400, 300, 3), np.uint8), np.zeros((300, 400, 3), np.uint8)
     batches = pipe._seg_batches([a, a, a, b, a])
-    assert [len(x) for x in batches] == [2, 1, 1, 1]          # full at 2; b's shape differs
+    assert [len(x) for x in batches] == [2, 1, 1, 1]  # full at 2; b's shape differs
     assert [x[0].shape for x in batches] == [a.shape, a.shape, b.shape, a.shape]
     assert len(pipe.segment([a, b, a])) == 3
 

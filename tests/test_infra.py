@@ -5,6 +5,7 @@ The stack is created through boto3 against moto's CloudFormation (a real HTTP se
 bulk-upload path are inspected through boto3. moto's stack engine lacks a few resource
 types; tests/infra_moto.py fills them in over moto's own backends.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,9 +16,10 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import boto3
 import pytest
@@ -30,7 +32,7 @@ from tests.s3_server import REGION
 
 REPO = Path(__file__).resolve().parents[1]
 STACK = "htr"
-MAX_TEMPLATE_BODY = 51_200   # bytes `aws cloudformation deploy` sends inline (no --s3-bucket)
+MAX_TEMPLATE_BODY = 51_200  # bytes `aws cloudformation deploy` sends inline (no --s3-bucket)
 
 
 def load_template(text: str) -> dict[str, Any]:
@@ -57,6 +59,7 @@ def resources_of(template: dict, kind: str) -> dict[str, dict]:
 
 # ---- the template itself --------------------------------------------------------------------------
 
+
 def test_render_fills_every_token_and_fits_an_inline_deploy(rendered: Path) -> None:
     text = rendered.read_text()
     code_lines = [ln for ln in text.splitlines() if not ln.lstrip().startswith("#")]
@@ -81,8 +84,12 @@ def test_cfn_lint_passes_and_can_fail(rendered: Path, tmp_path: Path) -> None:
     broken = tmp_path / "broken.yaml"
     broken.write_text(BROKEN)
     cfn_lint = shutil.which("cfn-lint", path=str(Path(sys.executable).parent)) or "cfn-lint"
-    proc = subprocess.run([cfn_lint, "--format", "parseable", str(rendered), str(broken)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [cfn_lint, "--format", "parseable", str(rendered), str(broken)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     findings = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     assert not [f for f in findings if f.startswith(str(rendered))], proc.stdout
     assert [f for f in findings if f.startswith(str(broken)) and "python2.1" in f], proc.stdout + proc.stderr
@@ -107,15 +114,28 @@ def test_lambda_code_is_the_repo_handler_without_docstrings() -> None:
 
 def test_cli_prints_and_writes_the_template(htr_cmd, subprocess_env, tmp_path: Path) -> None:
     out = tmp_path / "stack.yaml"
-    printed = subprocess.run([*htr_cmd, "deploy-template"], env=subprocess_env, capture_output=True,
-                             text=True, timeout=60, cwd=tmp_path)
-    written = subprocess.run([*htr_cmd, "deploy-template", "--out", str(out)], env=subprocess_env,
-                             capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    printed = subprocess.run(
+        [*htr_cmd, "deploy-template"],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    written = subprocess.run(
+        [*htr_cmd, "deploy-template", "--out", str(out)],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
     assert printed.returncode == 0 and written.returncode == 0, printed.stderr + written.stderr
     assert printed.stdout == out.read_text() == infra.render()
 
 
 # ---- policies -------------------------------------------------------------------------------------
+
 
 def _statements(template: dict) -> Iterator[tuple[str, dict]]:
     """(where, statement) for every policy document in the template."""
@@ -174,13 +194,14 @@ def test_buckets_deny_plain_http(template: dict) -> None:
 
 # ---- Glue tables: the same definitions as `htr athena-ddl` ----------------------------------------
 
+
 def _ddl_tables(out: str) -> dict[str, tuple[dict, dict, dict]]:
     """{table: (columns, partitions, tblproperties)} from `htr athena-ddl OUT`'s statements."""
     tables = {}
     for ddl in athena.all_ddl(out)[1:]:
         name = re.search(r"CREATE EXTERNAL TABLE IF NOT EXISTS `[^`]+`\.`([^`]+)`", ddl).group(1)
         columns, partitions = athena.parse_ddl_columns(ddl)
-        props = dict(re.findall(r"'([^']*)'\s*=\s*'([^']*)'", ddl[ddl.index("TBLPROPERTIES"):]))
+        props = dict(re.findall(r"'([^']*)'\s*=\s*'([^']*)'", ddl[ddl.index("TBLPROPERTIES") :]))
         tables[name] = (columns, partitions, props)
     return tables
 
@@ -194,12 +215,17 @@ def test_glue_tables_follow_the_athena_ddl(template: dict) -> None:
         name = ti["Name"]["Fn::Sub"].replace("${TablePrefix}", "")
         columns, partitions, props = expected[name]
         assert {c["Name"]: c["Type"] for c in ti["StorageDescriptor"]["Columns"]} == columns
-        assert list(columns) == [f.name for f in TABLES[name]]          # order too
-        assert {c["Name"]: c["Type"] for c in ti["PartitionKeys"]} == partitions == {PARTITION_COLUMN: "string"}
+        assert list(columns) == [f.name for f in TABLES[name]]  # order too
+        assert (
+            {c["Name"]: c["Type"] for c in ti["PartitionKeys"]} == partitions == {PARTITION_COLUMN: "string"}
+        )
         for key, value in props.items():
             got = ti["Parameters"][key]
-            got = got["Fn::Sub"].replace("${OutputBucket}", "BUCKET").replace("${!", "${") \
-                if isinstance(got, dict) else got
+            got = (
+                got["Fn::Sub"].replace("${OutputBucket}", "BUCKET").replace("${!", "${")
+                if isinstance(got, dict)
+                else got
+            )
             assert got == value, key
 
 
@@ -213,6 +239,7 @@ def test_glue_columns_drift_with_the_schema(monkeypatch) -> None:
 
 
 # ---- metric filters read the real summary lines ---------------------------------------------------
+
 
 def _match_space_delimited(pattern: str, line: str) -> dict[str, str] | None:
     """CloudWatch Logs' space-delimited filter: [name, name="literal", ...] over the words."""
@@ -243,8 +270,19 @@ def _collect_summary(tmp_path: Path, capsys) -> str:
     from jobs.sagemaker_launch import _collect_main
 
     (tmp_path / "transform").mkdir()
-    _collect_main(_parses_as_htr(["htr", "sagemaker", "collect", str(tmp_path / "transform"),
-                                  str(tmp_path / "out"), "--run-id", "r1"]))
+    _collect_main(
+        _parses_as_htr(
+            [
+                "htr",
+                "sagemaker",
+                "collect",
+                str(tmp_path / "transform"),
+                str(tmp_path / "out"),
+                "--run-id",
+                "r1",
+            ]
+        )
+    )
     return capsys.readouterr().out.strip()
 
 
@@ -252,10 +290,17 @@ def test_metric_filters_read_the_run_and_collect_summaries(template: dict, tmp_p
     filters = {k: r["Properties"] for k, r in resources_of(template, "AWS::Logs::MetricFilter").items()}
     run = _match_space_delimited(filters["RunErrorsMetricFilter"]["FilterPattern"], _run_summary(2))
     assert run and run["errors"] == "2"
-    assert _match_space_delimited(filters["RunErrorsMetricFilter"]["FilterPattern"],
-                                  _run_summary(0) + " [shard 1/2]")["errors"] == "0"
+    assert (
+        _match_space_delimited(
+            filters["RunErrorsMetricFilter"]["FilterPattern"], _run_summary(0) + " [shard 1/2]"
+        )["errors"]
+        == "0"
+    )
     collect_line = _collect_summary(tmp_path, capsys)
-    for name, field_name in (("CollectErrorsMetricFilter", "errors"), ("CollectMissingMetricFilter", "missing")):
+    for name, field_name in (
+        ("CollectErrorsMetricFilter", "errors"),
+        ("CollectMissingMetricFilter", "missing"),
+    ):
         got = _match_space_delimited(filters[name]["FilterPattern"], collect_line)
         assert got and got[field_name] == "0", collect_line
         value = filters[name]["MetricTransformations"][0]["MetricValue"]
@@ -264,9 +309,10 @@ def test_metric_filters_read_the_run_and_collect_summaries(template: dict, tmp_p
 
 # ---- the API: IAM auth, throttled, no CORS --------------------------------------------------------
 
+
 def test_api_is_iam_authenticated_throttled_and_without_cors(template: dict) -> None:
     methods = resources_of(template, "AWS::ApiGateway::Method")
-    assert [m["Properties"]["HttpMethod"] for m in methods.values()] == ["POST"]   # no OPTIONS
+    assert [m["Properties"]["HttpMethod"] for m in methods.values()] == ["POST"]  # no OPTIONS
     assert all(m["Properties"]["AuthorizationType"] == "AWS_IAM" for m in methods.values())
     assert "Access-Control" not in json.dumps(template)
     stage = next(iter(resources_of(template, "AWS::ApiGateway::Stage").values()))["Properties"]
@@ -279,11 +325,12 @@ def test_api_is_iam_authenticated_throttled_and_without_cors(template: dict) -> 
 
 # ---- deployed on moto's CloudFormation ------------------------------------------------------------
 
+
 @dataclass
 class Stack:
     endpoint: str
     outputs: dict[str, str]
-    resources: dict[str, dict]      # logical id -> stack resource summary
+    resources: dict[str, dict]  # logical id -> stack resource summary
 
     def client(self, service: str):
         return boto3.client(service, endpoint_url=self.endpoint, region_name=REGION)
@@ -301,24 +348,38 @@ def stack(s3_endpoint: str, rendered: Path) -> Iterator[Stack]:
         subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
         sg = ec2.create_security_group(GroupName="htr-tasks", Description="htr", VpcId=vpc)["GroupId"]
         cf = boto3.client("cloudformation", endpoint_url=s3_endpoint, region_name=REGION)
-        params = {"ImageRepository": "htr-batch", "ModelDataUrl": "s3://models-bucket/htr/model.tar.gz",
-                  "SubnetIds": subnet, "SecurityGroupIds": sg}
-        cf.create_stack(StackName=STACK, TemplateBody=rendered.read_text(),
-                        Capabilities=["CAPABILITY_IAM"],
-                        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()])
+        params = {
+            "ImageRepository": "htr-batch",
+            "ModelDataUrl": "s3://models-bucket/htr/model.tar.gz",
+            "SubnetIds": subnet,
+            "SecurityGroupIds": sg,
+        }
+        cf.create_stack(
+            StackName=STACK,
+            TemplateBody=rendered.read_text(),
+            Capabilities=["CAPABILITY_IAM"],
+            Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()],
+        )
         described = cf.describe_stacks(StackName=STACK)["Stacks"][0]
         assert described["StackStatus"] == "CREATE_COMPLETE", described.get("StackStatusReason")
         summaries = cf.list_stack_resources(StackName=STACK)["StackResourceSummaries"]
-        yield Stack(s3_endpoint, {o["OutputKey"]: o["OutputValue"] for o in described["Outputs"]},
-                    {r["LogicalResourceId"]: r for r in summaries if r["LogicalResourceId"]})
+        yield Stack(
+            s3_endpoint,
+            {o["OutputKey"]: o["OutputValue"] for o in described["Outputs"]},
+            {r["LogicalResourceId"]: r for r in summaries if r["LogicalResourceId"]},
+        )
     finally:
         undo()
 
 
 def test_every_resource_is_created(stack: Stack, template: dict) -> None:
-    missing = {k: r["Type"] for k, r in template["Resources"].items()
-               if k not in stack.resources and r["Type"] not in infra_moto.MOTO_SKIPS
-               and r.get("Condition") != "HasAlarmEmail"}
+    missing = {
+        k: r["Type"]
+        for k, r in template["Resources"].items()
+        if k not in stack.resources
+        and r["Type"] not in infra_moto.MOTO_SKIPS
+        and r.get("Condition") != "HasAlarmEmail"
+    }
     assert missing == {}
     assert set(stack.outputs) == set(template["Outputs"])
 
@@ -326,13 +387,20 @@ def test_every_resource_is_created(stack: Stack, template: dict) -> None:
 def test_buckets_are_encrypted_private_and_expire_scratch(stack: Stack) -> None:
     s3 = stack.client("s3")
     key_arn = stack.outputs["KmsKeyArn"]
-    buckets = {"input": stack.outputs["InputBucketName"], "output": stack.outputs["OutputUri"][5:].split("/")[0]}
+    buckets = {
+        "input": stack.outputs["InputBucketName"],
+        "output": stack.outputs["OutputUri"][5:].split("/")[0],
+    }
     for bucket in buckets.values():
         rule = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"][0]
-        assert rule["ApplyServerSideEncryptionByDefault"] == {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": key_arn}
+        assert rule["ApplyServerSideEncryptionByDefault"] == {
+            "SSEAlgorithm": "aws:kms",
+            "KMSMasterKeyID": key_arn,
+        }
         block = s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"]
-        assert block == dict.fromkeys(("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy",
-                                       "RestrictPublicBuckets"), True)
+        assert block == dict.fromkeys(
+            ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy", "RestrictPublicBuckets"), True
+        )
         policy = json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])
         assert policy["Statement"][0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
         assert f"arn:aws:s3:::{bucket}/*" in policy["Statement"][0]["Resource"]
@@ -347,9 +415,18 @@ def test_buckets_are_encrypted_private_and_expire_scratch(stack: Stack) -> None:
 
 def test_roles_are_least_privilege(stack: Stack) -> None:
     iam = stack.client("iam")
-    roles = {k: stack.physical(k) for k, r in stack.resources.items() if r["ResourceType"] == "AWS::IAM::Role"}
-    assert set(roles) == {"TaskExecutionRole", "TaskRole", "NightlyEventsRole", "SageMakerRole",
-                          "BulkStateMachineRole", "BulkFunctionRole", "ApiFunctionRole"}
+    roles = {
+        k: stack.physical(k) for k, r in stack.resources.items() if r["ResourceType"] == "AWS::IAM::Role"
+    }
+    assert set(roles) == {
+        "TaskExecutionRole",
+        "TaskRole",
+        "NightlyEventsRole",
+        "SageMakerRole",
+        "BulkStateMachineRole",
+        "BulkFunctionRole",
+        "ApiFunctionRole",
+    }
     statements = []
     for logical, name in roles.items():
         for policy in iam.list_role_policies(RoleName=name)["PolicyNames"]:
@@ -361,14 +438,25 @@ def test_roles_are_least_privilege(stack: Stack) -> None:
     out_bucket = stack.outputs["OutputUri"][5:].split("/")[0]
     in_bucket = stack.outputs["InputBucketName"]
     # the nightly task reads the input and writes only the output tables
-    task_writes = [r for logical, st in statements if logical == "TaskRole"
-                   and "s3:PutObject" in _as_list(st["Action"]) for r in _as_list(st["Resource"])]
+    task_writes = [
+        r
+        for logical, st in statements
+        if logical == "TaskRole" and "s3:PutObject" in _as_list(st["Action"])
+        for r in _as_list(st["Resource"])
+    ]
     assert task_writes == [f"arn:aws:s3:::{out_bucket}/htr/*"]
-    assert not [st for logical, st in statements if in_bucket in json.dumps(st.get("Resource"))
-                and {"s3:PutObject", "s3:DeleteObject"} & set(_as_list(st["Action"]))]
+    assert not [
+        st
+        for logical, st in statements
+        if in_bucket in json.dumps(st.get("Resource"))
+        and {"s3:PutObject", "s3:DeleteObject"} & set(_as_list(st["Action"]))
+    ]
     # the API may only invoke its endpoint
-    api = [st for logical, st in statements if logical == "ApiFunctionRole"
-           and "sagemaker:InvokeEndpoint" in _as_list(st["Action"])]
+    api = [
+        st
+        for logical, st in statements
+        if logical == "ApiFunctionRole" and "sagemaker:InvokeEndpoint" in _as_list(st["Action"])
+    ]
     assert [st["Resource"] for st in api] == [stack.physical("Endpoint")]
 
 
@@ -391,7 +479,10 @@ def test_athena_workgroup_encrypts_results(stack: Stack) -> None:
     wg = stack.client("athena").get_work_group(WorkGroup=stack.outputs["AthenaWorkGroup"])["WorkGroup"]
     result = wg["Configuration"]["ResultConfiguration"]
     assert result["OutputLocation"] == stack.outputs["OutputUri"].replace("/htr/", "/athena-results/")
-    assert result["EncryptionConfiguration"] == {"EncryptionOption": "SSE_KMS", "KmsKey": stack.outputs["KmsKeyArn"]}
+    assert result["EncryptionConfiguration"] == {
+        "EncryptionOption": "SSE_KMS",
+        "KmsKey": stack.outputs["KmsKeyArn"],
+    }
     assert wg["Configuration"]["EnforceWorkGroupConfiguration"] is True
 
 
@@ -403,8 +494,16 @@ def test_nightly_schedule_runs_htr_run_on_fargate(stack: Stack) -> None:
     assert target["EcsParameters"]["LaunchType"] == "FARGATE"
     task = ecs.describe_task_definition(taskDefinition=target["EcsParameters"]["TaskDefinitionArn"])
     command = task["taskDefinition"]["containerDefinitions"][0]["command"]
-    assert command == ["htr", "run", f"s3://{stack.outputs['InputBucketName']}/scans/", stack.outputs["OutputUri"],
-                       "--sse", "aws:kms", "--sse-kms-key-id", stack.outputs["KmsKeyArn"]]
+    assert command == [
+        "htr",
+        "run",
+        f"s3://{stack.outputs['InputBucketName']}/scans/",
+        stack.outputs["OutputUri"],
+        "--sse",
+        "aws:kms",
+        "--sse-kms-key-id",
+        stack.outputs["KmsKeyArn"],
+    ]
     logs = task["taskDefinition"]["containerDefinitions"][0]["logConfiguration"]["options"]
     assert logs["awslogs-group"] == f"/htr/{STACK}/tasks"
 
@@ -419,20 +518,37 @@ def _parses_as_htr(command: list[str]) -> argparse.Namespace:
 
 def test_alarms_watch_failed_runs_error_documents_bulk_and_api(stack: Stack) -> None:
     alarms = stack.client("cloudwatch").describe_alarms()["MetricAlarms"]
-    ours = {(a["Namespace"], a["MetricName"]): a for a in alarms
-            if a["AlarmActions"] == [stack.physical("AlarmTopic")]}
-    assert {("AWS/Events", "TriggeredRules"), ("AWS/Events", "FailedInvocations"),
-            (f"htr-batch/{STACK}", "DocumentErrors"), ("AWS/States", "ExecutionsFailed"),
-            ("AWS/ApiGateway", "5XXError")} <= set(ours)
+    ours = {
+        (a["Namespace"], a["MetricName"]): a
+        for a in alarms
+        if a["AlarmActions"] == [stack.physical("AlarmTopic")]
+    }
+    assert {
+        ("AWS/Events", "TriggeredRules"),
+        ("AWS/Events", "FailedInvocations"),
+        (f"htr-batch/{STACK}", "DocumentErrors"),
+        ("AWS/States", "ExecutionsFailed"),
+        ("AWS/ApiGateway", "5XXError"),
+    } <= set(ours)
     failed = ours[("AWS/Events", "TriggeredRules")]
     assert failed["Dimensions"] == [{"Name": "RuleName", "Value": stack.physical("TaskFailedRule")}]
-    pattern = json.loads(stack.client("events").describe_rule(Name=stack.physical("TaskFailedRule"))["EventPattern"])
+    pattern = json.loads(
+        stack.client("events").describe_rule(Name=stack.physical("TaskFailedRule"))["EventPattern"]
+    )
     assert pattern["detail"]["containers"]["exitCode"] == [{"anything-but": [0, 3]}]
-    filters = stack.client("logs").describe_metric_filters(logGroupName=f"/htr/{STACK}/tasks")["metricFilters"]
+    filters = stack.client("logs").describe_metric_filters(logGroupName=f"/htr/{STACK}/tasks")[
+        "metricFilters"
+    ]
     assert len(filters) == 3
-    topic_policy = json.loads(stack.client("sns").get_topic_attributes(
-        TopicArn=stack.physical("AlarmTopic"))["Attributes"]["Policy"])
-    assert topic_policy["Statement"][0]["Principal"]["Service"] == ["events.amazonaws.com", "cloudwatch.amazonaws.com"]
+    topic_policy = json.loads(
+        stack.client("sns").get_topic_attributes(TopicArn=stack.physical("AlarmTopic"))["Attributes"][
+            "Policy"
+        ]
+    )
+    assert topic_policy["Statement"][0]["Principal"]["Service"] == [
+        "events.amazonaws.com",
+        "cloudwatch.amazonaws.com",
+    ]
 
 
 def test_api_gateway_posts_documents_to_the_lambda(stack: Stack) -> None:
@@ -447,6 +563,7 @@ def test_api_gateway_posts_documents_to_the_lambda(stack: Stack) -> None:
 
 
 # ---- bulk uploads: marker -> manifest of exactly the new objects -> state machine -------------------
+
 
 def _bulk_handler():
     import importlib.util
@@ -483,13 +600,21 @@ def _bulk_upload(stack: Stack, monkeypatch, attempt: str = "1") -> tuple[dict, d
     for name, value in config["Environment"]["Variables"].items():
         monkeypatch.setenv(name, value)
     bucket = stack.outputs["InputBucketName"]
-    s3.put_object(Bucket=bucket, Key="bulk/older/a.png", Body=b"x")          # an earlier batch
-    s3.put_object(Bucket=bucket, Key="scans/nightly.png", Body=b"x")         # the nightly path
+    s3.put_object(Bucket=bucket, Key="bulk/older/a.png", Body=b"x")  # an earlier batch
+    s3.put_object(Bucket=bucket, Key="scans/nightly.png", Body=b"x")  # the nightly path
     for key in BATCH_KEYS:
         s3.put_object(Bucket=bucket, Key=f"bulk/2026-11-29/{key}", Body=b"%PDF-1.7")
     marker = s3.put_object(Bucket=bucket, Key="bulk/2026-11-29.ready", Body=b"")
-    event = {"detail": {"bucket": {"name": bucket}, "object": {
-        "key": "bulk/2026-11-29.ready", "version-id": marker["VersionId"], "sequencer": attempt}}}
+    event = {
+        "detail": {
+            "bucket": {"name": bucket},
+            "object": {
+                "key": "bulk/2026-11-29.ready",
+                "version-id": marker["VersionId"],
+                "sequencer": attempt,
+            },
+        }
+    }
     return event, _bulk_handler()(event, None, s3=s3, sfn=sfn)
 
 
@@ -499,12 +624,13 @@ def _execution_input(stack: Stack, started: dict) -> dict:
     return json.loads(execution["input"])
 
 
-def test_bulk_marker_starts_one_transform_over_exactly_the_new_objects(stack: Stack, monkeypatch,
-                                                                       without_bucket_policies) -> None:
+def test_bulk_marker_starts_one_transform_over_exactly_the_new_objects(
+    stack: Stack, monkeypatch, without_bucket_policies
+) -> None:
     s3, sfn = stack.client("s3"), stack.client("stepfunctions")
     event, first = _bulk_upload(stack, monkeypatch, "0A1")
-    again = _bulk_handler()(event, None, s3=s3, sfn=sfn)      # EventBridge delivered it twice
-    _, rerun = _bulk_upload(stack, monkeypatch, "0A2")        # the uploader asks again on purpose
+    again = _bulk_handler()(event, None, s3=s3, sfn=sfn)  # EventBridge delivered it twice
+    _, rerun = _bulk_upload(stack, monkeypatch, "0A2")  # the uploader asks again on purpose
 
     assert first["started"] and first["documents"] == 3 and not again["started"]
     assert rerun["started"] and rerun["execution"] != first["execution"]
@@ -515,15 +641,18 @@ def test_bulk_marker_starts_one_transform_over_exactly_the_new_objects(stack: St
     job = _execution_input(stack, first)
     collect = _parses_as_htr(job["collect_command"])
     assert (collect.transform_output, collect.out, collect.input) == (
-        job["transform_output"], stack.outputs["OutputUri"], f"s3://{bucket}/bulk/2026-11-29/")
+        job["transform_output"],
+        stack.outputs["OutputUri"],
+        f"s3://{bucket}/bulk/2026-11-29/",
+    )
     assert re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}", job["job_name"])
 
 
 def _transform_outputs(s3, job: dict, keys: list[str]) -> None:
     """What Batch Transform leaves for a manifest: <output path>/<key relative to the
     manifest's prefix>.out, one JSON document record each (here: no pages)."""
-    from batch.core.schema import DocumentRecord, now_ms
     from batch.core.ids import doc_id_for
+    from batch.core.schema import DocumentRecord, now_ms
 
     bucket, prefix = job["transform_output"][5:].split("/", 1)
     for key in keys:
@@ -532,7 +661,8 @@ def _transform_outputs(s3, job: dict, keys: list[str]) -> None:
 
 
 def test_collect_command_turns_the_transform_output_into_the_tables(
-        stack: Stack, monkeypatch, without_bucket_policies, fresh_storage, capsys) -> None:
+    stack: Stack, monkeypatch, without_bucket_policies, fresh_storage, capsys
+) -> None:
     """The state machine's last step, `htr sagemaker collect` as the Lambda wrote it, run for
     real over what the transform would leave: every new object is one document, none missing."""
     from jobs.sagemaker_launch import _collect_main
@@ -546,8 +676,10 @@ def test_collect_command_turns_the_transform_output_into_the_tables(
     assert "collected 3 documents, 0 error records, 0 inputs without output" in capsys.readouterr().out
     out_bucket, out_prefix = stack.outputs["OutputUri"][5:].split("/", 1)
     written = s3.list_objects_v2(Bucket=out_bucket, Prefix=f"{out_prefix}documents/")["Contents"]
-    sources = {json.loads(s3.get_object(Bucket=out_bucket, Key=o["Key"])["Body"].read())["source_uri"]
-               for o in written}
+    sources = {
+        json.loads(s3.get_object(Bucket=out_bucket, Key=o["Key"])["Body"].read())["source_uri"]
+        for o in written
+    }
     bulk = f"s3://{stack.outputs['InputBucketName']}/bulk/2026-11-29/"
     assert {bulk + k for k in keys} <= sources
 
@@ -561,12 +693,18 @@ def test_bulk_handler_ignores_other_keys(stack: Stack, monkeypatch) -> None:
 
 
 def test_state_machine_transforms_the_manifest_with_the_launcher_settings(stack: Stack) -> None:
-    definition = json.loads(stack.client("stepfunctions").describe_state_machine(
-        stateMachineArn=stack.outputs["BulkStateMachineArn"])["definition"])
+    definition = json.loads(
+        stack.client("stepfunctions").describe_state_machine(
+            stateMachineArn=stack.outputs["BulkStateMachineArn"]
+        )["definition"]
+    )
     transform = definition["States"]["Transform"]["Parameters"]
     spec = infra.default_transform_spec()
     assert transform["Environment"] == infra.transform_module().transform_env(spec)
-    assert (transform["MaxPayloadInMB"], transform["MaxConcurrentTransforms"]) == (spec.max_payload_mb, spec.max_concurrent)
+    assert (transform["MaxPayloadInMB"], transform["MaxConcurrentTransforms"]) == (
+        spec.max_payload_mb,
+        spec.max_concurrent,
+    )
     assert transform["TransformInput"]["DataSource"]["S3DataSource"]["S3DataType"] == "ManifestFile"
     assert transform["TransformOutput"]["KmsKeyId"] == stack.outputs["KmsKeyArn"]
     collect = definition["States"]["Collect"]["Parameters"]

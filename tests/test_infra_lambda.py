@@ -1,29 +1,31 @@
 """infra/lambdas/api.py, the API Gateway handler, over real HTTP all the way to the container.
 
-    handler (as inlined into the stack) -> boto3 sagemaker-runtime InvokeEndpoint
-      -> RuntimeFront: SageMaker Runtime's wire protocol on 127.0.0.1 (424 ModelError with
-         OriginalStatusCode/OriginalMessage for a non-2xx container answer, 400 ValidationError
-         for an unknown endpoint, 503 ServiceUnavailable)
-      -> batch.serve's real HTTP server and error mapping, in-process, with a Service whose
-         model reads nothing: pages are decoded by the real rasteriser (so a corrupt document
-         fails where it would in production), the network is left out (no torch here).
+handler (as inlined into the stack) -> boto3 sagemaker-runtime InvokeEndpoint
+  -> RuntimeFront: SageMaker Runtime's wire protocol on 127.0.0.1 (424 ModelError with
+     OriginalStatusCode/OriginalMessage for a non-2xx container answer, 400 ValidationError
+     for an unknown endpoint, 503 ServiceUnavailable)
+  -> batch.serve's real HTTP server and error mapping, in-process, with a Service whose
+     model reads nothing: pages are decoded by the real rasteriser (so a corrupt document
+     fails where it would in production), the network is left out (no torch here).
 """
+
 from __future__ import annotations
 
 import base64
 import http.client
 import json
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
 from batch import serve
-from batch.core.schema import DocumentRecord, Page, now_ms
 from batch.core.ids import doc_id_for
+from batch.core.schema import DocumentRecord, Page, now_ms
 from jobs import infra
 from tests.s3_server import TEST_ENV
 
@@ -43,10 +45,13 @@ class NoModelService(serve.Service):
         if self.fail_with:
             raise self.fail_with
         ctype = serve.resolve_content_type(content_type, data)
-        pages = [Page(i + 1, int(p.shape[1]), int(p.shape[0]))
-                 for i, p in enumerate(iter_pages(data, self.settings.dpi, content_type=ctype))]
-        return DocumentRecord(doc_id_for(data), source_uri, pages, "no-model", self.run_id, now_ms(),
-                              content_type=ctype)
+        pages = [
+            Page(i + 1, int(p.shape[1]), int(p.shape[0]))
+            for i, p in enumerate(iter_pages(data, self.settings.dpi, content_type=ctype))
+        ]
+        return DocumentRecord(
+            doc_id_for(data), source_uri, pages, "no-model", self.run_id, now_ms(), content_type=ctype
+        )
 
 
 @dataclass
@@ -57,7 +62,7 @@ class RuntimeFront:
     unavailable: bool = False
     requests: list[str] = field(default_factory=list)
 
-    def start(self) -> "RuntimeFront":
+    def start(self) -> RuntimeFront:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _front_handler(self))
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True).start()
@@ -87,8 +92,11 @@ def _front_handler(front: RuntimeFront) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(body)
 
         def _aws_error(self, status: int, code: str, fields: dict[str, Any]) -> None:
-            self._reply(status, json.dumps(fields).encode(),
-                        {"Content-Type": "application/json", "x-amzn-ErrorType": code})
+            self._reply(
+                status,
+                json.dumps(fields).encode(),
+                {"Content-Type": "application/json", "x-amzn-ErrorType": code},
+            )
 
         def do_POST(self) -> None:  # noqa: N802
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -98,19 +106,36 @@ def _front_handler(front: RuntimeFront) -> type[BaseHTTPRequestHandler]:
             if front.unavailable:
                 return self._aws_error(503, "ServiceUnavailable", {"message": "Service Unavailable"})
             conn = http.client.HTTPConnection("127.0.0.1", front.container_port, timeout=60)
-            conn.request("POST", "/invocations", body=body,
-                         headers={"Content-Type": self.headers.get("Content-Type", "")})
+            conn.request(
+                "POST",
+                "/invocations",
+                body=body,
+                headers={"Content-Type": self.headers.get("Content-Type", "")},
+            )
             answer = conn.getresponse()
             payload = answer.read()
             conn.close()
             if answer.status == 200:
-                return self._reply(200, payload, {"Content-Type": answer.getheader("Content-Type", ""),
-                                                  "x-Amzn-Invoked-Production-Variant": "AllTraffic"})
-            self._aws_error(424, "ModelError", {
-                "Message": f"Received client error ({answer.status}) from primary with message "
-                           f"\"{payload.decode()}\".",
-                "OriginalStatusCode": answer.status, "OriginalMessage": payload.decode(),
-                "LogStreamArn": f"arn:aws:logs:us-east-1:123456789012:log-group:/aws/sagemaker/Endpoints/{ENDPOINT}"})
+                return self._reply(
+                    200,
+                    payload,
+                    {
+                        "Content-Type": answer.getheader("Content-Type", ""),
+                        "x-Amzn-Invoked-Production-Variant": "AllTraffic",
+                    },
+                )
+            self._aws_error(
+                424,
+                "ModelError",
+                {
+                    "Message": f"Received client error ({answer.status}) from primary with message "
+                    f'"{payload.decode()}".',
+                    "OriginalStatusCode": answer.status,
+                    "OriginalMessage": payload.decode(),
+                    "LogStreamArn": "arn:aws:logs:us-east-1:123456789012:log-group:"
+                    f"/aws/sagemaker/Endpoints/{ENDPOINT}",
+                },
+            )
 
     return Handler
 
@@ -151,8 +176,13 @@ def handler(front) -> Callable[[dict, Any], dict]:
 def api_event(body: bytes, content_type: str | None) -> dict:
     """What API Gateway's Lambda proxy sends with BinaryMediaTypes */*: the body base64."""
     headers = {"content-type": content_type} if content_type else {}
-    return {"httpMethod": "POST", "path": "/documents", "headers": headers,
-            "body": base64.b64encode(body).decode(), "isBase64Encoded": True}
+    return {
+        "httpMethod": "POST",
+        "path": "/documents",
+        "headers": headers,
+        "body": base64.b64encode(body).decode(),
+        "isBase64Encoded": True,
+    }
 
 
 def answer(result: dict) -> tuple[int, dict]:
@@ -183,8 +213,9 @@ def test_oversize_is_413_before_the_endpoint(handler, front) -> None:
     assert front.requests == []
 
 
-@pytest.mark.parametrize("content_type, status, kind", [
-    ("text/html", 415, "UnsupportedType"), ("image/png", 400, "EmptyDocument")])
+@pytest.mark.parametrize(
+    "content_type, status, kind", [("text/html", 415, "UnsupportedType"), ("image/png", 400, "EmptyDocument")]
+)
 def test_request_errors(handler, front, content_type: str, status: int, kind: str) -> None:
     body = b"<html>" if content_type == "text/html" else b""
     got_status, got = answer(handler(api_event(body, content_type), None))

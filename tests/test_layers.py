@@ -11,6 +11,7 @@ A module may import from its own layer or any layer below it, never from one abo
 import counts: top-level, inside functions (the lazy ones), relative, and
 importlib.import_module("...") with a literal name. tests/ sits above everything.
 """
+
 from __future__ import annotations
 
 import ast
@@ -56,8 +57,9 @@ def module_name(path: Path, root: Path = REPO) -> str:
     return ".".join(parts)
 
 
-def imported_modules(source: str, module: str, is_package: bool = False,
-                     known: frozenset[str] = frozenset()) -> list[tuple[int, str]]:
+def imported_modules(
+    source: str, module: str, is_package: bool = False, known: frozenset[str] = frozenset()
+) -> list[tuple[int, str]]:
     """(line, module) for every import in `source`, relative ones resolved against `module`.
     `from pkg import name` counts as pkg.name where that is a module (in `known`), else pkg."""
     package = module.split(".") if is_package else module.split(".")[:-1]
@@ -67,23 +69,30 @@ def imported_modules(source: str, module: str, is_package: bool = False,
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                base = package[:len(package) - (node.level - 1)]
+                base = package[: len(package) - (node.level - 1)]
                 target = ".".join(base + ([node.module] if node.module else []))
             else:
                 target = node.module or ""
             for alias in node.names:
                 sub = f"{target}.{alias.name}"
                 found.append((node.lineno, sub if sub in known else target))
-        elif (isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant)
-              and isinstance(node.args[0].value, str)
-              and ((isinstance(node.func, ast.Attribute) and node.func.attr == "import_module")
-                   or (isinstance(node.func, ast.Name) and node.func.id in ("import_module", "__import__")))):
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+            and (
+                (isinstance(node.func, ast.Attribute) and node.func.attr == "import_module")
+                or (isinstance(node.func, ast.Name) and node.func.id in ("import_module", "__import__"))
+            )
+        ):
             found.append((node.lineno, node.args[0].value))
     return sorted(set(found))
 
 
-def violations(source: str, module: str, is_package: bool = False,
-               known: frozenset[str] = frozenset()) -> list[str]:
+def violations(
+    source: str, module: str, is_package: bool = False, known: frozenset[str] = frozenset()
+) -> list[str]:
     """Each import of `module` that reaches a layer above its own, as 'module:line -> target'."""
     own = layer_of(module)
     if own is None:
@@ -97,16 +106,23 @@ def violations(source: str, module: str, is_package: bool = False,
 
 
 def project_modules() -> dict[str, Path]:
-    return {module_name(p): p for pkg in PACKAGES for p in sorted((REPO / pkg).rglob("*.py"))
-            if "__pycache__" not in p.parts}
+    return {
+        module_name(p): p
+        for pkg in PACKAGES
+        for p in sorted((REPO / pkg).rglob("*.py"))
+        if "__pycache__" not in p.parts
+    }
 
 
 def test_no_module_imports_from_a_layer_above():
     modules = project_modules()
     assert len(modules) > 50 and "batch.core.errors" in modules and "transforms.synth" in modules
     known = frozenset(modules)
-    found = [v for name, path in modules.items()
-             for v in violations(path.read_text(encoding="utf-8"), name, path.name == "__init__.py", known)]
+    found = [
+        v
+        for name, path in modules.items()
+        for v in violations(path.read_text(encoding="utf-8"), name, path.name == "__init__.py", known)
+    ]
     assert not found, "imports against the layer order:\n" + "\n".join(found)
 
 
@@ -124,21 +140,33 @@ def test_package_inits_import_nothing(package):
 
 # ---- the checker itself can fail ---------------------------------------------------------------
 
-KNOWN = frozenset({"batch", "batch.storage", "batch.pipeline", "batch.core", "batch.core.errors",
-                   "jobs", "jobs.manifests", "models", "models.charset", "transforms",
-                   "transforms.rasterise"})
+KNOWN = frozenset(
+    {
+        "batch",
+        "batch.storage",
+        "batch.pipeline",
+        "batch.core",
+        "batch.core.errors",
+        "jobs",
+        "jobs.manifests",
+        "models",
+        "models.charset",
+        "transforms",
+        "transforms.rasterise",
+    }
+)
 
 
 def test_checker_flags_a_fabricated_upward_import():
     source = (
         "import numpy as np\n"
-        "from batch.core.errors import HtrError\n"      # down to core: fine
-        "from models.charset import CHARSET\n"          # same layer: fine
-        "from batch import storage\n"                   # up: pipeline/outputs
+        "from batch.core.errors import HtrError\n"  # down to core: fine
+        "from models.charset import CHARSET\n"  # same layer: fine
+        "from batch import storage\n"  # up: pipeline/outputs
         "def write_pages():\n"
-        "    from jobs.manifests import Sample\n"       # up, inside a function (the old synth)
-        "    import batch.pipeline\n"                   # up
-        "    importlib.import_module('jobs.train')\n"   # up, by name
+        "    from jobs.manifests import Sample\n"  # up, inside a function (the old synth)
+        "    import batch.pipeline\n"  # up
+        "    importlib.import_module('jobs.train')\n"  # up, by name
     )
     found = violations(source, "transforms.synth", known=KNOWN)
     assert found == [
@@ -152,13 +180,16 @@ def test_checker_flags_a_fabricated_upward_import():
 def test_checker_resolves_relative_imports():
     # models/checkpoints.py writing `from ..batch import storage` is still an upward import
     assert violations("from ..batch import storage\n", "models.checkpoints", known=KNOWN) == [
-        "models.checkpoints:1 (models/transforms) imports batch.storage (pipeline/outputs)"]
+        "models.checkpoints:1 (models/transforms) imports batch.storage (pipeline/outputs)"
+    ]
     # and from a package's __init__, one dot is the package itself
     assert violations("from . import charset\n", "models", is_package=True, known=KNOWN) == []
 
 
 def test_checker_allows_downward_and_same_layer_imports():
-    source = "from batch.core.schema import Page\nfrom transforms.rasterise import sniff\nimport batch.storage\n"
+    source = (
+        "from batch.core.schema import Page\nfrom transforms.rasterise import sniff\nimport batch.storage\n"
+    )
     assert violations(source, "batch.pipeline", known=KNOWN) == []
     assert violations("from batch.worker import Run\n", "jobs.bench_gpu", known=KNOWN) == []
     assert violations("from batch.pipeline import Pipeline\n", "tests.test_x", known=KNOWN) == []

@@ -1,4 +1,5 @@
 """Lexicon rescoring on constructed CTC frame probabilities."""
+
 from __future__ import annotations
 
 import torch
@@ -27,12 +28,12 @@ def rescore(text: str, lp: torch.Tensor) -> str:
 
 def test_unsure_letter_snaps_to_the_word_the_frames_allow():
     lp = frames(["T", "", "k", "", "e", "", ","], {2: ("h", -1.0)})
-    assert rescore("Tke,", lp) == "The,"          # case and punctuation kept
+    assert rescore("Tke,", lp) == "The,"  # case and punctuation kept
 
 
 def test_confident_unknown_word_is_kept():
     lp = frames(["Q", "", "z", "", "x"])
-    assert rescore("Qzx", lp) == "Qzx"            # "the" would need 3 confident frames wrong
+    assert rescore("Qzx", lp) == "Qzx"  # "the" would need 3 confident frames wrong
 
 
 def test_known_words_numbers_and_short_tokens_are_left_alone():
@@ -60,10 +61,15 @@ def test_ctc_scores_match_a_full_width_reference():
     for text, s, score in zip(texts, samples, got):
         target = CODEC.encode(text)
         if not target or len(target) > int(lengths[s]):
-            assert score == float("-inf")   # empty, or longer than the frames allow
+            assert score == float("-inf")  # empty, or longer than the frames allow
             continue
-        ref = torch.nn.functional.ctc_loss(lp[s:s + 1, :int(lengths[s])].transpose(0, 1), torch.tensor([target]),
-                                           lengths[s:s + 1], torch.tensor([len(target)]), reduction="none")
+        ref = torch.nn.functional.ctc_loss(
+            lp[s : s + 1, : int(lengths[s])].transpose(0, 1),
+            torch.tensor([target]),
+            lengths[s : s + 1],
+            torch.tensor([len(target)]),
+            reduction="none",
+        )
         assert abs(score + float(ref[0])) < 1e-4, text
 
 
@@ -77,5 +83,5 @@ def test_scan_and_index_find_the_same_candidates():
     found = {q: sorted(scanned.candidates(q)) for q in queries}
     assert "_index" not in scanned.__dict__ and found["hause"] == ["horse", "hose", "house", "mouse"]
     indexed = Lexicon(list(words))
-    indexed._index  # built up front: every lookup goes through it
+    _ = indexed._index  # built up front: every lookup goes through it
     assert {q: sorted(indexed.candidates(q)) for q in queries} == found

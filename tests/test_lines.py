@@ -1,4 +1,5 @@
 """batch.lines.group_lines on constructed layouts."""
+
 from __future__ import annotations
 
 import math
@@ -6,17 +7,22 @@ import random
 
 import pytest
 
-from batch.lines import group_lines
 from batch.core.schema import Point, Word
+from batch.lines import group_lines
 
 
 def word(text: str, x0: float, y0: float, x1: float, y1: float) -> Word:
-    return Word(text=text, confidence=0.9, det_score=0.9,
-                polygon=[Point(x0, y0), Point(x1, y0), Point(x1, y1), Point(x0, y1)])
+    return Word(
+        text=text,
+        confidence=0.9,
+        det_score=0.9,
+        polygon=[Point(x0, y0), Point(x1, y0), Point(x1, y1), Point(x0, y1)],
+    )
 
 
-def layout(lines: list[list[str]], top=100.0, pitch=50.0, height=30.0, left=40.0, gap=18.0,
-           char_w=14.0) -> list[Word]:
+def layout(
+    lines: list[list[str]], top=100.0, pitch=50.0, height=30.0, left=40.0, gap=18.0, char_w=14.0
+) -> list[Word]:
     """Words of each line laid out left to right; line k centred at top + k * pitch."""
     out = []
     for k, texts in enumerate(lines):
@@ -32,8 +38,10 @@ def rotate(words: list[Word], degrees: float, cx: float = 400, cy: float = 300) 
     a = math.radians(degrees)
     c, s = math.cos(a), math.sin(a)
     for w in words:
-        w.polygon = [Point(cx + (p.x - cx) * c - (p.y - cy) * s, cy + (p.x - cx) * s + (p.y - cy) * c)
-                     for p in w.polygon]
+        w.polygon = [
+            Point(cx + (p.x - cx) * c - (p.y - cy) * s, cy + (p.x - cx) * s + (p.y - cy) * c)
+            for p in w.polygon
+        ]
     return words
 
 
@@ -41,9 +49,11 @@ def texts(lines) -> list[list[str]]:
     return [[w.text for w in ln.words] for ln in lines]
 
 
-TEXT = [["The", "quick", "brown", "fox", "jumps"],
-        ["over", "the", "lazy", "dog", "and", "then"],
-        ["runs", "far", "away", "again"]]
+TEXT = [
+    ["The", "quick", "brown", "fox", "jumps"],
+    ["over", "the", "lazy", "dog", "and", "then"],
+    ["runs", "far", "away", "again"],
+]
 
 
 def check_indices(lines):
@@ -72,7 +82,7 @@ def test_skewed_page_still_groups_right(degrees):
     words = rotate(layout(text, pitch=45, char_w=20), degrees)
     ys = {w.text: sum(p.y for p in w.polygon) / 4 for w in words}
     if degrees == 5:
-        assert ys["w09"] > ys["w10"]          # the layout really does defeat a plain y sort
+        assert ys["w09"] > ys["w10"]  # the layout really does defeat a plain y sort
     random.Random(1).shuffle(words)
     lines = group_lines(words)
     assert texts(lines) == text
@@ -80,7 +90,7 @@ def test_skewed_page_still_groups_right(degrees):
 
 
 def test_tall_ascenders_reaching_into_the_line_above_do_not_merge_lines():
-    words = layout(TEXT, pitch=40, height=30)       # 10 px between line boxes
+    words = layout(TEXT, pitch=40, height=30)  # 10 px between line boxes
     # "lazy" (line 2) has a tall first letter: its box reaches 28 px up into line 1's box
     lazy = next(w for w in words if w.text == "lazy")
     for p in lazy.polygon[:2]:
@@ -116,7 +126,7 @@ def test_small_punctuation_joins_its_line():
     hello = words[0]
     x1 = hello.polygon[1].x
     words.append(word(",", x1 + 1, 108, x1 + 7, 118))
-    words.append(word(".", 400, 158, 405, 163))      # a full stop at the end of line 2
+    words.append(word(".", 400, 158, 405, 163))  # a full stop at the end of line 2
     lines = group_lines(words)
     assert texts(lines) == [["Hello", ",", "world"], ["next", "line", "."]]
 
@@ -129,7 +139,10 @@ def test_empty_and_single_word():
 
 
 def test_words_on_one_line_far_apart_stay_one_line():
-    words = [word("left", 20, 100, 90, 130), word("right", 700, 102, 790, 132),
-             word("middle", 350, 98, 440, 128)]
+    words = [
+        word("left", 20, 100, 90, 130),
+        word("right", 700, 102, 790, 132),
+        word("middle", 350, 98, 440, 128),
+    ]
     lines = group_lines(words)
     assert texts(lines) == [["left", "middle", "right"]]

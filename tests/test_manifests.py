@@ -1,4 +1,5 @@
 """Labelled-data formats: our manifest, GNHK, Ground Truth, splits."""
+
 from __future__ import annotations
 
 import json
@@ -9,10 +10,25 @@ from PIL import Image
 
 from batch.core.errors import InputError
 from batch.core.manifest import Annotation, ManifestError, Sample, is_recognition_target
-from jobs.manifests import (convert_ground_truth, convert_gnhk, ground_truth_sample, input_manifest,
-                            label_category_config, labeling_job_request, read_manifest,
-                            resolve_source, samples_to_gnhk, split_manifest, to_ground_truth_line,
-                            write_manifest)
+from batch.core.schema import DocumentRecord, Line, Page, Point, Word
+from batch.exports import render
+from jobs.manifests import (
+    convert_gnhk,
+    convert_ground_truth,
+    convert_xml,
+    ground_truth_sample,
+    input_manifest,
+    label_category_config,
+    labeling_job_request,
+    read_archive_xml,
+    read_manifest,
+    resolve_source,
+    samples_to_gnhk,
+    split_manifest,
+    to_ground_truth_line,
+    write_manifest,
+)
+from jobs.manifests import main as manifests_main
 
 
 def _quad(x0, y0, x1, y1):
@@ -20,10 +36,15 @@ def _quad(x0, y0, x1, y1):
 
 
 SAMPLES = [
-    Sample("pages/a.jpg", [Annotation("Dear", _quad(10, 20, 60, 40), 0, "H"),
-                           Annotation("£12.50", _quad(70, 20, 130, 42), 0, "H"),
-                           Annotation("%SC%", _quad(10, 60, 50, 80), 1, "H"),
-                           Annotation("ACME", _quad(5, 1, 55, 15), 2, "P")]),
+    Sample(
+        "pages/a.jpg",
+        [
+            Annotation("Dear", _quad(10, 20, 60, 40), 0, "H"),
+            Annotation("£12.50", _quad(70, 20, 130, 42), 0, "H"),
+            Annotation("%SC%", _quad(10, 60, 50, 80), 1, "H"),
+            Annotation("ACME", _quad(5, 1, 55, 15), 2, "P"),
+        ],
+    ),
     Sample("/abs/b.png", []),
     Sample("s3://bucket/c.tif", [Annotation("é", _quad(1, 1, 5, 5))]),
 ]
@@ -33,8 +54,12 @@ def test_manifest_round_trip(tmp_path):
     path = write_manifest(SAMPLES, tmp_path / "sub" / "manifest.jsonl")
     assert read_manifest(path) == SAMPLES
     first = json.loads(path.read_text(encoding="utf-8").splitlines()[0])
-    assert first["annotations"]["texts"][0] == {"text": "Dear", "polygon": _quad(10, 20, 60, 40),
-                                                "line_idx": 0, "type": "H"}
+    assert first["annotations"]["texts"][0] == {
+        "text": "Dear",
+        "polygon": _quad(10, 20, 60, 40),
+        "line_idx": 0,
+        "type": "H",
+    }
 
 
 def test_resolve_source(tmp_path):
@@ -45,15 +70,24 @@ def test_resolve_source(tmp_path):
     assert resolve_source(SAMPLES[0], "s3://bkt/data/m.jsonl") == "s3://bkt/data/pages/a.jpg"
 
 
-@pytest.mark.parametrize("line, words", [
-    ("not json", "not JSON"),
-    ('{"annotations": {"texts": []}}', "source-ref"),
-    ('{"source-ref": "a.jpg", "annotations": {"texts": [{"text": "x"}]}}', "polygon"),
-    ('{"source-ref": "a.jpg", "annotations": {"texts": [{"text": "x", "polygon": [{"x": 1}, {"x": 2}, {"x": 3}]}]}}',
-     "bad polygon point"),
-    ('{"source-ref": "a.jpg", "annotations": {"texts": [{"text": "x", "polygon": [[0, 0], [1, 0], [1, 1]], '
-     '"type": "Z"}]}}', "type"),
-])
+@pytest.mark.parametrize(
+    "line, words",
+    [
+        ("not json", "not JSON"),
+        ('{"annotations": {"texts": []}}', "source-ref"),
+        ('{"source-ref": "a.jpg", "annotations": {"texts": [{"text": "x"}]}}', "polygon"),
+        (
+            '{"source-ref": "a.jpg", "annotations": {"texts": [{"text": "x", '
+            '"polygon": [{"x": 1}, {"x": 2}, {"x": 3}]}]}}',
+            "bad polygon point",
+        ),
+        (
+            '{"source-ref": "a.jpg", "annotations": {"texts": [{"text": "x", "polygon": [[0, 0], [1, 0], [1, 1]], '
+            '"type": "Z"}]}}',
+            "type",
+        ),
+    ],
+)
 def test_bad_manifests_raise_typed_errors(tmp_path, line, words):
     p = tmp_path / "bad.jsonl"
     p.write_text(line + "\n")
@@ -75,7 +109,8 @@ def test_split_is_deterministic_disjoint_and_complete():
     assert (train, test) == split_manifest(samples, 0.2, seed=3)
     assert split_manifest(samples, 0.2, seed=4)[1] != test
     assert len(test) == 10 and {s.source_ref for s in train} | {s.source_ref for s in test} == {
-        s.source_ref for s in samples}
+        s.source_ref for s in samples
+    }
     assert not {s.source_ref for s in train} & {s.source_ref for s in test}
     assert len(split_manifest(samples[:2], 0.1)[1]) == 1
     with pytest.raises(ValueError):
@@ -86,10 +121,20 @@ def test_gnhk_conversion(tmp_path):
     root = tmp_path / "gnhk"
     (root / "train").mkdir(parents=True)
     Image.new("RGB", (200, 100), "white").save(root / "train" / "eng_1.jpg")
-    words = [{"text": "hello", "polygon": {"x0": 1, "y0": 2, "x1": 50, "y1": 2, "x2": 50, "y2": 20, "x3": 1, "y3": 20},
-              "line_idx": 0, "type": "H"},
-             {"text": "%math%", "polygon": {"x0": 60, "y0": 2, "x1": 90, "y1": 3, "x2": 90, "y2": 21, "x3": 60, "y3": 20},
-              "line_idx": 0, "type": "H"}]
+    words = [
+        {
+            "text": "hello",
+            "polygon": {"x0": 1, "y0": 2, "x1": 50, "y1": 2, "x2": 50, "y2": 20, "x3": 1, "y3": 20},
+            "line_idx": 0,
+            "type": "H",
+        },
+        {
+            "text": "%math%",
+            "polygon": {"x0": 60, "y0": 2, "x1": 90, "y1": 3, "x2": 90, "y2": 21, "x3": 60, "y3": 20},
+            "line_idx": 0,
+            "type": "H",
+        },
+    ]
     (root / "train" / "eng_1.json").write_text(json.dumps(words))
     (root / "notes.json").write_text("{}")  # no image beside it: ignored
     path = convert_gnhk(root, tmp_path / "out" / "manifest.jsonl")
@@ -105,9 +150,18 @@ def test_gnhk_conversion(tmp_path):
 
 
 def test_ground_truth_bounding_box_round_trip(tmp_path):
-    sample = Sample("s3://b/p.jpg", [Annotation("Dear", _quad(10, 20, 60, 40)), Annotation("Sir,", _quad(70, 20, 110, 41))])
+    sample = Sample(
+        "s3://b/p.jpg",
+        [Annotation("Dear", _quad(10, 20, 60, 40)), Annotation("Sir,", _quad(70, 20, 110, 41))],
+    )
     line = to_ground_truth_line(sample, "words", image_size=(200, 100))
-    assert line["words"]["annotations"][0] == {"class_id": 0, "left": 10, "top": 20, "width": 50, "height": 20}
+    assert line["words"]["annotations"][0] == {
+        "class_id": 0,
+        "left": 10,
+        "top": 20,
+        "width": 50,
+        "height": 20,
+    }
     p = tmp_path / "output.manifest"
     p.write_text(json.dumps(line) + "\n")
     back = convert_ground_truth(p, tmp_path / "manifest.jsonl")
@@ -117,51 +171,100 @@ def test_ground_truth_bounding_box_round_trip(tmp_path):
 def test_ground_truth_polygons_and_transcriptions():
     polygon_task = {
         "source-ref": "s3://b/p.jpg",
-        "lines": {"annotations": [{"class_id": 0, "vertices": [{"x": 1, "y": 1}, {"x": 9, "y": 1},
-                                                                 {"x": 9, "y": 5}, {"x": 1, "y": 5}],
-                                   "label-category-attributes": {"transcription": "hi!"}}],
-                  "image_size": [{"width": 10, "height": 6, "depth": 3}]},
-        "lines-metadata": {"class-map": {"0": "word"}, "type": "groundtruth/polygon"}}
+        "lines": {
+            "annotations": [
+                {
+                    "class_id": 0,
+                    "vertices": [{"x": 1, "y": 1}, {"x": 9, "y": 1}, {"x": 9, "y": 5}, {"x": 1, "y": 5}],
+                    "label-category-attributes": {"transcription": "hi!"},
+                }
+            ],
+            "image_size": [{"width": 10, "height": 6, "depth": 3}],
+        },
+        "lines-metadata": {"class-map": {"0": "word"}, "type": "groundtruth/polygon"},
+    }
     s = ground_truth_sample(polygon_task)
     assert s.annotations[0].text == "hi!" and len(s.annotations[0].polygon) == 4
-    crowd = {"source-ref": "s3://b/q.jpg",
-             "label": {"annotatedResult": {"inputImageProperties": {"width": 10, "height": 10},
-                                           "polygons": [{"label": "word", "vertices": [[0, 0], [4, 0], [4, 4]]}]}},
-             "label-metadata": {"type": "groundtruth/custom"}}
+    crowd = {
+        "source-ref": "s3://b/q.jpg",
+        "label": {
+            "annotatedResult": {
+                "inputImageProperties": {"width": 10, "height": 10},
+                "polygons": [{"label": "word", "vertices": [[0, 0], [4, 0], [4, 4]]}],
+            }
+        },
+        "label-metadata": {"type": "groundtruth/custom"},
+    }
     s = ground_truth_sample(crowd)
     assert s.annotations[0].text == "word" and s.annotations[0].polygon[2] == {"x": 4.0, "y": 4.0}
     # a custom crowd-polygon job without consolidation: each worker's form output as a JSON string
     # (shape from the Ground Truth developer guide: crowd-polygon element output, custom job output)
-    form = {"annotatedResult": {"inputImageProperties": {"height": 853, "width": 1280}, "polygons": [
-        {"label": "Dear", "vertices": [{"x": 570, "y": 239}, {"x": 603, "y": 239}, {"x": 603, "y": 260}]}]}}
-    custom = {"source-ref": "s3://b/c.jpg",
-              "words": {"annotationsFromAllWorkers": [
-                  {"workerId": "private.eu-west-1.1", "annotationData": {"content": json.dumps(form)}},
-                  {"workerId": "private.eu-west-1.2", "annotationData": {"content": "{}"}}]},
-              "words-metadata": {"type": "groundtruth/custom", "job-name": "w", "human-annotated": "yes"}}
+    form = {
+        "annotatedResult": {
+            "inputImageProperties": {"height": 853, "width": 1280},
+            "polygons": [
+                {
+                    "label": "Dear",
+                    "vertices": [{"x": 570, "y": 239}, {"x": 603, "y": 239}, {"x": 603, "y": 260}],
+                }
+            ],
+        }
+    }
+    custom = {
+        "source-ref": "s3://b/c.jpg",
+        "words": {
+            "annotationsFromAllWorkers": [
+                {"workerId": "private.eu-west-1.1", "annotationData": {"content": json.dumps(form)}},
+                {"workerId": "private.eu-west-1.2", "annotationData": {"content": "{}"}},
+            ]
+        },
+        "words-metadata": {"type": "groundtruth/custom", "job-name": "w", "human-annotated": "yes"},
+    }
     s = ground_truth_sample(custom)
-    assert [a.text for a in s.annotations] == ["Dear"] and s.annotations[0].polygon[0] == {"x": 570.0, "y": 239.0}
+    assert [a.text for a in s.annotations] == ["Dear"] and s.annotations[0].polygon[0] == {
+        "x": 570.0,
+        "y": 239.0,
+    }
     custom["words"]["annotationsFromAllWorkers"][0]["annotationData"]["content"] = "{not json"
     with pytest.raises(ManifestError, match="annotationsFromAllWorkers"):
         ground_truth_sample(custom)
     with pytest.raises(ManifestError, match="label attribute"):
         ground_truth_sample({"source-ref": "s3://b/r.jpg"})
     with pytest.raises(ManifestError, match="neither a box nor"):
-        ground_truth_sample({"source-ref": "s3://b/r.jpg", "x": {"annotations": [{"class_id": 0}]},
-                             "x-metadata": {}})
+        ground_truth_sample(
+            {"source-ref": "s3://b/r.jpg", "x": {"annotations": [{"class_id": 0}]}, "x-metadata": {}}
+        )
 
 
 def test_labeling_job_request_is_a_complete_pure_request():
-    req = labeling_job_request("htr-words-1", "s3://b/in.manifest", "s3://b/out/", "arn:aws:iam::1:role/r",
-                               "arn:aws:sagemaker:eu-west-1:1:workteam/private-crowd/t", "s3://b/labels.json",
-                               "s3://b/ui.liquid", region="eu-west-1")
+    req = labeling_job_request(
+        "htr-words-1",
+        "s3://b/in.manifest",
+        "s3://b/out/",
+        "arn:aws:iam::1:role/r",
+        "arn:aws:sagemaker:eu-west-1:1:workteam/private-crowd/t",
+        "s3://b/labels.json",
+        "s3://b/ui.liquid",
+        region="eu-west-1",
+    )
     htc = req["HumanTaskConfig"]
     assert req["LabelAttributeName"] == "words"
     assert htc["PreHumanTaskLambdaArn"] == "arn:aws:lambda:eu-west-1:568282634449:function:PRE-BoundingBox"
-    assert htc["AnnotationConsolidationConfig"]["AnnotationConsolidationLambdaArn"].endswith("ACS-BoundingBox")
+    assert htc["AnnotationConsolidationConfig"]["AnnotationConsolidationLambdaArn"].endswith(
+        "ACS-BoundingBox"
+    )
     assert req["InputConfig"]["DataSource"]["S3DataSource"]["ManifestS3Uri"] == "s3://b/in.manifest"
-    seg = labeling_job_request("j", "s3://b/i", "s3://b/o", "r", "w", "s3://b/l", "s3://b/u", "us-east-1",
-                               task="SemanticSegmentation")
+    seg = labeling_job_request(
+        "j",
+        "s3://b/i",
+        "s3://b/o",
+        "r",
+        "w",
+        "s3://b/l",
+        "s3://b/u",
+        "us-east-1",
+        task="SemanticSegmentation",
+    )
     assert seg["LabelAttributeName"].endswith("-ref")
     with pytest.raises(ValueError, match="region"):
         labeling_job_request("j", "s3://b/i", "s3://b/o", "r", "w", "s3://b/l", "s3://b/u", "mars-1")
@@ -175,18 +278,23 @@ def test_labeling_job_request_is_a_complete_pure_request():
 
 # ---- PAGE XML and ALTO imports ----------------------------------------------------------------------
 
-from batch.exports import render  # noqa: E402
-from batch.core.schema import DocumentRecord, Line, Page, Point, Word  # noqa: E402
-from jobs.manifests import convert_xml, main as manifests_main, read_archive_xml  # noqa: E402
-
 
 def _record(image: str) -> DocumentRecord:
     def word(t, x0, y0, x1, y1, k, li):
         return Word(t, 0.9, 0.8, [Point(x0, y0), Point(x1, y0), Point(x1, y1), Point(x0, y1)], k, li)
-    l0 = Line(0, [word("Dear", 20, 30, 90, 60, 0, 0), word("Ann,", 100, 32, 160, 62, 1, 0)],
-              [Point(18, 28), Point(162, 28), Point(162, 64), Point(18, 64)], [Point(18, 58), Point(162, 60)])
-    l1 = Line(1, [word("thank", 20, 90, 110, 120, 2, 1), word("you", 120, 90, 170, 120, 3, 1)],
-              [Point(18, 88), Point(172, 88), Point(172, 122), Point(18, 122)], [Point(18, 118), Point(172, 118)])
+
+    l0 = Line(
+        0,
+        [word("Dear", 20, 30, 90, 60, 0, 0), word("Ann,", 100, 32, 160, 62, 1, 0)],
+        [Point(18, 28), Point(162, 28), Point(162, 64), Point(18, 64)],
+        [Point(18, 58), Point(162, 60)],
+    )
+    l1 = Line(
+        1,
+        [word("thank", 20, 90, 110, 120, 2, 1), word("you", 120, 90, 170, 120, 3, 1)],
+        [Point(18, 88), Point(172, 88), Point(172, 122), Point(18, 122)],
+        [Point(18, 118), Point(172, 118)],
+    )
     return DocumentRecord("d" * 24, image, [Page(1, 200, 150, [l0, l1], dpi=300.0)], "m", "r", 0)
 
 
@@ -206,11 +314,15 @@ def test_our_export_imports_back_to_the_same_lines(tmp_path, fmt):
         assert a.polygon == [{"x": p.x, "y": p.y} for p in ln.polygon]
         assert a.baseline == [{"x": p.x, "y": p.y} for p in ln.baseline]
         assert a.line_idx == ln.line_idx
-    assert read_manifest(tmp_path / "manifest.jsonl") == lines            # written, and read back
+    assert read_manifest(tmp_path / "manifest.jsonl") == lines  # written, and read back
     words = convert_xml(tmp_path, tmp_path / "words.jsonl", level="word")[0].annotations
     assert [(a.text, a.line_idx) for a in words] == [(w.text, w.line_idx) for w in doc.pages[0].words]
-    assert words[2].polygon == [{"x": 20, "y": 90}, {"x": 110, "y": 90}, {"x": 110, "y": 120},
-                                {"x": 20, "y": 120}]
+    assert words[2].polygon == [
+        {"x": 20, "y": 90},
+        {"x": 110, "y": 90},
+        {"x": 110, "y": 120},
+        {"x": 20, "y": 120},
+    ]
 
 
 TRANSKRIBUS = """<?xml version="1.0" encoding="UTF-8"?>
@@ -233,8 +345,10 @@ TRANSKRIBUS = """<?xml version="1.0" encoding="UTF-8"?>
     </TextRegion>
     <TextRegion id="r2"><Coords points="10,10 290,10 290,60 10,60"/>
       <TextLine id="r2l1"><Coords points="12,12 280,14 280,50 12,48"/><Baseline points="12,44 280,46"/>
-        <Word id="w1"><Coords points="12,12 100,12 100,48 12,48"/><TextEquiv><Unicode>Anno</Unicode></TextEquiv></Word>
-        <Word id="w2"><Coords points="110,12 280,14 280,50 110,48"/><TextEquiv><Unicode>1858</Unicode></TextEquiv></Word>
+        <Word id="w1"><Coords points="12,12 100,12 100,48 12,48"/>
+          <TextEquiv><Unicode>Anno</Unicode></TextEquiv></Word>
+        <Word id="w2"><Coords points="110,12 280,14 280,50 110,48"/>
+          <TextEquiv><Unicode>1858</Unicode></TextEquiv></Word>
         <TextEquiv index="1"><Unicode>alternative</Unicode></TextEquiv>
         <TextEquiv index="0"><Unicode>Anno 1858</Unicode></TextEquiv></TextLine>
     </TextRegion>
@@ -260,12 +374,12 @@ ESCRIPTORIUM = """<?xml version="1.0" encoding="UTF-8"?>
 def test_transkribus_page_xml_in_reading_order(tmp_path):
     (tmp_path / "page").mkdir()
     (tmp_path / "page" / "folio_1.xml").write_text(TRANSKRIBUS)
-    Image.new("RGB", (300, 200)).save(tmp_path / "folio_1.jpg")       # Transkribus: XML in page/
+    Image.new("RGB", (300, 200)).save(tmp_path / "folio_1.jpg")  # Transkribus: XML in page/
     (sample,) = convert_xml(tmp_path)
     assert sample.source_ref == "folio_1.jpg"
     assert [a.text for a in sample.annotations] == ["Anno 1858", "first of r1", "second of r1"]
     assert sample.annotations[1].baseline == [{"x": 10, "y": 145}, {"x": 200, "y": 146}]
-    assert [a.line_idx for a in sample.annotations] == [0, 1, 2]    # the untranscribed line: dropped
+    assert [a.line_idx for a in sample.annotations] == [0, 1, 2]  # the untranscribed line: dropped
     words = convert_xml(tmp_path, tmp_path / "w.jsonl", level="word")[0].annotations
     assert [a.text for a in words] == ["Anno", "1858"]
 
@@ -278,13 +392,14 @@ def test_escriptorium_alto_with_polygons_and_old_baselines(tmp_path):
     (sample,) = convert_xml(tmp_path)
     a, b = sample.annotations
     assert (a.text, len(a.polygon), a.baseline) == ("Anno 1858", 4, [{"x": 12, "y": 44}, {"x": 280, "y": 46}])
-    assert b.text == "older ALTO" and b.polygon[2] == {"x": 200, "y": 150}     # from HPOS/VPOS/...
-    assert b.baseline == [{"x": 10, "y": 145}, {"x": 200, "y": 145}]             # ALTO 2/3: a height
+    assert b.text == "older ALTO" and b.polygon[2] == {"x": 200, "y": 150}  # from HPOS/VPOS/...
+    assert b.baseline == [{"x": 10, "y": 145}, {"x": 200, "y": 145}]  # ALTO 2/3: a height
 
 
 def test_imported_lines_feed_the_line_recogniser_cache(tmp_path):
     """The path `htr train recogniser --lines` takes: manifest -> jobs.line_data cache."""
     from jobs.line_data import build_cache
+
     data = tmp_path / "archive"
     data.mkdir()
     (data / "folio_1.xml").write_text(ESCRIPTORIUM)
@@ -305,4 +420,4 @@ def test_bad_archive_xml(tmp_path):
         read_archive_xml(ESCRIPTORIUM.replace(">pixel<", ">mm10<").encode())
     (tmp_path / "x.xml").write_text(ESCRIPTORIUM)
     with pytest.raises(ManifestError, match="image"):
-        convert_xml(tmp_path)                                            # no folio_1.jpg
+        convert_xml(tmp_path)  # no folio_1.jpg

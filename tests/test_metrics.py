@@ -1,5 +1,6 @@
 """jobs.metrics.polygon_iou and match on word quads and on real-looking (long, wavy, non-convex)
 line polygons, against areas worked out independently."""
+
 from __future__ import annotations
 
 import cv2
@@ -39,7 +40,7 @@ def wavy_line(x0=20.0, x1=420.0, top=50.0, height=30.0, n=20, amp=4.0, skew=0.05
     return np.concatenate([topline, bottom]).astype(np.float32)
 
 
-L_SHAPE = np.array([[0, 0], [20, 0], [20, 10], [10, 10], [10, 20], [0, 20]], np.float32)   # area 300
+L_SHAPE = np.array([[0, 0], [20, 0], [20, 10], [10, 10], [10, 20], [0, 20]], np.float32)  # area 300
 
 
 def test_convex_quads_score_as_before():
@@ -64,7 +65,7 @@ def test_wavy_line_polygon_against_its_rotated_box():
     poly = wavy_line()
     assert len(poly) == 40
     quad = line_quad(poly)
-    expected = shoelace(poly) / abs(cv2.contourArea(quad))   # the polygon lies inside its box
+    expected = shoelace(poly) / abs(cv2.contourArea(quad))  # the polygon lies inside its box
     iou = polygon_iou(poly, quad)
     assert iou == pytest.approx(expected, rel=1e-3)
     assert 0.6 < iou < 0.95
@@ -75,9 +76,9 @@ def test_identical_disjoint_and_degenerate():
     poly = wavy_line()
     assert polygon_iou(poly, poly) == pytest.approx(1.0)
     assert polygon_iou(L_SHAPE, L_SHAPE) == pytest.approx(1.0)
-    assert polygon_iou(poly, poly + [0, 500]) == 0.0                   # bounding boxes apart
-    tri_a = np.array([[0, 0], [10, 0], [0, 10]], np.float32)          # x + y <= 10
-    tri_b = np.array([[10, 10], [10, 1], [1, 10]], np.float32)        # x + y >= 11: boxes overlap
+    assert polygon_iou(poly, poly + [0, 500]) == 0.0  # bounding boxes apart
+    tri_a = np.array([[0, 0], [10, 0], [0, 10]], np.float32)  # x + y <= 10
+    tri_b = np.array([[10, 10], [10, 1], [1, 10]], np.float32)  # x + y >= 11: boxes overlap
     assert polygon_iou(tri_a, tri_b) == 0.0
     assert polygon_iou(np.array([[0, 0], [5, 5], [10, 10]], np.float32), box(0, 0, 10, 10)) == 0.0
     assert polygon_iou(box(0, 0, 10, 10)[:2], box(0, 0, 10, 10)) == 0.0
@@ -93,7 +94,7 @@ def test_repeated_points_do_not_change_the_area():
 
 def test_match_pairs_line_polygons_with_boxes():
     gts = [wavy_line(top=50 + 60 * k, skew=0.0) for k in range(4)]
-    preds = [line_quad(g) for g in gts[::-1]] + [box(0, 600, 400, 630)]   # reversed, plus a stray
+    preds = [line_quad(g) for g in gts[::-1]] + [box(0, 600, 400, 630)]  # reversed, plus a stray
     m = match(preds, gts, 0.5)
     assert sorted((i, j) for i, j, _ in m) == [(0, 3), (1, 2), (2, 1), (3, 0)]
     assert all(iou > 0.6 for _, _, iou in m)

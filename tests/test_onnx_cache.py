@@ -1,5 +1,6 @@
 """The ONNX export cache: a second load reuses the exported graph, any weight change re-exports,
 an unusable cache folder only costs the export, and the cached graph computes what torch does."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,8 +12,9 @@ from models import onnx_backend as ob
 
 def _net(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(),
-                               torch.nn.Conv2d(4, 2, 1)).eval()
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1)
+    ).eval()
 
 
 def _graph(net: torch.nn.Module) -> bytes:
@@ -46,7 +48,7 @@ def test_unwritable_cache_still_exports(tmp_path, monkeypatch):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
     monkeypatch.setenv("HTR_CACHE_DIR", str(blocker))
-    assert _graph(_net()).startswith(b"\x08")   # an ONNX ModelProto (field 1, ir_version)
+    assert _graph(_net()).startswith(b"\x08")  # an ONNX ModelProto (field 1, ir_version)
 
 
 def test_cached_session_matches_torch(tmp_path, monkeypatch):
@@ -54,14 +56,13 @@ def test_cached_session_matches_torch(tmp_path, monkeypatch):
     monkeypatch.setenv("HTR_CACHE_DIR", str(tmp_path))
     net = _net(3)
     x = torch.rand(3, 1, 8, 40)
-    for _ in range(2):   # export, then from the cache
+    for _ in range(2):  # export, then from the cache
         session = ob._session(_graph(net), threads=1)
         got = session.run(None, {"x": x.numpy()})[0]
         np.testing.assert_allclose(got, net(x).detach().numpy(), atol=1e-5)
 
 
-def test_checkpoint_runners_come_from_the_cache_without_building_networks(tmp_path, monkeypatch,
-                                                                         tiny_models):
+def test_checkpoint_runners_come_from_the_cache_without_building_networks(tmp_path, monkeypatch, tiny_models):
     from models import checkpoints
 
     monkeypatch.setenv("HTR_CACHE_DIR", str(tmp_path))

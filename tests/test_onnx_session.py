@@ -1,4 +1,5 @@
 """ONNX Runtime sessions as htr run uses them on a shared CPU."""
+
 from __future__ import annotations
 
 import pytest

@@ -7,6 +7,7 @@ archive is then served through the real sagemaker-inference toolkit's Transforme
 code/requirements.txt read by pip's own parser from inside the unpacked folder, as the
 container does at start-up. The Dockerfile's COPY and `-r` sources are checked the same way.
 """
+
 from __future__ import annotations
 
 import io
@@ -28,7 +29,7 @@ from tests.s3_server import s3_client
 REPO = Path(__file__).resolve().parents[1]
 
 # Runs inside the unpacked archive: argv = model_dir, pdf path.
-HANDLER_SCRIPT = r'''
+HANDLER_SCRIPT = r"""
 import importlib.util, json, os, sys
 model_dir, pdf_path = sys.argv[1], sys.argv[2]
 spec = importlib.util.spec_from_file_location("inference", os.path.join(model_dir, "code", "inference.py"))
@@ -56,7 +57,7 @@ out["csv"] = answer(b"a,b\n", "text/csv")
 service.settings = service.settings.__class__(batch=True)  # as under Batch Transform
 out["corrupt_batch"] = answer(data[:200], "application/x-image")
 print(json.dumps(out))
-'''
+"""
 
 
 def _pdf() -> bytes:
@@ -79,16 +80,22 @@ def test_archive_layout(archive: Path) -> None:
         names = tar.getnames()
         requirements = tar.extractfile("code/requirements.txt").read().decode()
     assert set(MODEL_FILES) <= {n for n in names if "/" not in n}
-    assert {"code/inference.py", "code/requirements.txt", "code/batch/serve.py",
-            "code/batch/pipeline.py", "code/models/checkpoints.py", "code/transforms/rasterise.py",
-            "code/jobs/train.py"} <= set(names)
+    assert {
+        "code/inference.py",
+        "code/requirements.txt",
+        "code/batch/serve.py",
+        "code/batch/pipeline.py",
+        "code/models/checkpoints.py",
+        "code/transforms/rasterise.py",
+        "code/jobs/train.py",
+    } <= set(names)
     weights = [n for n in names if n.endswith(".safetensors")]
     assert sorted(weights) == ["recogniser.safetensors", "segmenter.safetensors"]  # once, at the root
     assert not [n for n in names if "__pycache__" in n or n.startswith("code/models/default")]
     assert requirements == container_requirements()
     pins = {line.split("==")[0] for line in requirements.split()}
     assert not pins & {"torch", "pytest", "moto", "sagemaker-inference"}
-    assert {"pypdfium2", "fontpkg-caveat"} <= pins     # the fonts' -r include, inlined
+    assert {"pypdfium2", "fontpkg-caveat"} <= pins  # the fonts' -r include, inlined
     assert not [line for line in requirements.splitlines() if line.startswith("-")]
 
 
@@ -98,10 +105,14 @@ def test_handlers_run_from_the_unpacked_archive(archive: Path, tmp_path: Path) -
         tar.extractall(model_dir, filter="data")
     pdf = tmp_path / "doc.pdf"
     pdf.write_bytes(_pdf())
-    proc = subprocess.run([sys.executable, "-I", "-c", HANDLER_SCRIPT + TOOLKIT_SCRIPT, str(model_dir),
-                           str(pdf)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={"PATH": "/usr/bin:/bin", "HTR_DEVICE": "cpu",
-                               "SAGEMAKER_PROGRAM": "inference.py"})
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", HANDLER_SCRIPT + TOOLKIT_SCRIPT, str(model_dir), str(pdf)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PATH": "/usr/bin:/bin", "HTR_DEVICE": "cpu", "SAGEMAKER_PROGRAM": "inference.py"},
+    )
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.splitlines()[-2])
     _check_toolkit_answers(json.loads(proc.stdout.splitlines()[-1]), proc.stderr)
@@ -142,15 +153,17 @@ def _unpack(archive: Path, dest: Path) -> Path:
 def test_requirements_resolve_inside_the_unpacked_archive(archive: Path, tmp_path: Path) -> None:
     """Every `-r` is resolvable from the archive alone (pip's own parser, in an empty folder)."""
     model_dir = _unpack(archive, tmp_path / "model")
-    proc = subprocess.run([sys.executable, "-I", "-c", PIP_PARSE], cwd=model_dir,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-I", "-c", PIP_PARSE], cwd=model_dir, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     parsed = json.loads(proc.stdout)
     assert parsed == list(requirement_specs(model_dir / "code" / "requirements.txt"))
     assert "pypdfium2==5.15.2" in parsed and len(parsed) > 20
 
 
-# Then the sagemaker-inference toolkit's Transformer, as the framework container's model server runs it. Context: the parts of the model server's request context it uses.
+# Then the sagemaker-inference toolkit's Transformer, as the framework container's model server runs it.
+# Context: the parts of the model server's request context it uses.
 TOOLKIT_SCRIPT = r"""
 sys.path.insert(0, os.path.join(model_dir, "code"))  # the container: SAGEMAKER_SUBMIT_DIRECTORY
 from sagemaker_inference.transformer import Transformer
@@ -208,8 +221,11 @@ def _dockerfile_image(dockerfile: Path) -> dict[str, Path]:
             *sources, dest = words[1:]
             for src in sources:
                 assert (REPO / src).exists(), f"Dockerfile: COPY {src}: not in the repo"
-                target = dest if not dest.endswith("/") and len(sources) == 1 and dest != "./" \
+                target = (
+                    dest
+                    if not dest.endswith("/") and len(sources) == 1 and dest != "./"
                     else str(Path(workdir, dest, Path(src).name))
+                )
                 files[str(Path(workdir, target))] = REPO / src
         elif words[0] == "RUN":
             for derived in re.finditer(r"(\S+)\s*>\s*(\S+)", line):
@@ -246,26 +262,49 @@ def _training_output(src: Path, kind: str, dest: Path) -> bytes:
     return (src / f"{kind}.safetensors").read_bytes()
 
 
-def test_package_joins_two_training_outputs(tiny_models: Path, tiny_line_models: Path,
-                                            s3_endpoint: str, s3_bucket: str, tmp_path: Path) -> None:
+def test_package_joins_two_training_outputs(
+    tiny_models: Path, tiny_line_models: Path, s3_endpoint: str, s3_bucket: str, tmp_path: Path
+) -> None:
     """Segmenter from one job's s3://.../model.tar.gz, recogniser from another's local copy."""
     seg_weights = _training_output(tiny_models, "segmenter", tmp_path / "seg.tar.gz")
     s3_client(s3_endpoint).upload_file(str(tmp_path / "seg.tar.gz"), s3_bucket, "seg/output/model.tar.gz")
     rec_weights = _training_output(tiny_line_models, "recogniser", tmp_path / "rec.tar.gz")
     out = tmp_path / "joined.tar.gz"
-    assert htr(["package-model", "--out", str(out), "--models", str(tmp_path / "nowhere"),
-                "--segmenter", f"s3://{s3_bucket}/seg/output/model.tar.gz",
-                "--recogniser", str(tmp_path / "rec.tar.gz")]) == EXIT_OK
+    assert (
+        htr(
+            [
+                "package-model",
+                "--out",
+                str(out),
+                "--models",
+                str(tmp_path / "nowhere"),
+                "--segmenter",
+                f"s3://{s3_bucket}/seg/output/model.tar.gz",
+                "--recogniser",
+                str(tmp_path / "rec.tar.gz"),
+            ]
+        )
+        == EXIT_OK
+    )
     with tarfile.open(out) as tar:
         assert tar.extractfile("segmenter.safetensors").read() == seg_weights
         assert tar.extractfile("recogniser.safetensors").read() == rec_weights
         assert json.load(tar.extractfile("recogniser.json")) == json.loads(
-            (tiny_line_models / "recogniser.json").read_text())
+            (tiny_line_models / "recogniser.json").read_text()
+        )
 
 
-def test_package_refuses_an_output_without_the_model(tiny_models: Path, tmp_path: Path,
-                                                     capsys) -> None:
+def test_package_refuses_an_output_without_the_model(tiny_models: Path, tmp_path: Path, capsys) -> None:
     _training_output(tiny_models, "segmenter", tmp_path / "seg.tar.gz")
-    code = htr(["package-model", "--out", str(tmp_path / "m.tar.gz"), "--models", str(tiny_models),
-                "--recogniser", str(tmp_path / "seg.tar.gz")])
+    code = htr(
+        [
+            "package-model",
+            "--out",
+            str(tmp_path / "m.tar.gz"),
+            "--models",
+            str(tiny_models),
+            "--recogniser",
+            str(tmp_path / "seg.tar.gz"),
+        ]
+    )
     assert code == EXIT_FATAL and "lacks recogniser.safetensors" in capsys.readouterr().err

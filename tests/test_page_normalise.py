@@ -3,6 +3,7 @@
 Pages are drawn here with cv2.putText (lines of words of varying length on off-white paper), plus
 one page from the synthetic engine; every case is checked against the page it was made from.
 """
+
 from __future__ import annotations
 
 import cv2
@@ -12,13 +13,23 @@ import pytest
 from transforms.page_normalise import PageFix, normalise_page
 
 PAPER = (244, 240, 230)
-WORDS = ("the quick brown fox jumps over a lazy dog and then writes long letters to his family about "
-         "everything that happened during summer holidays in Paris London Berlin 1897 Yours faithfully "
-         "Henry").split()
+WORDS = (
+    "the quick brown fox jumps over a lazy dog and then writes long letters to his family about "
+    "everything that happened during summer holidays in Paris London Berlin 1897 Yours faithfully "
+    "Henry"
+).split()
 
 
-def text_page(seed: int = 0, w: int = 1200, h: int = 1600, font: int = cv2.FONT_HERSHEY_SIMPLEX,
-              scale: float = 1.0, top: int = 120, gap: int = 58, lines: int | None = None) -> np.ndarray:
+def text_page(
+    seed: int = 0,
+    w: int = 1200,
+    h: int = 1600,
+    font: int = cv2.FONT_HERSHEY_SIMPLEX,
+    scale: float = 1.0,
+    top: int = 120,
+    gap: int = 58,
+    lines: int | None = None,
+) -> np.ndarray:
     """Lines of words of varying length (ragged right margin) in dark ink on off-white paper."""
     rng = np.random.default_rng(seed)
     img = np.empty((h, w, 3), np.uint8)
@@ -57,8 +68,14 @@ def phone_photo(page: np.ndarray, seed: int = 0, dim: bool = False) -> np.ndarra
     desk[:] = (45, 35, 30) if dim else (90, 62, 40)
     desk += cv2.GaussianBlur(rng.normal(0, 8, (H, W)).astype(np.float32), (0, 0), 2)[..., None]
     f = (0.27, 0.73) if dim else (0.12, 0.88)
-    dst = np.float32([[W * f[0], H * f[0]], [W * f[1], H * (f[0] + 0.02)], [W * (f[1] + 0.01), H * f[1]],
-                      [W * (f[0] - 0.01), H * (f[1] + 0.02)]])
+    dst = np.float32(
+        [
+            [W * f[0], H * f[0]],
+            [W * f[1], H * (f[0] + 0.02)],
+            [W * (f[1] + 0.01), H * f[1]],
+            [W * (f[0] - 0.01), H * (f[1] + 0.02)],
+        ]
+    )
     m = cv2.getPerspectiveTransform(np.float32([[0, 0], [w, 0], [w, h], [0, h]]), dst)
     sheet = cv2.warpPerspective(page, m, (W, H)).astype(np.float32)
     mask = cv2.warpPerspective(np.ones((h, w), np.float32), m, (W, H))[..., None]
@@ -73,8 +90,18 @@ def similarity(a: np.ndarray, b: np.ndarray) -> float:
     """Correlation of 1/4-size grey copies; -1 when the shapes differ (a turned page)."""
     if a.shape != b.shape:
         return -1.0
-    small = [cv2.resize(x if x.ndim == 2 else cv2.cvtColor(x, cv2.COLOR_RGB2GRAY), None, fx=0.25, fy=0.25,
-                        interpolation=cv2.INTER_AREA).astype(np.float64).ravel() for x in (a, b)]
+    small = [
+        cv2.resize(
+            x if x.ndim == 2 else cv2.cvtColor(x, cv2.COLOR_RGB2GRAY),
+            None,
+            fx=0.25,
+            fy=0.25,
+            interpolation=cv2.INTER_AREA,
+        )
+        .astype(np.float64)
+        .ravel()
+        for x in (a, b)
+    ]
     return float(np.corrcoef(*small)[0, 1])
 
 
@@ -101,12 +128,15 @@ def synth_page() -> np.ndarray:
 
 # ---- pages that need nothing ------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("variant", ["simplex", "complex", "gray", "sparse"])
 def test_upright_page_is_returned_untouched(variant):
-    page = {"simplex": lambda: text_page(0),
-            "complex": lambda: text_page(1, font=cv2.FONT_HERSHEY_COMPLEX, scale=0.8, gap=44),
-            "gray": lambda: cv2.cvtColor(text_page(2), cv2.COLOR_RGB2GRAY),
-            "sparse": lambda: text_page(3, lines=3)}[variant]()
+    page = {
+        "simplex": lambda: text_page(0),
+        "complex": lambda: text_page(1, font=cv2.FONT_HERSHEY_COMPLEX, scale=0.8, gap=44),
+        "gray": lambda: cv2.cvtColor(text_page(2), cv2.COLOR_RGB2GRAY),
+        "sparse": lambda: text_page(3, lines=3),
+    }[variant]()
     before = page.copy()
     out, fix = normalise_page(page)
     assert_identity(out, fix, page)
@@ -115,9 +145,13 @@ def test_upright_page_is_returned_untouched(variant):
 
 def test_blank_tiny_and_noise_pages_are_left_alone():
     rng = np.random.default_rng(0)
-    for img in (np.full((1600, 1200, 3), 245, np.uint8), np.zeros((900, 700), np.uint8),
-                np.zeros((1, 1, 3), np.uint8), np.full((6, 700, 3), 200, np.uint8),
-                rng.integers(0, 256, (600, 400, 3), dtype=np.uint8)):
+    for img in (
+        np.full((1600, 1200, 3), 245, np.uint8),
+        np.zeros((900, 700), np.uint8),
+        np.zeros((1, 1, 3), np.uint8),
+        np.full((6, 700, 3), 200, np.uint8),
+        rng.integers(0, 256, (600, 400, 3), dtype=np.uint8),
+    ):
         out, fix = normalise_page(img)
         assert_identity(out, fix, img)
 
@@ -130,6 +164,7 @@ def test_rejects_other_dtypes_and_channel_counts():
 
 
 # ---- negatives ----------------------------------------------------------------------------------------
+
 
 def test_negative_is_inverted_back(page):
     out, fix = normalise_page(255 - page)
@@ -144,7 +179,7 @@ def test_microfilm_negative_gray_noisy_low_contrast(page):
     gray = cv2.cvtColor(page, cv2.COLOR_RGB2GRAY).astype(np.float32)
     h, w = gray.shape
     ys, xs = np.mgrid[0:h, 0:w] / np.float32([h, w])[:, None, None]
-    rim = 1 - 0.3 * ((xs - .5) ** 2 + (ys - .5) ** 2)
+    rim = 1 - 0.3 * ((xs - 0.5) ** 2 + (ys - 0.5) ** 2)
     film = 35 + 150 * (240 - gray) / 210 + rng.normal(0, 8, gray.shape)
     film = cv2.GaussianBlur(film.astype(np.float32), (0, 0), 1.2) * rim
     film = np.clip(film, 0, 255).astype(np.uint8)
@@ -174,13 +209,22 @@ def test_black_letterhead_block_is_not_inverted():
     page = text_page(4, top=620)
     page[:500] = (20, 20, 60)  # a third of the page solid navy, with white lettering in it
     for i, line in enumerate(["ACME WIDGETS LTD", "12 High Street, London", "Telephone 0123 456789"]):
-        cv2.putText(page, line, (80, 130 + 120 * i), cv2.FONT_HERSHEY_COMPLEX, 2.0 if i == 0 else 1.5,
-                    (250, 250, 250), 4, cv2.LINE_AA)
+        cv2.putText(
+            page,
+            line,
+            (80, 130 + 120 * i),
+            cv2.FONT_HERSHEY_COMPLEX,
+            2.0 if i == 0 else 1.5,
+            (250, 250, 250),
+            4,
+            cv2.LINE_AA,
+        )
     out, fix = normalise_page(page)
     assert_identity(out, fix, page)
 
 
 # ---- quarter turns ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("k", [1, 3])
 def test_quarter_turns_come_back_upright(page, k):
@@ -256,6 +300,7 @@ def test_upside_down_latin_text_without_callback(font):
 
 # ---- skew ---------------------------------------------------------------------------------------------
 
+
 def _find(patch: np.ndarray, img: np.ndarray) -> np.ndarray:
     """(x, y) of `patch`'s centre pixel where it best matches in `img`."""
     res = cv2.matchTemplate(img, patch, cv2.TM_CCOEFF_NORMED)
@@ -269,13 +314,13 @@ def test_skew_is_measured_and_mapped_back(page, angle):
     tilted, m = skewed(page, angle)
     out, fix = normalise_page(tilted)
     assert not fix.inverted and fix.quarter_turns == 0
-    assert abs(fix.skew_deg + angle) < 1.0   # skew_deg is the correction: the opposite turn
+    assert abs(fix.skew_deg + angle) < 1.0  # skew_deg is the correction: the opposite turn
     # the corner wedges are paper coloured, not black
     assert np.abs(out[2, 2].astype(int) - PAPER).max() < 10
     # a word patch from the middle of the original page: found in the corrected page, mapped back
     # to the input it lands where the skew put it
     y0, x0 = 700, 300
-    patch = page[y0 - 40:y0 + 20, x0:x0 + 300]
+    patch = page[y0 - 40 : y0 + 20, x0 : x0 + 300]
     centre = np.array([x0 + (300 - 1) / 2, y0 - 40 + (60 - 1) / 2])
     found = _find(patch, out)
     expected = m @ np.r_[centre, 1.0]
@@ -289,7 +334,7 @@ def test_turned_and_skewed_together(page):
     assert fix.quarter_turns == 3
     assert abs(fix.skew_deg + 5.0) < 1.0
     y0, x0 = 900, 400
-    patch = page[y0 - 40:y0 + 20, x0:x0 + 300]
+    patch = page[y0 - 40 : y0 + 20, x0 : x0 + 300]
     centre = np.array([x0 + (300 - 1) / 2, y0 - 40 + (60 - 1) / 2])
     in_tilted = m @ np.r_[centre, 1.0]
     in_turned = np.array([in_tilted[1], tilted.shape[1] - 1 - in_tilted[0]])  # np.rot90 k=1
@@ -323,6 +368,7 @@ def test_switches_turn_detectors_off(page):
 
 
 # ---- small and synthetic pages --------------------------------------------------------------------------
+
 
 def test_small_low_res_paragraph():
     para = text_page(6, w=450, h=300, scale=0.6, top=40, gap=30)

@@ -5,6 +5,7 @@ transforms.rasterise falls back to pypdfium2 when pdftoppm/pdfinfo are not on PA
 take poppler off PATH (an empty folder) and compare the fallback with poppler's output. With
 neither renderer the job stops at start-up (MissingDependency), never one error row per PDF.
 """
+
 from __future__ import annotations
 
 import sys
@@ -19,9 +20,11 @@ from batch.core.errors import EXIT_FATAL, CorruptDocument, EncryptedDocument, Mi
 from tests.test_rasterise import ink, make_pdf, rect
 from transforms.rasterise import Limits, iter_pages, pdf_renderer
 
-PAGES = [(72, 144, rect(0, 72, 72, 72)),                       # 1 x 2 inch, top half black
-         (200, 100, rect(0, 0, 200, 20)),                      # a bar along the bottom
-         (300, 120, rect(100, 20, 50, 50))]
+PAGES = [
+    (72, 144, rect(0, 72, 72, 72)),  # 1 x 2 inch, top half black
+    (200, 100, rect(0, 0, 200, 20)),  # a bar along the bottom
+    (300, 120, rect(100, 20, 50, 50)),
+]
 
 
 @pytest.fixture
@@ -43,13 +46,16 @@ def test_pdfium_renders_what_poppler_renders(no_poppler, monkeypatch) -> None:
     data = make_pdf(PAGES)
     assert pdf_renderer() == "pdfium"
     fallback = _pages(data, dpi=100)
-    monkeypatch.undo()                              # poppler back on PATH
+    monkeypatch.undo()  # poppler back on PATH
     assert pdf_renderer() == "poppler"
     reference = _pages(data, dpi=100)
-    assert [p.shape for p in fallback] == [p.shape for p in reference] == \
-        [(200, 100, 3), (139, 278, 3), (167, 417, 3)]
+    assert (
+        [p.shape for p in fallback]
+        == [p.shape for p in reference]
+        == [(200, 100, 3), (139, 278, 3), (167, 417, 3)]
+    )
     for ours, theirs in zip(fallback, reference):
-        assert (ink(ours) != ink(theirs)).mean() < 0.01   # anti-aliased edges may differ
+        assert (ink(ours) != ink(theirs)).mean() < 0.01  # anti-aliased edges may differ
 
 
 def test_pdfium_crop_box_and_rotation(no_poppler) -> None:
@@ -70,19 +76,18 @@ def test_pdfium_errors_are_the_documents(no_poppler) -> None:
     with pytest.raises(TooLarge):
         _pages(data, limits=Limits(max_pages=2))
     (page,) = _pages(make_pdf([(100, 50, rect(0, 0, 25, 50))], user_password=""), dpi=72)
-    assert abs(ink(page).mean() - 0.25) < 0.03       # owner password only: opens
+    assert abs(ink(page).mean() - 0.25) < 0.03  # owner password only: opens
 
 
 def test_pdfium_from_threads(no_poppler) -> None:
     """The worker decodes on threads; PDFium is not thread-safe (a lock serialises its calls)."""
-    docs = [make_pdf(PAGES[k % 3:]) for k in range(6)]
+    docs = [make_pdf(PAGES[k % 3 :]) for k in range(6)]
     with ThreadPoolExecutor(3) as pool:
         shapes = list(pool.map(lambda d: [p.shape for p in _pages(d, dpi=72)], docs))
-    assert shapes == [[(h, w, 3) for w, h, _ in PAGES[k % 3:]] for k in range(6)]
+    assert shapes == [[(h, w, 3) for w, h, _ in PAGES[k % 3 :]] for k in range(6)]
 
 
-def test_no_renderer_stops_the_run_at_start(no_poppler, monkeypatch, tiny_models, tmp_path,
-                                            capsys) -> None:
+def test_no_renderer_stops_the_run_at_start(no_poppler, monkeypatch, tiny_models, tmp_path, capsys) -> None:
     monkeypatch.setitem(sys.modules, "pypdfium2", None)  # `import pypdfium2` fails
     with pytest.raises(MissingDependency, match="no PDF renderer"):
         pdf_renderer()
@@ -92,4 +97,4 @@ def test_no_renderer_stops_the_run_at_start(no_poppler, monkeypatch, tiny_models
     out = tmp_path / "out"
     assert htr(["run", str(docs), str(out), "--models", str(tiny_models), "--no-progress"]) == EXIT_FATAL
     assert "no PDF renderer" in capsys.readouterr().err
-    assert not (out / "errors").exists()               # not an error row per document
+    assert not (out / "errors").exists()  # not an error row per document

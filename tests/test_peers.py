@@ -1,6 +1,7 @@
 """Peer adapters (jobs/peers.py): parsing is tested on fixed strings; the real engines read a small
 rendered page of large printed words. Those tests need `tesseract-ocr tesseract-ocr-eng` (apt) and
 `rapidocr-onnxruntime` (pip, requirements-bench.txt) and are skipped, with the reason, without them."""
+
 from __future__ import annotations
 
 import cv2
@@ -10,15 +11,17 @@ import pytest
 from jobs import peers
 from jobs.evaluate import EvalPage, GtItem, evaluate
 
-TSV = "\n".join([
-    "level\tpage_num\tblock_num\tpar_num\tline_num\tword_num\tleft\ttop\twidth\theight\tconf\ttext",
-    "1\t1\t0\t0\t0\t0\t0\t0\t900\t300\t-1\t",
-    "4\t1\t1\t1\t1\t0\t27\t35\t410\t59\t-1\t",
-    "5\t1\t1\t1\t1\t1\t27\t35\t170\t59\t96.5\thello",
-    "5\t1\t1\t1\t1\t2\t245\t35\t192\t59\t91.0\tworld",
-    "5\t1\t1\t1\t1\t3\t460\t35\t10\t59\t95.0\t ",
-    "5\t1\t2\t1\t1\t1\t24\t200\t211\t47\t80.0\tsecond",
-])
+TSV = "\n".join(
+    [
+        "level\tpage_num\tblock_num\tpar_num\tline_num\tword_num\tleft\ttop\twidth\theight\tconf\ttext",
+        "1\t1\t0\t0\t0\t0\t0\t0\t900\t300\t-1\t",
+        "4\t1\t1\t1\t1\t0\t27\t35\t410\t59\t-1\t",
+        "5\t1\t1\t1\t1\t1\t27\t35\t170\t59\t96.5\thello",
+        "5\t1\t1\t1\t1\t2\t245\t35\t192\t59\t91.0\tworld",
+        "5\t1\t1\t1\t1\t3\t460\t35\t10\t59\t95.0\t ",
+        "5\t1\t2\t1\t1\t1\t24\t200\t211\t47\t80.0\tsecond",
+    ]
+)
 
 WORDS = [("hello", 30, 100), ("world", 330, 100), ("paper", 30, 210), ("table", 330, 210)]
 
@@ -58,7 +61,7 @@ def test_parse_tsv_of_an_empty_page():
 
 def test_split_line_apportions_the_box_by_character_position():
     quad = np.array([[0, 10], [110, 10], [110, 30], [0, 30]], np.float64)
-    words = peers.split_line(quad, "ab  cdefgh ijk", 0.9)   # 14 characters
+    words = peers.split_line(quad, "ab  cdefgh ijk", 0.9)  # 14 characters
     assert [w.text for w in words] == ["ab", "cdefgh", "ijk"]
     x0, y0, x1, y1 = words[1].bbox
     assert (x0, x1) == pytest.approx((4 / 14 * 110, 10 / 14 * 110))
@@ -71,8 +74,10 @@ def test_split_line_apportions_the_box_by_character_position():
 
 
 def test_rapid_result_to_page():
-    result = [[[[0, 0], [100, 0], [100, 20], [0, 20]], "hello world", 0.8],
-              [[[0, 40], [50, 40], [50, 60], [0, 60]], "  ", 0.5]]
+    result = [
+        [[[0, 0], [100, 0], [100, 20], [0, 20]], "hello world", 0.8],
+        [[[0, 40], [50, 40], [50, 60], [0, 60]], "  ", 0.5],
+    ]
     page = peers.rapid_result_to_page(result, 200, 100)
     assert page.text == "hello world" and len(page.lines) == 1
     assert peers.rapid_result_to_page(None, 200, 100).lines == []
@@ -84,8 +89,12 @@ def test_tesseract_reads_printed_words(printed):
     page = peers.tesseract_page(img)
     assert page.text.split() == [w for w, _, _ in WORDS]
     assert len(page.lines) == 2
-    metrics = evaluate([EvalPage("mem://printed", items, "word", img)], peers.tesseract_page,
-                       peers.tesseract_read_crops, progress=False)
+    metrics = evaluate(
+        [EvalPage("mem://printed", items, "word", img)],
+        peers.tesseract_page,
+        peers.tesseract_read_crops,
+        progress=False,
+    )
     assert metrics["word_det_f1"] >= 0.75 and metrics["page_cer"] <= 0.1
     assert metrics["crop_cer"] <= 0.25
 
@@ -96,8 +105,9 @@ def test_rapidocr_reads_printed_words(printed):
     rapid = peers.RapidPeer(threads=1)
     page = rapid(img)
     assert sorted(page.text.lower().split()) == sorted(w for w, _, _ in WORDS)  # its own reading order
-    metrics = evaluate([EvalPage("mem://printed", items, "word", img)], rapid, rapid.read_crops,
-                       progress=False)
+    metrics = evaluate(
+        [EvalPage("mem://printed", items, "word", img)], rapid, rapid.read_crops, progress=False
+    )
     # its box order (top edge, then x) can put 'table' before 'paper': score order-free here
     assert metrics["word_det_f1"] >= 0.75 and metrics["bow_f1"] >= 0.99
     assert metrics["crop_cer"] <= 0.25

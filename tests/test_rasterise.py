@@ -3,6 +3,7 @@
 The document builders at the top (make_pdf, encode, ...) are also used by
 tests/test_run_integration.py.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -17,8 +18,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from batch.core.errors import (CorruptDocument, EmptyDocument, EncryptedDocument, InputError, TooLarge,
-                          UnsupportedType)
+from batch.core.errors import (
+    CorruptDocument,
+    EmptyDocument,
+    EncryptedDocument,
+    InputError,
+    TooLarge,
+    UnsupportedType,
+)
 from transforms import rasterise
 from transforms.rasterise import Limits, count_pages, iter_pages, sniff, to_rgb_array
 
@@ -44,8 +51,9 @@ def _rc4(key: bytes, data: bytes) -> bytes:
     return bytes(out)
 
 
-def make_pdf(pages: list[tuple[float, float, bytes]], user_password: str | None = None,
-             extra_page_keys: str = "") -> bytes:
+def make_pdf(
+    pages: list[tuple[float, float, bytes]], user_password: str | None = None, extra_page_keys: str = ""
+) -> bytes:
     """A minimal PDF written by hand: pages of (width pt, height pt, content stream).
 
     With `user_password`, the file uses the standard security handler (RC4 40-bit, R2) with
@@ -57,8 +65,10 @@ def make_pdf(pages: list[tuple[float, float, bytes]], user_password: str | None 
     objs[2] = f"<< /Type /Pages /Kids [{kids}] /Count {n} >>".encode()
     streams: dict[int, bytes] = {}
     for i, (w, h, content) in enumerate(pages):
-        objs[3 + 2 * i] = (f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {w} {h}] {extra_page_keys}"
-                           f" /Contents {4 + 2 * i} 0 R /Resources << >> >>").encode()
+        objs[3 + 2 * i] = (
+            f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {w} {h}] {extra_page_keys}"
+            f" /Contents {4 + 2 * i} 0 R /Resources << >> >>"
+        ).encode()
         streams[4 + 2 * i] = content
     file_id = hashlib.md5(b"htr-batch test").digest()
     key = None
@@ -66,11 +76,13 @@ def make_pdf(pages: list[tuple[float, float, bytes]], user_password: str | None 
         perms = -44
         owner_key = hashlib.md5((b"owner-secret" + _PDF_PAD)[:32]).digest()[:5]
         o_entry = _rc4(owner_key, (user_password.encode() + _PDF_PAD)[:32])
-        key = hashlib.md5((user_password.encode() + _PDF_PAD)[:32] + o_entry
-                          + struct.pack("<i", perms) + file_id).digest()[:5]
+        key = hashlib.md5(
+            (user_password.encode() + _PDF_PAD)[:32] + o_entry + struct.pack("<i", perms) + file_id
+        ).digest()[:5]
         u_entry = _rc4(key, _PDF_PAD)
-        objs[3 + 2 * n] = (f"<< /Filter /Standard /V 1 /R 2 /O <{o_entry.hex()}> "
-                           f"/U <{u_entry.hex()}> /P {perms} >>").encode()
+        objs[3 + 2 * n] = (
+            f"<< /Filter /Standard /V 1 /R 2 /O <{o_entry.hex()}> /U <{u_entry.hex()}> /P {perms} >>"
+        ).encode()
     out = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
     offsets = {}
     for num in sorted(set(objs) | set(streams)):
@@ -122,8 +134,12 @@ def png_chunk(kind: bytes, body: bytes) -> bytes:
 def png_claiming(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height (8-bit RGB) with a few bytes of data."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr)
-            + png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) + png_chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", ihdr)
+        + png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + png_chunk(b"IEND", b"")
+    )
 
 
 def multipage_tiff(frames: list[Image.Image], **kw) -> bytes:
@@ -136,20 +152,20 @@ def tiff_ifd_offsets(data: bytes) -> list[int]:
     out, off = [], struct.unpack("<I", data[4:8])[0]
     while off:
         out.append(off)
-        n = struct.unpack("<H", data[off:off + 2])[0]
-        off = struct.unpack("<I", data[off + 2 + 12 * n:off + 6 + 12 * n])[0]
+        n = struct.unpack("<H", data[off : off + 2])[0]
+        off = struct.unpack("<I", data[off + 2 + 12 * n : off + 6 + 12 * n])[0]
     return out
 
 
 def tiff_set_short_tag(data: bytes, page: int, tag: int, value: int) -> bytes:
     """Rewrite a SHORT tag's value in the IFD of one page (0-based)."""
     ifd = tiff_ifd_offsets(data)[page]
-    n = struct.unpack("<H", data[ifd:ifd + 2])[0]
+    n = struct.unpack("<H", data[ifd : ifd + 2])[0]
     out = bytearray(data)
     for k in range(n):
         e = ifd + 2 + 12 * k
-        if struct.unpack("<H", data[e:e + 2])[0] == tag:
-            out[e + 8:e + 10] = struct.pack("<H", value)
+        if struct.unpack("<H", data[e : e + 2])[0] == tag:
+            out[e + 8 : e + 10] = struct.pack("<H", value)
             return bytes(out)
     raise AssertionError(f"tag {tag} not in IFD {page}")
 
@@ -157,9 +173,9 @@ def tiff_set_short_tag(data: bytes, page: int, tag: int, value: int) -> bytes:
 def tiff_break_page_list(data: bytes, page: int = 0) -> bytes:
     """Point the 'next page' link of one page's IFD past the end of the file."""
     ifd = tiff_ifd_offsets(data)[page]
-    n = struct.unpack("<H", data[ifd:ifd + 2])[0]
+    n = struct.unpack("<H", data[ifd : ifd + 2])[0]
     link = ifd + 2 + 12 * n
-    return data[:link] + struct.pack("<I", len(data) + 4096) + data[link + 4:]
+    return data[:link] + struct.pack("<I", len(data) + 4096) + data[link + 4 :]
 
 
 def tiff_with_corrupt_page(n_pages: int = 3, bad_page: int = 1) -> bytes:
@@ -170,7 +186,7 @@ def tiff_with_corrupt_page(n_pages: int = 3, bad_page: int = 1) -> bytes:
     im.seek(bad_page)
     (off,), (count,) = im.tag_v2[273], im.tag_v2[279]  # StripOffsets, StripByteCounts
     out = bytearray(data)
-    out[off:off + count] = b"\xff" * count
+    out[off : off + count] = b"\xff" * count
     return bytes(out)
 
 
@@ -193,6 +209,7 @@ def pages(data: bytes, **kw) -> list[np.ndarray]:
 
 
 # ---- type sniffing: content decides, never the name --------------------------------------------
+
 
 def test_sniff_by_magic_bytes():
     assert sniff(make_pdf([(100, 100, b"")])) == rasterise.PDF
@@ -231,6 +248,7 @@ def test_mislabelled_files_are_read_by_content(tmp_path):
 
 
 # ---- PDFs ----------------------------------------------------------------------------------------
+
 
 def test_pillow_multipage_pdf_pages_in_order_with_sizes():
     # page k has a black box at x = 20 k; sizes differ per page (1 px = 1 pt at 72 dpi)
@@ -283,11 +301,11 @@ def test_pdf_streams_page_by_page(monkeypatch):
     monkeypatch.setattr(rasterise, "_render_range", spy)
     gen = iter_pages(data, dpi=72, limits=Limits(pdf_chunk=4))
     assert inspect.isgenerator(gen)
-    assert calls == []                      # nothing is done before the first page is asked for
+    assert calls == []  # nothing is done before the first page is asked for
     first = next(gen)
     assert first.shape == (40, 40, 3)
     assert calls == [(1, 4)]
-    rest = [next(gen) for _ in range(4)]    # pages 2..5
+    rest = [next(gen) for _ in range(4)]  # pages 2..5
     assert calls == [(1, 4), (5, 8)]
     rest += list(gen)
     assert len(calls) == 8 and calls[-1] == (29, 30)
@@ -316,6 +334,7 @@ def test_encrypted_pdf_needing_a_user_password(tmp_path):
 
 # ---- images --------------------------------------------------------------------------------------
 
+
 def test_multipage_tiff_pages_in_order():
     frames = [page_with_box((50 + 10 * k, 40), (10 * k, 0, 10 * k + 10, 10), "L") for k in range(3)]
     for compression in (None, "tiff_deflate", "group4"):
@@ -325,22 +344,24 @@ def test_multipage_tiff_pages_in_order():
         out = pages(data)
         assert [p.shape for p in out] == [(40, 50, 3), (40, 60, 3), (40, 70, 3)]
         for k, p in enumerate(out):
-            assert ink(p)[0:10, 10 * k:10 * k + 10].all() and ink(p).sum() == 100, compression
+            assert ink(p)[0:10, 10 * k : 10 * k + 10].all() and ink(p).sum() == 100, compression
 
 
-@pytest.mark.parametrize("orientation, shape, corner", [
-    (1, (40, 60), "tl"),
-    (3, (40, 60), "br"),   # rotated 180
-    (6, (60, 40), "tr"),   # camera turned: 90 degrees clockwise to view
-    (8, (60, 40), "bl"),   # 90 degrees counter-clockwise to view
-])
+@pytest.mark.parametrize(
+    "orientation, shape, corner",
+    [
+        (1, (40, 60), "tl"),
+        (3, (40, 60), "br"),  # rotated 180
+        (6, (60, 40), "tr"),  # camera turned: 90 degrees clockwise to view
+        (8, (60, 40), "bl"),  # 90 degrees counter-clockwise to view
+    ],
+)
 def test_jpeg_exif_orientation_gives_the_upright_page(orientation, shape, corner):
     out = pages(jpeg_with_orientation(orientation))
     assert len(out) == 1 and out[0].shape[:2] == shape
     m = ink(out[0])
     h, w = m.shape
-    corners = {"tl": m[:12, :12], "tr": m[:12, w - 12:], "br": m[h - 12:, w - 12:],
-               "bl": m[h - 12:, :12]}
+    corners = {"tl": m[:12, :12], "tr": m[:12, w - 12 :], "br": m[h - 12 :, w - 12 :], "bl": m[h - 12 :, :12]}
     for name, region in corners.items():
         assert (region.mean() > 0.9) == (name == corner), (name, region.mean())
 
@@ -362,15 +383,15 @@ def _white_black(page: np.ndarray, box=(5, 5, 15, 15)) -> tuple[np.ndarray, np.n
     return page[~inside], page[inside]
 
 
-@pytest.mark.parametrize("name", ["L", "RGB", "1", "P", "LA", "CMYK-jpeg", "CMYK-tiff", "I;16",
-                                  "I;16-tiff", "bmp", "webp"])
+@pytest.mark.parametrize(
+    "name", ["L", "RGB", "1", "P", "LA", "CMYK-jpeg", "CMYK-tiff", "I;16", "I;16-tiff", "bmp", "webp"]
+)
 def test_image_modes_become_rgb_uint8(name):
     box = (5, 5, 15, 15)
     if name in ("L", "RGB", "1"):
         data = encode(page_with_box(box=box, mode=name), "PNG")
     elif name == "P":
-        data = encode(page_with_box(box=box).convert("P", palette=Image.Palette.ADAPTIVE, colors=4),
-                      "PNG")
+        data = encode(page_with_box(box=box).convert("P", palette=Image.Palette.ADAPTIVE, colors=4), "PNG")
     elif name == "LA":
         data = encode(page_with_box(box=box, mode="L").convert("LA"), "PNG")
     elif name == "CMYK-jpeg":
@@ -395,9 +416,9 @@ def test_image_modes_become_rgb_uint8(name):
 
 
 def test_transparent_pixels_are_white_paper():
-    rgba = Image.new("RGBA", (60, 40), (0, 0, 0, 0))          # fully transparent black
-    rgba.paste((0, 0, 0, 255), (5, 5, 15, 15))                # opaque black box
-    rgba.paste((0, 0, 255, 128), (30, 5, 40, 15))             # half-transparent blue
+    rgba = Image.new("RGBA", (60, 40), (0, 0, 0, 0))  # fully transparent black
+    rgba.paste((0, 0, 0, 255), (5, 5, 15, 15))  # opaque black box
+    rgba.paste((0, 0, 255, 128), (30, 5, 40, 15))  # half-transparent blue
     (page,) = pages(encode(rgba, "PNG"))
     assert (page[20:, :] == 255).all()
     assert (page[5:15, 5:15] == 0).all()
@@ -413,8 +434,8 @@ def test_transparent_pixels_are_white_paper():
 
 def test_sixteen_bit_gray_keeps_its_levels():
     arr = np.full((20, 30), 65535, np.uint16)
-    arr[:, :10] = 32896      # mid gray: 128 in 8 bits
-    arr[:, 10:20] = 52000    # faint ink stays faint, it is not stretched to black
+    arr[:, :10] = 32896  # mid gray: 128 in 8 bits
+    arr[:, 10:20] = 52000  # faint ink stays faint, it is not stretched to black
     (page,) = pages(encode(Image.fromarray(arr), "PNG"))
     assert (page[:, :10] == 128).all() and (page[:, 10:20] == round(52000 / 257)).all()
     assert (page[:, 20:] == 255).all()
@@ -452,8 +473,9 @@ def test_extra_frames_of_jpeg_and_png_are_not_pages():
 
 # ---- bad inputs: each a typed error with a clear message ------------------------------------------
 
+
 def _truncated(data: bytes, keep: float = 0.5) -> bytes:
-    return data[:int(len(data) * keep)]
+    return data[: int(len(data) * keep)]
 
 
 def _noise(size=(120, 90)) -> Image.Image:
@@ -468,26 +490,50 @@ BAD_INPUTS = {
     "truncated-jpeg": (_truncated(encode(_noise(), "JPEG")), CorruptDocument, "page 1.*truncated"),
     "truncated-png": (_truncated(encode(_noise(), "PNG")), CorruptDocument, "page 1.*truncated"),
     "png-header-only": (encode(_noise(), "PNG")[:30], CorruptDocument, "PNG image could not be opened"),
-    "corrupt-pdf": (b"%PDF-1.4\n1 0 obj << /Type /Catalog >>\ngarbage\n", CorruptDocument,
-                    "PDF could not be read"),
-    "truncated-pdf": (_truncated(make_pdf([(100, 100, rect(0, 0, 9, 9))] * 3), 0.4), CorruptDocument,
-                      "PDF could not be read"),
-    "encrypted-pdf": (make_pdf([(100, 100, rect(0, 0, 9, 9))], user_password="pw"),
-                      EncryptedDocument, "encrypted"),
+    "corrupt-pdf": (
+        b"%PDF-1.4\n1 0 obj << /Type /Catalog >>\ngarbage\n",
+        CorruptDocument,
+        "PDF could not be read",
+    ),
+    "truncated-pdf": (
+        _truncated(make_pdf([(100, 100, rect(0, 0, 9, 9))] * 3), 0.4),
+        CorruptDocument,
+        "PDF could not be read",
+    ),
+    "encrypted-pdf": (
+        make_pdf([(100, 100, rect(0, 0, 9, 9))], user_password="pw"),
+        EncryptedDocument,
+        "encrypted",
+    ),
     "png-bomb": (png_claiming(100_000, 100_000), TooLarge, "pixel limit"),
     "png-zero-width": (png_claiming(0, 100), EmptyDocument, "zero size"),
     "png-zero-height": (png_claiming(100, 0), EmptyDocument, "zero size"),
-    "bmp-zero-width": (encode(page_with_box(), "BMP")[:18] + struct.pack("<i", 0)
-                       + encode(page_with_box(), "BMP")[22:], EmptyDocument, "zero size"),
-    "pdf-zero-size-page": (make_pdf([(100, 100, b""), (0.1, 0.1, b"")]), EmptyDocument,
-                           "page 2 has zero size"),
+    "bmp-zero-width": (
+        encode(page_with_box(), "BMP")[:18] + struct.pack("<i", 0) + encode(page_with_box(), "BMP")[22:],
+        EmptyDocument,
+        "zero size",
+    ),
+    "pdf-zero-size-page": (
+        make_pdf([(100, 100, b""), (0.1, 0.1, b"")]),
+        EmptyDocument,
+        "page 2 has zero size",
+    ),
     "pdf-no-pages": (make_pdf([]), EmptyDocument, "no pages"),
-    "pdf-page-over-pixel-limit": (make_pdf([(100, 100, b""), (20000, 20000, b"")]), TooLarge,
-                                  "page 2 .*pixel limit"),
-    "tiff-broken-page-list": (tiff_break_page_list(multipage_tiff([_noise().convert("L")] * 3)),
-                              CorruptDocument, "TIFF page list could not be read"),
-    "tiff-truncated-last-page": (multipage_tiff([_noise().convert("L")] * 3)[:-300],
-                                 CorruptDocument, "page 3 could not be decoded.*truncated"),
+    "pdf-page-over-pixel-limit": (
+        make_pdf([(100, 100, b""), (20000, 20000, b"")]),
+        TooLarge,
+        "page 2 .*pixel limit",
+    ),
+    "tiff-broken-page-list": (
+        tiff_break_page_list(multipage_tiff([_noise().convert("L")] * 3)),
+        CorruptDocument,
+        "TIFF page list could not be read",
+    ),
+    "tiff-truncated-last-page": (
+        multipage_tiff([_noise().convert("L")] * 3)[:-300],
+        CorruptDocument,
+        "page 3 could not be decoded.*truncated",
+    ),
 }
 
 
@@ -501,8 +547,15 @@ def test_bad_input_raises_typed_error(name):
 
 
 def test_bad_input_fails_count_pages_too():
-    for name in ("zero-byte", "text-file", "corrupt-pdf", "encrypted-pdf", "png-bomb",
-                 "tiff-broken-page-list", "pdf-no-pages"):
+    for name in (
+        "zero-byte",
+        "text-file",
+        "corrupt-pdf",
+        "encrypted-pdf",
+        "png-bomb",
+        "tiff-broken-page-list",
+        "pdf-no-pages",
+    ):
         data, error, _ = BAD_INPUTS[name]
         with pytest.raises(error):
             count_pages(data)
@@ -553,13 +606,16 @@ def test_tiff_with_a_corrupt_page_yields_good_pages_then_fails():
 
 # ---- buffers other than bytes: the worker maps large objects instead of reading them -------------
 
+
 @pytest.mark.parametrize("name", ["pdf", "tiff", "jpeg"])
 def test_memory_mapped_documents(tmp_path, name):
     import mmap
 
-    data = {"pdf": make_pdf([(80, 40, rect(0, 0, 40, 40)), (60, 60, b"")]),
-            "tiff": multipage_tiff([page_with_box((60, 40), mode="L")] * 2, compression="tiff_deflate"),
-            "jpeg": jpeg_with_orientation(6)}[name]
+    data = {
+        "pdf": make_pdf([(80, 40, rect(0, 0, 40, 40)), (60, 60, b"")]),
+        "tiff": multipage_tiff([page_with_box((60, 40), mode="L")] * 2, compression="tiff_deflate"),
+        "jpeg": jpeg_with_orientation(6),
+    }[name]
     path = tmp_path / "doc"
     path.write_bytes(data)
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
@@ -578,8 +634,11 @@ def test_memory_mapped_documents(tmp_path, name):
 def test_memory_mapped_bad_documents(tmp_path):
     import mmap
 
-    for data, error in [(b"\0" * 5000, EmptyDocument), (b"plain text " * 10, UnsupportedType),
-                        (_truncated(encode(_noise(), "PNG")), CorruptDocument)]:
+    for data, error in [
+        (b"\0" * 5000, EmptyDocument),
+        (b"plain text " * 10, UnsupportedType),
+        (_truncated(encode(_noise(), "PNG")), CorruptDocument),
+    ]:
         path = tmp_path / "doc"
         path.write_bytes(data)
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
@@ -589,9 +648,10 @@ def test_memory_mapped_bad_documents(tmp_path):
 
 # ---- large JPEGs decoded reduced (iter_pages image_side) ------------------------------------------
 
+
 def _jpeg(w: int, h: int, orientation: int | None = None) -> bytes:
     im = Image.new("RGB", (w, h), "white")
-    im.paste((0, 0, 0), (w // 4, h // 4, w // 2, h // 2))   # a dark block a quarter in
+    im.paste((0, 0, 0), (w // 4, h // 4, w // 2, h // 2))  # a dark block a quarter in
     exif = Image.Exif()
     if orientation:
         exif[0x0112] = orientation
@@ -605,16 +665,16 @@ def test_large_jpeg_is_decoded_reduced_and_knows_its_source_size():
     full = next(iter_pages(data))
     page = next(iter_pages(data, image_side=500))
     assert full.shape == (1800, 2400, 3) and rasterise.source_scale(full) == (1.0, 1.0)
-    assert page.shape == (450, 600, 3)                  # 1/4: the smallest reduction still >= 500
+    assert page.shape == (450, 600, 3)  # 1/4: the smallest reduction still >= 500
     assert page.source_size == (2400, 1800)
     assert rasterise.source_scale(page) == (4.0, 4.0)
-    assert rasterise.source_scale(page[:10]) == (1.0, 1.0)   # a crop is its own pixels
+    assert rasterise.source_scale(page[:10]) == (1.0, 1.0)  # a crop is its own pixels
     # the content is where it was: the dark block starts a quarter in, at either scale
     assert page[450 // 4 + 5, 600 // 4 + 5].max() < 60 and page[5, 5].min() > 200
 
 
 def test_reduced_jpeg_source_size_follows_exif_rotation():
-    page = next(iter_pages(_jpeg(2400, 1800, orientation=6), image_side=500))   # 90 degrees
+    page = next(iter_pages(_jpeg(2400, 1800, orientation=6), image_side=500))  # 90 degrees
     assert page.shape[:2] == (600, 450) and page.source_size == (1800, 2400)
 
 

@@ -8,6 +8,7 @@ real HTTP proxy (tests.s3_server.FaultProxy): the README's "Reliability" guarant
   replies lost after the write landed) still gives every good document exactly once.
 * An outage mid-run stops it with exit 4 and nothing half-published; the next run finishes.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -20,9 +21,15 @@ from batch.core.errors import EXIT_FATAL
 from batch.ledger import Ledger
 from batch.outputs import read_ledger
 from tests.s3_server import FaultProxy, s3_client
-from tests.worker_helpers import one_word_models  # noqa: F401 (a fixture)
-from tests.worker_helpers import (BAD, DOCS, assert_clean, assert_exactly_once, child_env,
-                                  htr_inprocess, pdf, png, upload)
+from tests.worker_helpers import (
+    BAD,
+    DOCS,
+    assert_clean,
+    assert_exactly_once,
+    child_env,
+    htr_inprocess,
+    upload,
+)
 from tests.writer_child import expected_after, write_phase
 
 
@@ -33,15 +40,20 @@ def _entry_put(method: str, path: str) -> bool:
 def _start_writer_child(out: str, endpoint: str) -> subprocess.Popen:
     """`python -m tests.writer_child OUT base` (3 sources per commit) talking to `endpoint`."""
     env = child_env(AWS_ENDPOINT_URL=endpoint, HTR_S3_READ_TIMEOUT="300")
-    return subprocess.Popen([sys.executable, "-m", "tests.writer_child", out, "base"], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.writer_child", out, "base"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 # ---- overlapping runs -----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("lands", [False, True], ids=["entry-held-before-s3", "entry-landed-reply-held"])
-def test_overlapped_run_with_a_stalled_commit_loses_nothing(lands, s3_endpoint, s3_bucket,
-                                                            fresh_storage):
+def test_overlapped_run_with_a_stalled_commit_loses_nothing(lands, s3_endpoint, s3_bucket, fresh_storage):
     """Run A's first ledger entry hangs in the proxy, either before it reaches S3 or after it
     landed; meanwhile run B starts, recovers and commits everything. Then A's request goes
     on. Either way A stops (exit 4) without publishing, and every source is exactly once."""
@@ -56,7 +68,7 @@ def test_overlapped_run_with_a_stalled_commit_loses_nothing(lands, s3_endpoint, 
         b_state = read_ledger(out)
         if lands:  # A's batch was committed before B started: B kept it and did the rest
             assert {s.run_id for s in b_state.sources.values()} == {"child-base", "run-b"}
-        else:      # B took the lease first and cleaned A's uncommitted batch away
+        else:  # B took the lease first and cleaned A's uncommitted batch away
             assert {s.run_id for s in b_state.sources.values()} == {"run-b"}
             assert Ledger(out).read_entry(1)["lease"] == "*"
         gate.release()
@@ -69,7 +81,7 @@ def test_overlapped_run_with_a_stalled_commit_loses_nothing(lands, s3_endpoint, 
     assert read_ledger(out).sources == b_state.sources  # A added nothing after B took over
     assert_exactly_once(out, *expected_after("base"))
 
-    assert write_phase(out, "base", "run-c") == 0   # nothing to redo; cleans A's leftovers
+    assert write_phase(out, "base", "run-c") == 0  # nothing to redo; cleans A's leftovers
     assert_exactly_once(out, *expected_after("base"))
     assert_clean(out)
 
@@ -99,20 +111,37 @@ def test_lost_parts_are_found_and_their_sources_done_again(s3_endpoint, s3_bucke
 ALL_FAULTS = ("500", "503", "reset", "truncate", "error-reset", "stall")
 
 
-def test_thirty_percent_faults_every_good_document_exactly_once(s3_endpoint, s3_bucket,
-                                                                one_word_models, capsys,
-                                                                monkeypatch, fresh_storage):
+def test_thirty_percent_faults_every_good_document_exactly_once(
+    s3_endpoint, s3_bucket, one_word_models, capsys, monkeypatch, fresh_storage
+):
     inp, out = f"s3://{s3_bucket}/in/", f"s3://{s3_bucket}/out/"
     docs = DOCS
     upload(s3_endpoint, s3_bucket, "in/", docs)
     proxy = FaultProxy(upstream=s3_endpoint, stall_s=1.0, max_consecutive=4).start()
     proxy.set_random(0.3, seed=12, kinds=ALL_FAULTS)
-    for name, value in {"HTR_S3_MAX_ATTEMPTS": "12", "HTR_S3_READ_TIMEOUT": "0.5",
-                        "HTR_S3_CONNECT_TIMEOUT": "2", "HTR_S3_BACKOFF_BASE": "0.01"}.items():
+    for name, value in {
+        "HTR_S3_MAX_ATTEMPTS": "12",
+        "HTR_S3_READ_TIMEOUT": "0.5",
+        "HTR_S3_CONNECT_TIMEOUT": "2",
+        "HTR_S3_BACKOFF_BASE": "0.01",
+    }.items():
         monkeypatch.setenv(name, value)
     try:
-        rc, s = htr_inprocess(capsys, "run", inp, out, "--models", one_word_models, "--no-progress",
-                              "--s3-endpoint-url", proxy.url, "--part-docs", 2, "--stream-mb", 0)
+        rc, s = htr_inprocess(
+            capsys,
+            "run",
+            inp,
+            out,
+            "--models",
+            one_word_models,
+            "--no-progress",
+            "--s3-endpoint-url",
+            proxy.url,
+            "--part-docs",
+            2,
+            "--stream-mb",
+            0,
+        )
     finally:
         proxy.stop()
         storage.configure(storage.StorageConfig())  # the checks below go straight to moto
@@ -127,8 +156,7 @@ def test_error_reply_cut_mid_body_is_retried(s3_endpoint, s3_bucket, fresh_stora
     """A 500 whose body breaks off raises urllib3's ProtocolError inside botocore's parser:
     retried like any transient fault, for reads, listings, writes and conditional writes."""
     proxy = FaultProxy(upstream=s3_endpoint, stall_s=1.0).start()
-    storage.configure(storage.StorageConfig(endpoint_url=proxy.url, backoff_base=0.01,
-                                            read_timeout=0.5))
+    storage.configure(storage.StorageConfig(endpoint_url=proxy.url, backoff_base=0.01, read_timeout=0.5))
     uri = f"s3://{s3_bucket}/x/a.bin"
     try:
         proxy.fail_next("error-reset", "error-reset")
@@ -200,9 +228,9 @@ def test_outage_right_after_the_commit_point_says_committed(s3_endpoint, s3_buck
     assert_clean(out)
 
 
-def test_outage_mid_run_stops_cleanly_and_the_next_run_finishes(s3_endpoint, s3_bucket,
-                                                                one_word_models, capsys,
-                                                                monkeypatch, fresh_storage):
+def test_outage_mid_run_stops_cleanly_and_the_next_run_finishes(
+    s3_endpoint, s3_bucket, one_word_models, capsys, monkeypatch, fresh_storage
+):
     inp, out = f"s3://{s3_bucket}/in/", f"s3://{s3_bucket}/out/"
     upload(s3_endpoint, s3_bucket, "in/", DOCS)
     proxy = _GoesDown(upstream=s3_endpoint).start()
@@ -211,6 +239,7 @@ def test_outage_mid_run_stops_cleanly_and_the_next_run_finishes(s3_endpoint, s3_
     args = ["run", inp, out, "--models", one_word_models, "--no-progress", "--part-docs", 2]
     try:
         from batch.cli import main
+
         capsys.readouterr()
         rc = main([str(a) for a in [*args, "--s3-endpoint-url", proxy.url]])
         err = capsys.readouterr().err

@@ -1,5 +1,6 @@
 """`htr run` end to end, as a subprocess, on real files: PDFs through poppler, images through
 Pillow, tiny random models (or the shipped ones, where they exist), outputs read back."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -14,12 +15,20 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from batch.core.schema import ERRORS_SCHEMA, PAGES_SCHEMA, WORDS_SCHEMA
 from batch.core.ids import doc_id_for
+from batch.core.schema import ERRORS_SCHEMA, PAGES_SCHEMA, WORDS_SCHEMA
 from models import checkpoints
 from models.charset import CHARSET
-from tests.test_rasterise import (_noise, encode, jpeg_with_orientation, make_pdf, multipage_tiff,
-                                  page_with_box, rect, tiff_with_corrupt_page)
+from tests.test_rasterise import (
+    _noise,
+    encode,
+    jpeg_with_orientation,
+    make_pdf,
+    multipage_tiff,
+    page_with_box,
+    rect,
+    tiff_with_corrupt_page,
+)
 from tests.worker_helpers import bold_font
 
 DPI = 72  # 1 pt = 1 px: PDF page sizes are exact and pages stay small
@@ -27,6 +36,7 @@ DEFAULT_MODELS = checkpoints.DEFAULT_DIR
 
 
 # ---- helpers ----------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def env(subprocess_env) -> dict[str, str]:
@@ -36,8 +46,9 @@ def env(subprocess_env) -> dict[str, str]:
 
 
 def run_htr(htr_cmd, env, *args, timeout=300, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([*htr_cmd, "run", *map(str, args)], env=env, capture_output=True,
-                          text=True, timeout=timeout, cwd=cwd)
+    return subprocess.run(
+        [*htr_cmd, "run", *map(str, args)], env=env, capture_output=True, text=True, timeout=timeout, cwd=cwd
+    )
 
 
 def read_parts(out: Path, table: str) -> tuple[list[dict], list[Path]]:
@@ -52,7 +63,7 @@ def read_parts(out: Path, table: str) -> tuple[list[dict], list[Path]]:
         assert t.schema.equals(schema), (table, t.schema)
         date = rel.parts[0].split("=")[1]
         for r in t.to_pylist():
-            assert r["processed_at"].astimezone(dt.timezone.utc).strftime("%Y-%m-%d") == date
+            assert r["processed_at"].astimezone(dt.UTC).strftime("%Y-%m-%d") == date
             rows.append(r)
     return rows, parts
 
@@ -70,7 +81,9 @@ def summary(proc: subprocess.CompletedProcess) -> dict[str, int]:
     """The counts in the closing 'htr run: N documents, N pages, ...' line."""
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("htr run: ")), None)
     assert line, proc.stdout + proc.stderr
-    counts = {k: int(v) for v, k in re.findall(r"(?<![\d.])(\d+) (documents|pages|words|errors)(?![/\w])", line)}
+    counts = {
+        k: int(v) for v, k in re.findall(r"(?<![\d.])(\d+) (documents|pages|words|errors)(?![/\w])", line)
+    }
     assert set(counts) == {"documents", "pages", "words", "errors"}, line
     return counts
 
@@ -78,13 +91,31 @@ def summary(proc: subprocess.CompletedProcess) -> dict[str, int]:
 def check_words_match_json(out: Path, docs: dict[str, dict]) -> list[dict]:
     """words/ rows are exactly the JSON's words, in the same order, with the same geometry."""
     rows, _ = read_parts(out, "words")
-    from_rows = sorted((r["doc_id"], r["page"], r["word_idx"], r["line_idx"], r["text"],
-                        tuple((round(p["x"], 1), round(p["y"], 1)) for p in r["polygon"]))
-                       for r in rows)
-    from_json = sorted((d["doc_id"], p["page"], w["word_idx"], ln["line_idx"], w["text"],
-                        tuple((pt["x"], pt["y"]) for pt in w["polygon"]))
-                       for d in docs.values() for p in d["pages"] for ln in p["lines"]
-                       for w in ln["words"])
+    from_rows = sorted(
+        (
+            r["doc_id"],
+            r["page"],
+            r["word_idx"],
+            r["line_idx"],
+            r["text"],
+            tuple((round(p["x"], 1), round(p["y"], 1)) for p in r["polygon"]),
+        )
+        for r in rows
+    )
+    from_json = sorted(
+        (
+            d["doc_id"],
+            p["page"],
+            w["word_idx"],
+            ln["line_idx"],
+            w["text"],
+            tuple((pt["x"], pt["y"]) for pt in w["polygon"]),
+        )
+        for d in docs.values()
+        for p in d["pages"]
+        for ln in p["lines"]
+        for w in ln["words"]
+    )
     assert from_rows == from_json
     for r in rows:
         d = docs[r["doc_id"]]
@@ -93,8 +124,9 @@ def check_words_match_json(out: Path, docs: dict[str, dict]) -> list[dict]:
         assert r["source_uri"] == d["source_uri"] and r["run_id"] == d["run_id"]
         assert r["model_version"] == d["model_version"]
         xs, ys = [pt["x"] for pt in r["polygon"]], [pt["y"] for pt in r["polygon"]]
-        assert (r["x0"], r["y0"], r["x1"], r["y1"]) == pytest.approx((min(xs), min(ys), max(xs), max(ys)),
-                                                                     abs=1e-3)
+        assert (r["x0"], r["y0"], r["x1"], r["y1"]) == pytest.approx(
+            (min(xs), min(ys), max(xs), max(ys)), abs=1e-3
+        )
     return rows
 
 
@@ -102,12 +134,20 @@ def check_words_match_json(out: Path, docs: dict[str, dict]) -> list[dict]:
 
 GOOD = {
     # name: (bytes, content type, [(width, height) of each page at DPI])
-    "letter.pdf": (make_pdf([(200, 100, rect(10, 10, 80, 30)), (150, 150, rect(20, 20, 50, 50))]),
-                   "application/pdf", [(200, 100), (150, 150)]),
+    "letter.pdf": (
+        make_pdf([(200, 100, rect(10, 10, 80, 30)), (150, 150, rect(20, 20, 50, 50))]),
+        "application/pdf",
+        [(200, 100), (150, 150)],
+    ),
     "scan.png": (encode(page_with_box((120, 80), (10, 10, 60, 30)), "PNG"), "image/png", [(120, 80)]),
-    "fax.tif": (multipage_tiff([page_with_box((90 + 10 * k, 70), (5, 5, 40, 20), "L")
-                                for k in range(3)], compression="tiff_deflate"),
-                "image/tiff", [(90, 70), (100, 70), (110, 70)]),
+    "fax.tif": (
+        multipage_tiff(
+            [page_with_box((90 + 10 * k, 70), (5, 5, 40, 20), "L") for k in range(3)],
+            compression="tiff_deflate",
+        ),
+        "image/tiff",
+        [(90, 70), (100, 70), (110, 70)],
+    ),
     "photo.jpg": (jpeg_with_orientation(6, size=(96, 64)), "image/jpeg", [(64, 96)]),  # turned upright
     "sub/dir/nested.png": (encode(page_with_box((64, 48)), "PNG"), "image/png", [(64, 48)]),
     "really_a_png.pdf": (encode(page_with_box((70, 50)), "PNG"), "image/png", [(70, 50)]),
@@ -117,15 +157,22 @@ GOOD = {
 BAD = {
     # name: (bytes, stage, error type, a word the message must contain)
     "empty.pdf": (b"", "decode", "EmptyDocument", "zero-byte"),
-    "corrupt.pdf": (b"%PDF-1.4\n1 0 obj << /Type /Catalog >>\ngarbage\n", "decode", "CorruptDocument",
-                    "PDF"),
+    "corrupt.pdf": (b"%PDF-1.4\n1 0 obj << /Type /Catalog >>\ngarbage\n", "decode", "CorruptDocument", "PDF"),
     "notes.txt": (b"shopping list: eggs, milk\n", "decode", "UnsupportedType", "unknown document type"),
     "truncated.png": (encode(_noise(), "PNG")[:3000], "decode", "CorruptDocument", "truncated"),
-    "locked.pdf": (make_pdf([(100, 100, rect(0, 0, 50, 50))], user_password="pw"), "decode",
-                   "EncryptedDocument", "password"),
+    "locked.pdf": (
+        make_pdf([(100, 100, rect(0, 0, 50, 50))], user_password="pw"),
+        "decode",
+        "EncryptedDocument",
+        "password",
+    ),
     # six pages, the fifth corrupt: earlier pages may be through the models when it fails
-    "fax_bad_page.tif": (tiff_with_corrupt_page(n_pages=6, bad_page=4), "decode", "CorruptDocument",
-                         "page 5"),
+    "fax_bad_page.tif": (
+        tiff_with_corrupt_page(n_pages=6, bad_page=4),
+        "decode",
+        "CorruptDocument",
+        "page 5",
+    ),
 }
 
 
@@ -148,12 +195,28 @@ def mixed_run(tmp_path_factory, tiny_models, htr_cmd, env):
     good = write_corpus(base / "in", GOOD)
     bad = write_corpus(base / "in", BAD)
     out = base / "out"
-    proc = run_htr(htr_cmd, env, base / "in", out, "--models", tiny_models, "--no-progress",
-                   "--dpi", DPI, "--batch-pages", 2, "--decode-workers", 1, "--run-id", "mixed-run")
+    proc = run_htr(
+        htr_cmd,
+        env,
+        base / "in",
+        out,
+        "--models",
+        tiny_models,
+        "--no-progress",
+        "--dpi",
+        DPI,
+        "--batch-pages",
+        2,
+        "--decode-workers",
+        1,
+        "--run-id",
+        "mixed-run",
+    )
     return proc, good, bad, out
 
 
 # ---- exit codes ----------------------------------------------------------------------------------------
+
 
 def test_partial_failure_exits_3(mixed_run):
     proc, good, bad, _ = mixed_run
@@ -162,7 +225,7 @@ def test_partial_failure_exits_3(mixed_run):
     assert s["documents"] == len(good) + len(bad)
     assert s["errors"] == len(bad)
     assert s["pages"] == sum(len(spec[2]) for spec in GOOD.values())
-    for name in BAD:                       # each failure is reported on stderr, by source
+    for name in BAD:  # each failure is reported on stderr, by source
         assert str(bad[name]) in proc.stderr
 
 
@@ -170,16 +233,19 @@ def test_bad_arguments_exit_2(tmp_path, htr_cmd, env):
     proc = run_htr(htr_cmd, env, "in", "out", "--dpi", "many", timeout=120, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert "usage:" in proc.stderr and "--dpi" in proc.stderr
-    assert list(tmp_path.iterdir()) == []              # nothing was started
+    assert list(tmp_path.iterdir()) == []  # nothing was started
 
 
-@pytest.mark.parametrize("argv", [
-    ["run"],                                           # no input, no output
-    ["run", "only-input"],
-    ["run", "in", "out", "--no-such-option"],
-    ["no-such-command"],
-    [],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run"],  # no input, no output
+        ["run", "only-input"],
+        ["run", "in", "out", "--no-such-option"],
+        ["no-such-command"],
+        [],
+    ],
+)
 def test_bad_arguments_exit_2_in_process(tmp_path, monkeypatch, capsys, argv):
     """More bad command lines through the console script's entry point, without a process each."""
     from batch import cli
@@ -191,27 +257,37 @@ def test_bad_arguments_exit_2_in_process(tmp_path, monkeypatch, capsys, argv):
 
 def test_missing_models_dir_exits_4(tmp_path, htr_cmd, env):
     write_corpus(tmp_path / "in", {"scan.png": GOOD["scan.png"]})
-    proc = run_htr(htr_cmd, env, tmp_path / "in", tmp_path / "out", "--models",
-                   tmp_path / "no-models", "--no-progress")
+    proc = run_htr(
+        htr_cmd, env, tmp_path / "in", tmp_path / "out", "--models", tmp_path / "no-models", "--no-progress"
+    )
     assert proc.returncode == 4
     assert "cannot load models" in proc.stderr and "segmenter.json" in proc.stderr
     assert not (tmp_path / "out" / "documents").exists()
 
 
 def test_missing_input_folder_exits_4(tmp_path, tiny_models, htr_cmd, env):
-    proc = run_htr(htr_cmd, env, tmp_path / "nowhere", tmp_path / "out", "--models", tiny_models,
-                   "--no-progress", timeout=180)
+    proc = run_htr(
+        htr_cmd,
+        env,
+        tmp_path / "nowhere",
+        tmp_path / "out",
+        "--models",
+        tiny_models,
+        "--no-progress",
+        timeout=180,
+    )
     assert proc.returncode == 4, proc.stderr
     assert "nowhere" in proc.stderr
 
 
 # ---- outputs of the mixed run -----------------------------------------------------------------------
 
+
 def test_one_json_per_good_document_with_pages_and_sizes(mixed_run):
     _, good, bad, out = mixed_run
     docs = read_documents(out)
     expected = {doc_id_for(GOOD[name][0]): name for name in GOOD}
-    assert set(docs) == set(expected)                    # and none for any bad document
+    assert set(docs) == set(expected)  # and none for any bad document
     for doc_id, name in expected.items():
         d = docs[doc_id]
         _, content_type, sizes = GOOD[name]
@@ -265,7 +341,7 @@ def test_errors_table_one_row_per_bad_document(mixed_run):
     by_source = {r["source_uri"]: r for r in rows}
     assert len(rows) == len(by_source) == len(BAD)
     assert set(by_source) == {str(p) for p in bad.values()}
-    for name, (data, stage, error_type, word) in BAD.items():
+    for name, (_data, stage, error_type, word) in BAD.items():
         r = by_source[str(bad[name])]
         assert (r["stage"], r["error_type"]) == (stage, error_type), name
         assert word.lower() in r["message"].lower(), (name, r["message"])
@@ -283,15 +359,30 @@ def test_words_table_matches_the_json(mixed_run):
 
 # ---- the word path, end to end --------------------------------------------------------------------------
 
+
 def test_word_path_end_to_end_with_constant_models(mixed_run, tmp_path, constant_models, htr_cmd, env):
     """All good documents: exit 0, no errors/, one word per page through every stage; and the
     same content under another name keeps the doc_id it had in the mixed run."""
-    files = {"copy-of-letter.pdf": GOOD["letter.pdf"], "photo.jpg": GOOD["photo.jpg"],
-             "fax.tif": GOOD["fax.tif"]}
+    files = {
+        "copy-of-letter.pdf": GOOD["letter.pdf"],
+        "photo.jpg": GOOD["photo.jpg"],
+        "fax.tif": GOOD["fax.tif"],
+    }
     write_corpus(tmp_path / "in", files)
     out = tmp_path / "out"
-    proc = run_htr(htr_cmd, env, tmp_path / "in", out, "--models", constant_models,
-                   "--no-progress", "--dpi", DPI, "--batch-pages", 4)
+    proc = run_htr(
+        htr_cmd,
+        env,
+        tmp_path / "in",
+        out,
+        "--models",
+        constant_models,
+        "--no-progress",
+        "--dpi",
+        DPI,
+        "--batch-pages",
+        4,
+    )
     assert proc.returncode == 0, proc.stderr
     assert summary(proc)["errors"] == 0 and read_parts(out, "errors") == ([], [])
     assert doc_id_for(GOOD["letter.pdf"][0]) in read_documents(out)
@@ -320,15 +411,18 @@ def test_word_path_end_to_end_with_constant_models(mixed_run, tmp_path, constant
 
 # ---- the shipped models, when they are there -------------------------------------------------------------
 
-@pytest.mark.skipif(not (DEFAULT_MODELS / "segmenter.safetensors").is_file()
-                    or not (DEFAULT_MODELS / "recogniser.safetensors").is_file(),
-                    reason="the shipped models (models/default/*.safetensors) are not in this checkout")
+
+@pytest.mark.skipif(
+    not (DEFAULT_MODELS / "segmenter.safetensors").is_file()
+    or not (DEFAULT_MODELS / "recogniser.safetensors").is_file(),
+    reason="the shipped models (models/default/*.safetensors) are not in this checkout",
+)
 def test_default_models_find_large_printed_words(tmp_path, htr_cmd, env):
     lines = [["Meeting", "notes"], ["please", "call", "Anna"], ["before", "Friday"]]
     page = Image.new("RGB", (1400, 1000), "white")
     draw = ImageDraw.Draw(page)
     font = bold_font(72)
-    boxes = []                                           # (text, line, x0, y0, x1, y1)
+    boxes = []  # (text, line, x0, y0, x1, y1)
     y = 120
     for li, words in enumerate(lines):
         x = 100
@@ -358,6 +452,6 @@ def test_default_models_find_large_printed_words(tmp_path, htr_cmd, env):
         inside = [b for b in boxes if b[2] - 20 <= cx <= b[4] + 20 and b[3] - 20 <= cy <= b[5] + 20]
         assert inside, f"word {w['text']!r} at ({cx:.0f}, {cy:.0f}) is not on any drawn word"
         hit.add(inside[0][0])
-    assert len(hit) >= len(boxes) * 3 // 4                # most drawn words were found
-    assert len(p["lines"]) == len(lines)                 # and grouped into the drawn lines
+    assert len(hit) >= len(boxes) * 3 // 4  # most drawn words were found
+    assert len(p["lines"]) == len(lines)  # and grouped into the drawn lines
     check_words_match_json(out, {doc["doc_id"]: doc})

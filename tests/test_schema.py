@@ -1,4 +1,5 @@
 """batch.core.schema (and batch.core.ids): document JSON round trip, Parquet tables, ids and partition dates."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -9,46 +10,81 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from batch.outputs import parquet_bytes
-from batch.outputs import read_documents, read_table
-from batch.core.schema import (ERRORS_SCHEMA, PAGES_SCHEMA, POLYGON_TYPE, SCHEMA_VERSION, TABLES,
-                          WORDS_SCHEMA, DocumentRecord, ErrorRecord, Line, Page, Point, Word,
-                          conform, error_rows, iso, page_rows, run_date, to_table,
-                          word_rows)
 from batch.core.ids import doc_id_for
+from batch.core.schema import (
+    ERRORS_SCHEMA,
+    PAGES_SCHEMA,
+    POLYGON_TYPE,
+    SCHEMA_VERSION,
+    TABLES,
+    WORDS_SCHEMA,
+    DocumentRecord,
+    ErrorRecord,
+    Line,
+    Page,
+    Point,
+    Word,
+    conform,
+    error_rows,
+    iso,
+    page_rows,
+    run_date,
+    to_table,
+    word_rows,
+)
+from batch.outputs import parquet_bytes, read_documents, read_table
 
-PROCESSED = int(dt.datetime(2026, 3, 1, 23, 59, 58, 125000, tzinfo=dt.timezone.utc).timestamp() * 1000)
+PROCESSED = int(dt.datetime(2026, 3, 1, 23, 59, 58, 125000, tzinfo=dt.UTC).timestamp() * 1000)
 
 
 def w(text, x0, y0, x1, y1, conf=0.8125, det=0.5, line_idx=0, word_idx=0) -> Word:
-    return Word(text, conf, det, [Point(x0, y0), Point(x1, y0), Point(x1, y1), Point(x0, y1)],
-                word_idx, line_idx)
+    return Word(
+        text, conf, det, [Point(x0, y0), Point(x1, y0), Point(x1, y1), Point(x0, y1)], word_idx, line_idx
+    )
 
 
 def sample_doc() -> DocumentRecord:
     # values already at the JSON's precision (4 decimals, polygons 0.1 px) so equality is exact
-    p1 = Page(1, 1654, 2339, [
-        Line(0, [w("Dear", 100.5, 200, 180, 240, 0.9, 0.75, 0, 0),
-                 w("café,", 190, 201.5, 300.2, 241, 0.4375, 0.6, 0, 1)],
-             [Point(100.5, 198), Point(300.2, 198), Point(300.2, 242), Point(100.5, 242)],
-             [Point(100.5, 235.5), Point(300.2, 236)]),
-        Line(1, [w("£5 — ok", 100, 260, 260, 300, 1.0, 0.99, 1, 2)]),   # no outline (version 1)
-    ], dpi=200.0)
+    p1 = Page(
+        1,
+        1654,
+        2339,
+        [
+            Line(
+                0,
+                [
+                    w("Dear", 100.5, 200, 180, 240, 0.9, 0.75, 0, 0),
+                    w("café,", 190, 201.5, 300.2, 241, 0.4375, 0.6, 0, 1),
+                ],
+                [Point(100.5, 198), Point(300.2, 198), Point(300.2, 242), Point(100.5, 242)],
+                [Point(100.5, 235.5), Point(300.2, 236)],
+            ),
+            Line(1, [w("£5 — ok", 100, 260, 260, 300, 1.0, 0.99, 1, 2)]),  # no outline (version 1)
+        ],
+        dpi=200.0,
+    )
     p2 = Page(2, 800, 600, [])
-    return DocumentRecord(doc_id=doc_id_for(b"document bytes"), source_uri="s3://in/a b/ü.pdf",
-                          pages=[p1, p2], model_version="seg-abc+rec-def", run_id="run-1",
-                          processed_at=PROCESSED, content_type="application/pdf",
-                          source_etag="etag-1")
+    return DocumentRecord(
+        doc_id=doc_id_for(b"document bytes"),
+        source_uri="s3://in/a b/ü.pdf",
+        pages=[p1, p2],
+        model_version="seg-abc+rec-def",
+        run_id="run-1",
+        processed_at=PROCESSED,
+        content_type="application/pdf",
+        source_etag="etag-1",
+    )
 
 
 # ---- JSON -----------------------------------------------------------------------------------------
+
 
 def test_document_json_round_trip():
     doc = sample_doc()
     text = doc.dumps()
     back = DocumentRecord.from_json(json.loads(text))
     assert back == doc
-    assert "café" in text and "£5 — ok" in text           # UTF-8 as is, not \\u escapes
+    assert "café" in text and "£5 — ok" in text  # UTF-8 as is, not \\u escapes
 
 
 def test_document_json_layout():
@@ -64,8 +100,12 @@ def test_document_json_layout():
     assert p1["text"] == "Dear café,\n£5 — ok"
     assert [ln["text"] for ln in p1["lines"]] == ["Dear café,", "£5 — ok"]
     first = p1["lines"][0]["words"][0]
-    assert first["polygon"] == [{"x": 100.5, "y": 200}, {"x": 180, "y": 200},
-                                {"x": 180, "y": 240}, {"x": 100.5, "y": 240}]
+    assert first["polygon"] == [
+        {"x": 100.5, "y": 200},
+        {"x": 180, "y": 200},
+        {"x": 180, "y": 240},
+        {"x": 100.5, "y": 240},
+    ]
     assert first["bbox"] == [100.5, 200, 180, 240]
     assert p2 == {"page": 2, "width": 800, "height": 600, "dpi": None, "text": "", "lines": []}
 
@@ -92,6 +132,7 @@ def test_iso_is_utc_milliseconds():
 
 # ---- Parquet ---------------------------------------------------------------------------------------
 
+
 def _read_back(name: str, rows: list[dict]) -> tuple[pa.Table, pq.ParquetFile]:
     data = parquet_bytes(to_table(name, rows))
     return pq.read_table(io.BytesIO(data)), pq.ParquetFile(io.BytesIO(data))
@@ -107,15 +148,28 @@ def test_word_rows_to_parquet_and_back():
     assert table.schema.field("processed_at").type == pa.timestamp("ms", tz="UTC")
     back = table.to_pylist()
     for r, row in zip(back, rows):
-        assert r["processed_at"] == dt.datetime(2026, 3, 1, 23, 59, 58, 125000, tzinfo=dt.timezone.utc)
+        assert r["processed_at"] == dt.datetime(2026, 3, 1, 23, 59, 58, 125000, tzinfo=dt.UTC)
         assert r["polygon"] == row["polygon"]
-        for key in ("doc_id", "source_uri", "page", "line_idx", "word_idx", "text", "page_width",
-                    "page_height", "model_version", "run_id"):
+        for key in (
+            "doc_id",
+            "source_uri",
+            "page",
+            "line_idx",
+            "word_idx",
+            "text",
+            "page_width",
+            "page_height",
+            "model_version",
+            "run_id",
+        ):
             assert r[key] == row[key], key
-        for key in ("confidence", "det_score", "x0", "y0", "x1", "y1"):   # float32 columns
+        for key in ("confidence", "det_score", "x0", "y0", "x1", "y1"):  # float32 columns
             assert r[key] == pytest.approx(row[key], abs=1e-4), key
-    assert [(r["text"], r["line_idx"], r["word_idx"]) for r in back] == \
-        [("Dear", 0, 0), ("café,", 0, 1), ("£5 — ok", 1, 2)]
+    assert [(r["text"], r["line_idx"], r["word_idx"]) for r in back] == [
+        ("Dear", 0, 0),
+        ("café,", 0, 1),
+        ("£5 — ok", 1, 2),
+    ]
     assert (back[1]["x0"], back[1]["y0"], back[1]["x1"]) == (190, 201.5, pytest.approx(300.2))
     assert back[1]["line_baseline"] == [{"x": 100.5, "y": 235.5}, {"x": 300.2, "y": 236}]
     assert back[0]["line_polygon"] == back[1]["line_polygon"] and len(back[0]["line_polygon"]) == 4
@@ -140,13 +194,19 @@ def test_page_rows_to_parquet_and_back():
     assert p1["mean_confidence"] == pytest.approx(round((0.9 + 0.4375 + 1.0) / 3, 4), abs=1e-6)
     assert (p1["page_width"], p1["page_height"], p1["dpi"], p2["dpi"]) == (1654, 2339, 200.0, None)
     assert (p2["page"], p2["word_count"], p2["line_count"], p2["text"]) == (2, 0, 0, "")
-    assert p2["mean_confidence"] is None                  # no words: null, not 0
+    assert p2["mean_confidence"] is None  # no words: null, not 0
 
 
 def test_error_rows_to_parquet_and_back():
-    err = ErrorRecord(doc_id="d" * 24, source_uri="/in/bad.pdf", stage="decode",
-                      error_type="EncryptedDocument", message="PDF is encrypted", run_id="r",
-                      processed_at=PROCESSED)
+    err = ErrorRecord(
+        doc_id="d" * 24,
+        source_uri="/in/bad.pdf",
+        stage="decode",
+        error_type="EncryptedDocument",
+        message="PDF is encrypted",
+        run_id="r",
+        processed_at=PROCESSED,
+    )
     table, _ = _read_back("errors", error_rows(err))
     assert table.schema.equals(ERRORS_SCHEMA)
     (row,) = table.to_pylist()
@@ -176,6 +236,7 @@ def test_to_table_rejects_rows_of_the_wrong_type():
 
 # ---- ids and dates ----------------------------------------------------------------------------------
 
+
 def test_doc_id_is_stable_for_the_same_content():
     a = doc_id_for(b"%PDF-1.4 same bytes")
     assert a == doc_id_for(b"%PDF-1.4 same bytes")
@@ -186,11 +247,12 @@ def test_doc_id_is_stable_for_the_same_content():
 
 def test_run_date_is_the_utc_day():
     assert run_date(PROCESSED) == "2026-03-01"
-    assert run_date(PROCESSED + 2000) == "2026-03-02"       # 2 s later, past midnight UTC
+    assert run_date(PROCESSED + 2000) == "2026-03-02"  # 2 s later, past midnight UTC
     assert run_date(0) == "1970-01-01"
 
 
 # ---- older outputs stay readable -------------------------------------------------------------------
+
 
 def _version1(schema: pa.Schema, new: tuple[str, ...]) -> pa.Schema:
     """The schema as version 1 wrote it: without the columns version 2 added."""
@@ -201,17 +263,19 @@ def test_version1_parts_and_documents_read_with_the_new_columns_null(tmp_path):
     """A version 1 output (parts without line_polygon/line_baseline/dpi, JSON without outlines)
     reads through read_table / read_documents and DocumentRecord.from_json."""
     doc = sample_doc()
-    for name, rows, new in (("words", word_rows(doc), ("line_polygon", "line_baseline")),
-                            ("pages", page_rows(doc), ("dpi",))):
+    for name, rows, new in (
+        ("words", word_rows(doc), ("line_polygon", "line_baseline")),
+        ("pages", page_rows(doc), ("dpi",)),
+    ):
         old = _version1(TABLES[name], new)
-        table = pa.Table.from_pylist([{k: v for k, v in r.items() if k not in new} for r in rows],
-                                     schema=old)
+        table = pa.Table.from_pylist([{k: v for k, v in r.items() if k not in new} for r in rows], schema=old)
         part = tmp_path / name / "run_date=2026-03-01" / "part-old.parquet"
         part.parent.mkdir(parents=True)
         part.write_bytes(parquet_bytes(table))
         back = read_table(str(tmp_path), name)
         assert back.schema.equals(TABLES[name]) and back.num_rows == len(rows)
-        from batch.query import query   # the DuckDB views too, over an output of version-1 parts only
+        from batch.query import query  # the DuckDB views too, over an output of version-1 parts only
+
         nulls = query(str(tmp_path), f"SELECT count(*) AS n, count({new[0]}) AS v FROM {name}")
         assert nulls.to_pylist() == [{"n": len(rows), "v": 0}]
         assert all(back.column(c).null_count == len(rows) for c in new)
@@ -245,10 +309,13 @@ def test_athena_ddl_and_duckdb_views_have_the_version2_columns(tmp_path):
     folder = tmp_path / "words" / "run_date=2026-03-01"
     folder.mkdir(parents=True)
     new = ("line_polygon", "line_baseline")
-    old = pa.Table.from_pylist([{k: v for k, v in r.items() if k not in new} for r in rows],
-                               schema=_version1(WORDS_SCHEMA, new))
+    old = pa.Table.from_pylist(
+        [{k: v for k, v in r.items() if k not in new} for r in rows], schema=_version1(WORDS_SCHEMA, new)
+    )
     (folder / "part-v1.parquet").write_bytes(parquet_bytes(old))
     (folder / "part-v2.parquet").write_bytes(parquet_bytes(to_table("words", rows)))
-    got = query(str(tmp_path), "SELECT count(*) AS n, count(line_polygon) AS outlined, "
-                               "max(len(line_baseline)) AS points FROM words").to_pylist()
+    got = query(
+        str(tmp_path),
+        "SELECT count(*) AS n, count(line_polygon) AS outlined, max(len(line_baseline)) AS points FROM words",
+    ).to_pylist()
     assert got == [{"n": 6, "outlined": 2, "points": 2}]

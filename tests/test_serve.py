@@ -6,6 +6,7 @@ page comes back as one word "x" and the whole word path is exercised with known 
 written as Batch Transform writes `.out` files, go through `htr sagemaker collect`, whose
 tables must match what the local worker (`htr run`) writes for the same documents.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -16,24 +17,25 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from PIL import Image, ImageDraw
 
 from batch.cli import main as htr
 from batch.core.errors import EXIT_FATAL, EXIT_OK, EXIT_PARTIAL
-from batch.outputs import read_documents, read_table
-from batch.core.schema import DocumentRecord
 from batch.core.ids import doc_id_for
+from batch.core.schema import DocumentRecord
+from batch.outputs import read_documents, read_table
 
 STARTUP_LIMIT_S = 180  # a bound for a hung server, not a performance expectation
 
 
 # ---- documents -----------------------------------------------------------------------------------
+
 
 def _page(text: str, size: tuple[int, int] = (240, 160)) -> Image.Image:
     im = Image.new("RGB", size, "white")
@@ -52,9 +54,14 @@ def _save(images: list[Image.Image], fmt: str) -> bytes:
 def _encrypted_pdf() -> bytes:
     """A PDF whose standard security handler rejects the empty password."""
     pdf = _save([_page("secret")], "PDF")
-    enc = (b"/Encrypt << /Filter /Standard /V 1 /R 2 /O <" + b"ab" * 32 + b"> /U <" + b"cd" * 32
-           + b"> /P -4 >> /ID [<00112233445566778899aabbccddeeff> "
-           b"<00112233445566778899aabbccddeeff>] ")
+    enc = (
+        b"/Encrypt << /Filter /Standard /V 1 /R 2 /O <"
+        + b"ab" * 32
+        + b"> /U <"
+        + b"cd" * 32
+        + b"> /P -4 >> /ID [<00112233445566778899aabbccddeeff> "
+        b"<00112233445566778899aabbccddeeff>] "
+    )
     at = pdf.index(b"<<", pdf.rindex(b"trailer")) + 2
     return pdf[:at] + enc + pdf[at:]
 
@@ -72,6 +79,7 @@ def docs() -> dict[str, bytes]:
 
 # ---- server processes ----------------------------------------------------------------------------
 
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -87,8 +95,9 @@ class ServerProcess:
     def connection(self) -> http.client.HTTPConnection:
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
 
-    def request(self, method: str, path: str, body: bytes | None = None,
-                headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, bytes]:
         conn = self.connection()
         try:
             conn.request(method, path, body=body, headers=headers or {})
@@ -117,8 +126,18 @@ class ServerProcess:
 
 def _start(htr_cmd, models: Path, env: dict, log: Path, extra_env: dict) -> ServerProcess:
     port = _free_port()
-    cmd = [*htr_cmd, "serve", "--host", "127.0.0.1", "--port", str(port), "--models", str(models),
-           "--device", "cpu"]
+    cmd = [
+        *htr_cmd,
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--models",
+        str(models),
+        "--device",
+        "cpu",
+    ]
     with open(log, "wb") as f:
         proc = subprocess.Popen(cmd, env={**env, **extra_env}, stdout=f, stderr=subprocess.STDOUT)
     return ServerProcess(proc, port, log)
@@ -128,10 +147,20 @@ def _start(htr_cmd, models: Path, env: dict, log: Path, extra_env: dict) -> Serv
 def servers(htr_cmd, constant_models, subprocess_env, tmp_path_factory) -> Iterator[dict]:
     logs = tmp_path_factory.mktemp("serve-logs")
     started = {
-        "realtime": _start(htr_cmd, constant_models, subprocess_env, logs / "realtime.log",
-                           {"SAGEMAKER_MAX_PAYLOAD_IN_MB": "1", "HTR_SERVE_MAX_PAGES": "3"}),
-        "batch": _start(htr_cmd, constant_models, subprocess_env, logs / "batch.log",
-                        {"SAGEMAKER_BATCH": "TRUE", "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "3"}),
+        "realtime": _start(
+            htr_cmd,
+            constant_models,
+            subprocess_env,
+            logs / "realtime.log",
+            {"SAGEMAKER_MAX_PAYLOAD_IN_MB": "1", "HTR_SERVE_MAX_PAGES": "3"},
+        ),
+        "batch": _start(
+            htr_cmd,
+            constant_models,
+            subprocess_env,
+            logs / "batch.log",
+            {"SAGEMAKER_BATCH": "TRUE", "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "3"},
+        ),
     }
     try:
         for server in started.values():  # both load their models at the same time
@@ -157,26 +186,48 @@ def _without_time(record: dict) -> dict:
 
 # ---- the contract --------------------------------------------------------------------------------
 
+
 def test_ping_and_execution_parameters(server: ServerProcess, servers) -> None:
     assert server.ping() == 200
     status, body = server.request("GET", "/execution-parameters")
     assert status == 200
-    assert json.loads(body) == {"MaxConcurrentTransforms": json.loads(body)["MaxConcurrentTransforms"],
-                                "BatchStrategy": "SINGLE_RECORD", "MaxPayloadInMB": 1}
+    assert json.loads(body) == {
+        "MaxConcurrentTransforms": json.loads(body)["MaxConcurrentTransforms"],
+        "BatchStrategy": "SINGLE_RECORD",
+        "MaxPayloadInMB": 1,
+    }
     status, body = servers["batch"].request("GET", "/execution-parameters")
-    assert json.loads(body) == {"MaxConcurrentTransforms": 3, "BatchStrategy": "SINGLE_RECORD",
-                                "MaxPayloadInMB": 33}   # 3 x 33 <= 100, the API's limit
+    assert json.loads(body) == {
+        "MaxConcurrentTransforms": 3,
+        "BatchStrategy": "SINGLE_RECORD",
+        "MaxPayloadInMB": 33,
+    }  # 3 x 33 <= 100, the API's limit
 
 
-@pytest.mark.parametrize("env,expected", [
-    ({"SAGEMAKER_BATCH": "true", "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "1"}, (1, 100)),
-    ({"SAGEMAKER_BATCH": "true", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "200",
-      "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "1"}, (1, 100)),
-    ({"SAGEMAKER_BATCH": "true", "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "4"}, (4, 25)),
-    ({"SAGEMAKER_BATCH": "true", "SAGEMAKER_MAX_PAYLOAD_IN_MB": "6",
-      "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "8"}, (8, 6)),
-    ({"SAGEMAKER_BATCH": "true", "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "400"}, (100, 1)),
-])
+@pytest.mark.parametrize(
+    "env,expected",
+    [
+        ({"SAGEMAKER_BATCH": "true", "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "1"}, (1, 100)),
+        (
+            {
+                "SAGEMAKER_BATCH": "true",
+                "SAGEMAKER_MAX_PAYLOAD_IN_MB": "200",
+                "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "1",
+            },
+            (1, 100),
+        ),
+        ({"SAGEMAKER_BATCH": "true", "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "4"}, (4, 25)),
+        (
+            {
+                "SAGEMAKER_BATCH": "true",
+                "SAGEMAKER_MAX_PAYLOAD_IN_MB": "6",
+                "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "8",
+            },
+            (8, 6),
+        ),
+        ({"SAGEMAKER_BATCH": "true", "SAGEMAKER_MAX_CONCURRENT_TRANSFORMS": "400"}, (100, 1)),
+    ],
+)
 def test_execution_parameters_stay_within_the_api_limits(env, expected) -> None:
     from batch.serve import ServeSettings
 
@@ -185,15 +236,18 @@ def test_execution_parameters_stay_within_the_api_limits(env, expected) -> None:
     assert p["MaxPayloadInMB"] <= 100 and p["MaxPayloadInMB"] * p["MaxConcurrentTransforms"] <= 100
 
 
-@pytest.mark.parametrize("name,content_type,sniffed,pages", [
-    ("page.png", "image/png", "image/png", 1),
-    ("photo.jpg", "image/jpeg", "image/jpeg", 1),
-    ("scan.tiff", "image/tiff", "image/tiff", 2),
-    ("letter.pdf", "application/pdf", "application/pdf", 2),
-    ("letter.pdf", "application/x-image", "application/pdf", 2),
-    ("scan.tiff", "application/x-image", "image/tiff", 2),
-    ("page.png", "image/jpeg", "image/png", 1),   # mislabelled: the bytes decide
-])
+@pytest.mark.parametrize(
+    "name,content_type,sniffed,pages",
+    [
+        ("page.png", "image/png", "image/png", 1),
+        ("photo.jpg", "image/jpeg", "image/jpeg", 1),
+        ("scan.tiff", "image/tiff", "image/tiff", 2),
+        ("letter.pdf", "application/pdf", "application/pdf", 2),
+        ("letter.pdf", "application/x-image", "application/pdf", 2),
+        ("scan.tiff", "application/x-image", "image/tiff", 2),
+        ("page.png", "image/jpeg", "image/png", 1),  # mislabelled: the bytes decide
+    ],
+)
 def test_each_content_type(server: ServerProcess, docs, name, content_type, sniffed, pages) -> None:
     status, record = server.invoke(docs[name], content_type)
     assert status == 200, record
@@ -211,9 +265,15 @@ def test_each_content_type(server: ServerProcess, docs, name, content_type, snif
     assert DocumentRecord.from_json(record).to_json() == record  # the documents/*.json schema
 
 
-@pytest.mark.parametrize("fmt,content_type", [
-    ("BMP", "image/bmp"), ("WEBP", "image/webp"), ("BMP", "image/x-ms-bmp"), ("WEBP", "application/x-image"),
-])
+@pytest.mark.parametrize(
+    "fmt,content_type",
+    [
+        ("BMP", "image/bmp"),
+        ("WEBP", "image/webp"),
+        ("BMP", "image/x-ms-bmp"),
+        ("WEBP", "application/x-image"),
+    ],
+)
 def test_every_type_the_batch_job_reads(server: ServerProcess, fmt, content_type) -> None:
     data = _save([_page("a note")], fmt)
     status, record = server.invoke(data, content_type)
@@ -230,7 +290,7 @@ def test_page_cap_is_a_400_before_rendering(server: ServerProcess) -> None:
 def test_pages_stream_through_the_model_a_few_at_a_time(tmp_path: Path) -> None:
     """A long document never has more than chunk_pages rasterised pages waiting for the model,
     however many it has (the whole document used to be rendered first)."""
-    from batch.serve import PageBatcher, Service, ServeSettings
+    from batch.serve import PageBatcher, ServeSettings, Service
 
     calls = []
 
@@ -270,8 +330,10 @@ def test_oversize_payload_is_413(server: ServerProcess) -> None:
 def test_oversize_is_refused_from_the_header_alone(server: ServerProcess) -> None:
     """Only headers are sent: the answer comes without the server waiting for 10 GB."""
     with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
-        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/pdf\r\n"
-                     b"Content-Length: 10000000000\r\n\r\n")
+        sock.sendall(
+            b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: application/pdf\r\n"
+            b"Content-Length: 10000000000\r\n\r\n"
+        )
         reply = b""
         while chunk := sock.recv(65536):
             reply += chunk
@@ -304,8 +366,9 @@ def test_keep_alive_connection_serves_several_requests(server: ServerProcess, do
     conn = server.connection()
     try:
         for name in ("page.png", "letter.pdf", "photo.jpg"):
-            conn.request("POST", "/invocations", body=docs[name],
-                         headers={"Content-Type": "application/x-image"})
+            conn.request(
+                "POST", "/invocations", body=docs[name], headers={"Content-Type": "application/x-image"}
+            )
             resp = conn.getresponse()
             assert resp.status == 200 and json.loads(resp.read())["doc_id"] == doc_id_for(docs[name])
         conn.request("GET", "/ping")
@@ -343,10 +406,16 @@ def test_server_is_still_healthy(server: ServerProcess, docs) -> None:
 
 # ---- collect: transform output == local worker output --------------------------------------------
 
+
 def _write_docs(folder: Path, docs: dict[str, bytes]) -> None:
-    files = {"letter.pdf": docs["letter.pdf"], "page.png": docs["page.png"],
-             "sub/scan.tiff": docs["scan.tiff"], "broken.pdf": docs["letter.pdf"][:300],
-             "empty.pdf": b"", "notes.txt": b"not a document at all\n" * 10}
+    files = {
+        "letter.pdf": docs["letter.pdf"],
+        "page.png": docs["page.png"],
+        "sub/scan.tiff": docs["scan.tiff"],
+        "broken.pdf": docs["letter.pdf"][:300],
+        "empty.pdf": b"",
+        "notes.txt": b"not a document at all\n" * 10,
+    }
     for rel, data in files.items():
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
         (folder / rel).write_bytes(data)
@@ -355,8 +424,9 @@ def _write_docs(folder: Path, docs: dict[str, bytes]) -> None:
 def _transform(server: ServerProcess, inputs: Path, out: Path) -> None:
     """What Batch Transform does with --content-type auto: one request per object, <key>.out."""
     for path in sorted(p for p in inputs.rglob("*") if p.is_file()):
-        status, body = server.request("POST", "/invocations", path.read_bytes(),
-                                      {"Content-Type": "application/x-image"})
+        status, body = server.request(
+            "POST", "/invocations", path.read_bytes(), {"Content-Type": "application/x-image"}
+        )
         assert status == 200
         target = out / (path.relative_to(inputs).as_posix() + ".out")
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -383,16 +453,27 @@ def _rounded(value, key: str = ""):
     return value
 
 
-def test_collect_matches_the_local_worker(servers, docs, constant_models, tmp_path: Path,
-                                          capsys) -> None:
+def test_collect_matches_the_local_worker(servers, docs, constant_models, tmp_path: Path, capsys) -> None:
     inputs, tout = tmp_path / "docs", tmp_path / "transform-out"
     _write_docs(inputs, docs)
-    assert htr(["run", str(inputs), str(tmp_path / "run"), "--models", str(constant_models),
-                "--device", "cpu", "--no-progress"]) == EXIT_PARTIAL
+    assert (
+        htr(
+            [
+                "run",
+                str(inputs),
+                str(tmp_path / "run"),
+                "--models",
+                str(constant_models),
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == EXIT_PARTIAL
+    )
 
     _transform(servers["batch"], inputs, tout)
-    code = htr(["sagemaker", "collect", str(tout), str(tmp_path / "collected"),
-                "--input", str(inputs)])
+    code = htr(["sagemaker", "collect", str(tout), str(tmp_path / "collected"), "--input", str(inputs)])
     assert code == EXIT_PARTIAL, capsys.readouterr().err
 
     for table in ("words", "pages", "errors"):
@@ -402,15 +483,31 @@ def test_collect_matches_the_local_worker(servers, docs, constant_models, tmp_pa
     assert len(words) == 5 and {w["text"] for w in words} == {"x"}  # one word per page
 
     def documents(out: Path) -> dict[str, dict]:
-        return {d["doc_id"]: {k: v for k, v in d.items() if k not in ("run_id", "processed_at")}
-                for d in read_documents(str(out))}
+        return {
+            d["doc_id"]: {k: v for k, v in d.items() if k not in ("run_id", "processed_at")}
+            for d in read_documents(str(out))
+        }
+
     assert documents(tmp_path / "collected") == documents(tmp_path / "run")
 
     # One ledger whichever path wrote it: a local run over the collected output finds the
     # transformed documents done (the three failures are retried, and fail again).
     capsys.readouterr()
-    assert htr(["run", str(inputs), str(tmp_path / "collected"), "--models", str(constant_models),
-                "--device", "cpu", "--no-progress"]) == EXIT_PARTIAL
+    assert (
+        htr(
+            [
+                "run",
+                str(inputs),
+                str(tmp_path / "collected"),
+                "--models",
+                str(constant_models),
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == EXIT_PARTIAL
+    )
     assert "3 skipped, 3 errors" in capsys.readouterr().out
 
 
@@ -421,8 +518,12 @@ def test_collect_reports_inputs_without_output(servers, docs, tmp_path: Path, ca
     (tout / "page.png.out").unlink()
     (tout / "junk.txt").write_text("not an .out file: ignored")
     shutil.copy(tout / "letter.pdf.out", tout / "orphan.pdf.out")  # no input: keeps its own uri
-    assert htr(["sagemaker", "collect", str(tout), str(tmp_path / "c"), "--input", str(inputs),
-                "--run-id", "r1"]) == EXIT_PARTIAL
+    assert (
+        htr(
+            ["sagemaker", "collect", str(tout), str(tmp_path / "c"), "--input", str(inputs), "--run-id", "r1"]
+        )
+        == EXIT_PARTIAL
+    )
     errors = read_table(str(tmp_path / "c"), "errors").to_pylist()
     missing = [e for e in errors if e["error_type"] == "MissingTransformOutput"]
     assert [e["source_uri"] for e in missing] == [str(inputs / "page.png")]
@@ -435,8 +536,9 @@ def test_collect_reports_inputs_without_output(servers, docs, tmp_path: Path, ca
 def test_collect_exit_code_without_errors(servers, docs, tmp_path: Path) -> None:
     tout = tmp_path / "t"
     tout.mkdir()
-    _, body = servers["batch"].request("POST", "/invocations", docs["page.png"],
-                                       {"Content-Type": "image/png"})
+    _, body = servers["batch"].request(
+        "POST", "/invocations", docs["page.png"], {"Content-Type": "image/png"}
+    )
     (tout / "page.png.out").write_bytes(body)
     assert htr(["sagemaker", "collect", str(tout), str(tmp_path / "c")]) == EXIT_OK
     [doc] = read_documents(str(tmp_path / "c"))
@@ -444,6 +546,7 @@ def test_collect_exit_code_without_errors(servers, docs, tmp_path: Path) -> None
 
 
 # ---- dynamic batching, in-process --------------------------------------------------------------
+
 
 def test_pages_of_waiting_requests_share_one_model_call(tiny_models: Path) -> None:
     """While the model thread is busy, requests queue; the next call takes all their pages,
@@ -481,17 +584,17 @@ def test_pages_of_waiting_requests_share_one_model_call(tiny_models: Path) -> No
             while batcher._queue.qsize() < 3 and time.monotonic() < deadline:
                 time.sleep(0.01)
             release.set()
-            results = {"a": first.result(60), **{k: f.exception(60) or f.result()
-                                                 for k, f in rest.items()}}
+            results = {"a": first.result(60), **{k: f.exception(60) or f.result() for k, f in rest.items()}}
     finally:
         batcher.close()
-    assert calls[:2] == [1, 6]        # a alone; then b + c + bad together (which fails) ...
-    assert sorted(calls[2:]) == [1, 2, 3]   # ... so each is retried alone
+    assert calls[:2] == [1, 6]  # a alone; then b + c + bad together (which fails) ...
+    assert sorted(calls[2:]) == [1, 2, 3]  # ... so each is retried alone
     assert isinstance(results["bad"], RuntimeError)
     for key in ("a", "b", "c"):
         alone = pipe.process_pages(docs[key])
-        assert [(p.width, p.height, p.words) for p in results[key]] == \
-            [(p.width, p.height, p.words) for p in alone]
+        assert [(p.width, p.height, p.words) for p in results[key]] == [
+            (p.width, p.height, p.words) for p in alone
+        ]
 
 
 def test_collect_from_s3_to_s3(servers, docs, s3_endpoint: str, s3_bucket: str) -> None:
@@ -500,30 +603,40 @@ def test_collect_from_s3_to_s3(servers, docs, s3_endpoint: str, s3_bucket: str) 
     client = s3_client(s3_endpoint)
     for name in ("letter.pdf", "scan.tiff"):
         client.put_object(Bucket=s3_bucket, Key=f"in/{name}", Body=docs[name])
-        _, body = servers["batch"].request("POST", "/invocations", docs[name],
-                                           {"Content-Type": "application/x-image"})
+        _, body = servers["batch"].request(
+            "POST", "/invocations", docs[name], {"Content-Type": "application/x-image"}
+        )
         client.put_object(Bucket=s3_bucket, Key=f"tout/{name}.out", Body=body)
     out = f"s3://{s3_bucket}/tables/"
-    assert htr(["sagemaker", "collect", f"s3://{s3_bucket}/tout/", out,
-                "--input", f"s3://{s3_bucket}/in/"]) == EXIT_OK
+    assert (
+        htr(["sagemaker", "collect", f"s3://{s3_bucket}/tout/", out, "--input", f"s3://{s3_bucket}/in/"])
+        == EXIT_OK
+    )
     pages = read_table(out, "pages").to_pylist()
     assert sorted((p["source_uri"], p["page"]) for p in pages) == [
-        (f"s3://{s3_bucket}/in/letter.pdf", 1), (f"s3://{s3_bucket}/in/letter.pdf", 2),
-        (f"s3://{s3_bucket}/in/scan.tiff", 1), (f"s3://{s3_bucket}/in/scan.tiff", 2)]
+        (f"s3://{s3_bucket}/in/letter.pdf", 1),
+        (f"s3://{s3_bucket}/in/letter.pdf", 2),
+        (f"s3://{s3_bucket}/in/scan.tiff", 1),
+        (f"s3://{s3_bucket}/in/scan.tiff", 2),
+    ]
     etags = {d["source_uri"]: d["source_etag"] for d in read_documents(out)}
     head = client.head_object(Bucket=s3_bucket, Key="in/letter.pdf")
     assert etags[f"s3://{s3_bucket}/in/letter.pdf"] == head["ETag"].strip('"')
 
 
 def test_missing_models_fail_at_once(htr_cmd, subprocess_env, tmp_path) -> None:
-    proc = subprocess.run([*htr_cmd, "serve", "--port", "0", "--models", str(tmp_path)],
-                          env=subprocess_env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [*htr_cmd, "serve", "--port", "0", "--models", str(tmp_path)],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == EXIT_FATAL
     assert "segmenter.safetensors" in proc.stderr
 
 
-def test_unloadable_models_never_report_healthy(htr_cmd, tiny_models, subprocess_env,
-                                                tmp_path) -> None:
+def test_unloadable_models_never_report_healthy(htr_cmd, tiny_models, subprocess_env, tmp_path) -> None:
     broken = tmp_path / "models"
     shutil.copytree(tiny_models, broken)
     (broken / "recogniser.safetensors").write_bytes(b"not safetensors")

@@ -1,4 +1,5 @@
 """batch.storage against local folders and a real S3 API (moto's server over HTTP)."""
+
 from __future__ import annotations
 
 import os
@@ -53,6 +54,7 @@ def keys(root: str, **kw) -> list[str]:
 
 # ---- local ------------------------------------------------------------------------------------
 
+
 def test_local_listing_is_recursive_sorted_by_full_key(tree: Path):
     objs = list(storage.list_objects(str(tree)))
     assert [o.key for o in objs] == SORTED_KEYS
@@ -63,8 +65,10 @@ def test_local_listing_is_recursive_sorted_by_full_key(tree: Path):
 def test_local_include_exclude_globs(tree: Path):
     assert keys(str(tree), include=["*.pdf"]) == ["a/x.pdf", "a0.pdf"]
     assert keys(str(tree), include=["scans/2024/*"]) == ["scans/2024/p1.jpg", "scans/2024/p2.tif"]
-    assert keys(str(tree), include=["*.jpg", "*.tif"], exclude=["scans/2023/*"]) == \
-        ["scans/2024/p1.jpg", "scans/2024/p2.tif"]
+    assert keys(str(tree), include=["*.jpg", "*.tif"], exclude=["scans/2023/*"]) == [
+        "scans/2024/p1.jpg",
+        "scans/2024/p2.tif",
+    ]
 
 
 def test_local_single_file_root_and_missing_root(tree: Path):
@@ -102,8 +106,22 @@ def test_local_missing_file_is_not_found_naming_the_path(tmp_path: Path):
         storage.open_read(missing)
 
 
-@pytest.mark.parametrize("key", ["../etc/passwd", "a/../../b", "/abs/path", "a//b", "./a", "a/.",
-                                 "nul\x00byte", "tab\tname", "C:\\win", "a\\..\\b", ""])
+@pytest.mark.parametrize(
+    "key",
+    [
+        "../etc/passwd",
+        "a/../../b",
+        "/abs/path",
+        "a//b",
+        "./a",
+        "a/.",
+        "nul\x00byte",
+        "tab\tname",
+        "C:\\win",
+        "a\\..\\b",
+        "",
+    ],
+)
 def test_traversal_and_odd_keys_are_rejected(tmp_path: Path, key: str):
     with pytest.raises(StorageError):
         storage.local_path_for(str(tmp_path), key)
@@ -117,7 +135,9 @@ def test_safe_keys_map_inside_the_root(tmp_path: Path):
 
 def test_uri_helpers():
     assert storage.split_s3("s3://bucket/a/b.pdf") == ("bucket", "a/b.pdf")
-    assert storage.join("s3://bucket/out/", "words", "/part-0.parquet") == "s3://bucket/out/words/part-0.parquet"
+    assert (
+        storage.join("s3://bucket/out/", "words", "/part-0.parquet") == "s3://bucket/out/words/part-0.parquet"
+    )
     assert storage.is_s3("s3://b") and not storage.is_s3("/data/s3://b")
     for bad in ("/local/path", "s3://", "s3:///key"):
         with pytest.raises(StorageError):
@@ -132,12 +152,15 @@ def test_config_rejects_unknown_sse():
 
 # ---- S3 (moto over HTTP) ----------------------------------------------------------------------
 
+
 def test_s3_listing_matches_local_order_and_filters(tree: Path, s3_tree: str):
     assert keys(s3_tree) == keys(str(tree)) == SORTED_KEYS
     assert keys(s3_tree.rstrip("/")) == SORTED_KEYS  # root without trailing slash is a folder too
     assert keys(s3_tree, include=["*.pdf"]) == ["a/x.pdf", "a0.pdf"]
-    assert keys(s3_tree, include=["*.jpg", "*.tif"], exclude=["scans/2023/*"]) == \
-        ["scans/2024/p1.jpg", "scans/2024/p2.tif"]
+    assert keys(s3_tree, include=["*.jpg", "*.tif"], exclude=["scans/2023/*"]) == [
+        "scans/2024/p1.jpg",
+        "scans/2024/p2.tif",
+    ]
     one = list(storage.list_objects(s3_tree + "a0.pdf"))
     assert [(o.key, o.size) for o in one] == [("a0.pdf", len(TREE["a0.pdf"]))]
     obj = next(storage.list_objects(s3_tree))
@@ -210,12 +233,20 @@ def test_s3_writes_with_sse_s3(s3_endpoint: str, s3_bucket: str, fresh_storage):
     assert head["ContentType"] == "application/json"
 
 
-def test_s3_writes_with_sse_kms_single_and_multipart(s3_endpoint: str, s3_bucket: str,
-                                                      tmp_path: Path, fresh_storage):
-    key_id = boto3.client("kms", endpoint_url=s3_endpoint, region_name=REGION).create_key()["KeyMetadata"]["KeyId"]
-    storage.configure(StorageConfig(sse="aws:kms", sse_kms_key_id=key_id,
-                                    multipart_threshold=5 * 1024 * 1024,
-                                    multipart_chunksize=5 * 1024 * 1024))
+def test_s3_writes_with_sse_kms_single_and_multipart(
+    s3_endpoint: str, s3_bucket: str, tmp_path: Path, fresh_storage
+):
+    key_id = boto3.client("kms", endpoint_url=s3_endpoint, region_name=REGION).create_key()["KeyMetadata"][
+        "KeyId"
+    ]
+    storage.configure(
+        StorageConfig(
+            sse="aws:kms",
+            sse_kms_key_id=key_id,
+            multipart_threshold=5 * 1024 * 1024,
+            multipart_chunksize=5 * 1024 * 1024,
+        )
+    )
     big = tmp_path / "big.parquet"
     big.write_bytes(os.urandom(11 * 1024 * 1024))
     storage.write_bytes(f"s3://{s3_bucket}/kms/small.json", b"{}")
@@ -280,7 +311,6 @@ def test_s3_resumed_read_never_splices_two_versions(s3_bucket: str):
 def test_every_client_stack_error_is_classified():
     """Transient: the network's or S3's momentary fault. Permanent: the request's own."""
     import http.client
-    import socket
     import ssl
 
     import urllib3.exceptions
@@ -288,23 +318,43 @@ def test_every_client_stack_error_is_classified():
     from botocore.exceptions import ClientError
 
     def client_error(code: str, status: int) -> ClientError:
-        return ClientError({"Error": {"Code": code, "Message": "m"},
-                            "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+        return ClientError(
+            {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+            "GetObject",
+        )
 
-    transient = [client_error("SlowDown", 503), client_error("InternalError", 500),
-                 client_error("RequestTimeout", 400), client_error("Throttling", 400),
-                 client_error("Whatever", 502), client_error("TooManyRequests", 429),
-                 be.EndpointConnectionError(endpoint_url="http://x"), be.ReadTimeoutError(endpoint_url="x"),
-                 be.ConnectionClosedError(endpoint_url="x"), be.ResponseStreamingError(error="x"),
-                 be.IncompleteReadError(actual_bytes=1, expected_bytes=2),
-                 urllib3.exceptions.ProtocolError("Connection broken"), urllib3.exceptions.ReadTimeoutError(None, "", ""),
-                 http.client.IncompleteRead(b""), http.client.RemoteDisconnected("x"),
-                 ConnectionResetError(104, "reset"), socket.timeout("t"), ssl.SSLError("bad record"),
-                 storage.TruncatedBody("short")]
-    permanent = [client_error("AccessDenied", 403), client_error("NoSuchBucket", 404),
-                 client_error("InvalidAccessKeyId", 403), client_error("PreconditionFailed", 412),
-                 be.NoCredentialsError(), be.ParamValidationError(report="bad"),
-                 FileNotFoundError(2, "no"), PermissionError(13, "no"), ValueError("bug")]
+    transient = [
+        client_error("SlowDown", 503),
+        client_error("InternalError", 500),
+        client_error("RequestTimeout", 400),
+        client_error("Throttling", 400),
+        client_error("Whatever", 502),
+        client_error("TooManyRequests", 429),
+        be.EndpointConnectionError(endpoint_url="http://x"),
+        be.ReadTimeoutError(endpoint_url="x"),
+        be.ConnectionClosedError(endpoint_url="x"),
+        be.ResponseStreamingError(error="x"),
+        be.IncompleteReadError(actual_bytes=1, expected_bytes=2),
+        urllib3.exceptions.ProtocolError("Connection broken"),
+        urllib3.exceptions.ReadTimeoutError(None, "", ""),
+        http.client.IncompleteRead(b""),
+        http.client.RemoteDisconnected("x"),
+        ConnectionResetError(104, "reset"),
+        TimeoutError("t"),
+        ssl.SSLError("bad record"),
+        storage.TruncatedBody("short"),
+    ]
+    permanent = [
+        client_error("AccessDenied", 403),
+        client_error("NoSuchBucket", 404),
+        client_error("InvalidAccessKeyId", 403),
+        client_error("PreconditionFailed", 412),
+        be.NoCredentialsError(),
+        be.ParamValidationError(report="bad"),
+        FileNotFoundError(2, "no"),
+        PermissionError(13, "no"),
+        ValueError("bug"),
+    ]
     assert [e for e in transient if not storage.is_transient(e)] == []
     assert [e for e in permanent if storage.is_transient(e)] == []
     for op, stage in (("read", "fetch"), ("list", "fetch"), ("write", "write"), ("delete", "write")):

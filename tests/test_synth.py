@@ -1,4 +1,5 @@
 """The synthetic engine: fonts, text, determinism, polygons around ink, word crops, the command."""
+
 from __future__ import annotations
 
 import json
@@ -21,6 +22,7 @@ def pages() -> list[tuple]:
 
 # ---- fonts and text -------------------------------------------------------------------------------
 
+
 def test_enough_handwriting_fonts_and_no_tofu():
     lib = library()
     assert len(lib.hand) >= 25 and len(lib.printed) >= 3
@@ -33,6 +35,7 @@ def test_enough_handwriting_fonts_and_no_tofu():
 def test_missing_fonts_are_a_typed_error():
     from batch.core.errors import HtrError
     from transforms.fonts import FontsUnavailable
+
     with pytest.raises(FontsUnavailable, match="apt-packages.txt") as e:
         library(min_hand=10_000)
     assert isinstance(e.value, HtrError)
@@ -48,6 +51,7 @@ def test_tokens_cover_the_charset_and_never_hold_spaces():
 
 
 # ---- pages --------------------------------------------------------------------------------------
+
 
 def test_render_page_is_deterministic_by_seed(pages):
     again, _ = render_page(np.random.default_rng(11))
@@ -82,7 +86,7 @@ def test_polygons_sit_on_ink(pages):
             x1, y1 = np.ceil(pts.max(0)).astype(int) + 1
             inside = gray[y0:y1, x0:x1]
             pad = max(4, (y1 - y0) // 2)
-            around = gray[max(0, y0 - pad):y1 + pad, max(0, x0 - pad):x1 + pad]
+            around = gray[max(0, y0 - pad) : y1 + pad, max(0, x0 - pad) : x1 + pad]
             inked += float(inside.min()) < float(np.median(around)) - 25
         assert inked >= 0.9 * len(words)
 
@@ -103,13 +107,17 @@ def test_page_geometry_moves_polygons_with_the_image():
     img = np.full((200, 300, 3), 255, np.uint8)
     img[80:100, 120:180] = 0
     poly = np.float32([[[120, 80], [180, 80], [180, 100], [120, 100]]])
-    for out, moved in (A.rotate(img, poly, 10.0), A.perspective(img, poly, rng, 0.05),
-                       A.curl(img, poly, rng, 0.03)):
+    for out, moved in (
+        A.rotate(img, poly, 10.0),
+        A.perspective(img, poly, rng, 0.05),
+        A.curl(img, poly, rng, 0.03),
+    ):
         centre = moved[0].mean(0).round().astype(int)
         assert out[centre[1], centre[0]].mean() < 80  # the polygon still covers the dark block
 
 
 # ---- crops --------------------------------------------------------------------------------------
+
 
 def test_word_crops_are_deterministic_and_sane():
     a, b, c = WordCropSampler(3), WordCropSampler(3), WordCropSampler(4)
@@ -130,6 +138,7 @@ def test_caps_only_fonts_only_write_capitals():
     caps = [f for f in lib.hand if f.caps_only]
     rng = np.random.default_rng(0)
     from transforms.synth import _words, make_hand
+
     hand = make_hand(rng, lib, 20.0)
     hand.font = caps[0]
     words = _words(["hello", "World"], hand, rng, lib, cross_rate=0.0)
@@ -142,11 +151,13 @@ def test_write_crops_manifest(tmp_path):
     lines = [json.loads(x) for x in path.read_text().splitlines()]
     assert len(lines) == 5
     from jobs.manifests import read_manifest
+
     samples = read_manifest(path)
     assert all(len(s.annotations) == 1 and (tmp_path / s.source_ref).exists() for s in samples)
 
 
 # ---- command --------------------------------------------------------------------------------------
+
 
 def test_htr_synth_command(tmp_path):
     assert htr(["synth", "--pages", "1", "--crops", "3", "--out", str(tmp_path), "--seed", "2"]) == 0

@@ -1,4 +1,5 @@
 """Training jobs on tiny models: losses fall, checkpoints resume, exports load."""
+
 from __future__ import annotations
 
 import argparse
@@ -10,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from jobs import train
 from batch.core.manifest import Annotation, Sample
+from jobs import train
 from jobs.manifests import write_manifest
 from models import checkpoints
 
@@ -30,8 +31,11 @@ def _page(rng: np.random.Generator, path: Path) -> Sample:
             w = WORDS[int(rng.integers(len(WORDS)))]
             x0, y0, x1, y1 = d.textbbox((x, 30 + li * 100), w, font=font)
             d.text((x, 30 + li * 100), w, font=font, fill="black")
-            anns.append(Annotation(w, [{"x": x0, "y": y0}, {"x": x1, "y": y0}, {"x": x1, "y": y1},
-                                       {"x": x0, "y": y1}], li))
+            anns.append(
+                Annotation(
+                    w, [{"x": x0, "y": y0}, {"x": x1, "y": y0}, {"x": x1, "y": y1}, {"x": x0, "y": y1}], li
+                )
+            )
             x = x1 + 40
     im.save(path)
     return Sample(path.name, anns)
@@ -56,10 +60,31 @@ def _losses(out: str) -> list[float]:
 
 
 def test_recogniser_loss_falls_and_exports(manifest_dir, tmp_path, capsys):
-    args = _args(["recogniser", "--arch", "crnn_tiny", "--train", str(manifest_dir), "--test",
-                  str(manifest_dir), "--steps", "60", "--batch-size", "16", "--lr", "3e-3",
-                  "--log-every", "10", "--eval-every", "60", "--workers", "0",
-                  "--model-dir", str(tmp_path / "rec")])
+    args = _args(
+        [
+            "recogniser",
+            "--arch",
+            "crnn_tiny",
+            "--train",
+            str(manifest_dir),
+            "--test",
+            str(manifest_dir),
+            "--steps",
+            "60",
+            "--batch-size",
+            "16",
+            "--lr",
+            "3e-3",
+            "--log-every",
+            "10",
+            "--eval-every",
+            "60",
+            "--workers",
+            "0",
+            "--model-dir",
+            str(tmp_path / "rec"),
+        ]
+    )
     assert train.main(args) == 0
     out = capsys.readouterr().out
     losses = _losses(out)
@@ -71,10 +96,33 @@ def test_recogniser_loss_falls_and_exports(manifest_dir, tmp_path, capsys):
 
 
 def test_segmenter_loss_falls_on_manifest(manifest_dir, tmp_path, capsys):
-    args = _args(["segmenter", "--arch", "db_tiny", "--train", str(manifest_dir), "--test",
-                  str(manifest_dir), "--steps", "40", "--batch-size", "2", "--crop-size", "256",
-                  "--lr", "5e-3", "--log-every", "10", "--eval-every", "40", "--workers", "0",
-                  "--model-dir", str(tmp_path / "seg")])
+    args = _args(
+        [
+            "segmenter",
+            "--arch",
+            "db_tiny",
+            "--train",
+            str(manifest_dir),
+            "--test",
+            str(manifest_dir),
+            "--steps",
+            "40",
+            "--batch-size",
+            "2",
+            "--crop-size",
+            "256",
+            "--lr",
+            "5e-3",
+            "--log-every",
+            "10",
+            "--eval-every",
+            "40",
+            "--workers",
+            "0",
+            "--model-dir",
+            str(tmp_path / "seg"),
+        ]
+    )
     assert train.main(args) == 0
     out = capsys.readouterr().out
     losses = _losses(out)
@@ -84,18 +132,35 @@ def test_segmenter_loss_falls_on_manifest(manifest_dir, tmp_path, capsys):
 
 
 def test_checkpoint_resume(manifest_dir, tmp_path, capsys):
-    common = ["recogniser", "--arch", "crnn_tiny", "--train", str(manifest_dir), "--test",
-              str(manifest_dir), "--batch-size", "8", "--log-every", "5", "--eval-every", "10",
-              "--workers", "0", "--model-dir", str(tmp_path / "m"),
-              "--checkpoint-dir", str(tmp_path / "ckpt")]
+    common = [
+        "recogniser",
+        "--arch",
+        "crnn_tiny",
+        "--train",
+        str(manifest_dir),
+        "--test",
+        str(manifest_dir),
+        "--batch-size",
+        "8",
+        "--log-every",
+        "5",
+        "--eval-every",
+        "10",
+        "--workers",
+        "0",
+        "--model-dir",
+        str(tmp_path / "m"),
+        "--checkpoint-dir",
+        str(tmp_path / "ckpt"),
+    ]
     assert train.main(_args(common + ["--steps", "10"])) == 0
     assert (tmp_path / "ckpt" / "state.pt").is_file()
     capsys.readouterr()
     assert train.main(_args(common + ["--steps", "15"])) == 0
     out = capsys.readouterr().out
-    assert "at step 10" in out                      # resumed, not restarted
+    assert "at step 10" in out  # resumed, not restarted
     steps = [int(s) for s in re.findall(r"^step=(\d+) train_loss", out, re.M)]
-    assert steps == [15]                            # only the remaining steps ran
+    assert steps == [15]  # only the remaining steps ran
     done = json.loads(out.strip().splitlines()[-1].split(" ", 2)[2].rsplit(" -> ", 1)[0])
     assert done["step"] == 15
 
@@ -111,8 +176,7 @@ def test_db_loss_is_lower_for_the_right_answer():
 
     def out(p):
         logits = torch.logit(p.clamp(1e-4, 1 - 1e-4))
-        return {"prob_logits": logits, "prob": p, "thresh": t["thresh"][:, None],
-                "binary": p}
+        return {"prob_logits": logits, "prob": p, "thresh": t["thresh"][:, None], "binary": p}
 
     good = train.db_loss(out(right), t)
     bad = train.db_loss(out(1 - right), t)
@@ -121,8 +185,23 @@ def test_db_loss_is_lower_for_the_right_answer():
 
 def test_init_keeps_the_init_models_arch_and_weights(manifest_dir, tmp_path, capsys):
     """Fine-tuning without --arch trains the --init model's own arch, starting from all its tensors."""
-    base = ["recogniser", "--train", str(manifest_dir), "--test", str(manifest_dir), "--batch-size", "8",
-            "--log-every", "5", "--eval-every", "5", "--workers", "0", "--steps", "5"]
+    base = [
+        "recogniser",
+        "--train",
+        str(manifest_dir),
+        "--test",
+        str(manifest_dir),
+        "--batch-size",
+        "8",
+        "--log-every",
+        "5",
+        "--eval-every",
+        "5",
+        "--workers",
+        "0",
+        "--steps",
+        "5",
+    ]
     assert train.main(_args(base + ["--arch", "crnn_tiny", "--model-dir", str(tmp_path / "a")])) == 0
     capsys.readouterr()
     assert train.main(_args(base + ["--init", str(tmp_path / "a"), "--model-dir", str(tmp_path / "b")])) == 0
@@ -136,11 +215,27 @@ def test_init_keeps_the_init_models_arch_and_weights(manifest_dir, tmp_path, cap
 def test_resumed_job_ends_with_the_best_model(manifest_dir, tmp_path, capsys, monkeypatch):
     """A spot restart: new instance, empty SM_MODEL_DIR, same checkpoint dir. The best model
     (step 5 here: its CER is the lowest) must come back from the checkpoint, not stay lost."""
-    cers = iter([0.2, 0.5, 0.6])   # evaluations at steps 5, 10 and 15: the first is the best
+    cers = iter([0.2, 0.5, 0.6])  # evaluations at steps 5, 10 and 15: the first is the best
     monkeypatch.setattr(train, "evaluate_recogniser", lambda *a, **k: (next(cers), 1.0))
-    common = ["recogniser", "--arch", "crnn_tiny", "--train", str(manifest_dir), "--test",
-              str(manifest_dir), "--batch-size", "8", "--log-every", "5", "--eval-every", "5",
-              "--workers", "0", "--checkpoint-dir", str(tmp_path / "ckpt")]
+    common = [
+        "recogniser",
+        "--arch",
+        "crnn_tiny",
+        "--train",
+        str(manifest_dir),
+        "--test",
+        str(manifest_dir),
+        "--batch-size",
+        "8",
+        "--log-every",
+        "5",
+        "--eval-every",
+        "5",
+        "--workers",
+        "0",
+        "--checkpoint-dir",
+        str(tmp_path / "ckpt"),
+    ]
     assert train.main(_args(common + ["--steps", "10", "--model-dir", str(tmp_path / "first")])) == 0
     best_weights = (tmp_path / "first" / "recogniser.safetensors").read_bytes()
     assert checkpoints.read_meta(tmp_path / "first", "recogniser")["train"]["steps"] == 5
@@ -159,21 +254,58 @@ def test_killed_job_resumes_from_its_checkpoint(manifest_dir, tmp_path, subproce
     import subprocess
     import sys
 
-    argv = [sys.executable, "jobs/train.py", "--model", "recogniser", "--arch", "crnn_tiny",
-            "--train", str(manifest_dir), "--test", str(manifest_dir), "--batch-size", "4",
-            "--steps", "400", "--log-every", "2", "--eval-every", "2", "--eval-size", "4",
-            "--workers", "0", "--threads", "1", "--checkpoint-dir", str(tmp_path / "ckpt")]
+    argv = [
+        sys.executable,
+        "jobs/train.py",
+        "--model",
+        "recogniser",
+        "--arch",
+        "crnn_tiny",
+        "--train",
+        str(manifest_dir),
+        "--test",
+        str(manifest_dir),
+        "--batch-size",
+        "4",
+        "--steps",
+        "400",
+        "--log-every",
+        "2",
+        "--eval-every",
+        "2",
+        "--eval-size",
+        "4",
+        "--workers",
+        "0",
+        "--threads",
+        "1",
+        "--checkpoint-dir",
+        str(tmp_path / "ckpt"),
+    ]
     state = tmp_path / "ckpt" / "state.pt"
-    proc = subprocess.Popen(argv + ["--model-dir", str(tmp_path / "a")], cwd=train.Path(__file__).parents[1],
-                            env=subprocess_env, stdout=subprocess.PIPE, text=True)
-    for line in proc.stdout:   # the first evaluation has saved its state: interrupt now
+    proc = subprocess.Popen(
+        argv + ["--model-dir", str(tmp_path / "a")],
+        cwd=train.Path(__file__).parents[1],
+        env=subprocess_env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    for line in proc.stdout:  # the first evaluation has saved its state: interrupt now
         if line.startswith("step=2 test_cer") and _wait_for(state):
             break
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    done = subprocess.run(argv[:argv.index("--steps") + 1] + ["8"] + argv[argv.index("--steps") + 2:]
-                          + ["--model-dir", str(tmp_path / "b")], cwd=train.Path(__file__).parents[1],
-                          env=subprocess_env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        argv[: argv.index("--steps") + 1]
+        + ["8"]
+        + argv[argv.index("--steps") + 2 :]
+        + ["--model-dir", str(tmp_path / "b")],
+        cwd=train.Path(__file__).parents[1],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     assert re.search(r"resumed from .* at step \d+", done.stdout)
     checkpoints.load(tmp_path / "b", "recogniser")
@@ -193,25 +325,60 @@ def test_torchrun_two_ranks_one_model(tmp_path, subprocess_env):
     import subprocess
     import sys
 
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            "jobs/train.py", "--model", "recogniser", "--arch", "crnn_tiny", "--synthetic",
-            "--steps", "4", "--batch-size", "4", "--log-every", "2", "--eval-every", "4",
-            "--eval-size", "8", "--workers", "0", "--threads", "1",
-            "--model-dir", str(tmp_path / "model"), "--checkpoint-dir", str(tmp_path / "ckpt")]
+    argv = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "jobs/train.py",
+        "--model",
+        "recogniser",
+        "--arch",
+        "crnn_tiny",
+        "--synthetic",
+        "--steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--log-every",
+        "2",
+        "--eval-every",
+        "4",
+        "--eval-size",
+        "8",
+        "--workers",
+        "0",
+        "--threads",
+        "1",
+        "--model-dir",
+        str(tmp_path / "model"),
+        "--checkpoint-dir",
+        str(tmp_path / "ckpt"),
+    ]
     # each rank's stdout to its own file: on one shared pipe the ranks' lines can interleave
     argv[3:3] = ["--log-dir", str(tmp_path / "logs"), "--redirects", "1"]
-    proc = subprocess.run(argv, cwd=train.Path(__file__).parents[1], env=subprocess_env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        argv,
+        cwd=train.Path(__file__).parents[1],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     logs = sorted((tmp_path / "logs").rglob("stdout.log"))
     assert len(logs) == 2, logs
     out = "".join(p.read_text() for p in logs)
     assert {int(r) for r in re.findall(r"^rank=(\d) world=2 ", out, re.M)} == {0, 1}
     digests = dict(re.findall(r"^rank=(\d) weights=(\w+)$", out, re.M))
-    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]    # in sync
-    assert len(re.findall(r"^step=4 test_cer", out, re.M)) == 1             # rank 0 evaluates
+    assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]  # in sync
+    assert len(re.findall(r"^step=4 test_cer", out, re.M)) == 1  # rank 0 evaluates
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == [
-        "recogniser.json", "recogniser.safetensors"]
+        "recogniser.json",
+        "recogniser.safetensors",
+    ]
     checkpoints.load(tmp_path / "model", "recogniser")
 
 
@@ -229,9 +396,10 @@ def test_init_from_a_training_output(tmp_path):
             tar.add(models / name, arcname=name)
     args = argparse.Namespace(init=str(channel))
     train._resolve_init(args, "recogniser")
-    assert (Path(args.init) / "recogniser.safetensors").read_bytes() == \
-        (models / "recogniser.safetensors").read_bytes()
-    train._resolve_init(args, "recogniser")          # a model folder stays as it is
+    assert (Path(args.init) / "recogniser.safetensors").read_bytes() == (
+        models / "recogniser.safetensors"
+    ).read_bytes()
+    train._resolve_init(args, "recogniser")  # a model folder stays as it is
     assert Path(args.init).parent != channel
     with pytest.raises(ValueError, match="no recogniser.json"):
         train._resolve_init(argparse.Namespace(init=str(tmp_path / "input")), "recogniser")

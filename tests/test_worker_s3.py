@@ -3,6 +3,7 @@ retries and faults, missing objects, shards, bounded memory, and local folders.
 
 Most runs are in-process (`batch.cli.main`; no torch import per run); the first one is a
 real subprocess, as a nightly job would start it."""
+
 from __future__ import annotations
 
 import io
@@ -17,9 +18,20 @@ from batch import storage, worker
 from batch.ledger import Policy, Shard
 from batch.outputs import OutputWriter, read_ledger, read_table
 from tests.s3_server import FaultProxy, s3_client
-from tests.worker_helpers import one_word_models  # noqa: F401 (a fixture)
-from tests.worker_helpers import (BAD, DOCS, assert_clean, assert_exactly_once, doc_id, htr_inprocess,
-                                  htr_subprocess, listing, pdf, png, summary, upload)
+from tests.worker_helpers import (
+    BAD,
+    DOCS,
+    assert_clean,
+    assert_exactly_once,
+    doc_id,
+    htr_inprocess,
+    htr_subprocess,
+    listing,
+    pdf,
+    png,
+    summary,
+    upload,
+)
 
 
 @pytest.fixture
@@ -42,8 +54,10 @@ def sources_of(inp: str, docs: dict[str, bytes]) -> tuple[dict[str, bytes], set[
 def codecs(out: str) -> set[str]:
     """The compression of every Parquet part in OUT."""
     parts = [u for u in listing(out) if u.endswith(".parquet")]
-    return {pq.ParquetFile(io.BytesIO(storage.read_bytes(u))).metadata.row_group(0).column(0).compression
-            for u in parts}
+    return {
+        pq.ParquetFile(io.BytesIO(storage.read_bytes(u))).metadata.row_group(0).column(0).compression
+        for u in parts
+    }
 
 
 def outputs_and_ledger(out: str) -> dict[str, str]:
@@ -56,6 +70,7 @@ def run_args(inp: str, out: str, models, *extra) -> list:
 
 
 # ---- the nightly cycle ---------------------------------------------------------------------------
+
 
 def test_s3_run_then_rerun_does_nothing_new(s3_io, models, capsys):
     inp, out, put = s3_io
@@ -99,8 +114,9 @@ def test_new_and_changed_objects_then_forced(s3_io, models, capsys):
     assert old_a not in {r["doc_id"] for r in read_table(out, "words").to_pylist()}
     assert_clean(out)
 
-    rc, s = htr_inprocess(capsys, *run_args(inp, out, models, "--reprocess", "--run-id", "forced",
-                                            "--compression", "snappy"))
+    rc, s = htr_inprocess(
+        capsys, *run_args(inp, out, models, "--reprocess", "--run-id", "forced", "--compression", "snappy")
+    )
     assert rc == 0 and (s["documents"], s["skipped"]) == (4, 0)
     assert_exactly_once(out, *sources_of(inp, docs))
     assert_clean(out)
@@ -126,9 +142,11 @@ def test_new_model_version_needs_opt_in(s3_io, tiny_models, models, capsys):
 
 # ---- faults -----------------------------------------------------------------------------------------
 
+
 @dataclass
 class BrokenObjects(FaultProxy):
     """A fault proxy whose GETs of some keys always fail (503): retries cannot save them."""
+
     broken: tuple[str, ...] = ()
 
     def _decide(self, method: str, path: str) -> str | None:
@@ -140,8 +158,9 @@ class BrokenObjects(FaultProxy):
         return super()._decide(method, path)
 
 
-def test_object_failing_after_retries_is_an_error_then_retried(s3_endpoint, s3_io, models,
-                                                              capsys, monkeypatch):
+def test_object_failing_after_retries_is_an_error_then_retried(
+    s3_endpoint, s3_io, models, capsys, monkeypatch
+):
     inp, out, put = s3_io
     docs = {"a.png": png(1), "b.png": png(2), "c.png": png(3)}
     put(docs)
@@ -165,23 +184,25 @@ def test_object_failing_after_retries_is_an_error_then_retried(s3_endpoint, s3_i
     assert_clean(out)
 
 
-def test_transient_faults_are_retried_and_nothing_is_lost(s3_io, fault_proxy, models, capsys,
-                                                         monkeypatch):
+def test_transient_faults_are_retried_and_nothing_is_lost(s3_io, fault_proxy, models, capsys, monkeypatch):
     inp, out, put = s3_io
     docs = {"a.png": png(1), "b.png": png(2), "e.pdf": pdf(5), "f.pdf": pdf(6, pages=1)}
     put(docs)
     fault_proxy.set_random(0.05, seed=3, kinds=("500", "503", "reset", "truncate"))
     monkeypatch.setenv("HTR_S3_MAX_ATTEMPTS", "10")
-    rc, s = htr_inprocess(capsys, *run_args(inp, out, models, "--s3-endpoint-url", fault_proxy.url,
-                                            "--part-docs", 1, "--stream-mb", 0))
+    rc, s = htr_inprocess(
+        capsys,
+        *run_args(inp, out, models, "--s3-endpoint-url", fault_proxy.url, "--part-docs", 1, "--stream-mb", 0),
+    )
     assert fault_proxy.faults, "no fault was injected: the test proves nothing"
     assert rc == 0 and (s["documents"], s["errors"]) == (4, 0)
     assert_exactly_once(out, *sources_of(inp, docs))
     assert_clean(out)
 
 
-def test_object_deleted_after_listing_is_an_error_record(s3_endpoint, s3_bucket, s3_io, models,
-                                                        capsys, monkeypatch):
+def test_object_deleted_after_listing_is_an_error_record(
+    s3_endpoint, s3_bucket, s3_io, models, capsys, monkeypatch
+):
     inp, out, put = s3_io
     docs = {"a.png": png(1), "b.png": png(2)}
     put(docs)
@@ -192,6 +213,7 @@ def test_object_deleted_after_listing_is_an_error_record(s3_endpoint, s3_bucket,
             if obj.uri == inp + "b.png":
                 s3_client(s3_endpoint).delete_object(Bucket=s3_bucket, Key="in/b.png")
             yield obj
+
     monkeypatch.setattr(storage, "list_objects", list_then_delete)
     rc, s = htr_inprocess(capsys, *run_args(inp, out, models))
     assert rc == 3 and (s["documents"], s["errors"]) == (2, 1)
@@ -203,6 +225,7 @@ def test_object_deleted_after_listing_is_an_error_record(s3_endpoint, s3_bucket,
 
 # ---- shards -----------------------------------------------------------------------------------------
 
+
 def test_two_shards_at_once_write_the_union_exactly_once(s3_endpoint, s3_io, models, capsys):
     """Two workers (threads here, each with its own pipeline and writer) split one input and
     commit into one OUT at the same time, one document per commit, so they contend for
@@ -212,6 +235,7 @@ def test_two_shards_at_once_write_the_union_exactly_once(s3_endpoint, s3_io, mod
 
     def split(prefix: str) -> list[int]:  # the bucket name is random: so is the hash split
         return [sum(Shard(i, 2).owns(f"s3://{bucket}/{prefix}{k}") for k in DOCS) for i in (0, 1)]
+
     prefix = next(p for p in (f"in{n}/" for n in range(200)) if all(split(p)))
     upload(s3_endpoint, bucket, prefix, DOCS)
     inp = f"s3://{bucket}/{prefix}"
@@ -224,8 +248,10 @@ def test_two_shards_at_once_write_the_union_exactly_once(s3_endpoint, s3_io, mod
     def shard(i: int) -> None:
         pipe = worker.Pipeline.load(models, "cpu")
         writer = OutputWriter(out, f"shard{i}", docs_per_part=1, shard=Shard(i, 2))
-        stats[i] = worker.process(pipe, writer, storage.list_objects(inp),
-                                  Policy(pipe.model_version), progress=False)
+        stats[i] = worker.process(
+            pipe, writer, storage.list_objects(inp), Policy(pipe.model_version), progress=False
+        )
+
     threads = [threading.Thread(target=shard, args=(i,)) for i in (0, 1)]
     for t in threads:
         t.start()
@@ -244,6 +270,7 @@ def test_two_shards_at_once_write_the_union_exactly_once(s3_endpoint, s3_io, mod
 
 # ---- memory -----------------------------------------------------------------------------------------
 
+
 def test_long_pdf_flows_through_a_bounded_queue(s3_io, tiny_models, monkeypatch):
     """A 24-page PDF, streamed to a temp file (--stream-mb 0), its pages rasterised while a
     slow model consumes them: never more than a queue's worth of pages is decoded ahead."""
@@ -257,6 +284,7 @@ def test_long_pdf_flows_through_a_bounded_queue(s3_io, tiny_models, monkeypatch)
             with lock:
                 counts["decoded"] += 1
             yield page
+
     monkeypatch.setattr(worker, "iter_pages", counting_pages)
     pipe = worker.Pipeline.load(tiny_models, "cpu")
     real_process = pipe.process_pages
@@ -269,15 +297,26 @@ def test_long_pdf_flows_through_a_bounded_queue(s3_io, tiny_models, monkeypatch)
         with lock:
             counts["done"] += len(images)
         return pages
+
     pipe.process_pages = slow_process
-    stats = worker.process(pipe, OutputWriter(out, "long"), storage.list_objects(inp), Policy(),
-                           dpi=72, batch_pages=2, decode_workers=1, progress=False, stream_above=0)
+    stats = worker.process(
+        pipe,
+        OutputWriter(out, "long"),
+        storage.list_objects(inp),
+        Policy(),
+        dpi=72,
+        batch_pages=2,
+        decode_workers=1,
+        progress=False,
+        stream_above=0,
+    )
     assert (stats.documents, stats.pages) == (1, 24)
     # in flight: the batch (2) + the queue (2 x 2) + one page blocked in put (1)
     assert max(ahead) <= 7, ahead
 
 
 # ---- local folders ----------------------------------------------------------------------------------
+
 
 def test_local_folders_work_the_same_way(tmp_path, models, capsys):
     inp, out = tmp_path / "in", tmp_path / "out"

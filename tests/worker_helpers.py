@@ -1,5 +1,6 @@
 """Shared by test_worker_s3.py and test_exactly_once.py: documents, models that always find a
 word, `htr run` in-process or as a subprocess, and the exactly-once checker."""
+
 from __future__ import annotations
 
 import io
@@ -17,20 +18,25 @@ import pytest
 from PIL import Image, ImageFont
 
 from batch import storage
-from batch.outputs import read_documents, read_ledger, read_table
 from batch.core.ids import doc_id_for as doc_id
+from batch.outputs import read_documents, read_ledger, read_table
 from tests.s3_server import s3_client
 
-SUMMARY = re.compile(r"htr run: (?P<documents>\d+) documents, (?P<pages>\d+) pages, (?P<words>\d+) "
-                     r"words, (?P<skipped>\d+) skipped, (?P<errors>\d+) errors in ")
+SUMMARY = re.compile(
+    r"htr run: (?P<documents>\d+) documents, (?P<pages>\d+) pages, (?P<words>\d+) "
+    r"words, (?P<skipped>\d+) skipped, (?P<errors>\d+) errors in "
+)
 
 
 # ---- inputs ------------------------------------------------------------------------------------
 
+
 def bold_font(size: int):
     """DejaVu (Debian fonts-dejavu-core) for printed test pages; Pillow's own font without it."""
-    for path in ("/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",
-                 "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"):
+    for path in (
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+    ):
         if Path(path).exists():
             return ImageFont.truetype(path, size)
     return ImageFont.load_default(size=size)
@@ -54,8 +60,14 @@ def pdf(seed: int, pages: int = 2) -> bytes:
 BAD = b"this is no document"
 
 # key -> bytes: 4 images, a 2-page PDF, one that fails in decoding
-DOCS = {"a.png": png(1), "b.png": png(2), "sub/c.png": png(3), "d.png": png(4),
-        "e.pdf": pdf(5), "zz-bad.pdf": BAD}
+DOCS = {
+    "a.png": png(1),
+    "b.png": png(2),
+    "sub/c.png": png(3),
+    "d.png": png(4),
+    "e.pdf": pdf(5),
+    "zz-bad.pdf": BAD,
+}
 
 
 def upload(endpoint: str, bucket: str, prefix: str, docs: dict[str, bytes]) -> None:
@@ -66,11 +78,13 @@ def upload(endpoint: str, bucket: str, prefix: str, docs: dict[str, bytes]) -> N
 
 # ---- models ------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="session")
 def one_word_models(constant_models: Path, tmp_path_factory) -> Path:
     """conftest's constant_models (every page is one word box, read as "x..."), with a 64 px
     segmenter input: our pages are tiny, so 25x less work per page. Every page then has a
-    word, so the words/ checks bite. Import this fixture into a test module to use it."""
+    word, so the words/ checks bite. conftest registers this module as a
+    plugin, so every test module can use the fixture."""
     out = tmp_path_factory.mktemp("one-word-models")
     for f in constant_models.iterdir():
         shutil.copy(f, out / f.name)
@@ -81,6 +95,7 @@ def one_word_models(constant_models: Path, tmp_path_factory) -> Path:
 
 
 # ---- running -----------------------------------------------------------------------------------
+
 
 def htr_inprocess(capsys, *argv: str) -> tuple[int, dict[str, int]]:
     """`htr ...` in this process (no torch import per run); returns (exit code, summary)."""
@@ -98,10 +113,14 @@ def child_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": repo + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra}
 
 
-def python_subprocess(argv: list[str], timeout: float = 300, **env: str
-                      ) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *map(str, argv)], env=child_env(**env),
-                          capture_output=True, text=True, timeout=timeout)
+def python_subprocess(argv: list[str], timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, *map(str, argv)],
+        env=child_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def htr_subprocess(argv: list[str], timeout: float = 300, **env: str) -> subprocess.CompletedProcess:
@@ -125,8 +144,14 @@ def listing(out: str) -> dict[str, str]:
 
 # ---- the exactly-once check ----------------------------------------------------------------------
 
-def assert_exactly_once(out: str, sources: dict[str, bytes | None], bad: set[str] = frozenset(),
-                        committed_only: bool = False, words_everywhere: bool = True) -> None:
+
+def assert_exactly_once(
+    out: str,
+    sources: dict[str, bytes | None],
+    bad: set[str] = frozenset(),
+    committed_only: bool = False,
+    words_everywhere: bool = True,
+) -> None:
     """OUT holds each source exactly once: an ok source (uri -> its current bytes) has one
     documents JSON, one pages row per page and one words row per word of that JSON, and no
     error row; a bad one exactly one error row and nothing else. No rows of anything else,
@@ -178,5 +203,6 @@ def assert_clean(out: str) -> None:
     for table in ("words", "pages", "errors"):
         physical = {u for u in listing(storage.join(out, table))}
         live = {storage.join(out, rel) for rel in state.parts if rel.startswith(table + "/")}
-        assert physical == live, f"{table}: files {sorted(physical - live)} not in the ledger, " \
-                                 f"{sorted(live - physical)} missing"
+        assert physical == live, (
+            f"{table}: files {sorted(physical - live)} not in the ledger, {sorted(live - physical)} missing"
+        )

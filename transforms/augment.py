@@ -8,6 +8,7 @@ Three groups, each function taking a `numpy.random.Generator` so results follow 
   * geometry on pages (perspective, rotation) that also maps word polygons, given as float32 (N, 4, 2).
 `augment_crop` and `augment_page` chain them with sensible odds for training on real data.
 """
+
 from __future__ import annotations
 
 import cv2
@@ -18,19 +19,46 @@ Polys = np.ndarray  # (N, 4, 2) float32, page pixels
 # Ink colours (RGB): iron-gall browns and blacks dominate old letters; blue / black ballpoint,
 # pencil grey and the odd red or green pen for modern notes.
 INKS = {
-    "black": (25, 25, 30), "blue_black": (30, 35, 70), "iron_gall": (55, 40, 30),
-    "faded_brown": (105, 80, 60), "blue": (30, 50, 150), "royal_blue": (40, 60, 190),
-    "pencil": (75, 75, 82), "red": (170, 30, 35), "green": (30, 110, 60), "violet": (80, 40, 120),
+    "black": (25, 25, 30),
+    "blue_black": (30, 35, 70),
+    "iron_gall": (55, 40, 30),
+    "faded_brown": (105, 80, 60),
+    "blue": (30, 50, 150),
+    "royal_blue": (40, 60, 190),
+    "pencil": (75, 75, 82),
+    "red": (170, 30, 35),
+    "green": (30, 110, 60),
+    "violet": (80, 40, 120),
 }
-INK_ODDS = {"black": 0.24, "blue_black": 0.16, "iron_gall": 0.16, "faded_brown": 0.08, "blue": 0.14,
-            "royal_blue": 0.06, "pencil": 0.09, "red": 0.03, "green": 0.02, "violet": 0.02}
+INK_ODDS = {
+    "black": 0.24,
+    "blue_black": 0.16,
+    "iron_gall": 0.16,
+    "faded_brown": 0.08,
+    "blue": 0.14,
+    "royal_blue": 0.06,
+    "pencil": 0.09,
+    "red": 0.03,
+    "green": 0.02,
+    "violet": 0.02,
+}
 # Paper colours (RGB): white, cream, aged yellow, bluish letter paper, grey recycled, pink.
-PAPERS = [(246, 246, 242), (244, 240, 228), (236, 226, 200), (228, 214, 178), (222, 230, 236),
-          (214, 224, 232), (226, 226, 222), (240, 228, 226), (250, 250, 250)]
+PAPERS = [
+    (246, 246, 242),
+    (244, 240, 228),
+    (236, 226, 200),
+    (228, 214, 178),
+    (222, 230, 236),
+    (214, 224, 232),
+    (226, 226, 222),
+    (240, 228, 226),
+    (250, 250, 250),
+]
 PAPER_ODDS = [0.22, 0.18, 0.14, 0.08, 0.1, 0.06, 0.08, 0.04, 0.1]
 
 
 # ---- ink masks -----------------------------------------------------------------------------------
+
 
 def shear(mask: np.ndarray, slant: float, baseline: float | None = None) -> tuple[np.ndarray, float]:
     """Slant a mask: slant = tan(angle), > 0 leans right. Returns (mask, x shift of the baseline)."""
@@ -85,9 +113,17 @@ def baseline_drift(mask: np.ndarray, rng: np.random.Generator, amplitude: float)
     return cv2.remap(mask, gx, gy + dy[None, :], cv2.INTER_LINEAR, borderValue=0)
 
 
-def warp_ink(alpha: np.ndarray, rng: np.random.Generator, slant: float, baseline: float,
-             drift: float = 0.0, wobble: float = 0.0, cell: float = 16.0,
-             pressure_low: float = 1.0, stretch: float = 1.0) -> np.ndarray:
+def warp_ink(
+    alpha: np.ndarray,
+    rng: np.random.Generator,
+    slant: float,
+    baseline: float,
+    drift: float = 0.0,
+    wobble: float = 0.0,
+    cell: float = 16.0,
+    pressure_low: float = 1.0,
+    stretch: float = 1.0,
+) -> np.ndarray:
     """Slant, horizontal stretch, baseline drift, elastic wobble and pen pressure in one remap
     (the fast path for synthetic words; `shear`, `baseline_drift`, `elastic` and `pressure`
     do each alone)."""
@@ -96,8 +132,9 @@ def warp_ink(alpha: np.ndarray, rng: np.random.Generator, slant: float, baseline
     shift = -min(0.0, *offs)
     out_w = int(np.ceil((w + abs(offs[0] - offs[1])) * stretch)) + 1
     gh, gw = max(2, int(h / cell) + 2), max(2, int(out_w / cell) + 2)
-    fields = cv2.resize(rng.standard_normal((gh, gw, 3), dtype=np.float32), (out_w, h),
-                        interpolation=cv2.INTER_LINEAR)
+    fields = cv2.resize(
+        rng.standard_normal((gh, gw, 3), dtype=np.float32), (out_w, h), interpolation=cv2.INTER_LINEAR
+    )
     gy, gx = np.indices((h, out_w), dtype=np.float32)
     # forward: X = (x + slant * (baseline - y) + shift) * stretch; this is its inverse
     map_x = gx * (1.0 / stretch) - slant * (baseline - gy) - shift
@@ -150,7 +187,7 @@ def composite(img: np.ndarray, alpha: np.ndarray, colour: np.ndarray, x: int, y:
     x0, y0, x1, y1 = max(0, x), max(0, y), min(W, x + w), min(H, y + h)
     if x0 >= x1 or y0 >= y1:
         return
-    a = alpha[y0 - y:y1 - y, x0 - x:x1 - x]
+    a = alpha[y0 - y : y1 - y, x0 - x : x1 - x]
     region = img[y0:y1, x0:x1]
     tint = colour / 255.0
     if region.ndim == 3:
@@ -160,6 +197,7 @@ def composite(img: np.ndarray, alpha: np.ndarray, colour: np.ndarray, x: int, y:
 
 
 # ---- pages ---------------------------------------------------------------------------------------
+
 
 def paper(h: int, w: int, rng: np.random.Generator, colour: tuple[int, int, int] | None = None) -> np.ndarray:
     """A float32 RGB paper: base colour, blotchy large-scale tone, grain or emboss, aged edges."""
@@ -183,16 +221,23 @@ def vignette(h: int, w: int, rng: np.random.Generator, strength: float) -> np.nd
     """Multiplier that darkens towards the edges (aged or unevenly lit paper)."""
     ys = np.linspace(-1, 1, h, dtype=np.float32)[:, None] + rng.uniform(-0.2, 0.2)
     xs = np.linspace(-1, 1, w, dtype=np.float32)[None, :] + rng.uniform(-0.2, 0.2)
-    r = np.sqrt(xs ** 2 + ys ** 2) / np.sqrt(2)
-    return 1 - strength * r ** 2
+    r = np.sqrt(xs**2 + ys**2) / np.sqrt(2)
+    return 1 - strength * r**2
 
 
-def ruled_lines(img: np.ndarray, rng: np.random.Generator, spacing: float, top: float,
-                margin_x: float | None = None, grid: bool = False) -> np.ndarray:
+def ruled_lines(
+    img: np.ndarray,
+    rng: np.random.Generator,
+    spacing: float,
+    top: float,
+    margin_x: float | None = None,
+    grid: bool = False,
+) -> np.ndarray:
     """Draw ruled (or squared) paper lines in place; returns the y of each rule."""
     h, w = img.shape[:2]
-    colour = np.array([(150, 180, 215), (170, 190, 220), (160, 160, 170), (190, 200, 230)][
-        int(rng.integers(4))], np.float32)
+    colour = np.array(
+        [(150, 180, 215), (170, 190, 220), (160, 160, 170), (190, 200, 230)][int(rng.integers(4))], np.float32
+    )
     thick = max(1, int(round(spacing / 40)))
     ys = np.arange(top, h - spacing / 2, spacing)
     for y in ys:
@@ -207,6 +252,7 @@ def ruled_lines(img: np.ndarray, rng: np.random.Generator, spacing: float, top: 
 
 # Photometric page ops accept uint8 (returned as a new uint8 array) or float32 (changed in place
 # and returned): the synthetic engine keeps its page in float32 and converts once at the end.
+
 
 def _work(img: np.ndarray) -> np.ndarray:
     return img if img.dtype == np.float32 else img.astype(np.float32)
@@ -241,13 +287,19 @@ def stains(img: np.ndarray, rng: np.random.Generator, n: int | None = None) -> n
         axes = (max(1, int(r)), max(1, int(r * rng.uniform(0.6, 1.0))))
         depth = rng.uniform(0.03, 0.15)
         if rng.random() < 0.5:  # ring
-            cv2.ellipse(small, (int(cx), int(cy)), axes, rng.uniform(0, 180), 0, 360, 1 - depth,
-                        max(1, int(r / 10)))
+            cv2.ellipse(
+                small, (int(cx), int(cy)), axes, rng.uniform(0, 180), 0, 360, 1 - depth, max(1, int(r / 10))
+            )
         else:
             cv2.ellipse(small, (int(cx), int(cy)), axes, rng.uniform(0, 180), 0, 360, 1 - depth / 2, -1)
     for _ in range(int(rng.integers(0, 30))):  # foxing: small brown dots
-        cv2.circle(small, (int(rng.uniform(0, small.shape[1])), int(rng.uniform(0, small.shape[0]))),
-                   int(rng.integers(1, 3)), 1 - rng.uniform(0.05, 0.2), -1)
+        cv2.circle(
+            small,
+            (int(rng.uniform(0, small.shape[1])), int(rng.uniform(0, small.shape[0]))),
+            int(rng.integers(1, 3)),
+            1 - rng.uniform(0.05, 0.2),
+            -1,
+        )
     small = cv2.GaussianBlur(small, (0, 0), 1.5)
     out = _work(img)
     _scale(out, cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR), np.array([1.0, 1.07, 1.2]))
@@ -264,16 +316,17 @@ def fold_lines(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         pos = size * rng.choice([1 / 3, 1 / 2, 2 / 3]) + rng.normal(0, size * 0.02)
         coords = np.arange(size, dtype=np.float32) - pos
         width = rng.uniform(2, 8)
-        shade = 1 - rng.uniform(0.03, 0.1) * np.exp(-(coords / width) ** 2)
-        shade += rng.uniform(0.0, 0.04) * np.exp(-((coords - width * 1.5) / (width * 3)) ** 2)
+        shade = 1 - rng.uniform(0.03, 0.1) * np.exp(-((coords / width) ** 2))
+        shade += rng.uniform(0.0, 0.04) * np.exp(-(((coords - width * 1.5) / (width * 3)) ** 2))
         shade = shade.astype(np.float32)
         shape = (-1, 1) if horizontal else (1, -1)
         out *= shade.reshape(shape + (1,) * (out.ndim - 2))
     return _done(out, img)
 
 
-def show_through(img: np.ndarray, rng: np.random.Generator, ghost: np.ndarray | None = None,
-                 opacity: float | None = None) -> np.ndarray:
+def show_through(
+    img: np.ndarray, rng: np.random.Generator, ghost: np.ndarray | None = None, opacity: float | None = None
+) -> np.ndarray:
     """Writing from the back of the sheet, mirrored and blurred. `ghost` is an ink alpha (HxW,
     0..1) of the other side; without it the page's own darkness is mirrored (works on real pages).
     Worked out at quarter resolution: a ghost is blurry anyway."""
@@ -323,11 +376,16 @@ def scanner_noise(img: np.ndarray, rng: np.random.Generator, sigma: float | None
         out += noise
     for _ in range(int(rng.integers(0, 40))):
         v = float(rng.choice([rng.uniform(0, 80), rng.uniform(230, 255)]))
-        cv2.circle(out, (int(rng.integers(w)), int(rng.integers(h))), int(rng.integers(1, 3)),
-                   (v, v, v) if out.ndim == 3 else v, -1)
+        cv2.circle(
+            out,
+            (int(rng.integers(w)), int(rng.integers(h))),
+            int(rng.integers(1, 3)),
+            (v, v, v) if out.ndim == 3 else v,
+            -1,
+        )
     if rng.random() < 0.1:
         x = int(rng.integers(w))
-        out[:, x:x + int(rng.integers(1, 3))] *= rng.uniform(0.7, 1.1)
+        out[:, x : x + int(rng.integers(1, 3))] *= rng.uniform(0.7, 1.1)
     return _done(out, img)
 
 
@@ -338,7 +396,7 @@ def lighting(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     ys, xs = ys / h, xs / w
     if rng.random() < 0.5:
         ang = rng.uniform(0, 2 * np.pi)
-        field = (np.cos(ang) * xs + np.sin(ang) * ys)
+        field = np.cos(ang) * xs + np.sin(ang) * ys
         field = 1 - rng.uniform(0.1, 0.4) * (field - field.min()) / (np.ptp(field) + 1e-6)
     else:
         cx, cy = rng.uniform(0, 1, 2)
@@ -388,6 +446,7 @@ def resample(img: np.ndarray, rng: np.random.Generator, low: float = 0.5) -> np.
 
 # ---- page geometry (moves polygons too) ------------------------------------------------------------
 
+
 def warp_polys(polys: Polys, matrix: np.ndarray) -> Polys:
     """Map (N, 4, 2) polygons through a 2x3 affine or 3x3 homography."""
     if len(polys) == 0:
@@ -400,7 +459,9 @@ def warp_polys(polys: Polys, matrix: np.ndarray) -> Polys:
     return out.reshape(-1, 4, 2).astype(np.float32)
 
 
-def rotate(img: np.ndarray, polys: Polys, angle: float, fill: tuple | float = 255) -> tuple[np.ndarray, Polys]:
+def rotate(
+    img: np.ndarray, polys: Polys, angle: float, fill: tuple | float = 255
+) -> tuple[np.ndarray, Polys]:
     """Rotate by `angle` degrees (counter-clockwise), growing the canvas so nothing is cut."""
     h, w = img.shape[:2]
     m = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
@@ -408,13 +469,20 @@ def rotate(img: np.ndarray, polys: Polys, angle: float, fill: tuple | float = 25
     nw, nh = int(h * sin + w * cos + 0.5), int(h * cos + w * sin + 0.5)
     m[0, 2] += nw / 2 - w / 2
     m[1, 2] += nh / 2 - h / 2
-    out = cv2.warpAffine(img, m, (nw, nh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                         borderValue=fill)
+    out = cv2.warpAffine(
+        img, m, (nw, nh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=fill
+    )
     return out, warp_polys(polys, m)
 
 
-def perspective(img: np.ndarray, polys: Polys, rng: np.random.Generator, strength: float = 0.06,
-                background: np.ndarray | None = None, margin: float = 0.0) -> tuple[np.ndarray, Polys]:
+def perspective(
+    img: np.ndarray,
+    polys: Polys,
+    rng: np.random.Generator,
+    strength: float = 0.06,
+    background: np.ndarray | None = None,
+    margin: float = 0.0,
+) -> tuple[np.ndarray, Polys]:
     """Tilted camera: move each page corner by up to `strength` x size. With `margin` > 0 the page
     lands inside a larger frame filled from `background` (a desk, a table)."""
     h, w = img.shape[:2]
@@ -431,12 +499,15 @@ def perspective(img: np.ndarray, polys: Polys, rng: np.random.Generator, strengt
         out = cv2.warpPerspective(img, m, (ow, oh), flags=cv2.INTER_LINEAR, borderValue=fill)
     else:
         bg = cv2.resize(background, (ow, oh)).astype(img.dtype)
-        out = cv2.warpPerspective(img, m, (ow, oh), dst=bg, flags=cv2.INTER_LINEAR,
-                                  borderMode=cv2.BORDER_TRANSPARENT)
+        out = cv2.warpPerspective(
+            img, m, (ow, oh), dst=bg, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_TRANSPARENT
+        )
     return out, warp_polys(polys, m)
 
 
-def curl(img: np.ndarray, polys: Polys, rng: np.random.Generator, strength: float = 0.015) -> tuple[np.ndarray, Polys]:
+def curl(
+    img: np.ndarray, polys: Polys, rng: np.random.Generator, strength: float = 0.015
+) -> tuple[np.ndarray, Polys]:
     """A page that does not lie flat (curled edge, bent sheet, book spine): a smooth displacement
     of up to ~`strength` x page size. Polygons move with it (first-order inverse of the field)."""
     h, w = img.shape[:2]
@@ -449,7 +520,9 @@ def curl(img: np.ndarray, polys: Polys, rng: np.random.Generator, strength: floa
         coarse[:, :, 0] += bend[:, None]
     field = cv2.resize(coarse, (w, h), interpolation=cv2.INTER_CUBIC)
     gy, gx = np.indices((h, w), dtype=np.float32)
-    out = cv2.remap(img, gx + field[..., 0], gy + field[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    out = cv2.remap(
+        img, gx + field[..., 0], gy + field[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
     if len(polys):
         pts = polys.reshape(-1, 2)
         xi = np.clip(pts[:, 0].round().astype(int), 0, w - 1)
@@ -461,8 +534,18 @@ def curl(img: np.ndarray, polys: Polys, rng: np.random.Generator, strength: floa
 def desk(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     """A background for phone photos: wood grain, a plain or fabric table, or more paper."""
     kind = rng.random()
-    base = np.array([(120, 85, 55), (60, 60, 65), (180, 170, 150), (40, 45, 55), (150, 110, 75),
-                     (200, 200, 195), (90, 100, 120)][int(rng.integers(7))], np.float32) + rng.normal(0, 10, 3)
+    base = np.array(
+        [
+            (120, 85, 55),
+            (60, 60, 65),
+            (180, 170, 150),
+            (40, 45, 55),
+            (150, 110, 75),
+            (200, 200, 195),
+            (90, 100, 120),
+        ][int(rng.integers(7))],
+        np.float32,
+    ) + rng.normal(0, 10, 3)
     img = np.empty((h, w, 3), np.float32)
     img[:] = base
     shade = _smooth_field(rng, h, w, max(h, w) / 3) * rng.uniform(5, 20)
@@ -471,12 +554,15 @@ def desk(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
         m = cv2.getRotationMatrix2D((w / 2, h / 2), rng.uniform(0, 180), 1.5)
         shade += cv2.warpAffine(streaks, m, (w, h), borderMode=cv2.BORDER_REFLECT) * rng.uniform(6, 15)
     elif kind < 0.7:  # fabric / carpet: fine texture
-        shade += cv2.GaussianBlur(rng.standard_normal((h, w), dtype=np.float32), (0, 0), 1.0) * rng.uniform(4, 12)
+        shade += cv2.GaussianBlur(rng.standard_normal((h, w), dtype=np.float32), (0, 0), 1.0) * rng.uniform(
+            4, 12
+        )
     img += shade[..., None]
     return np.clip(img, 0, 255).astype(np.uint8)
 
 
 # ---- chains for training on real data ----------------------------------------------------------------
+
 
 def augment_crop(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Random distortions for a grayscale uint8 word crop (dark ink on light paper).

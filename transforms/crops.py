@@ -1,5 +1,6 @@
 """Word crops: rectify a quadrilateral out of the page to a fixed height, normalise ink,
 and pack crops of similar width into padded batches for the recogniser."""
+
 from __future__ import annotations
 
 import cv2
@@ -22,8 +23,9 @@ def crop_width(quad: np.ndarray, height: int = CROP_HEIGHT, max_width: int = 512
     return int(np.clip(round(height * w / max(h, 1.0)), 8, max_width))
 
 
-def rectify(gray: np.ndarray, quad: np.ndarray, height: int = CROP_HEIGHT, max_width: int = 512
-            ) -> np.ndarray:
+def rectify(
+    gray: np.ndarray, quad: np.ndarray, height: int = CROP_HEIGHT, max_width: int = 512
+) -> np.ndarray:
     """Warp the quad (page pixels, TL,TR,BR,BL) to a height x width uint8 crop."""
     quad = np.asarray(quad, dtype=np.float32)
     out_w = crop_width(quad, height, max_width)
@@ -41,8 +43,9 @@ def rectify(gray: np.ndarray, quad: np.ndarray, height: int = CROP_HEIGHT, max_w
         quad = (quad - [x0, y0]) * [rw / region.shape[1], rh / region.shape[0]]
     dst = np.array([[0, 0], [out_w, 0], [out_w, height], [0, height]], dtype=np.float32)
     m = cv2.getPerspectiveTransform(quad.astype(np.float32), dst)
-    return cv2.warpPerspective(src, m, (out_w, height), flags=cv2.INTER_LINEAR,
-                               borderMode=cv2.BORDER_REPLICATE)
+    return cv2.warpPerspective(
+        src, m, (out_w, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    )
 
 
 def ink_levels(crop: np.ndarray) -> tuple[float, float]:
@@ -73,8 +76,7 @@ def bucket_width(w: int, buckets: tuple[int, ...] = WIDTH_BUCKETS) -> int:
     return buckets[-1]
 
 
-def pack(crops: list[np.ndarray], buckets: tuple[int, ...] = WIDTH_BUCKETS
-         ) -> tuple[np.ndarray, np.ndarray]:
+def pack(crops: list[np.ndarray], buckets: tuple[int, ...] = WIDTH_BUCKETS) -> tuple[np.ndarray, np.ndarray]:
     """Ink maps of one bucket -> (B x 1 x H x Wb float32, widths)."""
     wb = bucket_width(max(c.shape[1] for c in crops), buckets)
     h = crops[0].shape[0]
@@ -87,8 +89,9 @@ def pack(crops: list[np.ndarray], buckets: tuple[int, ...] = WIDTH_BUCKETS
     return batch, widths
 
 
-def plan_batches(widths: list[int], batch_size: int, buckets: tuple[int, ...] = WIDTH_BUCKETS,
-                 columns: int | None = None) -> list[list[int]]:
+def plan_batches(
+    widths: list[int], batch_size: int, buckets: tuple[int, ...] = WIDTH_BUCKETS, columns: int | None = None
+) -> list[list[int]]:
     """Indices grouped by width bucket, each group split into batches of at most batch_size,
     so little compute is spent on padding. With `columns`, a bucket's batches hold at most that
     many pixel columns instead (text lines are 4-16x as wide as words)."""
@@ -98,5 +101,5 @@ def plan_batches(widths: list[int], batch_size: int, buckets: tuple[int, ...] = 
     plan = []
     for b in sorted(by_bucket):
         idx, size = by_bucket[b], max(1, columns // b) if columns else batch_size
-        plan.extend(idx[i:i + size] for i in range(0, len(idx), size))
+        plan.extend(idx[i : i + size] for i in range(0, len(idx), size))
     return plan

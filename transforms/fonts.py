@@ -9,6 +9,7 @@ missing `£` must not render a tofu box) and whether its lowercase is only capit
 font per word and ask `FontLibrary.runs(text, font)` how to split the word between the font and a
 per-glyph fallback.
 """
+
 from __future__ import annotations
 
 import functools
@@ -31,12 +32,13 @@ FONT_DIRS = ("/usr/share/fonts", "/usr/share/texmf/fonts", "/usr/local/share/fon
 @dataclass(frozen=True)
 class FontEntry:
     """One catalogue line: a file name pattern and what we know about its style."""
+
     name: str
-    pattern: str             # file name (Debian) or "fontpkg:<slug>[:<file stem>]"
-    kind: str = "H"          # "H" handwriting, "P" printed
-    cursive: bool = False    # joined script: render whole runs so connections survive
-    weight: float = 1.0      # sampling weight; cursive pen hands matter most for our target letters
-    thin: bool = False       # hairline strokes: never erode
+    pattern: str  # file name (Debian) or "fontpkg:<slug>[:<file stem>]"
+    kind: str = "H"  # "H" handwriting, "P" printed
+    cursive: bool = False  # joined script: render whole runs so connections survive
+    weight: float = 1.0  # sampling weight; cursive pen hands matter most for our target letters
+    thin: bool = False  # hairline strokes: never erode
 
 
 # The catalogue. Weights favour joined pen scripts (the 1905 letters we must read) while keeping
@@ -92,7 +94,7 @@ CATALOGUE: tuple[FontEntry, ...] = (
     FontEntry("liberation-serif-bold", "LiberationSerif-Bold.ttf", kind="P"),
     FontEntry("liberation-sans", "LiberationSans-Regular.ttf", kind="P"),
     FontEntry("liberation-sans-bold", "LiberationSans-Bold.ttf", kind="P"),
-    FontEntry("liberation-mono", "LiberationMono-Regular.ttf", kind="P"),   # typewriter-like
+    FontEntry("liberation-mono", "LiberationMono-Regular.ttf", kind="P"),  # typewriter-like
     FontEntry("nimbus-roman", "NimbusRoman-Regular.otf", kind="P"),
     FontEntry("nimbus-roman-italic", "NimbusRoman-Italic.otf", kind="P"),
     FontEntry("nimbus-mono", "NimbusMonoPS-Regular.otf", kind="P"),
@@ -124,6 +126,7 @@ class FontsUnavailable(HtrError):
 @dataclass(frozen=True)
 class Font:
     """A usable font file with what it can draw."""
+
     name: str
     path: str
     kind: str
@@ -204,7 +207,7 @@ def _norm_shape(m: np.ndarray, size: int = 24) -> np.ndarray:
     ys, xs = np.nonzero(m > 96)
     if len(ys) == 0:
         return np.zeros((size, size), bool)
-    crop = m[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    crop = m[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
     return np.asarray(Image.fromarray(crop).resize((size, size))) > 96
 
 
@@ -230,6 +233,7 @@ def probe_caps_only(path: str) -> bool:
 @dataclass
 class FontLibrary:
     """All installed catalogue fonts, split into handwriting and print."""
+
     fonts: list[Font]
 
     @property
@@ -279,7 +283,8 @@ def _probe(entry: FontEntry, path: str) -> Font | None:
     except OSError:
         return None
     if not set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789") <= covered | set(
-            "abcdefghijklmnopqrstuvwxyz"):
+        "abcdefghijklmnopqrstuvwxyz"
+    ):
         return None  # no usable capitals/digits: not worth the fallbacks
     caps = probe_caps_only(path) if entry.kind == "H" else False
     return Font(entry.name, path, entry.kind, entry.cursive, entry.weight, entry.thin, caps, covered)
@@ -299,15 +304,18 @@ def library(min_hand: int = 1) -> FontLibrary:
     if len(lib.hand) < min_hand or not lib.printed:
         raise FontsUnavailable(
             f"only {len(lib.hand)} handwriting / {len(lib.printed)} printed fonts installed; "
-            "install apt-packages.txt (apt-get) and requirements-fonts.txt (pip)")
+            "install apt-packages.txt (apt-get) and requirements-fonts.txt (pip)"
+        )
     return lib
 
 
 def summary() -> str:
     lib = library()
     caps = [f.name for f in lib.hand if f.caps_only]
-    return (f"{len(lib.hand)} handwriting fonts ({sum(f.cursive for f in lib.hand)} cursive, "
-            f"{len(caps)} caps-only), {len(lib.printed)} printed fonts")
+    return (
+        f"{len(lib.hand)} handwriting fonts ({sum(f.cursive for f in lib.hand)} cursive, "
+        f"{len(caps)} caps-only), {len(lib.printed)} printed fonts"
+    )
 
 
 if __name__ == "__main__":

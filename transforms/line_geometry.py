@@ -3,6 +3,7 @@ rectified line crop (a word found by CTC) lies on the page.
 
 Quads are 4x2 float32 arrays, TL, TR, BR, BL, in page pixels.
 """
+
 from __future__ import annotations
 
 import cv2
@@ -14,10 +15,10 @@ def order_quad(pts: np.ndarray) -> np.ndarray:
     pts = np.asarray(pts, np.float32)
     c = pts.mean(0)
     ang = np.arctan2(pts[:, 1] - c[1], pts[:, 0] - c[0])
-    pts = pts[np.argsort(ang)]                        # clockwise in image coordinates, from -pi
+    pts = pts[np.argsort(ang)]  # clockwise in image coordinates, from -pi
     tl = int(np.argmin(pts.sum(1)))
     pts = np.roll(pts, -tl, axis=0)
-    if np.linalg.norm(pts[1] - pts[0]) < np.linalg.norm(pts[3] - pts[0]):   # started on a short side
+    if np.linalg.norm(pts[1] - pts[0]) < np.linalg.norm(pts[3] - pts[0]):  # started on a short side
         pts = np.roll(pts, -1, axis=0) if pts[1, 0] > pts[3, 0] else pts
     return pts
 
@@ -27,9 +28,9 @@ def line_quad(polygon: np.ndarray) -> np.ndarray:
     Rotated lines are cut straight; a near-vertical rectangle is read as horizontal (a line is long)."""
     rect = cv2.minAreaRect(np.asarray(polygon, np.float32).reshape(-1, 2))
     (cx, cy), (w, h), angle = rect
-    if h > w:                                         # OpenCV may report the long side as height
+    if h > w:  # OpenCV may report the long side as height
         rect = ((cx, cy), (h, w), angle - 90)
-    if abs(rect[2]) > 45:                             # keep the angle within ±45°: text stays upright
+    if abs(rect[2]) > 45:  # keep the angle within ±45°: text stays upright
         rect = (rect[0], rect[1], rect[2] - 180 * np.sign(rect[2]))
     return order_quad(cv2.boxPoints(rect))
 
@@ -40,8 +41,15 @@ def expand_quad(quad: np.ndarray, top: float, bottom: float, side: float = 0.0) 
     down = ((q[3] - q[0]) + (q[2] - q[1])) / 2
     right = ((q[1] - q[0]) + (q[2] - q[3])) / 2
     right = right / max(np.linalg.norm(right), 1e-6) * np.linalg.norm(down)
-    return np.array([q[0] - top * down - side * right, q[1] - top * down + side * right,
-                     q[2] + bottom * down + side * right, q[3] + bottom * down - side * right], np.float32)
+    return np.array(
+        [
+            q[0] - top * down - side * right,
+            q[1] - top * down + side * right,
+            q[2] + bottom * down + side * right,
+            q[3] + bottom * down - side * right,
+        ],
+        np.float32,
+    )
 
 
 def span_polygon(quad: np.ndarray, u0: float, u1: float) -> np.ndarray:

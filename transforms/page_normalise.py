@@ -22,32 +22,35 @@ inverted and warped once at the end, and a page that needs nothing comes back as
 `PageFix.matrix` maps the corrected page back to the input, so results found on the corrected page
 are reported in the input's pixels.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import cv2
 import numpy as np
 
-WORK_SIDE = 800          # long side of the measuring copy
-MAX_SKEW = 10.0          # degrees searched either way
-MIN_SKEW = 0.5           # smaller skews are left alone (the models cope, a resample costs sharpness)
-SKEW_GAIN = 1.02         # a deskew must sharpen the line profile by this factor to count
-TURN_MARGIN = 1.4        # rows must beat columns (or the reverse) by this factor to turn the page
-NEGATIVE_RATIO = 2.0     # bright strokes must outnumber dark ones by this factor to invert
-FLIP_RATIO = 1.6         # ink below the x-height band / above it, to turn by 180 without a callback
-MIN_LINES = 0.2          # profile sharpness below which there are no text lines to align (pages: 0.6+)
-MIN_INK = 150            # ink pixels (measuring copy) below which the page is treated as blank
+WORK_SIDE = 800  # long side of the measuring copy
+MAX_SKEW = 10.0  # degrees searched either way
+MIN_SKEW = 0.5  # smaller skews are left alone (the models cope, a resample costs sharpness)
+SKEW_GAIN = 1.02  # a deskew must sharpen the line profile by this factor to count
+TURN_MARGIN = 1.4  # rows must beat columns (or the reverse) by this factor to turn the page
+NEGATIVE_RATIO = 2.0  # bright strokes must outnumber dark ones by this factor to invert
+FLIP_RATIO = 1.6  # ink below the x-height band / above it, to turn by 180 without a callback
+MIN_LINES = 0.2  # profile sharpness below which there are no text lines to align (pages: 0.6+)
+MIN_INK = 150  # ink pixels (measuring copy) below which the page is treated as blank
 
 
 @dataclass
 class PageFix:
-    inverted: bool          # the page was a negative and was inverted
-    quarter_turns: int      # 0..3: the input was turned by k*90° counter-clockwise (np.rot90 k) to make it upright
-    skew_deg: float         # deskew angle applied (degrees, positive = counter-clockwise as cv2.getRotationMatrix2D)
-    source_size: tuple[int, int]   # (width, height) of the input image
-    matrix: np.ndarray      # 2x3 affine mapping corrected-image pixel (x, y) -> input-image pixel (x, y)
+    inverted: bool  # the page was a negative and was inverted
+    quarter_turns: (
+        int  # 0..3: the input was turned by k*90° counter-clockwise (np.rot90 k) to make it upright
+    )
+    skew_deg: float  # deskew angle applied (degrees, positive = counter-clockwise as cv2.getRotationMatrix2D)
+    source_size: tuple[int, int]  # (width, height) of the input image
+    matrix: np.ndarray  # 2x3 affine mapping corrected-image pixel (x, y) -> input-image pixel (x, y)
 
     def to_source(self, points: np.ndarray) -> np.ndarray:
         """Nx2 (x, y) in the corrected image -> Nx2 (x, y) in the input image."""
@@ -55,21 +58,28 @@ class PageFix:
         return pts @ self.matrix[:, :2].T + self.matrix[:, 2]
 
     @classmethod
-    def identity(cls, width: int, height: int) -> "PageFix":
+    def identity(cls, width: int, height: int) -> PageFix:
         """Nothing done to a width x height page."""
         return cls(False, 0, 0.0, (width, height), np.eye(3)[:2].copy())
 
-    def half_turned(self, width: int, height: int) -> "PageFix":
+    def half_turned(self, width: int, height: int) -> PageFix:
         """This fix followed by a 180-degree turn of its width x height corrected image (a caller
         that decided upside down itself, e.g. from recogniser confidence)."""
         matrix = np.vstack([self.matrix, [0, 0, 1]]) @ _turn_matrix(2, width, height)
-        return PageFix(self.inverted, (self.quarter_turns + 2) % 4, self.skew_deg, self.source_size,
-                       matrix[:2].copy())
+        return PageFix(
+            self.inverted, (self.quarter_turns + 2) % 4, self.skew_deg, self.source_size, matrix[:2].copy()
+        )
 
 
-def normalise_page(image: np.ndarray, upright_score: Callable[[np.ndarray], float] | None = None,
-                   *, detect_rotation: bool = True, deskew: bool = True, detect_negative: bool = True,
-                   guess_upside_down: bool = True) -> tuple[np.ndarray, PageFix]:
+def normalise_page(
+    image: np.ndarray,
+    upright_score: Callable[[np.ndarray], float] | None = None,
+    *,
+    detect_rotation: bool = True,
+    deskew: bool = True,
+    detect_negative: bool = True,
+    guess_upside_down: bool = True,
+) -> tuple[np.ndarray, PageFix]:
     """HxWx3 uint8 RGB (or HxW gray) -> (corrected image, same dtype/channels; the fix applied).
 
     upright_score(image) -> float: higher = more likely upright (e.g. mean recogniser confidence on
@@ -114,6 +124,7 @@ def normalise_page(image: np.ndarray, upright_score: Callable[[np.ndarray], floa
 
 # ---- polarity ------------------------------------------------------------------------------------
 
+
 def _reduce(gray: np.ndarray) -> np.ndarray:
     """The measuring copy: reduced by the smallest whole factor that brings the long side to
     WORK_SIDE or below (534..800 px). A whole factor lets INTER_AREA take its fast path (~10x
@@ -122,7 +133,7 @@ def _reduce(gray: np.ndarray) -> np.ndarray:
     f = -(-max(h, w) // WORK_SIDE)
     if f <= 1:
         return gray
-    return cv2.resize(gray[:h - h % f, :w - w % f], (w // f, h // f), interpolation=cv2.INTER_AREA)
+    return cv2.resize(gray[: h - h % f, : w - w % f], (w // f, h // f), interpolation=cv2.INTER_AREA)
 
 
 def _strokes(small: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -136,7 +147,7 @@ def _strokes(small: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     h, w = small.shape
     window = max(9, max(h, w) / 18)
     step = max(1, int(window / 9))
-    sub = np.ascontiguousarray(small[step // 2::step, step // 2::step])
+    sub = np.ascontiguousarray(small[step // 2 :: step, step // 2 :: step])
     if min(sub.shape) >= 9:
         bg_sub = cv2.medianBlur(sub, 9)
     else:  # a sliver: one level for all
@@ -165,6 +176,7 @@ def _is_negative(dark: np.ndarray, bright: np.ndarray) -> bool:
 
 
 # ---- orientation and skew --------------------------------------------------------------------------
+
 
 def _ink_points(ink: np.ndarray, limit: int) -> np.ndarray:
     """(N, 2) float32 (x, y) of ink pixels, evenly thinned to at most `limit` points."""
@@ -258,6 +270,7 @@ def _geometry(ink: np.ndarray, detect_rotation: bool, deskew: bool) -> list[tupl
 
 # ---- 0 vs 180 without a recogniser ----------------------------------------------------------------
 
+
 def _clearly_upside_down(above: float, below: float, lines: int) -> bool:
     """Only a clear majority of ink below the x-height bands over several lines turns a page that
     looks upright by 180 degrees: a wrong flip ruins a page that was fine."""
@@ -285,7 +298,7 @@ def _ascender_balance(ink: np.ndarray, turns: int, angle: float) -> tuple[float,
         # most of a band's height either side, but never past halfway to the neighbouring band
         # (the previous line's descenders, the next line's ascenders)
         hc = bottom - top
-        prev_bottom = cores[i - 1][1] if i else -10**9
+        prev_bottom = cores[i - 1][1] if i else -(10**9)
         next_top = cores[i + 1][0] if i + 1 < len(cores) else 10**9
         a0 = max(0, top - int(0.8 * hc), (prev_bottom + top + 1) // 2)
         b1 = min(len(prof), bottom + int(0.8 * hc), (bottom + next_top) // 2)
@@ -347,7 +360,7 @@ def _apply(image: np.ndarray, inverted: bool, turns: int, angle: float) -> tuple
     """Invert, turn and deskew the full-size image in one pass each; the fix with its matrix."""
     h, w = image.shape[:2]
     turns %= 4
-    back = _turn_matrix(turns, w, h)          # turned frame -> input
+    back = _turn_matrix(turns, w, h)  # turned frame -> input
     tw, th = (h, w) if turns % 2 else (w, h)
     out = image
     if angle != 0.0:
@@ -357,16 +370,27 @@ def _apply(image: np.ndarray, inverted: bool, turns: int, angle: float) -> tuple
         nw, nh = int(th * sin + tw * cos + 0.5), int(th * cos + tw * sin + 0.5)
         rot[0, 2] += nw / 2 - tw / 2
         rot[1, 2] += nh / 2 - th / 2
-        back = back @ np.linalg.inv(np.vstack([rot, [0, 0, 1]]))      # corrected -> input
-        forward = np.linalg.inv(back)[:2]                              # input -> corrected
+        back = back @ np.linalg.inv(np.vstack([rot, [0, 0, 1]]))  # corrected -> input
+        forward = np.linalg.inv(back)[:2]  # input -> corrected
         src = cv2.bitwise_not(image) if inverted else image
-        out = cv2.warpAffine(src, forward, (nw, nh), flags=cv2.INTER_LINEAR,
-                             borderMode=cv2.BORDER_CONSTANT, borderValue=_fill(image, inverted))
+        out = cv2.warpAffine(
+            src,
+            forward,
+            (nw, nh),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_CONSTANT,
+            borderValue=_fill(image, inverted),
+        )
     else:
         if inverted:
             out = cv2.bitwise_not(out)
         if turns:
             out = cv2.rotate(out, _CV_TURNS[turns])
-    fix = PageFix(inverted=inverted, quarter_turns=turns, skew_deg=float(angle), source_size=(w, h),
-                  matrix=back[:2].copy())
+    fix = PageFix(
+        inverted=inverted,
+        quarter_turns=turns,
+        skew_deg=float(angle),
+        source_size=(w, h),
+        matrix=back[:2].copy(),
+    )
     return out, fix

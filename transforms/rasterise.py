@@ -8,6 +8,7 @@ Every way a document can be unreadable ends in a typed error from batch.core.err
 (EmptyDocument, CorruptDocument, EncryptedDocument, TooLarge, UnsupportedType), never
 in whatever the decoder happened to raise.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -21,29 +22,42 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps
 
-from batch.core.errors import (CorruptDocument, EmptyDocument, EncryptedDocument, InputError,
-                          MissingDependency, TooLarge, UnsupportedType)
+from batch.core.errors import (
+    CorruptDocument,
+    EmptyDocument,
+    EncryptedDocument,
+    InputError,
+    MissingDependency,
+    TooLarge,
+    UnsupportedType,
+)
 
 PDF = "application/pdf"
 IMAGE_TYPES = {"image/jpeg", "image/png", "image/tiff", "image/bmp", "image/webp"}
 SUPPORTED = {PDF} | IMAGE_TYPES
-_NAMES = {PDF: "PDF", "image/jpeg": "JPEG", "image/png": "PNG", "image/tiff": "TIFF",
-          "image/bmp": "BMP", "image/webp": "WebP"}
+_NAMES = {
+    PDF: "PDF",
+    "image/jpeg": "JPEG",
+    "image/png": "PNG",
+    "image/tiff": "TIFF",
+    "image/bmp": "BMP",
+    "image/webp": "WebP",
+}
 
 
 @dataclass(frozen=True)
 class Limits:
-    max_pixels: int = 120_000_000     # per page (a 600 dpi A3 scan is ~70 MP)
+    max_pixels: int = 120_000_000  # per page (a 600 dpi A3 scan is ~70 MP)
     max_pages: int = 5000
     max_bytes: int = 2 * 1024**3
-    pdf_chunk: int = 4                 # pages rendered per poppler call
+    pdf_chunk: int = 4  # pages rendered per poppler call
 
 
 DEFAULT_LIMITS = Limits()
@@ -77,8 +91,9 @@ def sniff(data: Buffer) -> str:
         return PDF
     if len(data) <= 65536 and not bytes(data).strip(b"\x00"):
         raise EmptyDocument(f"document is {len(data)} zero bytes")
-    raise UnsupportedType(f"unknown document type (first bytes {head[:8]!r}); "
-                          "expected PDF, JPEG, PNG, TIFF, BMP or WebP")
+    raise UnsupportedType(
+        f"unknown document type (first bytes {head[:8]!r}); expected PDF, JPEG, PNG, TIFF, BMP or WebP"
+    )
 
 
 def count_pages(data: Buffer, content_type: str | None = None) -> int:
@@ -102,7 +117,7 @@ class Raster(np.ndarray):
 
     source_size: tuple[int, int] | None = None
     decoded_shape: tuple[int, int] | None = None
-    dpi: float | None = None   # the source's resolution: a PDF's rendering dpi, an image's own tag
+    dpi: float | None = None  # the source's resolution: a PDF's rendering dpi, an image's own tag
 
     def __array_finalize__(self, obj) -> None:
         self.source_size = getattr(obj, "source_size", None)
@@ -126,12 +141,17 @@ def source_scale(page: np.ndarray) -> tuple[float, float]:
     """(sx, sy): source pixels per pixel of `page`; (1, 1) unless it is a reduced Raster."""
     size = getattr(page, "source_size", None)
     if size is None or getattr(page, "decoded_shape", None) != page.shape[:2]:
-        return 1.0, 1.0   # a plain array, or a crop/view of a Raster: its own pixels
+        return 1.0, 1.0  # a plain array, or a crop/view of a Raster: its own pixels
     return size[0] / page.shape[1], size[1] / page.shape[0]
 
 
-def iter_pages(data: Buffer, dpi: int = 200, limits: Limits = DEFAULT_LIMITS,
-               content_type: str | None = None, image_side: int | None = None) -> Iterator[np.ndarray]:
+def iter_pages(
+    data: Buffer,
+    dpi: int = 200,
+    limits: Limits = DEFAULT_LIMITS,
+    content_type: str | None = None,
+    image_side: int | None = None,
+) -> Iterator[np.ndarray]:
     """Yield each page as an HxWx3 uint8 RGB array, in page order, one at a time.
 
     image_side: decode a JPEG whose long side is at least twice this at 1/2, 1/4 or 1/8 size
@@ -150,6 +170,7 @@ def iter_pages(data: Buffer, dpi: int = 200, limits: Limits = DEFAULT_LIMITS,
 
 
 # ---- PDF ---------------------------------------------------------------------------------------
+
 
 class _pdf_file:
     """The PDF bytes in a temporary file (poppler reads paths), removed afterwards."""
@@ -193,12 +214,11 @@ def _pdf_page_sizes(path: str) -> list[tuple[float, float]]:
 def _poppler(argv: list[str], timeout: float = 600) -> str:
     """Run a poppler tool; its failures as typed errors (encrypted / corrupt / timed out)."""
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                              errors="replace")
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, errors="replace")
     except FileNotFoundError as e:  # environment problem, not the document's fault
         raise RuntimeError(f"{argv[0]} not found: install poppler-utils") from e
-    except subprocess.TimeoutExpired:
-        raise CorruptDocument(f"{argv[0]} took over {timeout:.0f} s on this PDF")
+    except subprocess.TimeoutExpired as e:
+        raise CorruptDocument(f"{argv[0]} took over {timeout:.0f} s on this PDF") from e
     err = proc.stderr.strip()
     if proc.returncode != 0:
         if "Incorrect password" in err or "encrypted" in err.lower():
@@ -220,8 +240,20 @@ def _render_range(path: str, first: int, last: int, dpi: int) -> list[Image.Imag
     try:
         # -cropbox: render what pdfinfo measured (and what a viewer shows), so the pixel
         # limit checked beforehand is the size actually rendered
-        _poppler(["pdftoppm", "-r", str(dpi), "-cropbox", "-f", str(first), "-l", str(last),
-                  path, os.path.join(out_dir, "p")])
+        _poppler(
+            [
+                "pdftoppm",
+                "-r",
+                str(dpi),
+                "-cropbox",
+                "-f",
+                str(first),
+                "-l",
+                str(last),
+                path,
+                os.path.join(out_dir, "p"),
+            ]
+        )
         files = {}
         for name in os.listdir(out_dir):
             m = re.fullmatch(r"p-0*(\d+)\.ppm", name)
@@ -248,8 +280,9 @@ def pdf_renderer() -> str:
     try:
         import pypdfium2  # noqa: F401
     except ImportError as e:
-        raise MissingDependency("no PDF renderer: install poppler-utils, or the pypdfium2 wheel "
-                                "(requirements.txt)") from e
+        raise MissingDependency(
+            "no PDF renderer: install poppler-utils, or the pypdfium2 wheel (requirements.txt)"
+        ) from e
     return "pdfium"
 
 
@@ -300,8 +333,10 @@ def _check_pdf_limits(sizes: list[tuple[float, float]], dpi: int, limits: Limits
         if px_w < 1 or px_h < 1:
             raise EmptyDocument(f"page {i} has zero size ({w} x {h} pt)")
         if px_w * px_h > limits.max_pixels:
-            raise TooLarge(f"page {i} would be {px_w:.0f}x{px_h:.0f} px at {dpi} dpi, "
-                           f"over the {limits.max_pixels} pixel limit")
+            raise TooLarge(
+                f"page {i} would be {px_w:.0f}x{px_h:.0f} px at {dpi} dpi, "
+                f"over the {limits.max_pixels} pixel limit"
+            )
 
 
 def _pdf_pages(data: Buffer, dpi: int, limits: Limits) -> Iterator[np.ndarray]:
@@ -319,6 +354,7 @@ def _pdf_pages(data: Buffer, dpi: int, limits: Limits) -> Iterator[np.ndarray]:
 
 
 # ---- Images ------------------------------------------------------------------------------------
+
 
 def _declared_size(data: Buffer, content_type: str) -> tuple[int, int] | None:
     """(width, height) from the header of formats where Pillow refuses zero sizes silently."""
@@ -388,7 +424,7 @@ class _BufferFile(io.RawIOBase):
         return True
 
     def readinto(self, b) -> int:
-        chunk = self._data[self._pos:self._pos + len(b)]
+        chunk = self._data[self._pos : self._pos + len(b)]
         n = len(chunk)
         b[:n] = chunk
         self._pos += n
@@ -436,7 +472,7 @@ class _LibtiffErrors:
     def __init__(self) -> None:
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._callback = None   # kept alive as long as libtiff may call it
+        self._callback = None  # kept alive as long as libtiff may call it
         self._vsnprintf = None
 
     @contextmanager
@@ -523,8 +559,9 @@ def _reduce_jpeg(im: Image.Image, image_side: int | None) -> bool:
     return im.size != (w, h)
 
 
-def _image_pages(data: Buffer, limits: Limits, content_type: str,
-                 image_side: int | None = None) -> Iterator[np.ndarray]:
+def _image_pages(
+    data: Buffer, limits: Limits, content_type: str, image_side: int | None = None
+) -> Iterator[np.ndarray]:
     with _open_image(data, content_type, limits.max_pixels) as im:
         n = _frame_count(im, content_type)
         if n > limits.max_pages:

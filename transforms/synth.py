@@ -9,6 +9,7 @@ aged and captured as a scan or a phone photo. Every word comes with a tight poly
     write_pages / write_crops   -> JPEGs + manifest.jsonl (batch.core.manifest's format)
     htr synth --pages N --out DIR --seed S [--crops N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,26 +34,28 @@ CROSSED_OUT = "%SC%"  # GNHK's token for struck-out words: detected, never recog
 
 # ---- hands -----------------------------------------------------------------------------------------
 
+
 @dataclass
 class Hand:
     """One writer: a font and the personal habits layered on top of it."""
+
     font: Font
-    x_height: float          # px; lowercase body height on the page
-    slant: float             # tan(angle) added to the font's own slant, > 0 leans right
-    stroke: float            # stroke weight change, px per 20 px of x-height (< 0 thinner)
-    ink: np.ndarray          # RGB float32
-    letter_space: float      # extra gap between glyphs, fraction of x-height (unjoined fonts)
-    word_space: float        # gap between words, in x-heights
-    line_gap: float          # baseline-to-baseline distance, in x-heights
-    size_jitter: float       # per-word relative size change
-    drift: float             # baseline wander amplitude, in x-heights
-    wobble: float            # elastic distortion amplitude, in x-heights
-    pressure_low: float      # lowest ink opacity left by pressure variation
-    skew: float              # degrees; lines tend to climb or fall
+    x_height: float  # px; lowercase body height on the page
+    slant: float  # tan(angle) added to the font's own slant, > 0 leans right
+    stroke: float  # stroke weight change, px per 20 px of x-height (< 0 thinner)
+    ink: np.ndarray  # RGB float32
+    letter_space: float  # extra gap between glyphs, fraction of x-height (unjoined fonts)
+    word_space: float  # gap between words, in x-heights
+    line_gap: float  # baseline-to-baseline distance, in x-heights
+    size_jitter: float  # per-word relative size change
+    drift: float  # baseline wander amplitude, in x-heights
+    wobble: float  # elastic distortion amplitude, in x-heights
+    pressure_low: float  # lowest ink opacity left by pressure variation
+    skew: float  # degrees; lines tend to climb or fall
     kind: str = "H"
     skew_jitter: float = 0.4  # degrees of line-to-line variation around `skew`
-    stretch: float = 1.0     # horizontal scale: many cursive hands write wide
-    nib: float = 0.0         # broad-nib pen width in x-heights (0: round pen / pencil / biro)
+    stretch: float = 1.0  # horizontal scale: many cursive hands write wide
+    nib: float = 0.0  # broad-nib pen width in x-heights (0: round pen / pencil / biro)
     nib_angle: float = 40.0  # nib angle, degrees
 
     @property
@@ -63,24 +66,49 @@ class Hand:
 TYPEWRITER_FONTS = ("liberation-mono", "nimbus-mono")
 
 
-def make_hand(rng: np.random.Generator, lib: FontLibrary, x_height: float, kind: str = "H",
-              cursive: bool | None = None, typewriter: bool = False) -> Hand:
+def make_hand(
+    rng: np.random.Generator,
+    lib: FontLibrary,
+    x_height: float,
+    kind: str = "H",
+    cursive: bool | None = None,
+    typewriter: bool = False,
+) -> Hand:
     if kind == "P":
         font = lib.pick(rng, "P")
         if typewriter:
             font = next((f for f in lib.printed if f.name in TYPEWRITER_FONTS), font)
-        ink = np.array([(20, 20, 25), (30, 40, 110), (90, 30, 30), (40, 40, 40)][int(rng.integers(4))],
-                       np.float32)
+        ink = np.array(
+            [(20, 20, 25), (30, 40, 110), (90, 30, 30), (40, 40, 40)][int(rng.integers(4))], np.float32
+        )
         space = _advance(font.path, 100, " ") / (100 * x_ratio(font))  # the font's own space, in x-heights
-        return Hand(font=font, x_height=x_height, slant=0.0, stroke=0.0, ink=ink, letter_space=0.0,
-                    word_space=space * rng.uniform(0.9, 1.3), line_gap=rng.uniform(2.2, 3.0), size_jitter=0.0,
-                    drift=0.0, wobble=0.0, pressure_low=0.9, skew=0.0, kind="P")
+        return Hand(
+            font=font,
+            x_height=x_height,
+            slant=0.0,
+            stroke=0.0,
+            ink=ink,
+            letter_space=0.0,
+            word_space=space * rng.uniform(0.9, 1.3),
+            line_gap=rng.uniform(2.2, 3.0),
+            size_jitter=0.0,
+            drift=0.0,
+            wobble=0.0,
+            pressure_low=0.9,
+            skew=0.0,
+            kind="P",
+        )
     font = lib.pick(rng, "H", cursive)
     hand = Hand(
-        font=font, x_height=x_height,
+        font=font,
+        x_height=x_height,
         slant=float(rng.normal(0.12, 0.15)),
-        stroke=float(rng.choice([-1.0, 0.0, 0.0, 0.5, 1.0, 2.0], p=[0.15 * (not font.thin), 0.4,
-                                                                 0.15, 0.1, 0.1 + 0.15 * font.thin, 0.1])),
+        stroke=float(
+            rng.choice(
+                [-1.0, 0.0, 0.0, 0.5, 1.0, 2.0],
+                p=[0.15 * (not font.thin), 0.4, 0.15, 0.1, 0.1 + 0.15 * font.thin, 0.1],
+            )
+        ),
         ink=A.pick_ink(rng),
         letter_space=float(rng.uniform(-0.05, 0.25)),
         word_space=float(rng.uniform(0.6, 1.6)),
@@ -101,12 +129,14 @@ def make_hand(rng: np.random.Generator, lib: FontLibrary, x_height: float, kind:
 
 # ---- words -----------------------------------------------------------------------------------------
 
+
 @dataclass
 class InkWord:
     """A rendered word: ink opacity, where its baseline is and the tight box around the ink."""
-    alpha: np.ndarray                     # float32 HxW, 0..1
-    baseline: float                       # y of the baseline inside alpha
-    box: tuple[int, int, int, int]        # ink x0, y0, x1, y1 (exclusive) inside alpha
+
+    alpha: np.ndarray  # float32 HxW, 0..1
+    baseline: float  # y of the baseline inside alpha
+    box: tuple[int, int, int, int]  # ink x0, y0, x1, y1 (exclusive) inside alpha
     text: str
     kind: str = "H"
 
@@ -147,8 +177,9 @@ def _glyph_positions(text: str, font: Font, size: int, spacing: float) -> list[t
     return out
 
 
-def render_word(text: str, hand: Hand, rng: np.random.Generator, lib: FontLibrary,
-                scale: float = 1.0) -> InkWord:
+def render_word(
+    text: str, hand: Hand, rng: np.random.Generator, lib: FontLibrary, scale: float = 1.0
+) -> InkWord:
     """Draw `text` in `hand` (glyph fallback where the font lacks a character) and distort it."""
     xh = hand.x_height * scale * (1 + rng.normal(0, hand.size_jitter) if hand.size_jitter else 1)
     xh = max(4.0, xh)
@@ -183,10 +214,20 @@ def _distort(alpha: np.ndarray, base: float, hand: Hand, xh: float, rng: np.rand
         alpha = A.pen_nib(A.stroke_width(alpha, -int(xh / 20)), hand.nib * xh, hand.nib_angle)
     else:
         delta = int(round(hand.stroke * xh / 20))
-        alpha = A.stroke_width(alpha, delta if delta > 0 or xh >= 16 else 0)  # small text has no stroke to spare
-    alpha = A.warp_ink(alpha, rng, hand.slant + rng.normal(0, 0.03), base, drift=hand.drift * xh,
-                       wobble=hand.wobble * xh, cell=max(4.0, xh * rng.uniform(0.6, 1.4)),
-                       pressure_low=hand.pressure_low, stretch=hand.stretch * rng.uniform(0.97, 1.03))
+        alpha = A.stroke_width(
+            alpha, delta if delta > 0 or xh >= 16 else 0
+        )  # small text has no stroke to spare
+    alpha = A.warp_ink(
+        alpha,
+        rng,
+        hand.slant + rng.normal(0, 0.03),
+        base,
+        drift=hand.drift * xh,
+        wobble=hand.wobble * xh,
+        cell=max(4.0, xh * rng.uniform(0.6, 1.4)),
+        pressure_low=hand.pressure_low,
+        stretch=hand.stretch * rng.uniform(0.97, 1.03),
+    )
     if hand.pencil:  # graphite: grainy, never fully dark (the grey ink colour does the rest)
         alpha *= np.clip(0.9 + 0.2 * rng.standard_normal(alpha.shape, dtype=np.float32), 0.55, 1.0)
     return alpha
@@ -211,7 +252,7 @@ def cross_out(word: InkWord, rng: np.random.Generator) -> InkWord:
     x0, y0, x1, y1 = word.box
     th = max(1, int((y1 - y0) / 12))
     n = int(rng.integers(1, 4)) if rng.random() < 0.6 else int(rng.integers(4, 9))
-    for i in range(n):
+    for _ in range(n):
         ya = int(rng.uniform(y0 + (y1 - y0) * 0.3, y1 - (y1 - y0) * 0.3))
         yb = int(np.clip(ya + rng.normal(0, (y1 - y0) * 0.15), y0, y1 - 1))
         cv2.line(a, (x0, ya), (x1 - 1, yb), 1.0, th, cv2.LINE_AA)
@@ -220,10 +261,11 @@ def cross_out(word: InkWord, rng: np.random.Generator) -> InkWord:
 
 # ---- lines -----------------------------------------------------------------------------------------
 
+
 @dataclass
 class PlacedWord:
     text: str
-    polygon: np.ndarray      # (4, 2) page pixels, clockwise from top-left
+    polygon: np.ndarray  # (4, 2) page pixels, clockwise from top-left
     line_idx: int
     kind: str
 
@@ -231,6 +273,7 @@ class PlacedWord:
 @dataclass
 class Page:
     """A page being written: float RGB paper, the words so far, the next free line index."""
+
     img: np.ndarray
     words: list[PlacedWord] = field(default_factory=list)
     next_line: int = 0
@@ -247,10 +290,11 @@ class Page:
 @dataclass
 class LineDraft:
     """A line laid out but not yet on the page: its ink strip, where it goes, its word boxes."""
-    strip: np.ndarray        # float32 ink alpha
-    m: np.ndarray            # 2x3 affine, strip -> page
-    words: list[InkWord]     # the words that fit
-    quads: np.ndarray        # (n, 4, 2) word polygons in page pixels
+
+    strip: np.ndarray  # float32 ink alpha
+    m: np.ndarray  # 2x3 affine, strip -> page
+    words: list[InkWord]  # the words that fit
+    quads: np.ndarray  # (n, 4, 2) word polygons in page pixels
     ink: np.ndarray
 
     def bbox(self, grow: float = 0.0) -> tuple[float, float, float, float]:
@@ -260,8 +304,15 @@ class LineDraft:
         return x0 - grow, y0 - grow, x1 + grow, y1 + grow
 
 
-def draft_line(words: list[InkWord], hand: Hand, x: float, baseline: float, max_w: float,
-               rng: np.random.Generator, angle: float | None = None) -> LineDraft:
+def draft_line(
+    words: list[InkWord],
+    hand: Hand,
+    x: float,
+    baseline: float,
+    max_w: float,
+    rng: np.random.Generator,
+    angle: float | None = None,
+) -> LineDraft:
     """Lay words left to right from (x, baseline) on a strip until `max_w` is used (at least one).
 
     The strip is later rotated by the line's skew onto the page; the word polygons go through the
@@ -280,8 +331,14 @@ def draft_line(words: list[InkWord], hand: Hand, x: float, baseline: float, max_
         y = base_y - w.baseline + rng.normal(0, 0.06 * xh) * (hand.kind == "H")
         ox, oy = int(round(cx - w.box[0])), int(round(y))
         _stamp(strip, w.alpha, ox, oy)
-        boxes.append([[ox + w.box[0], oy + w.box[1]], [ox + w.box[2], oy + w.box[1]],
-                      [ox + w.box[2], oy + w.box[3]], [ox + w.box[0], oy + w.box[3]]])
+        boxes.append(
+            [
+                [ox + w.box[0], oy + w.box[1]],
+                [ox + w.box[2], oy + w.box[1]],
+                [ox + w.box[2], oy + w.box[3]],
+                [ox + w.box[0], oy + w.box[3]],
+            ]
+        )
         placed.append(w)
         cx += bw + hand.word_space * xh * (rng.uniform(0.75, 1.3) if hand.kind == "H" else 1.0)
     angle = hand.skew + rng.normal(0, hand.skew_jitter) if angle is None else angle
@@ -300,8 +357,17 @@ def commit_line(page: Page, draft: LineDraft, label: bool = True) -> int:
     return len(draft.words)
 
 
-def write_line(page: Page, words: list[InkWord], hand: Hand, x: float, baseline: float, max_w: float,
-               rng: np.random.Generator, angle: float | None = None, label: bool = True) -> int:
+def write_line(
+    page: Page,
+    words: list[InkWord],
+    hand: Hand,
+    x: float,
+    baseline: float,
+    max_w: float,
+    rng: np.random.Generator,
+    angle: float | None = None,
+    label: bool = True,
+) -> int:
     """Draft and commit one line; returns how many of `words` fit."""
     if not words:
         return 0
@@ -325,7 +391,7 @@ def _composite_warped(img: np.ndarray, alpha: np.ndarray, m: np.ndarray, colour:
     rows, cols = np.flatnonzero(alpha.any(axis=1)), np.flatnonzero(alpha.any(axis=0))
     if len(rows) == 0:
         return
-    alpha = alpha[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]  # strips are mostly empty margin
+    alpha = alpha[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]  # strips are mostly empty margin
     m = m.copy()
     m[:, 2] += m[:, :2] @ np.array([cols[0], rows[0]], np.float64)
     h, w = alpha.shape
@@ -342,9 +408,11 @@ def _composite_warped(img: np.ndarray, alpha: np.ndarray, m: np.ndarray, colour:
 
 # ---- page layouts ----------------------------------------------------------------------------------
 
+
 @dataclass
 class Frame:
     """Writing area and vertical cursor."""
+
     left: float
     right: float
     top: float
@@ -352,8 +420,9 @@ class Frame:
     y: float
 
 
-def _words(tokens: list[str], hand: Hand, rng: np.random.Generator, lib: FontLibrary,
-           cross_rate: float = 0.015) -> list[InkWord]:
+def _words(
+    tokens: list[str], hand: Hand, rng: np.random.Generator, lib: FontLibrary, cross_rate: float = 0.015
+) -> list[InkWord]:
     out = []
     for t in tokens:
         if hand.font.caps_only and any(c.islower() for c in t):
@@ -367,8 +436,16 @@ def _words(tokens: list[str], hand: Hand, rng: np.random.Generator, lib: FontLib
     return out
 
 
-def paragraph(page: Page, fr: Frame, tokens: list[str], hand: Hand, rng: np.random.Generator,
-              lib: FontLibrary, indent: float = 0.0, rules: np.ndarray | None = None) -> None:
+def paragraph(
+    page: Page,
+    fr: Frame,
+    tokens: list[str],
+    hand: Hand,
+    rng: np.random.Generator,
+    lib: FontLibrary,
+    indent: float = 0.0,
+    rules: np.ndarray | None = None,
+) -> None:
     """Wrap tokens into lines inside the frame (ragged right), moving the cursor down. Words are
     rendered a line's worth at a time, so text that will not fit is never drawn."""
     pending, words, first = list(tokens), [], True
@@ -379,7 +456,7 @@ def paragraph(page: Page, fr: Frame, tokens: list[str], hand: Hand, rng: np.rand
         ind = indent if first else rng.normal(0, 0.2) * hand.x_height
         left = fr.left + ind + rng.normal(0, 0.15 * hand.x_height)
         n = write_line(page, words, hand, left, fr.y, fr.right - left, rng)
-        words = words[max(1, n):]
+        words = words[max(1, n) :]
         if hand.kind == "H" and n >= 2 and rng.random() < 0.04:
             interlinear(page, hand, rng, lib)
         fr.y += hand.line_gap * hand.x_height * rng.uniform(0.95, 1.05)
@@ -397,15 +474,26 @@ def interlinear(page: Page, hand: Hand, rng: np.random.Generator, lib: FontLibra
     gap_x = (left[1, 0] + right[0, 0]) / 2
     top = min(left[:, 1].min(), right[:, 1].min())
     descent = word[0].box[3] - word[0].baseline  # keep descenders clear of the line below
-    draft = draft_line(word, small, gap_x - (word[0].box[2] - word[0].box[0]) / 2, top - 3 - descent, page.w, rng)
+    draft = draft_line(
+        word, small, gap_x - (word[0].box[2] - word[0].box[0]) / 2, top - 3 - descent, page.w, rng
+    )
     if _overlaps(page, draft.bbox(-1.0)):
         return
     commit_line(page, draft)
     base = float(max(left[:, 1].max(), right[:, 1].max()))
     s = hand.x_height * 0.5
-    cv2.polylines(page.img, [np.int32([[gap_x - s / 2, base + s * 0.3], [gap_x, base - s * 0.6],
-                                       [gap_x + s / 2, base + s * 0.3]])], False,
-                  tuple(float(c) for c in hand.ink), max(1, int(hand.x_height / 12)), cv2.LINE_AA)
+    cv2.polylines(
+        page.img,
+        [
+            np.int32(
+                [[gap_x - s / 2, base + s * 0.3], [gap_x, base - s * 0.6], [gap_x + s / 2, base + s * 0.3]]
+            )
+        ],
+        False,
+        tuple(float(c) for c in hand.ink),
+        max(1, int(hand.x_height / 12)),
+        cv2.LINE_AA,
+    )
 
 
 def _snap(y: float, rules: np.ndarray | None) -> float:
@@ -416,9 +504,18 @@ def _snap(y: float, rules: np.ndarray | None) -> float:
     return float(nxt[0] - 2) if len(nxt) else y
 
 
-def single_line(page: Page, fr: Frame, tokens: list[str], hand: Hand, rng: np.random.Generator,
-                lib: FontLibrary, align: str = "left", gap: float | None = None,
-                rules: np.ndarray | None = None, indent: float = 0.0) -> None:
+def single_line(
+    page: Page,
+    fr: Frame,
+    tokens: list[str],
+    hand: Hand,
+    rng: np.random.Generator,
+    lib: FontLibrary,
+    align: str = "left",
+    gap: float | None = None,
+    rules: np.ndarray | None = None,
+    indent: float = 0.0,
+) -> None:
     """One line aligned left / right / centre (dates, salutations, signatures, headings)."""
     if fr.y >= fr.bottom:
         return
@@ -443,8 +540,10 @@ def letterhead(page: Page, fr: Frame, rng: np.random.Generator, lib: FontLibrary
     """Printed header: organisation name, address, perhaps officers in two columns. Returns the
     small print hand (for a pre-printed date line)."""
     xh = max(7.0, page.w * rng.uniform(1 / 160, 1 / 90))  # small print, but legible at this scan size
-    name = [t.upper() if rng.random() < 0.5 else t.capitalize()
-            for t in T.english_words(rng, int(rng.integers(2, 6)), flatten=0.5)]
+    name = [
+        t.upper() if rng.random() < 0.5 else t.capitalize()
+        for t in T.english_words(rng, int(rng.integers(2, 6)), flatten=0.5)
+    ]
     big = make_hand(rng, lib, xh * rng.uniform(1.4, 2.2), "P")
     fr.y = fr.top + big.x_height * 2
     single_line(page, fr, name, big, rng, lib, align=str(rng.choice(["centre", "left"])), gap=2.4)
@@ -458,8 +557,15 @@ def letterhead(page: Page, fr: Frame, rng: np.random.Generator, lib: FontLibrary
         caps = rng.random() < 0.5
         for c in (col, col2):
             for _ in range(int(rng.integers(2, 5))):
-                single_line(page, c, [rng.choice(["President:", "Secretary:", "Treasurer:", "Office:"])],
-                            small, rng, lib, gap=2.0)
+                single_line(
+                    page,
+                    c,
+                    [rng.choice(["President:", "Secretary:", "Treasurer:", "Office:"])],
+                    small,
+                    rng,
+                    lib,
+                    gap=2.0,
+                )
                 name = T.person(rng)
                 single_line(page, c, [t.upper() for t in name] if caps else name, small, rng, lib, gap=2.6)
         fr.y = max(fr.y, col.y, col2.y)
@@ -467,23 +573,42 @@ def letterhead(page: Page, fr: Frame, rng: np.random.Generator, lib: FontLibrary
     return small
 
 
-def dated_line(page: Page, fr: Frame, hand: Hand, printed: Hand, rng: np.random.Generator,
-               lib: FontLibrary) -> None:
+def dated_line(
+    page: Page, fr: Frame, hand: Hand, printed: Hand, rng: np.random.Generator, lib: FontLibrary
+) -> None:
     """A pre-printed 'Town, ______' line on the letterhead with the date written on the rule."""
     span = fr.right - fr.left
     x, y = fr.left + span * rng.uniform(0.3, 0.55), fr.y
     x_end = _words_at(page, [T._pick(rng, T.TOWNS) + ","], printed, x, y, rng, lib)
     rule_end = fr.right - span * rng.uniform(0.0, 0.05)
-    cv2.line(page.img, (int(x_end + printed.x_height * 0.3), int(y + 2)), (int(rule_end), int(y + 2)),
-             tuple(float(c) for c in printed.ink), max(1, int(printed.x_height / 8)))
+    cv2.line(
+        page.img,
+        (int(x_end + printed.x_height * 0.3), int(y + 2)),
+        (int(rule_end), int(y + 2)),
+        tuple(float(c) for c in printed.ink),
+        max(1, int(printed.x_height / 8)),
+    )
     start = x_end + hand.x_height * rng.uniform(0.5, 2.0)
-    write_line(page, _words(T.date(rng), hand, rng, lib), hand, start, y - rng.uniform(0, 0.2) * hand.x_height,
-               max(hand.x_height * 4, rule_end - start + hand.x_height * 2), rng)
+    write_line(
+        page,
+        _words(T.date(rng), hand, rng, lib),
+        hand,
+        start,
+        y - rng.uniform(0, 0.2) * hand.x_height,
+        max(hand.x_height * 4, rule_end - start + hand.x_height * 2),
+        rng,
+    )
     fr.y += hand.line_gap * hand.x_height
 
 
-def layout_letter(page: Page, fr: Frame, hands: list[Hand], rng: np.random.Generator, lib: FontLibrary,
-                  rules: np.ndarray | None) -> None:
+def layout_letter(
+    page: Page,
+    fr: Frame,
+    hands: list[Hand],
+    rng: np.random.Generator,
+    lib: FontLibrary,
+    rules: np.ndarray | None,
+) -> None:
     h = hands[0]
     printed = letterhead(page, fr, rng, lib) if rules is None and rng.random() < 0.5 else None
     fr.y += h.x_height * 2
@@ -501,8 +626,16 @@ def layout_letter(page: Page, fr: Frame, hands: list[Hand], rng: np.random.Gener
     single_line(page, fr, T.salutation(rng), writer, rng, lib, rules=rules)
     body = replace(fr, bottom=fr.bottom - 2.2 * h.line_gap * h.x_height)  # room for closing + signature
     for _ in range(int(rng.integers(2, 7))):  # letters fill the sheet; the frame stops them at the bottom
-        paragraph(page, body, T.prose(rng, int(rng.integers(12, 90))), writer, rng, lib,
-                  indent=writer.x_height * rng.uniform(0, 10), rules=rules)
+        paragraph(
+            page,
+            body,
+            T.prose(rng, int(rng.integers(12, 90))),
+            writer,
+            rng,
+            lib,
+            indent=writer.x_height * rng.uniform(0, 10),
+            rules=rules,
+        )
     fr.y = body.y
     single_line(page, fr, T.closing(rng), h, rng, lib, align="right", rules=rules)
     signature(page, fr, h, rng, lib, rules)
@@ -510,15 +643,37 @@ def layout_letter(page: Page, fr: Frame, hands: list[Hand], rng: np.random.Gener
         annotate(page, fr, hands[1], rng, lib)
 
 
-def layout_note(page: Page, fr: Frame, hands: list[Hand], rng: np.random.Generator, lib: FontLibrary,
-                rules: np.ndarray | None) -> None:
+def layout_note(
+    page: Page,
+    fr: Frame,
+    hands: list[Hand],
+    rng: np.random.Generator,
+    lib: FontLibrary,
+    rules: np.ndarray | None,
+) -> None:
     h = hands[0]
     if rng.random() < 0.6:
-        single_line(page, fr, T.date(rng) if rng.random() < 0.5 else T.prose(rng, int(rng.integers(1, 4))),
-                    h, rng, lib, align=str(rng.choice(["left", "right", "centre"])), rules=rules)
+        single_line(
+            page,
+            fr,
+            T.date(rng) if rng.random() < 0.5 else T.prose(rng, int(rng.integers(1, 4))),
+            h,
+            rng,
+            lib,
+            align=str(rng.choice(["left", "right", "centre"])),
+            rules=rules,
+        )
     while fr.y < fr.bottom - h.x_height * 4:
-        paragraph(page, fr, T.prose(rng, int(rng.integers(5, 60))), h, rng, lib,
-                  indent=h.x_height * rng.uniform(0, 3) * (rng.random() < 0.5), rules=rules)
+        paragraph(
+            page,
+            fr,
+            T.prose(rng, int(rng.integers(5, 60))),
+            h,
+            rng,
+            lib,
+            indent=h.x_height * rng.uniform(0, 3) * (rng.random() < 0.5),
+            rules=rules,
+        )
         fr.y += h.x_height * rng.uniform(0, 2)
         if rng.random() < 0.25:
             break
@@ -526,11 +681,26 @@ def layout_note(page: Page, fr: Frame, hands: list[Hand], rng: np.random.Generat
         annotate(page, fr, other, rng, lib)
 
 
-def layout_list(page: Page, fr: Frame, hands: list[Hand], rng: np.random.Generator, lib: FontLibrary,
-                rules: np.ndarray | None) -> None:
+def layout_list(
+    page: Page,
+    fr: Frame,
+    hands: list[Hand],
+    rng: np.random.Generator,
+    lib: FontLibrary,
+    rules: np.ndarray | None,
+) -> None:
     h = hands[0]
-    single_line(page, fr, [t.capitalize() for t in T.english_words(rng, int(rng.integers(1, 4)))] + [":"] * (
-        rng.random() < 0.3), h, rng, lib, align=str(rng.choice(["left", "centre"])), rules=rules)
+    single_line(
+        page,
+        fr,
+        [t.capitalize() for t in T.english_words(rng, int(rng.integers(1, 4)))]
+        + [":"] * (rng.random() < 0.3),
+        h,
+        rng,
+        lib,
+        align=str(rng.choice(["left", "centre"])),
+        rules=rules,
+    )
     bullet = str(rng.choice(["-", "*", "num", "num)", "none", "o"]))
     priced = rng.random() < 0.4
     i = 1
@@ -551,38 +721,92 @@ def layout_list(page: Page, fr: Frame, hands: list[Hand], rng: np.random.Generat
         annotate(page, fr, other, rng, lib)
 
 
-FORM_LABELS = ["Name:", "Surname:", "First name:", "Address:", "Date:", "Date of birth:", "Tel:", "Phone:",
-               "Email:", "Signature:", "Amount:", "Ref.", "No.", "Account:", "Occupation:", "Town:",
-               "Postcode:", "Received from:", "The sum of:", "For:", "Remarks:", "Order No.", "Qty", "Item"]
+FORM_LABELS = [
+    "Name:",
+    "Surname:",
+    "First name:",
+    "Address:",
+    "Date:",
+    "Date of birth:",
+    "Tel:",
+    "Phone:",
+    "Email:",
+    "Signature:",
+    "Amount:",
+    "Ref.",
+    "No.",
+    "Account:",
+    "Occupation:",
+    "Town:",
+    "Postcode:",
+    "Received from:",
+    "The sum of:",
+    "For:",
+    "Remarks:",
+    "Order No.",
+    "Qty",
+    "Item",
+]
 
 
-def layout_form(page: Page, fr: Frame, hands: list[Hand], rng: np.random.Generator, lib: FontLibrary,
-                rules: np.ndarray | None) -> None:
+def layout_form(
+    page: Page,
+    fr: Frame,
+    hands: list[Hand],
+    rng: np.random.Generator,
+    lib: FontLibrary,
+    rules: np.ndarray | None,
+) -> None:
     """Printed title and labels with handwritten answers on underlines."""
     h = hands[0]
     label = make_hand(rng, lib, h.x_height * rng.uniform(0.6, 0.9), "P")
     title = make_hand(rng, lib, label.x_height * rng.uniform(1.5, 2.2), "P")
     title.ink = label.ink
-    single_line(page, fr, [t.upper() for t in T.english_words(rng, int(rng.integers(1, 5)), flatten=0.5)],
-                title, rng, lib, align="centre", gap=3.5)
+    single_line(
+        page,
+        fr,
+        [t.upper() for t in T.english_words(rng, int(rng.integers(1, 5)), flatten=0.5)],
+        title,
+        rng,
+        lib,
+        align="centre",
+        gap=3.5,
+    )
     fr.y += h.x_height * 2
     while fr.y < fr.bottom - h.x_height * 2:
         lab = str(rng.choice(FORM_LABELS))
         row = Frame(fr.left, fr.right, fr.top, fr.bottom, fr.y)
-        lab_w = _words_at(page, lab.split(), label, row.left, row.y, rng, lib) - row.left + h.x_height * rng.uniform(0.5, 1.5)
+        lab_w = (
+            _words_at(page, lab.split(), label, row.left, row.y, rng, lib)
+            - row.left
+            + h.x_height * rng.uniform(0.5, 1.5)
+        )
         line_col = tuple(float(c) for c in label.ink)
-        cv2.line(page.img, (int(row.left + lab_w), int(row.y + h.x_height * 0.4)),
-                 (int(row.right), int(row.y + h.x_height * 0.4)), line_col, max(1, int(h.x_height / 15)))
+        cv2.line(
+            page.img,
+            (int(row.left + lab_w), int(row.y + h.x_height * 0.4)),
+            (int(row.right), int(row.y + h.x_height * 0.4)),
+            line_col,
+            max(1, int(h.x_height / 15)),
+        )
         answer = _form_answer(lab, rng)
-        write_line(page, _words(answer, h, rng, lib), h, row.left + lab_w + rng.uniform(0, 2) * h.x_height,
-                   row.y + rng.normal(0, 0.1) * h.x_height, row.right - row.left - lab_w, rng)
+        write_line(
+            page,
+            _words(answer, h, rng, lib),
+            h,
+            row.left + lab_w + rng.uniform(0, 2) * h.x_height,
+            row.y + rng.normal(0, 0.1) * h.x_height,
+            row.right - row.left - lab_w,
+            rng,
+        )
         fr.y += h.x_height * h.line_gap * rng.uniform(1.0, 1.4)
     for other in hands[1:]:
         annotate(page, fr, other, rng, lib)
 
 
-def _words_at(page: Page, tokens: list[str], hand: Hand, x: float, y: float, rng: np.random.Generator,
-              lib: FontLibrary) -> float:
+def _words_at(
+    page: Page, tokens: list[str], hand: Hand, x: float, y: float, rng: np.random.Generator, lib: FontLibrary
+) -> float:
     """Write tokens on one unskewed line at (x, y); returns the x where their ink ends."""
     n0 = len(page.words)
     write_line(page, _words(tokens, hand, rng, lib), hand, x, y, page.w - x, rng, angle=0.0)
@@ -626,7 +850,7 @@ def annotate(page: Page, fr: Frame, hand: Hand, rng: np.random.Generator, lib: F
         while rest and len(lines) < 3:
             line = draft_line(rest, hand, x, y, width, rng, angle=angle)
             lines.append(line)
-            rest = rest[len(line.words):]
+            rest = rest[len(line.words) :]
             y += hand.line_gap * hand.x_height * math.cos(math.radians(angle))
             x -= hand.line_gap * hand.x_height * math.sin(math.radians(angle))
         if not any(_overlaps(page, ln.bbox(hand.x_height * 0.5)) for ln in lines):
@@ -635,23 +859,32 @@ def annotate(page: Page, fr: Frame, hand: Hand, rng: np.random.Generator, lib: F
             return
 
 
-def signature(page: Page, fr: Frame, hand: Hand, rng: np.random.Generator, lib: FontLibrary,
-              rules: np.ndarray | None) -> None:
+def signature(
+    page: Page, fr: Frame, hand: Hand, rng: np.random.Generator, lib: FontLibrary, rules: np.ndarray | None
+) -> None:
     """The writer's name, bigger and more slanted than the text, often with a flourish under it."""
     sig = Hand(**{**hand.__dict__})
     sig.x_height = hand.x_height * rng.uniform(1.0, 1.7)
     sig.slant = hand.slant + rng.uniform(0.0, 0.25)
     sig.stretch = hand.stretch * rng.uniform(1.0, 1.4)
     n0 = len(page.words)
-    single_line(page, fr, T.person(rng)[-int(rng.integers(1, 3)):], sig, rng, lib, align="right", rules=rules)
+    single_line(
+        page, fr, T.person(rng)[-int(rng.integers(1, 3)) :], sig, rng, lib, align="right", rules=rules
+    )
     if len(page.words) > n0 and rng.random() < 0.5:  # unlabelled flourish under the name
         poly = np.concatenate([w.polygon for w in page.words[n0:]])
         (x0, _), (x1, y1) = poly.min(0), poly.max(0)
         t = np.linspace(0, 1, 24)
         xs = x0 + (x1 - x0) * (t * rng.uniform(1.0, 1.2) - rng.uniform(0, 0.1))
         ys = y1 + sig.x_height * (0.3 + rng.uniform(0.1, 0.5) * np.sin(np.pi * t * rng.uniform(1, 3)))
-        cv2.polylines(page.img, [np.int32(np.stack([xs, ys], 1))], False, tuple(float(c) for c in hand.ink),
-                      max(1, int(sig.x_height / 12)), cv2.LINE_AA)
+        cv2.polylines(
+            page.img,
+            [np.int32(np.stack([xs, ys], 1))],
+            False,
+            tuple(float(c) for c in hand.ink),
+            max(1, int(sig.x_height / 12)),
+            cv2.LINE_AA,
+        )
 
 
 def marks(page: Page, hands: list[Hand], fr: Frame, rng: np.random.Generator) -> None:
@@ -663,7 +896,10 @@ def marks(page: Page, hands: list[Hand], fr: Frame, rng: np.random.Generator) ->
         s = h.x_height * rng.uniform(0.8, 2.5)
         kind = rng.random()
         if kind < 0.35:  # tick in the margin
-            x, y = rng.uniform(0.01, max(0.02, fr.left / page.w - 0.02)) * page.w, rng.uniform(0.05, 0.95) * page.h
+            x, y = (
+                rng.uniform(0.01, max(0.02, fr.left / page.w - 0.02)) * page.w,
+                rng.uniform(0.05, 0.95) * page.h,
+            )
             pts = np.int32([[x, y], [x + s * 0.3, y + s * 0.4], [x + s, y - s * 0.6]])
         elif kind < 0.75 and page.words:  # underline a word
             p = page.words[int(rng.integers(len(page.words)))].polygon
@@ -675,8 +911,14 @@ def marks(page: Page, hands: list[Hand], fr: Frame, rng: np.random.Generator) ->
     if rng.random() < 0.05:
         stamp(page, rng, h.x_height)
     if rng.random() < 0.12:  # a reader's big tick at the top of the sheet
-        x, y, s = rng.uniform(0.3, 0.8) * page.w, rng.uniform(0.02, 0.06) * page.h, h.x_height * rng.uniform(1.5, 3)
-        pts = np.int32([[x, y + s * 0.3], [x + s * 0.25, y + s], [x + s * rng.uniform(0.8, 1.2), y - s * 0.2]])
+        x, y, s = (
+            rng.uniform(0.3, 0.8) * page.w,
+            rng.uniform(0.02, 0.06) * page.h,
+            h.x_height * rng.uniform(1.5, 3),
+        )
+        pts = np.int32(
+            [[x, y + s * 0.3], [x + s * 0.25, y + s], [x + s * rng.uniform(0.8, 1.2), y - s * 0.2]]
+        )
         cv2.polylines(page.img, [pts], False, colour, max(2, th), cv2.LINE_AA)
 
 
@@ -689,22 +931,37 @@ def stamp(page: Page, rng: np.random.Generator, xh: float) -> None:
     c = (r + 4, r + 4)
     cv2.circle(layer, c, r, 1.0, max(2, r // 14), cv2.LINE_AA)
     cv2.circle(layer, c, int(r * 0.72), 1.0, max(1, r // 20), cv2.LINE_AA)
-    cv2.rectangle(layer, (c[0] - int(r * 0.6), c[1] - r // 6), (c[0] + int(r * 0.6), c[1] + r // 6), 1.0,
-                  max(1, r // 20))
+    cv2.rectangle(
+        layer,
+        (c[0] - int(r * 0.6), c[1] - r // 6),
+        (c[0] + int(r * 0.6), c[1] + r // 6),
+        1.0,
+        max(1, r // 20),
+    )
     layer *= np.clip(0.55 + 0.5 * rng.random(layer.shape, dtype=np.float32), 0, 1)  # uneven inking
     m = cv2.getRotationMatrix2D(c, rng.uniform(-30, 30), 1.0)
     layer = cv2.warpAffine(layer, m, layer.shape[::-1])
     A.composite(page.img, layer * rng.uniform(0.5, 0.9), np.array(colour, np.float32), cx - r - 4, cy - r - 4)
 
 
-LAYOUTS = {"letter": (layout_letter, 0.4), "note": (layout_note, 0.25), "list": (layout_list, 0.15),
-           "form": (layout_form, 0.2)}
+LAYOUTS = {
+    "letter": (layout_letter, 0.4),
+    "note": (layout_note, 0.25),
+    "list": (layout_list, 0.15),
+    "form": (layout_form, 0.2),
+}
 
 
 # ---- whole pages -----------------------------------------------------------------------------------
 
-PAPER_SIZES_IN = {"a4": (8.27, 11.69), "letter": (8.5, 11.0), "half": (5.5, 8.5), "card": (6.0, 4.0),
-                  "notebook": (7.0, 9.75), "legal_pad": (8.5, 14.0)}
+PAPER_SIZES_IN = {
+    "a4": (8.27, 11.69),
+    "letter": (8.5, 11.0),
+    "half": (5.5, 8.5),
+    "card": (6.0, 4.0),
+    "notebook": (7.0, 9.75),
+    "legal_pad": (8.5, 14.0),
+}
 
 
 def _page_size(rng: np.random.Generator) -> tuple[int, int]:
@@ -727,8 +984,13 @@ def render_page(rng: np.random.Generator) -> tuple[Image.Image, list[dict]]:
     hands = [make_hand(rng, lib, xh, cursive=rng.random() < 0.55 or None)]
     for _ in range(int(rng.choice([0, 1, 2], p=[0.6, 0.3, 0.1]))):
         hands.append(make_hand(rng, lib, xh * rng.uniform(0.7, 1.3)))
-    fr = Frame(w * rng.uniform(0.04, 0.16), w * (1 - rng.uniform(0.03, 0.12)), h * rng.uniform(0.03, 0.12),
-               h * (1 - rng.uniform(0.03, 0.1)), 0.0)
+    fr = Frame(
+        w * rng.uniform(0.04, 0.16),
+        w * (1 - rng.uniform(0.03, 0.12)),
+        h * rng.uniform(0.03, 0.12),
+        h * (1 - rng.uniform(0.03, 0.1)),
+        0.0,
+    )
     fr.y = fr.top + xh * 2
     rules = _paper_rules(page, fr, hands[0], rng)
     if rules is not None:  # on ruled paper people follow the rules
@@ -767,14 +1029,22 @@ def _age_and_capture(page: Page, rng: np.random.Generator) -> tuple[np.ndarray, 
     if rng.random() < 0.3:  # phone photo: tilted, maybe curled page on a desk, uneven light
         if rng.random() < 0.5:
             img, polys = A.curl(img, polys, rng, rng.uniform(0.003, 0.012))
-        img, polys = A.perspective(img, polys, rng, rng.uniform(0.01, 0.06), A.desk(*img.shape[:2], rng),
-                                   margin=rng.uniform(0.0, 0.08))
+        img, polys = A.perspective(
+            img,
+            polys,
+            rng,
+            rng.uniform(0.01, 0.06),
+            A.desk(*img.shape[:2], rng),
+            margin=rng.uniform(0.0, 0.08),
+        )
         img = A.lighting(img, rng)
         if rng.random() < 0.5:
             img = A.resample(img, rng, 0.6)
     elif rng.random() < 0.25:  # scan with the sheet's edges showing on the scanner lid
         lid = np.full_like(img, int(rng.choice([rng.uniform(20, 70), rng.uniform(200, 240)])))
-        img, polys = A.perspective(img, polys, rng, rng.uniform(0.0, 0.012), lid, margin=rng.uniform(0.01, 0.04))
+        img, polys = A.perspective(
+            img, polys, rng, rng.uniform(0.0, 0.012), lid, margin=rng.uniform(0.01, 0.04)
+        )
     else:  # flat scan: slight rotation
         if rng.random() < 0.6:
             img, polys = A.rotate(img, polys, float(rng.normal(0, 0.8)), fill=A._edge_fill(img))
@@ -796,9 +1066,14 @@ def _records(words: list[PlacedWord], polys: np.ndarray, w: int, h: int) -> list
         area = _area(poly)
         if area <= 1 or _area(clipped) < 0.6 * area:
             continue
-        out.append({"text": word.text,
-                    "polygon": [{"x": round(float(x), 1), "y": round(float(y), 1)} for x, y in clipped],
-                    "line_idx": word.line_idx, "type": word.kind})
+        out.append(
+            {
+                "text": word.text,
+                "polygon": [{"x": round(float(x), 1), "y": round(float(y), 1)} for x, y in clipped],
+                "line_idx": word.line_idx,
+                "type": word.kind,
+            }
+        )
     return out
 
 
@@ -808,6 +1083,7 @@ def _area(poly: np.ndarray) -> float:
 
 
 # ---- word crops for the recogniser ---------------------------------------------------------------------
+
 
 class WordCropSampler:
     """Word crops cut the way the detector will cut them, fast enough to feed training on the fly.
@@ -821,8 +1097,12 @@ class WordCropSampler:
         self.lib = library()
         bank_rng = np.random.default_rng([seed, 1])
         # A bank of grayscale paper patches, made once: paper synthesis per crop would be too slow.
-        self.papers = [cv2.cvtColor(A.paper(patch, patch, bank_rng).astype(np.uint8), cv2.COLOR_RGB2GRAY)
-                       .astype(np.float32) for _ in range(bank)]
+        self.papers = [
+            cv2.cvtColor(A.paper(patch, patch, bank_rng).astype(np.uint8), cv2.COLOR_RGB2GRAY).astype(
+                np.float32
+            )
+            for _ in range(bank)
+        ]
         # Recent words, reused (rescaled) as neighbours: rendering extra words per crop is the
         # expensive part, and a neighbour only shows as a fragment.
         self.recent: list[InkWord] = []
@@ -851,7 +1131,7 @@ class WordCropSampler:
         wh, ww = word.alpha.shape
         mh, mw = int(xh * 2.5), int(xh * 2)
         canvas = np.zeros((wh + 2 * mh, ww + 2 * mw), np.float32)
-        canvas[mh:mh + wh, mw:mw + ww] = word.alpha
+        canvas[mh : mh + wh, mw : mw + ww] = word.alpha
         box = (word.box[0] + mw, word.box[1] + mh, word.box[2] + mw, word.box[3] + mh)
         base_y = mh + word.baseline
         gap = hand.line_gap * xh
@@ -873,11 +1153,15 @@ class WordCropSampler:
         f = (word.box[3] - word.box[1]) / max(1, other.box[3] - other.box[1]) * rng.uniform(0.8, 1.2)
         f = float(np.clip(f, 0.3, 3.0))
         h, w = other.alpha.shape
-        alpha = cv2.resize(other.alpha, (max(1, int(w * f)), max(1, int(h * f))), interpolation=cv2.INTER_LINEAR)
+        alpha = cv2.resize(
+            other.alpha, (max(1, int(w * f)), max(1, int(h * f))), interpolation=cv2.INTER_LINEAR
+        )
         box = tuple(int(v * f) for v in other.box)
         return InkWord(alpha, other.baseline * f, box, other.text, other.kind)
 
-    def _cut(self, canvas: np.ndarray, box: tuple, xh: float, rng: np.random.Generator) -> tuple[np.ndarray, tuple]:
+    def _cut(
+        self, canvas: np.ndarray, box: tuple, xh: float, rng: np.random.Generator
+    ) -> tuple[np.ndarray, tuple]:
         """Cut like a detector: loose jittered margins (rarely biting into the ink), slight rotation."""
         x0, y0, x1, y1 = box
         ml, mr = rng.uniform(-0.05, 0.5, 2) * xh
@@ -900,7 +1184,7 @@ class WordCropSampler:
             paper = cv2.resize(paper, (max(pw, w), max(ph, h)))
             ph, pw = paper.shape
         oy, ox = int(rng.integers(0, ph - h + 1)), int(rng.integers(0, pw - w + 1))
-        bg = paper[oy:oy + h, ox:ox + w] * rng.uniform(0.75, 1.05)
+        bg = paper[oy : oy + h, ox : ox + w] * rng.uniform(0.75, 1.05)
         ink = rng.uniform(10, 120) if rng.random() < 0.85 else rng.uniform(120, 170)
         img = bg - alpha * (bg - ink)
         if rng.random() < 0.15:  # a ruled line passing through
@@ -921,10 +1205,11 @@ def _stamp(canvas: np.ndarray, alpha: np.ndarray, x: int, y: int) -> None:
     h, w = alpha.shape
     X0, Y0, X1, Y1 = max(0, x), max(0, y), min(W, x + w), min(H, y + h)
     if X0 < X1 and Y0 < Y1:
-        np.maximum(canvas[Y0:Y1, X0:X1], alpha[Y0 - y:Y1 - y, X0 - x:X1 - x], out=canvas[Y0:Y1, X0:X1])
+        np.maximum(canvas[Y0:Y1, X0:X1], alpha[Y0 - y : Y1 - y, X0 - x : X1 - x], out=canvas[Y0:Y1, X0:X1])
 
 
 # ---- files + command ---------------------------------------------------------------------------------
+
 
 def _write_manifest(samples: list[Sample], path: Path) -> Path:
     """The manifest beside the rendered files (always a local folder: the images are written there)."""
@@ -944,8 +1229,9 @@ def write_pages(n: int, out_dir: str | Path, seed: int) -> Path:
         img, words = render_page(np.random.default_rng([seed, i]))
         name = f"pages/page_{i:06d}.jpg"
         img.save(out / name, quality=int(np.random.default_rng([seed, i, 7]).integers(70, 96)))
-        samples.append(Sample(name, [Annotation(w["text"], w["polygon"], w["line_idx"], w["type"])
-                                     for w in words]))
+        samples.append(
+            Sample(name, [Annotation(w["text"], w["polygon"], w["line_idx"], w["type"]) for w in words])
+        )
         n_words += len(words)
     path = _write_manifest(samples, out / "manifest.jsonl")
     print(f"synth: {n} pages, {n_words} words in {time.time() - t0:.1f}s -> {path}")
@@ -973,7 +1259,9 @@ def write_crops(n: int, out_dir: str | Path, seed: int) -> Path:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pages", type=int, default=0, help="number of pages to render")
-    parser.add_argument("--crops", type=int, default=0, help="number of word crops to render (recogniser data)")
+    parser.add_argument(
+        "--crops", type=int, default=0, help="number of word crops to render (recogniser data)"
+    )
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--seed", type=int, default=0, help="random seed: same seed, same files")
 

@@ -6,6 +6,7 @@ typewriting, and characters the real sets rarely show. A line is the words of on
 one by one, set on a common baseline with the hand's word spacing, slightly rotated, cut with
 jittered margins like the pipeline's line quads, then given paper and noise.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,9 +15,42 @@ from transforms import text_source as T
 from transforms.synth import WordCropSampler, _stamp, make_hand, render_word
 
 # Accented words so the accented classes see synthetic ink too (the real sets carry most of them).
-_ACCENTED = ("été", "café", "élève", "à", "déjà", "où", "père", "mère", "Noël", "naïve", "façade",
-             "garçon", "fête", "hôtel", "sûr", "cœur", "œuvre", "Zoë", "über", "Müller", "straße",
-             "señor", "año", "«", "»", "—", "–", "’", "½", "¼", "¾", "N°", "£5", "€20")
+_ACCENTED = (
+    "été",
+    "café",
+    "élève",
+    "à",
+    "déjà",
+    "où",
+    "père",
+    "mère",
+    "Noël",
+    "naïve",
+    "façade",
+    "garçon",
+    "fête",
+    "hôtel",
+    "sûr",
+    "cœur",
+    "œuvre",
+    "Zoë",
+    "über",
+    "Müller",
+    "straße",
+    "señor",
+    "año",
+    "«",
+    "»",
+    "—",
+    "–",
+    "’",
+    "½",
+    "¼",
+    "¾",
+    "N°",
+    "£5",
+    "€20",
+)
 
 
 def line_tokens(rng: np.random.Generator) -> list[str]:
@@ -41,8 +75,9 @@ class LineCropSampler(WordCropSampler):
         rng = self.rng
         xh = float(rng.uniform(8, 22))
         printed = rng.random() < 0.2
-        hand = make_hand(rng, self.lib, xh, "P" if printed else "H",
-                         typewriter=printed and rng.random() < 0.3)
+        hand = make_hand(
+            rng, self.lib, xh, "P" if printed else "H", typewriter=printed and rng.random() < 0.3
+        )
         tokens = line_tokens(rng)
         if hand.font.caps_only:
             tokens = [t.upper() for t in tokens]
@@ -61,7 +96,7 @@ class LineCropSampler(WordCropSampler):
         canvas = np.zeros((int(asc + desc) + 2 * mh, width), np.float32)
         base = mh + asc
         x = 2 * xh
-        x0 = y0 = 10 ** 9
+        x0 = y0 = 10**9
         x1 = y1 = 0
         drift = hand.drift * xh
         for w, gap in zip(words, space):

@@ -5,6 +5,7 @@ appear). Around them: names, addresses, dates, times, money, numbers, punctuatio
 capitalised / ALL-CAPS words and a trickle of rare symbols, so every character of the recogniser
 charset (printable ASCII + £€°) shows up. Every generator returns tokens; a token never holds a space.
 """
+
 from __future__ import annotations
 
 import functools
@@ -14,12 +15,52 @@ import numpy as np
 
 from transforms.fonts import CHARSET
 
-MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August", "September",
-          "October", "November", "December"]
-MONTH_ABBR = ["Jan.", "Feb.", "Mar.", "Mch.", "Apr.", "May", "Jun.", "Jul.", "Aug.", "Sept.", "Sep.",
-              "Oct.", "Nov.", "Dec."]
-WEEKDAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday", "Mon.",
-            "Tues.", "Wed.", "Thurs.", "Fri.", "Sat.", "Sun."]
+MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
+MONTH_ABBR = [
+    "Jan.",
+    "Feb.",
+    "Mar.",
+    "Mch.",
+    "Apr.",
+    "May",
+    "Jun.",
+    "Jul.",
+    "Aug.",
+    "Sept.",
+    "Sep.",
+    "Oct.",
+    "Nov.",
+    "Dec.",
+]
+WEEKDAYS = [
+    "Monday",
+    "Tuesday",
+    "Wednesday",
+    "Thursday",
+    "Friday",
+    "Saturday",
+    "Sunday",
+    "Mon.",
+    "Tues.",
+    "Wed.",
+    "Thurs.",
+    "Fri.",
+    "Sat.",
+    "Sun.",
+]
 FIRST_NAMES = """James John Robert Michael William David Richard Joseph Thomas Charles Henry George Edward
 Arthur Albert Frederick Walter Harry Frank Samuel Daniel Peter Paul Mark Andrew Stephen Kevin Brian Alan
 Mary Patricia Jennifer Linda Elizabeth Barbara Susan Jessica Sarah Karen Nancy Margaret Alice Helen Ruth
@@ -38,37 +79,234 @@ Dublin Oxford Cambridge York Bath Norwich Brighton Leicester Nottingham Aberdeen
 Boston Chicago Philadelphia Baltimore Denver Seattle Portland Sacramento Cleveland Detroit Milwaukee
 Pittsburgh Richmond Savannah Omaha Toledo Albany Hartford Toronto Montreal Ottawa Sydney Melbourne
 Auckland Wellington Dunedin Springfield Newport Hastings Salem Lincoln Windsor Kingston""".split()
-STREET_TYPES = ["Street", "St.", "Avenue", "Ave.", "Road", "Rd.", "Lane", "Place", "Court", "Drive",
-                "Terrace", "Square", "Way", "Crescent", "Gardens", "Blvd."]
-STATES = ["Cal.", "N.Y.", "Mass.", "Ill.", "Penn.", "Ohio", "Mich.", "Wis.", "Md.", "Va.", "Tex.",
-          "Ore.", "Wash.", "Conn.", "CA", "NY", "MA", "IL", "TX", "WA", "NSW", "Vic.", "Kent", "Surrey",
-          "Yorks.", "Lancs.", "Devon", "Fife"]
-TITLES = ["Mr", "Mr.", "Mrs", "Mrs.", "Miss", "Ms", "Dr", "Dr.", "Prof.", "Rev.", "Messrs.", "Sir",
-          "Madam", "Capt.", "Col.", "Hon."]
-SALUTATIONS = [["Dear", "Sir,"], ["Dear", "Madam,"], ["My", "dear", "{first},"], ["Dear", "{title}", "{surname},"],
-               ["Dear", "{first},"], ["Dear", "Sirs,"], ["Hi", "{first},"], ["Hello", "{first}!"],
-               ["My", "dear", "{title}", "{surname}:"], ["Gentlemen:"], ["Dear", "Friend,"]]
-CLOSINGS = [["Yours", "truly,"], ["Very", "truly", "yours,"], ["Yours", "sincerely,"], ["Sincerely", "yours,"],
-            ["Respectfully,"], ["Yours", "faithfully,"], ["With", "kind", "regards,"], ["Best", "wishes,"],
-            ["Love,"], ["Cordially", "yours,"], ["I", "remain,"], ["Thanks,"], ["Cheers,"],
-            ["Faithfully", "yours,"], ["Affectionately,"]]
+STREET_TYPES = [
+    "Street",
+    "St.",
+    "Avenue",
+    "Ave.",
+    "Road",
+    "Rd.",
+    "Lane",
+    "Place",
+    "Court",
+    "Drive",
+    "Terrace",
+    "Square",
+    "Way",
+    "Crescent",
+    "Gardens",
+    "Blvd.",
+]
+STATES = [
+    "Cal.",
+    "N.Y.",
+    "Mass.",
+    "Ill.",
+    "Penn.",
+    "Ohio",
+    "Mich.",
+    "Wis.",
+    "Md.",
+    "Va.",
+    "Tex.",
+    "Ore.",
+    "Wash.",
+    "Conn.",
+    "CA",
+    "NY",
+    "MA",
+    "IL",
+    "TX",
+    "WA",
+    "NSW",
+    "Vic.",
+    "Kent",
+    "Surrey",
+    "Yorks.",
+    "Lancs.",
+    "Devon",
+    "Fife",
+]
+TITLES = [
+    "Mr",
+    "Mr.",
+    "Mrs",
+    "Mrs.",
+    "Miss",
+    "Ms",
+    "Dr",
+    "Dr.",
+    "Prof.",
+    "Rev.",
+    "Messrs.",
+    "Sir",
+    "Madam",
+    "Capt.",
+    "Col.",
+    "Hon.",
+]
+SALUTATIONS = [
+    ["Dear", "Sir,"],
+    ["Dear", "Madam,"],
+    ["My", "dear", "{first},"],
+    ["Dear", "{title}", "{surname},"],
+    ["Dear", "{first},"],
+    ["Dear", "Sirs,"],
+    ["Hi", "{first},"],
+    ["Hello", "{first}!"],
+    ["My", "dear", "{title}", "{surname}:"],
+    ["Gentlemen:"],
+    ["Dear", "Friend,"],
+]
+CLOSINGS = [
+    ["Yours", "truly,"],
+    ["Very", "truly", "yours,"],
+    ["Yours", "sincerely,"],
+    ["Sincerely", "yours,"],
+    ["Respectfully,"],
+    ["Yours", "faithfully,"],
+    ["With", "kind", "regards,"],
+    ["Best", "wishes,"],
+    ["Love,"],
+    ["Cordially", "yours,"],
+    ["I", "remain,"],
+    ["Thanks,"],
+    ["Cheers,"],
+    ["Faithfully", "yours,"],
+    ["Affectionately,"],
+]
 # Rare characters get tokens of their own so the recogniser sees each of them in context.
-RARE_TEMPLATES = ["#{n}", "No.{n}", "{w}&{w}", "&", "*", "{w}*", "{n}+{n}", "+{n}", "{n}<{n}", "<{w}>",
-                  "{n}>{n}", "={n}", "{n}={n}", "{w}@{w}.com", "@{w}", "[{w}]", "[sic]", "[{n}]",
-                  "{w}\\{w}", "C:\\{w}", "{n}^{n}", "x^2", "{w}_{w}", "_{w}_", "`{w}`", "{{{w}}}", "{w}|{w}",
-                  "|", "~{n}", "~", "{n}°", "{n}°C", "{n}°F", "€{n}", "{n}€", "£{n}", "£{n}.{c}",
-                  "{n}%", "{n}/{n}", "{w}/{w}", "{w};", "{w}:", "{w}!", "{w}?", "{w}!?", "...", "--",
-                  "-", "({n})", "'{w}'", "\"{w}\"", "{w}-{w}", "({w})", "%", "$", "{n}'", "{n}\"",
-                  "{w}'s", "{w}s'", "{w}.", "{w},", "a.m.", "p.m.", "e.g.", "i.e.", "etc.", "&c."]
+RARE_TEMPLATES = [
+    "#{n}",
+    "No.{n}",
+    "{w}&{w}",
+    "&",
+    "*",
+    "{w}*",
+    "{n}+{n}",
+    "+{n}",
+    "{n}<{n}",
+    "<{w}>",
+    "{n}>{n}",
+    "={n}",
+    "{n}={n}",
+    "{w}@{w}.com",
+    "@{w}",
+    "[{w}]",
+    "[sic]",
+    "[{n}]",
+    "{w}\\{w}",
+    "C:\\{w}",
+    "{n}^{n}",
+    "x^2",
+    "{w}_{w}",
+    "_{w}_",
+    "`{w}`",
+    "{{{w}}}",
+    "{w}|{w}",
+    "|",
+    "~{n}",
+    "~",
+    "{n}°",
+    "{n}°C",
+    "{n}°F",
+    "€{n}",
+    "{n}€",
+    "£{n}",
+    "£{n}.{c}",
+    "{n}%",
+    "{n}/{n}",
+    "{w}/{w}",
+    "{w};",
+    "{w}:",
+    "{w}!",
+    "{w}?",
+    "{w}!?",
+    "...",
+    "--",
+    "-",
+    "({n})",
+    "'{w}'",
+    '"{w}"',
+    "{w}-{w}",
+    "({w})",
+    "%",
+    "$",
+    "{n}'",
+    '{n}"',
+    "{w}'s",
+    "{w}s'",
+    "{w}.",
+    "{w},",
+    "a.m.",
+    "p.m.",
+    "e.g.",
+    "i.e.",
+    "etc.",
+    "&c.",
+]
 
 
 # Web-frequency lists carry profanity and slurs; synthetic letters should not (people look at them).
-BLOCKED_PREFIXES = ("fuck", "shit", "cunt", "bitch", "nigg", "fag", "whore", "slut", "porn", "horny",
-                    "dick", "pussy", "rape", "rapist", "retard", "wank", "twat", "bastard", "asshole",
-                    "boob", "nude", "naked", "sexy", "sexual", "piss", "dildo", "hooker", "tranny", "douche",
-                    "jizz", "orgasm", "penis", "vagina", "milf", "xxx", "nazi", "hitler", "kill", "murder",
-                    "suicid", "terroris", "cocaine", "heroin")
-BLOCKED_WORDS = {"sex", "cum", "cums", "anal", "tits", "spic", "cock", "cocks", "kike", "chink", "dyke", "weed"}
+BLOCKED_PREFIXES = (
+    "fuck",
+    "shit",
+    "cunt",
+    "bitch",
+    "nigg",
+    "fag",
+    "whore",
+    "slut",
+    "porn",
+    "horny",
+    "dick",
+    "pussy",
+    "rape",
+    "rapist",
+    "retard",
+    "wank",
+    "twat",
+    "bastard",
+    "asshole",
+    "boob",
+    "nude",
+    "naked",
+    "sexy",
+    "sexual",
+    "piss",
+    "dildo",
+    "hooker",
+    "tranny",
+    "douche",
+    "jizz",
+    "orgasm",
+    "penis",
+    "vagina",
+    "milf",
+    "xxx",
+    "nazi",
+    "hitler",
+    "kill",
+    "murder",
+    "suicid",
+    "terroris",
+    "cocaine",
+    "heroin",
+)
+BLOCKED_WORDS = {
+    "sex",
+    "cum",
+    "cums",
+    "anal",
+    "tits",
+    "spic",
+    "cock",
+    "cocks",
+    "kike",
+    "chink",
+    "dyke",
+    "weed",
+}
 
 
 def _clean(word: str) -> bool:
@@ -83,6 +321,7 @@ def vocabulary(flatten: float = 0.5, n: int = 40000) -> tuple[list[str], np.ndar
     more often (what a recogniser needs to see).
     """
     from wordfreq import top_n_list, word_frequency
+
     words = [w for w in top_n_list("en", n) if w.replace("'", "").isalpha() and w.isascii() and _clean(w)]
     p = np.array([word_frequency(w, "en") for w in words], float) ** flatten
     cdf = np.cumsum(p)
@@ -196,8 +435,9 @@ def address(rng: np.random.Generator) -> list[list[str]]:
         town.append(postcode(rng))
     lines = [street, town]
     if rng.random() < 0.3:
-        lines.insert(0, ["Apt.", str(int(rng.integers(1, 80)))] if rng.random() < 0.5
-                     else ["c/o", *person(rng)])
+        lines.insert(
+            0, ["Apt.", str(int(rng.integers(1, 80)))] if rng.random() < 0.5 else ["c/o", *person(rng)]
+        )
     return lines
 
 
@@ -205,8 +445,10 @@ def postcode(rng: np.random.Generator) -> str:
     if rng.random() < 0.5:
         return f"{int(rng.integers(10000, 99999))}"
     letters = string.ascii_uppercase
-    return (f"{_pick(rng, list(letters))}{_pick(rng, list(letters))}{int(rng.integers(1, 20))}"
-            f"-{int(rng.integers(1, 9))}{_pick(rng, list(letters))}{_pick(rng, list(letters))}")
+    return (
+        f"{_pick(rng, list(letters))}{_pick(rng, list(letters))}{int(rng.integers(1, 20))}"
+        f"-{int(rng.integers(1, 9))}{_pick(rng, list(letters))}{_pick(rng, list(letters))}"
+    )
 
 
 def phone(rng: np.random.Generator) -> str:
@@ -218,9 +460,11 @@ def rare_token(rng: np.random.Generator) -> str:
     """A token built around a rarely written character."""
     t = _pick(rng, RARE_TEMPLATES)
     while "{n}" in t or "{w}" in t or "{c}" in t:
-        t = (t.replace("{n}", str(int(rng.integers(0, 100))), 1)
-             .replace("{w}", english_word(rng)[:8], 1)
-             .replace("{c}", f"{int(rng.integers(0, 100)):02d}", 1))
+        t = (
+            t.replace("{n}", str(int(rng.integers(0, 100))), 1)
+            .replace("{w}", english_word(rng)[:8], 1)
+            .replace("{c}", f"{int(rng.integers(0, 100)):02d}", 1)
+        )
     return t
 
 
@@ -281,7 +525,7 @@ def prose(rng: np.random.Generator, n: int, sentence_start: bool = True) -> list
         out.extend(tok)
     if out and out[-1][-1] not in ".?!":
         out[-1] += "."
-    return out[:max(n, 1)]
+    return out[: max(n, 1)]
 
 
 def token(rng: np.random.Generator) -> str:
@@ -299,14 +543,20 @@ def token(rng: np.random.Generator) -> str:
         return rare_token(rng)
     if r < 0.95:
         return random_chars(rng)
-    return _pick(rng, [phone(rng), postcode(rng), _pick(rng, TITLES), _pick(rng, MONTH_ABBR),
-                       english_word(rng).upper()])
+    return _pick(
+        rng,
+        [phone(rng), postcode(rng), _pick(rng, TITLES), _pick(rng, MONTH_ABBR), english_word(rng).upper()],
+    )
 
 
 def fill(template: list[str], rng: np.random.Generator) -> list[str]:
     """Expand {first} / {surname} / {title} placeholders in a salutation or closing."""
-    return [t.replace("{first}", _pick(rng, FIRST_NAMES)).replace("{surname}", _pick(rng, SURNAMES))
-            .replace("{title}", _pick(rng, TITLES)) for t in template]
+    return [
+        t.replace("{first}", _pick(rng, FIRST_NAMES))
+        .replace("{surname}", _pick(rng, SURNAMES))
+        .replace("{title}", _pick(rng, TITLES))
+        for t in template
+    ]
 
 
 def salutation(rng: np.random.Generator) -> list[str]:

@@ -3,14 +3,15 @@
 A document-level error becomes an error record (see batch.core.schema.ErrorRecord);
 it never stops the run. Only bad arguments or an unusable environment do.
 """
+
 from __future__ import annotations
 
 import re
 
 EXIT_OK = 0
-EXIT_PARTIAL = 3      # the run finished, but at least one document failed
-EXIT_BAD_ARGS = 2     # argparse's convention
-EXIT_FATAL = 4        # nothing could be processed (e.g. models missing, output unwritable)
+EXIT_PARTIAL = 3  # the run finished, but at least one document failed
+EXIT_BAD_ARGS = 2  # argparse's convention
+EXIT_FATAL = 4  # nothing could be processed (e.g. models missing, output unwritable)
 
 
 # user:password@ in a URL (`--s3-endpoint-url http://KEY:SECRET@host`), with or without its scheme

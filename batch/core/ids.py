@@ -1,5 +1,6 @@
 """Ids: a document's id (a hash of its bytes, or of its URI where the bytes could not be read)
 and a run's id (start time plus a random suffix)."""
+
 from __future__ import annotations
 
 import hashlib

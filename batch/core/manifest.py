@@ -6,11 +6,13 @@ and converts other formats to them; transforms.synth writes them for the pages i
      "annotations": {"texts": [{"text": "Dear", "polygon": [{"x": 10, "y": 20}, ... 4 points],
                                 "line_idx": 0, "type": "H"}]}}
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 from batch.core.errors import InputError
 
@@ -29,14 +31,18 @@ class ManifestError(InputError):
 @dataclass
 class Annotation:
     text: str
-    polygon: list[dict[str, float]]   # [{"x", "y"}, ...], page pixels, clockwise from top-left
+    polygon: list[dict[str, float]]  # [{"x", "y"}, ...], page pixels, clockwise from top-left
     line_idx: int = 0
     type: str = "H"
-    baseline: list[dict[str, float]] | None = None   # a line's baseline, left to right, if known
+    baseline: list[dict[str, float]] | None = None  # a line's baseline, left to right, if known
 
     def to_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"text": self.text, "polygon": [{"x": p["x"], "y": p["y"]} for p in self.polygon],
-                             "line_idx": self.line_idx, "type": self.type}
+        d: dict[str, Any] = {
+            "text": self.text,
+            "polygon": [{"x": p["x"], "y": p["y"]} for p in self.polygon],
+            "line_idx": self.line_idx,
+            "type": self.type,
+        }
         if self.baseline:
             d["baseline"] = [{"x": p["x"], "y": p["y"]} for p in self.baseline]
         return d
@@ -46,11 +52,13 @@ class Annotation:
 class Sample:
     source_ref: str
     annotations: list[Annotation] = field(default_factory=list)
-    level: str | None = None   # "line" | "word": what each annotation is (None: not said)
+    level: str | None = None  # "line" | "word": what each annotation is (None: not said)
 
     def to_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"source-ref": self.source_ref,
-                             "annotations": {"texts": [a.to_json() for a in self.annotations]}}
+        d: dict[str, Any] = {
+            "source-ref": self.source_ref,
+            "annotations": {"texts": [a.to_json() for a in self.annotations]},
+        }
         if self.level:
             d["level"] = self.level
         return d
@@ -97,8 +105,9 @@ def parse_sample(obj: Any, where: str) -> Sample:
     if not isinstance(texts, list):
         raise ManifestError(f"{where}: 'annotations' must be {{\"texts\": [...]}}")
     level = obj.get("level") if obj.get("level") in LEVELS else None
-    return Sample(obj["source-ref"], [parse_annotation(t, f"{where} text {i}") for i, t in enumerate(texts)],
-                  level)
+    return Sample(
+        obj["source-ref"], [parse_annotation(t, f"{where} text {i}") for i, t in enumerate(texts)], level
+    )
 
 
 def dumps_manifest(samples: Iterable[Sample]) -> str:

@@ -10,14 +10,15 @@ live under OUT, and renders a document's files for the writers (`htr run --forma
   OUT/hocr/<doc_id>.hocr             hOCR (HTML), every page
   OUT/pdf/<doc_id>.pdf               the source's pages with an invisible text layer
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from batch.core.schema import DocumentRecord
 
-TABLE_FORMATS = ("json", "parquet")   # always written: they are what the ledger commits
+TABLE_FORMATS = ("json", "parquet")  # always written: they are what the ledger commits
 
 
 @dataclass(frozen=True)
@@ -25,16 +26,19 @@ class Format:
     name: str
     media_type: str
     ext: str
-    per_page: bool = False      # one file per page (under a folder named by doc_id)
+    per_page: bool = False  # one file per page (under a folder named by doc_id)
     needs_source: bool = False  # renders from the source's bytes too
 
 
-FORMATS: dict[str, Format] = {f.name: f for f in (
-    Format("alto", "application/alto+xml", ".xml"),
-    Format("page", "application/vnd.prima.page+xml", ".xml", per_page=True),
-    Format("hocr", "text/vnd.hocr+html", ".hocr"),
-    Format("pdf", "application/pdf", ".pdf", needs_source=True),
-)}
+FORMATS: dict[str, Format] = {
+    f.name: f
+    for f in (
+        Format("alto", "application/alto+xml", ".xml"),
+        Format("page", "application/vnd.prima.page+xml", ".xml", per_page=True),
+        Format("hocr", "text/vnd.hocr+html", ".hocr"),
+        Format("pdf", "application/pdf", ".pdf", needs_source=True),
+    )
+}
 
 
 def parse_formats(text: str) -> tuple[str, ...]:
@@ -43,8 +47,9 @@ def parse_formats(text: str) -> tuple[str, ...]:
     names = [n.strip().lower() for n in text.split(",") if n.strip()]
     unknown = [n for n in names if n not in FORMATS and n not in TABLE_FORMATS]
     if unknown:
-        raise ValueError(f"unknown format(s) {', '.join(unknown)}; choose from "
-                         f"{', '.join(TABLE_FORMATS + tuple(FORMATS))}")
+        raise ValueError(
+            f"unknown format(s) {', '.join(unknown)}; choose from {', '.join(TABLE_FORMATS + tuple(FORMATS))}"
+        )
     return tuple(dict.fromkeys(n for n in names if n in FORMATS))
 
 
@@ -53,22 +58,28 @@ def render(doc: DocumentRecord, fmt: str, source: bytes | None = None) -> dict[s
     f = FORMATS[fmt]
     if fmt == "alto":
         from batch.exports.alto import to_alto
+
         return {f"alto/{doc.doc_id}{f.ext}": to_alto(doc)}
     if fmt == "page":
         from batch.exports.page import to_page_xml
+
         return {f"page/{doc.doc_id}/{p.page:04d}{f.ext}": to_page_xml(doc, p) for p in doc.pages}
     if fmt == "hocr":
         from batch.exports.hocr import to_hocr
+
         return {f"hocr/{doc.doc_id}{f.ext}": to_hocr(doc)}
     from batch.exports.pdf import to_pdf
+
     if source is None:
         from batch import storage
+
         source = storage.read_bytes(doc.source_uri)
     return {f"pdf/{doc.doc_id}{f.ext}": to_pdf(doc, source)}
 
 
-def renderer(formats: tuple[str, ...], read_source: Callable[[str], bytes] | None = None
-             ) -> Callable[[DocumentRecord], dict[str, bytes]] | None:
+def renderer(
+    formats: tuple[str, ...], read_source: Callable[[str], bytes] | None = None
+) -> Callable[[DocumentRecord], dict[str, bytes]] | None:
     """A function doc -> {relative path: bytes} for all of `formats`; None when there are none.
     The PDF reads the source again (by source_uri): the run does not keep documents' bytes."""
     if not formats:
@@ -76,18 +87,25 @@ def renderer(formats: tuple[str, ...], read_source: Callable[[str], bytes] | Non
 
     def files(doc: DocumentRecord) -> dict[str, bytes]:
         from batch import storage
-        doc = DocumentRecord.from_json(doc.to_json())   # at the JSON's precision: `htr export` agrees
-        source = (read_source or storage.read_bytes)(doc.source_uri) if any(FORMATS[f].needs_source for f in formats) else None
+
+        doc = DocumentRecord.from_json(doc.to_json())  # at the JSON's precision: `htr export` agrees
+        source = (
+            (read_source or storage.read_bytes)(doc.source_uri)
+            if any(FORMATS[f].needs_source for f in formats)
+            else None
+        )
         out: dict[str, bytes] = {}
         for fmt in formats:
             out.update(render(doc, fmt, source))
         return out
+
     return files
 
 
 def stale_uris(out_uri: str, doc_id: str) -> list[str]:
     """Every export a document may have under OUT (to delete when the document is gone)."""
     from batch import storage
+
     uris = [storage.join(out_uri, f.name, f"{doc_id}{f.ext}") for f in FORMATS.values() if not f.per_page]
     for f in FORMATS.values():
         if f.per_page:
@@ -101,6 +119,7 @@ def stale_uris(out_uri: str, doc_id: str) -> list[str]:
 def formats_arg(text: str) -> tuple[str, ...]:
     """parse_formats for argparse (`htr run --formats`): its message on a bad name."""
     import argparse
+
     try:
         return parse_formats(text)
     except ValueError as e:
@@ -108,6 +127,7 @@ def formats_arg(text: str) -> tuple[str, ...]:
 
 
 # ---- one document answered in a format (htr serve, by Accept header) ---------------------------------
+
 
 def negotiate(accept: str | None) -> str | None:
     """The archive format an Accept header asks for first, or None (JSON: absent, */*, JSON or
@@ -126,8 +146,13 @@ def response(doc: DocumentRecord, fmt: str, source: bytes) -> tuple[int, tuple[s
     """(HTTP status, (media type, body)) for one document in `fmt`; PAGE XML holds one page, so a
     longer document answers 406 with a JSON error naming the formats that hold it."""
     if fmt == "page" and len(doc.pages) != 1:
-        return 406, {"error": {"type": "NotAcceptable", "stage": "export",
-                               "message": f"PAGE XML holds one page and this document has {len(doc.pages)}; "
-                                          "ask for application/alto+xml, text/vnd.hocr+html or application/pdf"}}
+        return 406, {
+            "error": {
+                "type": "NotAcceptable",
+                "stage": "export",
+                "message": f"PAGE XML holds one page and this document has {len(doc.pages)}; "
+                "ask for application/alto+xml, text/vnd.hocr+html or application/pdf",
+            }
+        }
     (data,) = render(DocumentRecord.from_json(doc.to_json()), fmt, source).values()
     return 200, (FORMATS[fmt].media_type, data)

@@ -4,12 +4,13 @@ Layout: Page > PrintSpace > one TextBlock > TextLine (BASELINE, polygon Shape) >
 WC confidence, polygon Shape) with SP between words. Coordinates are page pixels
 (MeasurementUnit pixel), PHYSICAL_IMG_NR the 1-based page; Processing names the model version.
 """
+
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from batch.exports.common import SOFTWARE, box_of, conf, image_name, line_outline, points_text
 from batch.core.schema import DocumentRecord, Page, Point, iso
+from batch.exports.common import SOFTWARE, box_of, conf, image_name, line_outline, points_text
 
 NS = "http://www.loc.gov/standards/alto/ns-v4#"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
@@ -31,8 +32,15 @@ def _shape(parent: ET.Element, points: list[Point], page: Page) -> None:
 
 def _page(layout: ET.Element, page: Page) -> None:
     p = f"p{page.page}"
-    el = _el(layout, "Page", ID=p, PHYSICAL_IMG_NR=page.page, WIDTH=page.width, HEIGHT=page.height,
-             PROCESSING="proc1")
+    el = _el(
+        layout,
+        "Page",
+        ID=p,
+        PHYSICAL_IMG_NR=page.page,
+        WIDTH=page.width,
+        HEIGHT=page.height,
+        PROCESSING="proc1",
+    )
     space = _el(el, "PrintSpace", HPOS=0, VPOS=0, WIDTH=page.width, HEIGHT=page.height)
     if not page.lines:
         return
@@ -50,8 +58,14 @@ def _page(layout: ET.Element, page: Page) -> None:
             if k:
                 prev = box_of(ln.words[k - 1].polygon, page)
                 _el(tl, "SP", HPOS=prev.x1, VPOS=prev.y0, WIDTH=max(0, box_of(w.polygon, page).x0 - prev.x1))
-            s = _el(tl, "String", ID=f"{p}_w{w.word_idx + 1}", CONTENT=w.text,
-                    **_pos(box_of(w.polygon, page)), WC=conf(w.confidence))
+            s = _el(
+                tl,
+                "String",
+                ID=f"{p}_w{w.word_idx + 1}",
+                CONTENT=w.text,
+                **_pos(box_of(w.polygon, page)),
+                WC=conf(w.confidence),
+            )
             _shape(s, w.polygon, page)
 
 

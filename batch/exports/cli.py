@@ -5,6 +5,7 @@ files next to them (or under --dest), each file whole or not at all (batch.stora
 atomic), so a killed export is simply run again. The PDF reads each source again by its
 source_uri (the record's doc_id must still match the bytes).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,14 +14,19 @@ import sys
 
 from batch import storage
 from batch.core.errors import EXIT_BAD_ARGS, EXIT_OK, EXIT_PARTIAL, HtrError
-from batch.exports import FORMATS, formats_arg, render
 from batch.core.schema import DocumentRecord
+from batch.exports import FORMATS, formats_arg, render
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", metavar="OUT", help="an htr output: a folder or s3://bucket/prefix/")
-    parser.add_argument("--to", type=formats_arg, required=True, metavar="FORMATS",
-                        help=f"comma-separated: {', '.join(FORMATS)}")
+    parser.add_argument(
+        "--to",
+        type=formats_arg,
+        required=True,
+        metavar="FORMATS",
+        help=f"comma-separated: {', '.join(FORMATS)}",
+    )
     parser.add_argument("--dest", help="where to write (default: OUT itself, e.g. OUT/alto/)")
     parser.add_argument("--doc", action="append", metavar="DOC_ID", help="only these documents (repeatable)")
     storage.add_arguments(parser)
@@ -64,6 +70,8 @@ def main(args: argparse.Namespace) -> int:
         except (HtrError, OSError, ValueError, KeyError) as e:  # one document must not stop the rest
             failed += 1
             print(f"htr export: {uri}: {type(e).__name__}: {e}", file=sys.stderr)
-    print(f"htr export: {len(uris) - failed} documents, {files} files ({','.join(args.to)}), "
-          f"{failed} failed -> {dest}")
+    print(
+        f"htr export: {len(uris) - failed} documents, {files} files ({','.join(args.to)}), "
+        f"{failed} failed -> {dest}"
+    )
     return EXIT_PARTIAL if failed else EXIT_OK

@@ -1,4 +1,5 @@
 """Geometry and naming shared by the archive serialisers (pure: records in, values out)."""
+
 from __future__ import annotations
 
 import posixpath
@@ -12,6 +13,7 @@ SOFTWARE = "htr-batch"
 @dataclass(frozen=True)
 class Box:
     """An axis-aligned box in whole page pixels, clipped to the page."""
+
     x0: int
     y0: int
     x1: int
@@ -29,8 +31,7 @@ class Box:
 def clip(p: Point, page: Page) -> tuple[int, int]:
     """A point as whole pixels inside the page: PAGE XML allows only non-negative integers, and a
     line grown by its margin may reach past the edge."""
-    return (min(max(round(p.x), 0), max(page.width - 1, 0)),
-            min(max(round(p.y), 0), max(page.height - 1, 0)))
+    return (min(max(round(p.x), 0), max(page.width - 1, 0)), min(max(round(p.y), 0), max(page.height - 1, 0)))
 
 
 def box_of(points: list[Point], page: Page) -> Box:
@@ -48,7 +49,8 @@ def line_outline(line: Line) -> tuple[list[Point], list[Point]]:
     stored) the same rotated rectangle the pipeline computes now, from the words."""
     if line.polygon and line.baseline:
         return line.polygon, line.baseline
-    from batch.lines import outline   # the pipeline's own definition, on a copy
+    from batch.lines import outline  # the pipeline's own definition, on a copy
+
     copy = Line(line.line_idx, line.words)
     outline(copy)
     return copy.polygon or line.polygon, copy.baseline or line.baseline

@@ -4,13 +4,21 @@ Layout: one TextRegion per page (in the ReadingOrder) > TextLine (Coords polygon
 (Coords, TextEquiv with conf), each level with its TextEquiv. Points are whole, non-negative page
 pixels, as the schema requires.
 """
+
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 
-from batch.exports.common import (SOFTWARE, box_of, conf, image_name, line_confidence, line_outline,
-                                  points_text)
 from batch.core.schema import DocumentRecord, Page, Point, iso
+from batch.exports.common import (
+    SOFTWARE,
+    box_of,
+    conf,
+    image_name,
+    line_confidence,
+    line_outline,
+    points_text,
+)
 
 NS = "http://schema.primaresearch.org/PAGE/gts/pagecontent/2019-07-15"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
@@ -43,23 +51,36 @@ def to_page_xml(doc: DocumentRecord, page: Page) -> bytes:
     _el(meta, "Creator").text = f"{SOFTWARE} {doc.model_version}"
     _el(meta, "Created").text = iso(doc.processed_at)
     _el(meta, "LastChange").text = iso(doc.processed_at)
-    attrs: dict[str, object] = {"imageFilename": image_name(doc), "imageWidth": page.width,
-                                "imageHeight": page.height}
+    attrs: dict[str, object] = {
+        "imageFilename": image_name(doc),
+        "imageWidth": page.width,
+        "imageHeight": page.height,
+    }
     if page.dpi:
         attrs.update(imageXResolution=page.dpi, imageYResolution=page.dpi, imageResolutionUnit="PPI")
     pg = _el(root, "Page", **attrs)
     if not page.lines:
         return ET.tostring(root, encoding="utf-8", xml_declaration=True)
     region = f"r{page.page}"
-    _el(_el(_el(pg, "ReadingOrder"), "OrderedGroup", id=f"ro{page.page}"), "RegionRefIndexed",
-        index=0, regionRef=region)
+    _el(
+        _el(_el(pg, "ReadingOrder"), "OrderedGroup", id=f"ro{page.page}"),
+        "RegionRefIndexed",
+        index=0,
+        regionRef=region,
+    )
     outlines = [line_outline(ln) for ln in page.lines]
     tr = _el(pg, "TextRegion", id=region)
-    _coords(tr, _rect([pt for poly, _ in outlines for pt in poly] or
-                      [pt for w in page.words for pt in w.polygon], page), page)
+    _coords(
+        tr,
+        _rect(
+            [pt for poly, _ in outlines for pt in poly] or [pt for w in page.words for pt in w.polygon], page
+        ),
+        page,
+    )
     for ln, (poly, baseline) in zip(page.lines, outlines):
-        tl = _el(tr, "TextLine", id=f"{region}_l{ln.line_idx + 1}",
-                 custom=f"readingOrder {{index:{ln.line_idx};}}")   # Transkribus' own order key
+        tl = _el(
+            tr, "TextLine", id=f"{region}_l{ln.line_idx + 1}", custom=f"readingOrder {{index:{ln.line_idx};}}"
+        )  # Transkribus' own order key
         _coords(tl, poly if len(poly) >= 3 else _rect([p for w in ln.words for p in w.polygon], page), page)
         if len(baseline) >= 2:
             _el(tl, "Baseline", points=points_text(baseline, page))

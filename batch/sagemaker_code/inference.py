@@ -12,6 +12,7 @@ Error bodies stay JSON outside batch mode too: the toolkit answers a raised erro
 message, a newline and the traceback (`Transformer.handle_error`); importing this module
 replaces that answer with the message alone (the traceback goes to the log).
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,7 @@ _CODE_DIR = os.path.dirname(os.path.abspath(__file__))
 if _CODE_DIR not in sys.path:
     sys.path.insert(0, _CODE_DIR)
 
-from batch.serve import (Service, ServeSettings, check_content_type, error_body,  # noqa: E402
-                         error_doc_id, status_for)
+from batch.serve import ServeSettings, Service, check_content_type, error_body, error_doc_id, status_for  # noqa: E402
 from transforms.rasterise import pdf_renderer  # noqa: E402
 
 log = logging.getLogger("htr.inference")
@@ -73,8 +73,9 @@ def _install_json_error_answers() -> None:
 
     def handle_error(context, inference_exception, trace):
         log.error("invocation failed:\n%s", trace)
-        context.set_response_status(code=inference_exception.status_code,
-                                    phrase=utils.remove_crlf(inference_exception.phrase))
+        context.set_response_status(
+            code=inference_exception.status_code, phrase=utils.remove_crlf(inference_exception.phrase)
+        )
         return [_json_message(inference_exception.message)]
 
     handle_error.htr_json = True  # type: ignore[attr-defined]

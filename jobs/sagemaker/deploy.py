@@ -5,6 +5,7 @@ deploy creates the model, the endpoint config and the endpoint (SDK `Model.deplo
 tracking policy on invocations per instance. invoke sends one document and prints the answer
 (the document's JSON record, or its JSON error body).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from jobs.sagemaker.serving import ModelSpec, build_model, model_env
 from jobs.sagemaker.session import LaunchError
 from jobs.sagemaker.validation import Security, check_instance_type
 
-VARIANT = "AllTraffic"          # the SDK's one production variant
+VARIANT = "AllTraffic"  # the SDK's one production variant
 SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
 
 
@@ -23,7 +24,7 @@ SCALABLE_DIMENSION = "sagemaker:variant:DesiredInstanceCount"
 class Autoscaling:
     min_instances: int
     max_instances: int
-    invocations_per_instance: float = 10.0   # per minute: the target the policy keeps
+    invocations_per_instance: float = 10.0  # per minute: the target the policy keeps
     scale_in_cooldown_s: int = 300
     scale_out_cooldown_s: int = 60
 
@@ -51,8 +52,9 @@ class DeploySpec:
     wait: bool = True
 
     def model(self) -> ModelSpec:
-        return ModelSpec(self.model_data, self.role, self.image_uri, self.model_name,
-                         self.server_workers, self.security)
+        return ModelSpec(
+            self.model_data, self.role, self.image_uri, self.model_name, self.server_workers, self.security
+        )
 
 
 def resource_id(endpoint: str) -> str:
@@ -75,9 +77,14 @@ def deploy(spec: DeploySpec, session) -> str:
     check_deploy(spec)
     name = spec.endpoint_name or name_from_base("htr-endpoint")
     model = build_model(spec.model(), session)
-    model.deploy(initial_instance_count=spec.instance_count, instance_type=spec.instance_type,
-                 endpoint_name=name, tags=spec.security.tag_list,
-                 kms_key=spec.security.volume_kms_key, wait=False)
+    model.deploy(
+        initial_instance_count=spec.instance_count,
+        instance_type=spec.instance_type,
+        endpoint_name=name,
+        tags=spec.security.tag_list,
+        kms_key=spec.security.volume_kms_key,
+        wait=False,
+    )
     if spec.autoscaling:  # only a variant that exists can be registered: the endpoint InService
         wait_in_service(session.boto_session, name)
         register_autoscaling(session.boto_session, name, spec.autoscaling)
@@ -92,18 +99,25 @@ def wait_in_service(boto_session, endpoint: str) -> None:
 
 def register_autoscaling(boto_session, endpoint: str, scaling: Autoscaling) -> None:
     client = boto_session.client("application-autoscaling")
-    target = dict(ServiceNamespace="sagemaker", ResourceId=resource_id(endpoint),
-                  ScalableDimension=SCALABLE_DIMENSION)
-    client.register_scalable_target(**target, MinCapacity=scaling.min_instances,
-                                    MaxCapacity=scaling.max_instances)
+    target = dict(
+        ServiceNamespace="sagemaker", ResourceId=resource_id(endpoint), ScalableDimension=SCALABLE_DIMENSION
+    )
+    client.register_scalable_target(
+        **target, MinCapacity=scaling.min_instances, MaxCapacity=scaling.max_instances
+    )
     client.put_scaling_policy(
-        **target, PolicyName=f"{endpoint}-invocations", PolicyType="TargetTrackingScaling",
+        **target,
+        PolicyName=f"{endpoint}-invocations",
+        PolicyType="TargetTrackingScaling",
         TargetTrackingScalingPolicyConfiguration={
             "TargetValue": float(scaling.invocations_per_instance),
             "PredefinedMetricSpecification": {
-                "PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"},
+                "PredefinedMetricType": "SageMakerVariantInvocationsPerInstance"
+            },
             "ScaleInCooldown": scaling.scale_in_cooldown_s,
-            "ScaleOutCooldown": scaling.scale_out_cooldown_s})
+            "ScaleOutCooldown": scaling.scale_out_cooldown_s,
+        },
+    )
 
 
 def content_type_of(data: bytes, declared: str) -> str:
@@ -119,12 +133,17 @@ def content_type_of(data: bytes, declared: str) -> str:
         raise LaunchError(f"cannot tell the document's type: {e}; pass --content-type") from e
 
 
-def invoke(boto_session, endpoint: str, document: Path, content_type: str = "auto"
-           ) -> tuple[dict[str, Any], bytes]:
+def invoke(
+    boto_session, endpoint: str, document: Path, content_type: str = "auto"
+) -> tuple[dict[str, Any], bytes]:
     """One document to the endpoint; returns (response metadata, body bytes)."""
     data = document.read_bytes()
     client = boto_session.client("sagemaker-runtime")
-    answer = client.invoke_endpoint(EndpointName=endpoint, Body=data, Accept="application/json",
-                                    ContentType=content_type_of(data, content_type))
+    answer = client.invoke_endpoint(
+        EndpointName=endpoint,
+        Body=data,
+        Accept="application/json",
+        ContentType=content_type_of(data, content_type),
+    )
     body = answer["Body"].read()
     return {k: v for k, v in answer.items() if k not in ("Body", "ResponseMetadata")}, body

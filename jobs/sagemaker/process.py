@@ -10,6 +10,7 @@ Images: our Dockerfile's (`--image-uri`; `htr` is installed) or, by default, the
 training image with the project's code shipped as a Processing input, its requirements
 installed at start (PDFs through the pypdfium2 wheel: that image has no poppler).
 """
+
 from __future__ import annotations
 
 import shlex
@@ -25,9 +26,11 @@ from jobs.sagemaker.validation import Security, check_instance_type, check_range
 CODE_DIR = "/opt/ml/processing/input/code"
 CODE_TARBALL = "source.tar.gz"
 # Framework image: unpack the code, install what the image lacks, then `htr run "$@"`.
-BOOTSTRAP = (f"set -e; cd {CODE_DIR}; tar xzf {CODE_TARBALL}; "
-             "pip install --quiet --disable-pip-version-check -r requirements.txt; "
-             'exec python -m batch.cli run "$@"')
+BOOTSTRAP = (
+    f"set -e; cd {CODE_DIR}; tar xzf {CODE_TARBALL}; "
+    "pip install --quiet --disable-pip-version-check -r requirements.txt; "
+    'exec python -m batch.cli run "$@"'
+)
 
 
 @dataclass
@@ -39,7 +42,7 @@ class ProcessSpec:
     instance_count: int = 1
     image_uri: str | None = None
     job_name: str | None = None
-    run_args: list[str] = field(default_factory=list)   # more `htr run` options
+    run_args: list[str] = field(default_factory=list)  # more `htr run` options
     max_runtime_s: int = 24 * 3600
     volume_size_gb: int = 30
     code_location: str | None = None
@@ -94,25 +97,38 @@ def launch_processing(spec: ProcessSpec, session) -> Any:
     job_name = spec.job_name or name_from_base("htr-process")
     inputs, entrypoint, image = [], ["htr", "run"], spec.image_uri
     if not image:
-        image = image_uris.retrieve("pytorch", session.boto_region_name, version=FRAMEWORK_VERSION,
-                                    py_version=PY_VERSION, instance_type=spec.instance_type,
-                                    image_scope="training")
+        image = image_uris.retrieve(
+            "pytorch",
+            session.boto_region_name,
+            version=FRAMEWORK_VERSION,
+            py_version=PY_VERSION,
+            instance_type=spec.instance_type,
+            image_scope="training",
+        )
         code_uri = _upload_code(session, _code_prefix(spec, job_name))
         inputs = [ProcessingInput(source=code_uri, destination=CODE_DIR, input_name="code")]
         entrypoint = ["bash", "-c", BOOTSTRAP, "htr-run"]
     network = None
     if spec.security.vpc_config:
-        network = NetworkConfig(subnets=spec.security.subnets,
-                                security_group_ids=spec.security.security_group_ids)
+        network = NetworkConfig(
+            subnets=spec.security.subnets, security_group_ids=spec.security.security_group_ids
+        )
     processor = Processor(
-        role=spec.role, image_uri=image, instance_count=spec.instance_count,
-        instance_type=spec.instance_type, entrypoint=entrypoint,
-        volume_size_in_gb=spec.volume_size_gb, volume_kms_key=spec.security.volume_kms_key,
-        output_kms_key=spec.security.output_kms_key, max_runtime_in_seconds=spec.max_runtime_s,
-        sagemaker_session=session, tags=spec.security.tag_list, network_config=network,
-        env={"PYTHONUNBUFFERED": "1"})
-    processor.run(inputs=inputs, arguments=run_arguments(spec), wait=False, logs=False,
-                  job_name=job_name)
+        role=spec.role,
+        image_uri=image,
+        instance_count=spec.instance_count,
+        instance_type=spec.instance_type,
+        entrypoint=entrypoint,
+        volume_size_in_gb=spec.volume_size_gb,
+        volume_kms_key=spec.security.volume_kms_key,
+        output_kms_key=spec.security.output_kms_key,
+        max_runtime_in_seconds=spec.max_runtime_s,
+        sagemaker_session=session,
+        tags=spec.security.tag_list,
+        network_config=network,
+        env={"PYTHONUNBUFFERED": "1"},
+    )
+    processor.run(inputs=inputs, arguments=run_arguments(spec), wait=False, logs=False, job_name=job_name)
     return processor
 
 

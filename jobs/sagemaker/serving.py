@@ -1,5 +1,6 @@
 """The SageMaker model both Batch Transform and real-time endpoints serve: model.tar.gz (htr
 package-model) in the PyTorch inference container, or in our own image (--image-uri)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -8,7 +9,7 @@ from typing import Any
 from jobs.sagemaker.session import FRAMEWORK_VERSION, PY_VERSION, LaunchError
 from jobs.sagemaker.validation import Security
 
-MODEL_CODE_DIR = "/opt/ml/model/code"         # code/ inside model.tar.gz, once unpacked
+MODEL_CODE_DIR = "/opt/ml/model/code"  # code/ inside model.tar.gz, once unpacked
 
 
 @dataclass
@@ -17,7 +18,7 @@ class ModelSpec:
     role: str
     image_uri: str | None = None
     model_name: str | None = None
-    server_workers: int | None = None    # SAGEMAKER_MODEL_SERVER_WORKERS: processes per instance
+    server_workers: int | None = None  # SAGEMAKER_MODEL_SERVER_WORKERS: processes per instance
     security: Security = field(default_factory=Security)
 
 
@@ -46,10 +47,16 @@ def build_model(spec: ModelSpec, session, env: dict[str, str] | None = None) -> 
     if not spec.model_data.startswith("s3://"):
         raise LaunchError(f"--model-data {spec.model_data!r}: an s3://.../model.tar.gz")
     return PyTorchModel(
-        model_data=spec.model_data, role=spec.role, entry_point=None,
-        framework_version=FRAMEWORK_VERSION, py_version=PY_VERSION, image_uri=spec.image_uri,
+        model_data=spec.model_data,
+        role=spec.role,
+        entry_point=None,
+        framework_version=FRAMEWORK_VERSION,
+        py_version=PY_VERSION,
+        image_uri=spec.image_uri,
         env={**model_env(spec), **(env or {})},
-        name=spec.model_name or name_from_base("htr-model"), sagemaker_session=session,
+        name=spec.model_name or name_from_base("htr-model"),
+        sagemaker_session=session,
         vpc_config=spec.security.vpc_config,
         # with code_location set the SDK never creates its default bucket just to look at it
-        code_location=bucket_prefix(spec.model_data))
+        code_location=bucket_prefix(spec.model_data),
+    )

@@ -1,6 +1,7 @@
 """Sessions for the launchers: a sagemaker.Session whose every AWS call is recorded, and in
 dry-run mode answered locally at the botocore layer (nothing leaves the machine; the printed
 requests are exactly what the SDK would send)."""
+
 from __future__ import annotations
 
 import copy
@@ -78,8 +79,7 @@ class ApiRecorder:
         if service == "s3":  # the body is the code tarball: keep where it goes, not what
             entry["params"] = {k: v for k, v in params.items() if k in ("Bucket", "Key")}
         elif service == "sagemaker-runtime":  # a document: its size, not its bytes
-            entry["params"] = {k: (f"<{len(v)} bytes>" if k == "Body" else v)
-                               for k, v in params.items()}
+            entry["params"] = {k: (f"<{len(v)} bytes>" if k == "Body" else v) for k, v in params.items()}
         else:
             entry["params"] = copy.deepcopy(params)
         with self._lock:
@@ -93,6 +93,7 @@ class ApiRecorder:
             import io
 
             from botocore.response import StreamingBody
+
             body["Body"] = StreamingBody(io.BytesIO(body["Body"]), len(body["Body"]))
         body.setdefault("ResponseMetadata", {"HTTPStatusCode": 200, "RequestId": "dry-run"})
         return AWSResponse("https://dry-run.invalid/", 200, {}, None), body
@@ -101,7 +102,7 @@ class ApiRecorder:
         """Just enough of each answer for the SDK to carry on."""
         arn = f"arn:aws:sagemaker:{self.region}:{DRY_RUN_ACCOUNT}"
         request = self.requests().get(operation, {})
-        if operation in _CREATED:   # Create* answers the new resource's ARN
+        if operation in _CREATED:  # Create* answers the new resource's ARN
             key, kind, name = _CREATED[operation]
             return {key: f"{arn}:{kind}/{request.get(name)}"}
         if operation == "DescribeEndpoint":
@@ -109,10 +110,14 @@ class ApiRecorder:
         if operation == "InvokeEndpoint":
             return {"Body": b"{}", "ContentType": "application/json"}
         if operation == "GetCallerIdentity":
-            return {"Account": DRY_RUN_ACCOUNT, "UserId": "dry-run",
-                    "Arn": f"arn:aws:iam::{DRY_RUN_ACCOUNT}:user/dry-run"}
+            return {
+                "Account": DRY_RUN_ACCOUNT,
+                "UserId": "dry-run",
+                "Arn": f"arn:aws:iam::{DRY_RUN_ACCOUNT}:user/dry-run",
+            }
         if operation == "ListBuckets":  # the SDK's default bucket "exists": nothing to create
             import datetime as dt
+
             name = f"sagemaker-{self.region}-{DRY_RUN_ACCOUNT}"
             return {"Buckets": [{"Name": name, "CreationDate": dt.datetime(2020, 1, 1)}]}
         if operation == "CreateMultipartUpload":
@@ -126,17 +131,18 @@ class ApiRecorder:
     def requests(self) -> dict[str, dict[str, Any]]:
         """SageMaker API requests by operation name (the last of each)."""
         with self._lock:
-            return {c["operation"]: c["params"] for c in self.calls
-                    if c["service"] in REPORTED_SERVICES}
+            return {c["operation"]: c["params"] for c in self.calls if c["service"] in REPORTED_SERVICES}
 
     def uploads(self) -> list[str]:
         with self._lock:
-            return [f"s3://{c['params']['Bucket']}/{c['params']['Key']}" for c in self.calls
-                    if c["operation"] in ("PutObject", "CreateMultipartUpload")]
+            return [
+                f"s3://{c['params']['Bucket']}/{c['params']['Key']}"
+                for c in self.calls
+                if c["operation"] in ("PutObject", "CreateMultipartUpload")
+            ]
 
     def report(self) -> dict[str, Any]:
-        return {"dry_run": self.dry_run, "region": self.region, **self.requests(),
-                "uploads": self.uploads()}
+        return {"dry_run": self.dry_run, "region": self.region, **self.requests(), "uploads": self.uploads()}
 
 
 def _sdk_config() -> dict[str, Any]:
@@ -179,8 +185,11 @@ def make_session(region: str | None, dry_run: bool):
     import sagemaker
 
     if dry_run:  # dummy credentials: never look up real ones (no IMDS waits, no profile)
-        boto = boto3.Session(aws_access_key_id="dry-run", aws_secret_access_key="dry-run",
-                             region_name=region or boto3.Session().region_name or "us-east-1")
+        boto = boto3.Session(
+            aws_access_key_id="dry-run",
+            aws_secret_access_key="dry-run",
+            region_name=region or boto3.Session().region_name or "us-east-1",
+        )
     else:
         boto = boto3.Session(region_name=region)
     if not boto.region_name:
@@ -190,5 +199,3 @@ def make_session(region: str | None, dry_run: bool):
     _validate_each_config_once()
     session = sagemaker.Session(boto_session=boto, sagemaker_config=_sdk_config())
     return session, recorder
-
-

@@ -5,6 +5,7 @@ and, for fine-tuning, `init` (a model.tar.gz or folder on S3) arrive as SM_CHANN
 `--init default` the shipped models travel in the source_dir instead. Multi-GPU instances (or
 several instances) get torch_distributed: torchrun with one process per GPU.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -16,9 +17,9 @@ from jobs.sagemaker.session import FRAMEWORK_VERSION, PY_VERSION, LaunchError
 from jobs.sagemaker.validation import Security, check_instance_type
 
 TRAIN_ENTRY_POINT = "jobs/train.py"
-CONTAINER_CODE_DIR = "/opt/ml/code"          # where the training toolkit unpacks source_dir
+CONTAINER_CODE_DIR = "/opt/ml/code"  # where the training toolkit unpacks source_dir
 CHECKPOINT_LOCAL_PATH = "/opt/ml/checkpoints"
-DEFAULT_INIT = "default"                     # --init default: fine-tune the shipped models
+DEFAULT_INIT = "default"  # --init default: fine-tune the shipped models
 MODEL_KINDS = ("segmenter", "recogniser")
 DEFAULT_MAX_RUN_S = 24 * 3600
 
@@ -27,18 +28,41 @@ DEFAULT_MAX_RUN_S = 24 * 3600
 # test_wer=0.6687", "step=500 test_precision=0.9 test_recall=0.92 test_f1=0.91". Numbers are
 # written with %.4g, so they may be in exponent form (5.3e-05).
 _NUMBER = r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
-METRIC_NAMES = ("train_loss", "lr", "sec_per_step", "test_cer", "test_wer", "test_f1",
-                "test_precision", "test_recall")
+METRIC_NAMES = (
+    "train_loss",
+    "lr",
+    "sec_per_step",
+    "test_cer",
+    "test_wer",
+    "test_f1",
+    "test_precision",
+    "test_recall",
+)
 METRIC_DEFINITIONS: list[dict[str, str]] = [
-    {"Name": name, "Regex": rf"(?:^|\s){name}={_NUMBER}"} for name in METRIC_NAMES]
+    {"Name": name, "Regex": rf"(?:^|\s){name}={_NUMBER}"} for name in METRIC_NAMES
+]
 
 # GPUs per instance for the multi-GPU types (one-GPU p*/g* types are not listed).
 MULTI_GPU_INSTANCES: dict[str, int] = {
-    "ml.p3.8xlarge": 4, "ml.p3.16xlarge": 8, "ml.p3dn.24xlarge": 8, "ml.p4d.24xlarge": 8,
-    "ml.p4de.24xlarge": 8, "ml.p5.48xlarge": 8, "ml.p5e.48xlarge": 8, "ml.p5en.48xlarge": 8,
-    "ml.g4dn.12xlarge": 4, "ml.g4dn.metal": 8, "ml.g5.12xlarge": 4, "ml.g5.24xlarge": 4,
-    "ml.g5.48xlarge": 8, "ml.g6.12xlarge": 4, "ml.g6.24xlarge": 4, "ml.g6.48xlarge": 8,
-    "ml.g6e.12xlarge": 4, "ml.g6e.24xlarge": 4, "ml.g6e.48xlarge": 8,
+    "ml.p3.8xlarge": 4,
+    "ml.p3.16xlarge": 8,
+    "ml.p3dn.24xlarge": 8,
+    "ml.p4d.24xlarge": 8,
+    "ml.p4de.24xlarge": 8,
+    "ml.p5.48xlarge": 8,
+    "ml.p5e.48xlarge": 8,
+    "ml.p5en.48xlarge": 8,
+    "ml.g4dn.12xlarge": 4,
+    "ml.g4dn.metal": 8,
+    "ml.g5.12xlarge": 4,
+    "ml.g5.24xlarge": 4,
+    "ml.g5.48xlarge": 8,
+    "ml.g6.12xlarge": 4,
+    "ml.g6.24xlarge": 4,
+    "ml.g6.48xlarge": 8,
+    "ml.g6e.12xlarge": 4,
+    "ml.g6e.24xlarge": 4,
+    "ml.g6e.48xlarge": 8,
 }
 
 
@@ -60,7 +84,7 @@ class TrainSpec:
     image_uri: str | None = None
     job_name: str | None = None
     volume_size_gb: int = 30
-    init: str | None = None          # s3:// model (an `init` channel), or "default"
+    init: str | None = None  # s3:// model (an `init` channel), or "default"
     security: Security = field(default_factory=Security)
     wait: bool = True
 
@@ -79,8 +103,10 @@ def distribution_for(instance_type: str, instance_count: int) -> dict[str, Any] 
     if instance_count == 1 and gpus <= 1:
         return None
     if gpus == 0:
-        raise LaunchError(f"{instance_count} x {instance_type}: distributed training needs GPU "
-                          "instances (ml.g*/ml.p*); use --instance-count 1 on CPU")
+        raise LaunchError(
+            f"{instance_count} x {instance_type}: distributed training needs GPU "
+            "instances (ml.g*/ml.p*); use --instance-count 1 on CPU"
+        )
     return {"torch_distributed": {"enabled": True}}
 
 
@@ -133,26 +159,40 @@ def build_estimator(spec: TrainSpec, session, source_dir: Path):
     max_run, max_wait = stopping_times(spec)
     kwargs: dict[str, Any] = {}
     if spec.checkpoint_s3_uri:
-        kwargs.update(checkpoint_s3_uri=spec.checkpoint_s3_uri,
-                      checkpoint_local_path=CHECKPOINT_LOCAL_PATH)
+        kwargs.update(checkpoint_s3_uri=spec.checkpoint_s3_uri, checkpoint_local_path=CHECKPOINT_LOCAL_PATH)
     distribution = distribution_for(spec.instance_type, spec.instance_count)
     if distribution:
         kwargs["distribution"] = distribution
     return PyTorch(
-        entry_point=TRAIN_ENTRY_POINT, source_dir=str(source_dir), role=spec.role,
-        framework_version=FRAMEWORK_VERSION, py_version=PY_VERSION, image_uri=spec.image_uri,
-        instance_type=spec.instance_type, instance_count=spec.instance_count,
-        hyperparameters=training_hyperparameters(spec), metric_definitions=METRIC_DEFINITIONS,
-        use_spot_instances=spec.spot, max_run=max_run, max_wait=max_wait,
-        output_path=spec.output_path, code_location=spec.code_location,
-        volume_size=spec.volume_size_gb, sagemaker_session=session,
-        disable_profiler=True, debugger_hook_config=False,  # no extra rule jobs or S3 output
+        entry_point=TRAIN_ENTRY_POINT,
+        source_dir=str(source_dir),
+        role=spec.role,
+        framework_version=FRAMEWORK_VERSION,
+        py_version=PY_VERSION,
+        image_uri=spec.image_uri,
+        instance_type=spec.instance_type,
+        instance_count=spec.instance_count,
+        hyperparameters=training_hyperparameters(spec),
+        metric_definitions=METRIC_DEFINITIONS,
+        use_spot_instances=spec.spot,
+        max_run=max_run,
+        max_wait=max_wait,
+        output_path=spec.output_path,
+        code_location=spec.code_location,
+        volume_size=spec.volume_size_gb,
+        sagemaker_session=session,
+        disable_profiler=True,
+        debugger_hook_config=False,  # no extra rule jobs or S3 output
         # the training toolkit runs `python jobs/train.py`: let it import batch/, models/, ...
         environment={"PYTHONPATH": CONTAINER_CODE_DIR},
-        output_kms_key=spec.security.output_kms_key, volume_kms_key=spec.security.volume_kms_key,
+        output_kms_key=spec.security.output_kms_key,
+        volume_kms_key=spec.security.volume_kms_key,
         subnets=spec.security.subnets or None,
-        security_group_ids=spec.security.security_group_ids or None, tags=spec.security.tag_list,
-        base_job_name=f"htr-{spec.model}", **kwargs)
+        security_group_ids=spec.security.security_group_ids or None,
+        tags=spec.security.tag_list,
+        base_job_name=f"htr-{spec.model}",
+        **kwargs,
+    )
 
 
 def launch_training(spec: TrainSpec, session) -> Any:

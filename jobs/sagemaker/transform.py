@@ -5,6 +5,7 @@ is within the API's 1..3600 s, MaxPayloadInMB (and x MaxConcurrentTransforms) wi
 and no input object is larger than MaxPayloadInMB (those are listed, with the `htr run` line
 that processes them instead).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -12,13 +13,24 @@ from typing import Any
 
 from jobs.sagemaker.serving import ModelSpec, build_model
 from jobs.sagemaker.session import LaunchError
-from jobs.sagemaker.validation import (Security, check_instance_type, check_range,
-                                       check_transform_payload, oversized_objects, payload_report)
+from jobs.sagemaker.validation import (
+    Security,
+    check_instance_type,
+    check_range,
+    check_transform_payload,
+    oversized_objects,
+    payload_report,
+)
 
 # What `--content-type` may say; "auto" lets the container sniff each document's bytes.
-CONTENT_TYPES = {"auto": "application/x-image", "application/pdf": "application/pdf",
-                 "image/jpeg": "image/jpeg", "image/png": "image/png", "image/tiff": "image/tiff",
-                 "application/x-image": "application/x-image"}
+CONTENT_TYPES = {
+    "auto": "application/x-image",
+    "application/pdf": "application/pdf",
+    "image/jpeg": "image/jpeg",
+    "image/png": "image/png",
+    "image/tiff": "image/tiff",
+    "application/x-image": "application/x-image",
+}
 
 
 @dataclass
@@ -42,8 +54,9 @@ class TransformSpec:
     wait: bool = True
 
     def model(self) -> ModelSpec:
-        return ModelSpec(self.model_data, self.role, self.image_uri, self.model_name,
-                         self.server_workers, self.security)
+        return ModelSpec(
+            self.model_data, self.role, self.image_uri, self.model_name, self.server_workers, self.security
+        )
 
 
 def check_transform_limits(spec: TransformSpec) -> None:
@@ -79,12 +92,19 @@ def build_transformer(spec: TransformSpec, session):
     check_transform_limits(spec)
     model = build_model(spec.model(), session)
     return model.transformer(
-        instance_count=spec.instance_count, instance_type=spec.instance_type,
-        strategy="SingleRecord", assemble_with="None", output_path=spec.output,
-        accept="application/json", max_concurrent_transforms=spec.max_concurrent,
-        max_payload=spec.max_payload_mb, env=transform_env(spec),
-        output_kms_key=spec.security.output_kms_key, volume_kms_key=spec.security.volume_kms_key,
-        tags=spec.security.tag_list)
+        instance_count=spec.instance_count,
+        instance_type=spec.instance_type,
+        strategy="SingleRecord",
+        assemble_with="None",
+        output_path=spec.output,
+        accept="application/json",
+        max_concurrent_transforms=spec.max_concurrent,
+        max_payload=spec.max_payload_mb,
+        env=transform_env(spec),
+        output_kms_key=spec.security.output_kms_key,
+        volume_kms_key=spec.security.volume_kms_key,
+        tags=spec.security.tag_list,
+    )
 
 
 def launch_transform(spec: TransformSpec, session, dry_run: bool = False) -> Any:
@@ -95,9 +115,16 @@ def launch_transform(spec: TransformSpec, session, dry_run: bool = False) -> Any
     if spec.check_payloads and not dry_run:  # dry runs list nothing: no AWS calls at all
         check_input_sizes(spec)
     transformer.transform(
-        data=spec.input, data_type="S3Prefix", content_type=CONTENT_TYPES[spec.content_type],
-        split_type=None, job_name=spec.job_name or name_from_base("htr-transform"),
-        wait=False, logs=False,
-        model_client_config={"InvocationsTimeoutInSeconds": spec.invocation_timeout_s,
-                             "InvocationsMaxRetries": 1})
+        data=spec.input,
+        data_type="S3Prefix",
+        content_type=CONTENT_TYPES[spec.content_type],
+        split_type=None,
+        job_name=spec.job_name or name_from_base("htr-transform"),
+        wait=False,
+        logs=False,
+        model_client_config={
+            "InvocationsTimeoutInSeconds": spec.invocation_timeout_s,
+            "InvocationsMaxRetries": 1,
+        },
+    )
     return transformer

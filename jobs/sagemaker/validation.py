@@ -5,23 +5,30 @@ file the service's request validation is generated from), so they follow the ins
 botocore rather than a hand-kept list: an `ml.t2.medium` transform or a 7200 s invocation
 timeout is refused here, not an hour later by CreateTransformJob.
 """
+
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Iterable
+from typing import Any
 
 from jobs.sagemaker.session import LaunchError
 
-MAX_TRANSFORM_MB = 100   # MaxPayloadInMB, and MaxPayloadInMB * MaxConcurrentTransforms
+MAX_TRANSFORM_MB = 100  # MaxPayloadInMB, and MaxPayloadInMB * MaxConcurrentTransforms
 # Instance-type enums of the API, per kind of job.
-INSTANCE_SHAPES = {"training": "TrainingInstanceType", "transform": "TransformInstanceType",
-                   "endpoint": "ProductionVariantInstanceType",
-                   "processing": "ProcessingInstanceType"}
-_KMS_KEY = re.compile(r"^(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-                      r"|mrk-[0-9a-f]{32}|alias/[A-Za-z0-9/_-]{1,250}"
-                      r"|arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:(?:key|alias)/[A-Za-z0-9/_-]+)$")
+INSTANCE_SHAPES = {
+    "training": "TrainingInstanceType",
+    "transform": "TransformInstanceType",
+    "endpoint": "ProductionVariantInstanceType",
+    "processing": "ProcessingInstanceType",
+}
+_KMS_KEY = re.compile(
+    r"^(?:[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+    r"|mrk-[0-9a-f]{32}|alias/[A-Za-z0-9/_-]{1,250}"
+    r"|arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:(?:key|alias)/[A-Za-z0-9/_-]+)$"
+)
 _SUBNET = re.compile(r"^subnet-[0-9a-f]{8,17}$")
 _SECURITY_GROUP = re.compile(r"^sg-[0-9a-f]{8,17}$")
 _TAG_TEXT = re.compile(r"^[\w\s.:/=+\-@]*$", re.UNICODE)
@@ -46,8 +53,11 @@ def instance_types(kind: str) -> list[str]:
 def check_instance_type(kind: str, instance_type: str) -> None:
     allowed = instance_types(kind)
     if instance_type not in allowed:
-        near = [t for t in allowed if t.split(".")[1] == instance_type.split(".")[1:2][0]] \
-            if instance_type.count(".") >= 2 else []
+        near = (
+            [t for t in allowed if t.split(".")[1] == instance_type.split(".")[1:2][0]]
+            if instance_type.count(".") >= 2
+            else []
+        )
         hint = f" (this family has: {', '.join(near[:8])})" if near else ""
         raise LaunchError(f"--instance-type {instance_type}: not a {kind} instance type{hint}")
 
@@ -62,11 +72,14 @@ def check_transform_payload(max_payload_mb: int, max_concurrent: int) -> None:
     if max_payload_mb < 1 or max_concurrent < 1:
         raise LaunchError("--max-payload-mb and --max-concurrent must be at least 1")
     if max_payload_mb > MAX_TRANSFORM_MB:
-        raise LaunchError(f"--max-payload-mb {max_payload_mb}: SageMaker allows at most "
-                          f"{MAX_TRANSFORM_MB} MB")
+        raise LaunchError(
+            f"--max-payload-mb {max_payload_mb}: SageMaker allows at most {MAX_TRANSFORM_MB} MB"
+        )
     if max_payload_mb * max_concurrent > MAX_TRANSFORM_MB:
-        raise LaunchError(f"--max-payload-mb x --max-concurrent = {max_payload_mb * max_concurrent}"
-                          f" MB; SageMaker allows at most {MAX_TRANSFORM_MB} MB")
+        raise LaunchError(
+            f"--max-payload-mb x --max-concurrent = {max_payload_mb * max_concurrent}"
+            f" MB; SageMaker allows at most {MAX_TRANSFORM_MB} MB"
+        )
 
 
 @dataclass
@@ -84,11 +97,13 @@ def oversized_objects(input_uri: str, max_payload_mb: int) -> list[Oversized]:
 
 
 def payload_report(too_big: list[Oversized], max_payload_mb: int, input_uri: str) -> str:
-    lines = [f"{len(too_big)} input object(s) are over --max-payload-mb {max_payload_mb}: a transform "
-             "would fail on them. Run them with `htr run` (no payload limit), e.g.",
-             f"  htr run {input_uri} OUT " + " ".join(
-                 f"--include '{o.uri[len(input_uri.rstrip('/')) + 1:]}'" for o in too_big[:5]),
-             "or raise --max-payload-mb (and lower --max-concurrent). Too large:"]
+    lines = [
+        f"{len(too_big)} input object(s) are over --max-payload-mb {max_payload_mb}: a transform "
+        "would fail on them. Run them with `htr run` (no payload limit), e.g.",
+        f"  htr run {input_uri} OUT "
+        + " ".join(f"--include '{o.uri[len(input_uri.rstrip('/')) + 1 :]}'" for o in too_big[:5]),
+        "or raise --max-payload-mb (and lower --max-concurrent). Too large:",
+    ]
     lines += [f"  {o.uri}  {o.size / 1024 / 1024:.1f} MB" for o in too_big[:50]]
     if len(too_big) > 50:
         lines.append(f"  ... and {len(too_big) - 50} more")
@@ -97,18 +112,22 @@ def payload_report(too_big: list[Oversized], max_payload_mb: int, input_uri: str
 
 # ---- security and bookkeeping options shared by every launcher -----------------------------------
 
+
 @dataclass
 class Security:
     """KMS keys, VPC and tags, passed the same way to training, transform, processing, endpoints."""
+
     output_kms_key: str | None = None
     volume_kms_key: str | None = None
     subnets: list[str] = field(default_factory=list)
     security_group_ids: list[str] = field(default_factory=list)
     tags: dict[str, str] = field(default_factory=dict)
 
-    def check(self) -> "Security":
-        for flag, key in (("--output-kms-key", self.output_kms_key),
-                          ("--volume-kms-key", self.volume_kms_key)):
+    def check(self) -> Security:
+        for flag, key in (
+            ("--output-kms-key", self.output_kms_key),
+            ("--volume-kms-key", self.volume_kms_key),
+        ):
             if key and not _KMS_KEY.match(key):
                 raise LaunchError(f"{flag} {key!r}: not a KMS key id, key ARN, alias or alias ARN")
         check_vpc(self.subnets, self.security_group_ids)
@@ -137,8 +156,7 @@ def check_vpc(subnets: list[str], groups: list[str]) -> None:
     low, high = api_range("VpcSecurityGroupIds")
     if not low <= len(groups) <= high:
         raise LaunchError(f"--security-group-ids: {len(groups)} given; SageMaker takes {low}..{high}")
-    bad = [s for s in subnets if not _SUBNET.match(s)] + \
-          [g for g in groups if not _SECURITY_GROUP.match(g)]
+    bad = [s for s in subnets if not _SUBNET.match(s)] + [g for g in groups if not _SECURITY_GROUP.match(g)]
     if bad:
         raise LaunchError(f"not a subnet-… / sg-… id: {', '.join(bad)}")
 
@@ -181,7 +199,10 @@ def add_security_arguments(p, output_kms: bool = True) -> None:
 
 def security_from_args(args: Any) -> Security:
     split = lambda text: [x for x in (text or "").split(",") if x]  # noqa: E731
-    return Security(output_kms_key=getattr(args, "output_kms_key", None),
-                    volume_kms_key=getattr(args, "volume_kms_key", None),
-                    subnets=split(args.subnets), security_group_ids=split(args.security_group_ids),
-                    tags=key_values(args.tags, "tag")).check()
+    return Security(
+        output_kms_key=getattr(args, "output_kms_key", None),
+        volume_kms_key=getattr(args, "volume_kms_key", None),
+        subnets=split(args.subnets),
+        security_group_ids=split(args.security_group_ids),
+        tags=key_values(args.tags, "tag"),
+    ).check()
