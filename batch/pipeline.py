@@ -158,6 +158,10 @@ def _resize_for_segmenter(page: np.ndarray, long_side: int) -> tuple[np.ndarray,
 # is segmented again at the scale that brings the median to TEXT_HEIGHT.
 TEXT_HEIGHT = 24.0
 TEXT_RANGE = (9.0, 64.0)
+# Line heights (rotated-rectangle height) of the real training pages at 1024 px: page medians 24-53 px
+# (5th-95th percentile), median 36; the line head learned them x0.6-1.5.
+LINE_HEIGHT = 36.0
+LINE_RANGE = (20.0, 60.0)
 SEG_RESCALE = (0.5, 2.5)   # a second pass changes the segmenter's input size by at most these factors
 LINE_BUCKETS = (64, 128, 256, 384, 512, 768, 1024, 1536, 2048)
 LINE_MARGIN = 0.08     # line quads from word boxes grown by this share of their height on each side
@@ -467,25 +471,29 @@ class Pipeline:
         for batch in self._seg_batches(pages):
             out.extend(self._segment_batch(batch))
         for k, page in enumerate(pages):
-            side = self._rescaled_side(page, out[k].words)
+            side = self._rescaled_side(page, out[k])
             if side:
                 out[k] = self._segment_batch([page], side)[0]
         return out
 
-    def _rescaled_side(self, page: np.ndarray, dets: list[tuple[np.ndarray, float]]) -> int | None:
-        """The segmenter input size that puts the page's median word height at TEXT_HEIGHT, or None
-        when it is already within TEXT_RANGE (or there is too little text to measure)."""
+    def _rescaled_side(self, page: np.ndarray, found: PageDetections) -> int | None:
+        """The segmenter input size that puts the page's median text height where the segmenter
+        learned it (word boxes: TEXT_HEIGHT; a line head's lines: LINE_HEIGHT, which it measures
+        better on real handwriting), or None when it is already in range (or too little text)."""
         long_side = max(page.shape[:2])
         scale = self.long_side / long_side
+        by_lines = found.lines is not None and len(found.lines) >= 3
+        dets = found.lines if by_lines else found.words
+        target, (low, high) = (LINE_HEIGHT, LINE_RANGE) if by_lines else (TEXT_HEIGHT, TEXT_RANGE)
         if len(dets) < 3:
             # nothing found: text may be too small to see at this scale; look again at twice the
             # size where the page has the pixels for it
             return 2 * self.long_side if not dets and long_side > 1.5 * self.long_side else None
         heights = [crops_mod.quad_size(q)[1] * scale for q, _ in dets]
         median = float(np.median(heights))
-        if TEXT_RANGE[0] <= median <= TEXT_RANGE[1]:
+        if low <= median <= high:
             return None
-        factor = float(np.clip(TEXT_HEIGHT / median, *SEG_RESCALE))
+        factor = float(np.clip(target / median, *SEG_RESCALE))
         side = int(self.long_side * factor)
         return side if abs(side - self.long_side) > 0.2 * self.long_side else None
 

@@ -1,6 +1,9 @@
 """Checkpoints: `<kind>.safetensors` (weights) + `<kind>.json` (architecture, config, charset,
 version). Loading rebuilds the network from the JSON and refuses any other weight format,
 so a checkpoint can never execute code.
+
+torch (and the networks' modules) are imported by the functions that build or save a network:
+read_meta, which `htr run` uses on a cached ONNX graph, needs neither.
 """
 from __future__ import annotations
 
@@ -8,18 +11,23 @@ import datetime as dt
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any
 
 from batch.core.errors import CheckpointError
-from models import recogniser, segmenter
 from models.charset import ASCII_CHARSET, CHARSET
+
+if TYPE_CHECKING:
+    import torch
 
 DEFAULT_DIR = Path(__file__).resolve().parent / "default"
 KINDS = ("segmenter", "recogniser")
-_BUILDERS = {"segmenter": segmenter, "recogniser": recogniser}
+
+
+def _builder(kind: str):
+    """models.segmenter or models.recogniser: their CONFIGS and build()."""
+    from models import recogniser, segmenter
+
+    return {"segmenter": segmenter, "recogniser": recogniser}[kind]
 
 
 def _file_hash(path: Path) -> str:
@@ -30,9 +38,11 @@ def _file_hash(path: Path) -> str:
     return h.hexdigest()[:12]
 
 
-def save(model: torch.nn.Module, kind: str, arch: str, config: dict[str, Any], out_dir: str | Path,
+def save(model: "torch.nn.Module", kind: str, arch: str, config: dict[str, Any], out_dir: str | Path,
          extra: dict[str, Any] | None = None) -> Path:
     """Write weights + config; the version is the weights' content hash."""
+    from safetensors.torch import save_file
+
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / f"{kind}.safetensors"
@@ -56,8 +66,10 @@ def read_meta(model_dir: str | Path, kind: str) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not valid JSON: {e}") from e
 
 
-def load(model_dir: str | Path, kind: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+def load(model_dir: str | Path, kind: str) -> tuple["torch.nn.Module", dict[str, Any]]:
     """Build the network the JSON describes and load its safetensors weights (strict)."""
+    from safetensors.torch import load_file
+
     if kind not in KINDS:
         raise CheckpointError(f"unknown model kind {kind!r}")
     meta = read_meta(model_dir, kind)
@@ -67,7 +79,7 @@ def load(model_dir: str | Path, kind: str) -> tuple[torch.nn.Module, dict[str, A
     if meta.get("version") and _file_hash(weights) != meta["version"]:
         raise CheckpointError(f"{weights} does not match the version in {kind}.json "
                               "(weights replaced after saving?)")
-    builder = _BUILDERS[kind]
+    builder = _builder(kind)
     try:
         if kind == "recogniser":
             model = builder.build(meta["arch"], meta["config"], meta.get("charset", ASCII_CHARSET))
@@ -85,8 +97,10 @@ def load(model_dir: str | Path, kind: str) -> tuple[torch.nn.Module, dict[str, A
 def make_tiny_models(out_dir: str | Path, seed: int = 0, lines: bool = False) -> Path:
     """Randomly initialised tiny models for tests: same code paths, milliseconds per page.
     lines: a line recogniser (reads whole text lines) instead of a word recogniser."""
+    import torch
+
     torch.manual_seed(seed)
     for kind, arch in (("segmenter", "db_tiny"), ("recogniser", "crnn_line_tiny" if lines else "crnn_tiny")):
-        cfg = dict(_BUILDERS[kind].CONFIGS[arch])
-        save(_BUILDERS[kind].build(arch, cfg), kind, arch, cfg, out_dir, {"trained": "random init"})
+        cfg = dict(_builder(kind).CONFIGS[arch])
+        save(_builder(kind).build(arch, cfg), kind, arch, cfg, out_dir, {"trained": "random init"})
     return Path(out_dir)

@@ -5,31 +5,43 @@ than eager PyTorch (BENCHMARKS.md, htr-ort).
 Exporting costs ~2 s of CPU per model, so the exported graph is cached on disk, keyed by a hash of
 the weights, the export shapes and the torch/onnxruntime versions: only the first run after a model
 or library change pays it. Cache folder: $HTR_CACHE_DIR, else $XDG_CACHE_HOME/htr-batch, else
-~/.cache/htr-batch; an unwritable cache only means exporting in memory every time."""
+~/.cache/htr-batch; an unwritable cache only means exporting in memory every time.
+
+On a cache hit nothing here imports torch (about 3 s of `htr run`'s start-up on 2 cores, #15): the
+key is the checkpoint's bytes and the library versions from their package metadata, and the runners
+take and return numpy arrays. Only an export (a miss) or a caller with torch tensors imports it."""
 from __future__ import annotations
 
 import hashlib
 import io
 import os
+import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-import torch
+import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 EXPORT_FORMAT = 1   # bump when the export call below changes, so old cached graphs are not reused
 
 
-class _Prob(torch.nn.Module):
-    """The segmenter's inference output only: the text probability map."""
+def _prob(net: "torch.nn.Module") -> "torch.nn.Module":
+    """The segmenter's inference output only: the text probability map (a module to export)."""
+    import torch
 
-    def __init__(self, net: torch.nn.Module):
-        super().__init__()
-        self.net = net
+    class _Prob(torch.nn.Module):
+        def __init__(self, net: torch.nn.Module):
+            super().__init__()
+            self.net = net
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x, with_threshold=False)["prob"]
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x, with_threshold=False)["prob"]
+
+    return _Prob(net)
 
 
 _EXPORT_LOCK = threading.Lock()  # torch.onnx.export keeps global state: one export at a time
@@ -42,13 +54,48 @@ def cache_dir() -> Path:
     return Path(base) / "htr-batch"
 
 
+_VERSIONS: list[str] = []
+
+
 def _versions() -> str:
-    import onnxruntime as ort
+    """Export format and the exporting/running libraries' versions, from their package metadata
+    (importing torch to read torch.__version__ would cost the start-up the cache saves)."""
+    if not _VERSIONS:
+        from importlib.metadata import PackageNotFoundError, version
 
-    return f"{EXPORT_FORMAT}|{torch.__version__}|{ort.__version__}"
+        def v(dist: str) -> str:
+            try:
+                return version(dist)
+            except PackageNotFoundError:
+                return "-"
+        _VERSIONS.append(f"{EXPORT_FORMAT}|{v('torch')}|{v('onnxruntime')}")
+    return _VERSIONS[0]
 
 
-def graph_key(model: torch.nn.Module, example: torch.Tensor, dynamic: dict[int, str]) -> str:
+def default_threads() -> int:
+    """Intra-op threads for the models: torch's own count where torch is loaded already (a caller
+    may have set it), else what torch would pick: OMP_NUM_THREADS / MKL_NUM_THREADS, or the
+    physical cores this process may run on."""
+    if "torch" in sys.modules:
+        return sys.modules["torch"].get_num_threads()
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    try:
+        cpus = os.sched_getaffinity(0)
+    except AttributeError:
+        return os.cpu_count() or 1
+    cores = set()
+    for c in cpus:
+        try:
+            cores.add(Path(f"/sys/devices/system/cpu/cpu{c}/topology/thread_siblings_list").read_text().strip())
+        except OSError:
+            return max(1, len(cpus))
+    return max(1, len(cores))
+
+
+def graph_key(model: "torch.nn.Module", example: "torch.Tensor", dynamic: dict[int, str]) -> str:
     """A module's graph: its weights (and buffers), architecture and example shape."""
     h = hashlib.sha256(f"{_versions()}|{type(model).__name__}|{tuple(example.shape)}|"
                        f"{sorted(dynamic.items())}".encode())
@@ -60,16 +107,18 @@ def graph_key(model: torch.nn.Module, example: torch.Tensor, dynamic: dict[int, 
     return h.hexdigest()[:24]
 
 
-def checkpoint_key(model_dir: Path, kind: str, example: torch.Tensor, dynamic: dict[int, str]) -> str:
+def checkpoint_key(model_dir: Path, kind: str, shape: tuple[int, ...], dynamic: dict[int, str]) -> str:
     """A checkpoint's graph, from its files' bytes: no network is built to look it up, and replaced
     weights never hit an old graph (they miss, are loaded and so are checked)."""
-    h = hashlib.sha256(f"{_versions()}|{kind}|{tuple(example.shape)}|{sorted(dynamic.items())}".encode())
+    h = hashlib.sha256(f"{_versions()}|{kind}|{tuple(shape)}|{sorted(dynamic.items())}".encode())
     for suffix in (".json", ".safetensors"):
         h.update((model_dir / f"{kind}{suffix}").read_bytes())
     return h.hexdigest()[:24]
 
 
-def _export(model: torch.nn.Module, example: torch.Tensor, dynamic: dict[int, str]) -> bytes:
+def _export(model: "torch.nn.Module", example: "torch.Tensor", dynamic: dict[int, str]) -> bytes:
+    import torch
+
     buf = io.BytesIO()
     with _EXPORT_LOCK, warnings.catch_warnings():  # LSTM batch-size warning: no h0/c0 inputs here
         warnings.simplefilter("ignore")
@@ -95,7 +144,7 @@ def _cached(key: str, make: Callable[[], bytes]) -> bytes:
     return graph
 
 
-def exported_graph(model: torch.nn.Module, example: torch.Tensor, dynamic: dict[int, str]) -> bytes:
+def exported_graph(model: "torch.nn.Module", example: "torch.Tensor", dynamic: dict[int, str]) -> bytes:
     """The ONNX bytes for `model`, from the cache when an identical export is there."""
     return _cached(graph_key(model, example, dynamic), lambda: _export(model, example, dynamic))
 
@@ -113,28 +162,46 @@ def _session(graph: bytes, threads: int):
     return ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
 
 
-# Example inputs of the two exports (only their shapes and the dynamic axes matter).
-def _segmenter_input() -> tuple[torch.Tensor, dict[int, str]]:
-    return torch.rand(1, 3, 256, 192), {0: "b", 2: "h", 3: "w"}
+# Example input shapes of the two exports (only the shapes and the dynamic axes matter).
+def _segmenter_input() -> tuple[tuple[int, ...], dict[int, str]]:
+    return (1, 3, 256, 192), {0: "b", 2: "h", 3: "w"}
 
 
-def _recogniser_input(height: int) -> tuple[torch.Tensor, dict[int, str]]:
-    return torch.rand(2, 1, height, 64), {0: "b", 3: "w"}
+def _recogniser_input(height: int) -> tuple[tuple[int, ...], dict[int, str]]:
+    return (2, 1, height, 64), {0: "b", 3: "w"}
+
+
+def _example(shape: tuple[int, ...]) -> "torch.Tensor":
+    import torch
+
+    return torch.rand(*shape)
+
+
+def _run(session: Any, x: Any) -> Any:
+    """One forward: numpy in, numpy out; a (CPU) torch tensor in, a torch tensor out."""
+    if isinstance(x, np.ndarray):
+        return session.run(None, {"x": np.ascontiguousarray(x, np.float32)})[0]
+    import torch
+
+    return torch.from_numpy(session.run(None, {"x": x.contiguous().numpy()})[0])
 
 
 class OrtSegmenter:
-    """Called like the DBNet at inference: (x, with_threshold=False) -> {"prob": tensor}."""
+    """Called like the DBNet at inference: (x, with_threshold=False) -> {"prob": array}."""
 
     def __init__(self, graph: bytes, threads: int):
         self.session = _session(graph, threads)
 
     @classmethod
-    def from_module(cls, net: torch.nn.Module, threads: int) -> "OrtSegmenter":
-        net = net.to(memory_format=torch.contiguous_format)
-        return cls(exported_graph(_Prob(net), *_segmenter_input()), threads)
+    def from_module(cls, net: "torch.nn.Module", threads: int) -> "OrtSegmenter":
+        import torch
 
-    def __call__(self, x: torch.Tensor, with_threshold: bool = False) -> dict[str, torch.Tensor]:
-        return {"prob": torch.from_numpy(self.session.run(None, {"x": x.contiguous().numpy()})[0])}
+        net = net.to(memory_format=torch.contiguous_format)
+        shape, dynamic = _segmenter_input()
+        return cls(exported_graph(_prob(net), _example(shape), dynamic), threads)
+
+    def __call__(self, x: Any, with_threshold: bool = False) -> dict[str, Any]:
+        return {"prob": _run(self.session, x)}
 
 
 class OrtRecogniser:
@@ -144,32 +211,33 @@ class OrtRecogniser:
         self.session = _session(graph, threads)
 
     @classmethod
-    def from_module(cls, net: torch.nn.Module, height: int, threads: int) -> "OrtRecogniser":
-        return cls(exported_graph(net, *_recogniser_input(height)), threads)
+    def from_module(cls, net: "torch.nn.Module", height: int, threads: int) -> "OrtRecogniser":
+        shape, dynamic = _recogniser_input(height)
+        return cls(exported_graph(net, _example(shape), dynamic), threads)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.session.run(None, {"x": x.contiguous().numpy()})[0])
+    def __call__(self, x: Any) -> Any:
+        return _run(self.session, x)
 
 
-def to_onnxruntime(segmenter: torch.nn.Module, recogniser: torch.nn.Module, crop_height: int,
+def to_onnxruntime(segmenter: "torch.nn.Module", recogniser: "torch.nn.Module", crop_height: int,
                    threads: int) -> tuple[OrtSegmenter, OrtRecogniser]:
     return OrtSegmenter.from_module(segmenter, threads), OrtRecogniser.from_module(recogniser, crop_height, threads)
 
 
 def from_checkpoints(model_dir: str | Path, crop_height: int, threads: int
                      ) -> tuple[OrtSegmenter, OrtRecogniser]:
-    """Both runners straight from a checkpoint folder. On a cache hit no network is built (and
-    torchvision is never imported): start-up is reading two files."""
-    from models import checkpoints
-
+    """Both runners straight from a checkpoint folder. On a cache hit no network is built and
+    neither torch nor torchvision is imported: start-up is reading two files."""
     model_dir = Path(model_dir)
 
-    def graph(kind: str, example: torch.Tensor, dynamic: dict[int, str]) -> bytes:
+    def graph(kind: str, shape: tuple[int, ...], dynamic: dict[int, str]) -> bytes:
         def export() -> bytes:
+            from models import checkpoints
+
             net = checkpoints.load(model_dir, kind)[0]
-            return _export(_Prob(net) if kind == "segmenter" else net, example, dynamic)
+            return _export(_prob(net) if kind == "segmenter" else net, _example(shape), dynamic)
         try:
-            key = checkpoint_key(model_dir, kind, example, dynamic)
+            key = checkpoint_key(model_dir, kind, shape, dynamic)
         except OSError:   # a missing file: loading names it (CheckpointError)
             return export()
         return _cached(key, export)

@@ -1,10 +1,12 @@
 """Recogniser: CNN + BiLSTM + CTC over word or text-line crops, one config per variant."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from models.charset import CHARSET
-from models.recogniser.crnn import CRNN
+
+if TYPE_CHECKING:   # the network (torch) only when a model is built: lexicon/ctc need no torch
+    from models.recogniser.crnn import CRNN
 
 CONFIGS: dict[str, dict[str, Any]] = {
     # CPU default: ~0.6 M parameters, a few ms per word on one core.
@@ -27,8 +29,18 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
-def build(arch: str, config: dict[str, Any] | None = None, charset: str = CHARSET) -> CRNN:
+def build(arch: str, config: dict[str, Any] | None = None, charset: str = CHARSET) -> "CRNN":
+    from models.recogniser.crnn import CRNN
+
     cfg = dict(CONFIGS[arch]) if config is None else dict(config)
     cfg.pop("max_width", None)
     cfg.pop("unit", None)
     return CRNN(num_classes=len(charset) + 1, **cfg)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "CRNN":   # models.recogniser.CRNN, imported on first use
+        from models.recogniser.crnn import CRNN
+
+        return CRNN
+    raise AttributeError(name)

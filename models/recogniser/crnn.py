@@ -6,10 +6,11 @@ Output: B x T x C log-probabilities with T = W / 4.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
+
+# the CTC read-outs live in models.recogniser.ctc (numpy, no torch); importable from here too
+from models.recogniser.ctc import greedy_decode, word_spans  # noqa: F401
 
 
 def _conv(cin: int, cout: int) -> list[nn.Module]:
@@ -61,54 +62,3 @@ class CRNN(nn.Module):
         # near the top, which would quantise the confidences and the lexicon's CTC scores.
         with torch.autocast(f.device.type, enabled=False):
             return self.classifier(f.float()).log_softmax(-1)
-
-
-def greedy_decode(log_probs: torch.Tensor, lengths: torch.Tensor | None = None
-                  ) -> tuple[list[list[int]], list[float]]:
-    """Best path per sample, and a confidence: the geometric mean of the per-frame
-    maximum probabilities over the frames that emit a character (all frames if none)."""
-    best_lp, best = log_probs.max(-1)                    # B x T
-    b, t = best.shape
-    n = lengths.clamp(max=t) if lengths is not None else torch.full((b,), t)
-    inside = torch.arange(t).unsqueeze(0) < n.unsqueeze(1)
-    new = torch.ones_like(best, dtype=torch.bool)
-    new[:, 1:] = best[:, 1:] != best[:, :-1]
-    emits = (best != 0) & new & inside                   # frames that start a character
-    use = torch.where(emits.any(1, keepdim=True), emits, inside)
-    lp = best_lp.float()
-    mean = (lp * use).sum(1) / use.sum(1).clamp(min=1)
-    confs = torch.where(use.any(1), mean.exp(), torch.zeros_like(mean)).tolist()
-    rows = best.tolist()
-    return [row[:k] for row, k in zip(rows, n.tolist())], confs
-
-
-def word_spans(log_probs: torch.Tensor, frames: int, space: int
-               ) -> list[tuple[list[int], int, int, float]]:
-    """Greedy CTC reading of one text line, split into words at the space class.
-
-    Returns (classes, first frame, end frame, confidence) per word; the frames say where the word
-    lies along the line (frame stride = the CNN's width reduction), the confidence is the geometric
-    mean of the probabilities of the frames that emit its characters (as greedy_decode does)."""
-    best_lp, best = log_probs[:frames].float().max(-1)
-    best, best_lp = best.tolist(), best_lp.tolist()
-    words: list[tuple[list[int], int, int, float]] = []
-    chars: list[int] = []
-    lps: list[float] = []
-    start = end = 0
-    prev = 0
-    for t, k in enumerate(best):
-        if k != 0 and k != space and k == prev and chars:
-            end = t + 1                                    # the character goes on
-        elif k != prev and k != 0 and k != space:
-            if not chars:
-                start = t
-            chars.append(k)
-            lps.append(best_lp[t])
-            end = t + 1
-        elif k == space and k != prev and chars:
-            words.append((chars, start, end, math.exp(sum(lps) / len(lps))))
-            chars, lps = [], []
-        prev = k
-    if chars:
-        words.append((chars, start, end, math.exp(sum(lps) / len(lps))))
-    return words

@@ -10,20 +10,26 @@ For a word the lexicon does not know, candidates within edit distance 2 are foun
 symmetric-delete index (SymSpell's idea), each is scored by its CTC log-likelihood under the
 crop's frame probabilities plus a word-frequency prior, and the best wins if it beats the
 greedy reading scored the same way. Numbers, short tokens and known words are left alone.
+
+numpy only (no torch: `htr run` on ONNX Runtime never imports it); torch tensors are accepted.
+A language's word list is kept in the cache folder (models.onnx_backend.cache_dir) after its first
+use: importing wordfreq and unpacking its lists cost ~0.5 s of every start-up.
 """
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
-import torch
-import torch.nn.functional as F
+import numpy as np
 from rapidfuzz import process
 from rapidfuzz.distance import OSA
 
 from models.charset import Codec
+from models.recogniser.ctc import as_numpy, ctc_log_likelihoods
 
 _LETTER = r"[^\W\d_]"                                      # any Unicode letter
 _CORE = re.compile(rf"^([\W\d_]*?)({_LETTER}(?:{_LETTER}|')*{_LETTER}|{_LETTER})([\W\d_]*)$")
@@ -63,17 +69,14 @@ class Lexicon:
 
     @classmethod
     def for_language(cls, language: str, size: int = 30000) -> "Lexicon":
-        import wordfreq  # ships its frequency lists: nothing is downloaded
-
-        words = [w.replace("’", "'") for w in wordfreq.top_n_list(language, size)]
-        return cls([w for w in words if w.replace("'", "").isalpha()], language=language)
+        return cls(_word_list(language, size), language=language)
 
     def coverage(self, texts: list[str]) -> float:
         """Share of the words (letters only, 2+ long) in `texts` that this lexicon knows."""
         words = [m.lower() for t in texts for m in _WORD.findall(t.replace("’", "'")) if len(m) > 1]
         return sum(w in self.rank for w in words) / len(words) if words else 0.0
 
-    def rescore_line(self, words: list[tuple[str, float, int, int]], log_probs: torch.Tensor,
+    def rescore_line(self, words: list[tuple[str, float, int, int]], log_probs: Any,
                      codec: Codec) -> list[tuple[str, float, int, int]]:
         """Words of one line as (text, confidence, first frame, end frame) over the line's
         T x C log-probabilities: each unknown word is rescored over its own frames (one frame of
@@ -81,14 +84,15 @@ class Lexicon:
         unknown = [i for i, (text, *_) in enumerate(words) if self._correctable(text)]
         if not unknown:
             return words                                           # most lines: nothing to copy
+        log_probs = as_numpy(log_probs)
         t = log_probs.shape[0]
         spans = [(max(0, words[i][2] - 1), min(t, words[i][3] + 1)) for i in unknown]
         width = max(b - a for a, b in spans)
-        batch = log_probs.new_full((len(unknown), width, log_probs.shape[1]), -1e4)
+        batch = np.full((len(unknown), width, log_probs.shape[1]), -1e4, log_probs.dtype)
         batch[:, :, 0] = 0.0                                       # padding frames: certain blanks
         for row, (a, b) in enumerate(spans):
             batch[row, :b - a] = log_probs[a:b]
-        lengths = torch.tensor([b - a for a, b in spans])
+        lengths = np.array([b - a for a, b in spans])
         texts = self.rescore([words[i][0] for i in unknown], batch, lengths, codec)
         out = list(words)
         for i, text in zip(unknown, texts):
@@ -147,7 +151,7 @@ class Lexicon:
             return None
         return m.group(1), m.group(2), m.group(3)
 
-    def rescore(self, readings: list[str], log_probs: torch.Tensor, lengths: torch.Tensor,
+    def rescore(self, readings: list[str], log_probs: Any, lengths: Any,
                 codec: Codec) -> list[str]:
         """readings: greedy texts of a batch; log_probs: B x T x C; lengths: frames per sample."""
         jobs = []  # (sample, prefix, suffix, core-as-read, candidate cores)
@@ -187,14 +191,14 @@ def pick_lexicon(lexicons: list[Lexicon], texts: list[str], min_coverage: float 
     return lexicons[coverage.index(max(coverage))]            # ties: the first listed
 
 
-def _ctc_scores(texts: list[str], log_probs: torch.Tensor, lengths: torch.Tensor, samples: list[int],
+def _ctc_scores(texts: list[str], log_probs: Any, lengths: Any, samples: list[int],
                 codec: Codec) -> list[float]:
     """log P(text | frames of its sample) for each text.
     log_probs: B x T x C; lengths: frames per sample; samples: each text's row in log_probs.
 
-    One ctc_loss call per sample, over that sample's own frames and only the classes its texts use
-    (CTC's likelihood reads the target and blank columns alone, so the scores are exact): copying the
-    full B x T x C rows once per candidate cost more than the scoring itself."""
+    One forward pass per sample, over that sample's own frames, all its texts at once
+    (models.recogniser.ctc.ctc_log_likelihoods: what torch's ctc_loss computes)."""
+    log_probs, lengths = as_numpy(log_probs), as_numpy(lengths)
     targets = [codec.encode(t) for t in texts]
     scores = [-math.inf] * len(texts)
     by_sample: dict[int, list[int]] = {}
@@ -205,19 +209,38 @@ def _ctc_scores(texts: list[str], log_probs: torch.Tensor, lengths: torch.Tensor
         ks = [k for k in ks if 0 < len(targets[k]) <= frames]
         if not ks:
             continue
-        classes = sorted({c for k in ks for c in targets[k]})
-        column = {c: i + 1 for i, c in enumerate(classes)}          # 0 stays the blank
-        lp = log_probs[s, :frames, [0] + classes].float()            # T x (U + 1)
-        flat = torch.tensor([column[c] for k in ks for c in targets[k]], dtype=torch.long)
-        nll = F.ctc_loss(lp.unsqueeze(1).expand(-1, len(ks), -1), flat,
-                         torch.full((len(ks),), frames, dtype=torch.long),
-                         torch.tensor([len(targets[k]) for k in ks]), blank=0, reduction="none",
-                         zero_infinity=False)
-        for k, v in zip(ks, nll.tolist()):
-            scores[k] = -v
+        for k, v in zip(ks, ctc_log_likelihoods(log_probs[s, :frames], [targets[k] for k in ks]).tolist()):
+            scores[k] = v
     return scores
 
 
 def _distance(a: str, b: str) -> int:
     """Optimal string alignment distance (adjacent swaps count one); rapidfuzz's C version."""
     return OSA.distance(a, b)
+
+
+def _word_list(language: str, size: int) -> list[str]:
+    """wordfreq's top `size` words of a language (apostrophes straightened, letters only), most
+    frequent first; kept as a text file in the cache folder, keyed by the wordfreq version."""
+    from importlib.metadata import version
+
+    from models.onnx_backend import cache_dir
+
+    path = cache_dir() / "lexicon" / f"{language}-{size}-wordfreq{version('wordfreq')}.txt"
+    try:
+        text = path.read_text(encoding="utf-8")
+        return text.split("\n") if text else []
+    except OSError:
+        pass
+    import wordfreq  # ships its frequency lists: nothing is downloaded
+
+    words = [w.replace("’", "'") for w in wordfreq.top_n_list(language, size)]
+    words = [w for w in words if w.replace("'", "").isalpha()]
+    try:   # write-then-rename: a concurrent run never reads half a list
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text("\n".join(words), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return words
