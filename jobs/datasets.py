@@ -3,11 +3,12 @@
 Each dataset yields ready-to-batch samples; the training loops in jobs/train.py stay plain.
 Synthetic data is generated on the fly and is deterministic per (seed, worker).
 """
+
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import cv2
 import numpy as np
@@ -26,20 +27,27 @@ def _worker_seed(seed: int) -> int:
 
 # ---- labelled pages (manifest) -----------------------------------------------------------------
 
+
 def load_manifest_pages(manifest: str | Path) -> list[tuple[np.ndarray, list[dict]]]:
     """All pages of a manifest in memory: (RGB image, [{"text", "polygon": 4x2, "type"}])."""
+    from batch import storage
     from jobs.manifests import read_manifest, resolve_source
     from transforms.rasterise import iter_pages
-    from batch import storage
 
     pages = []
     for sample in read_manifest(manifest):
         data = storage.read_bytes(resolve_source(sample, manifest))
         image = next(iter_pages(data))
-        anns = [{"text": a.text, "type": getattr(a, "type", "H"),
-                 "polygon": np.array([[p["x"], p["y"]] if isinstance(p, dict) else [p.x, p.y]
-                                      for p in a.polygon], np.float32)}
-                for a in sample.annotations]
+        anns = [
+            {
+                "text": a.text,
+                "type": getattr(a, "type", "H"),
+                "polygon": np.array(
+                    [[p["x"], p["y"]] if isinstance(p, dict) else [p.x, p.y] for p in a.polygon], np.float32
+                ),
+            }
+            for a in sample.annotations
+        ]
         pages.append((image, anns))
     return pages
 
@@ -51,10 +59,17 @@ def _manifest_or_dir(path: str | Path) -> Path:
 
 # ---- segmenter ---------------------------------------------------------------------------------
 
-def segmenter_sample(image: np.ndarray, anns: list[dict] | None, size: int, long_side: int,
-                     rng: np.random.Generator, train: bool = True,
-                     lines: list[np.ndarray] | None = None,
-                     jitter: tuple[float, float] = (0.75, 1.25)) -> dict[str, torch.Tensor]:
+
+def segmenter_sample(
+    image: np.ndarray,
+    anns: list[dict] | None,
+    size: int,
+    long_side: int,
+    rng: np.random.Generator,
+    train: bool = True,
+    lines: list[np.ndarray] | None = None,
+    jitter: tuple[float, float] = (0.75, 1.25),
+) -> dict[str, torch.Tensor]:
     """Scale the page as the pipeline would (long side ~ long_side, jittered in training), take a
     size x size crop around text, and build DB targets for it.
 
@@ -62,8 +77,9 @@ def segmenter_sample(image: np.ndarray, anns: list[dict] | None, size: int, long
     masked out). lines: its line polygons for the line head, or None (that head is masked out)."""
     h, w = image.shape[:2]
     scale = long_side / max(h, w) * (rng.uniform(*jitter) if train else 1.0)
-    img = cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))),
-                     interpolation=cv2.INTER_AREA)
+    img = cv2.resize(
+        image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA
+    )
     ih, iw = img.shape[:2]
     if train:
         x0 = int(rng.integers(0, max(1, iw - size + 1)))
@@ -71,13 +87,16 @@ def segmenter_sample(image: np.ndarray, anns: list[dict] | None, size: int, long
     else:
         x0 = y0 = 0
     canvas = np.full((size, size, 3), 255, np.uint8)
-    part = img[y0:y0 + size, x0:x0 + size]
-    canvas[:part.shape[0], :part.shape[1]] = part
+    part = img[y0 : y0 + size, x0 : x0 + size]
+    canvas[: part.shape[0], : part.shape[1]] = part
     shift = np.array([x0, y0], np.float32)
     if anns is None:
-        t = {"gt": np.zeros((size, size), np.float32), "mask": np.zeros((size, size), np.float32),
-             "thresh": np.zeros((size, size), np.float32),
-             "thresh_mask": np.zeros((size, size), np.float32)}
+        t = {
+            "gt": np.zeros((size, size), np.float32),
+            "mask": np.zeros((size, size), np.float32),
+            "thresh": np.zeros((size, size), np.float32),
+            "thresh_mask": np.zeros((size, size), np.float32),
+        }
     else:
         ignore = [a["text"] in ("%NA%",) for a in anns]
         t = make_targets(size, size, [a["polygon"] * scale - shift for a in anns], ignore)
@@ -113,8 +132,15 @@ class SyntheticPages(IterableDataset):
     """Rendering a page costs seconds, a crop milliseconds: keep a pool of rendered pages,
     render one new page per `crops_per_render` crops, and take random crops from the pool."""
 
-    def __init__(self, seed: int, size: int, long_side: int, pool: int = 32, crops_per_render: int = 4,
-                 lines: bool = False):
+    def __init__(
+        self,
+        seed: int,
+        size: int,
+        long_side: int,
+        pool: int = 32,
+        crops_per_render: int = 4,
+        lines: bool = False,
+    ):
         self.seed, self.size, self.long_side, self.lines = seed, size, long_side, lines
         self.pool_size, self.crops_per_render = pool, crops_per_render
 
@@ -123,8 +149,14 @@ class SyntheticPages(IterableDataset):
 
         page, anns = render_page(rng)
         return np.asarray(page), [
-            {"text": a["text"], "type": a.get("type", "H"), "line_idx": a.get("line_idx", 0),
-             "polygon": np.array([[p["x"], p["y"]] for p in a["polygon"]], np.float32)} for a in anns]
+            {
+                "text": a["text"],
+                "type": a.get("type", "H"),
+                "line_idx": a.get("line_idx", 0),
+                "polygon": np.array([[p["x"], p["y"]] for p in a["polygon"]], np.float32),
+            }
+            for a in anns
+        ]
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         rng = np.random.default_rng(_worker_seed(self.seed))
@@ -139,10 +171,13 @@ class SyntheticPages(IterableDataset):
             for _ in range(self.crops_per_render - 1):
                 yield self._sample(pool[int(rng.integers(len(pool)))], rng)
 
-    def _sample(self, page: tuple[np.ndarray, list[dict]], rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    def _sample(
+        self, page: tuple[np.ndarray, list[dict]], rng: np.random.Generator
+    ) -> dict[str, torch.Tensor]:
         image, anns = page
-        return segmenter_sample(image, anns, self.size, self.long_side, rng,
-                                lines=word_lines(anns) if self.lines else None)
+        return segmenter_sample(
+            image, anns, self.size, self.long_side, rng, lines=word_lines(anns) if self.lines else None
+        )
 
 
 class ManifestPages(IterableDataset):
@@ -186,8 +221,15 @@ class RealLinePages(IterableDataset):
                 yield next(synthetic)
                 continue
             image, lines = self.pages.page(int(rng.integers(len(self.pages))))
-            yield segmenter_sample(_jitter_colours(image, rng), None, self.size, self.long_side, rng,
-                                   lines=lines, jitter=REAL_SCALES)
+            yield segmenter_sample(
+                _jitter_colours(image, rng),
+                None,
+                self.size,
+                self.long_side,
+                rng,
+                lines=lines,
+                jitter=REAL_SCALES,
+            )
 
 
 def _jitter_colours(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -195,10 +237,10 @@ def _jitter_colours(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     img = image.astype(np.float32) * rng.uniform(0.7, 1.3) + rng.uniform(-40, 40)
     if rng.random() < 0.3:
         img[:] = img.mean(2, keepdims=True)
-    img = img.clip(0, 255).astype(np.uint8)
+    out = img.clip(0, 255).astype(np.uint8)
     if rng.random() < 0.2:
-        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.5, 1.5))
-    return img
+        out = np.asarray(cv2.GaussianBlur(out, (0, 0), rng.uniform(0.5, 1.5)), np.uint8)
+    return out
 
 
 def _augment_page(image: np.ndarray, anns: list[dict], rng: np.random.Generator):
@@ -209,8 +251,8 @@ def _augment_page(image: np.ndarray, anns: list[dict], rng: np.random.Generator)
     polys = [a["polygon"] for a in anns]
     if any(len(p) != 4 for p in polys):  # the geometric page ops take quads
         return image, anns
-    image, polys = augment_page(image, polys, rng)
-    return image, [{**a, "polygon": np.asarray(p, np.float32)} for a, p in zip(anns, polys)]
+    image, moved = augment_page(image, polys, rng)
+    return image, [{**a, "polygon": np.asarray(p, np.float32)} for a, p in zip(anns, moved)]
 
 
 def collate_pages(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -219,12 +261,14 @@ def collate_pages(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.Ten
 
 # ---- recogniser --------------------------------------------------------------------------------
 
+
 def crop_tensor(crop: np.ndarray, max_width: int) -> torch.Tensor:
     """uint8 gray crop of any size -> 1 x 32 x W ink map, as the pipeline feeds the model."""
     h, w = crop.shape[:2]
     new_w = int(np.clip(round(w * CROP_HEIGHT / max(h, 1)), 8, max_width))
-    crop = cv2.resize(crop, (new_w, CROP_HEIGHT), interpolation=cv2.INTER_AREA if h > CROP_HEIGHT
-                      else cv2.INTER_LINEAR)
+    crop = cv2.resize(
+        crop, (new_w, CROP_HEIGHT), interpolation=cv2.INTER_AREA if h > CROP_HEIGHT else cv2.INTER_LINEAR
+    )
     return torch.from_numpy(normalise_ink(crop))[None]
 
 
@@ -235,7 +279,7 @@ def width_batches(samples: Iterator, batch_size: int, pool_batches: int, seed: i
     rng = random.Random(seed)
     while True:
         pool = sorted((next(samples) for _ in range(batch_size * pool_batches)), key=lambda s: s[0].shape[-1])
-        batches = [pool[i:i + batch_size] for i in range(0, len(pool), batch_size)]
+        batches = [pool[i : i + batch_size] for i in range(0, len(pool), batch_size)]
         rng.shuffle(batches)
         for b in batches:
             yield collate_crops(b)
@@ -245,8 +289,9 @@ class SyntheticCrops(IterableDataset):
     """Yields single samples, or with `batch_size` whole batches of similar widths: padding a
     short word to the longest in a random batch would waste most of the compute."""
 
-    def __init__(self, seed: int, max_width: int, codec: Codec, batch_size: int | None = None,
-                 pool_batches: int = 8):
+    def __init__(
+        self, seed: int, max_width: int, codec: Codec, batch_size: int | None = None, pool_batches: int = 8
+    ):
         self.seed, self.max_width, self.codec = seed, max_width, codec
         self.batch_size, self.pool_batches = batch_size, pool_batches
 
@@ -272,8 +317,9 @@ class ManifestCrops(Dataset):
     """Word crops cut from labelled pages the way the pipeline cuts them (rectified quads),
     with the quad jittered in training so the recogniser tolerates imperfect detections."""
 
-    def __init__(self, manifest: str | Path, max_width: int, codec: Codec, jitter: bool = True,
-                 seed: int = 0):
+    def __init__(
+        self, manifest: str | Path, max_width: int, codec: Codec, jitter: bool = True, seed: int = 0
+    ):
         from batch.core.manifest import is_recognition_target
 
         self.items = []
@@ -294,8 +340,9 @@ class ManifestCrops(Dataset):
         quad = np.asarray(quad, np.float32)
         if self.jitter:
             h = np.linalg.norm(quad[3] - quad[0])
-            quad = quad + np.array([[self.rng.uniform(-0.15, 0.15) * h for _ in range(2)]
-                                    for _ in range(4)], np.float32)
+            quad = quad + np.array(
+                [[self.rng.uniform(-0.15, 0.15) * h for _ in range(2)] for _ in range(4)], np.float32
+            )
         crop = rectify(gray, quad, CROP_HEIGHT, self.max_width)
         if self.jitter:  # the synthetic engine's distortions, applied to real crops
             from transforms.augment import augment_crop
@@ -311,7 +358,7 @@ def collate_crops(samples: list[tuple[torch.Tensor, list[int], str]]):
     width = -(-width // 4) * 4
     x = torch.zeros(len(samples), 1, CROP_HEIGHT, width)
     for i, (t, _, _) in enumerate(samples):
-        x[i, :, :, :t.shape[-1]] = t
+        x[i, :, :, : t.shape[-1]] = t
     widths = torch.tensor([s[0].shape[-1] for s in samples])
     targets = torch.tensor([k for s in samples for k in s[1]], dtype=torch.long)
     target_lengths = torch.tensor([len(s[1]) for s in samples], dtype=torch.long)
@@ -320,6 +367,7 @@ def collate_crops(samples: list[tuple[torch.Tensor, list[int], str]]):
 
 
 # ---- line recogniser ---------------------------------------------------------------------------
+
 
 class LineCache:
     """The crop cache written by jobs.line_data.build_cache, memory-mapped (cheap to share with
@@ -331,8 +379,11 @@ class LineCache:
         self.folder = Path(folder)
         meta = json.loads((self.folder / "index.json").read_text(encoding="utf-8"))
         self.height, self.margin = int(meta["height"]), float(meta["margin"])
-        self.lines = [ln for ln in meta["lines"]
-                      if (split is None or ln["split"] == split) and (sets is None or ln["set"] in sets)]
+        self.lines = [
+            ln
+            for ln in meta["lines"]
+            if (split is None or ln["split"] == split) and (sets is None or ln["set"] in sets)
+        ]
         self._crops: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -343,7 +394,7 @@ class LineCache:
             self._crops = np.load(self.folder / "crops.npy", mmap_mode="r")
         ln = self.lines[i]
         n = self.height * ln["w"]
-        return np.asarray(self._crops[ln["offset"]:ln["offset"] + n]).reshape(self.height, ln["w"])
+        return np.asarray(self._crops[ln["offset"] : ln["offset"] + n]).reshape(self.height, ln["w"])
 
     def __getstate__(self):
         return {**self.__dict__, "_crops": None}
@@ -351,7 +402,7 @@ class LineCache:
     def line_crop(self, i: int, rng: np.random.Generator | None = None) -> np.ndarray:
         """The line cut at its quad (rng None) or with jittered top/bottom margins, at CROP_HEIGHT."""
         crop = self.crop(i)
-        h = self.height / (1 + 2 * self.margin)        # the quad's own height inside the cached crop
+        h = self.height / (1 + 2 * self.margin)  # the quad's own height inside the cached crop
         top, bottom = self.height * self.margin / (1 + 2 * self.margin), None
         bottom = top + h
         if rng is not None:
@@ -365,8 +416,9 @@ def line_tensor(crop: np.ndarray, max_width: int, stretch: float = 1.0) -> torch
     """uint8 gray line crop -> 1 x 32 x W ink map (width capped: very long lines are squeezed)."""
     h, w = crop.shape[:2]
     new_w = int(np.clip(round(w * stretch * CROP_HEIGHT / max(h, 1)), 16, max_width))
-    crop = cv2.resize(crop, (new_w, CROP_HEIGHT), interpolation=cv2.INTER_AREA if h > CROP_HEIGHT
-                      else cv2.INTER_LINEAR)
+    crop = cv2.resize(
+        crop, (new_w, CROP_HEIGHT), interpolation=cv2.INTER_AREA if h > CROP_HEIGHT else cv2.INTER_LINEAR
+    )
     return torch.from_numpy(normalise_ink(crop))[None]
 
 
@@ -374,8 +426,16 @@ class LineCrops(IterableDataset):
     """Real cached lines mixed with synthetic lines (`synthetic` = their share), in batches of
     similar widths. Real crops get jittered margins, width stretch and the engine's crop distortions."""
 
-    def __init__(self, cache: str | Path | None, codec: Codec, max_width: int, batch_size: int,
-                 seed: int, synthetic: float = 0.3, pool_batches: int = 8):
+    def __init__(
+        self,
+        cache: str | Path | None,
+        codec: Codec,
+        max_width: int,
+        batch_size: int,
+        seed: int,
+        synthetic: float = 0.3,
+        pool_batches: int = 8,
+    ):
         self.cache = LineCache(cache) if cache else None
         self.codec, self.max_width, self.batch_size = codec, max_width, batch_size
         self.seed, self.synthetic, self.pool_batches = seed, synthetic if cache else 1.0, pool_batches
@@ -390,6 +450,7 @@ class LineCrops(IterableDataset):
             if synth is not None and rng.random() < self.synthetic:
                 crop, text = synth.sample()
             else:
+                assert self.cache is not None  # synthetic == 1 when there is no cache
                 i = int(rng.integers(len(self.cache)))
                 crop, text = self.cache.line_crop(i, rng), self.cache.lines[i]["text"]
                 if rng.random() < 0.5:
@@ -403,10 +464,16 @@ class LineCrops(IterableDataset):
         yield from width_batches(samples, self.batch_size, self.pool_batches, _worker_seed(self.seed))
 
 
-def line_eval_samples(cache: str | Path, max_width: int, codec: Codec, limit: int | None = None,
-                      sets: set[str] | None = None) -> list[tuple[torch.Tensor, list[int], str]]:
+def line_eval_samples(
+    cache: str | Path, max_width: int, codec: Codec, limit: int | None = None, sets: set[str] | None = None
+) -> list[tuple[torch.Tensor, list[int], str]]:
     """Validation lines cut at their quads, no jitter (every k-th line when limited)."""
     c = LineCache(cache, "val", sets)
     step = max(1, len(c) // limit) if limit else 1
-    return sorted([(line_tensor(c.line_crop(i), max_width), codec.encode(c.lines[i]["text"]), c.lines[i]["text"])
-            for i in range(0, len(c), step)], key=lambda s: s[0].shape[-1])  # batches of similar width
+    return sorted(
+        [
+            (line_tensor(c.line_crop(i), max_width), codec.encode(c.lines[i]["text"]), c.lines[i]["text"])
+            for i in range(0, len(c), step)
+        ],
+        key=lambda s: s[0].shape[-1],
+    )  # batches of similar width

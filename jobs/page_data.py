@@ -5,6 +5,7 @@ scaled down once to at most MAX_SIDE pixels and stored as a JPEG with all its li
 number of points, lines dropped from the recogniser's data for their markup included: they are
 still ink). Pages are tagged train/val from the same fixed split file as the line crops.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,7 +18,7 @@ import numpy as np
 
 from jobs.line_data import RECOGNISER_ONLY, SPLIT_FILE, read_validation
 
-MAX_SIDE = 1400      # the segmenter sees pages at ~1024 px (x1.25 jitter in training)
+MAX_SIDE = 1400  # the segmenter sees pages at ~1024 px (x1.25 jitter in training)
 
 
 def _page_polygons(obj: dict) -> list[list[list[float]]]:
@@ -59,12 +60,24 @@ def build_pages(root: str | Path, out: str | Path, split_file: Path = SPLIT_FILE
         target.parent.mkdir(parents=True, exist_ok=True)
         cv2.imwrite(str(target), img, [cv2.IMWRITE_JPEG_QUALITY, 90])
         polys = [(np.array(p) * scale).round(1).tolist() for p in _page_polygons(obj)]
-        index.append({"set": set_name, "page": path.name, "file": f"images/{name}.jpg",
-                      "split": "val" if name in val else "train", "lines": polys})
+        index.append(
+            {
+                "set": set_name,
+                "page": path.name,
+                "file": f"images/{name}.jpg",
+                "split": "val" if name in val else "train",
+                "lines": polys,
+            }
+        )
     (out / "index.json").write_text(json.dumps({"pages": index}))
-    summary = {"pages": len(index), "val": sum(p["split"] == "val" for p in index),
-               "lines": sum(len(p["lines"]) for p in index)}
-    print(f"page_data: {summary['pages']} pages ({summary['val']} validation), {summary['lines']} lines -> {out}")
+    summary = {
+        "pages": len(index),
+        "val": sum(p["split"] == "val" for p in index),
+        "lines": sum(len(p["lines"]) for p in index),
+    }
+    print(
+        f"page_data: {summary['pages']} pages ({summary['val']} validation), {summary['lines']} lines -> {out}"
+    )
     return summary
 
 
@@ -82,8 +95,9 @@ class PageCache:
     def page(self, i: int) -> tuple[np.ndarray, list[np.ndarray]]:
         entry = self.pages[i]
         img = cv2.imread(str(self.folder / entry["file"]), cv2.IMREAD_COLOR)
-        return (cv2.cvtColor(img, cv2.COLOR_BGR2RGB),
-                [np.asarray(p, np.float32) for p in entry["lines"]])
+        if img is None:
+            raise FileNotFoundError(f"page cache {self.folder}: {entry['file']} is missing or unreadable")
+        return (cv2.cvtColor(img, cv2.COLOR_BGR2RGB), [np.asarray(p, np.float32) for p in entry["lines"]])
 
 
 def main(argv: list[str] | None = None) -> int:

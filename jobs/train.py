@@ -17,6 +17,7 @@ SageMaker metric regexes can read them (see jobs.sagemaker.training).
   htr train segmenter --synthetic --steps 5000 --model-dir runs/seg
   python jobs/train.py --model recogniser --train data/train --test data/test
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,7 @@ from models.charset import Codec
 from models.recogniser.crnn import greedy_decode
 from models.segmenter.postprocess import LINE_POST, boxes_from_prob
 
-DEFAULT_ARCH = {"segmenter": "db_mobilenet_v3_small_lite", "recogniser": "crnn_small"}   # as shipped
+DEFAULT_ARCH = {"segmenter": "db_mobilenet_v3_small_lite", "recogniser": "crnn_small"}  # as shipped
 
 
 def _arch(args, kind: str) -> str:
@@ -61,43 +62,65 @@ def configure(p: argparse.ArgumentParser, with_model_positional: bool = True) ->
     if with_model_positional:
         p.add_argument("model", choices=["segmenter", "recogniser"])
     p.add_argument("--arch", help="config name from models/<kind>/__init__.py CONFIGS")
-    p.add_argument("--train", default=os.environ.get("SM_CHANNEL_TRAIN"),
-                   help="manifest.jsonl or a folder holding one (default: $SM_CHANNEL_TRAIN)")
+    p.add_argument(
+        "--train",
+        default=os.environ.get("SM_CHANNEL_TRAIN"),
+        help="manifest.jsonl or a folder holding one (default: $SM_CHANNEL_TRAIN)",
+    )
     p.add_argument("--test", default=os.environ.get("SM_CHANNEL_TEST"))
-    p.add_argument("--synthetic", action="store_true",
-                   help="train on synthetic data generated on the fly (also used when no --train)")
+    p.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="train on synthetic data generated on the fly (also used when no --train)",
+    )
     p.add_argument("--steps", type=int, default=5000)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--crop-size", type=int, default=512, help="segmenter training crop")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model-dir", default=os.environ.get("SM_MODEL_DIR", "runs/model"))
-    p.add_argument("--checkpoint-dir", default=None,
-                   help="resume/save state here (default /opt/ml/checkpoints when present)")
+    p.add_argument(
+        "--checkpoint-dir",
+        default=None,
+        help="resume/save state here (default /opt/ml/checkpoints when present)",
+    )
     p.add_argument("--output-data-dir", default=os.environ.get("SM_OUTPUT_DATA_DIR"))
-    p.add_argument("--init", default=os.environ.get("SM_CHANNEL_INIT"),
-                   help="start from these weights (fine-tuning): a model folder, a model.tar.gz "
-                        "or a folder holding one (a SageMaker channel), or s3://.../model.tar.gz "
-                        "(default: $SM_CHANNEL_INIT)")
+    p.add_argument(
+        "--init",
+        default=os.environ.get("SM_CHANNEL_INIT"),
+        help="start from these weights (fine-tuning): a model folder, a model.tar.gz "
+        "or a folder holding one (a SageMaker channel), or s3://.../model.tar.gz "
+        "(default: $SM_CHANNEL_INIT)",
+    )
     p.add_argument("--eval-every", type=int, default=500)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--eval-size", type=int, default=None, help="synthetic test pages / crops")
     p.add_argument("--workers", type=int, default=1, help="data loader processes")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--pages", help="segmenter: a real page cache (python -m jobs.page_data) for the "
-                   "line head of a *_lines arch, mixed with synthetic pages at --synthetic-share")
-    p.add_argument("--lines", help="recogniser: a line-crop cache (python -m jobs.line_data) to train "
-                                   "on text lines, mixed with synthetic lines")
-    p.add_argument("--synthetic-share", type=float, default=0.3,
-                   help="with --lines or --pages: fraction of synthetic lines (pages) in each batch")
+    p.add_argument(
+        "--pages",
+        help="segmenter: a real page cache (python -m jobs.page_data) for the "
+        "line head of a *_lines arch, mixed with synthetic pages at --synthetic-share",
+    )
+    p.add_argument(
+        "--lines",
+        help="recogniser: a line-crop cache (python -m jobs.line_data) to train "
+        "on text lines, mixed with synthetic lines",
+    )
+    p.add_argument(
+        "--synthetic-share",
+        type=float,
+        default=0.3,
+        help="with --lines or --pages: fraction of synthetic lines (pages) in each batch",
+    )
 
 
 # ---- shared plumbing ---------------------------------------------------------------------------
 
+
 def _log(**kv) -> None:
-    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in kv.items()),
-          flush=True)
+    print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in kv.items()), flush=True)
 
 
 def _checkpoint_dir(args) -> Path:
@@ -112,6 +135,7 @@ def _checkpoint_dir(args) -> Path:
 @dataclass
 class Best:
     """The best model so far: its error, metrics and weights (a CPU copy), kept in state.pt."""
+
     error: float = math.inf
     metrics: dict = field(default_factory=dict)
     weights: dict | None = None
@@ -124,9 +148,18 @@ class Best:
 def _save_state(path: Path, model, opt, sched, step: int, best: Best) -> None:
     path.mkdir(parents=True, exist_ok=True)
     tmp = path / "state.pt.tmp"
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                "step": step, "best": best.error, "best_metrics": json.dumps(best.metrics),
-                "best_weights": best.weights}, tmp)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "opt": opt.state_dict(),
+            "sched": sched.state_dict(),
+            "step": step,
+            "best": best.error,
+            "best_metrics": json.dumps(best.metrics),
+            "best_weights": best.weights,
+        },
+        tmp,
+    )
     os.replace(tmp, path / "state.pt")  # atomic: a kill mid-save keeps the previous state
 
 
@@ -139,8 +172,9 @@ def _load_state(path: Path, model, opt, sched) -> tuple[int, Best]:
     opt.load_state_dict(state["opt"])
     sched.load_state_dict(state["sched"])
     print(f"resumed from {f} at step {state['step']}", flush=True)
-    best = Best(float(state["best"]), json.loads(state.get("best_metrics") or "{}"),
-                state.get("best_weights"))
+    best = Best(
+        float(state["best"]), json.loads(state.get("best_metrics") or "{}"), state.get("best_weights")
+    )
     return int(state["step"]), best
 
 
@@ -153,20 +187,25 @@ def _schedule(opt, steps: int, warmup: int = 200):
         if step < warmup:
             return (step + 1) / warmup
         return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, steps - warmup))))
+
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
 @dataclass(frozen=True)
 class Dist:
     """This process's place under torchrun (one process per GPU); rank 0 of 1 otherwise."""
+
     rank: int = 0
     world: int = 1
     local_rank: int = 0
 
     @classmethod
-    def from_env(cls) -> "Dist":
-        return cls(int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
-                   int(os.environ.get("LOCAL_RANK", "0")))
+    def from_env(cls) -> Dist:
+        return cls(
+            int(os.environ.get("RANK", "0")),
+            int(os.environ.get("WORLD_SIZE", "1")),
+            int(os.environ.get("LOCAL_RANK", "0")),
+        )
 
 
 def _device(name: str, dist: Dist = Dist()) -> torch.device:
@@ -187,14 +226,15 @@ def _init_distributed(dist: Dist, device: torch.device) -> None:
 
 def _ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     ids = [device.index] if device.type == "cuda" else None
-    return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, output_device=device.index
-                                                     if ids else None)
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=ids, output_device=device.index if ids else None
+    )
 
 
 def _worker_init(_: int) -> None:
     import cv2
 
-    cv2.setNumThreads(1)   # OpenCV's pool would fight the training process for the cores
+    cv2.setNumThreads(1)  # OpenCV's pool would fight the training process for the cores
     torch.set_num_threads(1)
 
 
@@ -203,8 +243,14 @@ def _loader(data, workers: int, **kwargs) -> DataLoader:
     live (they are, after rendering the test set) can leave the child blocked on a copied lock."""
     if workers == 0:
         return DataLoader(data, **kwargs)
-    return DataLoader(data, num_workers=workers, persistent_workers=True, worker_init_fn=_worker_init,
-                      multiprocessing_context="spawn", **kwargs)
+    return DataLoader(
+        data,
+        num_workers=workers,
+        persistent_workers=True,
+        worker_init_fn=_worker_init,
+        multiprocessing_context="spawn",
+        **kwargs,
+    )
 
 
 def _infinite(loader, sampler: DistributedSampler | None = None):
@@ -221,8 +267,13 @@ def _code_version() -> str:
     import subprocess
 
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return ""
 
@@ -235,9 +286,22 @@ def _data_name(args) -> str:
 
 def _export(model, kind: str, arch: str, cfg: dict, args, metrics: dict) -> None:
     net = model.module if hasattr(model, "module") else model
-    checkpoints.save(net, kind, arch, cfg, args.model_dir,
-                     {"train": {"steps": metrics.get("step"), "seed": args.seed, "code": _code_version(),
-                                "data": _data_name(args), "metrics": metrics}})
+    checkpoints.save(
+        net,
+        kind,
+        arch,
+        cfg,
+        args.model_dir,
+        {
+            "train": {
+                "steps": metrics.get("step"),
+                "seed": args.seed,
+                "code": _code_version(),
+                "data": _data_name(args),
+                "metrics": metrics,
+            }
+        },
+    )
     if args.output_data_dir:
         Path(args.output_data_dir).mkdir(parents=True, exist_ok=True)
         Path(args.output_data_dir, f"{kind}_metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -247,12 +311,24 @@ class Bookkeeper:
     """What both training loops do after each step: log the mean loss, evaluate now and then,
     export the best model so far, and save resumable state (best weights included). Rank 0 only."""
 
-    def __init__(self, args, kind: str, arch: str, cfg: dict, model, opt, sched, ckpt_dir: Path,
-                 best: Best, evaluate, rank: int):
+    def __init__(
+        self,
+        args,
+        kind: str,
+        arch: str,
+        cfg: dict,
+        model,
+        opt,
+        sched,
+        ckpt_dir: Path,
+        best: Best,
+        evaluate,
+        rank: int,
+    ):
         self.args, self.kind, self.arch, self.cfg = args, kind, arch, cfg
         self.net = model.module if hasattr(model, "module") else model
         self.opt, self.sched, self.ckpt_dir, self.best = opt, sched, ckpt_dir, best
-        self.evaluate, self.rank = evaluate, rank   # evaluate(net) -> (metrics, error to minimise)
+        self.evaluate, self.rank = evaluate, rank  # evaluate(net) -> (metrics, error to minimise)
         self.metrics: dict = {}
         self.t0, self.running = time.time(), 0.0
 
@@ -262,8 +338,12 @@ class Bookkeeper:
         a = self.args
         self.running += loss
         if step % a.log_every == 0:
-            _log(step=step, train_loss=self.running / a.log_every, lr=self.sched.get_last_lr()[0],
-                 sec_per_step=(time.time() - self.t0) / a.log_every)
+            _log(
+                step=step,
+                train_loss=self.running / a.log_every,
+                lr=self.sched.get_last_lr()[0],
+                sec_per_step=(time.time() - self.t0) / a.log_every,
+            )
             self.running, self.t0 = 0.0, time.time()
         if step % a.eval_every == 0 or step == a.steps:
             metrics, error = self.evaluate(self.net)
@@ -323,12 +403,12 @@ def _prepare(model, kind: str, args) -> tuple:
     model.to(device).train()
     if dist.world > 1:
         model = _ddp(model, device)
-    print(f"rank={dist.rank} world={dist.world} local_rank={dist.local_rank} device={device}",
-          flush=True)
+    print(f"rank={dist.rank} world={dist.world} local_rank={dist.local_rank} device={device}", flush=True)
     return model, device, dist
 
 
 # ---- segmenter ---------------------------------------------------------------------------------
+
 
 def db_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """DB loss: balanced BCE (hard negatives 3:1) on P + dice on the binary map + 10 x L1 on T."""
@@ -374,8 +454,18 @@ def _segmenter_test_pages(args, long_side: int) -> list[tuple[np.ndarray, list[d
     pages = []
     for _ in range(args.eval_size or 12):
         page, anns = render_page(rng)
-        pages.append((np.asarray(page), [{"text": a["text"], "polygon": np.array(
-            [[p["x"], p["y"]] for p in a["polygon"]], np.float32)} for a in anns]))
+        pages.append(
+            (
+                np.asarray(page),
+                [
+                    {
+                        "text": a["text"],
+                        "polygon": np.array([[p["x"], p["y"]] for p in a["polygon"]], np.float32),
+                    }
+                    for a in anns
+                ],
+            )
+        )
     return pages
 
 
@@ -437,9 +527,11 @@ def train_segmenter(args) -> dict:
     lines = bool(cfg.get("line_channels"))
     if lines and not args.pages:
         raise ValueError(f"--arch {arch} has a line head: give --pages (python -m jobs.page_data)")
+    data: torch.utils.data.IterableDataset
     if lines:
-        data = ds.RealLinePages(args.pages, args.seed + rank, args.crop_size, cfg["input_long_side"],
-                                args.synthetic_share)
+        data = ds.RealLinePages(
+            args.pages, args.seed + rank, args.crop_size, cfg["input_long_side"], args.synthetic_share
+        )
     elif args.train and not args.synthetic:
         data = ds.ManifestPages(args.train, args.seed + rank, args.crop_size, cfg["input_long_side"])
     else:
@@ -462,7 +554,7 @@ def train_segmenter(args) -> dict:
             return metrics, 1 - sc.f1
         ln = evaluate_lines(net, line_pages, cfg["input_long_side"], device)
         metrics.update(line_precision=ln.precision, line_recall=ln.recall, line_f1=ln.f1)
-        return metrics, 1 - (sc.f1 + ln.f1) / 2    # both heads count
+        return metrics, 1 - (sc.f1 + ln.f1) / 2  # both heads count
 
     book = Bookkeeper(args, "segmenter", arch, cfg, model, opt, sched, ckpt_dir, best, evaluate, rank)
     book.export_best()  # resumed: the model dir holds the best model from the start
@@ -488,13 +580,14 @@ def train_segmenter(args) -> dict:
 
 # ---- recogniser --------------------------------------------------------------------------------
 
+
 @torch.no_grad()
 def evaluate_recogniser(model, samples, codec: Codec, device, bs: int = 128) -> tuple[float, float]:
     """(CER, WER) on (tensor, target, text) samples (word crops or text lines)."""
     model.eval()
     cer, wer = ErrorRate(), ErrorRate()
     for i in range(0, len(samples), bs):
-        x, widths, _, _, texts = ds.collate_crops(samples[i:i + bs])
+        x, widths, _, _, texts = ds.collate_crops(samples[i : i + bs])
         lp = model(x.to(device)).float().cpu()
         seqs, _ = greedy_decode(lp, (widths + 3) // 4)
         for seq, text in zip(seqs, texts):
@@ -521,8 +614,10 @@ def train_recogniser(args) -> dict:
     cfg = dict(recogniser.CONFIGS[arch])
     codec = Codec()
     model, device, dist = _prepare(recogniser.build(arch, cfg, codec.charset), "recogniser", args)
-    rank, sampler = dist.rank, None
+    rank = dist.rank
+    sampler: DistributedSampler | None = None
     bs = args.batch_size or 64
+    data: torch.utils.data.Dataset
     if args.lines:
         data = ds.LineCrops(args.lines, codec, cfg["max_width"], bs, args.seed + rank, args.synthetic_share)
         loader = _loader(data, args.workers, batch_size=None)
@@ -530,8 +625,15 @@ def train_recogniser(args) -> dict:
         data = ds.ManifestCrops(args.train, cfg["max_width"], codec, seed=args.seed + rank)
         # each rank its own share of the crops (the iterable datasets draw per-rank seeds instead)
         sampler = DistributedSampler(data, dist.world, rank, seed=args.seed) if dist.world > 1 else None
-        loader = _loader(data, args.workers, batch_size=bs, shuffle=sampler is None, sampler=sampler,
-                         collate_fn=ds.collate_crops, drop_last=len(data) > bs * dist.world)
+        loader = _loader(
+            data,
+            args.workers,
+            batch_size=bs,
+            shuffle=sampler is None,
+            sampler=sampler,
+            collate_fn=ds.collate_crops,
+            drop_last=len(data) > bs * dist.world,
+        )
     else:
         data = ds.SyntheticCrops(args.seed + rank, cfg["max_width"], codec, batch_size=bs)
         loader = _loader(data, args.workers, batch_size=None)
@@ -551,7 +653,7 @@ def train_recogniser(args) -> dict:
     for x, widths, targets, target_lengths, _ in _infinite(loader, sampler):
         if step >= args.steps:
             break
-        lp = model(x.to(device))                                    # B x T x C
+        lp = model(x.to(device))  # B x T x C
         input_lengths = ((widths + 3) // 4).clamp(max=lp.shape[1])
         loss = ctc(lp.float().permute(1, 0, 2), targets, input_lengths, target_lengths)
         opt.zero_grad(set_to_none=True)

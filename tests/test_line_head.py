@@ -1,5 +1,6 @@
 """The segmenter's line head: line targets and their inverse, the real-page cache, training on line
 polygons only, and the pipeline reading the lines it finds (with word boxes as the fallback)."""
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,7 @@ def test_line_targets_grow_back_to_their_lines() -> None:
     t = make_line_targets(400, 600, lines)
     assert 0 < t["line_gt"].mean() < 0.5 and t["line_mask"].all()
     found = boxes_from_prob(t["line_gt"], LINE_POST)
-    assert len(found) == len(lines)                               # neighbours stay apart
+    assert len(found) == len(lines)  # neighbours stay apart
     pairs = match([q for q, _ in found], lines, 0.5)
     assert len(pairs) == len(lines)
     assert min(polygon_iou(found[i][0], lines[j]) for i, j, _ in pairs) > 0.6
@@ -47,21 +48,27 @@ def _word(x0: float, y0: float, x1: float, y1: float, score: float = 0.9):
 
 
 def test_line_pieces_take_the_line_heads_lines_and_fall_back_to_words() -> None:
-    words = [_word(10, 10, 60, 30), _word(70, 10, 120, 30),      # inside the first line
-             _word(10, 60, 60, 80),                               # inside the second
-             _word(10, 110, 60, 130), _word(70, 110, 110, 130)]   # a line the line head missed
+    words = [
+        _word(10, 10, 60, 30),
+        _word(70, 10, 120, 30),  # inside the first line
+        _word(10, 60, 60, 80),  # inside the second
+        _word(10, 110, 60, 130),
+        _word(70, 110, 110, 130),
+    ]  # a line the line head missed
     lines = [_word(5, 5, 130, 35, 0.8), _word(5, 55, 130, 85, 0.7)]
     pieces = line_pieces(PageDetections(words, lines))
-    assert [row for row, _, _ in pieces] == [0, 1, 2]             # rows top to bottom
+    assert [row for row, _, _ in pieces] == [0, 1, 2]  # rows top to bottom
     assert [len(members) for _, _, members in pieces] == [2, 1, 2]
-    assert np.allclose(pieces[0][1], lines[0][0])                  # the line head's own quad
+    assert np.allclose(pieces[0][1], lines[0][0])  # the line head's own quad
     # without a line head: every line comes from the word boxes, as before
     assert [len(m) for _, _, m in line_pieces(PageDetections(words))] == [2, 1, 2]
     # two pieces side by side (two columns) share a row, left first
     side = line_pieces(PageDetections([], [_word(300, 5, 500, 35), _word(5, 5, 200, 35)]))
     assert [row for row, _, _ in side] == [0, 0] and side[0][1][0, 0] < side[1][1][0, 0]
     # a line the line head broke in two (a gap under a line height) is read as one crop again
-    broken = line_pieces(PageDetections([_word(20, 10, 60, 30)], [_word(5, 5, 200, 35), _word(215, 6, 400, 36)]))
+    broken = line_pieces(
+        PageDetections([_word(20, 10, 60, 30)], [_word(5, 5, 200, 35), _word(215, 6, 400, 36)])
+    )
     assert len(broken) == 1 and len(broken[0][2]) == 1
     assert broken[0][1][:, 0].min() <= 5 and broken[0][1][:, 0].max() >= 400
 
@@ -112,13 +119,39 @@ def _args(argv: list[str]) -> argparse.Namespace:
 
 
 def test_line_head_learns_from_line_polygons_alone(page_cache: Path, tmp_path: Path, capsys) -> None:
-    with pytest.raises(ValueError, match="--pages"):    # a line head needs the line data
+    with pytest.raises(ValueError, match="--pages"):  # a line head needs the line data
         train.main(_args(["segmenter", "--arch", "db_tiny_lines", "--steps", "1"]))
-    args = _args(["segmenter", "--arch", "db_tiny_lines", "--pages", str(page_cache),
-                  "--synthetic-share", "0", "--test", str(page_cache.parent / "sets" / "tiny_set"),
-                  "--steps", "30", "--batch-size", "2", "--crop-size", "256", "--lr", "5e-3",
-                  "--log-every", "10", "--eval-every", "30", "--eval-size", "1", "--workers", "0",
-                  "--model-dir", str(tmp_path / "seg")])
+    args = _args(
+        [
+            "segmenter",
+            "--arch",
+            "db_tiny_lines",
+            "--pages",
+            str(page_cache),
+            "--synthetic-share",
+            "0",
+            "--test",
+            str(page_cache.parent / "sets" / "tiny_set"),
+            "--steps",
+            "30",
+            "--batch-size",
+            "2",
+            "--crop-size",
+            "256",
+            "--lr",
+            "5e-3",
+            "--log-every",
+            "10",
+            "--eval-every",
+            "30",
+            "--eval-size",
+            "1",
+            "--workers",
+            "0",
+            "--model-dir",
+            str(tmp_path / "seg"),
+        ]
+    )
     assert train.main(args) == 0
     out = capsys.readouterr().out
     losses = [float(m) for m in re.findall(r"train_loss=([\d.]+)", out)]
@@ -128,5 +161,5 @@ def test_line_head_learns_from_line_polygons_alone(page_cache: Path, tmp_path: P
     assert meta["config"]["line_channels"] == 8
     with torch.no_grad():
         prob = model.eval()(torch.rand(1, 3, 64, 96), with_threshold=False)["prob"]
-    assert prob.shape == (1, 2, 64, 96)                # channel 0 words, channel 1 lines
+    assert prob.shape == (1, 2, 64, 96)  # channel 0 words, channel 1 lines
     assert segmenter.build("db_tiny")(torch.rand(1, 3, 64, 64))["prob"].shape[1] == 1

@@ -9,6 +9,7 @@ With line_channels > 0 a second head predicts text-line kernels (lines shrunk by
 it learns from the real pages' line polygons, which have no word boxes. Its map is channel 1 of
 "prob" (channel 0 stays words), so every backend returns both maps in one output.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -44,7 +45,9 @@ class Backbone(nn.Module):
     @staticmethod
     def _split_by_stride(features: nn.Sequential) -> nn.ModuleList:
         """Group MobileNet blocks so each group ends at stride 4, 8, 16 and 32."""
-        groups, current, size = [], [], 64
+        groups: list[nn.Sequential] = []
+        current: list[nn.Module] = []
+        size = 64
         x = torch.zeros(1, 3, size, size)
         with torch.no_grad():
             for block in features:
@@ -56,8 +59,11 @@ class Backbone(nn.Module):
                 current.append(block)
                 x = y
         groups.append(nn.Sequential(*current))
-        return nn.ModuleList(groups[-4:]) if len(groups) == 4 else nn.ModuleList(
-            [nn.Sequential(*groups[0], *groups[1])] + groups[2:])
+        return (
+            nn.ModuleList(groups[-4:])
+            if len(groups) == 4
+            else nn.ModuleList([nn.Sequential(*groups[0], *groups[1])] + groups[2:])
+        )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         out = []
@@ -70,34 +76,47 @@ class Backbone(nn.Module):
 def _up_head(cin: int, mid: int) -> nn.Sequential:
     """3x3 conv at stride 4, then two x2 transposed convs back to input resolution."""
     return nn.Sequential(
-        nn.Conv2d(cin, mid, 3, padding=1, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
-        nn.ConvTranspose2d(mid, mid, 2, stride=2, bias=False), nn.BatchNorm2d(mid), nn.ReLU(inplace=True),
+        nn.Conv2d(cin, mid, 3, padding=1, bias=False),
+        nn.BatchNorm2d(mid),
+        nn.ReLU(inplace=True),
+        nn.ConvTranspose2d(mid, mid, 2, stride=2, bias=False),
+        nn.BatchNorm2d(mid),
+        nn.ReLU(inplace=True),
         nn.ConvTranspose2d(mid, 1, 2, stride=2),
     )
 
 
 class DBNet(nn.Module):
-    def __init__(self, backbone: str = "mobilenet_v3_small", width_mult: float = 1.0,
-                 fpn_channels: int = 64, head_channels: int = 32, k: float = 50.0,
-                 line_channels: int = 0):
+    def __init__(
+        self,
+        backbone: str = "mobilenet_v3_small",
+        width_mult: float = 1.0,
+        fpn_channels: int = 64,
+        head_channels: int = 32,
+        k: float = 50.0,
+        line_channels: int = 0,
+    ):
         super().__init__()
         self.backbone = Backbone(backbone, width_mult)
         self.fpn = FeaturePyramidNetwork(self.backbone.channels, fpn_channels)
         # Levels are summed at stride 4 (not concatenated): 4x cheaper head, same receptive field.
-        self.smooth = nn.Sequential(nn.Conv2d(fpn_channels, fpn_channels, 3, padding=1, bias=False),
-                                    nn.BatchNorm2d(fpn_channels), nn.ReLU(inplace=True))
+        self.smooth = nn.Sequential(
+            nn.Conv2d(fpn_channels, fpn_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(fpn_channels),
+            nn.ReLU(inplace=True),
+        )
         self.prob_head = _up_head(fpn_channels, head_channels)
         self.thresh_head = _up_head(fpn_channels, head_channels)
         self.line_head = _up_head(fpn_channels, line_channels) if line_channels else None
         self.k = k
         self.register_buffer("mean", torch.tensor(IMAGE_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGE_STD).view(1, 3, 1, 1), persistent=False)
-        nn.init.constant_(self.prob_head[-1].bias, -2.0)  # start near "no text": stabler early training
-        if self.line_head is not None:
-            nn.init.constant_(self.line_head[-1].bias, -2.0)
+        for head in (self.prob_head, self.line_head):  # start near "no text": stabler early training
+            if head is not None:
+                nn.init.constant_(head[-1].bias, -2.0)  # type: ignore[arg-type]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x - self.mean) / self.std
+        x = (x - self.mean) / self.std  # type: ignore[operator]
         feats = self.backbone(x)
         pyramid = self.fpn(OrderedDict((str(i), f) for i, f in enumerate(feats)))
         levels = list(pyramid.values())

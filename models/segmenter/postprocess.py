@@ -3,28 +3,28 @@
 The network is trained on words shrunk by SHRINK_RATIO; here each connected kernel is
 fitted with a minimum-area rectangle and grown back by the exact inverse of that shrink.
 """
+
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
 
 SHRINK_RATIO = 0.4
-LINE_SHRINK = 0.5   # text lines are shrunk harder: neighbouring lines' polygons often overlap
+LINE_SHRINK = 0.5  # text lines are shrunk harder: neighbouring lines' polygons often overlap
 
 
 @dataclass(frozen=True)
 class PostConfig:
     # Both chosen for the shipped segmenter on synthetic seed 4242 (word F1 0.867 at 0.4/0.5, 0.900 here)
-    bin_thresh: float = 0.6     # pixel probability that counts as text
-    box_thresh: float = 0.7     # mean probability a kernel needs to become a word
+    bin_thresh: float = 0.6  # pixel probability that counts as text
+    box_thresh: float = 0.7  # mean probability a kernel needs to become a word
     shrink_ratio: float = SHRINK_RATIO  # what training shrank words by (models/segmenter/targets.py)
-    min_size: float = 3.0       # shorter side in map pixels; smaller kernels are noise
+    min_size: float = 3.0  # shorter side in map pixels; smaller kernels are noise
     max_candidates: int = 3000
-    line: bool = False          # kernels are text lines (targets.make_line_targets): grow by unshrink_line
+    line: bool = False  # kernels are text lines (targets.make_line_targets): grow by unshrink_line
 
 
 # Lines: the same kernel-and-grow steps with the line head's shrink; a line kernel is long and thin,
@@ -55,7 +55,7 @@ def unshrink(rect: tuple, ratio: float = SHRINK_RATIO) -> tuple:
     (8 - 4k) d^2 + (2 - 2k)(w' + h') d - k w' h' = 0, k = 1 - r^2.
     """
     (cx, cy), (w, h), angle = rect
-    w, h = w + 1, h + 1                       # the contour runs through pixel centres
+    w, h = w + 1, h + 1  # the contour runs through pixel centres
     k = 1 - ratio * ratio
     a, b, c = 8 - 4 * k, (2 - 2 * k) * (w + h), -k * w * h
     d = (-b + math.sqrt(b * b - 4 * a * c)) / (2 * a)
@@ -69,7 +69,7 @@ def unshrink_line(rect: tuple, contour: np.ndarray, ratio: float = LINE_SHRINK) 
     kernel rectangle's height)."""
     (cx, cy), (w, h), angle = rect
     length = max(w, h) + 1
-    t = (cv2.contourArea(contour) + length) / length   # + length: the contour runs through pixel centres
+    t = (cv2.contourArea(contour) + length) / length  # + length: the contour runs through pixel centres
     d = (1 - ratio * ratio) * t / (2 * ratio * ratio)
     return (cx, cy), (w + 1 + 2 * d, h + 1 + 2 * d), angle
 
@@ -79,7 +79,7 @@ def _mean_score(prob: np.ndarray, contour: np.ndarray) -> float:
     x, y, w, h = cv2.boundingRect(contour)
     mask = np.zeros((h, w), np.uint8)
     cv2.fillPoly(mask, [contour.reshape(-1, 2) - [x, y]], 1)
-    return float(cv2.mean(prob[y:y + h, x:x + w], mask)[0])
+    return float(cv2.mean(prob[y : y + h, x : x + w], mask)[0])
 
 
 def boxes_from_prob(prob: np.ndarray, cfg: PostConfig = PostConfig()) -> list[tuple[np.ndarray, float]]:
@@ -97,7 +97,9 @@ def boxes_from_prob(prob: np.ndarray, cfg: PostConfig = PostConfig()) -> list[tu
         score = _mean_score(prob, contour)
         if score < cfg.box_thresh:
             continue
-        rect = unshrink_line(rect, contour, cfg.shrink_ratio) if cfg.line else unshrink(rect, cfg.shrink_ratio)
+        rect = (
+            unshrink_line(rect, contour, cfg.shrink_ratio) if cfg.line else unshrink(rect, cfg.shrink_ratio)
+        )
         if min(rect[1]) < cfg.min_size + 2:
             continue
         quad = order_quad(cv2.boxPoints(rect))

@@ -5,6 +5,7 @@
 - threshold target: 1 - distance-to-border / D inside the word grown by D, rescaled to
   [0.3, 0.7]; threshold mask: that grown region.
 """
+
 from __future__ import annotations
 
 import cv2
@@ -37,17 +38,23 @@ def _draw_threshold(tmap: np.ndarray, poly: np.ndarray, grown: np.ndarray, d: fl
     x1, y1 = np.minimum(grown.max(0), [w - 1, h - 1])
     if x1 < x0 or y1 < y0:
         return
-    ys, xs = np.mgrid[y0:y1 + 1, x0:x1 + 1].astype(np.float32)
+    ys, xs = np.mgrid[y0 : y1 + 1, x0 : x1 + 1].astype(np.float32)
     dist = np.full(xs.shape, np.inf, np.float32)
     for k in range(len(poly)):
         dist = np.minimum(dist, _segment_distance(xs, ys, poly[k], poly[(k + 1) % len(poly)]))
     value = 1 - np.clip(dist / d, 0, 1)
-    region = tmap[y0:y1 + 1, x0:x1 + 1]
+    region = tmap[y0 : y1 + 1, x0 : x1 + 1]
     np.maximum(region, value, out=region)
 
 
-def make_targets(height: int, width: int, polygons: list[np.ndarray], ignore: list[bool] | None = None,
-                 shrink_ratio: float = SHRINK_RATIO, min_size: float = 3.0) -> dict[str, np.ndarray]:
+def make_targets(
+    height: int,
+    width: int,
+    polygons: list[np.ndarray],
+    ignore: list[bool] | None = None,
+    shrink_ratio: float = SHRINK_RATIO,
+    min_size: float = 3.0,
+) -> dict[str, np.ndarray]:
     gt = np.zeros((height, width), np.float32)
     mask = np.ones((height, width), np.float32)
     tmap = np.zeros((height, width), np.float32)
@@ -60,7 +67,7 @@ def make_targets(height: int, width: int, polygons: list[np.ndarray], ignore: li
         if ign or min(rw, rh) < min_size or length == 0:
             cv2.fillPoly(mask, [np.round(poly).astype(np.int32)], 0)
             continue
-        d = area * (1 - shrink_ratio ** 2) / length
+        d = area * (1 - shrink_ratio**2) / length
         shrunk = _offset(poly, -d)
         if shrunk is None or len(shrunk) < 3:
             cv2.fillPoly(mask, [np.round(poly).astype(np.int32)], 0)
@@ -73,8 +80,9 @@ def make_targets(height: int, width: int, polygons: list[np.ndarray], ignore: li
     return {"gt": gt, "mask": mask, "thresh": tmap * (T_MAX - T_MIN) + T_MIN, "thresh_mask": tmask}
 
 
-def make_line_targets(height: int, width: int, polygons: list[np.ndarray],
-                      shrink_ratio: float = LINE_SHRINK) -> dict[str, np.ndarray]:
+def make_line_targets(
+    height: int, width: int, polygons: list[np.ndarray], shrink_ratio: float = LINE_SHRINK
+) -> dict[str, np.ndarray]:
     """Line-head targets: each line polygon (any number of points) shrunk by the DB offset; a
     line too thin to shrink is masked out rather than taught as background."""
     gt = np.zeros((height, width), np.float32)
@@ -85,9 +93,13 @@ def make_line_targets(height: int, width: int, polygons: list[np.ndarray],
         # jagged (every ascender a peak), which inflates the perimeter and would shrink too little;
         # postprocess.unshrink inverts exactly this rectangle relation.
         _, (rw, rh), _ = cv2.minAreaRect(poly)
-        long_side = max(rw, rh)
-        height = abs(cv2.contourArea(poly)) / long_side if long_side else 0.0
-        d = long_side * height * (1 - shrink_ratio ** 2) / (2 * (long_side + height)) if height else 0.0
+        long_side = float(max(rw, rh))
+        mean_height = abs(cv2.contourArea(poly)) / long_side if long_side else 0.0
+        d = (
+            long_side * mean_height * (1 - shrink_ratio**2) / (2 * (long_side + mean_height))
+            if mean_height
+            else 0.0
+        )
         shrunk = _offset(poly, -d) if d > 0 else None
         if shrunk is None or len(shrunk) < 3:
             cv2.fillPoly(mask, [np.round(poly).astype(np.int32)], 0)
