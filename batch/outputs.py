@@ -166,7 +166,7 @@ class _Uploads:
         """Until everything submitted is written; raises the first failure. Failed writes
         stay listed, so a later wait() (a retried commit round) submits them again."""
         jobs, self.futures = self.futures, []
-        failed = [(fn, args, f.exception()) for f, fn, args in jobs if f.exception() is not None]
+        failed = [(fn, args, e) for f, fn, args in jobs if (e := f.exception()) is not None]
         for fn, args, _ in failed:
             self.submit(fn, *args)
         if failed:
@@ -457,7 +457,9 @@ class OutputWriter:
             entry = self.ledger.try_commit(self._entry(added, plan, rewrites), self._claim)
             if entry is not None:
                 used = {rewrites[(old, frozenset(stale))] for old, stale in plan.items()}
-                for rel in set(rewrites.values()) - used - {None}:  # from plans that lost a race
+                for rel in {
+                    r for r in rewrites.values() if r is not None
+                } - used:  # from plans that lost a race
                     storage.delete(storage.join(self.out_uri, rel))
                 return entry
         raise StorageError(f"gave up after {_MAX_CONFLICTS} commit conflicts on {self.out_uri}", "commit")

@@ -161,7 +161,9 @@ def unpack_model(source: str | Path, kind: str, dest: Path) -> Path:
             if missing:
                 raise CheckpointError(f"{source} lacks {', '.join(missing)}")
             for name in names:
-                (dest / name).write_bytes(tar.extractfile(members[name]).read())
+                member = tar.extractfile(members[name])
+                assert member is not None  # a regular file (isfile above)
+                (dest / name).write_bytes(member.read())
     except tarfile.TarError as e:
         raise CheckpointError(f"{source} is not a model.tar.gz: {e}") from e
     return dest

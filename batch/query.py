@@ -115,7 +115,9 @@ def _confine(con: duckdb.DuckDBPyConnection, out_uri: str) -> None:
 
 def httpfs_extension_path(con: duckdb.DuckDBPyConnection) -> Path:
     """Where the duckdb-extension-httpfs wheel keeps the build for this DuckDB version."""
-    version = con.execute("PRAGMA version").fetchone()[0]  # e.g. 'v1.5.5'
+    row = con.execute("PRAGMA version").fetchone()
+    assert row is not None  # PRAGMA version always answers one row
+    version = row[0]  # e.g. 'v1.5.5'
     try:
         package = importlib.resources.files("duckdb_extension_httpfs")
     except ModuleNotFoundError as e:

@@ -265,7 +265,7 @@ class Service:
         self.ready = threading.Event()
         self.stopping = threading.Event()
         self.load_error: BaseException | None = None
-        self.pipe = None
+        self.pipe: Any = None  # a batch.pipeline.Pipeline once loaded (torch: imported late)
         self.batcher: PageBatcher | None = None
         self._slots = threading.BoundedSemaphore(settings.max_concurrent)
         self._active = 0
@@ -296,16 +296,19 @@ class Service:
 
         ctype = resolve_content_type(content_type, data)
         limits = Limits(max_pages=self.settings.max_pages)
-        pages, chunk = [], []
+        pages: list[Any] = []
+        chunk: list[Any] = []
         with self._slots:
+            batcher = self.batcher
+            assert batcher is not None, "process() before load()"
             for image in iter_pages(
                 data, self.settings.dpi, limits, ctype, image_side=self.pipe.config.image_side
             ):
                 chunk.append(image)
                 if len(chunk) >= self.settings.chunk_pages:
-                    pages.extend(self.batcher.submit(chunk))
+                    pages.extend(batcher.submit(chunk))
                     chunk = []
-            pages.extend(self.batcher.submit(chunk))
+            pages.extend(batcher.submit(chunk))
             del chunk
         return self.pipe.make_record(pages, doc_id_for(data), source_uri, self.run_id, ctype)
 
@@ -351,15 +354,16 @@ class Handler(BaseHTTPRequestHandler):
         log.info("%s %s", self.address_string(), fmt % args)
 
     def _send_json(self, status: int, body: dict[str, Any] | str | tuple[str, bytes]) -> None:
-        media, body = (
+        content: dict[str, Any] | str | bytes
+        media, content = (
             body if isinstance(body, tuple) else ("application/json", body)
-        )  # (type, bytes): batch.exports
+        )  # (type, bytes): exports
         payload = (
-            body
-            if isinstance(body, bytes)
-            else body.encode()
-            if isinstance(body, str)
-            else json.dumps(body, ensure_ascii=False).encode("utf-8")
+            content
+            if isinstance(content, bytes)
+            else content.encode()
+            if isinstance(content, str)
+            else json.dumps(content, ensure_ascii=False).encode("utf-8")
         )
         self.send_response(status)
         self.send_header("Content-Type", media)
@@ -459,7 +463,7 @@ class Handler(BaseHTTPRequestHandler):
             status, body = self._process(service, data)
         self._send_json(status, body)
 
-    def _process(self, service: Service, data: bytes) -> tuple[int, dict[str, Any] | str]:
+    def _process(self, service: Service, data: bytes) -> tuple[int, dict[str, Any] | str | tuple[str, bytes]]:
         source_uri = _custom_attribute(self.headers.get("X-Amzn-SageMaker-Custom-Attributes"), "source_uri")
         try:
             record = service.process(data, self.headers.get("Content-Type"), source_uri)

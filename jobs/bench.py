@@ -34,7 +34,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -392,6 +392,9 @@ def peer_line_crops(gray: np.ndarray, quads: list[np.ndarray]) -> list[np.ndarra
 
 
 class PeerLines:
+    def read_crops(self, crops: list[np.ndarray]) -> list[str]:
+        raise NotImplementedError
+
     def read_lines(self, page: tuple[np.ndarray, list[np.ndarray]]) -> list[str]:
         """One GT text line per crop, read by the peer's crop reader (Tesseract: `--psm 7`, single
         text line; RapidOCR: its recogniser alone, no detection or angle classifier)."""
@@ -552,6 +555,7 @@ def time_systems(
         workers[name].call("reset")
     monitor = RssMonitor()
     for name, w in workers.items():
+        assert w.proc.pid is not None  # started
         monitor.add(name, w.proc.pid, include_self=name != "tesseract")  # tesseract: its processes only
     monitor.start()
     timing = {n: Timing() for n in names}
@@ -584,15 +588,26 @@ def system_scores(ds: Dataset, workers: dict[str, Worker], outputs: dict[str, li
 
     scores = {}
     for name, w in workers.items():
-        replay = iter(outputs[name])
         scores[name] = score_pages(
-            ds.pages,
-            lambda _image, replay=replay: next(replay),
-            lambda crops, w=w: w.call("read_crops", crops),
-            lambda gray, quads, w=w: w.call("read_lines", (gray, quads)),
-            desc=f"{ds.name}: score {name}",
+            ds.pages, *_replayed(w, iter(outputs[name])), desc=f"{ds.name}: score {name}"
         )
     return scores
+
+
+def _replayed(worker: Any, replay: Iterator[Any]) -> tuple[Callable, Callable, Callable]:
+    """score_pages' page reader (the recorded outputs, in order), crop reader and line reader
+    (both asked of the worker)."""
+
+    def read_page(_image: Any) -> Any:
+        return next(replay)
+
+    def read_crops(crops: Any) -> Any:
+        return worker.call("read_crops", crops)
+
+    def read_lines(gray: Any, quads: Any) -> Any:
+        return worker.call("read_lines", (gray, quads))
+
+    return read_page, read_crops, read_lines
 
 
 def summarise_scores(ds: Dataset, scores: dict[str, Any]) -> dict[str, dict]:
@@ -632,6 +647,15 @@ def speed_rows(timing: dict[str, Timing], load: dict[str, float]) -> list[list[A
 
 
 TYPED_KEY = re.compile(r"(crop_cer|bow_f1)_(?!chance$)([a-z]+?)(_chance)?")  # crop_cer_printed, ...
+
+
+def _typed(key: str) -> tuple[str, str, str | None]:
+    """(metric, kind, "_chance" or None) of a key TYPED_KEY matches."""
+    m = TYPED_KEY.fullmatch(key)
+    assert m is not None, key
+    return m[1], m[2], m[3]
+
+
 TYPED_LABEL = {"crop_cer": "crop CER (GT line crops)", "bow_f1": "BoW F1 (words in its GT lines)"}
 
 
@@ -648,8 +672,8 @@ def metric_rows(results: dict[str, dict], typed: bool = False) -> list[list[Any]
     if not typed:
         return [[k, *[r.get(k, "") for r in results.values()]] for k in keys]
     rows = []
-    for k in sorted(keys, key=lambda k: (TYPED_KEY.fullmatch(k)[2], k.startswith("bow"), k)):
-        metric, kind, chance = TYPED_KEY.fullmatch(k).groups()
+    for k in sorted(keys, key=lambda k: (_typed(k)[1], k.startswith("bow"), k)):
+        metric, kind, chance = _typed(k)
         rows.append(
             [
                 kind,
@@ -742,7 +766,9 @@ def memory_pdf(n_pages: int, seed: int, work: Path, distinct: int = 4, long_side
         page, _ = render_page(np.random.default_rng([seed, 50_000 + i]))
         scale = long_side / max(page.size)
         if scale < 1:
-            page = page.resize((round(page.width * scale), round(page.height * scale)), Image.LANCZOS)
+            page = page.resize(
+                (round(page.width * scale), round(page.height * scale)), Image.Resampling.LANCZOS
+            )
         buf = io.BytesIO()
         page.convert("RGB").save(buf, "JPEG", quality=70)
         jpegs.append((buf.getvalue(), page.width, page.height))
@@ -789,7 +815,8 @@ def memory_run(pdf: Path, models: str | None, threads: int, timeout: float) -> M
         upto = [r for s, r in trace if s <= frac * trace[-1][0]] or [0]
         rss_at.append((f"{int(frac * 100)} %", max(upto) / 2**20))
     summary = next((ln for ln in text.splitlines()[::-1] if ln.startswith("htr run:")), text.strip()[-300:])
-    n = int(re.search(r"(\d+) pages", summary).group(1)) if re.search(r"(\d+) pages", summary) else 0
+    found = re.search(r"(\d+) pages", summary)
+    n = int(found.group(1)) if found else 0
     return MemoryResult(
         n, pdf.stat().st_size, monitor.peak["htr run"], seconds, proc.returncode, summary, rss_at
     )
@@ -830,10 +857,12 @@ def cost_rows(throughput: dict[str, float], threads: int, gpu: dict[str, float])
                 cells.append(f"{usd_per_1000(price, guess):.3f} (guess: {guess:.2f} p/s)" if pps else "-")
             basis = f"CPU guess: this machine's pages/s x {vcpu}/{threads} vCPU"
         else:
-            pps = gpu.get(gpu_name)
-            ours = f"{usd_per_1000(price, pps):.3f} ({pps:.1f} p/s)" if pps else "not measured"
+            pps_gpu = gpu.get(gpu_name)
+            ours = f"{usd_per_1000(price, pps_gpu):.3f} ({pps_gpu:.1f} p/s)" if pps_gpu else "not measured"
             cells = [ours if sys_name == "htr-batch" else "-" for sys_name in throughput]
-            basis = f"measured on a {gpu_name} (bench-gpu)" if pps else "needs `make bench-gpu` on this GPU"
+            basis = (
+                f"measured on a {gpu_name} (bench-gpu)" if pps_gpu else "needs `make bench-gpu` on this GPU"
+            )
         rows.append([name, f"{price:.3f}", *cells, basis])
     return rows
 
@@ -931,7 +960,7 @@ def run_dataset(
 
 def memory_section(res: MemoryResult, requested: int) -> list[str]:
     ok = "within" if res.peak_rss <= MEMORY_TARGET_MB * 2**20 else "OVER"
-    rows = [
+    rows: list[list[Any]] = [
         ["pages in the PDF", requested],
         ["PDF size (MB)", res.pdf_bytes / 1e6],
         ["pages processed", res.pages],
@@ -1023,7 +1052,7 @@ def _headline(args, work: Path, dev: Path | None) -> list[str]:
 
 
 def _gpu_throughput(paths: list[str]) -> dict[str, float]:
-    out = {}
+    out: dict[str, float] = {}
     for p in paths:
         d = json.loads(Path(p).read_text())
         out[d["gpu_short"]] = max(out.get(d["gpu_short"], 0.0), float(d["best_pages_per_s"]))

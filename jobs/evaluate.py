@@ -345,7 +345,10 @@ def gt_line_quads(ep: EvalPage) -> list[np.ndarray]:
     the polygon with the margins the line recogniser is trained with (5% of the height above and
     below, 2% at the ends)."""
     sx, sy = source_scale(ep.image)  # ground truth is in source pixels
-    return [expand_quad(line_quad(it.polygon), 0.05, 0.05, 0.02) / np.float32([sx, sy]) for it in ep.items]
+    return [
+        expand_quad(line_quad(it.polygon), 0.05, 0.05, 0.02) / np.array([sx, sy], np.float32)
+        for it in ep.items
+    ]
 
 
 def _score_line_crops(ep: EvalPage, read_lines: LineReader, refs: list[str | None], s: Scores) -> None:
@@ -357,7 +360,7 @@ def _score_line_crops(ep: EvalPage, read_lines: LineReader, refs: list[str | Non
     gray = cv2.cvtColor(np.asarray(ep.image), cv2.COLOR_RGB2GRAY)
     readings = read_lines(gray, [quads[k] for k in keep])
     for k, text in zip(keep, readings):
-        pred, ref = normalise_text(text), refs[k]
+        pred, ref = normalise_text(text), refs[k] or ""  # kept: never empty
         s.crop_cer.add(pred, ref)
         s.crop_wer.add(pred.split(), ref.split())
         s.crop_cer_by_type.setdefault(ep.items[k].line_type, ErrorRate()).add(pred, ref)
@@ -372,11 +375,11 @@ def _score_word_crops(ep: EvalPage, recognise: CropReader, refs: list[str | None
     quads = [
         ep.items[k].polygon if len(ep.items[k].polygon) == 4 else line_quad(ep.items[k].polygon) for k in keep
     ]
-    texts = recognise([rectify(gray, q / np.float32([sx, sy])) for q in quads])
+    texts = recognise([rectify(gray, q / np.array([sx, sy], np.float32)) for q in quads])
     for k, text in zip(keep, texts):
-        pred = normalise_text(text)
-        s.crop_cer.add(pred, refs[k])
-        s.crop_wer.add([pred], [refs[k]])
+        pred, ref = normalise_text(text), refs[k] or ""  # kept: never empty
+        s.crop_cer.add(pred, ref)
+        s.crop_wer.add([pred], [ref])
 
 
 def score_page(

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import importlib
 import json
 import re
@@ -71,8 +72,10 @@ def table_input(table: str) -> dict[str, Any]:
 
     ddl = athena.ddl_for(table, athena.TABLES[table], storage.join(_PLACEHOLDER_OUT, table))
     columns, partitions = athena.parse_ddl_columns(ddl)
-    location = re.search(r"LOCATION '([^']*)'", ddl).group(1)
-    parameters = {"classification": "parquet", "EXTERNAL": "TRUE"}
+    found = re.search(r"LOCATION '([^']*)'", ddl)
+    assert found is not None, ddl  # ddl_for always writes one
+    location = found.group(1)
+    parameters: dict[str, Any] = {"classification": "parquet", "EXTERNAL": "TRUE"}
     parameters.update({k: _sub(v) if _PLACEHOLDER_OUT in v else v for k, v in _tblproperties(ddl).items()})
     return {
         "Name": {"Fn::Sub": "${TablePrefix}" + table},
@@ -128,7 +131,7 @@ def _drop_docstrings(tree: ast.Module) -> ast.Module:
             and isinstance(body[0].value, ast.Constant)
             and isinstance(body[0].value.value, str)
         ):
-            node.body = body[1:] or [ast.Pass()]
+            setattr(node, "body", body[1:] or [ast.Pass()])  # noqa: B010 (node: any AST with a body)
     return tree
 
 
@@ -147,15 +150,21 @@ def inline_code(name: str) -> str:
 # ---- rendering ---------------------------------------------------------------------------------
 
 
+def _constant(value: Any) -> Callable[[], Any]:
+    return lambda: value
+
+
 def token_values() -> dict[str, Callable[[], Any]]:
     """Every {{htr:NAME}} the template may use -> how to compute its value."""
     from batch.core.schema import TABLES
 
-    values: dict[str, Callable[[], Any]] = {f"table_input:{t}": (lambda t=t: table_input(t)) for t in TABLES}
+    values: dict[str, Callable[[], Any]] = {
+        f"table_input:{t}": functools.partial(table_input, t) for t in TABLES
+    }
     settings = transform_settings()
-    values.update({k: (lambda v=v: v) for k, v in settings.items()})
+    values.update({k: _constant(v) for k, v in settings.items()})
     values.update(
-        {f"lambda:{p.stem}": (lambda s=p.stem: inline_code(s)) for p in sorted(LAMBDAS.glob("*.py"))}
+        {f"lambda:{p.stem}": functools.partial(inline_code, p.stem) for p in sorted(LAMBDAS.glob("*.py"))}
     )
     return values
 

@@ -20,13 +20,13 @@ def _page(rng: np.random.Generator, long_side: int = 1600) -> Image.Image:
     page, _ = render_page(rng)
     scale = long_side / max(page.size)
     if scale < 1:
-        page = page.resize((round(page.width * scale), round(page.height * scale)), Image.LANCZOS)
+        page = page.resize((round(page.width * scale), round(page.height * scale)), Image.Resampling.LANCZOS)
     return page
 
 
 def _jpeg_pages(pages: list[Image.Image], quality: int = 55) -> list[Image.Image]:
     """Re-encode as JPEG first so the PDF embeds compact DCT images."""
-    out = []
+    out: list[Image.Image] = []
     for p in pages:
         buf = io.BytesIO()
         p.convert("RGB").save(buf, "JPEG", quality=quality)

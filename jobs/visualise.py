@@ -151,7 +151,7 @@ def loaders(source: str) -> list[Loader]:
 # ---- drawing --------------------------------------------------------------------------------------
 
 
-def _font(size: int) -> ImageFont.ImageFont:
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     try:
         return ImageFont.truetype("DejaVuSans.ttf", size)
     except OSError:
@@ -163,7 +163,7 @@ def draw(view: PageView) -> Image.Image:
     img = Image.fromarray(view.image).convert("RGB")
     f = min(1.0, MAX_SIDE / max(img.size))
     if f < 1.0:
-        img = img.resize((max(1, int(img.width * f)), max(1, int(img.height * f))), Image.LANCZOS)
+        img = img.resize((max(1, int(img.width * f)), max(1, int(img.height * f))), Image.Resampling.LANCZOS)
     s = f * view.scale
     overlay = Image.new("RGBA", img.size, (0, 0, 0, 0))
     d = ImageDraw.Draw(overlay)
@@ -220,7 +220,7 @@ def _data_uri(view: PageView) -> tuple[str, int, int]:
     img = Image.fromarray(view.image).convert("RGB")
     f = min(1.0, MAX_SIDE / max(img.size))
     if f < 1.0:
-        img = img.resize((max(1, int(img.width * f)), max(1, int(img.height * f))), Image.LANCZOS)
+        img = img.resize((max(1, int(img.width * f)), max(1, int(img.height * f))), Image.Resampling.LANCZOS)
     buf = io.BytesIO()
     img.save(buf, "JPEG", quality=85)
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode(), img.width, img.height

@@ -258,18 +258,18 @@ class ApiStage(_Created, CloudFormationModel):
 
 def install() -> Callable[[], None]:
     """Register the adapters with moto's stack engine; returns the undo for the bucket patch."""
-    original = FakeBucket.create_from_cloudformation_json.__func__
+    original = FakeBucket.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
 
     def create_bucket(cls, resource_name, cloudformation_json, account_id, region_name, **kw):
         bucket = original(cls, resource_name, cloudformation_json, account_id, region_name, **kw)
         _bucket_extras(resource_name, cloudformation_json.get("Properties", {}), account_id)
         return bucket
 
-    FakeBucket.create_from_cloudformation_json = classmethod(create_bucket)
+    FakeBucket.create_from_cloudformation_json = classmethod(create_bucket)  # type: ignore[method-assign,assignment]
     for cached in (parsing.get_model_list, parsing.get_model_map, parsing.get_name_type_map):
         cached.cache_clear()  # the adapters are CloudFormationModel subclasses: list them
 
     def undo() -> None:
-        FakeBucket.create_from_cloudformation_json = classmethod(original)
+        FakeBucket.create_from_cloudformation_json = classmethod(original)  # type: ignore[method-assign,assignment]
 
     return undo

@@ -189,7 +189,7 @@ class FaultProxy:
         """Hold the requests `match(method, path)` picks (only the first if once) until the
         returned Gate is released."""
         if once:
-            inner, fired = match, []
+            inner, fired = match, list[str]()
 
             def match(method: str, path: str) -> bool:
                 if not fired and inner(method, path):
@@ -293,7 +293,7 @@ def _handler_for(proxy: FaultProxy) -> type[BaseHTTPRequestHandler]:
             # HEAD replies carry the object's length but no body.
             upstream_length = dict((k.lower(), v) for k, v in headers).get("content-length")
             is_head = self.command == "HEAD" and upstream_length is not None
-            self.send_header("Content-Length", upstream_length if is_head else str(length))
+            self.send_header("Content-Length", str(upstream_length) if is_head else str(length))
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(payload)

@@ -31,7 +31,7 @@ def fax_tiff(pages: int = 3, corrupt: int | None = None) -> bytes:
     if corrupt:
         with Image.open(io.BytesIO(bytes(data))) as im:
             im.seek(corrupt - 1)
-            start, size = im.tag_v2[273][0], im.tag_v2[279][0]
+            start, size = im.tag_v2[273][0], im.tag_v2[279][0]  # type: ignore[attr-defined]  # a TIFF
         for i in range(start + 4, start + size - 4):
             data[i] = (data[i] * 7 + 13) % 256
     return bytes(data)

@@ -169,14 +169,16 @@ def test_htr_bench_real_table(tmp_path, real_dir, constant_models, capsys):
 
 
 def _fake_line_pipe(calls: list):
+    def read_lines(crops):
+        calls.append(len(crops))
+        return [[("Dear", 0.9, 0.0, 0.4), ("Sir", 0.8, 0.5, 1.0)] for _ in crops]
+
     return SimpleNamespace(
         line_mode=True,
         crop_height=32,
         max_width=2048,
         line_crop=lambda gray, q: np.zeros((32, 300), np.uint8),
-        read_lines=lambda crops: (
-            calls.append(len(crops)) or [[("Dear", 0.9, 0.0, 0.4), ("Sir", 0.8, 0.5, 1.0)] for _ in crops]
-        ),
+        read_lines=read_lines,
     )
 
 
@@ -185,7 +187,7 @@ def test_htr_host_reads_gt_lines_with_the_pipelines_line_reader(tiny_line_models
 
     calls: list = []
     host = SimpleNamespace(pipe=_fake_line_pipe(calls), clock=StageClock())
-    quads = [np.float32([[10, 10], [300, 10], [300, 50], [10, 50]])] * 2
+    quads = [np.array([[10, 10], [300, 10], [300, 50], [10, 50]], np.float32)] * 2
     gray = np.full((100, 400), 255, np.uint8)
     assert HtrHost.read_lines(host, (gray, quads)) == ["Dear Sir", "Dear Sir"]  # words joined by spaces
     assert calls == [2] and host.clock.enabled
@@ -204,14 +206,14 @@ def test_htr_host_reads_gt_lines_with_the_pipelines_line_reader(tiny_line_models
 
 def test_peer_line_crops_keep_the_pages_resolution():
     gray = np.full((300, 800), 255, np.uint8)
-    crops = peer_line_crops(gray, [np.float32([[10, 20], [610, 20], [610, 80], [10, 80]])])
+    crops = peer_line_crops(gray, [np.array([[10, 20], [610, 20], [610, 80], [10, 80]], np.float32)])
     assert crops[0].shape == (60, 600)
 
 
 def _printed_line(text: str) -> tuple[np.ndarray, list[np.ndarray]]:
     gray = np.full((200, 900), 255, np.uint8)
     cv2.putText(gray, text, (30, 110), cv2.FONT_HERSHEY_DUPLEX, 1.6, 0, 2)
-    return gray, [np.float32([[15, 60], [880, 60], [880, 130], [15, 130]])]
+    return gray, [np.array([[15, 60], [880, 60], [880, 130], [15, 130]], np.float32)]
 
 
 @pytest.mark.skipif(not TESSERACT, reason="tesseract is not installed")

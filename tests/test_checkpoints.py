@@ -25,6 +25,7 @@ def _outputs(model: torch.nn.Module, kind: str) -> torch.Tensor:
         return model(torch.rand(2, 1, 32, 48))
 
 
+@pytest.mark.slow  # builds and runs both networks (~10 s)
 @pytest.mark.parametrize("kind, arch", [("segmenter", "db_tiny"), ("recogniser", "crnn_tiny")])
 def test_save_load_round_trip_gives_identical_outputs(tmp_path, kind, arch):
     builder = {"segmenter": segmenter, "recogniser": recogniser}[kind]
@@ -60,6 +61,7 @@ def test_recogniser_charset_comes_from_the_checkpoint(tmp_path):
     assert meta["charset"] == "abc" and loaded.classifier.out_features == 4
 
 
+@pytest.mark.slow  # builds the tiny models twice
 def test_tiny_models_are_deterministic_per_seed(tmp_path):
     a = checkpoints.make_tiny_models(tmp_path / "a", seed=0)
     b = checkpoints.make_tiny_models(tmp_path / "b", seed=0)

@@ -310,6 +310,7 @@ def test_word_models_read_gt_lines_in_slices_line_models_whole():
     assert len(cut) == 1 and cut[0] is quad
 
 
+@pytest.mark.slow  # builds and runs a line recogniser
 def test_tiny_line_model_reads_gt_line_crops(tmp_path):
     from batch.pipeline import Pipeline, PipelineConfig
     from models.checkpoints import make_tiny_models

@@ -336,7 +336,7 @@ def _printed_page() -> Image.Image:
     page = Image.new("RGB", (1100, 700), "white")
     draw, font, y = ImageDraw.Draw(page), bold_font(64), 120
     for words in (["Meeting", "notes"], ["call", "Anna"]):
-        x = 100
+        x: float = 100
         for text in words:
             draw.text((x, y), text, fill="black", font=font)
             x = draw.textbbox((x, y), text, font=font)[2] + 60
@@ -529,7 +529,7 @@ def test_serve_answers_in_the_format_accept_asks_for(one_word_models, alto_schem
     threading.Thread(target=server.serve_forever, daemon=True).start()
     host, port = server.server_address[:2]
 
-    def post(data: bytes, ctype: str, accept: str | None) -> tuple[int, str, bytes]:
+    def post(data: bytes, ctype: str, accept: str | None) -> tuple[int, str | None, bytes]:
         conn = http.client.HTTPConnection(host, port, timeout=60)
         conn.request(
             "POST", "/invocations", data, {"Content-Type": ctype, **({"Accept": accept} if accept else {})}

@@ -244,7 +244,7 @@ def test_glue_columns_drift_with_the_schema(monkeypatch) -> None:
 def _match_space_delimited(pattern: str, line: str) -> dict[str, str] | None:
     """CloudWatch Logs' space-delimited filter: [name, name="literal", ...] over the words."""
     fields = re.findall(r'\.\.\.|\w+(?:="[^"]*")?', pattern.strip()[1:-1])
-    words, values = line.split(), {}
+    words, values = line.split(), dict[str, str]()
     for i, f in enumerate(fields):
         if f == "...":
             return values

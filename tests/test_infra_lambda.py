@@ -38,6 +38,7 @@ class NoModelService(serve.Service):
     """The container's Service with the network left out: real decoding, empty pages."""
 
     fail_with: BaseException | None = None
+    port = 0  # the container fixture's server
 
     def process(self, data: bytes, content_type: str | None, source_uri: str = "") -> DocumentRecord:
         from transforms.rasterise import iter_pages

@@ -229,9 +229,9 @@ def _dockerfile_image(dockerfile: Path) -> dict[str, Path]:
                 files[str(Path(workdir, target))] = REPO / src
         elif words[0] == "RUN":
             for derived in re.finditer(r"(\S+)\s*>\s*(\S+)", line):
-                src = files.get(str(Path(workdir, derived.group(1))))
-                if src:
-                    files[str(Path(workdir, derived.group(2)))] = src
+                derived_src = files.get(str(Path(workdir, derived.group(1))))
+                if derived_src:
+                    files[str(Path(workdir, derived.group(2)))] = derived_src
             for req in re.findall(r"-r\s+(\S+)", line):
                 _check_includes(Path(workdir, req), files)
     return files
@@ -289,7 +289,7 @@ def test_package_joins_two_training_outputs(
     with tarfile.open(out) as tar:
         assert tar.extractfile("segmenter.safetensors").read() == seg_weights
         assert tar.extractfile("recogniser.safetensors").read() == rec_weights
-        assert json.load(tar.extractfile("recogniser.json")) == json.loads(
+        assert json.loads(tar.extractfile("recogniser.json").read()) == json.loads(
             (tiny_line_models / "recogniser.json").read_text()
         )
 

@@ -68,21 +68,22 @@ def phone_photo(page: np.ndarray, seed: int = 0, dim: bool = False) -> np.ndarra
     desk[:] = (45, 35, 30) if dim else (90, 62, 40)
     desk += cv2.GaussianBlur(rng.normal(0, 8, (H, W)).astype(np.float32), (0, 0), 2)[..., None]
     f = (0.27, 0.73) if dim else (0.12, 0.88)
-    dst = np.float32(
+    dst = np.array(
         [
             [W * f[0], H * f[0]],
             [W * f[1], H * (f[0] + 0.02)],
             [W * (f[1] + 0.01), H * f[1]],
             [W * (f[0] - 0.01), H * (f[1] + 0.02)],
-        ]
+        ],
+        np.float32,
     )
-    m = cv2.getPerspectiveTransform(np.float32([[0, 0], [w, 0], [w, h], [0, h]]), dst)
+    m = cv2.getPerspectiveTransform(np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32), dst)
     sheet = cv2.warpPerspective(page, m, (W, H)).astype(np.float32)
     mask = cv2.warpPerspective(np.ones((h, w), np.float32), m, (W, H))[..., None]
     out = sheet * mask + desk * (1 - mask)
     ys, xs = np.mgrid[0:H, 0:W].astype(np.float32)
     light = (0.55 - 0.25 * xs / W) if dim else (1.0 - 0.45 * (0.6 * xs / W + 0.4 * ys / H))
-    out *= light[..., None] * np.float32([1.0, 0.94, 0.82])
+    out *= light[..., None] * np.array([1.0, 0.94, 0.82], np.float32)
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
@@ -102,7 +103,7 @@ def similarity(a: np.ndarray, b: np.ndarray) -> float:
         .ravel()
         for x in (a, b)
     ]
-    return float(np.corrcoef(*small)[0, 1])
+    return float(np.corrcoef(small[0], small[1])[0, 1])
 
 
 def assert_identity(out: np.ndarray, fix: PageFix, page: np.ndarray) -> None:
@@ -178,7 +179,7 @@ def test_microfilm_negative_gray_noisy_low_contrast(page):
     rng = np.random.default_rng(1)
     gray = cv2.cvtColor(page, cv2.COLOR_RGB2GRAY).astype(np.float32)
     h, w = gray.shape
-    ys, xs = np.mgrid[0:h, 0:w] / np.float32([h, w])[:, None, None]
+    ys, xs = np.mgrid[0:h, 0:w] / np.array([h, w], np.float32)[:, None, None]
     rim = 1 - 0.3 * ((xs - 0.5) ** 2 + (ys - 0.5) ** 2)
     film = 35 + 150 * (240 - gray) / 210 + rng.normal(0, 8, gray.shape)
     film = cv2.GaussianBlur(film.astype(np.float32), (0, 0), 1.2) * rim

@@ -13,6 +13,8 @@ import re
 import struct
 import subprocess
 import zlib
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pytest
@@ -52,7 +54,7 @@ def _rc4(key: bytes, data: bytes) -> bytes:
 
 
 def make_pdf(
-    pages: list[tuple[float, float, bytes]], user_password: str | None = None, extra_page_keys: str = ""
+    pages: Sequence[tuple[float, float, bytes]], user_password: str | None = None, extra_page_keys: str = ""
 ) -> bytes:
     """A minimal PDF written by hand: pages of (width pt, height pt, content stream).
 
@@ -120,8 +122,8 @@ def encode(im: Image.Image, fmt: str, **kw) -> bytes:
 
 def page_with_box(size=(60, 40), box=(5, 5, 15, 15), mode="RGB", paper=None, ink=None) -> Image.Image:
     """White page with a black box (x0, y0, x1, y1 exclusive) in any mode."""
-    white = {"1": 1, "L": 255, "RGB": (255, 255, 255), "CMYK": (0, 0, 0, 0)}.get(mode)
-    black = {"1": 0, "L": 0, "RGB": (0, 0, 0), "CMYK": (0, 0, 0, 255)}.get(mode)
+    white: Any = {"1": 1, "L": 255, "RGB": (255, 255, 255), "CMYK": (0, 0, 0, 0)}.get(mode)
+    black: Any = {"1": 0, "L": 0, "RGB": (0, 0, 0), "CMYK": (0, 0, 0, 255)}.get(mode)
     im = Image.new(mode, size, white if paper is None else paper)
     im.paste(black if ink is None else ink, box)
     return im
@@ -184,7 +186,7 @@ def tiff_with_corrupt_page(n_pages: int = 3, bad_page: int = 1) -> bytes:
     data = multipage_tiff(frames, compression="tiff_deflate")
     im = Image.open(io.BytesIO(data))
     im.seek(bad_page)
-    (off,), (count,) = im.tag_v2[273], im.tag_v2[279]  # StripOffsets, StripByteCounts
+    (off,), (count,) = im.tag_v2[273], im.tag_v2[279]  # type: ignore[attr-defined]  # StripOffsets, StripByteCounts
     out = bytearray(data)
     out[off : off + count] = b"\xff" * count
     return bytes(out)

@@ -106,7 +106,7 @@ def test_page_geometry_moves_polygons_with_the_image():
     rng = np.random.default_rng(0)
     img = np.full((200, 300, 3), 255, np.uint8)
     img[80:100, 120:180] = 0
-    poly = np.float32([[[120, 80], [180, 80], [180, 100], [120, 100]]])
+    poly = np.array([[[120, 80], [180, 80], [180, 100], [120, 100]]], np.float32)
     for out, moved in (
         A.rotate(img, poly, 10.0),
         A.perspective(img, poly, rng, 0.05),
@@ -170,7 +170,7 @@ def test_augment_chains_for_real_data_are_deterministic():
     rng = np.random.default_rng(0)
     page = (A.paper(300, 200, rng)).astype(np.uint8)
     page[100:130, 40:160] = 30
-    poly = np.float32([[[40, 100], [160, 100], [160, 130], [40, 130]]])
+    poly = np.array([[[40, 100], [160, 100], [160, 130], [40, 130]]], np.float32)
     a = A.augment_page(page, [poly[0]], np.random.default_rng(7))
     b = A.augment_page(page, poly, np.random.default_rng(7))
     assert np.array_equal(a[0], b[0]) and np.allclose(a[1], b[1]) and a[1].shape == (1, 4, 2)

@@ -26,7 +26,7 @@ def _page(rng: np.random.Generator, path: Path) -> Sample:
     d = ImageDraw.Draw(im)
     anns = []
     for li in range(6):
-        x = 20
+        x: float = 20
         for _ in range(3):
             w = WORDS[int(rng.integers(len(WORDS)))]
             x0, y0, x1, y1 = d.textbbox((x, 30 + li * 100), w, font=font)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -95,6 +96,7 @@ class Browser:
             os.dup2(r, 3)
             os.dup2(w, 4)
 
+        assert CHROMIUM is not None  # the tests using this skip without one
         self.proc = subprocess.Popen(  # pass_fds: kept open through the close after preexec_fn
             [
                 CHROMIUM,
@@ -114,7 +116,8 @@ class Browser:
         )
         os.close(to_browser_r)
         os.close(from_browser_w)
-        self._buf, self._id, self.events = b"", 0, []
+        self._buf, self._id = b"", 0
+        self.events: list[Any] = []
         target = self.call("Target.createTarget", url="about:blank")["targetId"]
         self.session = self.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
 

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -97,7 +98,7 @@ def one_word_models(constant_models: Path, tmp_path_factory) -> Path:
 # ---- running -----------------------------------------------------------------------------------
 
 
-def htr_inprocess(capsys, *argv: str) -> tuple[int, dict[str, int]]:
+def htr_inprocess(capsys, *argv: str | Path) -> tuple[int, dict[str, int]]:
     """`htr ...` in this process (no torch import per run); returns (exit code, summary)."""
     from batch.cli import main
 
@@ -147,8 +148,8 @@ def listing(out: str) -> dict[str, str]:
 
 def assert_exactly_once(
     out: str,
-    sources: dict[str, bytes | None],
-    bad: set[str] = frozenset(),
+    sources: Mapping[str, bytes | None],
+    bad: set[str] | frozenset[str] = frozenset(),
     committed_only: bool = False,
     words_everywhere: bool = True,
 ) -> None:
@@ -178,6 +179,7 @@ def assert_exactly_once(
             assert not src_pages and not src_words, f"{uri} failed but has pages/words rows"
             continue
         assert not errs, f"{uri} is ok but has error rows {errs}"
+        assert data is not None, f"{uri}: ok without bytes"
         did, done = doc_id(data), state.sources[uri]
         assert done.status == "ok" and done.doc_id == did, f"{uri}: ledger has {done}"
         assert len(src_pages) == done.pages >= 1, f"{uri}: {len(src_pages)} pages rows, ledger {done}"
@@ -191,7 +193,7 @@ def assert_exactly_once(
     for uri in bad:
         assert state.sources[uri].status == "error", uri
     if not committed_only:
-        live_docs = {doc_id(d) for u, d in sources.items() if u not in bad}
+        live_docs = {doc_id(d) for u, d in sources.items() if u not in bad and d is not None}
         assert set(docs) == live_docs, f"documents/ {sorted(docs)} != live {sorted(live_docs)}"
 
 

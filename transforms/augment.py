@@ -70,7 +70,7 @@ def shear(mask: np.ndarray, slant: float, baseline: float | None = None) -> tupl
     xs = [slant * (base - y) for y in (0, h - 1)]
     shift = -min(0.0, *xs)
     out_w = int(np.ceil(w + max(0.0, *xs) + shift)) + 1
-    m = np.float32([[1, -slant, slant * base + shift], [0, 1, 0]])
+    m = np.array([[1, -slant, slant * base + shift], [0, 1, 0]], np.float32)
     return cv2.warpAffine(mask, m, (out_w, h), flags=cv2.INTER_LINEAR, borderValue=0), shift
 
 
@@ -208,7 +208,7 @@ def paper(h: int, w: int, rng: np.random.Generator, colour: tuple[int, int, int]
     tone = _smooth_field(rng, sh, sw, cell=rng.uniform(10, 40)) * rng.uniform(1, 5)
     if rng.random() < 0.5:
         tone += (vignette(sh, sw, rng, strength=rng.uniform(0.03, 0.15)) - 1) * float(base.mean())
-    shade = cv2.resize(tone, (w, h), interpolation=cv2.INTER_LINEAR)
+    shade: np.ndarray = cv2.resize(tone, (w, h), interpolation=cv2.INTER_LINEAR)
     grain = rng.standard_normal((h // 2 + 1, w // 2 + 1), dtype=np.float32)  # fibres ~2 px
     if rng.random() < 0.5:  # embossed / laid paper: grain visible at a few px
         grain = cv2.GaussianBlur(grain, (0, 0), rng.uniform(0.5, 1.0)) * 2.5
@@ -366,9 +366,10 @@ def scanner_noise(img: np.ndarray, rng: np.random.Generator, sigma: float | None
     h, w = img.shape[:2]
     sigma = rng.uniform(1.0, 7.0) if sigma is None else sigma
     out = _work(img)
-    noise = rng.standard_normal((h // 2 + 1, w // 2 + 1), dtype=np.float32)  # sensor noise ~2 px grain
-    noise = cv2.resize(noise, (w, h), interpolation=cv2.INTER_NEAREST)
-    noise *= sigma
+    noise: np.ndarray = rng.standard_normal(
+        (h // 2 + 1, w // 2 + 1), dtype=np.float32
+    )  # sensor noise ~2 px grain
+    noise = cv2.resize(noise, (w, h), interpolation=cv2.INTER_NEAREST) * sigma
     if out.ndim == 3:
         for c in range(out.shape[2]):
             out[..., c] += noise
@@ -408,7 +409,7 @@ def lighting(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     field = cv2.resize(field.astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
     out = _work(img)
     if out.ndim == 3:  # colour cast folded into the per-channel scale
-        cast = 1 + rng.normal(0, 0.04, out.shape[2])
+        cast = 1 + np.asarray(rng.normal(0, 0.04, out.shape[2]))
         for c in range(out.shape[2]):
             out[..., c] *= field * np.float32(cast[c])
     else:
@@ -420,7 +421,7 @@ def blur(img: np.ndarray, rng: np.random.Generator, max_sigma: float = 1.4) -> n
     """Out of focus (gaussian) or, a quarter of the time, a short motion streak."""
     if rng.random() < 0.25:
         k = int(rng.integers(3, 8))
-        kernel = np.zeros((k, k), np.float32)
+        kernel: np.ndarray = np.zeros((k, k), np.float32)
         kernel[k // 2, :] = 1.0 / k
         rot = cv2.getRotationMatrix2D((k / 2 - 0.5, k / 2 - 0.5), rng.uniform(0, 180), 1.0)
         kernel = cv2.warpAffine(kernel, rot, (k, k))
@@ -433,7 +434,7 @@ def jpeg(img: np.ndarray, rng: np.random.Generator, low: int = 35, high: int = 9
     q = int(rng.integers(low, high + 1))
     ok, buf = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, q])
     flag = cv2.IMREAD_COLOR if img.ndim == 3 else cv2.IMREAD_GRAYSCALE
-    return cv2.imdecode(buf, flag) if ok else img
+    return cv2.imdecode(buf, flag) if ok else img  # type: ignore[return-value]  # our own JPEG decodes
 
 
 def resample(img: np.ndarray, rng: np.random.Generator, low: float = 0.5) -> np.ndarray:
@@ -488,9 +489,9 @@ def perspective(
     h, w = img.shape[:2]
     mx, my = int(w * margin), int(h * margin)
     ow, oh = w + 2 * mx, h + 2 * my
-    src = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
-    jitter = rng.uniform(-strength, strength, (4, 2)) * np.float32([w, h])
-    dst = (src + np.float32([mx, my]) + jitter).astype(np.float32)
+    src = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32)
+    jitter = rng.uniform(-strength, strength, (4, 2)) * np.array([w, h], np.float32)
+    dst = (src + np.array([mx, my], np.float32) + jitter).astype(np.float32)
     dst[:, 0] = np.clip(dst[:, 0], 0, ow - 1)
     dst[:, 1] = np.clip(dst[:, 1], 0, oh - 1)
     m = cv2.getPerspectiveTransform(src, dst)

@@ -98,7 +98,7 @@ def plan_batches(
     by_bucket: dict[int, list[int]] = {}
     for i, w in enumerate(widths):
         by_bucket.setdefault(bucket_width(w, buckets), []).append(i)
-    plan = []
+    plan: list[list[int]] = []
     for b in sorted(by_bucket):
         idx, size = by_bucket[b], max(1, columns // b) if columns else batch_size
         plan.extend(idx[i : i + size] for i in range(0, len(idx), size))

@@ -180,7 +180,7 @@ def _locate(entry: FontEntry, debian: dict[str, str], pkg: dict[str, list[str]])
 
 def _mask(font: ImageFont.FreeTypeFont, text: str) -> np.ndarray:
     left, top, right, bottom = font.getbbox(text)
-    w, h = max(1, right - left), max(1, bottom - top)
+    w, h = max(1, int(right - left)), max(1, int(bottom - top))  # ints already: FreeType boxes
     img = Image.new("L", (w, h), 0)
     ImageDraw.Draw(img).text((-left, -top), text, font=font, fill=255)
     return np.asarray(img)
@@ -213,7 +213,7 @@ def _norm_shape(m: np.ndarray, size: int = 24) -> np.ndarray:
 
 def _height(font: ImageFont.FreeTypeFont, ch: str) -> int:
     left, top, right, bottom = font.getbbox(ch)
-    return max(1, bottom - top)
+    return max(1, int(bottom - top))
 
 
 def probe_caps_only(path: str) -> bool:

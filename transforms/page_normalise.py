@@ -119,6 +119,7 @@ def normalise_page(
             s = float(upright_score(out))
             if best is None or s > best[0]:
                 best = (s, out, fix)
+    assert best is not None  # candidates is never empty
     return best[1], best[2]
 
 
@@ -152,7 +153,8 @@ def _strokes(small: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         bg_sub = cv2.medianBlur(sub, 9)
     else:  # a sliver: one level for all
         bg_sub = np.full_like(sub, int(np.median(sub)))
-    spread_sub = cv2.subtract(cv2.dilate(bg_sub, None), cv2.erode(bg_sub, None))
+    # kernel None: OpenCV's 3x3 (its stubs want an array)
+    spread_sub = cv2.subtract(cv2.dilate(bg_sub, None), cv2.erode(bg_sub, None))  # type: ignore[call-overload]
     if step == 1:
         bg, spread = bg_sub, spread_sub
     else:
@@ -161,7 +163,10 @@ def _strokes(small: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     darker = cv2.subtract(bg, small)
     brighter = cv2.subtract(small, bg)
     # stroke contrast: a high percentile of the departures either way (strokes, not texture or noise)
-    hist = sum(cv2.calcHist([d], [0], None, [256], [0, 256])[:, 0] for d in (darker, brighter))
+    hist = (
+        cv2.calcHist([darker], [0], None, [256], [0, 256])[:, 0]
+        + cv2.calcHist([brighter], [0], None, [256], [0, 256])[:, 0]
+    )
     cum = np.cumsum(hist[::-1])
     top = 255 - int(np.searchsorted(cum, 0.004 * small.size))
     t = max(14, int(0.4 * top))
@@ -284,7 +289,7 @@ def _ascender_balance(ink: np.ndarray, turns: int, angle: float) -> tuple[float,
     lines carry more ink above their x-height band than below. Long horizontal runs (rules the
     writing sits on, underlines) are removed first: they sit below the band and would vote for
     'upside down' on every ruled page."""
-    m = np.ascontiguousarray(np.rot90(ink, turns)).view(np.uint8)
+    m: np.ndarray = np.ascontiguousarray(np.rot90(ink, turns)).view(np.uint8)
     if angle != 0.0:
         hh, ww = m.shape
         rot = cv2.getRotationMatrix2D((ww / 2, hh / 2), angle, 1.0)

@@ -25,6 +25,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -129,12 +130,12 @@ def _with_dpi(page: np.ndarray, dpi) -> np.ndarray:
     """The page as a Raster that knows its source's resolution (None: unknown or implausible)."""
     if isinstance(dpi, (tuple, list)):
         dpi = dpi[0] if dpi else None
-    page = page if isinstance(page, Raster) else page.view(Raster)
+    raster = page if isinstance(page, Raster) else page.view(Raster)
     try:
-        page.dpi = round(float(dpi), 1) if dpi is not None and float(dpi) >= 10 else None  # PNG: px/m
+        raster.dpi = round(float(dpi), 1) if dpi is not None and float(dpi) >= 10 else None  # PNG: px/m
     except (TypeError, ValueError):
-        page.dpi = None
-    return page
+        raster.dpi = None
+    return raster
 
 
 def source_scale(page: np.ndarray) -> tuple[float, float]:
@@ -261,7 +262,7 @@ def _render_range(path: str, first: int, last: int, dpi: int) -> list[Image.Imag
                 files[int(m.group(1))] = os.path.join(out_dir, name)
         if sorted(files) != list(range(first, last + 1)):
             raise CorruptDocument(f"poppler rendered {len(files)} of pages {first}-{last}")
-        images = []
+        images: list[Image.Image] = []
         for i in range(first, last + 1):
             with Image.open(files[i]) as im:
                 im.load()
@@ -376,7 +377,7 @@ class _open_image:
     def __init__(self, data: Buffer, content_type: str, max_pixels: int = DEFAULT_LIMITS.max_pixels):
         self.data, self.content_type, self.max_pixels = data, content_type, max_pixels
         self.im: Image.Image | None = None
-        self.fp: io.RawIOBase | None = None
+        self.fp: io.BytesIO | _BufferFile | None = None
 
     def __enter__(self) -> Image.Image:
         name = _NAMES.get(self.content_type, self.content_type)
@@ -387,9 +388,9 @@ class _open_image:
         # explicit check below is the real limit; this only makes Pillow stop earlier.
         if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < self.max_pixels:
             Image.MAX_IMAGE_PIXELS = self.max_pixels
-        self.fp = io.BytesIO(self.data) if isinstance(self.data, bytes) else _BufferFile(self.data)
+        self.fp = fp = io.BytesIO(self.data) if isinstance(self.data, bytes) else _BufferFile(self.data)
         try:
-            self.im = Image.open(self.fp)  # lazy: reads the header only
+            self.im = Image.open(fp)  # type: ignore[arg-type]  # any binary file object; lazy: reads the header only
         except Image.DecompressionBombError as e:
             raise TooLarge(f"{name} image over the {self.max_pixels} pixel limit: {e}") from e
         except Exception as e:
@@ -472,8 +473,8 @@ class _LibtiffErrors:
     def __init__(self) -> None:
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._callback = None  # kept alive as long as libtiff may call it
-        self._vsnprintf = None
+        self._callback: Any = None  # kept alive as long as libtiff may call it
+        self._vsnprintf: Any = None
 
     @contextmanager
     def collect(self) -> Iterator[list[str]]:
@@ -583,9 +584,10 @@ def _image_pages(
             page = to_rgb_array(upright)
             if reduced:
                 turned = upright.size != im.size  # EXIF orientation swapped the axes
-                page = page.view(Raster)
-                page.source_size = (h, w) if turned else (w, h)
-                page.decoded_shape = page.shape[:2]
+                raster = page.view(Raster)
+                raster.source_size = (h, w) if turned else (w, h)
+                raster.decoded_shape = (raster.shape[0], raster.shape[1])
+                page = raster
             yield _with_dpi(page, im.info.get("dpi"))
 
 

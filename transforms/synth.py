@@ -18,6 +18,7 @@ import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -342,9 +343,9 @@ def draft_line(
         placed.append(w)
         cx += bw + hand.word_space * xh * (rng.uniform(0.75, 1.3) if hand.kind == "H" else 1.0)
     angle = hand.skew + rng.normal(0, hand.skew_jitter) if angle is None else angle
-    m = cv2.getRotationMatrix2D((float(pad), base_y), 0.0 if hand.kind == "P" else angle, 1.0)
+    m: np.ndarray = cv2.getRotationMatrix2D((float(pad), base_y), 0.0 if hand.kind == "P" else angle, 1.0)
     m[:, 2] += (x - pad, baseline - base_y)
-    return LineDraft(strip, m, placed, A.warp_polys(np.float32(boxes), m), hand.ink)
+    return LineDraft(strip, m, placed, A.warp_polys(np.asarray(boxes, np.float32), m), hand.ink)
 
 
 def commit_line(page: Page, draft: LineDraft, label: bool = True) -> int:
@@ -395,7 +396,7 @@ def _composite_warped(img: np.ndarray, alpha: np.ndarray, m: np.ndarray, colour:
     m = m.copy()
     m[:, 2] += m[:, :2] @ np.array([cols[0], rows[0]], np.float64)
     h, w = alpha.shape
-    corners = A.warp_polys(np.float32([[[0, 0], [w, 0], [w, h], [0, h]]]), m)[0]
+    corners = A.warp_polys(np.array([[[0, 0], [w, 0], [w, h], [0, h]]], np.float32), m)[0]
     x0, y0 = np.floor(corners.min(0)).astype(int)
     x1, y1 = np.ceil(corners.max(0)).astype(int)
     if x1 <= 0 or y1 <= 0 or x0 >= img.shape[1] or y0 >= img.shape[0]:
@@ -448,7 +449,8 @@ def paragraph(
 ) -> None:
     """Wrap tokens into lines inside the frame (ragged right), moving the cursor down. Words are
     rendered a line's worth at a time, so text that will not fit is never drawn."""
-    pending, words, first = list(tokens), [], True
+    pending, first = list(tokens), True
+    words: list[Any] = []
     while (pending or words) and fr.y < fr.bottom:
         while pending and len(words) < 16:
             words += _words([pending.pop(0)], hand, rng, lib)
@@ -485,8 +487,9 @@ def interlinear(page: Page, hand: Hand, rng: np.random.Generator, lib: FontLibra
     cv2.polylines(
         page.img,
         [
-            np.int32(
-                [[gap_x - s / 2, base + s * 0.3], [gap_x, base - s * 0.6], [gap_x + s / 2, base + s * 0.3]]
+            np.array(
+                [[gap_x - s / 2, base + s * 0.3], [gap_x, base - s * 0.6], [gap_x + s / 2, base + s * 0.3]],
+                np.int32,
             )
         ],
         False,
@@ -846,7 +849,8 @@ def annotate(page: Page, fr: Frame, hand: Hand, rng: np.random.Generator, lib: F
     width = page.w * rng.uniform(0.15, 0.35)
     for _ in range(12):  # find a free spot for the whole note, line by line
         x, y = rng.uniform(0.01, 0.8) * page.w, rng.uniform(0.03, 0.97) * page.h
-        lines, rest = [], words
+        lines: list[Any] = []
+        rest = words
         while rest and len(lines) < 3:
             line = draft_line(rest, hand, x, y, width, rng, angle=angle)
             lines.append(line)
@@ -879,7 +883,7 @@ def signature(
         ys = y1 + sig.x_height * (0.3 + rng.uniform(0.1, 0.5) * np.sin(np.pi * t * rng.uniform(1, 3)))
         cv2.polylines(
             page.img,
-            [np.int32(np.stack([xs, ys], 1))],
+            [np.stack([xs, ys], 1).astype(np.int32)],
             False,
             tuple(float(c) for c in hand.ink),
             max(1, int(sig.x_height / 12)),
@@ -900,13 +904,13 @@ def marks(page: Page, hands: list[Hand], fr: Frame, rng: np.random.Generator) ->
                 rng.uniform(0.01, max(0.02, fr.left / page.w - 0.02)) * page.w,
                 rng.uniform(0.05, 0.95) * page.h,
             )
-            pts = np.int32([[x, y], [x + s * 0.3, y + s * 0.4], [x + s, y - s * 0.6]])
+            pts = np.array([[x, y], [x + s * 0.3, y + s * 0.4], [x + s, y - s * 0.6]], np.int32)
         elif kind < 0.75 and page.words:  # underline a word
             p = page.words[int(rng.integers(len(page.words)))].polygon
-            pts = np.int32([p[3] + (0, th * 2), p[2] + (0, th * 2 + rng.normal(0, th))])
+            pts = np.array([p[3] + (0, th * 2), p[2] + (0, th * 2 + rng.normal(0, th))], np.int32)
         else:  # vertical stroke in the left margin
             x, y = fr.left - rng.uniform(0.3, 1.5) * h.x_height, rng.uniform(0.1, 0.8) * page.h
-            pts = np.int32([[x, y], [x + rng.normal(0, s * 0.1), y + s * rng.uniform(2, 6)]])
+            pts = np.array([[x, y], [x + rng.normal(0, s * 0.1), y + s * rng.uniform(2, 6)]], np.int32)
         cv2.polylines(page.img, [pts], False, colour, th, cv2.LINE_AA)
     if rng.random() < 0.05:
         stamp(page, rng, h.x_height)
@@ -916,8 +920,8 @@ def marks(page: Page, hands: list[Hand], fr: Frame, rng: np.random.Generator) ->
             rng.uniform(0.02, 0.06) * page.h,
             h.x_height * rng.uniform(1.5, 3),
         )
-        pts = np.int32(
-            [[x, y + s * 0.3], [x + s * 0.25, y + s], [x + s * rng.uniform(0.8, 1.2), y - s * 0.2]]
+        pts = np.array(
+            [[x, y + s * 0.3], [x + s * 0.25, y + s], [x + s * rng.uniform(0.8, 1.2), y - s * 0.2]], np.int32
         )
         cv2.polylines(page.img, [pts], False, colour, max(2, th), cv2.LINE_AA)
 
@@ -927,7 +931,7 @@ def stamp(page: Page, rng: np.random.Generator, xh: float) -> None:
     r = int(xh * rng.uniform(2.5, 4.5))
     cx, cy = int(rng.uniform(0.5, 0.9) * page.w), int(rng.uniform(0.03, 0.2) * page.h + r)
     colour = [(120, 60, 160), (170, 40, 50), (40, 60, 150)][int(rng.integers(3))]
-    layer = np.zeros((2 * r + 8, 2 * r + 8), np.float32)
+    layer: np.ndarray = np.zeros((2 * r + 8, 2 * r + 8), np.float32)
     c = (r + 4, r + 4)
     cv2.circle(layer, c, r, 1.0, max(2, r // 14), cv2.LINE_AA)
     cv2.circle(layer, c, int(r * 0.72), 1.0, max(1, r // 20), cv2.LINE_AA)
@@ -1034,7 +1038,7 @@ def _age_and_capture(page: Page, rng: np.random.Generator) -> tuple[np.ndarray, 
             polys,
             rng,
             rng.uniform(0.01, 0.06),
-            A.desk(*img.shape[:2], rng),
+            A.desk(img.shape[0], img.shape[1], rng),
             margin=rng.uniform(0.0, 0.08),
         )
         img = A.lighting(img, rng)
@@ -1156,8 +1160,8 @@ class WordCropSampler:
         alpha = cv2.resize(
             other.alpha, (max(1, int(w * f)), max(1, int(h * f))), interpolation=cv2.INTER_LINEAR
         )
-        box = tuple(int(v * f) for v in other.box)
-        return InkWord(alpha, other.baseline * f, box, other.text, other.kind)
+        x0, y0, x1, y1 = (int(v * f) for v in other.box)
+        return InkWord(alpha, other.baseline * f, (x0, y0, x1, y1), other.text, other.kind)
 
     def _cut(
         self, canvas: np.ndarray, box: tuple, xh: float, rng: np.random.Generator
@@ -1178,7 +1182,7 @@ class WordCropSampler:
 
     def _finish(self, alpha: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         h, w = alpha.shape
-        paper = self.papers[int(rng.integers(len(self.papers)))]
+        paper: np.ndarray = self.papers[int(rng.integers(len(self.papers)))]
         ph, pw = paper.shape
         if h > ph or w > pw:
             paper = cv2.resize(paper, (max(pw, w), max(ph, h)))
@@ -1186,7 +1190,7 @@ class WordCropSampler:
         oy, ox = int(rng.integers(0, ph - h + 1)), int(rng.integers(0, pw - w + 1))
         bg = paper[oy : oy + h, ox : ox + w] * rng.uniform(0.75, 1.05)
         ink = rng.uniform(10, 120) if rng.random() < 0.85 else rng.uniform(120, 170)
-        img = bg - alpha * (bg - ink)
+        img: np.ndarray = bg - alpha * (bg - ink)
         if rng.random() < 0.15:  # a ruled line passing through
             y = int(rng.uniform(h * 0.55, h))
             img[min(h - 1, y)] *= rng.uniform(0.75, 0.92)

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import functools
 import string
+from collections.abc import Sequence
+from typing import TypeVar
 
 import numpy as np
 
 from transforms.fonts import CHARSET
+
+T = TypeVar("T")
 
 MONTHS = [
     "January",
@@ -344,7 +348,7 @@ def english_words(rng: np.random.Generator, n: int, flatten: float = 0.85) -> li
     return [_i_fix(words[i]) for i in idx]
 
 
-def _pick(rng: np.random.Generator, items: list) -> str:
+def _pick(rng: np.random.Generator, items: Sequence[T]) -> T:
     return items[int(rng.integers(len(items)))]
 
 

@@ -8,6 +8,7 @@ WC confidence, polygon Shape) with SP between words. Coordinates are page pixels
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from typing import Any
 
 from batch.core.schema import DocumentRecord, Page, Point, iso
 from batch.exports.common import SOFTWARE, box_of, conf, image_name, line_outline, points_text
@@ -21,7 +22,7 @@ def _el(parent: ET.Element, tag: str, **attrs: object) -> ET.Element:
     return ET.SubElement(parent, f"{{{NS}}}{tag}", {k: str(v) for k, v in attrs.items()})
 
 
-def _pos(box) -> dict[str, int]:
+def _pos(box) -> dict[str, Any]:
     return {"HPOS": box.x0, "VPOS": box.y0, "WIDTH": box.width, "HEIGHT": box.height}
 
 

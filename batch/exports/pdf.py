@@ -198,7 +198,9 @@ def _pdf_from_images(source: bytes, doc: DocumentRecord):
             cm = _rounded(
                 [(ux - ox) * w_pt, (uy - oy) * h_pt, (vx - ox) * w_pt, (vy - oy) * h_pt, ox * w_pt, oy * h_pt]
             )
-            draw = pikepdf.unparse_content_stream([([], "q"), (cm, "cm"), ([img_name], "Do"), ([], "Q")])
+            draw = pikepdf.unparse_content_stream(
+                [([], "q"), (cm, "cm"), ([img_name], "Do"), ([], "Q")]  # type: ignore[list-item]  # str operators
+            )
             pg.contents_add(pikepdf.Stream(pdf, draw))
             pg.contents_add(
                 pikepdf.Stream(pdf, _text_layer(page, (w_pt, h_pt), str(font_name), (1, 0, 0, 1, 0, 0)))

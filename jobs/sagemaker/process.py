@@ -86,6 +86,11 @@ def _upload_code(session, prefix: str) -> str:
         return session.upload_data(str(tarball), bucket=bucket, key_prefix=key_prefix)
 
 
+def _sdk_list(items: list[str]) -> list[Any]:
+    """items as the SDK's list[str | PipelineVariable] (the same list; the type is invariant)."""
+    return items
+
+
 def launch_processing(spec: ProcessSpec, session) -> Any:
     """Create the Processing job; returns the SDK Processor (its latest_job to wait on)."""
     from sagemaker import image_uris
@@ -111,20 +116,21 @@ def launch_processing(spec: ProcessSpec, session) -> Any:
     network = None
     if spec.security.vpc_config:
         network = NetworkConfig(
-            subnets=spec.security.subnets, security_group_ids=spec.security.security_group_ids
+            subnets=_sdk_list(spec.security.subnets),
+            security_group_ids=_sdk_list(spec.security.security_group_ids),
         )
     processor = Processor(
         role=spec.role,
         image_uri=image,
         instance_count=spec.instance_count,
         instance_type=spec.instance_type,
-        entrypoint=entrypoint,
+        entrypoint=_sdk_list(entrypoint),
         volume_size_in_gb=spec.volume_size_gb,
         volume_kms_key=spec.security.volume_kms_key,
         output_kms_key=spec.security.output_kms_key,
         max_runtime_in_seconds=spec.max_runtime_s,
         sagemaker_session=session,
-        tags=spec.security.tag_list,
+        tags=spec.security.tag_list,  # type: ignore[arg-type]  # SDK: list[dict[str, str | PipelineVariable]]
         network_config=network,
         env={"PYTHONUNBUFFERED": "1"},
     )

@@ -172,11 +172,11 @@ def _validate_each_config_once() -> None:
     def validate(config: dict | None = None) -> None:
         key = json.dumps(config, sort_keys=True, default=str)
         if key not in valid:
-            validate_sagemaker_config(config)  # raises for a bad config, every time
+            validate_sagemaker_config(config)  # type: ignore[arg-type]  # (its default is None) raises for a bad config
             valid.add(key)
 
     validate.htr_once = True  # type: ignore[attr-defined]
-    sm_utils.validate_sagemaker_config = validate
+    sm_utils.validate_sagemaker_config = validate  # type: ignore[assignment]  # takes None, as the original
 
 
 def make_session(region: str | None, dry_run: bool):

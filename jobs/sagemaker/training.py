@@ -172,7 +172,7 @@ def build_estimator(spec: TrainSpec, session, source_dir: Path):
         image_uri=spec.image_uri,
         instance_type=spec.instance_type,
         instance_count=spec.instance_count,
-        hyperparameters=training_hyperparameters(spec),
+        hyperparameters=dict[str, Any](training_hyperparameters(spec)),  # SDK: values str | PipelineVariable
         metric_definitions=METRIC_DEFINITIONS,
         use_spot_instances=spec.spot,
         max_run=max_run,

@@ -9,6 +9,7 @@ timeout is refused here, not an hour later by CreateTransformJob.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -44,6 +45,12 @@ def _api():
 def api_range(shape: str) -> tuple[int | None, int | None]:
     meta = _api().shape_for(shape).metadata
     return meta.get("min"), meta.get("max")
+
+
+def api_bounds(shape: str) -> tuple[int, int]:
+    """api_range with an absent bound as no bound (0 below, unlimited above)."""
+    low, high = api_range(shape)
+    return (0 if low is None else low), (sys.maxsize if high is None else high)
 
 
 def instance_types(kind: str) -> list[str]:
@@ -150,10 +157,10 @@ def check_vpc(subnets: list[str], groups: list[str]) -> None:
         raise LaunchError("--subnets and --security-group-ids go together (a VPC config needs both)")
     if not subnets:
         return
-    low, high = api_range("Subnets")
+    low, high = api_bounds("Subnets")
     if not low <= len(subnets) <= high:
         raise LaunchError(f"--subnets: {len(subnets)} given; SageMaker takes {low}..{high}")
-    low, high = api_range("VpcSecurityGroupIds")
+    low, high = api_bounds("VpcSecurityGroupIds")
     if not low <= len(groups) <= high:
         raise LaunchError(f"--security-group-ids: {len(groups)} given; SageMaker takes {low}..{high}")
     bad = [s for s in subnets if not _SUBNET.match(s)] + [g for g in groups if not _SECURITY_GROUP.match(g)]
@@ -162,11 +169,11 @@ def check_vpc(subnets: list[str], groups: list[str]) -> None:
 
 
 def check_tags(tags: dict[str, str]) -> None:
-    _, most = api_range("TagList")
+    _, most = api_bounds("TagList")
     if len(tags) > most:
         raise LaunchError(f"--tags: {len(tags)} given; SageMaker takes at most {most}")
-    key_low, key_high = api_range("TagKey")
-    _, value_high = api_range("TagValue")
+    key_low, key_high = api_bounds("TagKey")
+    _, value_high = api_bounds("TagValue")
     for key, value in tags.items():
         if not key_low <= len(key) <= key_high or not _TAG_TEXT.match(key):
             raise LaunchError(f"--tags: bad key {key!r} (1..{key_high} letters, digits, spaces, _.:/=+-@)")
