@@ -435,8 +435,10 @@ class LineCrops(IterableDataset):
         seed: int,
         synthetic: float = 0.3,
         pool_batches: int = 8,
+        print_share: float = 0.2,
     ):
         self.cache = LineCache(cache) if cache else None
+        self.print_share = print_share  # of the synthetic lines: printed or typewritten
         self.codec, self.max_width, self.batch_size = codec, max_width, batch_size
         self.seed, self.synthetic, self.pool_batches = seed, synthetic if cache else 1.0, pool_batches
 
@@ -446,6 +448,8 @@ class LineCrops(IterableDataset):
 
         rng = np.random.default_rng(_worker_seed(self.seed))
         synth = LineCropSampler(_worker_seed(self.seed) + 7) if self.synthetic > 0 else None
+        if synth is not None:
+            synth.print_share = self.print_share
         while True:
             if synth is not None and rng.random() < self.synthetic:
                 crop, text = synth.sample()

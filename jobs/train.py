@@ -114,6 +114,12 @@ def configure(p: argparse.ArgumentParser, with_model_positional: bool = True) ->
         default=0.3,
         help="with --lines or --pages: fraction of synthetic lines (pages) in each batch",
     )
+    p.add_argument(
+        "--synthetic-print-share",
+        type=float,
+        default=0.2,
+        help="with --lines: fraction of the synthetic lines in a printed or typewritten hand",
+    )
 
 
 # ---- shared plumbing ---------------------------------------------------------------------------
@@ -619,7 +625,15 @@ def train_recogniser(args) -> dict:
     bs = args.batch_size or 64
     data: torch.utils.data.Dataset
     if args.lines:
-        data = ds.LineCrops(args.lines, codec, cfg["max_width"], bs, args.seed + rank, args.synthetic_share)
+        data = ds.LineCrops(
+            args.lines,
+            codec,
+            cfg["max_width"],
+            bs,
+            args.seed + rank,
+            args.synthetic_share,
+            print_share=args.synthetic_print_share,
+        )
         loader = _loader(data, args.workers, batch_size=None)
     elif args.train and not args.synthetic:
         data = ds.ManifestCrops(args.train, cfg["max_width"], codec, seed=args.seed + rank)

@@ -71,10 +71,12 @@ def line_tokens(rng: np.random.Generator) -> list[str]:
 class LineCropSampler(WordCropSampler):
     """`sample()` -> (uint8 gray line crop, text). Reuses the word sampler's paper bank and finish."""
 
+    print_share = 0.2  # lines in a printed or typewritten hand (a third of those typewritten)
+
     def sample(self) -> tuple[np.ndarray, str]:
         rng = self.rng
         xh = float(rng.uniform(8, 22))
-        printed = rng.random() < 0.2
+        printed = rng.random() < self.print_share
         hand = make_hand(
             rng, self.lib, xh, "P" if printed else "H", typewriter=printed and rng.random() < 0.3
         )
