@@ -607,8 +607,15 @@ class Pipeline:
         for (words, _), g in zip(read, groups):
             texts.setdefault(g, []).extend(w[0] for w in words)
         chosen = {g: pick_lexicon(self.lexicons, t) for g, t in texts.items()}
-        return [(chosen[g].rescore_line(words, lp, self.codec) if chosen[g] else words, lp)
-                for (words, lp), g in zip(read, groups)]
+        out = [words for words, _ in read]
+        by_lexicon: dict[int, tuple[Lexicon, list[int]]] = {}
+        for i, g in enumerate(groups):
+            if chosen[g] is not None:
+                by_lexicon.setdefault(id(chosen[g]), (chosen[g], []))[1].append(i)
+        for lexicon, idx in by_lexicon.values():   # all lines of one language in one CTC pass
+            for i, words in zip(idx, lexicon.rescore_lines([read[i] for i in idx], self.codec)):
+                out[i] = words
+        return [(words, lp) for words, (_, lp) in zip(out, read)]
 
     def _line_batches(self, crops: list[np.ndarray]):
         """(indices, B x 1 x H x W ink maps, widths), about rec_batch x 128 columns per batch."""

@@ -50,6 +50,7 @@ class Codec:
     def __init__(self, charset: str = CHARSET):
         self.charset = charset
         self.index = {c: i + 1 for i, c in enumerate(charset)}
+        self._chars = frozenset(charset)
         self._encoded: dict[str, list[int]] = {}  # lexicon rescoring encodes the same words over and over
 
     @property
@@ -61,7 +62,9 @@ class Codec:
         if hit is None:
             if len(self._encoded) > 200_000:
                 self._encoded.clear()
-            hit = self._encoded[text] = [self.index[c] for c in normalise(text, self.charset)]
+            # text already in the charset: normalise would give it back as it is
+            folded = text if self._chars.issuperset(text) else normalise(text, self.charset)
+            hit = self._encoded[text] = [self.index[c] for c in folded]
         return list(hit)
 
     def decode_greedy(self, best: list[int]) -> str:

@@ -81,22 +81,33 @@ class Lexicon:
         """Words of one line as (text, confidence, first frame, end frame) over the line's
         T x C log-probabilities: each unknown word is rescored over its own frames (one frame of
         context either side)."""
-        unknown = [i for i, (text, *_) in enumerate(words) if self._correctable(text)]
-        if not unknown:
-            return words                                           # most lines: nothing to copy
-        log_probs = as_numpy(log_probs)
-        t = log_probs.shape[0]
-        spans = [(max(0, words[i][2] - 1), min(t, words[i][3] + 1)) for i in unknown]
+        return self.rescore_lines([(words, log_probs)], codec)[0]
+
+    def rescore_lines(self, lines: list[tuple[list[tuple[str, float, int, int]], Any]], codec: Codec
+                      ) -> list[list[tuple[str, float, int, int]]]:
+        """rescore_line for many lines at once (a page's, a batch's): the unknown words of all of
+        them are scored in one CTC pass, not one per line (#15: a Python loop over frames each)."""
+        jobs = [(li, i) for li, (words, _) in enumerate(lines)
+                for i, (text, *_) in enumerate(words) if self._correctable(text)]
+        out = [words for words, _ in lines]
+        if not jobs:
+            return out                                             # most lines: nothing to copy
+        arrays = {li: as_numpy(lines[li][1]) for li in {li for li, _ in jobs}}
+        spans = []
+        for li, i in jobs:
+            t, (_, _, f0, f1) = arrays[li].shape[0], lines[li][0][i]
+            spans.append((max(0, f0 - 1), min(t, f1 + 1)))
         width = max(b - a for a, b in spans)
-        batch = np.full((len(unknown), width, log_probs.shape[1]), -1e4, log_probs.dtype)
+        first = arrays[jobs[0][0]]
+        batch = np.full((len(jobs), width, first.shape[1]), -1e4, first.dtype)
         batch[:, :, 0] = 0.0                                       # padding frames: certain blanks
-        for row, (a, b) in enumerate(spans):
-            batch[row, :b - a] = log_probs[a:b]
+        for row, ((li, _), (a, b)) in enumerate(zip(jobs, spans)):
+            batch[row, :b - a] = arrays[li][a:b]
         lengths = np.array([b - a for a, b in spans])
-        texts = self.rescore([words[i][0] for i in unknown], batch, lengths, codec)
-        out = list(words)
-        for i, text in zip(unknown, texts):
-            out[i] = (text, *words[i][1:])
+        texts = self.rescore([lines[li][0][i][0] for li, i in jobs], batch, lengths, codec)
+        out = [list(words) for words in out]
+        for (li, i), text in zip(jobs, texts):
+            out[li][i] = (text, *lines[li][0][i][1:])
         return out
 
     def _correctable(self, text: str) -> bool:
@@ -126,13 +137,29 @@ class Lexicon:
     def _seen(self) -> dict[str, list[str]]:
         return {}
 
+    @cached_property
+    def _by_length(self) -> dict[int, list[str]]:
+        return {}
+
+    def _near_length(self, n: int) -> list[str]:
+        """The words at most max_distance letters longer or shorter than n, in list order: no other
+        word is within max_distance edits (the distance is at least the length difference), so
+        scanning these finds the same candidates in the same order, ~4x sooner."""
+        hit = self._by_length.get(n)
+        if hit is None:
+            if "_lengths" not in self._by_length:
+                self._by_length["_lengths"] = np.array([len(w) for w in self.words])  # type: ignore[index]
+            near = np.flatnonzero(np.abs(self._by_length["_lengths"] - n) <= self.max_distance)  # type: ignore[index,operator]
+            hit = self._by_length[n] = [self.words[i] for i in near.tolist()]
+        return hit
+
     def candidates(self, word: str) -> list[str]:
         if word in self._seen:  # the same misreadings recur page after page
             return self._seen[word]
         k = self.max_distance
         if len(self._seen) < SCAN_LOOKUPS and "_index" not in self.__dict__:
             # a short run: scanning the list in C (~2 ms a word) beats building the index (~2 s)
-            found = [m[0] for m in process.extract(word, self.words, scorer=OSA.distance,
+            found = [m[0] for m in process.extract(word, self._near_length(len(word)), scorer=OSA.distance,
                                                    score_cutoff=k, limit=None)]
         else:
             near = set()
@@ -196,20 +223,16 @@ def _ctc_scores(texts: list[str], log_probs: Any, lengths: Any, samples: list[in
     """log P(text | frames of its sample) for each text.
     log_probs: B x T x C; lengths: frames per sample; samples: each text's row in log_probs.
 
-    One forward pass per sample, over that sample's own frames, all its texts at once
+    One forward pass for all texts of all samples, each over its own sample's frames
     (models.recogniser.ctc.ctc_log_likelihoods: what torch's ctc_loss computes)."""
     log_probs, lengths = as_numpy(log_probs), as_numpy(lengths)
     targets = [codec.encode(t) for t in texts]
     scores = [-math.inf] * len(texts)
-    by_sample: dict[int, list[int]] = {}
-    for k, s in enumerate(samples):
-        by_sample.setdefault(s, []).append(k)
-    for s, ks in by_sample.items():
-        frames = int(lengths[s])
-        ks = [k for k in ks if 0 < len(targets[k]) <= frames]
-        if not ks:
-            continue
-        for k, v in zip(ks, ctc_log_likelihoods(log_probs[s, :frames], [targets[k] for k in ks]).tolist()):
+    ks = [k for k, s in enumerate(samples) if 0 < len(targets[k]) <= int(lengths[s])]
+    if ks:
+        got = ctc_log_likelihoods(log_probs, [targets[k] for k in ks], np.array([samples[k] for k in ks]),
+                                  lengths)
+        for k, v in zip(ks, got.tolist()):
             scores[k] = v
     return scores
 
