@@ -244,6 +244,9 @@ def line_pieces(dets: PageDetections) -> list[tuple[int, np.ndarray, list[Word]]
     pieces: list[tuple[np.ndarray, float, list[Word]]] = []
     for quad, score in dets.lines or []:
         quad = order_quad(quad)
+        width, height = crops_mod.quad_size(quad)
+        if width < UPRIGHT * height:   # the page is deskewed: a tall kernel is a rule or a stroke
+            continue
         members = [w for w in words if _inside(quad, w)]
         pieces.append((quad, score, members))
     taken = {id(w) for _, _, m in pieces for w in m}
@@ -261,6 +264,7 @@ def line_pieces(dets: PageDetections) -> list[tuple[int, np.ndarray, list[Word]]
     return out
 
 
+UPRIGHT = 0.5  # a line-head kernel narrower than this share of its height is not a line of text
 JOIN_GAP = 0.8   # pieces of one row closer than this many line heights are one line broken in two
 
 

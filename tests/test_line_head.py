@@ -65,6 +65,8 @@ def test_line_pieces_take_the_line_heads_lines_and_fall_back_to_words() -> None:
     # two pieces side by side (two columns) share a row, left first
     side = line_pieces(PageDetections([], [_word(300, 5, 500, 35), _word(5, 5, 200, 35)]))
     assert [row for row, _, _ in side] == [0, 0] and side[0][1][0, 0] < side[1][1][0, 0]
+    # a tall thin kernel (a table rule, a long stroke) is not a line of text on a deskewed page
+    assert line_pieces(PageDetections([], [_word(5, 5, 15, 300)])) == []
     # a line the line head broke in two (a gap under a line height) is read as one crop again
     broken = line_pieces(
         PageDetections([_word(20, 10, 60, 30)], [_word(5, 5, 200, 35), _word(215, 6, 400, 36)])
