@@ -287,6 +287,8 @@ def _code_version() -> str:
 def _data_name(args) -> str:
     if getattr(args, "lines", None):
         return f"lines {args.lines} + {args.synthetic_share:.0%} synthetic lines"
+    if getattr(args, "pages", None):
+        return f"pages {args.pages} (line polygons) + {args.synthetic_share:.0%} synthetic pages"
     return args.train or "synthetic"
 
 
