@@ -319,6 +319,9 @@ class PreparedPage:
     fix: PageFix
     scale: tuple[float, float]       # source pixels per pixel of the decoded page (transforms.rasterise)
     dpi: float | None
+    # the image resized for the segmenter's first pass (_resize_for_segmenter at the pipeline's
+    # long side) and its scale: made where the page is prepared, off the model thread (#15)
+    for_segmenter: tuple[np.ndarray, float] | None = None
 
 
 class Pipeline:
@@ -367,6 +370,7 @@ class Pipeline:
         if self.channels_last:
             self.segmenter = self.segmenter.to(memory_format=torch.channels_last)
             self.recogniser = self.recogniser.to(memory_format=torch.channels_last)
+        self._presized: dict[int, tuple[np.ndarray, float]] = {}   # see process_pages
         self.lexicons = self._lexicons(self.config.lexicon, self.line_mode)
         self.lexicon = self.lexicons[0] if self.lexicons else None
         if self.lexicon:
@@ -524,7 +528,10 @@ class Pipeline:
 
     def _segment_batch(self, pages: list[np.ndarray], long_side: int | None = None
                        ) -> list[PageDetections]:
-        resized = [_resize_for_segmenter(p, long_side or self.long_side) for p in pages]
+        side = long_side or self.long_side
+        resized = [self._presized.get(id(p)) for p in pages]   # made by prepare_page, if at this size
+        resized = [r if r is not None and max(r[0].shape[:2]) == side else _resize_for_segmenter(p, side)
+                   for r, p in zip(resized, pages)]
         hmax = max(r.shape[0] for r, _ in resized)
         wmax = max(r.shape[1] for r, _ in resized)
         hpad, wpad = -(-hmax // 32) * 32, -(-wmax // 32) * 32
@@ -662,7 +669,13 @@ class Pipeline:
         images = [p.image for p in prepared]
         fixes = [p.fix for p in prepared]
         scales, dpis = [p.scale for p in prepared], [p.dpi for p in prepared]
-        pages = self._read_pages(images)
+        mine = {id(p.image): p.for_segmenter for p in prepared if p.for_segmenter is not None}
+        self._presized.update(mine)   # by the id of the image object, alive until the pages are read
+        try:
+            pages = self._read_pages(images)
+        finally:
+            for key in mine:
+                self._presized.pop(key, None)
         if self.config.fix_pages:
             self._retry_upside_down(images, pages, fixes)
         for page, fix, scale, dpi in zip(pages, fixes, scales, dpis):
@@ -681,7 +694,7 @@ class Pipeline:
             img, fix = normalise_page(img, guess_upside_down=False)
         else:
             fix = PageFix.identity(img.shape[1], img.shape[0])
-        return PreparedPage(img, fix, scale, dpi)
+        return PreparedPage(img, fix, scale, dpi, _resize_for_segmenter(img, self.long_side))
 
     def _retry_upside_down(self, images: list[np.ndarray], pages: list[Page], fixes: list[PageFix]) -> None:
         """Read pages whose words are mostly unsure once more turned by 180 degrees (geometry alone
