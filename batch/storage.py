@@ -9,6 +9,9 @@ retries, server-side encryption and path safety live in one place:
 * Writes: `write_bytes`, `write_file` (multipart when large). Local writes are
   atomic (temp file in the same folder + os.replace); S3 writes carry the SSE
   settings of the process-wide `StorageConfig`.
+* Two backends behind one interface: `Storage`, implemented by `LocalStorage` and
+  `S3Storage`; `backend(uri)` picks one by the scheme and the module functions above
+  dispatch to it, so callers never fork on the scheme.
 * Failures surface as `batch.core.errors.StorageError` naming the URI (never the
   credentials) and the stage (`fetch` for reads and listings, `write` for writes and
   deletes); a missing object is `NotFound`, raised at once, not retried.
@@ -36,6 +39,7 @@ import sys
 import threading
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any, BinaryIO
@@ -397,7 +401,7 @@ def list_objects(
     so '*.pdf' finds PDFs at any depth; case-sensitive, like S3 keys). A root that is a
     single file/object yields just that one.
     """
-    objects = _list_s3(root_uri, include) if is_s3(root_uri) else _list_local(root_uri)
+    objects = backend(root_uri).list_objects(root_uri, include)
     for obj in objects:
         if _wanted(obj.key, include, exclude):
             yield obj
@@ -445,7 +449,7 @@ def _walk_sorted(folder: str, rel: str) -> Iterator[SourceObject]:
         key, (kind, st) = rel + entry.name, kinds[entry.name]
         if kind == "dir":
             yield from _walk_sorted(entry.path, key + "/")
-        elif kind == "file":
+        elif kind == "file" and st is not None:  # a file always comes with its stat
             yield _local_object(entry.path, key, st)
         elif kind == "broken":  # size 0 and a fixed etag: it fails at fetch, every run
             yield SourceObject(uri=entry.path, key=key, size=0, etag="unresolvable-link", last_modified=0.0)
@@ -528,14 +532,7 @@ def _s3_object(bucket: str, item: dict, key: str) -> SourceObject:
 
 
 def read_bytes(uri: str) -> bytes:
-    if not is_s3(uri):
-        try:
-            with open(_local_path(uri), "rb") as f:
-                return f.read()
-        except OSError as e:
-            raise _error("read", uri, e) from e
-    with _S3Reader(uri) as reader:
-        return reader.readall()
+    return backend(uri).read_bytes(uri)
 
 
 def read_range(uri: str, start: int, end: int) -> bytes:
@@ -544,31 +541,16 @@ def read_range(uri: str, start: int, end: int) -> bytes:
         raise StorageError(f"bad range [{start}, {end}) for {uri}")
     if start == end:
         return b""
-    if not is_s3(uri):
-        try:
-            with open(_local_path(uri), "rb") as f:
-                f.seek(start)
-                return f.read(end - start)
-        except OSError as e:
-            raise _error("read", uri, e) from e
-    with _S3Reader(uri, start=start, end=end) as reader:
-        return reader.readall()
+    return backend(uri).read_range(uri, start, end)
 
 
 def open_read(uri: str) -> BinaryIO:
     """A streaming, seekable binary file for a local file or S3 object; use as a context manager."""
-    if not is_s3(uri):
-        try:
-            return open(_local_path(uri), "rb")
-        except OSError as e:
-            raise _error("read", uri, e) from e
-    return io.BufferedReader(_S3Reader(uri), buffer_size=MiB)  # type: ignore[return-value]
+    return backend(uri).open_read(uri)
 
 
 def exists(uri: str) -> bool:
-    if not is_s3(uri):
-        return os.path.exists(_local_path(uri))
-    return _head_or_none(uri) is not None
+    return backend(uri).exists(uri)
 
 
 def _head_or_none(uri: str) -> dict | None:
@@ -590,7 +572,7 @@ class _S3Reader(io.RawIOBase):
 
     def __init__(self, uri: str, start: int = 0, end: int | None = None):
         super().__init__()
-        self._body = None
+        self._body: Any = None  # the GetObject streaming body while one is open
         self.uri = uri
         self.bucket, self.key = split_s3(uri)
         self.pos, self.end = start, end  # end: exclusive bound, None = to EOF
@@ -725,68 +707,17 @@ def _total_size(resp: dict) -> int:
 
 
 def write_bytes(uri: str, data: bytes, content_type: str | None = None) -> None:
-    if not is_s3(uri):
-        _atomic_local_write(uri, lambda f: f.write(data))
-        return
-    bucket, key = split_s3(uri)
-    extra = {"ContentType": content_type} if content_type else {}
-    _s3_call(
-        "write",
-        uri,
-        client().put_object,
-        Bucket=bucket,
-        Key=key,
-        Body=data,
-        **extra,
-        **get_config().sse_args(),
-    )
+    backend(uri).write_bytes(uri, data, content_type)
 
 
 def write_file(uri: str, local_path: str, content_type: str | None = None) -> None:
     """Upload/copy a local file; S3 switches to multipart above cfg.multipart_threshold."""
-    if not is_s3(uri):
-
-        def copy(f: BinaryIO) -> None:
-            with open(local_path, "rb") as src:
-                shutil.copyfileobj(src, f, MiB)
-
-        _atomic_local_write(uri, copy)
-        return
-    cfg = get_config()
-    bucket, key = split_s3(uri)
-    extra = {**cfg.sse_args(), **({"ContentType": content_type} if content_type else {})}
-    transfer = TransferConfig(
-        multipart_threshold=cfg.multipart_threshold, multipart_chunksize=cfg.multipart_chunksize
-    )
-    try:
-        with open(local_path, "rb"):
-            pass  # the local source's own problems are permanent, and not S3's
-    except OSError as e:
-        raise _error("write", local_path, e) from e
-    _s3_call(
-        "write",
-        uri,
-        client().upload_file,
-        Filename=local_path,
-        Bucket=bucket,
-        Key=key,
-        ExtraArgs=extra,
-        Config=transfer,
-    )
+    backend(uri).write_file(uri, local_path, content_type)
 
 
 def delete(uri: str) -> None:
     """Remove an object/file; deleting something absent is not an error (as on S3)."""
-    if not is_s3(uri):
-        try:
-            os.remove(_local_path(uri))
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            raise _error("delete", uri, e) from e
-        return
-    bucket, key = split_s3(uri)
-    _s3_call("delete", uri, client().delete_object, Bucket=bucket, Key=key)
+    backend(uri).delete(uri)
 
 
 def _atomic_local_write(uri: str, write: Callable[[BinaryIO], object]) -> None:
@@ -828,27 +759,7 @@ def create_if_absent(uri: str, data: bytes) -> bool:
 
     S3: PutObject with If-None-Match: * (conditional writes). Local: write a temp file and
     hard-link it into place, which fails atomically if the name exists."""
-    if is_s3(uri):
-        return _create_s3(uri, data)
-    path = uri[len("file://") :] if uri.startswith("file://") else uri
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{uuid.uuid4().hex[:12]}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
-        return False
-    except OSError as e:
-        raise StorageError(f"write {uri} failed: {e.strerror or type(e).__name__}", "write") from e
-    finally:
-        try:
-            os.remove(tmp)
-        except OSError:
-            pass
+    return backend(uri).create_if_absent(uri, data)
 
 
 def _create_s3(uri: str, data: bytes) -> bool:
@@ -873,3 +784,186 @@ def _create_s3(uri: str, data: bytes) -> bool:
             raise
 
     return _s3_call("write", uri, put)
+
+
+# ---- the two backends -------------------------------------------------------------------------
+
+
+class Storage(ABC):
+    """What a storage backend does. The module's functions (list_objects, read_bytes, ...)
+    pick one with `backend(uri)` by the URI's scheme and keep the checks common to both."""
+
+    @abstractmethod
+    def list_objects(self, root_uri: str, include: list[str] | None) -> Iterator[SourceObject]:
+        """Every object under root_uri in key order; `include` may narrow an S3 listing."""
+
+    @abstractmethod
+    def read_bytes(self, uri: str) -> bytes: ...
+
+    @abstractmethod
+    def read_range(self, uri: str, start: int, end: int) -> bytes:
+        """Bytes [start, end), 0 <= start < end (checked by the caller)."""
+
+    @abstractmethod
+    def open_read(self, uri: str) -> BinaryIO: ...
+
+    @abstractmethod
+    def exists(self, uri: str) -> bool: ...
+
+    @abstractmethod
+    def write_bytes(self, uri: str, data: bytes, content_type: str | None) -> None: ...
+
+    @abstractmethod
+    def write_file(self, uri: str, local_path: str, content_type: str | None) -> None: ...
+
+    @abstractmethod
+    def delete(self, uri: str) -> None: ...
+
+    @abstractmethod
+    def create_if_absent(self, uri: str, data: bytes) -> bool: ...
+
+
+class LocalStorage(Storage):
+    """Local paths and file:// URIs: atomic writes (temp file + os.replace), put-if-absent by
+    hard link."""
+
+    def list_objects(self, root_uri: str, include: list[str] | None) -> Iterator[SourceObject]:
+        return _list_local(root_uri)
+
+    def read_bytes(self, uri: str) -> bytes:
+        try:
+            with open(_local_path(uri), "rb") as f:
+                return f.read()
+        except OSError as e:
+            raise _error("read", uri, e) from e
+
+    def read_range(self, uri: str, start: int, end: int) -> bytes:
+        try:
+            with open(_local_path(uri), "rb") as f:
+                f.seek(start)
+                return f.read(end - start)
+        except OSError as e:
+            raise _error("read", uri, e) from e
+
+    def open_read(self, uri: str) -> BinaryIO:
+        try:
+            return open(_local_path(uri), "rb")
+        except OSError as e:
+            raise _error("read", uri, e) from e
+
+    def exists(self, uri: str) -> bool:
+        return os.path.exists(_local_path(uri))
+
+    def write_bytes(self, uri: str, data: bytes, content_type: str | None) -> None:
+        _atomic_local_write(uri, lambda f: f.write(data))
+
+    def write_file(self, uri: str, local_path: str, content_type: str | None) -> None:
+        def copy(f: BinaryIO) -> None:
+            with open(local_path, "rb") as src:
+                shutil.copyfileobj(src, f, MiB)
+
+        _atomic_local_write(uri, copy)
+
+    def delete(self, uri: str) -> None:
+        try:
+            os.remove(_local_path(uri))
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise _error("delete", uri, e) from e
+
+    def create_if_absent(self, uri: str, data: bytes) -> bool:
+        path = _local_path(uri)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        tmp = f"{path}.{uuid.uuid4().hex[:12]}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError as e:
+            raise StorageError(f"write {uri} failed: {e.strerror or type(e).__name__}", "write") from e
+        finally:
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+
+
+class S3Storage(Storage):
+    """s3:// URIs through the shared client: every call retried by _s3_call, bodies resumed by
+    _S3Reader, writes with the configured SSE, put-if-absent by If-None-Match."""
+
+    def list_objects(self, root_uri: str, include: list[str] | None) -> Iterator[SourceObject]:
+        return _list_s3(root_uri, include)
+
+    def read_bytes(self, uri: str) -> bytes:
+        with _S3Reader(uri) as reader:
+            return reader.readall()
+
+    def read_range(self, uri: str, start: int, end: int) -> bytes:
+        with _S3Reader(uri, start=start, end=end) as reader:
+            return reader.readall()
+
+    def open_read(self, uri: str) -> BinaryIO:
+        return io.BufferedReader(_S3Reader(uri), buffer_size=MiB)
+
+    def exists(self, uri: str) -> bool:
+        return _head_or_none(uri) is not None
+
+    def write_bytes(self, uri: str, data: bytes, content_type: str | None) -> None:
+        bucket, key = split_s3(uri)
+        extra = {"ContentType": content_type} if content_type else {}
+        _s3_call(
+            "write",
+            uri,
+            client().put_object,
+            Bucket=bucket,
+            Key=key,
+            Body=data,
+            **extra,
+            **get_config().sse_args(),
+        )
+
+    def write_file(self, uri: str, local_path: str, content_type: str | None) -> None:
+        cfg = get_config()
+        bucket, key = split_s3(uri)
+        extra = {**cfg.sse_args(), **({"ContentType": content_type} if content_type else {})}
+        transfer = TransferConfig(
+            multipart_threshold=cfg.multipart_threshold, multipart_chunksize=cfg.multipart_chunksize
+        )
+        try:
+            with open(local_path, "rb"):
+                pass  # the local source's own problems are permanent, and not S3's
+        except OSError as e:
+            raise _error("write", local_path, e) from e
+        _s3_call(
+            "write",
+            uri,
+            client().upload_file,
+            Filename=local_path,
+            Bucket=bucket,
+            Key=key,
+            ExtraArgs=extra,
+            Config=transfer,
+        )
+
+    def delete(self, uri: str) -> None:
+        bucket, key = split_s3(uri)
+        _s3_call("delete", uri, client().delete_object, Bucket=bucket, Key=key)
+
+    def create_if_absent(self, uri: str, data: bytes) -> bool:
+        return _create_s3(uri, data)
+
+
+LOCAL: Storage = LocalStorage()
+S3: Storage = S3Storage()
+
+
+def backend(uri: str) -> Storage:
+    """S3 for s3:// URIs, the local filesystem for everything else."""
+    return S3 if is_s3(uri) else LOCAL

@@ -361,3 +361,49 @@ def test_every_client_stack_error_is_classified():
         err = storage._error(op, "s3://b/k", transient[0])
         assert (err.stage, err.transient) == (stage, True)
     assert isinstance(storage._error("read", "s3://b/k", client_error("NoSuchKey", 404)), NotFound)
+
+
+# ---- the backends ------------------------------------------------------------------------------
+
+
+def test_the_backend_is_chosen_by_scheme():
+    assert isinstance(storage.backend("s3://bucket/key"), storage.S3Storage)
+    assert isinstance(storage.backend("/data/in/a.pdf"), storage.LocalStorage)
+    assert isinstance(storage.backend("file:///data/in/a.pdf"), storage.LocalStorage)
+    assert isinstance(storage.backend("relative/a.pdf"), storage.LocalStorage)
+
+
+def test_the_module_functions_dispatch_to_the_backend(tmp_path: Path, monkeypatch):
+    calls: list[str] = []
+
+    class Recording(storage.LocalStorage):
+        def __getattribute__(self, name: str):
+            if not name.startswith("_"):
+                calls.append(name)
+            return super().__getattribute__(name)
+
+    monkeypatch.setattr(storage, "LOCAL", Recording())
+    uri, src = str(tmp_path / "out" / "a.bin"), tmp_path / "src.bin"
+    src.write_bytes(b"0123456789")
+    storage.write_file(uri, str(src))
+    storage.write_bytes(uri, b"abcdef", "application/octet-stream")
+    assert storage.read_bytes(uri) == b"abcdef" and storage.read_range(uri, 1, 3) == b"bc"
+    with storage.open_read(uri) as f:
+        assert f.read() == b"abcdef"
+    assert storage.exists(uri) and [o.key for o in storage.list_objects(str(tmp_path / "out"))] == ["a.bin"]
+    assert storage.create_if_absent(uri + ".x", b"1") and not storage.create_if_absent(uri + ".x", b"2")
+    storage.delete(uri)
+    assert calls == [
+        "write_file",
+        "write_bytes",
+        "read_bytes",
+        "read_range",
+        "open_read",
+        "exists",
+        "list_objects",
+        "create_if_absent",
+        "create_if_absent",
+        "delete",
+    ]
+    assert storage.read_range(uri, 2, 2) == b""  # empty ranges never reach a backend
+    assert calls[-1] == "delete"
