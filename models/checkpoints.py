@@ -5,6 +5,7 @@ so a checkpoint can never execute code.
 torch (and the networks' modules) are imported by the functions that build or save a network:
 read_meta, which `htr run` uses on a cached ONNX graph, needs neither.
 """
+
 from __future__ import annotations
 
 import datetime as dt
@@ -38,8 +39,14 @@ def _file_hash(path: Path) -> str:
     return h.hexdigest()[:12]
 
 
-def save(model: "torch.nn.Module", kind: str, arch: str, config: dict[str, Any], out_dir: str | Path,
-         extra: dict[str, Any] | None = None) -> Path:
+def save(
+    model: torch.nn.Module,
+    kind: str,
+    arch: str,
+    config: dict[str, Any],
+    out_dir: str | Path,
+    extra: dict[str, Any] | None = None,
+) -> Path:
     """Write weights + config; the version is the weights' content hash."""
     from safetensors.torch import save_file
 
@@ -48,8 +55,14 @@ def save(model: "torch.nn.Module", kind: str, arch: str, config: dict[str, Any],
     weights = out_dir / f"{kind}.safetensors"
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(weights))
-    meta = {"kind": kind, "arch": arch, "config": config, "version": _file_hash(weights),
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), **(extra or {})}
+    meta = {
+        "kind": kind,
+        "arch": arch,
+        "config": config,
+        "version": _file_hash(weights),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **(extra or {}),
+    }
     if kind == "recogniser":
         meta.setdefault("charset", CHARSET)
     (out_dir / f"{kind}.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False))
@@ -66,7 +79,7 @@ def read_meta(model_dir: str | Path, kind: str) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not valid JSON: {e}") from e
 
 
-def load(model_dir: str | Path, kind: str) -> tuple["torch.nn.Module", dict[str, Any]]:
+def load(model_dir: str | Path, kind: str) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Build the network the JSON describes and load its safetensors weights (strict)."""
     from safetensors.torch import load_file
 
@@ -77,8 +90,9 @@ def load(model_dir: str | Path, kind: str) -> tuple["torch.nn.Module", dict[str,
     if not weights.is_file():
         raise CheckpointError(f"{weights} not found; only .safetensors weights are loaded")
     if meta.get("version") and _file_hash(weights) != meta["version"]:
-        raise CheckpointError(f"{weights} does not match the version in {kind}.json "
-                              "(weights replaced after saving?)")
+        raise CheckpointError(
+            f"{weights} does not match the version in {kind}.json (weights replaced after saving?)"
+        )
     builder = _builder(kind)
     try:
         if kind == "recogniser":

@@ -1,6 +1,7 @@
 """Start-up (#15 item 2): with the exported ONNX graphs cached, `htr run` never imports torch (about
 3 s of a 1-page run on 2 cores), nor do `htr --help` and `htr query`; and the numpy read-outs that
 replaced torch's on that path compute what torch computes."""
+
 from __future__ import annotations
 
 import subprocess
@@ -12,6 +13,7 @@ import torch
 
 from tests.conftest import REPO
 
+
 def imported_torch(stderr: str) -> list[str]:
     """The torch/torchvision modules a `python -X importtime` run's stderr says it imported."""
     names = [ln.rsplit("|", 1)[1].strip() for ln in stderr.splitlines() if ln.startswith("import time:")]
@@ -19,14 +21,25 @@ def imported_torch(stderr: str) -> list[str]:
 
 
 def htr(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-X", "importtime", "-m", "batch.cli", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "batch.cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_importtime_parsing_sees_torch(subprocess_env):
     """The check below can fail: a process that imports torch is caught."""
-    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import torch.nn"], env=subprocess_env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-c", "import torch.nn"],
+        env=subprocess_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert "torch" in imported_torch(proc.stderr) and "torch.nn" in imported_torch(proc.stderr)
 
 
@@ -51,7 +64,7 @@ def test_warm_cache_htr_run_never_imports_torch(tiny_line_models, one_page, tmp_
     args = ["run", str(one_page), "", "--models", str(tiny_line_models), "--no-progress", "--device", "cpu"]
     cold = htr([*args[:2], str(tmp_path / "out1"), *args[3:]], env)
     assert cold.returncode == 0, cold.stderr[-2000:]
-    assert "torch" in imported_torch(cold.stderr)       # a cache miss exports: torch is needed there
+    assert "torch" in imported_torch(cold.stderr)  # a cache miss exports: torch is needed there
     warm = htr([*args[:2], str(tmp_path / "out2"), *args[3:]], env)
     assert warm.returncode == 0, warm.stderr[-2000:]
     assert "1 documents, 1 pages" in warm.stdout
@@ -79,8 +92,9 @@ Pipeline.load({str(tiny_line_models)!r}, "cpu").process_pages([page])
 print("torch" in sys.modules, Pipeline.load({str(tiny_line_models)!r}, "cpu").backend)
 """
     subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, check=True, timeout=300)  # warms
-    again = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
-                           timeout=300)
+    again = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.split() == ["False", "onnxruntime"]
 
@@ -110,7 +124,7 @@ def test_greedy_decode_matches_the_torch_version():
 
     g = torch.Generator().manual_seed(3)
     lp = (torch.randn(6, 40, 9, generator=g) * 3).log_softmax(-1)
-    lp[:, :, 0] += 1.5                                       # plenty of blanks and repeats
+    lp[:, :, 0] += 1.5  # plenty of blanks and repeats
     lengths = torch.tensor([40, 31, 1, 0, 17, 60])
     for lens in (lengths, None):
         want_seqs, want_confs = _old_greedy_decode(lp, lens)
@@ -132,9 +146,14 @@ def test_ctc_likelihoods_match_torch_ctc_loss():
     got = ctc_log_likelihoods(lp.numpy(), targets, np.array(rows), lengths.numpy())
     for k, (tg, r) in enumerate(zip(targets, rows)):
         n = int(lengths[r])
-        ref = -torch.nn.functional.ctc_loss(lp[r, :n].unsqueeze(1), torch.tensor([tg]), torch.tensor([n]),
-                                            torch.tensor([len(tg)]), reduction="none").item()
-        if ref == float("-inf") or ref < -1e20:       # impossible: [3,3,3] needs 5 frames, [2,3,4,5] 4 of 4 ok
+        ref = -torch.nn.functional.ctc_loss(
+            lp[r, :n].unsqueeze(1),
+            torch.tensor([tg]),
+            torch.tensor([n]),
+            torch.tensor([len(tg)]),
+            reduction="none",
+        ).item()
+        if ref == float("-inf") or ref < -1e20:  # impossible: [3,3,3] needs 5 frames, [2,3,4,5] 4 of 4 ok
             assert got[k] == float("-inf"), (tg, got[k])
         else:
             assert abs(got[k] - ref) < 1e-4 * max(1.0, abs(ref)), (tg, got[k], ref)
