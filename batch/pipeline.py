@@ -11,6 +11,7 @@ torch is imported only where it runs something: the torch backend, a GPU, or an 
 cache miss. On ONNX Runtime with cached graphs (the CPU default) the models take and give numpy
 arrays and decoding and lexicon are numpy: `htr run` never imports torch (~3 s of start-up, #15).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,8 +35,15 @@ from models.segmenter.postprocess import LINE_POST, PostConfig, boxes_from_prob,
 from transforms import crops as crops_mod
 from transforms.line_geometry import expand_quad, line_quad, span_polygon
 from transforms.page_normalise import PageFix, normalise_page
-from transforms.rasterise import (DEFAULT_IMAGE_SIDE, DEFAULT_LIMITS, Limits, iter_pages, sniff,
-                                  pdf_renderer, source_scale)
+from transforms.rasterise import (
+    DEFAULT_IMAGE_SIDE,
+    DEFAULT_LIMITS,
+    Limits,
+    iter_pages,
+    pdf_renderer,
+    sniff,
+    source_scale,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -62,6 +70,7 @@ def keep_freed_memory() -> None:
 @dataclass(frozen=True)
 class CpuDevice:
     """The CPU, as far as the pipeline asks (`.type`), without importing torch for a torch.device."""
+
     type: str = "cpu"
     index: None = None
 
@@ -80,10 +89,10 @@ def _cuda_possible() -> bool:
             return True
         except OSError:
             pass
-    return os.path.exists("/dev/kfd")   # ROCm builds of torch answer torch.cuda too
+    return os.path.exists("/dev/kfd")  # ROCm builds of torch answer torch.cuda too
 
 
-def pick_device(device: str = "auto") -> "torch.device | CpuDevice":
+def pick_device(device: str = "auto") -> torch.device | CpuDevice:
     if device == "cpu" or (device == "auto" and not _cuda_possible()):
         return CpuDevice()
     import torch
@@ -128,19 +137,20 @@ def native_cpu_bf16() -> bool:
 
 @dataclass
 class PipelineConfig:
-    seg_batch: int = 4            # pages per segmenter forward
-    rec_batch: int = 256          # word crops per recogniser forward
+    seg_batch: int = 4  # pages per segmenter forward
+    rec_batch: int = 256  # word crops per recogniser forward
     long_side: int | None = None  # segmenter input size; None = the checkpoint's
     # Dictionary rescoring of out-of-vocabulary readings: "auto" (line models: per line, English or
     # French, whichever knows most of its words, none if neither does; word models: English),
     # a wordfreq language code ("en", "fr", "de", ...) or "off". True/False mean auto/off.
     lexicon: str | bool = "auto"
-    backend: str = "auto"         # CPU engine: "torch" or "onnxruntime"; auto picks the faster here (below)
-    precision: str = "auto"       # "fp32" | "bf16"; auto = bf16 where the CPU computes it natively, fp16/bf16 on CUDA
+    backend: str = "auto"  # CPU engine: "torch" or "onnxruntime"; auto picks the faster here (below)
+    # "fp32" | "bf16"; auto = bf16 where the CPU computes it natively, fp16/bf16 on CUDA
+    precision: str = "auto"
     image_side: int = DEFAULT_IMAGE_SIDE  # large JPEGs decoded reduced, to about this long side; 0: never
-    fix_pages: bool = True        # invert negatives, undo quarter turns and skew, retry upside down
+    fix_pages: bool = True  # invert negatives, undo quarter turns and skew, retry upside down
     post: PostConfig = field(default_factory=PostConfig)
-    line_post: PostConfig = LINE_POST   # the line head's kernels (segmenters that have one)
+    line_post: PostConfig = LINE_POST  # the line head's kernels (segmenters that have one)
 
 
 def _resize_for_segmenter(page: np.ndarray, long_side: int) -> tuple[np.ndarray, float]:
@@ -162,12 +172,12 @@ TEXT_RANGE = (9.0, 64.0)
 # (5th-95th percentile), median 36; the line head learned them x0.6-1.5.
 LINE_HEIGHT = 36.0
 LINE_RANGE = (20.0, 60.0)
-SEG_RESCALE = (0.5, 2.5)   # a second pass changes the segmenter's input size by at most these factors
+SEG_RESCALE = (0.5, 2.5)  # a second pass changes the segmenter's input size by at most these factors
 LINE_BUCKETS = (64, 128, 256, 384, 512, 768, 1024, 1536, 2048)
-LINE_MARGIN = 0.08     # line quads from word boxes grown by this share of their height on each side
-SEGMENT_GAP = 2.5      # a gap wider than this many line heights splits a line into two crops
+LINE_MARGIN = 0.08  # line quads from word boxes grown by this share of their height on each side
+SEGMENT_GAP = 2.5  # a gap wider than this many line heights splits a line into two crops
 
-Detection = tuple[np.ndarray, float]   # a 4x2 quad in page pixels and its score
+Detection = tuple[np.ndarray, float]  # a 4x2 quad in page pixels and its score
 
 
 @dataclass
@@ -203,8 +213,9 @@ def _along(quad: np.ndarray, points: np.ndarray) -> tuple[float, float]:
     return float(u.min()), float(u.max())
 
 
-def place_words(words: list[tuple[str, float, float, float]], quad: np.ndarray, boxes: list[Word]
-                ) -> list[tuple[str, float, np.ndarray, float]]:
+def place_words(
+    words: list[tuple[str, float, float, float]], quad: np.ndarray, boxes: list[Word]
+) -> list[tuple[str, float, np.ndarray, float]]:
     """(text, confidence, polygon, detection score) for the words read along a line segment.
 
     A word takes the polygon of the segmenter's word box(es) lying mostly (>= half their length)
@@ -237,35 +248,46 @@ def _inside(quad: np.ndarray, word: Word) -> bool:
 def line_pieces(dets: PageDetections) -> list[tuple[int, np.ndarray, list[Word]]]:
     """A page's text as pieces of lines to read, each (row in reading order, quad, word boxes in it).
 
-    Pieces are the line head's lines where the segmenter has one; word boxes no line covers (a
-    line it missed) are grouped into lines and cut at wide gaps, as for segmenters without one.
-    All pieces are then ordered into rows (pieces side by side on one row: two columns, a date)."""
+    Without a line head: the word boxes grouped into lines, each cut at wide gaps (split_segments),
+    one row per line. With one: its lines, plus lines grouped from the word boxes no line covers (a
+    line it missed), all ordered into rows together (pieces side by side on one row: two columns, a
+    date), with the pieces of one line broken apart joined again."""
     words = [_box_word(q, s) for q, s in dets.words]
-    pieces: list[tuple[np.ndarray, float, list[Word]]] = []
-    for quad, score in dets.lines or []:
+    heads: list[tuple[np.ndarray, list[Word]]] = []
+    for quad, _ in dets.lines or []:
         quad = order_quad(quad)
         width, height = crops_mod.quad_size(quad)
-        if width < UPRIGHT * height:   # the page is deskewed: a tall kernel is a rule or a stroke
+        if width < UPRIGHT * height:  # the page is deskewed: a tall kernel is a rule or a stroke
             continue
-        members = [w for w in words if _inside(quad, w)]
-        pieces.append((quad, score, members))
-    taken = {id(w) for _, _, m in pieces for w in m}
-    for line in group_lines([w for w in words if id(w) not in taken]):
-        for segment in split_segments(line.words):
-            pts = np.array([[p.x, p.y] for w in segment for p in w.polygon], np.float32)
-            quad = expand_quad(line_quad(pts), LINE_MARGIN, LINE_MARGIN, LINE_MARGIN)
-            pieces.append((quad, float(np.mean([w.det_score for w in segment])), segment))
-    stand_ins = [_box_word(q, s) for q, s, _ in pieces]
+        heads.append((quad, [w for w in words if _inside(quad, w)]))
+    taken = {id(w) for _, members in heads for w in members}
+    grouped = [
+        [
+            (expand_quad(line_quad(_points(segment)), LINE_MARGIN, LINE_MARGIN, LINE_MARGIN), segment)
+            for segment in split_segments(line.words)
+        ]
+        for line in group_lines([w for w in words if id(w) not in taken])
+    ]
+    if dets.lines is None:
+        rows = grouped
+    else:  # measured: one row grouping over both kinds reads real pages better than two
+        rows = _rows(heads + [piece for row in grouped for piece in row])
+    return [(k, quad, members) for k, row in enumerate(rows) for quad, members in row]
+
+
+def _points(words: list[Word]) -> np.ndarray:
+    return np.array([[p.x, p.y] for w in words for p in w.polygon], np.float32)
+
+
+def _rows(pieces: list[tuple[np.ndarray, list[Word]]]) -> list[list[tuple[np.ndarray, list[Word]]]]:
+    """Pieces grouped into rows top to bottom, left to right in a row, close pieces joined."""
+    stand_ins = [_box_word(q, 1.0) for q, _ in pieces]
     piece_of = {id(w): p for w, p in zip(stand_ins, pieces)}
-    out = []
-    for row in group_lines(stand_ins):
-        merged = _join_close([(piece_of[id(w)][0], piece_of[id(w)][2]) for w in row.words])
-        out += [(row.line_idx, quad, members) for quad, members in merged]
-    return out
+    return [_join_close([piece_of[id(w)] for w in row.words]) for row in group_lines(stand_ins)]
 
 
 UPRIGHT = 0.5  # a line-head kernel narrower than this share of its height is not a line of text
-JOIN_GAP = 0.8   # pieces of one row closer than this many line heights are one line broken in two
+JOIN_GAP = 0.8  # pieces of one row closer than this many line heights are one line broken in two
 
 
 def _join_close(row: list[tuple[np.ndarray, list[Word]]]) -> list[tuple[np.ndarray, list[Word]]]:
@@ -315,9 +337,10 @@ def _to_source(page: Page, fix: PageFix, scale: tuple[float, float]) -> None:
 class PreparedPage:
     """A page already put right (Pipeline.prepare_page), with what reporting in source pixels needs;
     process_pages reads it as is. htr run prepares pages on its decode threads, off the model thread."""
+
     image: np.ndarray
     fix: PageFix
-    scale: tuple[float, float]       # source pixels per pixel of the decoded page (transforms.rasterise)
+    scale: tuple[float, float]  # source pixels per pixel of the decoded page (transforms.rasterise)
     dpi: float | None
     # the image resized for the segmenter's first pass (_resize_for_segmenter at the pipeline's
     # long side) and its scale: made where the page is prepared, off the model thread (#15)
@@ -325,8 +348,15 @@ class PreparedPage:
 
 
 class Pipeline:
-    def __init__(self, segmenter: Any, seg_meta: dict, recogniser: Any,
-                 rec_meta: dict, device: "torch.device | CpuDevice | str", config: PipelineConfig | None = None):
+    def __init__(
+        self,
+        segmenter: Any,
+        seg_meta: dict,
+        recogniser: Any,
+        rec_meta: dict,
+        device: torch.device | CpuDevice | str,
+        config: PipelineConfig | None = None,
+    ):
         """segmenter, recogniser: torch modules, or ONNX Runtime runners already made from a
         checkpoint (Pipeline.load)."""
         if isinstance(device, str):
@@ -346,7 +376,7 @@ class Pipeline:
         self.long_side = self.config.long_side or seg_meta["config"]["input_long_side"]
         self.crop_height = rec_meta["config"].get("height", crops_mod.CROP_HEIGHT)
         self.max_width = rec_meta["config"].get("max_width", 512)
-        self.line_mode = rec_meta["config"].get("unit") == "line"   # reads whole text lines
+        self.line_mode = rec_meta["config"].get("unit") == "line"  # reads whole text lines
         self.model_version = f"seg-{seg_meta['version']}+rec-{rec_meta['version']}"
         self.bf16_cpu = device.type == "cpu" and self._cpu_bf16(self.config.precision)
         self.backend = self._pick_backend(self.config.backend, device, self.bf16_cpu)
@@ -355,8 +385,9 @@ class Pipeline:
             if _is_torch_module(self.segmenter):
                 from models.onnx_backend import default_threads, to_onnxruntime
 
-                self.segmenter, self.recogniser = to_onnxruntime(self.segmenter, self.recogniser,
-                                                                 self.crop_height, default_threads())
+                self.segmenter, self.recogniser = to_onnxruntime(
+                    self.segmenter, self.recogniser, self.crop_height, default_threads()
+                )
         else:
             import torch
 
@@ -370,7 +401,7 @@ class Pipeline:
         if self.channels_last:
             self.segmenter = self.segmenter.to(memory_format=torch.channels_last)
             self.recogniser = self.recogniser.to(memory_format=torch.channels_last)
-        self._presized: dict[int, tuple[np.ndarray, float]] = {}   # see process_pages
+        self._presized: dict[int, tuple[np.ndarray, float]] = {}  # see process_pages
         self.lexicons = self._lexicons(self.config.lexicon, self.line_mode)
         self.lexicon = self.lexicons[0] if self.lexicons else None
         if self.lexicon:
@@ -378,7 +409,7 @@ class Pipeline:
 
     @staticmethod
     def _lexicons(choice: str | bool, line_mode: bool) -> list[Lexicon]:
-        choice = {True: "auto", False: "off"}.get(choice, choice)   # type: ignore[arg-type]
+        choice = {True: "auto", False: "off"}.get(choice, choice)  # type: ignore[arg-type]
         if choice == "off":
             return []
         if choice == "auto":
@@ -408,7 +439,8 @@ class Pipeline:
 
         try:
             import onnxruntime  # noqa: F401
-            if importlib.util.find_spec("onnx") is None:   # the exporter needs it (found, not imported:
+
+            if importlib.util.find_spec("onnx") is None:  # the exporter needs it (found, not imported:
                 raise ImportError("No module named 'onnx'")  # a cached graph never loads it)
         except ImportError:
             if wanted == "onnxruntime":
@@ -417,8 +449,9 @@ class Pipeline:
         return "onnxruntime"
 
     @classmethod
-    def load(cls, models_dir: str | Path | None = None, device: str = "auto",
-             config: PipelineConfig | None = None) -> "Pipeline":
+    def load(
+        cls, models_dir: str | Path | None = None, device: str = "auto", config: PipelineConfig | None = None
+    ) -> Pipeline:
         pdf_renderer()  # a machine that cannot render PDFs stops here, not at every PDF
         models_dir = Path(models_dir) if models_dir else checkpoints.DEFAULT_DIR
         config, dev = config or PipelineConfig(), pick_device(device)
@@ -509,9 +542,10 @@ class Pipeline:
         """Up to seg_batch pages per forward. On the CPU only pages whose padded input has the same
         shape share one: padding a page to its neighbour's size costs more there than batching
         saves (measured 0.15 s/page unbatched vs 0.19 batched by 4 on the real letters)."""
+
         def padded(p: np.ndarray) -> tuple[int, ...]:
             if self.device.type != "cpu":
-                return ()   # GPUs: any pages batch together
+                return ()  # GPUs: any pages batch together
             scale = self.long_side / max(p.shape[:2])
             return tuple(-(-max(1, round(d * scale)) // 32) for d in p.shape[:2])
 
@@ -526,34 +560,37 @@ class Pipeline:
             last_shape = shape
         return batches
 
-    def _segment_batch(self, pages: list[np.ndarray], long_side: int | None = None
-                       ) -> list[PageDetections]:
+    def _segment_batch(self, pages: list[np.ndarray], long_side: int | None = None) -> list[PageDetections]:
         side = long_side or self.long_side
-        resized = [self._presized.get(id(p)) for p in pages]   # made by prepare_page, if at this size
-        resized = [r if r is not None and max(r[0].shape[:2]) == side else _resize_for_segmenter(p, side)
-                   for r, p in zip(resized, pages)]
+        resized = [self._presized.get(id(p)) for p in pages]  # made by prepare_page, if at this size
+        resized = [
+            r if r is not None and max(r[0].shape[:2]) == side else _resize_for_segmenter(p, side)
+            for r, p in zip(resized, pages)
+        ]
         hmax = max(r.shape[0] for r, _ in resized)
         wmax = max(r.shape[1] for r, _ in resized)
         hpad, wpad = -(-hmax // 32) * 32, -(-wmax // 32) * 32
         batch = np.full((len(pages), hpad, wpad, 3), 255, np.uint8)  # pad with white paper
         for k, (r, _) in enumerate(resized):
-            batch[k, :r.shape[0], :r.shape[1]] = r
+            batch[k, : r.shape[0], : r.shape[1]] = r
         x = self._seg_input(batch)
         with self._inference():
             prob = as_numpy(self.segmenter(x, with_threshold=False)["prob"])
         results = []
         for k, (r, scale) in enumerate(resized):
-            maps = prob[k, :, :r.shape[0], :r.shape[1]]
+            maps = prob[k, :, : r.shape[0], : r.shape[1]]
             words = [(quad / scale, score) for quad, score in boxes_from_prob(maps[0], self.config.post)]
             lines = None
-            if len(maps) > 1:   # a line head: channel 1
-                lines = [(quad / scale, score) for quad, score in boxes_from_prob(maps[1], self.config.line_post)]
+            if len(maps) > 1:  # a line head: channel 1
+                lines = [
+                    (quad / scale, score) for quad, score in boxes_from_prob(maps[1], self.config.line_post)
+                ]
             results.append(PageDetections(words, lines))
         return results
 
     def _seg_input(self, batch: np.ndarray) -> Any:
         """N x H x W x 3 uint8 pages -> the segmenter's N x 3 x H x W float input in [0, 1]."""
-        if self.backend == "torch":   # converted on the device: a quarter of the bytes to move
+        if self.backend == "torch":  # converted on the device: a quarter of the bytes to move
             import torch
 
             x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float().div_(255)
@@ -588,8 +625,9 @@ class Pipeline:
         """A line quad (page pixels, TL,TR,BR,BL) rectified to the recogniser's height."""
         return crops_mod.rectify(gray, quad, self.crop_height, self.max_width)
 
-    def read_lines(self, crops: list[np.ndarray], pages: list[int] | None = None
-                   ) -> list[list[tuple[str, float, float, float]]]:
+    def read_lines(
+        self, crops: list[np.ndarray], pages: list[int] | None = None
+    ) -> list[list[tuple[str, float, float, float]]]:
         """Line crops (uint8 gray, recogniser height) -> per line its words as
         (text, confidence, u0, u1), u0/u1 the fractions along the crop where the word lies.
 
@@ -603,16 +641,29 @@ class Pipeline:
                 log_probs = as_numpy(self.recogniser(x))
             frames = np.minimum(-(-np.asarray(widths) // 4), log_probs.shape[1])
             for row, i in enumerate(idx):
-                lp = log_probs[row, :int(frames[row])]
-                read[i] = ([(self.codec.decode_greedy(cls), conf, f0, f1)
-                            for cls, f0, f1, conf in word_spans(lp, lp.shape[0], space)], lp)
+                lp = log_probs[row, : int(frames[row])]
+                read[i] = (
+                    [
+                        (self.codec.decode_greedy(cls), conf, f0, f1)
+                        for cls, f0, f1, conf in word_spans(lp, lp.shape[0], space)
+                    ],
+                    lp,
+                )
         if self.lexicons:
             read = self._rescore(read, pages if pages is not None else list(range(len(crops))))
         # a frame covers 4 crop columns; a word reaches half a frame beyond its last peak
-        return [[(t, c, max(0.0, (f0 - 0.5) / len(lp)), min(1.0, (f1 + 0.5) / len(lp)))
-                 for t, c, f0, f1 in words if t] for words, lp in read]
+        return [
+            [
+                (t, c, max(0.0, (f0 - 0.5) / len(lp)), min(1.0, (f1 + 0.5) / len(lp)))
+                for t, c, f0, f1 in words
+                if t
+            ]
+            for words, lp in read
+        ]
 
-    def _rescore(self, read: list[tuple[list, np.ndarray]], groups: list[int]) -> list[tuple[list, np.ndarray]]:
+    def _rescore(
+        self, read: list[tuple[list, np.ndarray]], groups: list[int]
+    ) -> list[tuple[list, np.ndarray]]:
         """Lexicon rescoring with one language per group of lines (see read_lines)."""
         texts: dict[int, list[str]] = {}
         for (words, _), g in zip(read, groups):
@@ -623,15 +674,19 @@ class Pipeline:
         for i, g in enumerate(groups):
             if chosen[g] is not None:
                 by_lexicon.setdefault(id(chosen[g]), (chosen[g], []))[1].append(i)
-        for lexicon, idx in by_lexicon.values():   # all lines of one language in one CTC pass
+        for lexicon, idx in by_lexicon.values():  # all lines of one language in one CTC pass
             for i, words in zip(idx, lexicon.rescore_lines([read[i] for i in idx], self.codec)):
                 out[i] = words
         return [(words, lp) for words, (_, lp) in zip(out, read)]
 
     def _line_batches(self, crops: list[np.ndarray]):
         """(indices, B x 1 x H x W ink maps, widths), about rec_batch x 128 columns per batch."""
-        plan = crops_mod.plan_batches([c.shape[1] for c in crops], self.config.rec_batch, LINE_BUCKETS,
-                                      columns=self.config.rec_batch * 128)
+        plan = crops_mod.plan_batches(
+            [c.shape[1] for c in crops],
+            self.config.rec_batch,
+            LINE_BUCKETS,
+            columns=self.config.rec_batch * 128,
+        )
         for part in plan:
             batch, widths = crops_mod.pack([crops[i] for i in part], LINE_BUCKETS)
             yield part, batch, widths
@@ -639,7 +694,7 @@ class Pipeline:
     def _read_by_lines(self, images: list[np.ndarray], detections: list[PageDetections]) -> list[Page]:
         """Read each page line by line (line_pieces), then place the words the recogniser read
         along each piece."""
-        crops, owners = [], []       # owners: (page, line index, piece quad, its word boxes)
+        crops, owners = [], []  # owners: (page, line index, piece quad, its word boxes)
         for k, (img, dets) in enumerate(zip(images, detections)):
             gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
             for li, quad, members in line_pieces(dets):
@@ -649,11 +704,18 @@ class Pipeline:
         by_page: list[dict[int, list[Word]]] = [{} for _ in images]
         for (k, li, quad, members), words in zip(owners, readings):
             for text, conf, poly, det in place_words(words, quad, members):
-                by_page[k].setdefault(li, []).append(Word(
-                    text=text, confidence=conf, det_score=det,
-                    polygon=[Point(float(x), float(y)) for x, y in poly]))
-        return [Page(page=k + 1, width=img.shape[1], height=img.shape[0], lines=number_lines(by_page[k]))
-                for k, img in enumerate(images)]
+                by_page[k].setdefault(li, []).append(
+                    Word(
+                        text=text,
+                        confidence=conf,
+                        det_score=det,
+                        polygon=[Point(float(x), float(y)) for x, y in poly],
+                    )
+                )
+        return [
+            Page(page=k + 1, width=img.shape[1], height=img.shape[0], lines=number_lines(by_page[k]))
+            for k, img in enumerate(images)
+        ]
 
     # ---- pages -------------------------------------------------------------------------------
 
@@ -670,7 +732,7 @@ class Pipeline:
         fixes = [p.fix for p in prepared]
         scales, dpis = [p.scale for p in prepared], [p.dpi for p in prepared]
         mine = {id(p.image): p.for_segmenter for p in prepared if p.for_segmenter is not None}
-        self._presized.update(mine)   # by the id of the image object, alive until the pages are read
+        self._presized.update(mine)  # by the id of the image object, alive until the pages are read
         try:
             pages = self._read_pages(images)
         finally:
@@ -719,30 +781,52 @@ class Pipeline:
         crops = []
         for img, dets in zip(images, detections):
             gray = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY) if img.ndim == 3 else img
-            crops += [crops_mod.rectify(gray, quad, self.crop_height, self.max_width) for quad, _ in dets.words]
+            crops += [
+                crops_mod.rectify(gray, quad, self.crop_height, self.max_width) for quad, _ in dets.words
+            ]
         readings = iter(self.recognise(crops) if crops else [])
         pages = []
         for k, (img, dets) in enumerate(zip(images, detections)):
             words = []
             for (quad, score), (text, conf) in zip(dets.words, readings):
-                if text:   # a detection the recogniser reads as nothing is noise
-                    words.append(Word(text=text, confidence=conf, det_score=score,
-                                      polygon=[Point(float(x), float(y)) for x, y in quad]))
+                if text:  # a detection the recogniser reads as nothing is noise
+                    words.append(
+                        Word(
+                            text=text,
+                            confidence=conf,
+                            det_score=score,
+                            polygon=[Point(float(x), float(y)) for x, y in quad],
+                        )
+                    )
             pages.append(Page(page=k + 1, width=img.shape[1], height=img.shape[0], lines=group_lines(words)))
         return pages
 
-    def make_record(self, pages: list[Page], doc_id: str, source_uri: str, run_id: str,
-                    content_type: str = "", source_etag: str = "") -> DocumentRecord:
+    def make_record(
+        self,
+        pages: list[Page],
+        doc_id: str,
+        source_uri: str,
+        run_id: str,
+        content_type: str = "",
+        source_etag: str = "",
+    ) -> DocumentRecord:
         """A document record; doc_id is batch.schema.doc_id_for(the source bytes)."""
         for i, p in enumerate(pages, 1):
             p.page = i
-        return DocumentRecord(doc_id=doc_id, source_uri=source_uri, pages=pages,
-                              model_version=self.model_version, run_id=run_id,
-                              processed_at=now_ms(), content_type=content_type,
-                              source_etag=source_etag)
+        return DocumentRecord(
+            doc_id=doc_id,
+            source_uri=source_uri,
+            pages=pages,
+            model_version=self.model_version,
+            run_id=run_id,
+            processed_at=now_ms(),
+            content_type=content_type,
+            source_etag=source_etag,
+        )
 
-    def process_document(self, data: bytes, source_uri: str, run_id: str, dpi: int = 200,
-                         limits: Limits = DEFAULT_LIMITS) -> DocumentRecord:
+    def process_document(
+        self, data: bytes, source_uri: str, run_id: str, dpi: int = 200, limits: Limits = DEFAULT_LIMITS
+    ) -> DocumentRecord:
         """One whole document, pages processed a batch at a time. Raises InputError subclasses."""
         content_type = sniff(data)
         pages: list[Page] = []
