@@ -54,16 +54,19 @@ def keep_freed_memory() -> None:
 
     Every page image, crop batch and activation is a fresh multi-megabyte buffer. By default glibc
     maps most of them anew and unmaps them on free, so each is page-faulted in again: on the
-    development VM that made decoding a test JPEG 31-38 ms instead of 13 ms. Blocks up to 32 MiB (glibc's
-    ceiling) now come from the heap, and up to 512 MiB of freed heap is kept. No-op off glibc."""
+    development VM that made decoding a test JPEG 31-38 ms instead of 13 ms. All blocks now come from
+    the heap (glibc would still map those over 32 MiB, its ceiling for the mmap threshold: the
+    segmenter's full-resolution head activations, ~9000 page faults and a fifth of its time per
+    page, #15), and up to 512 MiB of freed heap is kept. No-op off glibc."""
     import ctypes
 
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
         return
-    m_trim_threshold, m_mmap_threshold = -1, -3
+    m_trim_threshold, m_mmap_threshold, m_mmap_max = -1, -3, -4
     mallopt(m_mmap_threshold, 32 << 20)
+    mallopt(m_mmap_max, 0)
     mallopt(m_trim_threshold, 512 << 20)
 
 
