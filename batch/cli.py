@@ -5,6 +5,7 @@ Each sub-command lives in the module that owns its work; that module exposes
 Modules are imported lazily so `htr --help` stays fast and a missing optional
 dependency only breaks the command that needs it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,6 +13,7 @@ import importlib
 import logging
 import os
 import sys
+from typing import NoReturn
 
 from batch.core.errors import EXIT_BAD_ARGS
 
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     return _run(list(argv))
 
 
-def exit_now(code: int) -> None:
+def exit_now(code: int) -> NoReturn:
     """Flush what we wrote, then end the process with exactly `code`.
 
     A normal interpreter exit finalises modules while native thread pools (pyarrow's,

@@ -19,6 +19,7 @@ Which sources a run processes (new, changed, failed before, --reprocess, ...) is
 against the ledger (batch.ledger); how results are committed exactly once, superseding
 older rows, is batch.outputs' business.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,25 +35,24 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from tqdm import tqdm
 
 from batch import exports, storage
-from batch.core.errors import (EXIT_BAD_ARGS, EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, HtrError, StorageError,
-                          scrub)
+from batch.core.errors import EXIT_BAD_ARGS, EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, HtrError, StorageError, scrub
+from batch.core.ids import doc_id_for
+from batch.core.schema import ErrorRecord, Page, now_ms
 from batch.ledger import LedgerState, Policy, Shard
 from batch.outputs import COMPRESSIONS, CommitFailed, OutputWriter
 from batch.pipeline import Pipeline, PipelineConfig
-from batch.core.ids import doc_id_for
-from batch.core.schema import ErrorRecord, Page, now_ms
-from transforms.rasterise import DEFAULT_IMAGE_SIDE, Limits, iter_pages, sniff
+from transforms.rasterise import DEFAULT_IMAGE_SIDE, DEFAULT_LIMITS, Limits, iter_pages, sniff
 
 MiB = 1024 * 1024
-OUTAGE_AFTER = 8   # documents in a row failing to fetch transiently: storage is down, stop
+OUTAGE_AFTER = 8  # documents in a row failing to fetch transiently: storage is down, stop
 _RUN_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # goes into object names
 
 
@@ -88,49 +88,94 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", help="model folder (default: the shipped models/default)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--dpi", type=int, default=200, help="PDF rasterising resolution")
-    p.add_argument("--image-side", type=int, default=DEFAULT_IMAGE_SIDE,
-                   help="JPEGs at least twice this on the long side are decoded at 1/2, 1/4 or 1/8 size, "
-                        "not below it (coordinates stay in source pixels); 0: always full size")
+    p.add_argument(
+        "--image-side",
+        type=int,
+        default=DEFAULT_IMAGE_SIDE,
+        help="JPEGs at least twice this on the long side are decoded at 1/2, 1/4 or 1/8 size, "
+        "not below it (coordinates stay in source pixels); 0: always full size",
+    )
     p.add_argument("--include", action="append", help="glob on the relative key, repeatable")
     p.add_argument("--exclude", action="append", help="glob on the relative key, repeatable")
     p.add_argument("--seg-batch", type=int, default=4, help="pages per segmenter batch")
     p.add_argument("--rec-batch", type=int, default=256, help="word crops per recogniser batch")
-    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto",
-                   help="CPU inference engine (auto: torch where the CPU has native bf16, else onnxruntime)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
-                   help="auto: bf16 on CPUs with AVX512-BF16/AMX and on CUDA, fp32 otherwise")
-    p.add_argument("--lexicon", default="auto",
-                   help="dictionary rescoring: auto (per line, English or French, whichever knows the "
-                        "line's words; none otherwise), a language code (en, fr, de, ...) or off")
+    p.add_argument(
+        "--backend",
+        choices=["auto", "torch", "onnxruntime"],
+        default="auto",
+        help="CPU inference engine (auto: torch where the CPU has native bf16, else onnxruntime)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="auto: bf16 on CPUs with AVX512-BF16/AMX and on CUDA, fp32 otherwise",
+    )
+    p.add_argument(
+        "--lexicon",
+        default="auto",
+        help="dictionary rescoring: auto (per line, English or French, whichever knows the "
+        "line's words; none otherwise), a language code (en, fr, de, ...) or off",
+    )
     p.add_argument("--no-lexicon", action="store_true", help="same as --lexicon off")
-    p.add_argument("--no-page-fixes", action="store_true",
-                   help="read pages as they are: no negative/rotation/skew correction, no upside-down retry")
-    p.add_argument("--batch-pages", type=int, default=8,
-                   help="pages gathered (across documents) before running the models")
+    p.add_argument(
+        "--no-page-fixes",
+        action="store_true",
+        help="read pages as they are: no negative/rotation/skew correction, no upside-down retry",
+    )
+    p.add_argument(
+        "--batch-pages",
+        type=int,
+        default=8,
+        help="pages gathered (across documents) before running the models",
+    )
     p.add_argument("--decode-workers", type=int, default=2, help="fetch/rasterise threads")
     p.add_argument("--max-pixels", type=int, default=Limits.max_pixels, help="per page")
     p.add_argument("--max-pages", type=int, default=Limits.max_pages, help="per document")
-    p.add_argument("--stream-mb", type=int, default=256,
-                   help="S3 objects over this size go to a temp file instead of memory")
+    p.add_argument(
+        "--stream-mb",
+        type=int,
+        default=256,
+        help="S3 objects over this size go to a temp file instead of memory",
+    )
     p.add_argument("--run-id", help="default: a new id per run ([A-Za-z0-9._-])")
     p.add_argument("--no-progress", action="store_true")
     g = p.add_argument_group("incremental runs (see batch.outputs for the commit protocol)")
     g.add_argument("--reprocess", action="store_true", help="process every source again")
-    g.add_argument("--reprocess-on-model-change", action="store_true",
-                   help="process again what an other model version produced")
-    g.add_argument("--skip-failed", action="store_true",
-                   help="do not retry sources that failed before (changed ones still run)")
-    g.add_argument("--shard", type=_shard_arg, default=Shard(), metavar="I/N",
-                   help="process only shard I of N (stable hash of the source URI); auto: this "
-                        "host's place in a SageMaker job's hosts (/opt/ml/config/resourceconfig.json)")
-    g.add_argument("--part-docs", type=int, default=1000,
-                   help="documents per commit (and per Parquet part)")
-    g.add_argument("--part-rows", type=int, default=200_000,
-                   help="word rows per commit (and per Parquet part), if reached first")
+    g.add_argument(
+        "--reprocess-on-model-change",
+        action="store_true",
+        help="process again what an other model version produced",
+    )
+    g.add_argument(
+        "--skip-failed",
+        action="store_true",
+        help="do not retry sources that failed before (changed ones still run)",
+    )
+    g.add_argument(
+        "--shard",
+        type=_shard_arg,
+        default=Shard(),
+        metavar="I/N",
+        help="process only shard I of N (stable hash of the source URI); auto: this "
+        "host's place in a SageMaker job's hosts (/opt/ml/config/resourceconfig.json)",
+    )
+    g.add_argument("--part-docs", type=int, default=1000, help="documents per commit (and per Parquet part)")
+    g.add_argument(
+        "--part-rows",
+        type=int,
+        default=200_000,
+        help="word rows per commit (and per Parquet part), if reached first",
+    )
     g.add_argument("--compression", choices=COMPRESSIONS, default="zstd", help="Parquet codec")
-    g.add_argument("--formats", type=exports.formats_arg, default=(), metavar="LIST",
-                   help="json,parquet (always written) and any of alto,page,hocr,pdf (batch.exports), "
-                        "committed with the tables, e.g. json,parquet,alto,pdf")
+    g.add_argument(
+        "--formats",
+        type=exports.formats_arg,
+        default=(),
+        metavar="LIST",
+        help="json,parquet (always written) and any of alto,page,hocr,pdf (batch.exports), "
+        "committed with the tables, e.g. json,parquet,alto,pdf",
+    )
     storage.add_arguments(p)
 
 
@@ -140,21 +185,25 @@ class RunStats:
     pages: int = 0
     words: int = 0
     errors: int = 0
-    skipped: int = 0          # up to date in the ledger
+    skipped: int = 0  # up to date in the ledger
     started: float = field(default_factory=time.time)
 
     def summary(self, out: str) -> str:
         dt = max(time.time() - self.started, 1e-9)
-        return (f"htr run: {self.documents} documents, {self.pages} pages, {self.words} words, "
-                f"{self.skipped} skipped, {self.errors} errors in {dt:.1f} s "
-                f"({self.pages / dt:.2f} pages/s) -> {out}")
+        return (
+            f"htr run: {self.documents} documents, {self.pages} pages, {self.words} words, "
+            f"{self.skipped} skipped, {self.errors} errors in {dt:.1f} s "
+            f"({self.pages / dt:.2f} pages/s) -> {out}"
+        )
 
 
 # ---- which sources to process ------------------------------------------------------------------
 
+
 @dataclass
 class SourcePicker:
     """Filters a listing down to this shard's sources that the ledger says need work."""
+
     state: LedgerState
     policy: Policy
     shard: Shard = field(default_factory=Shard)
@@ -212,9 +261,15 @@ def fetch(src: storage.SourceObject, stream_above: int) -> bytes | mmap.mmap:
         return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
 
 
-def _produce(src: storage.SourceObject, put: Callable[[tuple], None], dpi: int, limits: Limits,
-             stream_above: int, image_side: int | None = None,
-             prepare: Callable[[np.ndarray], object] | None = None) -> None:
+def _produce(
+    src: storage.SourceObject,
+    put: Callable[[tuple], None],
+    dpi: int,
+    limits: Limits,
+    stream_above: int,
+    image_side: int | None = None,
+    prepare: Callable[[np.ndarray], object] | None = None,
+) -> None:
     """Put ('meta'), ('page', i, image)..., ('end', n) or ('error', stage, exc) for one source.
     prepare: Pipeline.prepare_page, run here so the page fix is off the model thread (#15)."""
     stage, data = "fetch", b""
@@ -238,9 +293,11 @@ def _produce(src: storage.SourceObject, put: Callable[[tuple], None], dpi: int, 
 
 # ---- the run -----------------------------------------------------------------------------------
 
+
 @dataclass
 class _Doc:
     """A document in flight: its pages arrive one by one; done when all are recognised."""
+
     src: storage.SourceObject
     doc_id: str = ""
     content_type: str = ""
@@ -250,9 +307,18 @@ class _Doc:
 
 
 class Run:
-    def __init__(self, pipe: Pipeline, writer: OutputWriter, run_id: str, dpi: int = 200,
-                 limits: Limits = Limits(), batch_pages: int = 8, decode_workers: int = 2,
-                 progress: bool = True, stream_above: int = 256 * MiB):
+    def __init__(
+        self,
+        pipe: Pipeline,
+        writer: OutputWriter,
+        run_id: str,
+        dpi: int = 200,
+        limits: Limits = DEFAULT_LIMITS,
+        batch_pages: int = 8,
+        decode_workers: int = 2,
+        progress: bool = True,
+        stream_above: int = 256 * MiB,
+    ):
         self.pipe, self.writer, self.run_id = pipe, writer, run_id
         self.dpi, self.limits, self.batch_pages = dpi, limits, batch_pages
         self.decode_workers = max(1, decode_workers)
@@ -262,7 +328,7 @@ class Run:
         self.pending: list[tuple[str, int, np.ndarray]] = []
         self.stop = threading.Event()
         self.feed_error: BaseException | None = None
-        self.fetch_failures = 0   # documents in a row whose fetch failed transiently
+        self.fetch_failures = 0  # documents in a row whose fetch failed transiently
         self.bar = tqdm(unit="doc", desc="documents", disable=not progress, file=sys.stderr)
 
     def run(self, sources: Iterable[storage.SourceObject]) -> RunStats:
@@ -307,8 +373,9 @@ class Run:
                 pass
         raise _Stopped
 
-    def _feed(self, sources: Iterable[storage.SourceObject], q: queue.Queue,
-              slots: threading.Semaphore) -> None:
+    def _feed(
+        self, sources: Iterable[storage.SourceObject], q: queue.Queue, slots: threading.Semaphore
+    ) -> None:
         put = lambda item: self._put(q, item)  # noqa: E731
         try:
             with ThreadPoolExecutor(self.decode_workers, thread_name_prefix="decode") as pool:
@@ -317,8 +384,16 @@ class Run:
                         if self.stop.is_set():
                             return
                     put((src.uri, "start", src))
-                    pool.submit(_produce, src, put, self.dpi, self.limits, self.stream_above,
-                                self.pipe.config.image_side, getattr(self.pipe, "prepare_page", None))
+                    pool.submit(
+                        _produce,
+                        src,
+                        put,
+                        self.dpi,
+                        self.limits,
+                        self.stream_above,
+                        self.pipe.config.image_side,
+                        getattr(self.pipe, "prepare_page", None),
+                    )
         except _Stopped:
             return
         except Exception as e:  # listing failed
@@ -363,8 +438,10 @@ class Run:
             return
         self.fetch_failures += 1
         if self.fetch_failures >= OUTAGE_AFTER:
-            raise Outage(f"{self.fetch_failures} documents in a row could not be fetched; storage "
-                         f"looks down (last: {exc}); this run stops, the next one resumes")
+            raise Outage(
+                f"{self.fetch_failures} documents in a row could not be fetched; storage "
+                f"looks down (last: {exc}); this run stops, the next one resumes"
+            )
 
     def _run_models(self) -> None:
         batch = [(u, i, img) for u, i, img in self.pending if not self.docs[u].failed]
@@ -376,7 +453,7 @@ class Run:
         except Exception:
             # one bad page must not fail its neighbours: retry page by page to find it
             pages = []
-            for u, i, img in batch:
+            for u, _i, img in batch:
                 try:
                     pages.extend(self.pipe.process_pages([img]))
                 except Exception as e:
@@ -394,8 +471,9 @@ class Run:
         if doc.failed or doc.expected is None or len(doc.pages) < doc.expected:
             return
         pages = [doc.pages[i] for i in sorted(doc.pages)]
-        record = self.pipe.make_record(pages, doc.doc_id, doc.src.uri, self.run_id, doc.content_type,
-                                       doc.src.etag)
+        record = self.pipe.make_record(
+            pages, doc.doc_id, doc.src.uri, self.run_id, doc.content_type, doc.src.etag
+        )
         try:
             self.writer.add_document(record, doc.src)
         except CommitFailed:
@@ -417,8 +495,15 @@ class Run:
         self.pending = [p for p in self.pending if p[0] != uri]
         doc_id = doc.doc_id or hashlib.sha256(uri.encode()).hexdigest()[:24]
         message = scrub(str(exc))
-        err = ErrorRecord(doc_id=doc_id, source_uri=uri, stage=stage, error_type=type(exc).__name__,
-                          message=message[:2000], run_id=self.run_id, processed_at=now_ms())
+        err = ErrorRecord(
+            doc_id=doc_id,
+            source_uri=uri,
+            stage=stage,
+            error_type=type(exc).__name__,
+            message=message[:2000],
+            run_id=self.run_id,
+            processed_at=now_ms(),
+        )
         self.writer.add_error(err, doc.src)
         tqdm.write(f"error: {uri}: {stage}: {type(exc).__name__}: {message}", file=sys.stderr)
         if producer_done or doc.expected is not None:
@@ -432,8 +517,13 @@ class Run:
         self.bar.set_postfix(pages=self.stats.pages, words=self.stats.words, errors=self.stats.errors)
 
 
-def process(pipe: Pipeline, writer: OutputWriter, listing: Iterable[storage.SourceObject],
-            policy: Policy, **run_options) -> RunStats:
+def process(
+    pipe: Pipeline,
+    writer: OutputWriter,
+    listing: Iterable[storage.SourceObject],
+    policy: Policy,
+    **run_options,
+) -> RunStats:
     """Recover the output, then run over the sources of `listing` that need work."""
     recovered = writer.open()
     if recovered:
@@ -470,27 +560,51 @@ def main(args) -> int:
         return EXIT_BAD_ARGS
     threading.Thread(target=_warm_imports, name="warm-imports", daemon=True).start()
     try:
-        pipe = Pipeline.load(args.models, args.device,
-                             PipelineConfig(seg_batch=args.seg_batch, rec_batch=args.rec_batch,
-                                            lexicon="off" if args.no_lexicon else args.lexicon,
-                                            fix_pages=not args.no_page_fixes, backend=args.backend,
-                                            precision=args.precision, image_side=args.image_side))
+        pipe = Pipeline.load(
+            args.models,
+            args.device,
+            PipelineConfig(
+                seg_batch=args.seg_batch,
+                rec_batch=args.rec_batch,
+                lexicon="off" if args.no_lexicon else args.lexicon,
+                fix_pages=not args.no_page_fixes,
+                backend=args.backend,
+                precision=args.precision,
+                image_side=args.image_side,
+            ),
+        )
     except Exception as e:
         print(f"htr run: cannot load models: {scrub(str(e))}", file=sys.stderr)
         return EXIT_FATAL
-    writer = OutputWriter(args.output, run_id, rows_per_part=args.part_rows,
-                          compression=args.compression, docs_per_part=args.part_docs,
-                          shard=args.shard, model_version=pipe.model_version,
-                          exports=exports.renderer(args.formats))
-    policy = Policy(pipe.model_version, reprocess=args.reprocess,
-                    on_model_change=args.reprocess_on_model_change,
-                    retry_failed=not args.skip_failed)
+    writer = OutputWriter(
+        args.output,
+        run_id,
+        rows_per_part=args.part_rows,
+        compression=args.compression,
+        docs_per_part=args.part_docs,
+        shard=args.shard,
+        model_version=pipe.model_version,
+        exports=exports.renderer(args.formats),
+    )
+    policy = Policy(
+        pipe.model_version,
+        reprocess=args.reprocess,
+        on_model_change=args.reprocess_on_model_change,
+        retry_failed=not args.skip_failed,
+    )
     try:
-        stats = process(pipe, writer, storage.list_objects(args.input, args.include, args.exclude),
-                        policy, dpi=args.dpi,
-                        limits=Limits(max_pixels=args.max_pixels, max_pages=args.max_pages),
-                        batch_pages=args.batch_pages, decode_workers=args.decode_workers,
-                        progress=not args.no_progress, stream_above=args.stream_mb * MiB)
+        stats = process(
+            pipe,
+            writer,
+            storage.list_objects(args.input, args.include, args.exclude),
+            policy,
+            dpi=args.dpi,
+            limits=Limits(max_pixels=args.max_pixels, max_pages=args.max_pages),
+            batch_pages=args.batch_pages,
+            decode_workers=args.decode_workers,
+            progress=not args.no_progress,
+            stream_above=args.stream_mb * MiB,
+        )
     except HtrError as e:  # listing or output failures: nothing sensible can continue
         print(f"htr run: {e.stage}: {e}", file=sys.stderr)
         return EXIT_FATAL

@@ -10,6 +10,7 @@ or library change pays it. Cache folder: $HTR_CACHE_DIR, else $XDG_CACHE_HOME/ht
 On a cache hit nothing here imports torch (about 3 s of `htr run`'s start-up on 2 cores, #15): the
 key is the checkpoint's bytes and the library versions from their package metadata, and the runners
 take and return numpy arrays. Only an export (a miss) or a caller with torch tensors imports it."""
+
 from __future__ import annotations
 
 import hashlib
@@ -18,18 +19,19 @@ import os
 import sys
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
     import torch
 
-EXPORT_FORMAT = 1   # bump when the export call below changes, so old cached graphs are not reused
+EXPORT_FORMAT = 1  # bump when the export call below changes, so old cached graphs are not reused
 
 
-def _prob(net: "torch.nn.Module") -> "torch.nn.Module":
+def _prob(net: torch.nn.Module) -> torch.nn.Module:
     """The segmenter's inference output only: the text probability map (a module to export)."""
     import torch
 
@@ -68,6 +70,7 @@ def _versions() -> str:
                 return version(dist)
             except PackageNotFoundError:
                 return "-"
+
         _VERSIONS.append(f"{EXPORT_FORMAT}|{v('torch')}|{v('onnxruntime')}")
     return _VERSIONS[0]
 
@@ -89,21 +92,24 @@ def default_threads() -> int:
     cores = set()
     for c in cpus:
         try:
-            cores.add(Path(f"/sys/devices/system/cpu/cpu{c}/topology/thread_siblings_list").read_text().strip())
+            cores.add(
+                Path(f"/sys/devices/system/cpu/cpu{c}/topology/thread_siblings_list").read_text().strip()
+            )
         except OSError:
             return max(1, len(cpus))
     return max(1, len(cores))
 
 
-def graph_key(model: "torch.nn.Module", example: "torch.Tensor", dynamic: dict[int, str]) -> str:
+def graph_key(model: torch.nn.Module, example: torch.Tensor, dynamic: dict[int, str]) -> str:
     """A module's graph: its weights (and buffers), architecture and example shape."""
-    h = hashlib.sha256(f"{_versions()}|{type(model).__name__}|{tuple(example.shape)}|"
-                       f"{sorted(dynamic.items())}".encode())
+    h = hashlib.sha256(
+        f"{_versions()}|{type(model).__name__}|{tuple(example.shape)}|{sorted(dynamic.items())}".encode()
+    )
     for name, t in model.state_dict().items():
         h.update(name.encode())
         h.update(str(tuple(t.shape)).encode())
         h.update(t.detach().contiguous().cpu().numpy().tobytes())
-    h.update(repr(model).encode())   # layer hyper-parameters that the weights alone do not show
+    h.update(repr(model).encode())  # layer hyper-parameters that the weights alone do not show
     return h.hexdigest()[:24]
 
 
@@ -116,14 +122,22 @@ def checkpoint_key(model_dir: Path, kind: str, shape: tuple[int, ...], dynamic: 
     return h.hexdigest()[:24]
 
 
-def _export(model: "torch.nn.Module", example: "torch.Tensor", dynamic: dict[int, str]) -> bytes:
+def _export(model: torch.nn.Module, example: torch.Tensor, dynamic: dict[int, str]) -> bytes:
     import torch
 
     buf = io.BytesIO()
     with _EXPORT_LOCK, warnings.catch_warnings():  # LSTM batch-size warning: no h0/c0 inputs here
         warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), example, buf, input_names=["x"], output_names=["y"],
-                          dynamic_axes={"x": dynamic, "y": {0: "b"}}, opset_version=17, dynamo=False)
+        torch.onnx.export(
+            model.eval(),
+            example,
+            buf,
+            input_names=["x"],
+            output_names=["y"],
+            dynamic_axes={"x": dynamic, "y": {0: "b"}},
+            opset_version=17,
+            dynamo=False,
+        )
     return buf.getvalue()
 
 
@@ -134,7 +148,7 @@ def _cached(key: str, make: Callable[[], bytes]) -> bytes:
     except OSError:
         pass
     graph = make()
-    try:   # write-then-rename: a concurrent run or a kill never leaves a half graph under the name
+    try:  # write-then-rename: a concurrent run or a kill never leaves a half graph under the name
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_bytes(graph)
@@ -144,7 +158,7 @@ def _cached(key: str, make: Callable[[], bytes]) -> bytes:
     return graph
 
 
-def exported_graph(model: "torch.nn.Module", example: "torch.Tensor", dynamic: dict[int, str]) -> bytes:
+def exported_graph(model: torch.nn.Module, example: torch.Tensor, dynamic: dict[int, str]) -> bytes:
     """The ONNX bytes for `model`, from the cache when an identical export is there."""
     return _cached(graph_key(model, example, dynamic), lambda: _export(model, example, dynamic))
 
@@ -171,7 +185,7 @@ def _recogniser_input(height: int) -> tuple[tuple[int, ...], dict[int, str]]:
     return (2, 1, height, 64), {0: "b", 3: "w"}
 
 
-def _example(shape: tuple[int, ...]) -> "torch.Tensor":
+def _example(shape: tuple[int, ...]) -> torch.Tensor:
     import torch
 
     return torch.rand(*shape)
@@ -193,7 +207,7 @@ class OrtSegmenter:
         self.session = _session(graph, threads)
 
     @classmethod
-    def from_module(cls, net: "torch.nn.Module", threads: int) -> "OrtSegmenter":
+    def from_module(cls, net: torch.nn.Module, threads: int) -> OrtSegmenter:
         import torch
 
         net = net.to(memory_format=torch.contiguous_format)
@@ -211,7 +225,7 @@ class OrtRecogniser:
         self.session = _session(graph, threads)
 
     @classmethod
-    def from_module(cls, net: "torch.nn.Module", height: int, threads: int) -> "OrtRecogniser":
+    def from_module(cls, net: torch.nn.Module, height: int, threads: int) -> OrtRecogniser:
         shape, dynamic = _recogniser_input(height)
         return cls(exported_graph(net, _example(shape), dynamic), threads)
 
@@ -219,13 +233,17 @@ class OrtRecogniser:
         return _run(self.session, x)
 
 
-def to_onnxruntime(segmenter: "torch.nn.Module", recogniser: "torch.nn.Module", crop_height: int,
-                   threads: int) -> tuple[OrtSegmenter, OrtRecogniser]:
-    return OrtSegmenter.from_module(segmenter, threads), OrtRecogniser.from_module(recogniser, crop_height, threads)
+def to_onnxruntime(
+    segmenter: torch.nn.Module, recogniser: torch.nn.Module, crop_height: int, threads: int
+) -> tuple[OrtSegmenter, OrtRecogniser]:
+    return OrtSegmenter.from_module(segmenter, threads), OrtRecogniser.from_module(
+        recogniser, crop_height, threads
+    )
 
 
-def from_checkpoints(model_dir: str | Path, crop_height: int, threads: int
-                     ) -> tuple[OrtSegmenter, OrtRecogniser]:
+def from_checkpoints(
+    model_dir: str | Path, crop_height: int, threads: int
+) -> tuple[OrtSegmenter, OrtRecogniser]:
     """Both runners straight from a checkpoint folder. On a cache hit no network is built and
     neither torch nor torchvision is imported: start-up is reading two files."""
     model_dir = Path(model_dir)
@@ -236,11 +254,14 @@ def from_checkpoints(model_dir: str | Path, crop_height: int, threads: int
 
             net = checkpoints.load(model_dir, kind)[0]
             return _export(_prob(net) if kind == "segmenter" else net, _example(shape), dynamic)
+
         try:
             key = checkpoint_key(model_dir, kind, shape, dynamic)
-        except OSError:   # a missing file: loading names it (CheckpointError)
+        except OSError:  # a missing file: loading names it (CheckpointError)
             return export()
         return _cached(key, export)
 
-    return (OrtSegmenter(graph("segmenter", *_segmenter_input()), threads),
-            OrtRecogniser(graph("recogniser", *_recogniser_input(crop_height)), threads))
+    return (
+        OrtSegmenter(graph("segmenter", *_segmenter_input()), threads),
+        OrtRecogniser(graph("recogniser", *_recogniser_input(crop_height)), threads),
+    )

@@ -4,6 +4,7 @@ a BiLSTM reads it, a linear layer scores characters per column; CTC aligns them 
 Input: Bx1x32xW, ink bright (1) on dark paper (0), so zero padding reads as blank paper.
 Output: B x T x C log-probabilities with T = W / 4.
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,7 +29,7 @@ class Pool(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2] // self.kh * self.kh, x.shape[-1] // self.kw * self.kw
-        views = [x[..., i:h:self.kh, j:w:self.kw] for i in range(self.kh) for j in range(self.kw)]
+        views = [x[..., i : h : self.kh, j : w : self.kw] for i in range(self.kh) for j in range(self.kw)]
         out = views[0]
         for v in views[1:]:
             out = torch.maximum(out, v)
@@ -36,27 +37,45 @@ class Pool(nn.Module):
 
 
 class CRNN(nn.Module):
-    def __init__(self, num_classes: int, height: int = 32, channels: list[int] = (32, 64, 128, 192),
-                 lstm_hidden: int = 128, lstm_layers: int = 2):
+    def __init__(
+        self,
+        num_classes: int,
+        height: int = 32,
+        channels: list[int] = (32, 64, 128, 192),
+        lstm_hidden: int = 128,
+        lstm_layers: int = 2,
+    ):
         super().__init__()
         c0, c1, c2, c3 = channels
         self.height = height
         self.cnn = nn.Sequential(
-            *_conv(1, c0), Pool(2, 2),                          # H/2, W/2
-            *_conv(c0, c1), Pool(2, 2),                         # H/4, W/4
-            *_conv(c1, c2), *_conv(c2, c2), Pool(2, 1),         # H/8: keep width for CTC
-            *_conv(c2, c3), *_conv(c3, c3), Pool(2, 1),         # H/16
+            *_conv(1, c0),
+            Pool(2, 2),  # H/2, W/2
+            *_conv(c0, c1),
+            Pool(2, 2),  # H/4, W/4
+            *_conv(c1, c2),
+            *_conv(c2, c2),
+            Pool(2, 1),  # H/8: keep width for CTC
+            *_conv(c2, c3),
+            *_conv(c3, c3),
+            Pool(2, 1),  # H/16
         )
         feat_h = height // 16
         self.proj = nn.Linear(c3 * feat_h, lstm_hidden)
-        self.rnn = nn.LSTM(lstm_hidden, lstm_hidden, num_layers=lstm_layers, bidirectional=True,
-                           batch_first=True, dropout=0.1 if lstm_layers > 1 else 0.0)
+        self.rnn = nn.LSTM(
+            lstm_hidden,
+            lstm_hidden,
+            num_layers=lstm_layers,
+            bidirectional=True,
+            batch_first=True,
+            dropout=0.1 if lstm_layers > 1 else 0.0,
+        )
         self.classifier = nn.Linear(2 * lstm_hidden, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        f = self.cnn(x)                                  # B x C x h x T
+        f = self.cnn(x)  # B x C x h x T
         b, c, h, t = f.shape
-        f = f.permute(0, 3, 1, 2).reshape(b, t, c * h)   # B x T x (C*h)
+        f = f.permute(0, 3, 1, 2).reshape(b, t, c * h)  # B x T x (C*h)
         f, _ = self.rnn(torch.relu(self.proj(f)))
         # Scores in fp32 even under bf16/fp16 autocast: a bf16 log-softmax has steps of 0.06 nats
         # near the top, which would quantise the confidences and the lexicon's CTC scores.

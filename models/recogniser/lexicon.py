@@ -15,6 +15,7 @@ numpy only (no torch: `htr run` on ONNX Runtime never imports it); torch tensors
 A language's word list is kept in the cache folder (models.onnx_backend.cache_dir) after its first
 use: importing wordfreq and unpacking its lists cost ~0.5 s of every start-up.
 """
+
 from __future__ import annotations
 
 import math
@@ -31,17 +32,17 @@ from rapidfuzz.distance import OSA
 from models.charset import Codec
 from models.recogniser.ctc import as_numpy, ctc_log_likelihoods
 
-_LETTER = r"[^\W\d_]"                                      # any Unicode letter
+_LETTER = r"[^\W\d_]"  # any Unicode letter
 _CORE = re.compile(rf"^([\W\d_]*?)({_LETTER}(?:{_LETTER}|')*{_LETTER}|{_LETTER})([\W\d_]*)$")
-_WORD = re.compile(rf"{_LETTER}+")                          # elisions (l'homme) count as two words
-MIN_COVERAGE = 0.5      # share of a line's words a lexicon must know before it may correct the rest
-SCAN_LOOKUPS = 1000     # distinct unknown words looked up by scanning before the index pays for itself
+_WORD = re.compile(rf"{_LETTER}+")  # elisions (l'homme) count as two words
+MIN_COVERAGE = 0.5  # share of a line's words a lexicon must know before it may correct the rest
+SCAN_LOOKUPS = 1000  # distinct unknown words looked up by scanning before the index pays for itself
 
 
 def _deletes(word: str, depth: int) -> set[str]:
     out, frontier = {word}, {word}
     for _ in range(depth):
-        frontier = {w[:i] + w[i + 1:] for w in frontier for i in range(len(w))}
+        frontier = {w[:i] + w[i + 1 :] for w in frontier for i in range(len(w))}
         out |= frontier
     return out
 
@@ -56,19 +57,19 @@ def _match_case(candidate: str, like: str) -> str:
 
 @dataclass
 class Lexicon:
-    words: list[str]                 # lower case, most frequent first
+    words: list[str]  # lower case, most frequent first
     max_distance: int = 2
-    prior_weight: float = 1.0        # nats per unit of log word frequency
+    prior_weight: float = 1.0  # nats per unit of log word frequency
     min_length: int = 3
 
     language: str = "en"
 
     @classmethod
-    def english(cls, size: int = 30000) -> "Lexicon":
+    def english(cls, size: int = 30000) -> Lexicon:
         return cls.for_language("en", size)
 
     @classmethod
-    def for_language(cls, language: str, size: int = 30000) -> "Lexicon":
+    def for_language(cls, language: str, size: int = 30000) -> Lexicon:
         return cls(_word_list(language, size), language=language)
 
     def coverage(self, texts: list[str]) -> float:
@@ -76,22 +77,28 @@ class Lexicon:
         words = [m.lower() for t in texts for m in _WORD.findall(t.replace("’", "'")) if len(m) > 1]
         return sum(w in self.rank for w in words) / len(words) if words else 0.0
 
-    def rescore_line(self, words: list[tuple[str, float, int, int]], log_probs: Any,
-                     codec: Codec) -> list[tuple[str, float, int, int]]:
+    def rescore_line(
+        self, words: list[tuple[str, float, int, int]], log_probs: Any, codec: Codec
+    ) -> list[tuple[str, float, int, int]]:
         """Words of one line as (text, confidence, first frame, end frame) over the line's
         T x C log-probabilities: each unknown word is rescored over its own frames (one frame of
         context either side)."""
         return self.rescore_lines([(words, log_probs)], codec)[0]
 
-    def rescore_lines(self, lines: list[tuple[list[tuple[str, float, int, int]], Any]], codec: Codec
-                      ) -> list[list[tuple[str, float, int, int]]]:
+    def rescore_lines(
+        self, lines: list[tuple[list[tuple[str, float, int, int]], Any]], codec: Codec
+    ) -> list[list[tuple[str, float, int, int]]]:
         """rescore_line for many lines at once (a page's, a batch's): the unknown words of all of
         them are scored in one CTC pass, not one per line (#15: a Python loop over frames each)."""
-        jobs = [(li, i) for li, (words, _) in enumerate(lines)
-                for i, (text, *_) in enumerate(words) if self._correctable(text)]
+        jobs = [
+            (li, i)
+            for li, (words, _) in enumerate(lines)
+            for i, (text, *_) in enumerate(words)
+            if self._correctable(text)
+        ]
         out = [words for words, _ in lines]
         if not jobs:
-            return out                                             # most lines: nothing to copy
+            return out  # most lines: nothing to copy
         arrays = {li: as_numpy(lines[li][1]) for li in {li for li, _ in jobs}}
         spans = []
         for li, i in jobs:
@@ -100,9 +107,9 @@ class Lexicon:
         width = max(b - a for a, b in spans)
         first = arrays[jobs[0][0]]
         batch = np.full((len(jobs), width, first.shape[1]), -1e4, first.dtype)
-        batch[:, :, 0] = 0.0                                       # padding frames: certain blanks
+        batch[:, :, 0] = 0.0  # padding frames: certain blanks
         for row, ((li, _), (a, b)) in enumerate(zip(jobs, spans)):
-            batch[row, :b - a] = arrays[li][a:b]
+            batch[row, : b - a] = arrays[li][a:b]
         lengths = np.array([b - a for a, b in spans])
         texts = self.rescore([lines[li][0][i][0] for li, i in jobs], batch, lengths, codec)
         out = [list(words) for words in out]
@@ -159,8 +166,12 @@ class Lexicon:
         k = self.max_distance
         if len(self._seen) < SCAN_LOOKUPS and "_index" not in self.__dict__:
             # a short run: scanning the list in C (~2 ms a word) beats building the index (~2 s)
-            found = [m[0] for m in process.extract(word, self._near_length(len(word)), scorer=OSA.distance,
-                                                   score_cutoff=k, limit=None)]
+            found = [
+                m[0]
+                for m in process.extract(
+                    word, self._near_length(len(word)), scorer=OSA.distance, score_cutoff=k, limit=None
+                )
+            ]
         else:
             near = set()
             for d in _deletes(word, k):
@@ -178,8 +189,7 @@ class Lexicon:
             return None
         return m.group(1), m.group(2), m.group(3)
 
-    def rescore(self, readings: list[str], log_probs: Any, lengths: Any,
-                codec: Codec) -> list[str]:
+    def rescore(self, readings: list[str], log_probs: Any, lengths: Any, codec: Codec) -> list[str]:
         """readings: greedy texts of a batch; log_probs: B x T x C; lengths: frames per sample."""
         jobs = []  # (sample, prefix, suffix, core-as-read, candidate cores)
         for i, text in enumerate(readings):
@@ -201,25 +211,29 @@ class Lexicon:
         scores = _ctc_scores(texts, log_probs, lengths, samples, codec)
         out, start = list(readings), 0
         for (i, _, _), opts in zip(jobs, options):
-            ranked = [scores[start + k] + self.prior_weight * self.log_prior(o.lower() if k else None)
-                      for k, o in enumerate(opts)]
+            ranked = [
+                scores[start + k] + self.prior_weight * self.log_prior(o.lower() if k else None)
+                for k, o in enumerate(opts)
+            ]
             out[i] = texts[start + max(range(len(opts)), key=ranked.__getitem__)]
             start += len(opts)
         return out
 
 
-def pick_lexicon(lexicons: list[Lexicon], texts: list[str], min_coverage: float = MIN_COVERAGE
-                 ) -> Lexicon | None:
+def pick_lexicon(
+    lexicons: list[Lexicon], texts: list[str], min_coverage: float = MIN_COVERAGE
+) -> Lexicon | None:
     """The lexicon that knows most of the line's words, if it knows at least min_coverage of them;
     None for a line in none of their languages (names, numbers, another language)."""
     coverage = [lx.coverage(texts) for lx in lexicons]
     if not coverage or max(coverage) < min_coverage:
         return None
-    return lexicons[coverage.index(max(coverage))]            # ties: the first listed
+    return lexicons[coverage.index(max(coverage))]  # ties: the first listed
 
 
-def _ctc_scores(texts: list[str], log_probs: Any, lengths: Any, samples: list[int],
-                codec: Codec) -> list[float]:
+def _ctc_scores(
+    texts: list[str], log_probs: Any, lengths: Any, samples: list[int], codec: Codec
+) -> list[float]:
     """log P(text | frames of its sample) for each text.
     log_probs: B x T x C; lengths: frames per sample; samples: each text's row in log_probs.
 
@@ -230,8 +244,9 @@ def _ctc_scores(texts: list[str], log_probs: Any, lengths: Any, samples: list[in
     scores = [-math.inf] * len(texts)
     ks = [k for k, s in enumerate(samples) if 0 < len(targets[k]) <= int(lengths[s])]
     if ks:
-        got = ctc_log_likelihoods(log_probs, [targets[k] for k in ks], np.array([samples[k] for k in ks]),
-                                  lengths)
+        got = ctc_log_likelihoods(
+            log_probs, [targets[k] for k in ks], np.array([samples[k] for k in ks]), lengths
+        )
         for k, v in zip(ks, got.tolist()):
             scores[k] = v
     return scores
@@ -259,7 +274,7 @@ def _word_list(language: str, size: int) -> list[str]:
 
     words = [w.replace("’", "'") for w in wordfreq.top_n_list(language, size)]
     words = [w for w in words if w.replace("'", "").isalpha()]
-    try:   # write-then-rename: a concurrent run never reads half a list
+    try:  # write-then-rename: a concurrent run never reads half a list
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text("\n".join(words), encoding="utf-8")
