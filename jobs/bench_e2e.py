@@ -18,6 +18,7 @@ RapidOCR run as commands on the same files, in the same run.
   rotated from set to set so machine noise hits all alike; one untimed warm-up per system first
   (fills the OS file cache and the ONNX export cache as any second run would find them).
 """
+
 from __future__ import annotations
 
 import io
@@ -31,15 +32,15 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
-LANES = 2                      # peers: 2 single-threaded processes (the machine has 2 cores)
-PDF_DPI = 200                  # htr run's default --dpi
-MIXED_DISTINCT = 50            # rendered pages behind the mixed set; the rest are rescaled variants
-STARTUP_TARGET_S, WALL_TARGET, STEADY_TARGET = 3.0, 3.0, 5.0    # issue #15: s, × Tesseract, × Tesseract
+LANES = 2  # peers: 2 single-threaded processes (the machine has 2 cores)
+PDF_DPI = 200  # htr run's default --dpi
+MIXED_DISTINCT = 50  # rendered pages behind the mixed set; the rest are rescaled variants
+STARTUP_TARGET_S, WALL_TARGET, STEADY_TARGET = 3.0, 3.0, 5.0  # issue #15: s, × Tesseract, × Tesseract
 SUMMARY = re.compile(r"(\d+) pages.* in ([\d.]+) s \(([\d.]+) pages/s\)")
 IMAGE_EXT = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp", ".pdf"}
 
@@ -53,7 +54,7 @@ class PageSet:
     folder: Path
     pages: int
     note: str
-    repeats: int = 1           # timed runs per system; the median wall clock is reported
+    repeats: int = 1  # timed runs per system; the median wall clock is reported
 
 
 @dataclass
@@ -61,7 +62,7 @@ class Timed:
     system: str
     pages: int = 0
     seconds: float = 0.0
-    steady_pps: float | None = None      # htr run's own summary
+    steady_pps: float | None = None  # htr run's own summary
     error: str | None = None
 
     @property
@@ -72,8 +73,8 @@ class Timed:
 @dataclass
 class E2eRun:
     sets: list[PageSet]
-    results: dict[str, dict[str, Timed]] = field(default_factory=dict)   # set name -> system -> Timed
-    skipped: dict[str, str] = field(default_factory=dict)                # system -> why
+    results: dict[str, dict[str, Timed]] = field(default_factory=dict)  # set name -> system -> Timed
+    skipped: dict[str, str] = field(default_factory=dict)  # system -> why
 
 
 # ---- the systems, each run as a command ----------------------------------------------------------
@@ -82,6 +83,7 @@ class E2eRun:
 @dataclass
 class Env:
     """How to start the commands: htr's argv prefix, extra `htr run` arguments, environment, timeout."""
+
     htr: list[str] = field(default_factory=lambda: [sys.executable, "-m", "batch.cli"])
     run_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))
@@ -110,8 +112,9 @@ def time_htr_run(folder: Path, env: Env) -> Timed:
 def rasterise_pdf(pdf: Path, tmp: Path) -> list[Path]:
     """`pdftoppm -r 200` into PPM files (no encoding cost), one per page, in page order."""
     dest = Path(tempfile.mkdtemp(prefix=pdf.stem + "-", dir=tmp))
-    subprocess.run(["pdftoppm", "-r", str(PDF_DPI), str(pdf), str(dest / "p")], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["pdftoppm", "-r", str(PDF_DPI), str(pdf), str(dest / "p")], check=True, capture_output=True
+    )
     return sorted(dest.glob("p*.ppm"))
 
 
@@ -140,7 +143,7 @@ def run_lanes(files: list[Path], readers: list[Callable[[Path], None]], tmp: Pat
                     q.put(p)
                 if pages is None:
                     read(item)
-                with lock:   # the PDF's pages replace it in the count; a page is done
+                with lock:  # the PDF's pages replace it in the count; a page is done
                     state["pending"] += len(pages) - 1 if pages is not None else -1
                     state["pages"] += 0 if pages is not None else 1
             except Exception as e:  # noqa: BLE001 - reported as this system's error
@@ -163,8 +166,10 @@ def tesseract_reader(out: Path) -> Callable[[Path], None]:
 
     def read(image: Path) -> None:
         base = out / f"{next(counter):06d}-{image.stem}"
-        subprocess.run(["tesseract", str(image), str(base), "--psm", "3"], env=env, check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["tesseract", str(image), str(base), "--psm", "3"], env=env, check=True, capture_output=True
+        )
+
     return read
 
 
@@ -175,14 +180,21 @@ class RapidProcess:
     def __init__(self, out: Path, env: dict[str, str], k: int):
         self.err = out / f"rapidocr-{k}.stderr"
         with open(self.err, "w") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "jobs.bench_e2e", "--rapidocr-worker", str(out)],
-                                         cwd=REPO, env={**env, "OMP_NUM_THREADS": "1"}, stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, stderr=err, text=True, bufsize=1)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "jobs.bench_e2e", "--rapidocr-worker", str(out)],
+                cwd=REPO,
+                env={**env, "OMP_NUM_THREADS": "1"},
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
+                bufsize=1,
+            )
 
     def __call__(self, image: Path) -> None:
         self.proc.stdin.write(f"{image}\n")
         self.proc.stdin.flush()
-        for line in self.proc.stdout:      # skip anything the library prints on stdout
+        for line in self.proc.stdout:  # skip anything the library prints on stdout
             if line.startswith("@@ok"):
                 return
             if line.startswith("@@error"):
@@ -210,7 +222,9 @@ def rapidocr_worker(out: Path) -> None:
         path = line.strip()
         try:
             result, _ = engine(path)
-            rows = [[[list(map(float, p)) for p in box], text, float(score)] for box, text, score in result or []]
+            rows = [
+                [[list(map(float, p)) for p in box], text, float(score)] for box, text, score in result or []
+            ]
             (out / f"{os.getpid()}-{k:06d}.json").write_text(json.dumps({"source": path, "lines": rows}))
             print("@@ok", flush=True)
         except Exception as e:  # noqa: BLE001 - the parent reports it
@@ -251,7 +265,7 @@ def available_systems() -> tuple[list[str], dict[str, str]]:
     from jobs.peers import rapidocr_available, tesseract_available
 
     why = {"tesseract": tesseract_available(), "rapidocr": rapidocr_available()}
-    if shutil.which("pdftoppm") is None:   # both peers need it for PDFs
+    if shutil.which("pdftoppm") is None:  # both peers need it for PDFs
         why = {k: v or "pdftoppm (poppler-utils) is not installed" for k, v in why.items()}
     return ["htr run"] + [k for k, v in why.items() if not v], {k: v for k, v in why.items() if v}
 
@@ -280,8 +294,12 @@ def dev_page_set(manifest: Path, work: Path) -> PageSet:
     for ref in refs:
         if not (folder / Path(ref).name).exists():
             shutil.copyfile(manifest.parent / ref, folder / Path(ref).name)
-    return PageSet(f"{len(refs)} dev letters", folder, len(refs),
-                   f"the real 1905 letters of {manifest.parent.name} (JPEG)")
+    return PageSet(
+        f"{len(refs)} dev letters",
+        folder,
+        len(refs),
+        f"the real 1905 letters of {manifest.parent.name} (JPEG)",
+    )
 
 
 def synthetic_page_set(n: int, seed: int, work: Path) -> PageSet:
@@ -306,8 +324,11 @@ def _variant(page, i: int, seed: int):
 
 
 def _save_image(img, path: Path, quality: int) -> None:
-    fmt = {".jpg": ("JPEG", {"quality": quality}), ".png": ("PNG", {}),
-           ".tif": ("TIFF", {"compression": "tiff_lzw"})}[path.suffix]
+    fmt = {
+        ".jpg": ("JPEG", {"quality": quality}),
+        ".png": ("PNG", {}),
+        ".tif": ("TIFF", {"compression": "tiff_lzw"}),
+    }[path.suffix]
     img.save(path, fmt[0], **fmt[1])
 
 
@@ -321,22 +342,26 @@ def mixed_page_set(n: int, seed: int, work: Path, distinct: int = MIXED_DISTINCT
     from transforms.synth import render_page
 
     folder = work / f"e2e-mixed-{n}-{seed}-{distinct}"
-    done = folder.with_name(folder.name + ".complete")   # outside the folder: htr run lists all of it
+    done = folder.with_name(folder.name + ".complete")  # outside the folder: htr run lists all of it
     rng = np.random.default_rng([seed, 60_000])
     if not done.is_file():
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
         from tqdm import tqdm
 
-        bases = [render_page(np.random.default_rng([seed, 62_000 + i]))[0].convert("RGB")
-                 for i in tqdm(range(min(n, distinct)), desc="mixed set: rendering", file=sys.stderr)]
+        bases = [
+            render_page(np.random.default_rng([seed, 62_000 + i]))[0].convert("RGB")
+            for i in tqdm(range(min(n, distinct)), desc="mixed set: rendering", file=sys.stderr)
+        ]
         i = doc = 0
         while i < n:
             kind = str(rng.choice(["pdf", "jpg", "png", "tif"], p=[0.15, 0.4, 0.2, 0.25]))
             count = min(n - i, int(rng.integers(2, 13))) if kind == "pdf" else 1
-            kind = "jpg" if count == 1 and kind == "pdf" else kind   # the set's last page
-            pages = [_variant(bases[(i + k) % len(bases)], i + k, seed) if i + k >= len(bases)
-                     else bases[i + k] for k in range(count)]
+            kind = "jpg" if count == 1 and kind == "pdf" else kind  # the set's last page
+            pages = [
+                _variant(bases[(i + k) % len(bases)], i + k, seed) if i + k >= len(bases) else bases[i + k]
+                for k in range(count)
+            ]
             quality = int(rng.integers(70, 96))
             if kind == "pdf":
                 jpegs = []
@@ -351,11 +376,16 @@ def mixed_page_set(n: int, seed: int, work: Path, distinct: int = MIXED_DISTINCT
         done.write_text(json.dumps({"pages": n, "documents": doc}))
     docs = input_files(folder)
     by_kind = {k: sum(p.suffix == f".{k}" for p in docs) for k in ("pdf", "jpg", "png", "tif")}
-    kinds = ", ".join(f"{v} {k.upper()}" + (" (2-12 pages each)" if k == "pdf" else "")
-                      for k, v in by_kind.items() if v)
-    return PageSet(f"{n} mixed pages", folder, n,
-                   f"{len(docs)} documents ({kinds}), synthetic, seed {seed}; "
-                   f"{min(n, distinct)} rendered pages, the rest rescaled variants of them")
+    kinds = ", ".join(
+        f"{v} {k.upper()}" + (" (2-12 pages each)" if k == "pdf" else "") for k, v in by_kind.items() if v
+    )
+    return PageSet(
+        f"{n} mixed pages",
+        folder,
+        n,
+        f"{len(docs)} documents ({kinds}), synthetic, seed {seed}; "
+        f"{min(n, distinct)} rendered pages, the rest rescaled variants of them",
+    )
 
 
 # ---- the run and its report ---------------------------------------------------------------------
@@ -367,11 +397,11 @@ def run_e2e(sets: list[PageSet], env: Env, warm: bool = True, log: Callable[[str
     for name, why in skipped.items():
         log(f"htr bench e2e: skipping {name}: {why}")
     run = E2eRun(sets, skipped=skipped)
-    if warm and sets:   # untimed: file cache, ONNX export cache, Python bytecode
+    if warm and sets:  # untimed: file cache, ONNX export cache, Python bytecode
         for s in systems:
             time_system(s, sets[0].folder, env)
     for k, ps in enumerate(sets):
-        order = systems[k % len(systems):] + systems[:k % len(systems)]
+        order = systems[k % len(systems) :] + systems[: k % len(systems)]
         tries: dict[str, list[Timed]] = {s: [] for s in systems}
         for _ in range(ps.repeats):
             for s in order:
@@ -402,8 +432,18 @@ def table_rows(run: E2eRun) -> list[list[str]]:
             ratio = f"{tess.seconds / r.seconds:.2f}×" if tess and not tess.error and r.seconds else "-"
             steady = f"{r.steady_pps:.2f}" if r.steady_pps is not None else "-"
             note = "" if r.pages == ps.pages else f"{ps.pages} pages expected"
-            rows.append([ps.name, system, str(r.pages), f"{r.seconds:.1f}", f"{r.pages_per_s:.2f}", ratio,
-                         steady, note])
+            rows.append(
+                [
+                    ps.name,
+                    system,
+                    str(r.pages),
+                    f"{r.seconds:.1f}",
+                    f"{r.pages_per_s:.2f}",
+                    ratio,
+                    steady,
+                    note,
+                ]
+            )
     return rows
 
 
@@ -416,45 +456,74 @@ def target_rows(run: E2eRun) -> list[list[str]]:
             rows.append([what, "-", f"{'≥' if higher else '≤'} {target:g}", "not measured"])
             return
         met = value >= target if higher else value <= target
-        rows.append([what, f"{value:.2f}", f"{'≥' if higher else '≤'} {target:g}", "met" if met else "NOT met"])
+        rows.append(
+            [what, f"{value:.2f}", f"{'≥' if higher else '≤'} {target:g}", "met" if met else "NOT met"]
+        )
 
     for ps in run.sets:
         res = run.results.get(ps.name, {})
         h, t = res.get("htr run"), res.get("tesseract")
         ok = h is not None and not h.error
         if ps.pages == 1:
-            add("start-up: 1-page `htr run` wall (s)", h.seconds if ok else None, STARTUP_TARGET_S,
-                higher=False)
+            add(
+                "start-up: 1-page `htr run` wall (s)",
+                h.seconds if ok else None,
+                STARTUP_TARGET_S,
+                higher=False,
+            )
             continue
         ratio = t.seconds / h.seconds if ok and t is not None and not t.error else None
         add(f"{ps.name}: Tesseract wall ÷ `htr run` wall", ratio, WALL_TARGET)
         if ok and h.steady_pps and t is not None and not t.error:
-            add(f"{ps.name}: steady state (htr run's own pages/s) ÷ Tesseract's pages/s",
-                h.steady_pps / t.pages_per_s, STEADY_TARGET)
+            add(
+                f"{ps.name}: steady state (htr run's own pages/s) ÷ Tesseract's pages/s",
+                h.steady_pps / t.pages_per_s,
+                STEADY_TARGET,
+            )
     return rows
 
 
 def section(run: E2eRun) -> list[str]:
     from jobs.bench import md_table
 
-    head = ["set", "system", "pages", "wall (s)", "pages/s", "speed vs Tesseract (its wall ÷ this wall)",
-            "steady-state pages/s (htr run's summary)", "note"]
-    lines = ["## Headline: `htr run` end to end against Tesseract and RapidOCR", "",
-             "Wall clock of each system's whole command on the same folder, in the same run, as a user "
-             "runs it. `htr run IN OUT` in a fresh process (start-up, page decoding, models, Parquet + "
-             "JSON, the commit); Tesseract as `tesseract IMG OUT --psm 3` per page, 2 single-threaded "
-             f"processes at a time (OMP_THREAD_LIMIT=1, like `xargs -P {LANES}`); RapidOCR as "
-             f"{LANES} worker processes (shipped PP-OCRv4 models, onnxruntime 1 thread each), their "
-             "start-up timed. The peers' PDFs are rasterised with `pdftoppm -r 200` inside their time "
-             "(`htr run` rasterises at 200 dpi too); the peers' lanes pull pages from one queue. One "
-             "untimed warm-up run per system first; systems take turns, order rotated per set; "
-             "the 1-page set is timed several times (median).", "",
-             md_table(head, table_rows(run)), ""]
-    lines += [f"- {ps.name}: {ps.note}" + (f"; median of {ps.repeats} runs" if ps.repeats > 1 else "")
-              for ps in run.sets]
+    head = [
+        "set",
+        "system",
+        "pages",
+        "wall (s)",
+        "pages/s",
+        "speed vs Tesseract (its wall ÷ this wall)",
+        "steady-state pages/s (htr run's summary)",
+        "note",
+    ]
+    lines = [
+        "## Headline: `htr run` end to end against Tesseract and RapidOCR",
+        "",
+        "Wall clock of each system's whole command on the same folder, in the same run, as a user "
+        "runs it. `htr run IN OUT` in a fresh process (start-up, page decoding, models, Parquet + "
+        "JSON, the commit); Tesseract as `tesseract IMG OUT --psm 3` per page, 2 single-threaded "
+        f"processes at a time (OMP_THREAD_LIMIT=1, like `xargs -P {LANES}`); RapidOCR as "
+        f"{LANES} worker processes (shipped PP-OCRv4 models, onnxruntime 1 thread each), their "
+        "start-up timed. The peers' PDFs are rasterised with `pdftoppm -r 200` inside their time "
+        "(`htr run` rasterises at 200 dpi too); the peers' lanes pull pages from one queue. One "
+        "untimed warm-up run per system first; systems take turns, order rotated per set; "
+        "the 1-page set is timed several times (median).",
+        "",
+        md_table(head, table_rows(run)),
+        "",
+    ]
+    lines += [
+        f"- {ps.name}: {ps.note}" + (f"; median of {ps.repeats} runs" if ps.repeats > 1 else "")
+        for ps in run.sets
+    ]
     lines += [f"- {name} not run: {why}" for name, why in run.skipped.items()]
-    lines += ["", "Issue #15's targets (this run's numbers; not asserted by tests):", "",
-              md_table(["target", "measured", "goal", ""], target_rows(run)), ""]
+    lines += [
+        "",
+        "Issue #15's targets (this run's numbers; not asserted by tests):",
+        "",
+        md_table(["target", "measured", "goal", ""], target_rows(run)),
+        "",
+    ]
     return lines
 
 
@@ -463,18 +532,33 @@ def section(run: E2eRun) -> list[str]:
 
 def configure_e2e(p) -> None:
     p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end `htr run` headline")
-    p.add_argument("--e2e-pages", type=int, default=200,
-                   help="pages in the end-to-end mixed set of PDFs and images (0: no mixed set)")
-    p.add_argument("--e2e-distinct", type=int, default=MIXED_DISTINCT,
-                   help="pages of the mixed set rendered by the synthetic engine (the rest are rescaled copies)")
-    p.add_argument("--e2e-repeat", type=int, default=3, help="timed runs per system on the 1-page set (median)")
-    p.add_argument("--e2e-timeout", type=float, default=3600, help="seconds before one system's run is stopped")
+    p.add_argument(
+        "--e2e-pages",
+        type=int,
+        default=200,
+        help="pages in the end-to-end mixed set of PDFs and images (0: no mixed set)",
+    )
+    p.add_argument(
+        "--e2e-distinct",
+        type=int,
+        default=MIXED_DISTINCT,
+        help="pages of the mixed set rendered by the synthetic engine (the rest are rescaled copies)",
+    )
+    p.add_argument(
+        "--e2e-repeat", type=int, default=3, help="timed runs per system on the 1-page set (median)"
+    )
+    p.add_argument(
+        "--e2e-timeout", type=float, default=3600, help="seconds before one system's run is stopped"
+    )
 
 
 def e2e_sets(args, work: Path, dev_manifest: Path | None) -> list[PageSet]:
     """1 page, 24 pages (dev letters or synthetic) and the mixed set, from `htr bench` arguments."""
-    mid = (dev_page_set(dev_manifest, work) if dev_manifest is not None and dev_manifest.is_file()
-           else synthetic_page_set(24, args.seed, work))
+    mid = (
+        dev_page_set(dev_manifest, work)
+        if dev_manifest is not None and dev_manifest.is_file()
+        else synthetic_page_set(24, args.seed, work)
+    )
     sets = [one_page_set(input_files(mid.folder)[0], work, max(1, args.e2e_repeat)), mid]
     if args.e2e_pages > 0:
         sets.append(mixed_page_set(args.e2e_pages, args.seed, work, args.e2e_distinct))
