@@ -190,9 +190,6 @@ class PageDetections:
     words: list[Detection]
     lines: list[Detection] | None = None
 
-    def __len__(self) -> int:
-        return len(self.words)
-
 
 def split_segments(words: list[Word]) -> list[list[Word]]:
     """A line's words (left to right) cut at wide gaps: two columns or a date far right on the same

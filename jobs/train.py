@@ -418,20 +418,26 @@ def _prepare(model, kind: str, args) -> tuple:
 # ---- segmenter ---------------------------------------------------------------------------------
 
 
-def db_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """DB loss: balanced BCE (hard negatives 3:1) on P + dice on the binary map + 10 x L1 on T."""
-    gt, mask = batch["gt"], batch["mask"]
-    logits = out["prob_logits"][:, 0]
+def _balanced_bce(logits: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """BCE over the masked pixels: every positive and the hardest negatives, 3 per positive."""
     bce = F.binary_cross_entropy_with_logits(logits, gt, reduction="none")
     pos = (gt * mask).bool()
     neg = ((1 - gt) * mask).bool()
     n_pos = int(pos.sum())
     n_neg = min(int(neg.sum()), max(3 * n_pos, 1000))
     neg_loss = bce[neg].topk(n_neg).values if n_neg else bce.new_zeros(1)
-    l_prob = (bce[pos].sum() + neg_loss.sum()) / (n_pos + n_neg + 1e-6)
-    binary = out["binary"][:, 0]
-    inter = (binary * gt * mask).sum()
-    l_bin = 1 - 2 * inter / ((binary * mask).sum() + (gt * mask).sum() + 1e-6)
+    return (bce[pos].sum() + neg_loss.sum()) / (n_pos + n_neg + 1e-6)
+
+
+def _dice(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return 1 - 2 * (pred * gt * mask).sum() / ((pred * mask).sum() + (gt * mask).sum() + 1e-6)
+
+
+def db_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """DB loss: balanced BCE (hard negatives 3:1) on P + dice on the binary map + 10 x L1 on T."""
+    gt, mask = batch["gt"], batch["mask"]
+    l_prob = _balanced_bce(out["prob_logits"][:, 0], gt, mask)
+    l_bin = _dice(out["binary"][:, 0], gt, mask)
     tm = batch["thresh_mask"]
     l_thr = (torch.abs(out["thresh"][:, 0] - batch["thresh"]) * tm).sum() / (tm.sum() + 1e-6)
     return l_prob + l_bin + 10 * l_thr
@@ -441,16 +447,9 @@ def line_loss(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> t
     """The line head (channel 1): balanced BCE (hard negatives 3:1) + dice, where line_mask is set."""
     gt, mask = batch["line_gt"], batch["line_mask"]
     logits = out["prob_logits"][:, 1]
-    bce = F.binary_cross_entropy_with_logits(logits, gt, reduction="none")
-    pos, neg = (gt * mask).bool(), ((1 - gt) * mask).bool()
-    n_pos = int(pos.sum())
-    n_neg = min(int(neg.sum()), max(3 * n_pos, 1000))
-    if n_pos + n_neg == 0:
+    if not mask.any():  # no sample in the batch has lines
         return logits.sum() * 0
-    neg_loss = bce[neg].topk(n_neg).values if n_neg else bce.new_zeros(1)
-    prob = torch.sigmoid(logits)
-    dice = 1 - 2 * (prob * gt * mask).sum() / ((prob * mask).sum() + (gt * mask).sum() + 1e-6)
-    return (bce[pos].sum() + neg_loss.sum()) / (n_pos + n_neg) + dice
+    return _balanced_bce(logits, gt, mask) + _dice(torch.sigmoid(logits), gt, mask)
 
 
 def _segmenter_test_pages(args, long_side: int) -> list[tuple[np.ndarray, list[dict]]]:
