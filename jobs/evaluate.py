@@ -185,6 +185,19 @@ _TYPOGRAPHIC = str.maketrans(
         "‐": "-",
         "‑": "-",
         "−": "-",
+        # decorative capitals transcribed with look-alike Canadian-syllabics letters (eScriptorium
+        # sets do this): unreadable to any OCR engine's alphabet, so folded before scoring
+        "ᗅ": "A",
+        "ᗩ": "A",
+        "ᗷ": "B",
+        "ᑕ": "C",
+        "ᗞ": "D",
+        "ᗪ": "D",
+        "ᕼ": "H",
+        "ᒪ": "L",
+        "ᑎ": "N",
+        "ᑭ": "P",
+        "ᖇ": "R",
     }
 )
 _EDGE_PUNCT = re.compile(r"^[^\w£$€]+|[^\w%°]+$")

@@ -132,6 +132,8 @@ def test_chance_baseline():
 def test_normalisation_is_the_same_for_prediction_and_reference():
     assert normalise_text("“Quote” – it’s\u00a0 e\u0301te\u0301\n  next") == '"Quote" - it\'s été next'
     assert clean_text("S^t Roch >crossed< ⟦out⟧ it’s") == "St Roch crossed out it's"
+    # look-alike decorative capitals (stanford_memorials: "ORGᗅNIZEᗞ", "ᑕalifornia") are letters
+    assert normalise_text("ORGᗅNIZEᗞ 1888. ᑕalifornia") == "ORGANIZED 1888. California"
     assert reference_text("struck and not transcribed ><") is None
     assert bow_tokens("L’Homme, «vite» — 1,000$!") == ["l'homme", "vite", "1,000"]
     gt = [GtItem("it’s “fine” —", box(10, 10, 200, 40))]
