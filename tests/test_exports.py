@@ -175,6 +175,27 @@ def test_formats_parse():
         parse_formats("json,tiff")
 
 
+@pytest.mark.parametrize(
+    "accept, fmt",
+    [
+        (None, None),
+        ("*/*", None),
+        ("application/alto+xml", "alto"),
+        ("text/html;q=0.9, application/vnd.prima.page+xml", "page"),
+        ("application/alto+xml;q=0.5, application/json;q=0.9", None),  # JSON preferred
+        ("application/json;q=0.2, application/pdf", "pdf"),
+        ("application/pdf;q=0, text/vnd.hocr+html;q=0.3", "hocr"),  # q=0: not acceptable
+        ("application/alto+xml;q=0.7, application/pdf;q=0.7", "alto"),  # a tie: the first listed
+        ("Application/ALTO+XML ; Q=0.8", "alto"),
+        ("text/csv", None),
+    ],
+)
+def test_accept_header_is_ranked_by_q(accept, fmt):
+    from batch.exports import negotiate
+
+    assert negotiate(accept) == fmt
+
+
 # ---- searchable PDF ----------------------------------------------------------------------------
 
 
@@ -201,7 +222,9 @@ def _poppler_words(pdf: bytes, tmp_path: Path) -> list[list[tuple[str, float, fl
 
 
 def _unescape(s: str) -> str:
-    return s.replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    import html
+
+    return html.unescape(s)  # pdftotext -bbox writes XML entities (&amp; &lt; &quot; &apos; ...)
 
 
 def check_pdf_words(pdf: bytes, doc: DocumentRecord, tmp_path: Path, tolerance_px: float = 3.0) -> None:
@@ -322,6 +345,32 @@ def test_pdf_source_keeps_its_pages_and_gains_text(tmp_path, rotate):
         (img_a,), (img_b,) = list(a.pages[0].get_images().values()), list(b.pages[0].get_images().values())
         assert img_a.read_raw_bytes() == img_b.read_raw_bytes()
     check_pdf_words(pdf, doc, tmp_path)
+
+
+def test_pdf_text_layer_holds_every_character_the_recogniser_writes(tmp_path):
+    """The text layer's font speaks Windows-1252: every character of the shipped charset must be
+    found by pdftotext as it was written (a charset that grows past it fails here)."""
+    from models.charset import CHARSET
+
+    chars = "".join(c for c in CHARSET if not c.isspace())
+    chunks = [chars[k : k + 12] for k in range(0, len(chars), 12)]
+    words = [
+        Word(
+            text,
+            0.9,
+            0.9,
+            quad(40 + 170 * (k % 5), 40 + 60 * (k // 5), 200 + 170 * (k % 5), 90 + 60 * (k // 5)),
+            k,
+            0,
+        )
+        for k, text in enumerate(chunks)
+    ]
+    source = _png((900, 60 * (len(chunks) // 5 + 2)))
+    page = Page(1, 900, 60 * (len(chunks) // 5 + 2), [Line(0, words)], dpi=200.0)
+    doc = DocumentRecord(doc_id_for(source), "c.png", [page], "m", "r", 0, "image/png")
+    (pdf,) = render(doc, "pdf", source).values()
+    found = [_unescape(t) for t, *_ in _poppler_words(pdf, tmp_path)[0]]
+    assert "".join(found) == chars
 
 
 def test_pdf_refuses_a_changed_source():
@@ -589,9 +638,15 @@ def test_sagemaker_collect_writes_the_formats(real_run, alto_schema, tmp_path):
         )
         == EXIT_OK
     )
+    ran = {d.doc_id: d for d in _docs(real_run)}
     for d in _docs(out):
         valid(alto_schema, (out / "alto" / f"{d.doc_id}.xml").read_bytes())
         check_pdf_words((out / "pdf" / f"{d.doc_id}.pdf").read_bytes(), d, tmp_path)
+        # the response's line outlines and page resolution reach the collected records
+        assert [(p.dpi, [(ln.polygon, ln.baseline) for ln in p.lines]) for p in d.pages] == [
+            (p.dpi, [(ln.polygon, ln.baseline) for ln in p.lines]) for p in ran[d.doc_id].pages
+        ]
+        assert all(len(ln.polygon) == 4 and len(ln.baseline) == 2 for p in d.pages for ln in p.lines)
     assert len(_docs(out)) == 3
 
 

@@ -130,14 +130,27 @@ def formats_arg(text: str) -> tuple[str, ...]:
 
 
 def negotiate(accept: str | None) -> str | None:
-    """The archive format an Accept header asks for first, or None (JSON: absent, */*, JSON or
-    anything we do not write)."""
+    """The archive format an Accept header prefers, or None (JSON: absent, */*, JSON, or anything we
+    do not write). Media ranges are ranked by their q-value (RFC 9110; the first listed wins a
+    tie); q=0 means "not this one"."""
     by_type = {f.media_type: f.name for f in FORMATS.values()}
-    for item in (accept or "").split(","):
-        media = item.split(";", 1)[0].strip().lower()
+    ranked: list[tuple[float, int, str]] = []
+    for k, item in enumerate((accept or "").split(",")):
+        media, *params = (part.strip().lower() for part in item.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0  # a malformed weight: ignore the range
+        if media and q > 0:
+            ranked.append((-q, k, media))
+    for _, _, media in sorted(ranked):
         if media in by_type:
             return by_type[media]
-        if media in ("application/json", "*/*"):
+        if media in ("application/json", "*/*", "application/*"):
             return None
     return None
 
