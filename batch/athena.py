@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from batch import storage
 from batch.core.errors import EXIT_BAD_ARGS, EXIT_OK
-from batch.core.schema import PARTITION_COLUMN, TABLES
+from batch.core.schema import PARTITION_COLUMN, SCHEMA_VERSION, TABLES, columns_since
 
 DEFAULT_DATABASE = "htr"
 PROJECTION_START = "2020-01-01"
@@ -108,6 +108,22 @@ def all_ddl(out_uri: str, database: str = DEFAULT_DATABASE, prefix: str = "") ->
     return statements
 
 
+def upgrade_ddl(from_version: int, database: str = DEFAULT_DATABASE, prefix: str = "") -> list[str]:
+    """ALTER TABLE ... ADD COLUMNS for tables an older `htr athena-ddl` created (CREATE ... IF NOT
+    EXISTS leaves an existing table's columns as they were, so the new columns would never show).
+    Parquet columns are read by name: old parts answer null in the added columns."""
+    check_names(database, prefix)
+    statements = []
+    for name in TABLES:
+        added = columns_since(from_version, name)
+        if added:
+            columns = ", ".join(f"`{f.name}` {hive_type(f.type)}" for f in added)
+            statements.append(
+                f"ALTER TABLE `{database}`.`{table_name(name, prefix)}` ADD COLUMNS ({columns});"
+            )
+    return statements
+
+
 # ---- parsing DDL back (tests compare it with written Parquet files) --------------------------
 
 
@@ -157,6 +173,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", metavar="OUT", help="the output root, s3://bucket/prefix/")
     parser.add_argument("--database", default=DEFAULT_DATABASE, help="Athena database (default: %(default)s)")
     parser.add_argument("--table-prefix", default="", help="prefix for the table names, e.g. 'prod_'")
+    parser.add_argument(
+        "--upgrade-from",
+        type=int,
+        metavar="VERSION",
+        help="print ALTER TABLE ... ADD COLUMNS for tables created by the DDL of this schema "
+        f"version instead (this htr writes version {SCHEMA_VERSION})",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -167,9 +190,16 @@ def main(args: argparse.Namespace) -> int:
         )
         return EXIT_BAD_ARGS
     try:
-        statements = all_ddl(args.out, args.database, args.table_prefix)
+        if args.upgrade_from is not None:
+            statements = upgrade_ddl(args.upgrade_from, args.database, args.table_prefix)
+        else:
+            statements = all_ddl(args.out, args.database, args.table_prefix)
     except ValueError as e:
         print(f"htr athena-ddl: error: {e}", file=sys.stderr)
         return EXIT_BAD_ARGS
-    print("\n\n".join(statements))
+    print(
+        "\n\n".join(statements)
+        if statements
+        else f"-- nothing to add: the tables are at version {SCHEMA_VERSION}"
+    )
     return EXIT_OK

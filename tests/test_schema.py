@@ -12,6 +12,7 @@ import pytest
 
 from batch.core.ids import doc_id_for
 from batch.core.schema import (
+    ADDED_COLUMNS,
     ERRORS_SCHEMA,
     PAGES_SCHEMA,
     POLYGON_TYPE,
@@ -24,6 +25,7 @@ from batch.core.schema import (
     Page,
     Point,
     Word,
+    columns_since,
     conform,
     error_rows,
     iso,
@@ -319,3 +321,48 @@ def test_athena_ddl_and_duckdb_views_have_the_version2_columns(tmp_path):
         "SELECT count(*) AS n, count(line_polygon) AS outlined, max(len(line_baseline)) AS points FROM words",
     ).to_pylist()
     assert got == [{"n": 6, "outlined": 2, "points": 2}]
+
+
+def test_every_version_lists_its_added_columns():
+    """A schema bump names the columns it added (nullable, at the tables' ends): conform, old
+    outputs and `htr athena-ddl --upgrade-from` rely on the list."""
+    assert sorted(ADDED_COLUMNS) == list(range(2, SCHEMA_VERSION + 1))
+    for name, schema in TABLES.items():
+        added = [n for v in sorted(ADDED_COLUMNS) for n in ADDED_COLUMNS[v].get(name, ())]
+        assert schema.names[len(schema.names) - len(added) :] == added
+        assert all(schema.field(n).nullable for n in added)
+        assert [f.name for f in columns_since(1, name)] == added
+        assert columns_since(SCHEMA_VERSION, name) == []
+    assert [f.name for f in columns_since(1, "words")] == ["line_polygon", "line_baseline"]
+    with pytest.raises(ValueError, match="unknown"):
+        columns_since(SCHEMA_VERSION + 1, "words")
+
+
+def test_athena_upgrade_adds_the_new_columns_to_old_tables(capsys):
+    """Tables created by version 1's DDL (CREATE ... IF NOT EXISTS leaves them as they are) get the
+    version 2 columns by ALTER TABLE ... ADD COLUMNS, typed as the CREATE DDL types them."""
+    from batch.athena import all_ddl, parse_ddl_columns, upgrade_ddl
+    from batch.cli import main as htr
+    from batch.core.errors import EXIT_BAD_ARGS, EXIT_OK
+
+    create = {s.split("`")[3]: parse_ddl_columns(s)[0] for s in all_ddl("s3://b/out/", "arch", "p_")[1:]}
+    alters = upgrade_ddl(1, "arch", "p_")
+    assert [a.split("`")[3] for a in alters] == ["p_words", "p_pages"]  # errors gained nothing
+    for stmt in alters:
+        assert stmt.startswith("ALTER TABLE `arch`.`") and " ADD COLUMNS (" in stmt and stmt.endswith(");")
+        table = stmt.split("`")[3]
+        added = {
+            name.strip("`"): typ
+            for name, _, typ in (
+                c.strip().partition(" ") for c in stmt[stmt.index("(") + 1 : -2].split(", `")
+            )
+        }
+        old = {k: v for k, v in create[table].items() if k not in added}
+        assert {**old, **added} == create[table]  # version 1's columns + the added = today's table
+    assert upgrade_ddl(SCHEMA_VERSION) == []
+    assert htr(["athena-ddl", "s3://b/out/", "--upgrade-from", "1"]) == EXIT_OK
+    printed = capsys.readouterr().out
+    assert (
+        "ADD COLUMNS (`line_polygon` array<struct<x:double,y:double>>" in printed and "CREATE" not in printed
+    )
+    assert htr(["athena-ddl", "s3://b/out/", "--upgrade-from", str(SCHEMA_VERSION + 1)]) == EXIT_BAD_ARGS

@@ -281,6 +281,21 @@ ERRORS_SCHEMA = pa.schema(
 
 TABLES: dict[str, pa.Schema] = {"words": WORDS_SCHEMA, "pages": PAGES_SCHEMA, "errors": ERRORS_SCHEMA}
 
+# The columns each schema version added, per table (all nullable, at the end of the table): what a
+# version-1 part lacks (conform) and what `htr athena-ddl --upgrade-from` adds to tables an older
+# DDL created. A new version adds its entry here.
+ADDED_COLUMNS: dict[int, dict[str, tuple[str, ...]]] = {
+    2: {"words": ("line_polygon", "line_baseline"), "pages": ("dpi",)},
+}
+
+
+def columns_since(version: int, table: str) -> list[pa.Field]:
+    """The current schema's fields of `table` that versions after `version` added, in table order."""
+    if not 1 <= version <= SCHEMA_VERSION:
+        raise ValueError(f"schema version {version} unknown: this htr writes versions 1 to {SCHEMA_VERSION}")
+    names = {n for v, tables in ADDED_COLUMNS.items() if v > version for n in tables.get(table, ())}
+    return [f for f in TABLES[table] if f.name in names]
+
 
 def word_rows(doc: DocumentRecord) -> list[dict[str, Any]]:
     return list(iter_word_rows(doc))
