@@ -424,6 +424,51 @@ def _find_image(xml_path: Path, named: str) -> Path:
     return found
 
 
+def _image_size(path: Path) -> tuple[int, int]:
+    """The image's size as the trainers see it (upright: EXIF orientation applied, as cv2.imread
+    and transforms.rasterise do)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            orientation = im.getexif().get(0x0112, 1)
+    except (OSError, UnidentifiedImageError) as e:
+        raise ManifestError(f"{path}: not a page image the trainers can read ({e})") from e
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def _fit_to_image(page: XmlPage, size: tuple[int, int], where: str) -> XmlPage:
+    """The page's coordinates on its image: an export names the size its coordinates refer to
+    (imageWidth/imageHeight, ALTO's Page WIDTH/HEIGHT); an image exported smaller or larger (a
+    reduced download) gets them scaled. A different shape means a different image: refused."""
+    w, h = size
+    if (page.width, page.height) == (w, h):
+        return page
+    if page.width <= 0 or page.height <= 0:
+        raise ManifestError(f"{where}: the XML gives no page size ({page.width}x{page.height})")
+    sx, sy = w / page.width, h / page.height
+    if abs(sx / sy - 1) > 0.02:
+        raise ManifestError(
+            f"{where}: the XML describes a {page.width}x{page.height} image, the image is {w}x{h} "
+            "(another image, or turned?)"
+        )
+
+    def fit(points: list[dict[str, float]]) -> list[dict[str, float]]:
+        return [{"x": round(p["x"] * sx, 2), "y": round(p["y"] * sy, 2)} for p in points]
+
+    lines = [
+        XmlLine(
+            ln.text,
+            fit(ln.polygon),
+            fit(ln.baseline) if ln.baseline is not None else None,
+            [(t, fit(poly)) for t, poly in ln.words],
+        )
+        for ln in page.lines
+    ]
+    return XmlPage(page.image, w, h, lines)
+
+
 def convert_xml(
     root: str | Path, manifest_path: str | Path | None = None, level: str = "line"
 ) -> list[Sample]:
@@ -438,8 +483,15 @@ def convert_xml(
     )
     samples = []
     for xml_path in files:
-        for page in read_archive_xml(xml_path.read_bytes(), str(xml_path)):
-            image = _find_image(xml_path, page.image)
+        pages = read_archive_xml(xml_path.read_bytes(), str(xml_path))
+        images = [_find_image(xml_path, page.image) for page in pages]
+        if len(set(images)) < len(images):  # ALTO names one file for all its Page elements
+            raise ManifestError(
+                f"{xml_path}: {len(pages)} pages over one image ({images[0].name}); a manifest entry "
+                "is one page image: export one XML file per page image"
+            )
+        for page, image in zip(pages, images):
+            page = _fit_to_image(page, _image_size(image), f"{xml_path} (image {image.name})")
             ref = Path(os.path.relpath(image.resolve(), out.parent.resolve())).as_posix()
             samples.append(xml_page_sample(page, ref, level))
     write_manifest(samples, out)

@@ -421,3 +421,144 @@ def test_bad_archive_xml(tmp_path):
     (tmp_path / "x.xml").write_text(ESCRIPTORIUM)
     with pytest.raises(ManifestError, match="image"):
         convert_xml(tmp_path)  # no folio_1.jpg
+
+
+# kraken's exports (`kraken -a`/`-x` ... segment -bl ocr): ALTO 4 with tags, lines with many-point
+# baselines and polygons as space-separated numbers, words (String) holding Glyphs; PAGE 2019 with
+# `structure` customs, no ReadingOrder, conf at word and line level.
+KRAKEN_ALTO = """<?xml version="1.0" encoding="UTF-8"?>
+<alto xmlns="http://www.loc.gov/standards/alto/ns-v4#"
+      xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+  <Description>
+    <MeasurementUnit>pixel</MeasurementUnit>
+    <sourceImageInformation><fileName>0007.png</fileName></sourceImageInformation>
+    <Processing ID="OCR_0"><processingCategory>other</processingCategory>
+      <processingStepDescription>recognition</processingStepDescription>
+      <processingSoftware><softwareName>kraken</softwareName></processingSoftware></Processing>
+  </Description>
+  <Tags><OtherTag ID="TYPE_1" LABEL="default" TYPE="baselines"/></Tags>
+  <Layout>
+    <Page ID="page_0" PHYSICAL_IMG_NR="0" WIDTH="400" HEIGHT="240" PROCESSING="OCR_0">
+      <PrintSpace HPOS="0" VPOS="0" WIDTH="400" HEIGHT="240">
+        <TextBlock ID="textblock_0" HPOS="10" VPOS="20" WIDTH="380" HEIGHT="60">
+          <Shape><Polygon POINTS="10 20 390 20 390 80 10 80"/></Shape>
+          <TextLine ID="line_0" HPOS="12" VPOS="22" WIDTH="370" HEIGHT="50" TAGREFS="TYPE_1"
+                    BASELINE="12 62 200 64 382 61">
+            <Shape><Polygon POINTS="12 22 200 24 382 21 382 72 200 74 12 72"/></Shape>
+            <String ID="segment_0" CONTENT="Lieber" HPOS="12" VPOS="22" WIDTH="120" HEIGHT="50" WC="0.97">
+              <Shape><Polygon POINTS="12 22 132 22 132 72 12 72"/></Shape>
+              <Glyph ID="char_0" CONTENT="L" HPOS="12" VPOS="22" WIDTH="20" HEIGHT="50" GC="0.99">
+                <Shape><Polygon POINTS="12 22 32 22 32 72 12 72"/></Shape></Glyph>
+            </String>
+            <SP ID="segment_1" HPOS="132" VPOS="22" WIDTH="18" HEIGHT="50"/>
+            <String ID="segment_2" CONTENT="Freund" HPOS="150" VPOS="22" WIDTH="232" HEIGHT="50" WC="0.88">
+              <Shape><Polygon POINTS="150 22 382 21 382 72 150 74"/></Shape>
+            </String>
+          </TextLine>
+        </TextBlock>
+        <TextBlock ID="textblock_1" HPOS="10" VPOS="120" WIDTH="380" HEIGHT="60">
+          <TextLine ID="line_1" HPOS="12" VPOS="122" WIDTH="200" HEIGHT="48" BASELINE="12 160 212 160">
+            <Shape><Polygon POINTS="12 122 212 122 212 170 12 170"/></Shape>
+            <String ID="segment_3" CONTENT="Gruß" HPOS="12" VPOS="122" WIDTH="200" HEIGHT="48" WC="0.6"/>
+          </TextLine>
+        </TextBlock>
+      </PrintSpace>
+    </Page>
+  </Layout>
+</alto>"""
+
+KRAKEN_PAGE = """<?xml version="1.0" encoding="UTF-8"?>
+<PcGts xmlns="http://schema.primaresearch.org/PAGE/gts/pagecontent/2019-07-15"
+       xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance">
+  <Metadata><Creator>kraken</Creator><Created>2024-05-01T10:00:00</Created>
+    <LastChange>2024-05-01T10:00:00</LastChange></Metadata>
+  <Page imageFilename="0007.png" imageWidth="400" imageHeight="240">
+    <TextRegion id="r_0" custom="structure {type:text;}">
+      <Coords points="10,20 390,20 390,80 10,80"/>
+      <TextLine id="l_0" custom="structure {type:default;}">
+        <Coords points="12,22 200,24 382,21 382,72 200,74 12,72"/>
+        <Baseline points="12,62 200,64 382,61"/>
+        <Word id="w_0"><Coords points="12,22 132,22 132,72 12,72"/>
+          <TextEquiv conf="0.97"><Unicode>Lieber</Unicode></TextEquiv></Word>
+        <Word id="w_1"><Coords points="150,22 382,21 382,72 150,74"/>
+          <TextEquiv conf="0.88"><Unicode>Freund</Unicode></TextEquiv></Word>
+        <TextEquiv conf="0.92"><Unicode>Lieber Freund</Unicode></TextEquiv>
+      </TextLine>
+    </TextRegion>
+    <TextRegion id="r_1" custom="structure {type:text;}">
+      <Coords points="10,120 390,120 390,180 10,180"/>
+      <TextLine id="l_1" custom="structure {type:default;}">
+        <Coords points="12,122 212,122 212,170 12,170"/>
+        <Baseline points="12,160 212,160"/>
+        <TextEquiv conf="0.6"><Unicode>Gruß</Unicode></TextEquiv>
+      </TextLine>
+    </TextRegion>
+  </Page>
+</PcGts>"""
+
+SCHEMAS = Path(__file__).resolve().parent / "schemas"
+
+
+@pytest.mark.parametrize("fmt", ["alto", "page"])
+def test_kraken_exports(tmp_path, fmt):
+    """Both kraken outputs import to the same lines: many-point baselines and polygons kept whole,
+    words (without their glyphs) at word level. The fixtures are valid against the official schemas,
+    as kraken's output is."""
+    from lxml import etree
+
+    text = KRAKEN_ALTO if fmt == "alto" else KRAKEN_PAGE
+    xsd = "alto-4-4.xsd" if fmt == "alto" else "pagecontent-2019-07-15.xsd"
+    etree.XMLSchema(etree.parse(str(SCHEMAS / xsd))).assertValid(etree.fromstring(text.encode()))
+    (tmp_path / "0007.xml").write_text(text, encoding="utf-8")
+    Image.new("L", (400, 240), 255).save(tmp_path / "0007.png")
+    (sample,) = convert_xml(tmp_path)
+    a, b = sample.annotations
+    assert (a.text, b.text) == ("Lieber Freund", "Gruß")
+    assert a.baseline == [{"x": 12, "y": 62}, {"x": 200, "y": 64}, {"x": 382, "y": 61}]
+    assert len(a.polygon) == 6 and a.polygon[4] == {"x": 200, "y": 74}
+    assert b.baseline == [{"x": 12, "y": 160}, {"x": 212, "y": 160}]
+    words = convert_xml(tmp_path, tmp_path / "w.jsonl", level="word")[0].annotations
+    assert [(w.text, w.line_idx) for w in words] == [("Lieber", 0), ("Freund", 0)] + (
+        [("Gruß", 1)] if fmt == "alto" else []  # PAGE: the second line has no Word elements
+    )
+    assert words[0].polygon == _quad(12, 22, 132, 72)
+
+
+def test_import_fits_coordinates_to_a_resized_image(tmp_path):
+    """An export whose image was downloaded at half size: coordinates follow the image; an image
+    of another shape is refused, naming the file."""
+    (tmp_path / "0007.xml").write_text(KRAKEN_PAGE, encoding="utf-8")
+    Image.new("L", (200, 120), 255).save(tmp_path / "0007.png")
+    (sample,) = convert_xml(tmp_path)
+    assert sample.annotations[0].baseline == [{"x": 6, "y": 31}, {"x": 100, "y": 32}, {"x": 191, "y": 30.5}]
+    assert sample.annotations[1].polygon == _quad(6, 61, 106, 85)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 240x400, shown 400x240: the size the trainers see fits
+    Image.new("L", (240, 400), 255).save(tmp_path / "0007.png", exif=exif.tobytes())
+    assert convert_xml(tmp_path)[0].annotations[1].polygon == _quad(12, 122, 212, 170)
+    Image.new("L", (400, 400), 255).save(tmp_path / "0007.png")
+    with pytest.raises(ManifestError, match=r"0007\.xml.*400x240.*400x400"):
+        convert_xml(tmp_path)
+
+
+def test_import_refuses_pages_it_cannot_pair_with_images(tmp_path):
+    """A multi-page ALTO names one file for all its pages (our own export of a PDF does): a manifest
+    entry is one page image, so it is refused rather than every page drawn on the first. A PDF as
+    the 'image' is refused too (the trainers read images)."""
+    from batch.core.ids import doc_id_for
+
+    two = _record("letter.png")
+    two.pages.append(Page(2, 200, 150, two.pages[0].lines, dpi=300.0))
+    (alto,) = render(two, "alto").values()
+    (tmp_path / "letter.xml").write_bytes(alto)
+    Image.new("RGB", (200, 150)).save(tmp_path / "letter.png")
+    with pytest.raises(ManifestError, match="2 pages over one image"):
+        convert_xml(tmp_path)
+    (tmp_path / "letter.xml").unlink()
+    Image.new("RGB", (200, 150)).save(tmp_path / "scan.pdf", resolution=72)
+    one = _record("scan.pdf")
+    one.doc_id = doc_id_for((tmp_path / "scan.pdf").read_bytes())
+    (page,) = render(one, "page").values()
+    (tmp_path / "scan.xml").write_bytes(page)
+    with pytest.raises(ManifestError, match=r"scan\.pdf: not a page image"):
+        convert_xml(tmp_path)
