@@ -90,6 +90,10 @@ def test_no_lexicon_for_lines_in_other_languages_or_of_names():
     en, fr = Lexicon.english(), Lexicon.for_language("fr")
     assert pick_lexicon([en, fr], ["la même localité est un sauteur à ski"]) is fr
     assert pick_lexicon([en, fr], ["Xqzt Brvlk Hjörn"]) is None
+    # a badly read English page: a quarter of its words known is enough to pick English...
+    assert pick_lexicon([en, fr], ["huy dear Mr Ledrap the Comreile of Lathrp"]) is en
+    # ...but one known word among names and misreadings is not
+    assert pick_lexicon([en, fr], ["Xqzt Brvlk Hjörn Pklr Wmnt the"]) is None
     assert pick_lexicon([], ["the cat"]) is None
 
 
