@@ -373,6 +373,24 @@ def test_pdf_text_layer_holds_every_character_the_recogniser_writes(tmp_path):
     assert "".join(found) == chars
 
 
+def test_pdf_words_whose_boxes_touch_stay_apart(tmp_path):
+    """Handwriting's word boxes often touch or overlap: each word but a line's last ends in a space,
+    so pdftotext -bbox sees two words, not 'NeilSquare' (its plain-text layout mode still joins
+    words without a gap between their boxes: it spaces by geometry alone)."""
+    source = _png((1000, 300))
+    words = [
+        Word("Neil", 0.9, 0.9, quad(100, 100, 260, 160), 0, 0),
+        Word("Square", 0.9, 0.9, quad(255, 100, 500, 160), 1, 0),  # 5 px over its neighbour
+        Word("W1", 0.9, 0.9, quad(500, 100, 600, 160), 2, 0),  # touching
+    ]
+    last = [Word("end", 0.9, 0.9, quad(100, 200, 220, 260), 3, 1)]
+    page = Page(1, 1000, 300, [Line(0, words), Line(1, last)], dpi=200.0)
+    doc = DocumentRecord(doc_id_for(source), "t.png", [page], "m", "r", 0, "image/png")
+    (pdf,) = render(doc, "pdf", source).values()
+    assert [t for t, *_ in _poppler_words(pdf, tmp_path)[0]] == ["Neil", "Square", "W1", "end"]
+    check_pdf_words(pdf, doc, tmp_path)  # each on its own box: the space lies outside it
+
+
 def test_pdf_refuses_a_changed_source():
     with pytest.raises(ExportError, match="changed"):
         render(record(b"old bytes"), "pdf", _png())

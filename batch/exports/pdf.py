@@ -89,34 +89,47 @@ def _text_layer(page: Page, size_pt: tuple[float, float], font_name: str, to_use
     w_pt, h_pt = size_pt
     sx, sy = w_pt / max(page.width, 1), h_pt / max(page.height, 1)
     ops: list = [([], "q"), (_rounded(to_user), "cm"), ([], "BT"), ([3], "Tr")]
-    for word in page.words:
-        text = word.text.encode("cp1252", errors="replace")
-        pts = np.array(
-            [
-                [min(max(p.x, 0), page.width) * sx, h_pt - min(max(p.y, 0), page.height) * sy]
-                for p in word.polygon
-            ],
-            float,
-        )  # on the page: viewers drop text outside it
-        if not text or len(pts) != 4:
-            continue
-        tl, tr, br, bl = pts
-        along = ((tr - tl) + (br - bl)) / 2
-        length = float(np.hypot(*along))
-        height = float(np.hypot(*((tl - bl) + (tr - br)) / 2))
-        if length < 0.1 or height < 0.1:
-            continue
-        cos, sin = along / length
-        size = height / (ASCENT + DESCENT)
-        base = bl + DESCENT * size * np.array([-sin, cos])  # the baseline, above the box's bottom
-        ops += [
-            ([pikepdf.Name(font_name), round(size, 4)], "Tf"),
-            (_rounded([100.0 * length / (ADVANCE * size * len(text))]), "Tz"),
-            (_rounded([cos, sin, -sin, cos, base[0], base[1]]), "Tm"),
-            ([pikepdf.String(text)], "Tj"),
-        ]
+    for line in page.lines:
+        for k, word in enumerate(line.words):
+            ops += _word_ops(word, page, (sx, sy), h_pt, font_name, spaced=k < len(line.words) - 1)
     ops += [([], "ET"), ([], "Q")]
     return pikepdf.unparse_content_stream(ops)
+
+
+def _word_ops(
+    word, page: Page, scale: tuple[float, float], h_pt: float, font_name: str, spaced: bool
+) -> list:
+    """One word's text operators. A word followed by another on its line ends in a space (drawn
+    past the box, in the gap): text extraction, search and selection then see two words even
+    where the recognised boxes touch or overlap, instead of running them together."""
+    import pikepdf
+
+    sx, sy = scale
+    text = word.text.encode("cp1252", errors="replace")
+    pts = np.array(
+        [
+            [min(max(p.x, 0), page.width) * sx, h_pt - min(max(p.y, 0), page.height) * sy]
+            for p in word.polygon
+        ],
+        float,
+    )  # on the page: viewers drop text outside it
+    if not text or len(pts) != 4:
+        return []
+    tl, tr, br, bl = pts
+    along = ((tr - tl) + (br - bl)) / 2
+    length = float(np.hypot(*along))
+    height = float(np.hypot(*((tl - bl) + (tr - br)) / 2))
+    if length < 0.1 or height < 0.1:
+        return []
+    cos, sin = along / length
+    size = height / (ASCENT + DESCENT)
+    base = bl + DESCENT * size * np.array([-sin, cos])  # the baseline, above the box's bottom
+    return [
+        ([pikepdf.Name(font_name), round(size, 4)], "Tf"),
+        (_rounded([100.0 * length / (ADVANCE * size * len(text))]), "Tz"),  # the word fills its box
+        (_rounded([cos, sin, -sin, cos, base[0], base[1]]), "Tm"),
+        ([pikepdf.String(text + b" " if spaced else text)], "Tj"),
+    ]
 
 
 def _rounded(values) -> list[float]:
