@@ -6,7 +6,8 @@ that this module fills from the code they must agree with, so they cannot drift:
 * `table_input:<table>`: the Glue tables, translated from the statements `htr athena-ddl`
   prints (batch/athena.py over batch/schema.py): same columns, partition key and projection;
 * `transform_*`: Batch Transform settings and container environment of `htr sagemaker
-  transform`'s defaults (jobs/sagemaker_launch.py);
+  transform`'s defaults (jobs/sagemaker/transform.py);
+* `job_entrypoint_json`: the entry point of the stack's Processing jobs (JOB_ENTRYPOINT);
 * `lambda:<name>`: the handlers in infra/lambdas/, inlined as the functions' code
   (docstrings and comments dropped: inline code is limited to 4096 characters).
 
@@ -38,6 +39,10 @@ INLINE_CODE_LIMIT = 4096  # CloudFormation's Code.ZipFile maximum
 OUTPUT_PREFIX = "htr/"  # OUT is s3://<output bucket>/htr/
 _PLACEHOLDER_OUT = "s3://htr-output-placeholder/" + OUTPUT_PREFIX
 RENDERED_HEADER = "# Rendered by `htr deploy-template` from infra/htr-batch.template.yaml: edit that.\n"
+# The stack's Processing jobs (nightly `htr run`, bulk `htr sagemaker collect`) run
+# ENTRYPOINT + [htr, ...]: exit status 3 (done, some documents in errors/) is reported as
+# success, so a job fails only when its command does; errors/ has its own alarm.
+JOB_ENTRYPOINT = ["sh", "-c", '"$@"; s=$?; [ "$s" -eq 3 ] && s=0; exit "$s"', "htr-job"]
 _TOKEN_LINE = re.compile(
     r'^(?P<indent>[ -]*)(?P<key>[\w.]+): "\{\{htr:(?P<name>[\w:.-]+)\}\}"[ \t]*$', re.MULTILINE
 )
@@ -94,12 +99,8 @@ def table_input(table: str) -> dict[str, Any]:
 
 
 def transform_module() -> ModuleType:
-    """Where TransformSpec, transform_env and CONTENT_TYPES live: jobs.sagemaker.transform once
-    the launcher is split into jobs/sagemaker/ (issue #11), jobs.sagemaker_launch before."""
-    try:
-        return importlib.import_module("jobs.sagemaker.transform")
-    except ModuleNotFoundError:
-        return importlib.import_module("jobs.sagemaker_launch")
+    """Where TransformSpec, transform_env and CONTENT_TYPES live."""
+    return importlib.import_module("jobs.sagemaker.transform")
 
 
 def default_transform_spec() -> Any:
@@ -163,6 +164,7 @@ def token_values() -> dict[str, Callable[[], Any]]:
     }
     settings = transform_settings()
     values.update({k: _constant(v) for k, v in settings.items()})
+    values["job_entrypoint_json"] = _constant(json.dumps(JOB_ENTRYPOINT))
     values.update(
         {f"lambda:{p.stem}": functools.partial(inline_code, p.stem) for p in sorted(LAMBDAS.glob("*.py"))}
     )

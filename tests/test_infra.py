@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import boto3
 import pytest
@@ -32,6 +32,7 @@ from tests.s3_server import REGION
 
 REPO = Path(__file__).resolve().parents[1]
 STACK = "htr"
+ACCOUNT = "123456789012"  # moto's
 MAX_TEMPLATE_BODY = 51_200  # bytes `aws cloudformation deploy` sends inline (no --s3-bucket)
 
 
@@ -339,37 +340,47 @@ class Stack:
         return self.resources[logical_id]["PhysicalResourceId"]
 
 
+def create_stack(endpoint: str, rendered: Path, name: str, **params: str) -> Stack:
+    """The rendered template deployed on moto's CloudFormation (infra_moto installed)."""
+    cf = boto3.client("cloudformation", endpoint_url=endpoint, region_name=REGION)
+    params = {"ImageRepository": "htr-batch", "ModelDataUrl": "s3://models-bucket/htr/model.tar.gz", **params}
+    cf.create_stack(
+        StackName=name,
+        TemplateBody=rendered.read_text(),
+        Capabilities=["CAPABILITY_IAM"],
+        Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()],
+    )
+    described = cf.describe_stacks(StackName=name)["Stacks"][0]
+    assert described["StackStatus"] == "CREATE_COMPLETE", described.get("StackStatusReason")
+    summaries = cf.list_stack_resources(StackName=name)["StackResourceSummaries"]
+    return Stack(
+        endpoint,
+        {o["OutputKey"]: o["OutputValue"] for o in described["Outputs"]},
+        {r["LogicalResourceId"]: r for r in summaries if r["LogicalResourceId"]},
+    )
+
+
 @pytest.fixture(scope="module")
-def stack(s3_endpoint: str, rendered: Path) -> Iterator[Stack]:
+def moto_stacks() -> Iterator[None]:
     undo = infra_moto.install()
-    try:
-        ec2 = boto3.client("ec2", endpoint_url=s3_endpoint, region_name=REGION)
-        vpc = ec2.create_vpc(CidrBlock="10.0.0.0/16")["Vpc"]["VpcId"]
-        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.0.1.0/24")["Subnet"]["SubnetId"]
-        sg = ec2.create_security_group(GroupName="htr-tasks", Description="htr", VpcId=vpc)["GroupId"]
-        cf = boto3.client("cloudformation", endpoint_url=s3_endpoint, region_name=REGION)
-        params = {
-            "ImageRepository": "htr-batch",
-            "ModelDataUrl": "s3://models-bucket/htr/model.tar.gz",
-            "SubnetIds": subnet,
-            "SecurityGroupIds": sg,
-        }
-        cf.create_stack(
-            StackName=STACK,
-            TemplateBody=rendered.read_text(),
-            Capabilities=["CAPABILITY_IAM"],
-            Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in params.items()],
-        )
-        described = cf.describe_stacks(StackName=STACK)["Stacks"][0]
-        assert described["StackStatus"] == "CREATE_COMPLETE", described.get("StackStatusReason")
-        summaries = cf.list_stack_resources(StackName=STACK)["StackResourceSummaries"]
-        yield Stack(
-            s3_endpoint,
-            {o["OutputKey"]: o["OutputValue"] for o in described["Outputs"]},
-            {r["LogicalResourceId"]: r for r in summaries if r["LogicalResourceId"]},
-        )
-    finally:
-        undo()
+    yield
+    undo()
+
+
+@pytest.fixture(scope="module")
+def stack(s3_endpoint: str, rendered: Path, moto_stacks) -> Stack:
+    """Defaults: a key in the stack, /aws/sagemaker/ProcessingJobs created by it."""
+    return create_stack(s3_endpoint, rendered, STACK)
+
+
+@pytest.fixture(scope="module")
+def byok_stack(s3_endpoint: str, rendered: Path, stack: Stack) -> tuple[Stack, str]:
+    """A second stack in the same account: the team's own key, the Processing log group
+    already there (the first stack made it), its own Glue database."""
+    kms = boto3.client("kms", endpoint_url=s3_endpoint, region_name=REGION)
+    key = kms.create_key(Description="the team's key")["KeyMetadata"]["Arn"]
+    params = {"KmsKeyArn": key, "CreateProcessingLogGroup": "false", "DatabaseName": "htr_byok"}
+    return create_stack(s3_endpoint, rendered, "htr-byok", **params), key
 
 
 def test_every_resource_is_created(stack: Stack, template: dict) -> None:
@@ -419,32 +430,57 @@ def test_roles_are_least_privilege(stack: Stack) -> None:
         k: stack.physical(k) for k, r in stack.resources.items() if r["ResourceType"] == "AWS::IAM::Role"
     }
     assert set(roles) == {
-        "TaskExecutionRole",
-        "TaskRole",
-        "NightlyEventsRole",
+        "ProcessingRole",
+        "CollectRole",
+        "NightlyScheduleRole",
         "SageMakerRole",
         "BulkStateMachineRole",
         "BulkFunctionRole",
         "ApiFunctionRole",
     }
-    statements = []
+    statements, attached = [], {}
     for logical, name in roles.items():
         for policy in iam.list_role_policies(RoleName=name)["PolicyNames"]:
             doc = iam.get_role_policy(RoleName=name, PolicyName=policy)["PolicyDocument"]
             if isinstance(doc, str):  # moto keeps a stack-made role's policy as a Python repr
                 doc = ast.literal_eval(doc)
             statements += [(logical, st) for st in doc["Statement"]]
+        for policy in iam.list_attached_role_policies(RoleName=name)["AttachedPolicies"]:
+            version = iam.get_policy(PolicyArn=policy["PolicyArn"])["Policy"]["DefaultVersionId"]
+            doc = iam.get_policy_version(PolicyArn=policy["PolicyArn"], VersionId=version)
+            attached[logical] = policy["PolicyArn"]
+            statements += [(logical, st) for st in doc["PolicyVersion"]["Document"]["Statement"]]
     assert statements and wildcard_grants(iter(statements)) == []
+    # the jobs' image, logs and key come from one managed policy, and only they have it
+    assert attached == dict.fromkeys(("ProcessingRole", "CollectRole"), stack.physical("JobBasicsPolicy"))
     out_bucket = stack.outputs["OutputUri"][5:].split("/")[0]
     in_bucket = stack.outputs["InputBucketName"]
-    # the nightly task reads the input and writes only the output tables
-    task_writes = [
+
+    def writes(role: str) -> list[str]:
+        return [
+            r
+            for logical, st in statements
+            if logical == role and "s3:PutObject" in _as_list(st["Action"])
+            for r in _as_list(st["Resource"])
+        ]
+
+    # the nightly job reads the nightly prefix and writes only the output tables; so does collect
+    assert writes("ProcessingRole") == writes("CollectRole") == [f"arn:aws:s3:::{out_bucket}/htr/*"]
+    reads = [
         r
         for logical, st in statements
-        if logical == "TaskRole" and "s3:PutObject" in _as_list(st["Action"])
+        if logical == "ProcessingRole" and "s3:GetObject" in _as_list(st["Action"])
         for r in _as_list(st["Resource"])
     ]
-    assert task_writes == [f"arn:aws:s3:::{out_bucket}/htr/*"]
+    assert sorted(reads) == [f"arn:aws:s3:::{in_bucket}/scans/*", f"arn:aws:s3:::{out_bucket}/htr/*"]
+    # the schedule can start nightly jobs only, with the nightly role only
+    schedule = [st for logical, st in statements if logical == "NightlyScheduleRole"]
+    assert {a for st in schedule for a in _as_list(st["Action"])} == {
+        "sagemaker:CreateProcessingJob",
+        "iam:PassRole",
+    }
+    processing_role = iam.get_role(RoleName=stack.physical("ProcessingRole"))["Role"]["Arn"]
+    assert [st["Resource"] for st in schedule if st["Action"] == "iam:PassRole"] == [processing_role]
     assert not [
         st
         for logical, st in statements
@@ -486,26 +522,144 @@ def test_athena_workgroup_encrypts_results(stack: Stack) -> None:
     assert wg["Configuration"]["EnforceWorkGroupConfiguration"] is True
 
 
-def test_nightly_schedule_runs_htr_run_on_fargate(stack: Stack) -> None:
-    events, ecs = stack.client("events"), stack.client("ecs")
-    rule = events.describe_rule(Name=stack.physical("NightlyRule"))
-    assert rule["ScheduleExpression"] == "cron(0 2 * * ? *)"
-    target = events.list_targets_by_rule(Rule=stack.physical("NightlyRule"))["Targets"][0]
-    assert target["EcsParameters"]["LaunchType"] == "FARGATE"
-    task = ecs.describe_task_definition(taskDefinition=target["EcsParameters"]["TaskDefinitionArn"])
-    command = task["taskDefinition"]["containerDefinitions"][0]["command"]
-    assert command == [
+def _nightly_request(stack: Stack) -> tuple[dict, dict]:
+    """(the schedule, the CreateProcessingJob request it sends, context attributes filled)."""
+    schedule = stack.client("scheduler").get_schedule(
+        Name=stack.physical("NightlyRun"), GroupName=stack.physical("NightlyScheduleGroup")
+    )
+    text = schedule["Target"]["Input"].replace("<aws.scheduler.execution-id>", "d32c5kddcf5bb8c3")
+    return schedule, json.loads(text)
+
+
+def _processing_input_shape():
+    import botocore.session
+
+    model = botocore.session.get_session().get_service_model("sagemaker")
+    return model.operation_model("CreateProcessingJob").input_shape
+
+
+def test_nightly_schedule_starts_the_processing_job(stack: Stack) -> None:
+    """EventBridge Scheduler calls CreateProcessingJob (a universal target) with a request
+    that botocore's model of the API accepts, naming this stack's buckets, key and role."""
+    from botocore.validate import ParamValidator
+
+    schedule, request = _nightly_request(stack)
+    assert schedule["ScheduleExpression"] == "cron(0 2 * * ? *)"
+    assert schedule["State"] == "ENABLED"
+    assert schedule["Target"]["Arn"] == "arn:aws:scheduler:::aws-sdk:sagemaker:createProcessingJob"
+    assert schedule["Target"]["RoleArn"].endswith("/" + stack.physical("NightlyScheduleRole"))
+    report = ParamValidator().validate(request, _processing_input_shape())
+    assert not report.has_errors(), report.generate_report()
+    assert re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}", request["ProcessingJobName"])
+    app = request["AppSpecification"]
+    assert app["ContainerEntrypoint"] == infra.JOB_ENTRYPOINT
+    key = stack.outputs["KmsKeyArn"]
+    assert app["ContainerArguments"][:4] == [
         "htr",
         "run",
         f"s3://{stack.outputs['InputBucketName']}/scans/",
         stack.outputs["OutputUri"],
+    ]
+    assert app["ContainerArguments"][4:] == [
+        "--shard",
+        "auto",
+        "--no-progress",
         "--sse",
         "aws:kms",
         "--sse-kms-key-id",
-        stack.outputs["KmsKeyArn"],
+        key,
     ]
-    logs = task["taskDefinition"]["containerDefinitions"][0]["logConfiguration"]["options"]
-    assert logs["awslogs-group"] == f"/htr/{STACK}/tasks"
+    assert request["ProcessingResources"]["ClusterConfig"]["VolumeKmsKeyId"] == key
+
+
+def test_nightly_request_is_what_htr_sagemaker_process_sends(stack: Stack, capsys) -> None:
+    """The same job as `htr sagemaker process --image-uri IMAGE` for the stack's buckets, role,
+    key and instances (its dry run prints the request), but for the name and the entry point,
+    which wraps the same command."""
+    from batch.cli import main as htr
+
+    _, request = _nightly_request(stack)
+    app, cluster = request["AppSpecification"], request["ProcessingResources"]["ClusterConfig"]
+    key = stack.outputs["KmsKeyArn"]
+    argv = [
+        "sagemaker",
+        "process",
+        "--input",
+        f"s3://{stack.outputs['InputBucketName']}/scans/",
+        "--output",
+        stack.outputs["OutputUri"],
+        "--role",
+        request["RoleArn"],
+        "--image-uri",
+        app["ImageUri"],
+        "--instance-type",
+        cluster["InstanceType"],
+        "--instance-count",
+        str(cluster["InstanceCount"]),
+        "--htr-args",
+        f"--sse aws:kms --sse-kms-key-id {key}",
+        "--volume-kms-key",
+        key,
+        "--dry-run",
+        "--region",
+        REGION,
+    ]
+    assert htr(argv) == 0, capsys.readouterr().err
+    launched = json.loads(capsys.readouterr().out)["CreateProcessingJob"]
+    ours, theirs = dict(request), dict(launched)
+    ours_app, theirs_app = ours.pop("AppSpecification"), theirs.pop("AppSpecification")
+    assert ours.pop("ProcessingJobName").startswith("htr-nightly-")
+    theirs.pop("ProcessingJobName")
+    assert ours == theirs
+    assert (
+        ours_app["ImageUri"]
+        == theirs_app["ImageUri"]
+        == f"{ACCOUNT}.dkr.ecr.{REGION}.amazonaws.com/htr-batch:latest"
+    )
+    command = theirs_app["ContainerEntrypoint"] + theirs_app["ContainerArguments"]
+    assert ours_app["ContainerEntrypoint"] + ours_app["ContainerArguments"] == infra.JOB_ENTRYPOINT + command
+
+
+@pytest.mark.parametrize("status, job_status", [(0, 0), (3, 0), (4, 4), (2, 2)])
+def test_job_entrypoint_passes_the_command_and_forgives_exit_3(
+    stack: Stack, tmp_path: Path, status: int, job_status: int
+) -> None:
+    """The Processing jobs' entry point run by a real sh, with an `htr` that records its
+    arguments and exits as told: 3 (some documents in errors/) ends the job as a success."""
+    _, request = _nightly_request(stack)
+    app = request["AppSpecification"]
+    (tmp_path / "bin").mkdir()
+    fake = tmp_path / "bin" / "htr"
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {tmp_path}/args\nexit {status}\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{tmp_path / 'bin'}:/usr/bin:/bin"}
+    done = subprocess.run(app["ContainerEntrypoint"] + app["ContainerArguments"], env=env, timeout=30)
+    assert done.returncode == job_status
+    assert (tmp_path / "args").read_text().splitlines() == app["ContainerArguments"][1:]
+
+
+def test_a_given_key_replaces_the_stack_key(byok_stack: tuple[Stack, str]) -> None:
+    """KmsKeyArn given: no key in the stack, and the buckets, workgroup, logs, topic and the
+    nightly job all use the team's key; the existing Processing log group gets the filters."""
+    stack, key = byok_stack
+    assert "DataKey" not in stack.resources and "ProcessingLogGroup" not in stack.resources
+    assert stack.outputs["KmsKeyArn"] == key
+    s3 = stack.client("s3")
+    for bucket in (stack.outputs["InputBucketName"], stack.outputs["OutputUri"][5:].split("/")[0]):
+        rule = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"][0]
+        assert rule["ApplyServerSideEncryptionByDefault"]["KMSMasterKeyID"] == key
+    wg = stack.client("athena").get_work_group(WorkGroup=stack.outputs["AthenaWorkGroup"])["WorkGroup"]
+    assert wg["Configuration"]["ResultConfiguration"]["EncryptionConfiguration"]["KmsKey"] == key
+    _, request = _nightly_request(stack)
+    assert request["ProcessingResources"]["ClusterConfig"]["VolumeKmsKeyId"] == key
+    assert request["AppSpecification"]["ContainerArguments"][-1] == key
+    logs = stack.client("logs")
+    groups = logs.describe_log_groups(logGroupNamePrefix="/aws/lambda/htr-byok-")["logGroups"]
+    assert groups and all(g["kmsKeyId"] == key for g in groups)
+    topic = stack.client("sns").get_topic_attributes(TopicArn=stack.physical("AlarmTopic"))["Attributes"]
+    assert topic["KmsMasterKeyId"] == key
+    filters = logs.describe_metric_filters(logGroupName="/aws/sagemaker/ProcessingJobs")["metricFilters"]
+    assert len(filters) == 6  # three of each stack, on the one account-wide group
 
 
 def _parses_as_htr(command: list[str]) -> argparse.Namespace:
@@ -516,34 +670,63 @@ def _parses_as_htr(command: list[str]) -> argparse.Namespace:
     return build_parser(command[1:]).parse_args(command[1:])
 
 
+def _matches(stack: Stack, rule: str, event: dict) -> bool:
+    """The deployed rule's pattern (read back through boto3) against an event, by moto's
+    implementation of EventBridge's matching (moto has no TestEventPattern API)."""
+    from moto.events.models import EventPattern, EventPatternParser
+
+    raw = stack.client("events").describe_rule(Name=stack.physical(rule))["EventPattern"]
+    full = {"id": "1", "account": ACCOUNT, "time": "2026-11-29T02:00:00Z", "region": REGION, **event}
+    return EventPattern(raw, EventPatternParser(raw).parse()).matches_event(cast(Any, full))
+
+
+def _job_event(status: str, role: str) -> dict:
+    detail = {"ProcessingJobName": "htr-nightly-d32c5kddcf5bb8c3", "ProcessingJobStatus": status}
+    return {
+        "source": "aws.sagemaker",
+        "detail-type": "SageMaker Processing Job State Change",
+        "detail": {**detail, "RoleArn": role},
+    }
+
+
 def test_alarms_watch_failed_runs_error_documents_bulk_and_api(stack: Stack) -> None:
     alarms = stack.client("cloudwatch").describe_alarms()["MetricAlarms"]
-    ours = {
-        (a["Namespace"], a["MetricName"]): a
-        for a in alarms
-        if a["AlarmActions"] == [stack.physical("AlarmTopic")]
-    }
-    assert {
+    topic = stack.physical("AlarmTopic")
+    ours = {(a["Namespace"], a["MetricName"]): a for a in alarms if a["AlarmActions"] == [topic]}
+    assert set(ours) == {
         ("AWS/Events", "TriggeredRules"),
-        ("AWS/Events", "FailedInvocations"),
+        ("AWS/Scheduler", "InvocationDroppedCount"),
         (f"htr-batch/{STACK}", "DocumentErrors"),
         ("AWS/States", "ExecutionsFailed"),
         ("AWS/ApiGateway", "5XXError"),
-    } <= set(ours)
+    }
     failed = ours[("AWS/Events", "TriggeredRules")]
-    assert failed["Dimensions"] == [{"Name": "RuleName", "Value": stack.physical("TaskFailedRule")}]
-    pattern = json.loads(
-        stack.client("events").describe_rule(Name=stack.physical("TaskFailedRule"))["EventPattern"]
-    )
-    assert pattern["detail"]["containers"]["exitCode"] == [{"anything-but": [0, 3]}]
-    filters = stack.client("logs").describe_metric_filters(logGroupName=f"/htr/{STACK}/tasks")[
-        "metricFilters"
+    assert failed["Dimensions"] == [{"Name": "RuleName", "Value": stack.physical("NightlyFailedRule")}]
+    dropped = ours[("AWS/Scheduler", "InvocationDroppedCount")]
+    assert dropped["Dimensions"] == [
+        {"Name": "ScheduleGroup", "Value": stack.physical("NightlyScheduleGroup")}
     ]
-    assert len(filters) == 3
+    # the failure rule catches this stack's nightly job failing or stopped, nothing else
+    role = stack.client("iam").get_role(RoleName=stack.physical("ProcessingRole"))["Role"]["Arn"]
+    other = role.replace(stack.physical("ProcessingRole"), "someone-elses-role")
+    assert _matches(stack, "NightlyFailedRule", _job_event("Failed", role))
+    assert _matches(stack, "NightlyFailedRule", _job_event("Stopped", role))
+    assert not _matches(stack, "NightlyFailedRule", _job_event("Completed", role))
+    assert not _matches(stack, "NightlyFailedRule", _job_event("Failed", other))
+    targets = stack.client("events").list_targets_by_rule(Rule=stack.physical("NightlyFailedRule"))
+    assert [t["Arn"] for t in targets["Targets"]] == [topic]
+    filters = stack.client("logs").describe_metric_filters(logGroupName="/aws/sagemaker/ProcessingJobs")
+    assert {f["filterName"].rsplit("-", 1)[0] for f in filters["metricFilters"]} >= {
+        f"{STACK}-RunErrorsMetricFilter",
+        f"{STACK}-CollectErrorsMetricFilter",
+        f"{STACK}-CollectMissingMetricFilter",
+    }
+    group = stack.client("logs").describe_log_groups(logGroupNamePrefix="/aws/sagemaker/ProcessingJobs")
+    assert [(g["retentionInDays"], g["kmsKeyId"]) for g in group["logGroups"]] == [
+        (30, stack.outputs["KmsKeyArn"])
+    ]
     topic_policy = json.loads(
-        stack.client("sns").get_topic_attributes(TopicArn=stack.physical("AlarmTopic"))["Attributes"][
-            "Policy"
-        ]
+        stack.client("sns").get_topic_attributes(TopicArn=topic)["Attributes"]["Policy"]
     )
     assert topic_policy["Statement"][0]["Principal"]["Service"] == [
         "events.amazonaws.com",
@@ -565,13 +748,17 @@ def test_api_gateway_posts_documents_to_the_lambda(stack: Stack) -> None:
 # ---- bulk uploads: marker -> manifest of exactly the new objects -> state machine -------------------
 
 
-def _bulk_handler():
+def _bulk_module():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("htr_bulk_lambda", REPO / "infra" / "lambdas" / "bulk.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.handler
+    return module
+
+
+def _bulk_handler():
+    return _bulk_module().handler
 
 
 @pytest.fixture
@@ -645,7 +832,33 @@ def test_bulk_marker_starts_one_transform_over_exactly_the_new_objects(
         stack.outputs["OutputUri"],
         f"s3://{bucket}/bulk/2026-11-29/",
     )
-    assert re.fullmatch(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}", job["job_name"])
+    for name in (job["job_name"], job["collect_job_name"]):
+        assert re.fullmatch(JOB_NAME, name)
+
+
+JOB_NAME = r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}"  # SageMaker's pattern for job names
+
+
+def test_job_names_fit_for_the_longest_batch_names() -> None:
+    bulk = _bulk_module()
+    for batch in ("a" * 80, "2026-11-29_scans.v2" * 4, "..."):
+        for attempt in ("1", "3HL4kqtJlcpXroDTDmJ.aeE3e5uF1zm9"):
+            name = bulk._job_name(batch[:80], attempt)
+            assert re.fullmatch(JOB_NAME, name) and re.fullmatch(JOB_NAME, name + bulk.COLLECT), name
+    assert bulk._job_name("x", "1") != bulk._job_name("x", "2")
+
+
+def test_bulk_ready_rule_matches_only_batch_markers(stack: Stack) -> None:
+    bucket = stack.outputs["InputBucketName"]
+
+    def created(key: str, in_bucket: str = bucket) -> dict:
+        detail = {"bucket": {"name": in_bucket}, "object": {"key": key, "size": 0}}
+        return {"source": "aws.s3", "detail-type": "Object Created", "detail": detail}
+
+    assert _matches(stack, "BulkReadyRule", created("bulk/2026-11-29.ready"))
+    assert not _matches(stack, "BulkReadyRule", created("bulk/2026-11-29/letter.pdf"))
+    assert not _matches(stack, "BulkReadyRule", created("scans/2026-11-29.ready"))
+    assert not _matches(stack, "BulkReadyRule", created("bulk/2026-11-29.ready", "another-bucket"))
 
 
 def _transform_outputs(s3, job: dict, keys: list[str]) -> None:
@@ -707,6 +920,49 @@ def test_state_machine_transforms_the_manifest_with_the_launcher_settings(stack:
     )
     assert transform["TransformInput"]["DataSource"]["S3DataSource"]["S3DataType"] == "ManifestFile"
     assert transform["TransformOutput"]["KmsKeyId"] == stack.outputs["KmsKeyArn"]
-    collect = definition["States"]["Collect"]["Parameters"]
-    assert collect["Overrides"]["ContainerOverrides"][0]["Command.$"] == "$.collect_command"
-    assert definition["States"]["Collected"]["Default"] == "CollectFailed"
+    collect_state = definition["States"]["Collect"]
+    assert collect_state["Resource"] == "arn:aws:states:::sagemaker:createProcessingJob.sync"
+    assert collect_state.get("End") is True  # exit 3 is a success of the job (JOB_ENTRYPOINT)
+    collect = collect_state["Parameters"]
+    assert collect["ProcessingJobName.$"] == "$.collect_job_name"
+    assert collect["AppSpecification"]["ContainerEntrypoint"] == infra.JOB_ENTRYPOINT
+    assert collect["AppSpecification"]["ContainerArguments.$"] == "$.collect_command"
+    collect_role = stack.client("iam").get_role(RoleName=stack.physical("CollectRole"))["Role"]["Arn"]
+    assert collect["RoleArn"] == collect_role
+    assert collect["ProcessingResources"]["ClusterConfig"]["InstanceType"] == "ml.t3.medium"
+
+
+def _with_input(parameters: Any, execution_input: dict) -> Any:
+    """A task's Parameters as Step Functions sends them: "Key.$": "$.field" filled in."""
+    if isinstance(parameters, dict):
+        return {
+            k.removesuffix(".$"): execution_input[v[2:]]
+            if k.endswith(".$")
+            else _with_input(v, execution_input)
+            for k, v in parameters.items()
+        }
+    return parameters
+
+
+def test_state_machine_requests_are_valid_api_calls(
+    stack: Stack, monkeypatch, without_bucket_policies
+) -> None:
+    """Both tasks' parameters, filled from a real bulk trigger's execution input, pass
+    botocore's model of CreateTransformJob and CreateProcessingJob."""
+    import botocore.session
+    from botocore.validate import ParamValidator
+
+    _, started = _bulk_upload(stack, monkeypatch, "0C1")
+    execution_input = _execution_input(stack, started)
+    definition = json.loads(
+        stack.client("stepfunctions").describe_state_machine(
+            stateMachineArn=stack.outputs["BulkStateMachineArn"]
+        )["definition"]
+    )
+    model = botocore.session.get_session().get_service_model("sagemaker")
+    for state, operation in (("Transform", "CreateTransformJob"), ("Collect", "CreateProcessingJob")):
+        request = _with_input(definition["States"][state]["Parameters"], execution_input)
+        report = ParamValidator().validate(request, model.operation_model(operation).input_shape)
+        assert not report.has_errors(), (state, report.generate_report())
+    collect = _with_input(definition["States"]["Collect"]["Parameters"], execution_input)
+    assert collect["AppSpecification"]["ContainerArguments"][:3] == ["htr", "sagemaker", "collect"]

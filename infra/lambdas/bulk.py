@@ -4,7 +4,7 @@ Uploaders put many documents under `bulk/<batch>/` in the input bucket, then an 
 `bulk/<batch>.ready` beside the folder (not in it: collect would count it as a document).
 That marker's EventBridge event calls this function, which lists
 the batch folder, writes a SageMaker manifest of exactly those keys and starts the state
-machine (Batch Transform over the manifest, then `htr sagemaker collect`). Each upload of
+machine (Batch Transform over the manifest, then `htr sagemaker collect` as a Processing job). Each upload of
 the marker is one attempt (its version id); the manifest is written with If-None-Match, so
 a repeated delivery of the same event never starts a second transform, while putting the
 marker again deliberately runs the batch again.
@@ -19,12 +19,13 @@ import boto3
 from botocore.exceptions import ClientError
 
 MARKER = ".ready"
+COLLECT = "-collect"  # the collect job's name: the transform job's and this
 BATCH_NAME = re.compile(r"^[A-Za-z0-9._-]{1,80}$")
 
 
 def _job_name(batch: str, attempt: str) -> str:
-    """SageMaker job names: [a-zA-Z0-9-], at most 63, unique per attempt."""
-    slug = re.sub(r"[^a-zA-Z0-9]+", "-", batch).strip("-")[:40] or "batch"
+    """SageMaker job names: [a-zA-Z0-9-], at most 63 with COLLECT added, unique per attempt."""
+    slug = re.sub(r"[^a-zA-Z0-9]+", "-", batch).strip("-")[:32] or "batch"
     return f"htr-bulk-{slug}-{hashlib.sha256(f'{batch}/{attempt}'.encode()).hexdigest()[:10]}"
 
 
@@ -66,7 +67,8 @@ def handler(event: dict, context, s3=None, sfn=None) -> dict:
         raise
     transform_out = f"{scratch}/transform-out/{batch}/{job}/"
     execution = sfn.start_execution(stateMachineArn=os.environ["STATE_MACHINE_ARN"], name=job, input=json.dumps({
-        "job_name": job, "manifest_uri": manifest_uri, "transform_output": transform_out,
+        "job_name": job, "collect_job_name": job + COLLECT, "manifest_uri": manifest_uri,
+        "transform_output": transform_out,
         "collect_command": ["htr", "sagemaker", "collect", transform_out, out,
                             "--input", f"s3://{bucket}/{prefix}", "--run-id", job]}))
     return {"started": True, "execution": execution["executionArn"], "documents": len(keys),
