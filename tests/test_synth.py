@@ -179,3 +179,15 @@ def test_augment_chains_for_real_data_are_deterministic():
         out = A.augment_crop(crop, np.random.default_rng(seed))
         assert out.dtype == np.uint8 and out.ndim == 2 and out.shape[0] == crop.shape[0]
         assert np.array_equal(out, A.augment_crop(crop, np.random.default_rng(seed)))
+
+
+def test_heading_lines_are_names_addresses_or_titles_often_in_capitals():
+    from transforms.synth_lines import heading_tokens
+
+    rng = np.random.default_rng(3)
+    printed = [heading_tokens(rng, printed=True) for _ in range(200)]
+    written = [heading_tokens(rng, printed=False) for _ in range(200)]
+    assert all(tokens and all(t.strip() == t and t for t in tokens) for tokens in printed + written)
+    caps = lambda lines: sum(" ".join(t).isupper() for t in lines)  # noqa: E731
+    assert caps(printed) > 60  # letterheads and form labels: often all capitals
+    assert caps(written) < caps(printed) / 3

@@ -68,6 +68,27 @@ def line_tokens(rng: np.random.Generator) -> list[str]:
     return [w for w in words if w.strip()]
 
 
+def heading_tokens(rng: np.random.Generator, printed: bool) -> list[str]:
+    """A letterhead, form or address line: a name, an address part or a short title. Printed
+    ones are often in capitals (letterheads, form labels), which running prose almost never is."""
+    r = rng.random()
+    if r < 0.4:
+        words = T.person(rng)
+    elif r < 0.75:
+        lines = T.address(rng)
+        words = lines[int(rng.integers(len(lines)))]
+    else:
+        words = T.prose(rng, int(rng.integers(2, 5)), sentence_start=True)
+        words[-1] = words[-1].rstrip(",.;:!?") + _pick_char(rng, ":,.")
+    if printed and rng.random() < 0.6:
+        words = [w.upper() for w in words]
+    return [w for w in words if w.strip()]
+
+
+def _pick_char(rng: np.random.Generator, chars: str) -> str:
+    return chars[int(rng.integers(len(chars)))]
+
+
 class LineCropSampler(WordCropSampler):
     """`sample()` -> (uint8 gray line crop, text). Reuses the word sampler's paper bank and finish."""
 
@@ -80,7 +101,8 @@ class LineCropSampler(WordCropSampler):
         hand = make_hand(
             rng, self.lib, xh, "P" if printed else "H", typewriter=printed and rng.random() < 0.3
         )
-        tokens = line_tokens(rng)
+        heading = rng.random() < (0.35 if printed else 0.1)
+        tokens = heading_tokens(rng, printed) if heading else line_tokens(rng)
         if hand.font.caps_only:
             tokens = [t.upper() for t in tokens]
         words = [render_word(t, hand, rng, self.lib) for t in tokens]
