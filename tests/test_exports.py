@@ -391,6 +391,29 @@ def test_pdf_words_whose_boxes_touch_stay_apart(tmp_path):
     check_pdf_words(pdf, doc, tmp_path)  # each on its own box: the space lies outside it
 
 
+def test_pdf_from_a_multipage_tiff_has_a_page_per_frame(tmp_path):
+    """Each TIFF frame becomes a page of its own size and resolution, with its own words."""
+    frames = [Image.new("L", (800, 500), 250), Image.new("RGB", (400, 600), (240, 240, 250))]
+    buf = io.BytesIO()
+    frames[0].save(buf, "TIFF", save_all=True, append_images=frames[1:], dpi=(150, 150))
+    source = buf.getvalue()
+    pages = [
+        Page(1, 800, 500, [Line(0, [Word("first", 0.9, 0.9, quad(100, 100, 300, 160), 0, 0)])], dpi=150.0),
+        Page(2, 400, 600, [Line(0, [Word("second", 0.8, 0.9, quad(50, 400, 350, 470), 0, 0)])], dpi=150.0),
+    ]
+    doc = DocumentRecord(doc_id_for(source), "n.tiff", pages, "m", "r", 0, "image/tiff")
+    (pdf,) = render(doc, "pdf", source).values()
+    with pikepdf.open(io.BytesIO(pdf)) as p:
+        assert [[round(float(v)) for v in pg.mediabox] for pg in p.pages] == [
+            [0, 0, 384, 240],
+            [0, 0, 192, 288],
+        ]
+    check_pdf_words(pdf, doc, tmp_path)
+    doc.pages = doc.pages[:1]
+    with pytest.raises(ExportError, match="2 images, the record has 1 pages"):
+        render(doc, "pdf", source)
+
+
 def test_pdf_refuses_a_changed_source():
     with pytest.raises(ExportError, match="changed"):
         render(record(b"old bytes"), "pdf", _png())
