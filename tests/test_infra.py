@@ -376,10 +376,17 @@ def stack(s3_endpoint: str, rendered: Path, moto_stacks) -> Stack:
 @pytest.fixture(scope="module")
 def byok_stack(s3_endpoint: str, rendered: Path, stack: Stack) -> tuple[Stack, str]:
     """A second stack in the same account: the team's own key, the Processing log group
-    already there (the first stack made it), its own Glue database."""
+    already there (the first stack made it), its own Glue database, schedule and prefix."""
     kms = boto3.client("kms", endpoint_url=s3_endpoint, region_name=REGION)
     key = kms.create_key(Description="the team's key")["KeyMetadata"]["Arn"]
-    params = {"KmsKeyArn": key, "CreateProcessingLogGroup": "false", "DatabaseName": "htr_byok"}
+    params = {
+        "KmsKeyArn": key,
+        "CreateProcessingLogGroup": "false",
+        "DatabaseName": "htr_byok",
+        "NightlySchedule": "cron(30 23 ? * MON-FRI *)",
+        "NightlyInputPrefix": "archive/2026/",
+        "NightlyInstanceCount": "4",
+    }
     return create_stack(s3_endpoint, rendered, "htr-byok", **params), key
 
 
@@ -650,9 +657,14 @@ def test_a_given_key_replaces_the_stack_key(byok_stack: tuple[Stack, str]) -> No
         assert rule["ApplyServerSideEncryptionByDefault"]["KMSMasterKeyID"] == key
     wg = stack.client("athena").get_work_group(WorkGroup=stack.outputs["AthenaWorkGroup"])["WorkGroup"]
     assert wg["Configuration"]["ResultConfiguration"]["EncryptionConfiguration"]["KmsKey"] == key
-    _, request = _nightly_request(stack)
+    schedule, request = _nightly_request(stack)
     assert request["ProcessingResources"]["ClusterConfig"]["VolumeKmsKeyId"] == key
     assert request["AppSpecification"]["ContainerArguments"][-1] == key
+    # the other parameters of the nightly job reach it too
+    assert schedule["ScheduleExpression"] == "cron(30 23 ? * MON-FRI *)"
+    assert request["ProcessingResources"]["ClusterConfig"]["InstanceCount"] == 4
+    source = f"s3://{stack.outputs['InputBucketName']}/archive/2026/"
+    assert request["AppSpecification"]["ContainerArguments"][2] == source
     logs = stack.client("logs")
     groups = logs.describe_log_groups(logGroupNamePrefix="/aws/lambda/htr-byok-")["logGroups"]
     assert groups and all(g["kmsKeyId"] == key for g in groups)
