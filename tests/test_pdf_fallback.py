@@ -98,3 +98,34 @@ def test_no_renderer_stops_the_run_at_start(no_poppler, monkeypatch, tiny_models
     assert htr(["run", str(docs), str(out), "--models", str(tiny_models), "--no-progress"]) == EXIT_FATAL
     assert "no PDF renderer" in capsys.readouterr().err
     assert not (out / "errors").exists()  # not an error row per document
+
+
+def test_no_renderer_fails_both_servers_at_load(no_poppler, monkeypatch, tiny_models) -> None:
+    """The serving containers stop at model load (htr serve never reports healthy; the toolkit's
+    model_fn fails its worker), so a transform or endpoint fails instead of answering every PDF
+    with an error row that a Completed job would hide."""
+    import importlib.util
+
+    from batch.serve import ServeSettings, Service
+
+    monkeypatch.setitem(sys.modules, "pypdfium2", None)
+    service = Service(ServeSettings(batch=True))
+    with pytest.raises(MissingDependency, match="no PDF renderer"):
+        service.load(str(tiny_models), "cpu")
+    assert isinstance(service.load_error, MissingDependency)
+
+    # code/inference.py as the framework container imports it; its import changes sys.path and
+    # the toolkit's error handler: both restored when the test ends
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    from sagemaker_inference.transformer import Transformer
+
+    monkeypatch.setattr(Transformer, "handle_error", Transformer.__dict__["handle_error"])
+    path = Path(__file__).resolve().parents[1] / "batch" / "sagemaker_code" / "inference.py"
+    spec = importlib.util.spec_from_file_location("htr_inference_under_test", path)
+    assert spec is not None and spec.loader is not None
+    inference = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, inference)  # as an import would (dataclasses need it)
+    spec.loader.exec_module(inference)
+    monkeypatch.setenv("HTR_DEVICE", "cpu")
+    with pytest.raises(MissingDependency, match="no PDF renderer"):
+        inference.model_fn(str(tiny_models))
