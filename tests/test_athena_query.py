@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -320,6 +321,50 @@ def test_query_cannot_read_or_write_outside_the_output(sql: str, capsys, local_o
     assert rc != 0 and "htr query: error:" in err
     assert "root:" not in err  # nothing of /etc/passwd in the message either
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+S3_ESCAPES = [
+    "SELECT * FROM read_parquet('s3://{bucket}/elsewhere/*.parquet')",  # same bucket, outside OUT
+    "SELECT * FROM read_text('s3://{bucket}/secret.txt')",
+    "SELECT * FROM read_text('s3://{bucket}/htr/outside.txt')",  # a sibling of OUT's prefix
+    "SELECT * FROM glob('s3://{bucket}/*')",
+    "SELECT * FROM read_text('{endpoint}/{bucket}/secret.txt')",  # plain HTTP(S), through httpfs
+    "COPY (SELECT 1) TO 's3://{bucket}/copied.csv'",
+    "COPY (SELECT * FROM words) TO 's3://{bucket}/htr/out/words/run_date=2024-05-01/evil.parquet'",
+]
+
+
+def test_s3_query_cannot_read_or_write_outside_the_output(s3_out: str, s3_endpoint: str):
+    """The same confinement over S3 (httpfs loaded): objects next to OUT, in the same bucket
+    and readable with the same credentials, stay out of reach, and nothing is written."""
+    from tests.s3_server import s3_client
+
+    bucket = storage.split_s3(s3_out)[0]
+    client = s3_client(s3_endpoint)
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"x": [1]}), buf)
+    for key, body in (
+        ("elsewhere/a.parquet", buf.getvalue()),
+        ("secret.txt", b"top secret"),
+        ("htr/outside.txt", b"top secret"),
+    ):
+        client.put_object(Bucket=bucket, Key=key, Body=body)
+    before = sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", []))
+    con = q.connect(s3_out)  # one confined connection (as q.query makes): httpfs loads once
+    try:
+        for sql in S3_ESCAPES:
+            with pytest.raises((q.QueryError, duckdb.Error)) as refused:
+                q.check_read_only(con, sql.format(bucket=bucket, endpoint=s3_endpoint))
+                con.execute(sql.format(bucket=bucket, endpoint=s3_endpoint)).fetchall()
+            assert "top secret" not in str(refused.value), sql
+        # the output itself reads through the same table functions
+        own = f"SELECT count(*) FROM read_parquet('{s3_out}words/**/*.parquet')"
+        assert con.execute(own).fetchall() == [(11,)]
+    finally:
+        con.close()
+    assert sorted(o["Key"] for o in client.list_objects_v2(Bucket=bucket).get("Contents", [])) == before
+    with pytest.raises(q.QueryError, match="Permission Error"):  # and the command's path refuses too
+        q.query(s3_out, S3_ESCAPES[0].format(bucket=bucket))
 
 
 def test_query_may_still_read_its_own_output_any_way(capsys, local_out: str):
