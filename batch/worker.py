@@ -53,6 +53,10 @@ from transforms.rasterise import DEFAULT_IMAGE_SIDE, DEFAULT_LIMITS, Limits, ite
 
 MiB = 1024 * 1024
 OUTAGE_AFTER = 8  # documents in a row failing to fetch transiently: storage is down, stop
+# Decoded page bytes allowed between the decode threads and the models (queue + batch). Letter
+# pages at 200 dpi (11 MB) fill the queue long before this; 100-megapixel pages (300 MB each)
+# go one at a time, so a long document of huge pages stays under the 2 GiB target (#12 item 5).
+PAGE_BUDGET = 384 * MiB
 _RUN_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")  # goes into object names
 
 
@@ -247,6 +251,42 @@ class _Stopped(BaseException):
     """The run is over (finished or failed): producers stop putting pages."""
 
 
+class PageBudget:
+    """Bytes of decoded pages in flight from the decode threads to the models. A producer
+    reserves room for its next page before decoding it (the size of its last page: pages of
+    one document are alike) and settles the real size once decoded; the run releases a page's
+    bytes when the models are done with it or it is dropped. Room is always there when
+    nothing is in flight, so a page over the whole budget still goes through, alone."""
+
+    def __init__(self, limit: int = PAGE_BUDGET):
+        self.limit, self.used, self.peak = limit, 0, 0
+        self._cond = threading.Condition()
+
+    def reserve(self, n: int, stop: threading.Event) -> None:
+        with self._cond:
+            while self.used and self.used + n > self.limit:
+                if stop.is_set():
+                    raise _Stopped
+                self._cond.wait(0.1)
+            self._add(n)
+
+    def settle(self, reserved: int, actual: int) -> None:
+        """The page turned out `actual` bytes, not the `reserved` (it is in memory already)."""
+        with self._cond:
+            self._add(actual - reserved)
+            self._cond.notify_all()
+
+    def release(self, n: int) -> None:
+        if n:
+            with self._cond:
+                self._add(-n)
+                self._cond.notify_all()
+
+    def _add(self, n: int) -> None:
+        self.used += n
+        self.peak = max(self.peak, self.used)
+
+
 def fetch(src: storage.SourceObject, stream_above: int) -> bytes | mmap.mmap:
     """The object's bytes; a big S3 object as a memory map of a temp file (page cache, not
     process memory; the file is unlinked already and goes when the map is closed)."""
@@ -269,22 +309,45 @@ def _produce(
     stream_above: int,
     image_side: int | None = None,
     prepare: Callable[[np.ndarray], object] | None = None,
+    budget: PageBudget | None = None,
+    stop: threading.Event | None = None,
 ) -> None:
-    """Put ('meta'), ('page', i, image)..., ('end', n) or ('error', stage, exc) for one source.
-    prepare: Pipeline.prepare_page, run here so the page fix is off the model thread (#15)."""
+    """Put ('meta'), ('page', i, image, nbytes)..., ('end', n) or ('error', stage, exc) for one
+    source. prepare: Pipeline.prepare_page, run here so the page fix is off the model thread
+    (#15). budget: room is reserved for each page before it is decoded (PageBudget); the
+    consumer releases `nbytes` of each page it takes."""
     stage, data = "fetch", b""
+    budget = budget or PageBudget(limit=1 << 62)
+    stop = stop or threading.Event()
+    reserved = 0
     try:
         data = fetch(src, stream_above)
         stage = "decode"
         content_type = sniff(data if isinstance(data, bytes) else data[:1024])
         put((src.uri, "meta", doc_id_for(data), content_type))
-        n = 0
-        for n, image in enumerate(iter_pages(data, dpi, limits, content_type, image_side), 1):
-            put((src.uri, "page", n, prepare(image) if prepare else image))
+        n, nbytes = 0, 0
+        pages = iter(iter_pages(data, dpi, limits, content_type, image_side))
+        while True:
+            budget.reserve(nbytes, stop)  # room for a page like the last, before decoding it
+            reserved = nbytes
+            image = next(pages, None)
+            if image is None:
+                break
+            n, nbytes = n + 1, int(image.nbytes)
+            budget.settle(reserved, nbytes)
+            reserved = nbytes
+            page = prepare(image) if prepare else image
+            del image  # the prepared page may be a copy: hold one, not both, while waiting
+            put((src.uri, "page", n, page, nbytes))
+            reserved = 0  # the consumer owns those bytes now
+            del page
+        budget.release(reserved)
+        reserved = 0
         if n == 0:
             raise HtrError("document has no pages", "decode")
         put((src.uri, "end", n))
     except Exception as e:  # every failure is the document's error record, never the run's
+        budget.release(reserved)
         put((src.uri, "error", getattr(e, "stage", stage), e))
     finally:
         if isinstance(data, mmap.mmap):
@@ -318,6 +381,7 @@ class Run:
         decode_workers: int = 2,
         progress: bool = True,
         stream_above: int = 256 * MiB,
+        page_budget: int = PAGE_BUDGET,
     ):
         self.pipe, self.writer, self.run_id = pipe, writer, run_id
         self.dpi, self.limits, self.batch_pages = dpi, limits, batch_pages
@@ -325,7 +389,8 @@ class Run:
         self.stream_above = stream_above
         self.stats = RunStats()
         self.docs: dict[str, _Doc] = {}
-        self.pending: list[tuple[str, int, np.ndarray]] = []
+        self.pending: list[tuple[str, int, np.ndarray, int]] = []  # (uri, page, image, bytes)
+        self.budget = PageBudget(page_budget)
         self.stop = threading.Event()
         self.feed_error: BaseException | None = None
         self.fetch_failures = 0  # documents in a row whose fetch failed transiently
@@ -358,6 +423,7 @@ class Run:
             elif item is not None:
                 self._handle(item, slots)
             idle = item is None or q.empty()
+            item = None  # not holding the last page while the models run (PageBudget)
             if self.pending and (len(self.pending) >= self.batch_pages or idle):
                 self._run_models()
             if finished_feeding and not self.docs and not self.pending:
@@ -393,6 +459,8 @@ class Run:
                         self.stream_above,
                         self.pipe.config.image_side,
                         getattr(self.pipe, "prepare_page", None),
+                        self.budget,
+                        self.stop,
                     )
         except _Stopped:
             return
@@ -410,12 +478,16 @@ class Run:
             return
         doc = self.docs.get(uri)
         if doc is None:
+            if kind == "page":
+                self.budget.release(rest[2])
             return
         if kind == "meta":
             doc.doc_id, doc.content_type = rest
         elif kind == "page":
-            if not doc.failed:
-                self.pending.append((uri, rest[0], rest[1]))
+            if doc.failed:
+                self.budget.release(rest[2])
+            else:
+                self.pending.append((uri, rest[0], rest[1], rest[2]))
         elif kind == "end":
             self.fetch_failures = 0
             doc.expected = rest[0]
@@ -444,12 +516,29 @@ class Run:
             )
 
     def _run_models(self) -> None:
-        batch = [(u, i, img) for u, i, img in self.pending if not self.docs[u].failed]
+        batch = [(u, i, img) for u, i, img, _ in self.pending if not self.docs[u].failed]
+        held = sum(nbytes for *_, nbytes in self.pending)
         self.pending = []
-        if not batch:
-            return
+        pages: list[tuple[tuple[str, int], Page | None]] = []
         try:
-            pages = self.pipe.process_pages([img for _, _, img in batch])
+            if batch:
+                pages = self._process_batch(batch)
+        finally:
+            del batch  # the decoded pages go before the next ones are let in
+            self.budget.release(held)
+        for (u, i), page in pages:
+            doc = self.docs.get(u)
+            if page is None or doc is None or doc.failed:
+                continue
+            doc.pages[i] = page
+            self._maybe_finish(u)
+
+    def _process_batch(
+        self, batch: list[tuple[str, int, np.ndarray]]
+    ) -> list[tuple[tuple[str, int], Page | None]]:
+        """The models over a batch of pages: ((uri, page number), Page or None if it failed)."""
+        try:
+            pages: list[Page | None] = list(self.pipe.process_pages([img for _, _, img in batch]))
         except Exception:
             # one bad page must not fail its neighbours: retry page by page to find it
             pages = []
@@ -459,12 +548,7 @@ class Run:
                 except Exception as e:
                     pages.append(None)
                     self._fail(u, "model", e)
-        for (u, i, _), page in zip(batch, pages):
-            doc = self.docs.get(u)
-            if page is None or doc is None or doc.failed:
-                continue
-            doc.pages[i] = page
-            self._maybe_finish(u)
+        return [((u, i), page) for (u, i, _), page in zip(batch, pages)]
 
     def _maybe_finish(self, uri: str) -> None:
         doc = self.docs[uri]
@@ -492,6 +576,7 @@ class Run:
         if doc is None or doc.failed:
             return
         doc.failed = True
+        self.budget.release(sum(p[3] for p in self.pending if p[0] == uri))
         self.pending = [p for p in self.pending if p[0] != uri]
         doc_id = doc.doc_id or hashlib.sha256(uri.encode()).hexdigest()[:24]
         message = scrub(str(exc))

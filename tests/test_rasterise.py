@@ -314,6 +314,30 @@ def test_pdf_streams_page_by_page(monkeypatch):
     assert [p.shape[1] for p in [first, *rest]] == [40 + k for k in range(n)]
 
 
+def test_pdf_pages_over_the_chunk_pixels_render_one_at_a_time(monkeypatch):
+    """Pages of a poppler call are held together: big pages go one per call (peak RSS of a PDF
+    of 100-megapixel pages), small ones still pdf_chunk at a time."""
+    assert list(rasterise.pdf_chunks([(612, 792)] * 10, 200, 4)) == [(1, 4), (5, 8), (9, 10)]
+    assert list(rasterise.pdf_chunks([(3600, 3600)] * 3, 200, 4)) == [(1, 1), (2, 2), (3, 3)]
+    mixed = [(612, 792), (3600, 3600), (612, 792), (612, 792)]
+    assert list(rasterise.pdf_chunks(mixed, 200, 4)) == [(1, 1), (2, 2), (3, 4)]
+    assert list(rasterise.pdf_chunks([], 200, 4)) == []
+
+    data = make_pdf([(40, 40, rect(0, 0, 10, 10))] * 5 + [(80, 80, rect(0, 0, 10, 10))] * 2)
+    calls = []
+    real = rasterise._render_range
+
+    def spy(path, first, last, dpi):
+        calls.append((first, last))
+        return real(path, first, last, dpi)
+
+    monkeypatch.setattr(rasterise, "_render_range", spy)
+    monkeypatch.setattr(rasterise, "PDF_CHUNK_PIXELS", 3 * 40 * 40)  # three small pages per call
+    pages = list(iter_pages(data, dpi=72, limits=Limits(pdf_chunk=4)))
+    assert [p.shape[:2] for p in pages] == [(40, 40)] * 5 + [(80, 80)] * 2
+    assert calls == [(1, 3), (4, 5), (6, 6), (7, 7)]
+
+
 def test_pdf_with_owner_password_only_is_processed():
     data = make_pdf([(100, 50, rect(0, 0, 25, 50))], user_password="")
     (page,) = pages(data, dpi=72)

@@ -315,6 +315,56 @@ def test_long_pdf_flows_through_a_bounded_queue(s3_io, tiny_models, monkeypatch)
     assert max(ahead) <= 7, ahead
 
 
+def test_decoded_pages_in_flight_are_bounded_in_bytes(tmp_path, tiny_models, monkeypatch):
+    """The pages between the decode threads and the models are bounded in bytes too
+    (worker.PageBudget), not only by the queue's length: with room for two pages, a slow model
+    never has more than two decoded pages ahead of it (the queue alone lets seven in, and a
+    PDF of 100-megapixel pages then needs 2 GB). A page over the whole budget still goes
+    through, alone."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    (inp / "long.pdf").write_bytes(pdf(8, pages=12))
+    page_bytes = next(worker.iter_pages((inp / "long.pdf").read_bytes(), 72)).nbytes
+    lock, counts, ahead = threading.Lock(), {"decoded": 0, "done": 0}, []
+    real_iter_pages = worker.iter_pages
+
+    def counting_pages(*args, **kwargs):
+        for page in real_iter_pages(*args, **kwargs):
+            with lock:
+                counts["decoded"] += 1
+            yield page
+
+    monkeypatch.setattr(worker, "iter_pages", counting_pages)
+    pipe = worker.Pipeline.load(tiny_models, "cpu")
+    real_process = pipe.process_pages
+
+    def slow_process(images):
+        with lock:
+            ahead.append(counts["decoded"] - counts["done"])
+        time.sleep(0.05)
+        pages = real_process(images)
+        with lock:
+            counts["done"] += len(images)
+        return pages
+
+    pipe.process_pages = slow_process
+    options = dict(dpi=72, batch_pages=2, decode_workers=1, progress=False)
+    for budget, most in ((page_bytes * 5 // 2, 2), (page_bytes // 2, 1)):
+        counts.update(decoded=0, done=0)
+        ahead.clear()
+        writer = OutputWriter(str(out), f"budget{most}")
+        stats = worker.process(
+            pipe,
+            writer,
+            storage.list_objects(str(inp)),
+            Policy(reprocess=True),
+            page_budget=budget,
+            **options,
+        )
+        assert (stats.documents, stats.pages, stats.errors) == (1, 12, 0)
+        assert max(ahead) <= most, ahead
+
+
 # ---- local folders ----------------------------------------------------------------------------------
 
 

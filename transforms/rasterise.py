@@ -348,10 +348,37 @@ def _pdf_pages(data: Buffer, dpi: int, limits: Limits) -> Iterator[np.ndarray]:
             return
         sizes = _pdf_page_sizes(path)
         _check_pdf_limits(sizes, dpi, limits)
-        for first in range(1, len(sizes) + 1, max(1, limits.pdf_chunk)):
-            last = min(first + max(1, limits.pdf_chunk) - 1, len(sizes))
-            for im in _render_range(path, first, last, dpi):
-                yield _with_dpi(to_rgb_array(im), dpi)
+        for first, last in pdf_chunks(sizes, dpi, limits.pdf_chunk):
+            images = _render_range(path, first, last, dpi)
+            images.reverse()
+            while images:  # each rendered page is let go as soon as it is converted
+                im = images.pop()
+                page = _with_dpi(to_rgb_array(im), dpi)
+                im.close()
+                del im
+                yield page
+
+
+# Pixels rendered per poppler call at most (the pages of a call are held together): letter pages
+# at 200 dpi still go 4 at a time, 100-megapixel pages one at a time (#12 item 5: peak RSS).
+PDF_CHUNK_PIXELS = 32_000_000
+
+
+def pdf_chunks(
+    sizes: list[tuple[float, float]], dpi: int, chunk: int, max_pixels: int | None = None
+) -> Iterator[tuple[int, int]]:
+    """(first, last) page ranges (1-based) for poppler calls: up to `chunk` pages, and no more
+    than `max_pixels` (default PDF_CHUNK_PIXELS) rendered per call unless it is a single page."""
+    max_pixels = PDF_CHUNK_PIXELS if max_pixels is None else max_pixels
+    first, pixels = 1, 0.0
+    for i, (w, h) in enumerate(sizes, 1):
+        px = (w * dpi / 72) * (h * dpi / 72)
+        if i > first and (i - first >= max(1, chunk) or pixels + px > max_pixels):
+            yield first, i - 1
+            first, pixels = i, 0.0
+        pixels += px
+    if sizes:
+        yield first, len(sizes)
 
 
 # ---- Images ------------------------------------------------------------------------------------
