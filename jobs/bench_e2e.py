@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 LANES = 2  # peers: 2 single-threaded processes (the machine has 2 cores)
@@ -126,7 +127,8 @@ def run_lanes(files: list[Path], readers: list[Callable[[Path], None]], tmp: Pat
     for f in files:
         q.put(f)
     state = {"pending": len(files), "pages": 0}
-    lock, errors = threading.Lock(), []
+    lock = threading.Lock()
+    errors: list[BaseException] = []
 
     def lane(read: Callable[[Path], None]) -> None:
         while not errors:
@@ -192,9 +194,11 @@ class RapidProcess:
             )
 
     def __call__(self, image: Path) -> None:
-        self.proc.stdin.write(f"{image}\n")
-        self.proc.stdin.flush()
-        for line in self.proc.stdout:  # skip anything the library prints on stdout
+        stdin, stdout = self.proc.stdin, self.proc.stdout
+        assert stdin is not None and stdout is not None  # both PIPE
+        stdin.write(f"{image}\n")
+        stdin.flush()
+        for line in stdout:  # skip anything the library prints on stdout
             if line.startswith("@@ok"):
                 return
             if line.startswith("@@error"):
@@ -204,7 +208,8 @@ class RapidProcess:
 
     def close(self) -> None:
         """End of input: the worker exits once its last page is done."""
-        self.proc.stdin.close()
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
         try:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
@@ -320,16 +325,17 @@ def _variant(page, i: int, seed: int):
     from PIL import Image
 
     f = float(np.random.default_rng([seed, 61_000, i]).uniform(0.85, 1.0))
-    return page.resize((round(page.width * f), round(page.height * f)), Image.LANCZOS)
+    return page.resize((round(page.width * f), round(page.height * f)), Image.Resampling.LANCZOS)
 
 
 def _save_image(img, path: Path, quality: int) -> None:
-    fmt = {
+    formats: dict[str, tuple[str, dict[str, Any]]] = {
         ".jpg": ("JPEG", {"quality": quality}),
         ".png": ("PNG", {}),
         ".tif": ("TIFF", {"compression": "tiff_lzw"}),
-    }[path.suffix]
-    img.save(path, fmt[0], **fmt[1])
+    }
+    name, options = formats[path.suffix]
+    img.save(path, name, **options)
 
 
 def mixed_page_set(n: int, seed: int, work: Path, distinct: int = MIXED_DISTINCT) -> PageSet:
@@ -463,18 +469,19 @@ def target_rows(run: E2eRun) -> list[list[str]]:
     for ps in run.sets:
         res = run.results.get(ps.name, {})
         h, t = res.get("htr run"), res.get("tesseract")
-        ok = h is not None and not h.error
+        if h is not None and h.error:
+            h = None  # failed: nothing measured
         if ps.pages == 1:
             add(
                 "start-up: 1-page `htr run` wall (s)",
-                h.seconds if ok else None,
+                h.seconds if h is not None else None,
                 STARTUP_TARGET_S,
                 higher=False,
             )
             continue
-        ratio = t.seconds / h.seconds if ok and t is not None and not t.error else None
+        ratio = t.seconds / h.seconds if h is not None and t is not None and not t.error else None
         add(f"{ps.name}: Tesseract wall ÷ `htr run` wall", ratio, WALL_TARGET)
-        if ok and h.steady_pps and t is not None and not t.error:
+        if h is not None and h.steady_pps and t is not None and not t.error:
             add(
                 f"{ps.name}: steady state (htr run's own pages/s) ÷ Tesseract's pages/s",
                 h.steady_pps / t.pages_per_s,

@@ -130,8 +130,8 @@ def _export(model: torch.nn.Module, example: torch.Tensor, dynamic: dict[int, st
         warnings.simplefilter("ignore")
         torch.onnx.export(
             model.eval(),
-            example,
-            buf,
+            (example,),
+            buf,  # type: ignore[arg-type]  # a file-like object works; the stub names paths only
             input_names=["x"],
             output_names=["y"],
             dynamic_axes={"x": dynamic, "y": {0: "b"}},

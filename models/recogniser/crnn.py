@@ -7,6 +7,8 @@ Output: B x T x C log-probabilities with T = W / 4.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -41,7 +43,7 @@ class CRNN(nn.Module):
         self,
         num_classes: int,
         height: int = 32,
-        channels: list[int] = (32, 64, 128, 192),
+        channels: Sequence[int] = (32, 64, 128, 192),
         lstm_hidden: int = 128,
         lstm_layers: int = 2,
     ):

@@ -152,15 +152,17 @@ class Lexicon:
     def _by_length(self) -> dict[int, list[str]]:
         return {}
 
+    @cached_property
+    def _lengths(self) -> np.ndarray:
+        return np.array([len(w) for w in self.words])
+
     def _near_length(self, n: int) -> list[str]:
         """The words at most max_distance letters longer or shorter than n, in list order: no other
         word is within max_distance edits (the distance is at least the length difference), so
         scanning these finds the same candidates in the same order, ~4x sooner."""
         hit = self._by_length.get(n)
         if hit is None:
-            if "_lengths" not in self._by_length:
-                self._by_length["_lengths"] = np.array([len(w) for w in self.words])  # type: ignore[index]
-            near = np.flatnonzero(np.abs(self._by_length["_lengths"] - n) <= self.max_distance)  # type: ignore[index,operator]
+            near = np.flatnonzero(np.abs(self._lengths - n) <= self.max_distance)
             hit = self._by_length[n] = [self.words[i] for i in near.tolist()]
         return hit
 
@@ -177,7 +179,7 @@ class Lexicon:
                 )
             ]
         else:
-            near = set()
+            near: set[str] = set()
             for d in _deletes(word, k):
                 near.update(self._index.get(d, ()))
             found = [c for c in near if OSA.distance(word, c, score_cutoff=k) <= k]
