@@ -290,11 +290,19 @@ def test_page_cap_is_a_400_before_rendering(server: ServerProcess) -> None:
 def test_pages_stream_through_the_model_a_few_at_a_time(tmp_path: Path) -> None:
     """A long document never has more than chunk_pages rasterised pages waiting for the model,
     however many it has (the whole document used to be rendered first)."""
+    import transforms.rasterise as rasterise
     from batch.serve import PageBatcher, ServeSettings, Service
 
-    calls = []
+    calls, decoded, ahead = [], [0], []
+    real_iter_pages = rasterise.iter_pages
+
+    def counting_pages(*args, **kwargs):
+        for page in real_iter_pages(*args, **kwargs):
+            decoded[0] += 1
+            yield page
 
     def process_pages(images: list) -> list:
+        ahead.append(decoded[0] - sum(calls))  # rasterised, not yet through the model
         calls.append(len(images))
         return [f"page{len(calls)}-{i}" for i in range(len(images))]
 
@@ -308,10 +316,13 @@ def test_pages_stream_through_the_model_a_few_at_a_time(tmp_path: Path) -> None:
     service = Service(ServeSettings(max_pages=50, chunk_pages=4, dpi=36))
     service.pipe, service.batcher = Pipe(), PageBatcher(process_pages, max_pages=16, wait_s=0)
     try:
-        pages = service.process(_save([_page(f"p{i}") for i in range(11)], "PDF"), "application/pdf")
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(rasterise, "iter_pages", counting_pages)
+            pages = service.process(_save([_page(f"p{i}") for i in range(11)], "PDF"), "application/pdf")
     finally:
         service.close()
     assert len(pages) == 11 and calls == [4, 4, 3]
+    assert ahead == [4, 4, 3]  # rendering everything first would give [11, 7, 3]
 
 
 def test_pdf_pages_are_rendered_at_200_dpi(server: ServerProcess, docs) -> None:
