@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -150,8 +151,37 @@ def _unpack(archive: Path, dest: Path) -> Path:
     return dest
 
 
+def pip_dry_run(folder: Path, requirements: str) -> str:
+    """`pip install -r REQUIREMENTS` run in `folder` as a container's start-up runs it, but as a
+    dry run with no index: every `-r` include must open from inside the folder, and every pin
+    (and what it depends on) must resolve, here against this environment's installed versions
+    (the same pins; nothing is downloaded). Returns pip's output; fails the test on any error."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-m",
+            "pip",
+            "install",
+            "--dry-run",
+            "--no-index",
+            "--disable-pip-version-check",
+        ]
+        + ["-r", requirements],
+        cwd=folder,
+        env={"PATH": os.environ["PATH"], "HOME": str(folder), "PIP_CONFIG_FILE": os.devnull},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, f"pip install -r {requirements} in {folder}:\n{proc.stderr[-3000:]}"
+    assert "Would install" not in proc.stdout, proc.stdout  # every pin is the installed version
+    return proc.stdout
+
+
 def test_requirements_resolve_inside_the_unpacked_archive(archive: Path, tmp_path: Path) -> None:
-    """Every `-r` is resolvable from the archive alone (pip's own parser, in an empty folder)."""
+    """Every `-r` is resolvable from the archive alone (pip's own parser, in an empty folder),
+    and pip resolves the whole file there (a dry run, as the serving container's start-up)."""
     model_dir = _unpack(archive, tmp_path / "model")
     proc = subprocess.run(
         [sys.executable, "-I", "-c", PIP_PARSE], cwd=model_dir, capture_output=True, text=True, timeout=120
@@ -160,6 +190,17 @@ def test_requirements_resolve_inside_the_unpacked_archive(archive: Path, tmp_pat
     parsed = json.loads(proc.stdout)
     assert parsed == list(requirement_specs(model_dir / "code" / "requirements.txt"))
     assert "pypdfium2==5.15.2" in parsed and len(parsed) > 20
+    out = pip_dry_run(model_dir, "code/requirements.txt")
+    assert "Requirement already satisfied: pypdfium2==5.15.2" in out
+    assert "Requirement already satisfied: fontpkg-caveat==" in out  # the fonts' include, inlined
+
+
+def test_a_dangling_include_fails_the_dry_run(tmp_path: Path) -> None:
+    """The check above can fail: the archive's old requirements.txt (an -r to a file it lacks)."""
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "requirements.txt").write_text("numpy\n-r requirements-fonts.txt\n")
+    with pytest.raises(AssertionError, match="requirements-fonts.txt"):
+        pip_dry_run(tmp_path, "code/requirements.txt")
 
 
 # Then the sagemaker-inference toolkit's Transformer, as the framework container's model server runs it.
@@ -250,6 +291,62 @@ def test_dockerfile_copies_every_file_it_uses() -> None:
     files = _dockerfile_image(REPO / "Dockerfile")
     assert "/opt/program/requirements-runtime.txt" in files  # the filtered copy, beside the fonts
     assert "/opt/program/requirements-fonts.txt" in files
+
+
+def _dockerfile_steps(dockerfile: Path) -> list[tuple[str, str, str]]:
+    """(instruction, its text, WORKDIR at that point) for each step, continuation lines joined."""
+    workdir, steps = "/", []
+    for line in dockerfile.read_text().replace("\\\n", " ").splitlines():
+        words = line.split(None, 1)
+        if not words or words[0].startswith("#"):
+            continue
+        if words[0] == "WORKDIR":
+            workdir = words[1].strip()
+        steps.append((words[0], words[1] if len(words) > 1 else "", workdir))
+    return steps
+
+
+def test_dockerfile_pip_steps_resolve(tmp_path: Path) -> None:
+    """No Docker daemon in the tests: the image's requirement steps run for real in a folder laid
+    out as the image (the COPY steps' files at their paths), their own shell text through bash,
+    with `pip` a dry run against this environment (same Python minor as the base image)."""
+    steps = _dockerfile_steps(REPO / "Dockerfile")
+    base = next(text for op, text, _ in steps if op == "FROM")
+    assert base.startswith(f"python:{sys.version_info.major}.{sys.version_info.minor}-")
+    root = tmp_path / "image"
+    for op, text, workdir in steps:
+        if op != "COPY" or "--from" in text:
+            continue
+        *sources, dest = text.split()
+        target = Path(workdir, dest)  # an absolute dest stands alone
+        for src in sources:
+            out = root / str(target).lstrip("/")
+            if dest.endswith("/") or dest in (".", "./") or len(sources) > 1:
+                out = out / Path(src).name
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if (REPO / src).is_file():
+                out.write_bytes((REPO / src).read_bytes())
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / "pip").write_text(
+        f'#!/bin/sh\nexec {sys.executable} -I -m pip "$@" --dry-run --no-index --disable-pip-version-check\n'
+    )
+    (shim / "pip").chmod(0o755)
+    pip_steps = [(text, workdir) for op, text, workdir in steps if op == "RUN" and "pip install -r" in text]
+    assert pip_steps, "Dockerfile: no `pip install -r` step found"
+    for text, workdir in pip_steps:
+        proc = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", text],
+            cwd=root / workdir.lstrip("/"),
+            env={"PATH": f"{shim}:/usr/bin:/bin", "HOME": str(tmp_path), "PIP_CONFIG_FILE": os.devnull},
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert proc.returncode == 0, f"Dockerfile: RUN {text}\n{proc.stderr[-3000:]}"
+        assert "Would install" not in proc.stdout
+        assert "Requirement already satisfied: torch==" in proc.stdout  # the runtime pins, torch too
+        assert "fontpkg-caveat==" in proc.stdout and "pytest" not in proc.stdout
 
 
 def _training_output(src: Path, kind: str, dest: Path) -> bytes:
