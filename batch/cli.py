@@ -13,9 +13,10 @@ import importlib
 import logging
 import os
 import sys
+import traceback
 from typing import NoReturn
 
-from batch.core.errors import EXIT_BAD_ARGS
+from batch.core.errors import EXIT_BAD_ARGS, EXIT_FATAL, scrub
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -50,7 +51,12 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command and return its exit code. Called without arguments (the `htr`
     executable, `python -m batch.cli`) it ends the process itself: see exit_now."""
     if argv is None:
-        exit_now(_run(sys.argv[1:]))
+        try:
+            code = _run(sys.argv[1:])
+        except Exception:  # a bug: its traceback, and still one of the documented statuses
+            print(scrub(traceback.format_exc()), file=sys.stderr, end="")
+            code = EXIT_FATAL
+        exit_now(code)
     return _run(list(argv))
 
 

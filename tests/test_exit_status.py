@@ -35,3 +35,21 @@ def test_real_command_exit_status_is_the_commands_own(s3_bucket, tmp_path, fresh
     proc = htr("run", tmp_path, tmp_path / "out", "--models", tmp_path / "no-models", "--no-progress")
     assert proc.returncode == EXIT_FATAL and "cannot load models" in proc.stderr
     assert htr("no-such-command").returncode == EXIT_BAD_ARGS
+
+
+def test_an_unexpected_error_is_a_traceback_and_exit_4(tmp_path):
+    """A bug (an exception no command catches) in the real entry point: its traceback on
+    stderr and exit 4, not 1 or an abort at interpreter exit."""
+    code = (
+        "import sys, batch.query\n"
+        "def boom(*a, **k): raise RuntimeError('a bug in a command')\n"
+        "batch.query.query = boom\n"
+        f"sys.argv = ['htr', 'query', {str(tmp_path)!r}, 'SELECT 1']\n"
+        "from batch.cli import main\n"
+        "main()\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=child_env(), capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == EXIT_FATAL, proc.stderr[-2000:]
+    assert "Traceback" in proc.stderr and "RuntimeError: a bug in a command" in proc.stderr

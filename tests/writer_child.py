@@ -95,9 +95,12 @@ def write_phase(out: str, phase: str, run_id: str, docs_per_part: int = 3) -> in
 
 
 if __name__ == "__main__":
+    from batch.cli import exit_now  # as the htr executable ends: no abort at interpreter exit
+
     out_uri, phase_name = sys.argv[1], sys.argv[2]
     try:
         write_phase(out_uri, phase_name, f"child-{phase_name}")
     except CommitFailed as e:  # as `htr run` does: exit 4, the next run resumes
         print(f"writer_child: {e.stage}: {e}", file=sys.stderr)
-        sys.exit(EXIT_FATAL)
+        exit_now(EXIT_FATAL)
+    exit_now(0)
