@@ -10,6 +10,7 @@ container does at start-up. The Dockerfile's COPY and `-r` sources are checked t
 
 from __future__ import annotations
 
+import fnmatch
 import io
 import json
 import os
@@ -291,6 +292,38 @@ def test_dockerfile_copies_every_file_it_uses() -> None:
     files = _dockerfile_image(REPO / "Dockerfile")
     assert "/opt/program/requirements-runtime.txt" in files  # the filtered copy, beside the fonts
     assert "/opt/program/requirements-fonts.txt" in files
+
+
+def _dockerignored(path: str, patterns: list[str]) -> bool:
+    """Whether .dockerignore keeps `path` (relative to the context) out of the build context:
+    a pattern matches it or one of its parent folders (`**/` at any depth). No `!` exceptions."""
+    parts = Path(path).parts
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    for pattern in patterns:
+        if pattern.startswith("**/"):
+            if any(fnmatch.fnmatch(part, pattern[3:]) for part in parts):
+                return True
+        elif any(fnmatch.fnmatch(prefix, pattern) for prefix in prefixes):
+            return True
+    return False
+
+
+def test_dockerignore_keeps_what_copy_needs_and_drops_the_bulk() -> None:
+    lines = (REPO / ".dockerignore").read_text().splitlines()
+    patterns = [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    assert not [p for p in patterns if p.startswith("!")]  # _dockerignored does not handle them
+    sources = {src for src in _dockerfile_image(REPO / "Dockerfile").values()}
+    tracked = subprocess.run(
+        ["git", "ls-files", "--", *(str(s.relative_to(REPO)) for s in sources)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert "models/default/recogniser.safetensors" in tracked  # the image ships the default models
+    assert not [f for f in tracked if _dockerignored(f, patterns)]
+    for bulk in (".venv/bin/python", "runs/x/state.pt", ".git/HEAD", "batch/__pycache__/cli.pyc"):
+        assert _dockerignored(bulk, patterns), bulk
 
 
 def _dockerfile_steps(dockerfile: Path) -> list[tuple[str, str, str]]:
