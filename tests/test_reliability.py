@@ -260,6 +260,65 @@ def test_outage_mid_run_stops_cleanly_and_the_next_run_finishes(
     assert_clean(out)
 
 
+class _Refuses(FaultProxy):
+    """`fault` for every request that `refuse(method, path)` picks."""
+
+    fault = "error-reset"  # a 500 whose body breaks off: urllib3's ProtocolError in botocore
+
+    def refuse(self, method: str, path: str) -> bool:
+        return True
+
+    def _decide(self, method: str, path: str) -> str | None:
+        if self.refuse(method, path):
+            with self._lock:
+                self.faults.append(self.fault)
+            return self.fault
+        return super()._decide(method, path)
+
+
+def _lists_input(method: str, path: str) -> bool:
+    return method == "GET" and "list-type=2" in path and "prefix=in" in path
+
+
+@pytest.mark.parametrize("down", ["everything", "input-listing"])
+def test_storage_down_at_start_up_is_exit_4_not_a_traceback(
+    down, s3_endpoint, s3_bucket, one_word_models, capsys, monkeypatch, fresh_storage
+):
+    """S3 fails before anything was processed: the ledger cannot be read (everything down), or
+    only the input's listing fails. The run stops with exit 4 and a one-line error naming the
+    stage (a raw urllib3 error used to escape as a traceback, exit 1); the next run does all."""
+    inp, out = f"s3://{s3_bucket}/in/", f"s3://{s3_bucket}/out/"
+    upload(s3_endpoint, s3_bucket, "in/", DOCS)
+    proxy = _Refuses(upstream=s3_endpoint)
+    if down == "input-listing":
+        proxy.refuse = _lists_input
+        proxy.fault = "503"
+    proxy.start()
+    monkeypatch.setenv("HTR_S3_MAX_ATTEMPTS", "2")
+    monkeypatch.setenv("HTR_S3_BACKOFF_BASE", "0.01")
+    args = ["run", inp, out, "--models", one_word_models, "--no-progress"]
+    try:
+        from batch.cli import main
+
+        capsys.readouterr()
+        rc = main([str(a) for a in [*args, "--s3-endpoint-url", proxy.url]])
+        err = capsys.readouterr().err
+    finally:
+        proxy.stop()
+        storage.configure(storage.StorageConfig())
+    assert rc == EXIT_FATAL, err[-3000:]
+    assert len(proxy.faults) >= 2
+    assert "Traceback" not in err and "htr run: fetch: " in err and "(after 2 attempts)" in err, err
+    assert read_ledger(out).seq == 0  # nothing committed, nothing to undo
+
+    rc, s = htr_inprocess(capsys, *args)
+    assert rc == 3 and s["documents"] == len(DOCS)
+    assert_exactly_once(
+        out, {inp + k: v for k, v in DOCS.items()}, {inp + k for k, v in DOCS.items() if v == BAD}
+    )
+    assert_clean(out)
+
+
 def test_documents_failing_transiently_in_a_row_are_an_outage():
     """One object that fails after all retries is that document's error; OUTAGE_AFTER of them
     in a row (nothing fetched in between) means storage is down: the run stops (exit 4)
