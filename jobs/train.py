@@ -259,6 +259,27 @@ def _loader(data, workers: int, **kwargs) -> DataLoader:
     )
 
 
+def _crop_loader(
+    data, workers: int, bs: int, seed: int, dist: Dist
+) -> tuple[DataLoader, DistributedSampler | None]:
+    """A map-style dataset (manifest crops) under torchrun: each rank its own share of the items
+    (DistributedSampler: one shuffle for all ranks, reshuffled by set_epoch in _infinite). The
+    iterable datasets (synthetic, lines, pages) are not split: each rank draws from its own seed."""
+    sampler: DistributedSampler | None = None
+    if dist.world > 1:
+        sampler = DistributedSampler(data, dist.world, dist.rank, seed=seed)
+    loader = _loader(
+        data,
+        workers,
+        batch_size=bs,
+        shuffle=sampler is None,
+        sampler=sampler,
+        collate_fn=ds.collate_crops,
+        drop_last=len(data) > bs * dist.world,
+    )
+    return loader, sampler
+
+
 def _infinite(loader, sampler: DistributedSampler | None = None):
     epoch = 0
     while True:
@@ -638,17 +659,7 @@ def train_recogniser(args) -> dict:
         loader = _loader(data, args.workers, batch_size=None)
     elif args.train and not args.synthetic:
         data = ds.ManifestCrops(args.train, cfg["max_width"], codec, seed=args.seed + rank)
-        # each rank its own share of the crops (the iterable datasets draw per-rank seeds instead)
-        sampler = DistributedSampler(data, dist.world, rank, seed=args.seed) if dist.world > 1 else None
-        loader = _loader(
-            data,
-            args.workers,
-            batch_size=bs,
-            shuffle=sampler is None,
-            sampler=sampler,
-            collate_fn=ds.collate_crops,
-            drop_last=len(data) > bs * dist.world,
-        )
+        loader, sampler = _crop_loader(data, args.workers, bs, args.seed, dist)
     else:
         data = ds.SyntheticCrops(args.seed + rank, cfg["max_width"], codec, batch_size=bs)
         loader = _loader(data, args.workers, batch_size=None)

@@ -359,6 +359,11 @@ def test_torchrun_two_ranks_one_model(tmp_path, subprocess_env):
     ]
     # each rank's stdout to its own file: on one shared pipe the ranks' lines can interleave
     argv[3:3] = ["--log-dir", str(tmp_path / "logs"), "--redirects", "1"]
+    import torch
+
+    gpus = torch.cuda.device_count() >= 2  # one process per GPU (NCCL) there; else gloo on the CPU
+    if not gpus:
+        argv += ["--device", "cpu"]  # a 1-GPU machine: rank 1 has no cuda:1 of its own
     proc = subprocess.run(
         argv,
         cwd=train.Path(__file__).parents[1],
@@ -372,6 +377,8 @@ def test_torchrun_two_ranks_one_model(tmp_path, subprocess_env):
     assert len(logs) == 2, logs
     out = "".join(p.read_text() for p in logs)
     assert {int(r) for r in re.findall(r"^rank=(\d) world=2 ", out, re.M)} == {0, 1}
+    devices = dict(re.findall(r"^rank=(\d) world=2 local_rank=\d device=(\S+)$", out, re.M))
+    assert devices == ({"0": "cuda:0", "1": "cuda:1"} if gpus else {"0": "cpu", "1": "cpu"})
     digests = dict(re.findall(r"^rank=(\d) weights=(\w+)$", out, re.M))
     assert set(digests) == {"0", "1"} and digests["0"] == digests["1"]  # in sync
     assert len(re.findall(r"^step=4 test_cer", out, re.M)) == 1  # rank 0 evaluates
@@ -380,6 +387,31 @@ def test_torchrun_two_ranks_one_model(tmp_path, subprocess_env):
         "recogniser.safetensors",
     ]
     checkpoints.load(tmp_path / "model", "recogniser")
+
+
+def test_manifest_crops_are_split_between_ranks(manifest_dir):
+    """Under torchrun each rank trains on its own share of the labelled crops: together the two
+    ranks see every crop of an epoch once, and a new epoch reshuffles them for both."""
+    from jobs import datasets as ds
+    from models.charset import Codec
+
+    data = ds.ManifestCrops(manifest_dir, 512, Codec(), jitter=False)
+    n = len(data)
+    assert n >= 8
+
+    def epoch(rank: int, number: int) -> list[int]:
+        loader, sampler = train._crop_loader(data, 0, 4, 0, train.Dist(rank, 2, rank))
+        assert sampler is not None and loader.sampler is sampler
+        sampler.set_epoch(number)
+        return list(loader.sampler)
+
+    first = [epoch(r, 0) for r in (0, 1)]
+    assert set(first[0]) | set(first[1]) == set(range(n))
+    assert len(first[0]) == len(first[1]) == -(-n // 2)
+    assert len(set(first[0]) & set(first[1])) == n % 2  # an odd count repeats one item to even up
+    assert [epoch(r, 1) for r in (0, 1)] != first  # set_epoch reshuffles
+    loader, sampler = train._crop_loader(data, 0, 4, 0, train.Dist())
+    assert sampler is None and len(list(loader.sampler)) == n  # one process: all of it
 
 
 def test_init_from_a_training_output(tmp_path):
