@@ -17,6 +17,8 @@ RapidOCR run as commands on the same files, in the same run.
   PDFs and JPEG/PNG/TIFF files. Every system runs on the same folder; the order of the systems is
   rotated from set to set so machine noise hits all alike; one untimed warm-up per system first
   (fills the OS file cache and the ONNX export cache as any second run would find them).
+
+Apps/jobs layer (the top: may import anything below it); part of `htr bench` (jobs/bench.py).
 """
 
 from __future__ import annotations
@@ -344,7 +346,7 @@ def mixed_page_set(n: int, seed: int, work: Path, distinct: int = MIXED_DISTINCT
     synthetic engine; the others are rescaled variants of them. Same seed, same files."""
     import numpy as np
 
-    from jobs.bench import repeated_pdf
+    from jobs.bench_memory import repeated_pdf
     from transforms.synth import render_page
 
     folder = work / f"e2e-mixed-{n}-{seed}-{distinct}"
@@ -491,7 +493,7 @@ def target_rows(run: E2eRun) -> list[list[str]]:
 
 
 def section(run: E2eRun) -> list[str]:
-    from jobs.bench import md_table
+    from jobs.bench_common import md_table
 
     head = [
         "set",

@@ -1,6 +1,7 @@
-"""CPU inference with ONNX Runtime: the same checkpoint weights, exported to ONNX and run by
-onnxruntime. Outputs match torch to ~1e-6; on the 2-core dev machine both models ran 2.5-3x faster
-than eager PyTorch (BENCHMARKS.md, htr-ort).
+"""CPU inference with ONNX Runtime (models layer): the same checkpoint weights, exported to ONNX
+and run by onnxruntime; OrtEngine is the models/engine.py interface over the two sessions.
+Outputs match torch to ~1e-6; on the 2-core dev machine both models ran 2.5-3x faster than eager
+PyTorch (BENCHMARKS.md, htr-ort).
 
 Exporting costs ~2 s of CPU per model, so the exported graph is cached on disk, keyed by a hash of
 the weights, the export shapes and the torch/onnxruntime versions: only the first run after a model
@@ -24,6 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from models.engine import CpuDevice
 
 if TYPE_CHECKING:
     import torch
@@ -265,3 +268,23 @@ def from_checkpoints(
         OrtSegmenter(graph("segmenter", *_segmenter_input()), threads),
         OrtRecogniser(graph("recogniser", *_recogniser_input(crop_height)), threads),
     )
+
+
+class OrtEngine:
+    """The ONNX Runtime engine (models/engine.py's interface): CPU, fp32, numpy in and out."""
+
+    name = "onnxruntime"
+    bf16_cpu = False
+
+    def __init__(self, segmenter: Any, recogniser: Any, device: Any = None):
+        """segmenter, recogniser: OrtSegmenter / OrtRecogniser (or anything called like them)."""
+        self.segmenter, self.recogniser = segmenter, recogniser
+        self.device = device if device is not None else CpuDevice()
+
+    def segment(self, pages: np.ndarray) -> np.ndarray:
+        x = np.ascontiguousarray(pages.transpose(0, 3, 1, 2), dtype=np.float32)
+        x /= 255
+        return np.asarray(self.segmenter(x, with_threshold=False)["prob"])
+
+    def recognise(self, crops: np.ndarray) -> np.ndarray:
+        return np.asarray(self.recogniser(crops))
