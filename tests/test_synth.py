@@ -191,3 +191,41 @@ def test_heading_lines_are_names_addresses_or_titles_often_in_capitals():
     caps = lambda lines: sum(" ".join(t).isupper() for t in lines)  # noqa: E731
     assert caps(printed) > 60  # letterheads and form labels: often all capitals
     assert caps(written) < caps(printed) / 3
+
+
+def test_every_part_of_the_engine_is_importable_from_transforms_synth():
+    """transforms/synth.py was split into parts (#16 item 4): each name the parts define is still
+    transforms.synth.NAME, the same object (other modules and running training jobs import them so)."""
+    import ast
+    import importlib
+
+    import transforms.synth as synth
+
+    parts = ("synth_hands", "synth_page", "synth_layouts", "synth_crops")
+    seen = 0
+    for part in parts:
+        module = importlib.import_module(f"transforms.{part}")
+        tree = ast.parse(open(module.__file__, encoding="utf-8").read())
+        names = [n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+        names += [
+            t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)
+        ]
+        assert names, part
+        for name in names:
+            assert getattr(synth, name, None) is getattr(module, name), f"transforms.synth.{name} ({part})"
+            seen += 1
+    assert seen > 50
+    for name in (
+        "render_page",
+        "WordCropSampler",
+        "write_pages",
+        "write_crops",
+        "make_hand",
+        "render_word",
+        "_words",
+        "_stamp",
+        "Page",
+        "LAYOUTS",
+        "CROSSED_OUT",
+    ):
+        assert hasattr(synth, name), name
