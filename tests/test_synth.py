@@ -214,7 +214,7 @@ def test_every_part_of_the_engine_is_importable_from_transforms_synth():
         for name in names:
             assert getattr(synth, name, None) is getattr(module, name), f"transforms.synth.{name} ({part})"
             seen += 1
-    assert seen > 50
+    assert seen >= 40  # 43 at the split
     for name in (
         "render_page",
         "WordCropSampler",
