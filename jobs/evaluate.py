@@ -11,6 +11,8 @@ crop CER and bag-of-words F1 per type (handwritten / printed / signature / other
 
 `evaluate(pages, predict)` takes any `predict(image) -> Page`, so peers (Tesseract, RapidOCR)
 converted to our records are scored by exactly the same code (jobs/bench.py).
+
+Apps/jobs layer (the top: may import anything below it); reads pages through batch.pipeline.
 """
 
 from __future__ import annotations

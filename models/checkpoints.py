@@ -4,6 +4,9 @@ so a checkpoint can never execute code.
 
 torch (and the networks' modules) are imported by the functions that build or save a network:
 read_meta, which `htr run` uses on a cached ONNX graph, needs neither.
+
+Models layer: imports models, transforms and batch.core only (tests/test_layers.py). Used by the
+pipeline, training and evaluation.
 """
 
 from __future__ import annotations

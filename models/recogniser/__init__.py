@@ -1,4 +1,7 @@
-"""Recogniser: CNN + BiLSTM + CTC over word or text-line crops, one config per variant."""
+"""Recogniser: CNN + BiLSTM + CTC over word or text-line crops, one config per variant.
+
+Models layer: imports models, transforms and batch.core only (tests/test_layers.py).
+"""
 
 from __future__ import annotations
 

@@ -3,6 +3,9 @@ a BiLSTM reads it, a linear layer scores characters per column; CTC aligns them 
 
 Input: Bx1x32xW, ink bright (1) on dark paper (0), so zero padding reads as blank paper.
 Output: B x T x C log-probabilities with T = W / 4.
+
+Models layer: imports models, transforms and batch.core only (tests/test_layers.py). Run by an
+engine (models/engine.py) for the recogniser runner.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ a text line split into words with their frames, and the exact CTC likelihood of 
 No torch here: `htr run` on the ONNX Runtime backend gets numpy arrays from its sessions and never
 imports torch (#15, ~3 s of start-up). Torch tensors are accepted too (jobs/train.py, tests): they
 are converted on the way in.
+
+Models layer: imports models, transforms and batch.core only (tests/test_layers.py). Used by the
+recogniser runner (models/recogniser/runner.py) and training.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ greedy reading scored the same way. Numbers, short tokens and known words are le
 numpy only (no torch: `htr run` on ONNX Runtime never imports it); torch tensors are accepted.
 A language's word list is kept in the cache folder (models.onnx_backend.cache_dir) after its first
 use: importing wordfreq and unpacking its lists cost ~0.5 s of every start-up.
+
+Models layer: imports models, transforms and batch.core only (tests/test_layers.py). Used by the
+recogniser runner (models/recogniser/runner.py).
 """
 
 from __future__ import annotations

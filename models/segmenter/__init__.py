@@ -1,6 +1,8 @@
 """Word segmenter: DB-style (differentiable binarisation) network, one config per variant.
 
 Pick a variant by name; the config is stored with the checkpoint so it rebuilds exactly.
+
+Models layer: imports models, transforms and batch.core only (tests/test_layers.py).
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ and grow each shrunk kernel back to the full word (see postprocess.py).
 With line_channels > 0 a second head predicts text-line kernels (lines shrunk by LINE_SHRINK):
 it learns from the real pages' line polygons, which have no word boxes. Its map is channel 1 of
 "prob" (channel 0 stays words), so every backend returns both maps in one output.
+
+Models layer: imports models, transforms and batch.core only (tests/test_layers.py). Run by an
+engine (models/engine.py) for the segmenter runner.
 """
 
 from __future__ import annotations

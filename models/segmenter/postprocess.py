@@ -2,6 +2,9 @@
 
 The network is trained on words shrunk by SHRINK_RATIO; here each connected kernel is
 fitted with a minimum-area rectangle and grown back by the exact inverse of that shrink.
+
+Models layer: imports models, transforms and batch.core only (tests/test_layers.py). Used by the
+segmenter runner (models/segmenter/runner.py) and training.
 """
 
 from __future__ import annotations

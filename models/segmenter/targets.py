@@ -4,6 +4,9 @@
 - prob mask: 0 over ignored words (too small, or marked not-text) so they cost nothing;
 - threshold target: 1 - distance-to-border / D inside the word grown by D, rescaled to
   [0.3, 0.7]; threshold mask: that grown region.
+
+Models layer: imports models, transforms and batch.core only (tests/test_layers.py). Used by
+training (jobs/datasets.py) only.
 """
 
 from __future__ import annotations
