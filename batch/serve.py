@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from batch import exports
-from batch.core.errors import EXIT_FATAL, EXIT_OK, HtrError, InputError, UnsupportedType
+from batch.core.errors import EXIT_FATAL, EXIT_OK, HtrError, InputError, MissingDependency, UnsupportedType
 from batch.core.ids import doc_id_for, new_run_id
 
 log = logging.getLogger("htr.serve")
@@ -154,6 +154,8 @@ def status_for(exc: BaseException, batch: bool) -> int:
         return 413
     if isinstance(exc, UnsupportedMediaType):
         return 415
+    if isinstance(exc, MissingDependency):
+        return 500  # the machine's fault: fail the transform, never a 200 error row that hides it
     if batch:
         return 200
     return 400 if isinstance(exc, InputError) else 500

@@ -43,7 +43,16 @@ import numpy as np
 from tqdm import tqdm
 
 from batch import exports, storage
-from batch.core.errors import EXIT_BAD_ARGS, EXIT_FATAL, EXIT_OK, EXIT_PARTIAL, HtrError, StorageError, scrub
+from batch.core.errors import (
+    EXIT_BAD_ARGS,
+    EXIT_FATAL,
+    EXIT_OK,
+    EXIT_PARTIAL,
+    HtrError,
+    MissingDependency,
+    StorageError,
+    scrub,
+)
 from batch.core.ids import doc_id_for
 from batch.core.schema import ErrorRecord, Page, now_ms
 from batch.ledger import LedgerState, Policy, Shard
@@ -498,6 +507,8 @@ class Run:
                 self._maybe_finish(uri)
         elif kind == "error":
             slots.release()
+            if isinstance(rest[1], MissingDependency):
+                raise rest[1]  # the machine's fault, not the document's: stop (exit 4), no row
             self._count_fetch_failure(rest[1])
             if doc.failed:
                 del self.docs[uri]

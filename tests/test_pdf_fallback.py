@@ -129,3 +129,40 @@ def test_no_renderer_fails_both_servers_at_load(no_poppler, monkeypatch, tiny_mo
     monkeypatch.setenv("HTR_DEVICE", "cpu")
     with pytest.raises(MissingDependency, match="no PDF renderer"):
         inference.model_fn(str(tiny_models))
+
+
+def test_renderer_lost_mid_run_stops_the_run_not_one_row_per_pdf(tiny_models, tmp_path, capsys) -> None:
+    """poppler found at start-up, gone when a PDF needs it (a broken image, a volume unmounted):
+    the run stops with exit 4 and writes no error rows; the next run does every document once.
+    A real pdfinfo shim removes the pdftoppm shim beside it, so the next call cannot start."""
+    import os
+    import shutil
+    import stat
+
+    from batch.serve import status_for
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool, script in {
+        "pdfinfo": f'#!/bin/sh\n{shutil.which("rm")} -f "{bin_dir}/pdftoppm"\nexec {shutil.which("pdfinfo")} "$@"\n',
+        "pdftoppm": f'#!/bin/sh\nexec {shutil.which("pdftoppm")} "$@"\n',
+    }.items():
+        (bin_dir / tool).write_text(script)
+        (bin_dir / tool).chmod(stat.S_IRWXU)
+    docs, out = tmp_path / "docs", tmp_path / "out"
+    docs.mkdir()
+    for name, pages in (("a", PAGES), ("b", PAGES[:2])):  # distinct bytes: two document ids
+        (docs / f"{name}.pdf").write_bytes(make_pdf(pages))
+    old_path = os.environ["PATH"]
+    os.environ["PATH"] = str(bin_dir)  # poppler only through the shims
+    try:
+        argv = ["run", str(docs), str(out), "--models", str(tiny_models), "--no-progress"]
+        assert htr(argv) == EXIT_FATAL
+    finally:
+        os.environ["PATH"] = old_path
+    assert "pdftoppm not found" in capsys.readouterr().err
+    assert not (out / "errors").exists()  # not an error row per document
+    assert htr(argv) == 0  # poppler back: both documents, once, and no error rows
+    assert not (out / "errors").exists()
+    assert len(list((out / "documents").glob("*.json"))) == 2
+    assert status_for(MissingDependency("pdftoppm not found"), batch=True) == 500

@@ -217,7 +217,7 @@ def _poppler(argv: list[str], timeout: float = 600) -> str:
     try:
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, errors="replace")
     except FileNotFoundError as e:  # environment problem, not the document's fault
-        raise RuntimeError(f"{argv[0]} not found: install poppler-utils") from e
+        raise MissingDependency(f"{argv[0]} not found (it was at start-up): install poppler-utils") from e
     except subprocess.TimeoutExpired as e:
         raise CorruptDocument(f"{argv[0]} took over {timeout:.0f} s on this PDF") from e
     err = proc.stderr.strip()
