@@ -293,7 +293,8 @@ def test_pages_stream_through_the_model_a_few_at_a_time(tmp_path: Path) -> None:
     import transforms.rasterise as rasterise
     from batch.serve import PageBatcher, ServeSettings, Service
 
-    calls, decoded, ahead = [], [0], []
+    calls: list[int] = []
+    decoded, ahead = [0], []
     real_iter_pages = rasterise.iter_pages
 
     def counting_pages(*args, **kwargs):
