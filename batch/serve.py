@@ -36,9 +36,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from batch import exports
+from batch import exports, options
 from batch.core.errors import EXIT_FATAL, EXIT_OK, HtrError, InputError, MissingDependency, UnsupportedType
 from batch.core.ids import doc_id_for, new_run_id
+from transforms.rasterise import Limits
 
 log = logging.getLogger("htr.serve")
 
@@ -83,6 +84,7 @@ class ServeSettings:
     max_batch_pages: int = 16  # page budget of one process_pages call
     batch_wait_ms: float = 5.0  # how long the model thread waits for more pages
     dpi: int = 200
+    max_pixels: int = Limits.max_pixels  # per page
     max_pages: int = 500  # per document (HTR_SERVE_MAX_PAGES): bounds its time
     chunk_pages: int = 4  # pages rasterised ahead of the model, per request
 
@@ -273,11 +275,18 @@ class Service:
         self._active = 0
         self._idle = threading.Condition()
 
-    def load(self, models_dir: str | None = None, device: str = "auto") -> None:
-        from batch.pipeline import Pipeline  # torch: slow to import, so not before /ping is up
-
+    def load(
+        self,
+        models_dir: str | None = None,
+        device: str = "auto",
+        *,
+        predictor: options.PipelineOptions | None = None,
+    ) -> None:
+        """Load the models: `predictor` (htr serve's --models, --device and pipeline flags), else
+        `models_dir` on `device` with the default config. batch.pipeline (cv2, the models) is
+        imported only here, after /ping is up."""
         try:
-            self.pipe = Pipeline.load(models_dir, device)
+            self.pipe = (predictor or options.PipelineOptions(models_dir, device)).load()
             self.batcher = PageBatcher(
                 self.pipe.process_pages, self.settings.max_batch_pages, self.settings.batch_wait_ms / 1000
             )
@@ -294,10 +303,10 @@ class Service:
         Pages stream: at most `chunk_pages` rasterised pages of a request wait for the model
         at a time, and only their (small) results are kept, so memory does not grow with
         the page count; at most max_concurrent requests rasterise at once."""
-        from transforms.rasterise import Limits, iter_pages
+        from transforms.rasterise import iter_pages
 
         ctype = resolve_content_type(content_type, data)
-        limits = Limits(max_pages=self.settings.max_pages)
+        limits = Limits(max_pixels=self.settings.max_pixels, max_pages=self.settings.max_pages)
         pages: list[Any] = []
         chunk: list[Any] = []
         with self._slots:
@@ -494,8 +503,7 @@ def _custom_attribute(header: str | None, name: str) -> str:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8080, help="0 = any free port (logged)")
     parser.add_argument("--host", default="0.0.0.0")
-    parser.add_argument("--models", default=None, help="checkpoint folder (default: shipped models)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    options.add_arguments(parser)  # --models, --device, engine and batches; --dpi, --image-side, limits
     parser.add_argument(
         "--max-batch-pages",
         type=int,
@@ -505,17 +513,31 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--batch-wait-ms", type=float, default=5.0, help="how long the model thread waits to fill a batch"
     )
-    parser.add_argument("--dpi", type=int, default=200, help="PDF rendering resolution")
     parser.add_argument(
         "--grace", type=float, default=30.0, help="seconds in-flight requests get to finish after SIGTERM"
     )
     parser.add_argument("--log-level", default="INFO")
 
 
+def settings_from_args(args: argparse.Namespace, env: Mapping[str, str] = os.environ) -> ServeSettings:
+    """The service's settings: SageMaker's environment, then the flags (--max-pages beats
+    HTR_SERVE_MAX_PAGES; without either, 500 pages)."""
+    decode = options.DecodeOptions.from_args(args)
+    overrides: dict[str, Any] = {} if decode.max_pages is None else {"max_pages": decode.max_pages}
+    return ServeSettings.from_env(
+        env,
+        max_batch_pages=args.max_batch_pages,
+        batch_wait_ms=args.batch_wait_ms,
+        dpi=decode.dpi,
+        max_pixels=decode.max_pixels,
+        **overrides,
+    )
+
+
 def _load_in_background(service: Service, args: argparse.Namespace, stop: threading.Event) -> None:
     def load() -> None:
         try:
-            service.load(args.models, args.device)
+            service.load(predictor=options.PipelineOptions.from_args(args))
         except BaseException as e:  # noqa: BLE001 - reported by main, which exits non-zero
             log.error("cannot load models: %s", e)
             stop.set()
@@ -532,9 +554,7 @@ def main(args: argparse.Namespace) -> int:
             from batch.packaging import check_models_dir
 
             check_models_dir(Path(args.models))
-        settings = ServeSettings.from_env(
-            max_batch_pages=args.max_batch_pages, batch_wait_ms=args.batch_wait_ms, dpi=args.dpi
-        )
+        settings = settings_from_args(args)
         service = Service(settings)
         server = Server((args.host, args.port), service)
     except (ValueError, OSError, HtrError) as e:

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from tqdm import tqdm
 
-from batch import exports, storage
+from batch import exports, options, storage
 from batch.core.errors import (
     EXIT_BAD_ARGS,
     EXIT_FATAL,
@@ -57,8 +57,8 @@ from batch.core.ids import doc_id_for
 from batch.core.schema import ErrorRecord, Page, now_ms
 from batch.ledger import LedgerState, Policy, Shard
 from batch.outputs import COMPRESSIONS, CommitFailed, OutputWriter
-from batch.pipeline import Pipeline, PipelineConfig
-from transforms.rasterise import DEFAULT_IMAGE_SIDE, DEFAULT_LIMITS, Limits, iter_pages, sniff
+from batch.pipeline import Pipeline
+from transforms.rasterise import DEFAULT_LIMITS, Limits, iter_pages, sniff
 
 MiB = 1024 * 1024
 OUTAGE_AFTER = 8  # documents in a row failing to fetch transiently: storage is down, stop
@@ -98,44 +98,9 @@ def _shard_arg(text: str) -> Shard:
 def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="folder, file, or s3://bucket/prefix/ of PDFs and images")
     p.add_argument("output", help="output folder or s3://bucket/prefix/")
-    p.add_argument("--models", help="model folder (default: the shipped models/default)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    p.add_argument("--dpi", type=int, default=200, help="PDF rasterising resolution")
-    p.add_argument(
-        "--image-side",
-        type=int,
-        default=DEFAULT_IMAGE_SIDE,
-        help="JPEGs at least twice this on the long side are decoded at 1/2, 1/4 or 1/8 size, "
-        "not below it (coordinates stay in source pixels); 0: always full size",
-    )
+    options.add_arguments(p)  # --models, --device, engine and batches; --dpi, --image-side, limits
     p.add_argument("--include", action="append", help="glob on the relative key, repeatable")
     p.add_argument("--exclude", action="append", help="glob on the relative key, repeatable")
-    p.add_argument("--seg-batch", type=int, default=4, help="pages per segmenter batch")
-    p.add_argument("--rec-batch", type=int, default=256, help="word crops per recogniser batch")
-    p.add_argument(
-        "--backend",
-        choices=["auto", "torch", "onnxruntime"],
-        default="auto",
-        help="CPU inference engine (auto: torch where the CPU has native bf16, else onnxruntime)",
-    )
-    p.add_argument(
-        "--precision",
-        choices=["auto", "fp32", "bf16"],
-        default="auto",
-        help="auto: bf16 on CPUs with AVX512-BF16/AMX and on CUDA, fp32 otherwise",
-    )
-    p.add_argument(
-        "--lexicon",
-        default="auto",
-        help="dictionary rescoring: auto (per line, English or French, whichever knows the "
-        "line's words; none otherwise), a language code (en, fr, de, ...) or off",
-    )
-    p.add_argument("--no-lexicon", action="store_true", help="same as --lexicon off")
-    p.add_argument(
-        "--no-page-fixes",
-        action="store_true",
-        help="read pages as they are: no negative/rotation/skew correction, no upside-down retry",
-    )
     p.add_argument(
         "--batch-pages",
         type=int,
@@ -143,8 +108,6 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="pages gathered (across documents) before running the models",
     )
     p.add_argument("--decode-workers", type=int, default=2, help="fetch/rasterise threads")
-    p.add_argument("--max-pixels", type=int, default=Limits.max_pixels, help="per page")
-    p.add_argument("--max-pages", type=int, default=Limits.max_pages, help="per document")
     p.add_argument(
         "--stream-mb",
         type=int,
@@ -655,20 +618,9 @@ def main(args) -> int:
         print(f"htr run: --run-id {run_id!r}: use letters, digits, '.', '_', '-'", file=sys.stderr)
         return EXIT_BAD_ARGS
     threading.Thread(target=_warm_imports, name="warm-imports", daemon=True).start()
+    decode, predictor = options.from_args(args)
     try:
-        pipe = Pipeline.load(
-            args.models,
-            args.device,
-            PipelineConfig(
-                seg_batch=args.seg_batch,
-                rec_batch=args.rec_batch,
-                lexicon="off" if args.no_lexicon else args.lexicon,
-                fix_pages=not args.no_page_fixes,
-                backend=args.backend,
-                precision=args.precision,
-                image_side=args.image_side,
-            ),
-        )
+        pipe = predictor.load()
     except Exception as e:
         print(f"htr run: cannot load models: {scrub(str(e))}", file=sys.stderr)
         return EXIT_FATAL
@@ -694,8 +646,8 @@ def main(args) -> int:
             writer,
             storage.list_objects(args.input, args.include, args.exclude),
             policy,
-            dpi=args.dpi,
-            limits=Limits(max_pixels=args.max_pixels, max_pages=args.max_pages),
+            dpi=decode.dpi,
+            limits=decode.limits(),
             batch_pages=args.batch_pages,
             decode_workers=args.decode_workers,
             progress=not args.no_progress,

@@ -36,6 +36,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 # The parts, one module each (their names are importable from here, as before the split):
+from batch import options
 from batch.core.clock import StageClock  # noqa: F401
 from jobs.bench_common import REPO, RssMonitor, decode, git_commit, machine_info, md_table, tree_rss  # noqa: F401
 from jobs.bench_hosts import (  # noqa: F401
@@ -116,7 +117,7 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="BENCHMARKS.md", help="report file")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="thread budget per system")
     p.add_argument("--chunk", type=int, help="pages per interleaved turn (default max(threads, 4))")
-    p.add_argument("--models", help="model folder (default: the shipped models/default)")
+    options.add_arguments(p)  # --models, --device, engine and batches; --dpi, --image-side, limits
     p.add_argument(
         "--systems", default=",".join(SYSTEMS), help="comma-separated, from " + ",".join(SYSTEMS + PROTOTYPES)
     )
@@ -170,6 +171,7 @@ def main(args) -> int:
     from batch.core.errors import EXIT_BAD_ARGS
 
     started = dt.datetime.now(dt.UTC)
+    decoding, predictor = options.from_args(args)
     names = _check_systems([s.strip() for s in args.systems.split(",") if s.strip()])
     if not names:
         print("htr bench: no system can run", file=sys.stderr)
@@ -180,7 +182,8 @@ def main(args) -> int:
     dev = Path(args.dev) / "manifest.jsonl" if args.dev else DEV_MANIFEST
     headline = [] if args.no_e2e else _headline(args, work, None if args.no_dev else dev)
     workers = {
-        n: Worker(n, threads, args.models) for n in tqdm(names, desc="starting systems", file=sys.stderr)
+        n: Worker(n, threads, args.models, predictor, decoding)
+        for n in tqdm(names, desc="starting systems", file=sys.stderr)
     }
     report = Report(
         "htr " + shlex.join(sys.argv[1:]) if "bench" in sys.argv else "htr bench",
@@ -242,7 +245,7 @@ def main(args) -> int:
     if not args.skip_memory:
         pdf = memory_pdf(args.memory_pages, args.seed, work / "memory", MEMORY_DISTINCT, MEMORY_LONG_SIDE)
         print(f"\nmemory run: htr run on {pdf} ({args.memory_pages} pages) ...", file=sys.stderr)
-        res = memory_run(pdf, args.models, threads, args.memory_timeout)
+        res = memory_run(pdf, options.argv(decoding, predictor), threads, args.memory_timeout)
         report.sections += memory_section(res, args.memory_pages)
         print(
             f"memory: peak RSS {res.peak_rss / 2**20:.0f} MiB over {res.pages} pages "

@@ -17,12 +17,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 
-def decode(uri: str, image_side: int | None = None) -> np.ndarray:
-    """The first page of the file, as jobs.evaluate sees it (image_side: as `htr run` decodes it)."""
+def decode(uri: str, image_side: int | None = None, dpi: int = 200, limits: Any = None) -> np.ndarray:
+    """The first page of the file, as jobs.evaluate sees it (image_side, dpi, limits: as `htr run`
+    decodes it; limits None: the defaults)."""
     from batch import storage
-    from transforms.rasterise import iter_pages
+    from transforms.rasterise import DEFAULT_LIMITS, iter_pages
 
-    return next(iter_pages(storage.read_bytes(uri), image_side=image_side))
+    return next(iter_pages(storage.read_bytes(uri), dpi, limits or DEFAULT_LIMITS, image_side=image_side))
 
 
 def tree_rss(proc, include_self: bool = True) -> int:

@@ -576,7 +576,9 @@ def e2e_sets(args, work: Path, dev_manifest: Path | None) -> list[PageSet]:
 
 def bench_e2e(args, work: Path, dev_manifest: Path | None) -> list[str]:
     """The headline section of BENCHMARKS.md."""
-    env = Env(run_args=["--models", args.models] if args.models else [], timeout=args.e2e_timeout)
+    from batch import options
+
+    env = Env(run_args=options.argv(*options.from_args(args)), timeout=args.e2e_timeout)
     run = run_e2e(e2e_sets(args, work, dev_manifest), env, log=lambda s: print(s, file=sys.stderr))
     return section(run)
 

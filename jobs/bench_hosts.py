@@ -10,33 +10,49 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from multiprocessing import get_context
 from typing import Any
 
 import numpy as np
 
 from batch.core.clock import StageClock
+from batch.options import DecodeOptions, PipelineOptions
 from jobs.bench_common import decode
 
 
 class HtrHost:
     """htr-batch as shipped: the Pipeline on CPU with its automatic engine choice, T threads, stages timed."""
 
-    backend, precision = "auto", "auto"
+    backend: str | None = None  # None: --backend / --precision as given to htr bench (default auto)
+    precision: str | None = None
 
-    def __init__(self, threads: int, models: str | None):
+    def __init__(
+        self,
+        threads: int,
+        models: str | None,
+        predictor: PipelineOptions | None = None,
+        decoding: DecodeOptions | None = None,
+    ):
+        """`predictor`, `decoding`: htr bench's pipeline and decoding flags (default: the defaults,
+        on `models`). On the CPU unless --device names another device."""
         import cv2
         import torch
 
         from batch.outputs import OutputWriter
-        from batch.pipeline import Pipeline, PipelineConfig
 
         torch.set_num_threads(threads)
         cv2.setNumThreads(threads)
-        self.clock = StageClock()
-        self.pipe = Pipeline.load(
-            models, "cpu", PipelineConfig(backend=self.backend, precision=self.precision), clock=self.clock
+        predictor = predictor or PipelineOptions(models)
+        config = replace(
+            predictor.config,
+            backend=self.backend or predictor.config.backend,
+            precision=self.precision or predictor.config.precision,
         )
+        device = "cpu" if predictor.device == "auto" else predictor.device
+        self.decoding = decoding or DecodeOptions()
+        self.clock = StageClock()
+        self.pipe = replace(predictor, device=device, config=config).load(clock=self.clock)
         self.decoders = ThreadPoolExecutor(threads, thread_name_prefix="decode")
         self.out = tempfile.mkdtemp(prefix="htr-bench-out-")
         self.writer = OutputWriter(self.out, "bench")
@@ -55,7 +71,8 @@ class HtrHost:
 
     def _decode(self, uri: str):
         """A page as `htr run`'s decode workers hand it over: decoded, then put right (prepare_page)."""
-        return self.pipe.prepare_page(decode(uri, self.pipe.config.image_side))
+        d = self.decoding
+        return self.pipe.prepare_page(decode(uri, self.pipe.config.image_side, d.dpi, d.limits()))
 
     def write(self, _=None) -> None:
         from batch.core.ids import doc_id_for_uri
@@ -189,11 +206,16 @@ HOSTS = {
 }
 
 
-def _serve(system: str, conn, threads: int, models: str | None) -> None:
-    """Worker process main: build the system, then answer (method, argument) requests."""
+def _serve(system: str, conn, threads: int, models: str | None, options: tuple = ()) -> None:
+    """Worker process main: build the system, then answer (method, argument) requests.
+    `options`: (PipelineOptions, DecodeOptions) for the htr-* systems."""
     t = time.perf_counter()
     try:
-        host = HOSTS[system](threads, models)
+        host = (
+            HOSTS[system](threads, models, *options)
+            if system.startswith("htr")
+            else HOSTS[system](threads, models)
+        )
     except Exception as e:
         conn.send(("error", f"{type(e).__name__}: {e}"))
         return
@@ -212,7 +234,14 @@ def _serve(system: str, conn, threads: int, models: str | None) -> None:
 class Worker:
     """One system in a spawned process."""
 
-    def __init__(self, system: str, threads: int, models: str | None):
+    def __init__(
+        self,
+        system: str,
+        threads: int,
+        models: str | None,
+        predictor: PipelineOptions | None = None,
+        decoding: DecodeOptions | None = None,
+    ):
         ctx = get_context("spawn")
         self.system = system
         self.conn, child = ctx.Pipe()
@@ -220,7 +249,9 @@ class Worker:
         old = {k: os.environ.get(k) for k in env_threads}
         os.environ.update(env_threads)  # inherited by the spawned interpreter at start
         try:
-            self.proc = ctx.Process(target=_serve, args=(system, child, threads, models), daemon=True)
+            self.proc = ctx.Process(
+                target=_serve, args=(system, child, threads, models, (predictor, decoding)), daemon=True
+            )
             self.proc.start()
         finally:
             for k, v in old.items():

@@ -95,11 +95,11 @@ class MemoryResult:
     rss_at: list[tuple[str, float]]  # (fraction of the run, MiB)
 
 
-def memory_run(pdf: Path, models: str | None, threads: int, timeout: float) -> MemoryResult:
-    """`htr run PDF OUT` in a subprocess; psutil polls its process tree's RSS."""
+def memory_run(pdf: Path, run_args: list[str], threads: int, timeout: float) -> MemoryResult:
+    """`htr run PDF OUT [run_args]` in a subprocess; psutil polls its process tree's RSS.
+    run_args: htr bench's pipeline and decoding flags (batch.options.argv)."""
     out = Path(tempfile.mkdtemp(prefix="htr-bench-mem-"))
-    cmd = [sys.executable, "-m", "batch.cli", "run", str(pdf), str(out), "--no-progress"]
-    cmd += ["--models", models] if models else []
+    cmd = [sys.executable, "-m", "batch.cli", "run", str(pdf), str(out), "--no-progress", *run_args]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     monitor = RssMonitor(interval=0.2)
     t = time.perf_counter()

@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 # _json_lines: parse_sample drops a page's "level", which says what its ground truth is
+from batch import options
 from batch.core.manifest import is_recognition_target, parse_sample
 from batch.core.schema import Page
 from jobs.line_data import SPLIT_FILE, clean_transcription, read_page_list
@@ -41,7 +42,7 @@ from jobs.metrics import DetectionScore, ErrorRate, match
 from models.charset import normalise
 from transforms.crops import quad_size, rectify
 from transforms.line_geometry import expand_quad, line_quad
-from transforms.rasterise import DEFAULT_IMAGE_SIDE, source_scale
+from transforms.rasterise import DEFAULT_LIMITS, Limits, source_scale
 
 # (gray page, GT line quads in that image's pixels) -> one reading per quad
 LineReader = Callable[[np.ndarray, list[np.ndarray]], list[str]]
@@ -69,6 +70,8 @@ class EvalPage:
     _image: np.ndarray | None = field(default=None, repr=False)
     image_side: int | None = None  # decode as `htr run` would (a reduced Raster for large JPEGs)
     set_name: str = ""
+    dpi: int = 200  # a PDF page: its first page at this resolution
+    limits: Limits = DEFAULT_LIMITS
     _loaded: bool = field(default=False, repr=False)
 
     @property
@@ -77,7 +80,8 @@ class EvalPage:
             from batch import storage
             from transforms.rasterise import iter_pages
 
-            self._image = next(iter_pages(storage.read_bytes(self.uri), image_side=self.image_side))
+            data = storage.read_bytes(self.uri)
+            self._image = next(iter_pages(data, self.dpi, self.limits, image_side=self.image_side))
             self._loaded = True
         return self._image
 
@@ -140,8 +144,11 @@ def load_eval_set(
     image_side: int | None = None,
     pages: set[str] | None = None,
     set_name: str | None = None,
+    dpi: int = 200,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> list[EvalPage]:
-    """Pages of one manifest. `pages`: keep only these image file names (a validation split)."""
+    """Pages of one manifest. `pages`: keep only these image file names (a validation split).
+    image_side, dpi, limits: how each page file is decoded (htr eval: its decoding flags)."""
     manifest = Path(manifest)
     if line_types is None and (manifest.parent / "line_types.jsonl").is_file():
         line_types = manifest.parent / "line_types.jsonl"
@@ -162,6 +169,8 @@ def load_eval_set(
                 lvl,
                 image_side=image_side,
                 set_name=set_name or manifest.parent.name,
+                dpi=dpi,
+                limits=limits,
             )
         )
     return out
@@ -562,8 +571,6 @@ def configure(p) -> None:
         help="manifest.jsonl, or a folder holding one set or several (*/manifest.jsonl); "
         "repeat for more sets. A set is named after the manifest's folder",
     )
-    p.add_argument("--models", help="model folder (default: models/default)")
-    p.add_argument("--device", default="auto")
     p.add_argument("--level", choices=["auto", "word", "line"], default="auto")
     p.add_argument("--line-types", help="line_types.jsonl (default: beside each manifest, if any)")
     p.add_argument("--limit", type=int, help="first N pages of each set only")
@@ -577,19 +584,11 @@ def configure(p) -> None:
         "--split", choices=sorted(SPLITS), help="val: the validation pages of jobs/splits/validation.txt"
     )
     p.add_argument("--json", help="write every number here")
-    p.add_argument("--no-lexicon", action="store_true", help="score the raw recogniser readings")
-    p.add_argument("--long-side", type=int, help="segmenter input size (default: the checkpoint's)")
-    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime"], default="auto")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
-    p.add_argument(
-        "--image-side",
-        type=int,
-        default=DEFAULT_IMAGE_SIDE,
-        help="decode large JPEGs reduced as htr run does (0: full size)",
-    )
+    options.add_arguments(p)  # --models, --device, engine and batches; --dpi, --image-side, limits
 
 
 def load_sets(args) -> dict[str, list[EvalPage]]:
+    decode = options.DecodeOptions.from_args(args)
     listed = None
     page_list = SPLITS[args.split] if getattr(args, "split", None) else getattr(args, "pages_from", None)
     if page_list:
@@ -600,7 +599,15 @@ def load_sets(args) -> dict[str, list[EvalPage]]:
         if listed is not None and wanted is None:
             print(f"htr eval: {name}: not in {page_list}, scored whole", file=sys.stderr)
         sets[name] = load_eval_set(
-            manifest, args.line_types, args.level, args.limit, args.image_side, wanted, name
+            manifest,
+            args.line_types,
+            args.level,
+            args.limit,
+            decode.image_side,
+            wanted,
+            name,
+            dpi=decode.dpi,
+            limits=decode.limits(),
         )
     return sets
 
@@ -640,24 +647,13 @@ def summary_line(name: str, m: dict) -> str:
 def main(args) -> int:
     from batch.core.errors import EXIT_BAD_ARGS
     from batch.core.manifest import ManifestError
-    from batch.pipeline import Pipeline, PipelineConfig
 
     try:
         sets = load_sets(args)
     except (FileNotFoundError, ManifestError) as e:  # say which file, not a traceback
         print(f"htr eval: {e}", file=sys.stderr)
         return EXIT_BAD_ARGS
-    pipe = Pipeline.load(
-        args.models,
-        args.device,
-        PipelineConfig(
-            lexicon=not args.no_lexicon,
-            long_side=args.long_side,
-            backend=args.backend,
-            precision=args.precision,
-            image_side=args.image_side,
-        ),
-    )
+    pipe = options.PipelineOptions.from_args(args).load()
     predict, recognise, read_lines = pipeline_predictor(pipe)
     results = evaluate_sets(sets, predict, recognise, read_lines)
     print(format_table(results))
