@@ -5,6 +5,7 @@
               Parquet (Arrow) schemas
     ids       document ids (content or URI hashes) and run ids
     manifest  the labelled-data records (Sample, Annotation) and their JSON-lines form
+    clock     the stage-timing hook the pipeline and its runners report to (no-op by default)
 
 Nothing here imports from the rest of the project (tests/test_layers.py checks it), and this
 package's __init__ imports nothing, so `models/` and `transforms/` can use it without pulling in
