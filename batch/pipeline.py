@@ -32,17 +32,7 @@ import numpy as np
 from batch.core.clock import NO_CLOCK, Clock
 from batch.core.ids import doc_id_for
 from batch.core.schema import DocumentRecord, Page, Point, Word, now_ms
-from batch.lines import (  # noqa: F401  (the line layout, importable from here as before)
-    JOIN_GAP,
-    LINE_MARGIN,
-    SEGMENT_GAP,
-    UPRIGHT,
-    _along,
-    _box_word,
-    _inside,
-    _join_close,
-    _points,
-    _rows,
+from batch.lines import (  # noqa: F401  (line_pieces, split_segments ... importable from here too)
     group_lines,
     line_pieces,
     number_lines,
@@ -55,25 +45,15 @@ from models.charset import Codec
 from models.engine import (  # noqa: F401  (device and engine choice, importable from here as before)
     CpuDevice,
     Engine,
-    _cpu_flags,
-    _cuda_possible,
     cpu_bf16,
     make_engine,
-    native_cpu_bf16,
     pick_backend,
     pick_device,
 )
-from models.engine import is_torch_module as _is_torch_module  # noqa: F401
 from models.recogniser.lexicon import Lexicon
-from models.recogniser.runner import LINE_BUCKETS, RecogniserRunner, WordRead, lexicons_for  # noqa: F401
+from models.recogniser.runner import RecogniserRunner, WordRead, lexicons_for  # noqa: F401
 from models.segmenter.postprocess import LINE_POST, PostConfig
 from models.segmenter.runner import (  # noqa: F401
-    LINE_HEIGHT,
-    LINE_RANGE,
-    SEG_RESCALE,
-    TEXT_HEIGHT,
-    TEXT_RANGE,
-    Detection,
     PageDetections,
     SegmenterRunner,
     resize_for_segmenter,
@@ -92,8 +72,6 @@ from transforms.rasterise import (
 
 if TYPE_CHECKING:
     import torch
-
-_resize_for_segmenter = resize_for_segmenter  # the old name (jobs/train.py)
 
 
 def keep_freed_memory() -> None:

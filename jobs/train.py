@@ -499,9 +499,9 @@ def _segmenter_test_pages(args, long_side: int) -> list[tuple[np.ndarray, list[d
 
 def _page_maps(model, image: np.ndarray, long_side: int, device) -> tuple[np.ndarray, float]:
     """The segmenter's maps (C x H x W) for one page at the pipeline's scale, and that scale."""
-    from batch.pipeline import _resize_for_segmenter
+    from models.segmenter.runner import resize_for_segmenter
 
-    small, scale = _resize_for_segmenter(image, long_side)
+    small, scale = resize_for_segmenter(image, long_side)
     h, w = small.shape[:2]
     canvas = np.full((-(-h // 32) * 32, -(-w // 32) * 32, 3), 255, np.uint8)
     canvas[:h, :w] = small
