@@ -19,7 +19,8 @@
 #               then 2000 more from that one (lr 4e-4, 15 % synthetic; its best, step 1500, is kept),
 #               then 1500 more from that one (lr 2.5e-4, 20 % synthetic), then 1500 more (lr 2.5e-4,
 #               30 % synthetic lines, half of them printed), then 3500 more (lr 5e-4, 30 % synthetic,
-#               40 % of those printed, 1 thread): each a fresh cosine cycle
+#               40 % of those printed, 1 thread), then 2000 more (lr 2e-4, the same mix): each a
+#               fresh cosine cycle
 set -euo pipefail
 DATA=${1:-${DATA:-}}
 if [ -z "$DATA" ] || [ ! -d "$DATA" ]; then
@@ -41,6 +42,7 @@ LINE2_STEPS=${LINE2_STEPS:-2000}
 LINE3_STEPS=${LINE3_STEPS:-1500}
 LINE4_STEPS=${LINE4_STEPS:-1500}
 LINE5_STEPS=${LINE5_STEPS:-3500}
+LINE6_STEPS=${LINE6_STEPS:-2000}
 mkdir -p "$OUT"
 {
   $PY -m batch.cli train segmenter --synthetic --arch db_mobilenet_v3_small --steps "$SEG_STEPS" \
@@ -90,7 +92,11 @@ $PY -m batch.cli train recogniser --arch crnn_line --init "$OUT/line_recogniser4
     --synthetic-share 0.3 --synthetic-print-share 0.4 --steps "$LINE5_STEPS" --batch-size 16 --lr 5e-4 \
     --seed 15 --eval-every 700 --eval-size 800 --threads 1 --workers 1 \
     --model-dir "$OUT/line_recogniser5" > "$OUT/line_recogniser5.log" 2>&1
+$PY -m batch.cli train recogniser --arch crnn_line --init "$OUT/line_recogniser5" --lines "$OUT/lines" \
+    --synthetic-share 0.3 --synthetic-print-share 0.4 --steps "$LINE6_STEPS" --batch-size 16 --lr 2e-4 \
+    --seed 16 --eval-every 500 --eval-size 800 --threads 1 --workers 1 \
+    --model-dir "$OUT/line_recogniser6" > "$OUT/line_recogniser6.log" 2>&1
 mkdir -p models/default
 cp "$OUT"/segmenter3/segmenter.{safetensors,json} models/default/
-cp "$OUT"/line_recogniser5/recogniser.{safetensors,json} models/default/
-echo "train-default: models/default updated"; tail -n 2 "$OUT"/segmenter3.log "$OUT"/line_recogniser5.log
+cp "$OUT"/line_recogniser6/recogniser.{safetensors,json} models/default/
+echo "train-default: models/default updated"; tail -n 2 "$OUT"/segmenter3.log "$OUT"/line_recogniser6.log
