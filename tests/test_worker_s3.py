@@ -10,6 +10,7 @@ import io
 import threading
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
@@ -271,11 +272,9 @@ def test_two_shards_at_once_write_the_union_exactly_once(s3_endpoint, s3_io, mod
 # ---- memory -----------------------------------------------------------------------------------------
 
 
-def test_long_pdf_flows_through_a_bounded_queue(s3_io, tiny_models, monkeypatch):
-    """A 24-page PDF, streamed to a temp file (--stream-mb 0), its pages rasterised while a
-    slow model consumes them: never more than a queue's worth of pages is decoded ahead."""
-    inp, out, put = s3_io
-    put({"long.pdf": pdf(7, pages=24)})
+def _slow_pipeline(models, monkeypatch) -> tuple[Any, dict[str, int], list[int]]:
+    """A pipeline whose model is slow, so an unbounded producer would run far ahead, and a count of
+    the pages decoded and not yet through the model at each model call (`ahead`)."""
     lock, counts, ahead = threading.Lock(), {"decoded": 0, "done": 0}, []
     real_iter_pages = worker.iter_pages
 
@@ -286,19 +285,28 @@ def test_long_pdf_flows_through_a_bounded_queue(s3_io, tiny_models, monkeypatch)
             yield page
 
     monkeypatch.setattr(worker, "iter_pages", counting_pages)
-    pipe = worker.Pipeline.load(tiny_models, "cpu")
+    pipe = worker.Pipeline.load(models, "cpu")
     real_process = pipe.process_pages
 
     def slow_process(images):
         with lock:
             ahead.append(counts["decoded"] - counts["done"])
-        time.sleep(0.05)  # a slow model, so an unbounded producer would run far ahead
+        time.sleep(0.05)
         pages = real_process(images)
         with lock:
             counts["done"] += len(images)
         return pages
 
     pipe.process_pages = slow_process
+    return pipe, counts, ahead
+
+
+def test_long_pdf_flows_through_a_bounded_queue(s3_io, tiny_models, monkeypatch):
+    """A 24-page PDF, streamed to a temp file (--stream-mb 0), its pages rasterised while a
+    slow model consumes them: never more than a queue's worth of pages is decoded ahead."""
+    inp, out, put = s3_io
+    put({"long.pdf": pdf(7, pages=24)})
+    pipe, counts, ahead = _slow_pipeline(tiny_models, monkeypatch)
     stats = worker.process(
         pipe,
         OutputWriter(out, "long"),
@@ -325,29 +333,7 @@ def test_decoded_pages_in_flight_are_bounded_in_bytes(tmp_path, tiny_models, mon
     inp.mkdir()
     (inp / "long.pdf").write_bytes(pdf(8, pages=12))
     page_bytes = next(worker.iter_pages((inp / "long.pdf").read_bytes(), 72)).nbytes
-    lock, counts, ahead = threading.Lock(), {"decoded": 0, "done": 0}, []
-    real_iter_pages = worker.iter_pages
-
-    def counting_pages(*args, **kwargs):
-        for page in real_iter_pages(*args, **kwargs):
-            with lock:
-                counts["decoded"] += 1
-            yield page
-
-    monkeypatch.setattr(worker, "iter_pages", counting_pages)
-    pipe = worker.Pipeline.load(tiny_models, "cpu")
-    real_process = pipe.process_pages
-
-    def slow_process(images):
-        with lock:
-            ahead.append(counts["decoded"] - counts["done"])
-        time.sleep(0.05)
-        pages = real_process(images)
-        with lock:
-            counts["done"] += len(images)
-        return pages
-
-    pipe.process_pages = slow_process
+    pipe, counts, ahead = _slow_pipeline(tiny_models, monkeypatch)
     options = dict(dpi=72, batch_pages=2, decode_workers=1, progress=False)
     for budget, most in ((page_bytes * 5 // 2, 2), (page_bytes // 2, 1)):
         counts.update(decoded=0, done=0)
