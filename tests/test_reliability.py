@@ -228,25 +228,33 @@ def test_outage_right_after_the_commit_point_says_committed(s3_endpoint, s3_buck
     assert_clean(out)
 
 
+def _run_fails_through(proxy: FaultProxy, args: list, capsys, monkeypatch) -> str:
+    """`htr run ARGS` in process with S3 behind `proxy` (2 attempts per call, short backoff): it
+    must stop with exit 4. Returns its stderr; the proxy is stopped and storage points straight at
+    moto again, for the checks that follow."""
+    from batch.cli import main
+
+    monkeypatch.setenv("HTR_S3_MAX_ATTEMPTS", "2")
+    monkeypatch.setenv("HTR_S3_BACKOFF_BASE", "0.01")
+    try:
+        capsys.readouterr()
+        rc = main([str(a) for a in [*args, "--s3-endpoint-url", proxy.url]])
+        err = capsys.readouterr().err
+    finally:
+        proxy.stop()
+        storage.configure(storage.StorageConfig())
+    assert rc == EXIT_FATAL, err[-3000:]
+    return err
+
+
 def test_outage_mid_run_stops_cleanly_and_the_next_run_finishes(
     s3_endpoint, s3_bucket, one_word_models, capsys, monkeypatch, fresh_storage
 ):
     inp, out = f"s3://{s3_bucket}/in/", f"s3://{s3_bucket}/out/"
     upload(s3_endpoint, s3_bucket, "in/", DOCS)
     proxy = _GoesDown(upstream=s3_endpoint).start()
-    monkeypatch.setenv("HTR_S3_MAX_ATTEMPTS", "2")
-    monkeypatch.setenv("HTR_S3_BACKOFF_BASE", "0.01")
     args = ["run", inp, out, "--models", one_word_models, "--no-progress", "--part-docs", 2]
-    try:
-        from batch.cli import main
-
-        capsys.readouterr()
-        rc = main([str(a) for a in [*args, "--s3-endpoint-url", proxy.url]])
-        err = capsys.readouterr().err
-    finally:
-        proxy.stop()
-        storage.configure(storage.StorageConfig())  # the checks below go straight to moto
-    assert rc == EXIT_FATAL, err[-3000:]
+    err = _run_fails_through(proxy, args, capsys, monkeypatch)
     assert "htr run: commit: batch" in err and "not committed" in err
     # nothing half-published: no entry, so no document JSON and no part anyone reads as live
     assert read_ledger(out).seq == 0
@@ -294,19 +302,8 @@ def test_storage_down_at_start_up_is_exit_4_not_a_traceback(
         proxy.refuse = _lists_input
         proxy.fault = "503"
     proxy.start()
-    monkeypatch.setenv("HTR_S3_MAX_ATTEMPTS", "2")
-    monkeypatch.setenv("HTR_S3_BACKOFF_BASE", "0.01")
     args = ["run", inp, out, "--models", one_word_models, "--no-progress"]
-    try:
-        from batch.cli import main
-
-        capsys.readouterr()
-        rc = main([str(a) for a in [*args, "--s3-endpoint-url", proxy.url]])
-        err = capsys.readouterr().err
-    finally:
-        proxy.stop()
-        storage.configure(storage.StorageConfig())
-    assert rc == EXIT_FATAL, err[-3000:]
+    err = _run_fails_through(proxy, args, capsys, monkeypatch)
     assert len(proxy.faults) >= 2
     assert "Traceback" not in err and "htr run: fetch: " in err and "(after 2 attempts)" in err, err
     assert read_ledger(out).seq == 0  # nothing committed, nothing to undo
