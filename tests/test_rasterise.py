@@ -288,12 +288,9 @@ def test_pdf_page_rotation_is_applied():
     assert ink(page)[:, :20].mean() > 0.97 and ink(page)[:, 25:].mean() < 0.03
 
 
-def test_pdf_streams_page_by_page(monkeypatch):
-    """30 pages, 4 per poppler call: the first page comes out after one small render, and
-    pages are rendered only as they are consumed."""
-    n = 30
-    data = make_pdf([(40 + k, 40, rect(0, 0, 10, 10)) for k in range(n)])  # page k is 40 + k wide
-    calls = []
+def _spy_on_poppler_calls(monkeypatch) -> list[tuple[int, int]]:
+    """The page ranges of each pdftoppm call from now on (the renderer still runs)."""
+    calls: list[tuple[int, int]] = []
     real = rasterise._render_range
 
     def spy(path, first, last, dpi):
@@ -301,6 +298,15 @@ def test_pdf_streams_page_by_page(monkeypatch):
         return real(path, first, last, dpi)
 
     monkeypatch.setattr(rasterise, "_render_range", spy)
+    return calls
+
+
+def test_pdf_streams_page_by_page(monkeypatch):
+    """30 pages, 4 per poppler call: the first page comes out after one small render, and
+    pages are rendered only as they are consumed."""
+    n = 30
+    data = make_pdf([(40 + k, 40, rect(0, 0, 10, 10)) for k in range(n)])  # page k is 40 + k wide
+    calls = _spy_on_poppler_calls(monkeypatch)
     gen = iter_pages(data, dpi=72, limits=Limits(pdf_chunk=4))
     assert inspect.isgenerator(gen)
     assert calls == []  # nothing is done before the first page is asked for
@@ -324,14 +330,7 @@ def test_pdf_pages_over_the_chunk_pixels_render_one_at_a_time(monkeypatch):
     assert list(rasterise.pdf_chunks([], 200, 4)) == []
 
     data = make_pdf([(40, 40, rect(0, 0, 10, 10))] * 5 + [(80, 80, rect(0, 0, 10, 10))] * 2)
-    calls = []
-    real = rasterise._render_range
-
-    def spy(path, first, last, dpi):
-        calls.append((first, last))
-        return real(path, first, last, dpi)
-
-    monkeypatch.setattr(rasterise, "_render_range", spy)
+    calls = _spy_on_poppler_calls(monkeypatch)
     monkeypatch.setattr(rasterise, "PDF_CHUNK_PIXELS", 3 * 40 * 40)  # three small pages per call
     pages = list(iter_pages(data, dpi=72, limits=Limits(pdf_chunk=4)))
     assert [p.shape[:2] for p in pages] == [(40, 40)] * 5 + [(80, 80)] * 2
