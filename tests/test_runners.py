@@ -101,8 +101,13 @@ def test_stages_are_timed_through_the_clock_hook(request, models, backend):
     time), and the hook comes off again."""
     from jobs.bench import instrument, stage_rows
 
-    functions = {name: getattr(bp, name) for name in ("resize_for_segmenter", "group_lines", "line_pieces")}
-    functions |= {f"crops.{name}": getattr(crops_mod, name) for name in ("rectify", "pack")}
+    def module_functions() -> dict[str, object]:
+        names = ("resize_for_segmenter", "group_lines", "line_pieces")
+        return {n: getattr(bp, n) for n in names} | {
+            f"crops.{n}": getattr(crops_mod, n) for n in ("rectify", "pack")
+        }
+
+    functions = module_functions()
     config = PipelineConfig(backend=backend, precision="fp32")
     pipe = Pipeline.load(request.getfixturevalue(models), "cpu", config)
     assert pipe.line_mode == (models == "constant_line_models")
@@ -111,9 +116,7 @@ def test_stages_are_timed_through_the_clock_hook(request, models, backend):
     assert pipe.clock is clock
     pages = pipe.process_pages([_page(), _page()])
     assert len(pages) == 2 and all(p.words for p in pages)
-    assert {name: getattr(bp, name) for name in ("resize_for_segmenter", "group_lines", "line_pieces")} | {
-        f"crops.{name}": getattr(crops_mod, name) for name in ("rectify", "pack")
-    } == functions
+    assert module_functions() == functions  # nothing patched
     leaves = {
         "seg_resize",
         "seg_model",
