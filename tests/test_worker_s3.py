@@ -297,7 +297,7 @@ def _slow_pipeline(models, monkeypatch) -> tuple[Any, dict[str, int], list[int]]
             counts["done"] += len(images)
         return pages
 
-    pipe.process_pages = slow_process
+    pipe.process_pages = slow_process  # type: ignore[method-assign]  # the slow model stands in
     return pipe, counts, ahead
 
 
